@@ -1,0 +1,432 @@
+//! An in-memory provider for the engine's unit tests, property tests and benchmarks.
+//!
+//! It keeps one [`Inventory`] per target and applies changes to it with the same
+//! semantics the real providers promise: idempotent creates and deletes, ownership tags on
+//! everything created, managed groups resolved by owner key, a group still used by a
+//! function or endpoint refused with a *pending* outcome (AWS `DependencyViolation`).
+//! Errors can be injected per change.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::model::{Endpoint, GroupRef, Inventory, SecurityGroup, Target};
+use crate::provider::{Change, Outcome, Provider, ProviderError};
+
+type Matcher = Box<dyn Fn(&Change) -> bool + Send + Sync>;
+type ErrorFactory = Box<dyn Fn() -> ProviderError + Send + Sync>;
+
+struct Injection {
+    matches: Matcher,
+    remaining: usize,
+    error: ErrorFactory,
+}
+
+/// In-memory [`Provider`]. Cheap to clone the state out of with [`FakeProvider::inventory`].
+#[derive(Default)]
+pub struct FakeProvider {
+    state: Mutex<HashMap<String, Inventory>>,
+    injections: Mutex<Vec<Injection>>,
+    next_id: AtomicU64,
+    reads: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl std::fmt::Debug for FakeProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeProvider")
+            .field("reads", &self.reads.load(Ordering::Relaxed))
+            .field("writes", &self.writes.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl FakeProvider {
+    /// A provider holding `inventory` for the target it names.
+    pub fn new(inventory: Inventory) -> FakeProvider {
+        let fake = FakeProvider::default();
+        fake.set_inventory(inventory);
+        fake
+    }
+
+    /// Replace the state of the inventory's target (e.g. to inject drift).
+    pub fn set_inventory(&self, inventory: Inventory) {
+        self.lock().insert(inventory.target.clone(), inventory);
+    }
+
+    /// A copy of a target's current state.
+    pub fn inventory(&self, target: &str) -> Inventory {
+        self.lock().get(target).cloned().unwrap_or_else(|| Inventory {
+            target: target.to_string(),
+            ..Inventory::default()
+        })
+    }
+
+    /// Change a target's state in place, out of band (drift).
+    pub fn mutate(&self, target: &str, f: impl FnOnce(&mut Inventory)) {
+        let mut state = self.lock();
+        let inv = state.entry(target.to_string()).or_insert_with(|| Inventory {
+            target: target.to_string(),
+            ..Inventory::default()
+        });
+        f(inv);
+    }
+
+    /// Fail the next `times` changes matching `matches` with the error `error` builds.
+    pub fn fail_when(
+        &self,
+        matches: impl Fn(&Change) -> bool + Send + Sync + 'static,
+        times: usize,
+        error: impl Fn() -> ProviderError + Send + Sync + 'static,
+    ) {
+        self.injections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Injection {
+                matches: Box::new(matches),
+                remaining: times,
+                error: Box::new(error),
+            });
+    }
+
+    /// Number of `observe` calls so far.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// Number of `apply` calls so far (including failed ones).
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Inventory>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn injected(&self, change: &Change) -> Option<ProviderError> {
+        let mut injections = self.injections.lock().unwrap_or_else(|e| e.into_inner());
+        let hit = injections
+            .iter_mut()
+            .find(|i| i.remaining > 0 && (i.matches)(change))?;
+        hit.remaining -= 1;
+        Some((hit.error)())
+    }
+
+    fn new_id(&self, prefix: &str) -> String {
+        format!(
+            "{prefix}-fake{:08x}",
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+fn resolve<'a>(inv: &'a mut Inventory, group: &GroupRef) -> Option<&'a mut SecurityGroup> {
+    match group {
+        GroupRef::Managed(owner) => inv.groups.iter_mut().find(|g| g.owner() == Some(owner)),
+        // Only managed groups may be written; an id must still carry the ownership tags.
+        GroupRef::Id(id) => inv
+            .groups
+            .iter_mut()
+            .find(|g| g.id.eq_ignore_ascii_case(id) && g.owner().is_some()),
+    }
+}
+
+fn apply_to(fake: &FakeProvider, inv: &mut Inventory, change: &Change) -> Result<Outcome, ProviderError> {
+    match change {
+        Change::CreateGroup {
+            owner,
+            name,
+            network,
+            tags,
+            ..
+        } => {
+            if let Some(existing) = inv.managed_group(owner) {
+                return Ok(Outcome {
+                    created_id: Some(existing.id.clone()),
+                    ..Outcome::already_done()
+                });
+            }
+            let id = fake.new_id("sg");
+            inv.groups.push(SecurityGroup {
+                id: id.clone(),
+                name: name.clone(),
+                network: network.clone(),
+                tags: tags.clone(),
+                rules: Vec::new(),
+            });
+            Ok(Outcome {
+                created_id: Some(id),
+                ..Outcome::applied()
+            })
+        }
+        Change::DeleteGroup { owner, id } => {
+            let Some(pos) = inv
+                .groups
+                .iter()
+                .position(|g| g.id == *id && g.owner() == Some(owner))
+            else {
+                return Ok(Outcome::already_done());
+            };
+            let held = GroupRef::Managed(owner.clone());
+            let in_use = inv.functions.iter().any(|f| {
+                f.placement
+                    .as_ref()
+                    .is_some_and(|p| p.groups.contains(&held))
+            }) || inv.endpoints.iter().any(|e| e.groups.contains(&held))
+                || inv.subnets.iter().any(|s| s.group.as_ref() == Some(&held));
+            if in_use {
+                return Ok(Outcome::pending(format!(
+                    "DependencyViolation: group {id} is still in use"
+                )));
+            }
+            inv.groups.remove(pos);
+            Ok(Outcome::applied())
+        }
+        Change::AddRules { group, rules } => {
+            let g = resolve(inv, group).ok_or_else(|| unresolved(group))?;
+            let mut added = false;
+            for rule in rules {
+                if !g.rules.contains(rule) {
+                    let mut r = rule.clone();
+                    r.id = Some(format!("sgr-{}", g.rules.len()));
+                    g.rules.push(r);
+                    added = true;
+                }
+            }
+            Ok(if added {
+                Outcome::applied()
+            } else {
+                Outcome::already_done()
+            })
+        }
+        Change::RemoveRules { group, rules } => {
+            let Some(g) = resolve(inv, group) else {
+                return Ok(Outcome::already_done());
+            };
+            let before = g.rules.len();
+            g.rules.retain(|r| !rules.contains(r));
+            Ok(if g.rules.len() < before {
+                Outcome::applied()
+            } else {
+                Outcome::already_done()
+            })
+        }
+        Change::SetPlacement {
+            function, after, ..
+        } => {
+            let f = inv
+                .functions
+                .iter_mut()
+                .find(|f| f.id == *function)
+                .ok_or_else(|| ProviderError::Api {
+                    service: "fake".into(),
+                    operation: "SetPlacement".into(),
+                    code: "ResourceNotFoundException".into(),
+                    message: format!("function {function} not found"),
+                    request_id: None,
+                    retryable: false,
+                })?;
+            if f.placement == *after {
+                return Ok(Outcome::already_done());
+            }
+            f.placement = after.clone();
+            Ok(Outcome::applied())
+        }
+        Change::SetSubnetGroup { subnet, after, .. } => {
+            let s = inv
+                .subnets
+                .iter_mut()
+                .find(|s| s.id.eq_ignore_ascii_case(subnet))
+                .ok_or_else(|| ProviderError::Api {
+                    service: "fake".into(),
+                    operation: "SetSubnetGroup".into(),
+                    code: "NotFound".into(),
+                    message: format!("subnet {subnet} not found"),
+                    request_id: None,
+                    retryable: false,
+                })?;
+            if s.group == *after {
+                return Ok(Outcome::already_done());
+            }
+            s.group = after.clone();
+            Ok(Outcome::applied())
+        }
+        Change::CreateEndpoint {
+            owner,
+            service,
+            kind,
+            network,
+            subnets,
+            groups,
+            route_tables,
+            private_dns,
+            tags,
+        } => {
+            if let Some(e) = inv.endpoints.iter().find(|e| e.owner() == Some(owner)) {
+                return Ok(Outcome {
+                    created_id: Some(e.id.clone()),
+                    ..Outcome::already_done()
+                });
+            }
+            let id = fake.new_id("vpce");
+            inv.endpoints.push(Endpoint {
+                id: id.clone(),
+                service: service.clone(),
+                kind: *kind,
+                network: network.clone(),
+                subnets: subnets.clone(),
+                groups: groups.clone(),
+                route_tables: route_tables.clone(),
+                private_dns: *private_dns,
+                tags: tags.clone(),
+            });
+            Ok(Outcome {
+                created_id: Some(id),
+                ..Outcome::applied()
+            })
+        }
+        Change::UpdateEndpoint {
+            owner,
+            id,
+            subnets,
+            groups,
+            route_tables,
+            private_dns,
+        } => {
+            let e = inv
+                .endpoints
+                .iter_mut()
+                .find(|e| e.id == *id && e.owner() == Some(owner))
+                .ok_or_else(|| ProviderError::Api {
+                    service: "fake".into(),
+                    operation: "UpdateEndpoint".into(),
+                    code: "InvalidVpcEndpointId.NotFound".into(),
+                    message: format!("endpoint {id} not found"),
+                    request_id: None,
+                    retryable: false,
+                })?;
+            e.subnets = subnets.clone();
+            e.groups = groups.clone();
+            e.route_tables = route_tables.clone();
+            e.private_dns = *private_dns;
+            Ok(Outcome::applied())
+        }
+        Change::DeleteEndpoint { owner, id } => {
+            let before = inv.endpoints.len();
+            inv.endpoints
+                .retain(|e| !(e.id == *id && e.owner() == Some(owner)));
+            Ok(if inv.endpoints.len() < before {
+                Outcome::applied()
+            } else {
+                Outcome::already_done()
+            })
+        }
+    }
+}
+
+fn unresolved(group: &GroupRef) -> ProviderError {
+    ProviderError::UnresolvedGroup {
+        owner: group.to_string(),
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for FakeProvider {
+    async fn observe(&self, target: &Target) -> Result<Inventory, ProviderError> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        Ok(self.inventory(&target.name))
+    }
+
+    async fn apply(&self, target: &Target, change: &Change) -> Result<Outcome, ProviderError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        if let Some(err) = self.injected(change) {
+            return Err(err);
+        }
+        let mut state = self.lock();
+        let inv = state.entry(target.name.clone()).or_insert_with(|| Inventory {
+            target: target.name.clone(),
+            ..Inventory::default()
+        });
+        apply_to(self, inv, change)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Rule, TargetScope, ownership_tags};
+
+    fn target() -> Target {
+        Target {
+            name: "t".into(),
+            scope: TargetScope::Aws {
+                region: "us-east-1".into(),
+                account_id: "123456789012".into(),
+                assume_role_arn: None,
+            },
+        }
+    }
+
+    fn create(owner: &str) -> Change {
+        Change::CreateGroup {
+            owner: owner.into(),
+            name: format!("palisade-{owner}"),
+            network: "vpc-1".into(),
+            description: String::new(),
+            tags: ownership_tags(owner),
+        }
+    }
+
+    #[tokio::test]
+    async fn create_twice_is_already_done() {
+        let fake = FakeProvider::default();
+        let first = fake.apply(&target(), &create("a")).await.unwrap();
+        let second = fake.apply(&target(), &create("a")).await.unwrap();
+        assert_eq!(first.status, crate::OutcomeStatus::Applied);
+        assert_eq!(second.status, crate::OutcomeStatus::AlreadyDone);
+        assert_eq!(first.created_id, second.created_id);
+    }
+
+    #[tokio::test]
+    async fn unmanaged_group_is_never_written() {
+        let fake = FakeProvider::new(Inventory {
+            target: "t".into(),
+            groups: vec![SecurityGroup {
+                id: "sg-hand".into(),
+                name: "hand".into(),
+                network: "vpc-1".into(),
+                tags: Default::default(),
+                rules: vec![],
+            }],
+            ..Inventory::default()
+        });
+        let err = fake
+            .apply(
+                &target(),
+                &Change::AddRules {
+                    group: GroupRef::Id("sg-hand".into()),
+                    rules: vec![Rule::aws_default_egress()],
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProviderError::UnresolvedGroup { .. }));
+        assert!(fake.inventory("t").groups[0].rules.is_empty());
+    }
+
+    #[tokio::test]
+    async fn injected_error_fires_the_given_number_of_times() {
+        let fake = FakeProvider::default();
+        fake.fail_when(
+            |c| matches!(c, Change::CreateGroup { .. }),
+            1,
+            || ProviderError::Throttled {
+                service: "ec2".into(),
+                code: "RequestLimitExceeded".into(),
+                retry_after_secs: None,
+            },
+        );
+        assert!(fake.apply(&target(), &create("a")).await.is_err());
+        assert!(fake.apply(&target(), &create("a")).await.is_ok());
+    }
+}

@@ -1,0 +1,19 @@
+//! Palisade's cloud-neutral model and the [`Provider`] seam.
+//!
+//! The engine (crate `palisade`) plans against [`model::Inventory`] values and hands
+//! [`Change`]s to a [`Provider`]. Cloud implementations live behind cargo features so
+//! that the engine builds and tests without any cloud SDK; the in-memory
+//! [`fake::FakeProvider`] (feature `test-util`) is for tests and benchmarks only.
+
+pub mod model;
+mod provider;
+
+#[cfg(feature = "test-util")]
+pub mod fake;
+
+pub use model::{
+    Access, Cloud, Direction, Endpoint, EndpointKind, Function, GroupRef, Inventory, Network,
+    Peer, Placement, PortRange, Ports, PrefixList, Protocol, Rule, SecurityGroup, Subnet, Tags,
+    Target, TargetScope,
+};
+pub use provider::{Change, Outcome, OutcomeStatus, Provider, ProviderError};

@@ -1,0 +1,691 @@
+//! The cloud-neutral model: what a provider observes in one target and what the engine
+//! wants there.
+//!
+//! Providers translate their SDK types into these values at the edge ("normalise, then
+//! diff"): one [`Rule`] per atomic tuple, canonical CIDRs, AWS default rules explicit,
+//! references to Palisade-managed groups as [`GroupRef::Managed`]. The planner compares
+//! these values and never sees an SDK type.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// Tag key that marks a resource as created and owned by Palisade.
+pub const TAG_MANAGED_BY: &str = "palisade:managed-by";
+/// Value of [`TAG_MANAGED_BY`] on everything Palisade owns.
+pub const MANAGED_BY_VALUE: &str = "palisade";
+/// Tag key naming the owner key (policy name or endpoint key) of a managed resource.
+pub const TAG_OWNER: &str = "palisade:policy";
+
+/// Which cloud a target lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cloud {
+    /// Amazon Web Services: Lambda, EC2 security groups, VPC endpoints.
+    Aws,
+    /// Microsoft Azure: function apps, NSGs, private endpoints.
+    Azure,
+}
+
+impl fmt::Display for Cloud {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Cloud::Aws => "aws",
+            Cloud::Azure => "azure",
+        })
+    }
+}
+
+/// The cloud scope of a target, as declared in a `Target` policy document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum TargetScope {
+    /// An AWS account and region.
+    Aws {
+        /// Region, e.g. `us-east-1`.
+        region: String,
+        /// The 12-digit account the caller identity must belong to.
+        account_id: String,
+        /// Role to assume before any call, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        assume_role_arn: Option<String>,
+    },
+    /// An Azure subscription and resource group.
+    Azure {
+        /// Subscription id (GUID).
+        subscription_id: String,
+        /// Resource group that holds the managed NSGs and private endpoints.
+        resource_group: String,
+        /// Location of created resources, e.g. `westeurope`.
+        location: String,
+    },
+}
+
+impl TargetScope {
+    /// The cloud this scope belongs to.
+    pub fn cloud(&self) -> Cloud {
+        match self {
+            TargetScope::Aws { .. } => Cloud::Aws,
+            TargetScope::Azure { .. } => Cloud::Azure,
+        }
+    }
+}
+
+/// A named target: what `observe` is called with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    /// The `metadata.name` of the `Target` document.
+    pub name: String,
+    /// Where it is.
+    pub scope: TargetScope,
+}
+
+/// Tags (AWS) or tags (Azure): an ordered map so output and comparisons are deterministic.
+pub type Tags = BTreeMap<String, String>;
+
+/// Everything observed in one target at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Inventory {
+    /// Name of the target this was observed in.
+    pub target: String,
+    /// VPCs (AWS) or VNets (Azure).
+    #[serde(default)]
+    pub networks: Vec<Network>,
+    /// Subnets of those networks.
+    #[serde(default)]
+    pub subnets: Vec<Subnet>,
+    /// Functions (Lambda functions, function apps).
+    #[serde(default)]
+    pub functions: Vec<Function>,
+    /// Security groups (AWS) or NSGs (Azure): every managed one and every one referenced.
+    #[serde(default)]
+    pub groups: Vec<SecurityGroup>,
+    /// VPC endpoints (AWS) or private endpoints (Azure). Deleted ones are not listed.
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+    /// AWS-managed prefix lists (gateway endpoint services), by name.
+    #[serde(default)]
+    pub prefix_lists: Vec<PrefixList>,
+}
+
+impl Inventory {
+    /// The managed group owned by `owner`, if observed.
+    pub fn managed_group(&self, owner: &str) -> Option<&SecurityGroup> {
+        self.groups.iter().find(|g| g.owner() == Some(owner))
+    }
+
+    /// A group by its cloud id (case-insensitive, as Azure ids are).
+    pub fn group_by_id(&self, id: &str) -> Option<&SecurityGroup> {
+        self.groups.iter().find(|g| g.id.eq_ignore_ascii_case(id))
+    }
+}
+
+/// A VPC or VNet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Network {
+    /// `vpc-…` or the VNet's ARM id.
+    pub id: String,
+    /// Name (Azure name, or AWS `Name` tag when present).
+    #[serde(default)]
+    pub name: String,
+    /// Address space.
+    #[serde(default)]
+    pub cidrs: Vec<IpNet>,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Tags,
+}
+
+/// A subnet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Subnet {
+    /// `subnet-…` or the subnet's ARM id.
+    pub id: String,
+    /// Name (Azure name, or AWS `Name` tag when present).
+    #[serde(default)]
+    pub name: String,
+    /// Id of the network it belongs to.
+    pub network: String,
+    /// Address prefixes.
+    #[serde(default)]
+    pub cidrs: Vec<IpNet>,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Tags,
+    /// Azure only: the NSG associated with this subnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupRef>,
+}
+
+/// A function and where it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Function {
+    /// ARN (AWS) or site ARM id (Azure).
+    pub id: String,
+    /// Function name / site name.
+    pub name: String,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Tags,
+    /// Network placement; `None` when the function is not in a VPC / has no VNet integration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+}
+
+/// Where a function runs: its subnets and security groups.
+///
+/// On Azure a function app has one integration subnet and no groups of its own (the NSG
+/// belongs to the subnet).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    /// Network the subnets belong to (derived from the subnets, never trusted from Lambda).
+    pub network: String,
+    /// Subnet ids, sorted.
+    pub subnets: Vec<String>,
+    /// Security groups, sorted.
+    #[serde(default)]
+    pub groups: Vec<GroupRef>,
+}
+
+impl Placement {
+    /// Sort and de-duplicate, so that equal placements compare equal.
+    pub fn normalised(mut self) -> Self {
+        self.subnets.sort();
+        self.subnets.dedup();
+        self.groups.sort();
+        self.groups.dedup();
+        self
+    }
+}
+
+/// A reference to a security group / NSG.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum GroupRef {
+    /// A Palisade-managed group, by owner key (policy name or endpoint key). Providers
+    /// resolve it through the ownership tags; it exists before the group's cloud id does.
+    Managed(String),
+    /// A group Palisade does not own, by cloud id.
+    Id(String),
+}
+
+impl fmt::Display for GroupRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GroupRef::Managed(owner) => write!(f, "managed:{owner}"),
+            GroupRef::Id(id) => f.write_str(id),
+        }
+    }
+}
+
+/// A security group (AWS) or network security group (Azure).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecurityGroup {
+    /// `sg-…` or the NSG's ARM id.
+    pub id: String,
+    /// Group name.
+    pub name: String,
+    /// Network (VPC id); empty for Azure NSGs, which are not bound to a VNet.
+    #[serde(default)]
+    pub network: String,
+    /// Tags, including the ownership tags on managed groups.
+    #[serde(default)]
+    pub tags: Tags,
+    /// Rules as atomic tuples.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+}
+
+impl SecurityGroup {
+    /// The owner key if Palisade manages this group, `None` otherwise.
+    pub fn owner(&self) -> Option<&str> {
+        owner_of(&self.tags)
+    }
+}
+
+/// The owner key from a resource's tags, if Palisade manages it.
+pub fn owner_of(tags: &Tags) -> Option<&str> {
+    match tags.get(TAG_MANAGED_BY) {
+        Some(v) if v == MANAGED_BY_VALUE => tags.get(TAG_OWNER).map(String::as_str),
+        _ => None,
+    }
+}
+
+/// The ownership tags Palisade puts on what it creates.
+pub fn ownership_tags(owner: &str) -> Tags {
+    Tags::from([
+        (TAG_MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string()),
+        (TAG_OWNER.to_string(), owner.to_string()),
+    ])
+}
+
+/// Traffic direction, seen from the group's members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Towards the members.
+    Ingress,
+    /// From the members.
+    Egress,
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        })
+    }
+}
+
+/// IP protocol of a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// ICMP (all types).
+    Icmp,
+    /// Every protocol (AWS `-1`, Azure `*`).
+    All,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Icmp => "icmp",
+            Protocol::All => "all",
+        })
+    }
+}
+
+/// An inclusive port range. Absent for `icmp` and `all`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PortRange {
+    /// First port.
+    pub from: u16,
+    /// Last port (inclusive).
+    pub to: u16,
+}
+
+impl PortRange {
+    /// Every port: 0–65535.
+    pub const ALL: PortRange = PortRange { from: 0, to: 65535 };
+
+    /// Whether the two ranges share a port.
+    pub fn overlaps(&self, other: &PortRange) -> bool {
+        self.from <= other.to && other.from <= self.to
+    }
+
+    /// Whether `other` lies entirely within `self`.
+    pub fn contains(&self, other: &PortRange) -> bool {
+        self.from <= other.from && other.to <= self.to
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.from == self.to {
+            write!(f, "{}", self.from)
+        } else {
+            write!(f, "{}-{}", self.from, self.to)
+        }
+    }
+}
+
+/// Protocol plus optional port range: what `tcp/5432` parses into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Ports {
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Port range; `None` for `icmp` and `all` (and means "every port" for tcp/udp only
+    /// if written so by a provider; policies always give a range for tcp/udp).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<PortRange>,
+}
+
+impl Ports {
+    /// Every protocol, every port.
+    pub const ALL: Ports = Ports {
+        protocol: Protocol::All,
+        range: None,
+    };
+
+    /// Whether some traffic matches both.
+    pub fn overlaps(&self, other: &Ports) -> bool {
+        match (self.protocol, other.protocol) {
+            (Protocol::All, _) | (_, Protocol::All) => true,
+            (a, b) if a != b => false,
+            _ => {
+                let a = self.range.unwrap_or(PortRange::ALL);
+                let b = other.range.unwrap_or(PortRange::ALL);
+                a.overlaps(&b)
+            }
+        }
+    }
+
+    /// Whether every packet matched by `other` is matched by `self`.
+    pub fn contains(&self, other: &Ports) -> bool {
+        match (self.protocol, other.protocol) {
+            (Protocol::All, _) => true,
+            (_, Protocol::All) => false,
+            (a, b) if a != b => false,
+            _ => {
+                let a = self.range.unwrap_or(PortRange::ALL);
+                let b = other.range.unwrap_or(PortRange::ALL);
+                a.contains(&b)
+            }
+        }
+    }
+}
+
+impl fmt::Display for Ports {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.range {
+            Some(r) => write!(f, "{}/{}", self.protocol, r),
+            None => write!(f, "{}", self.protocol),
+        }
+    }
+}
+
+/// The other end of a rule: exactly one peer per atomic rule.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Peer {
+    /// An address range in canonical form (host bits cleared).
+    Cidr(IpNet),
+    /// A security group.
+    Group(GroupRef),
+    /// An AWS managed or customer prefix list, by id (`pl-…`).
+    PrefixList(String),
+    /// An Azure service tag (`Sql.WestEurope`, `Internet`, `VirtualNetwork`).
+    ServiceTag(String),
+    /// Azure `*`: any address.
+    Any,
+}
+
+impl Peer {
+    /// A CIDR peer with host bits cleared, so `10.0.0.5/16` and `10.0.0.0/16` are equal.
+    pub fn cidr(net: IpNet) -> Peer {
+        Peer::Cidr(net.trunc())
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Cidr(n) => write!(f, "{n}"),
+            Peer::Group(g) => write!(f, "group {g}"),
+            Peer::PrefixList(p) => write!(f, "prefix-list {p}"),
+            Peer::ServiceTag(t) => write!(f, "service-tag {t}"),
+            Peer::Any => f.write_str("*"),
+        }
+    }
+}
+
+/// Allow or deny (deny exists on Azure only).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// Traffic is allowed.
+    #[default]
+    Allow,
+    /// Traffic is denied (Azure NSGs only).
+    Deny,
+}
+
+/// One atomic rule: one direction, one protocol and port range, one peer.
+///
+/// Equality and ordering ignore `id` and `description`: the id is the cloud's handle on an
+/// observed rule, the description is for people. Two rules that let the same traffic
+/// through are the same rule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rule {
+    /// Direction.
+    pub direction: Direction,
+    /// Protocol and ports.
+    pub ports: Ports,
+    /// The other end.
+    pub peer: Peer,
+    /// Allow (AWS: always) or deny.
+    #[serde(default, skip_serializing_if = "is_allow")]
+    pub access: Access,
+    /// Azure NSG priority; `None` on AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u16>,
+    /// Human description (AWS rule description / Azure rule description).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The cloud's id of an observed rule (`sgr-…`, Azure rule name). `None` when desired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+fn is_allow(a: &Access) -> bool {
+    *a == Access::Allow
+}
+
+impl Rule {
+    /// An allow rule with no priority, description or id.
+    pub fn allow(direction: Direction, ports: Ports, peer: Peer) -> Rule {
+        Rule {
+            direction,
+            ports,
+            peer,
+            access: Access::Allow,
+            priority: None,
+            description: None,
+            id: None,
+        }
+    }
+
+    /// The AWS default egress rule every new security group gets: all traffic to 0.0.0.0/0.
+    pub fn aws_default_egress() -> Rule {
+        Rule::allow(
+            Direction::Egress,
+            Ports::ALL,
+            Peer::Cidr(IpNet::V4(ipnet::Ipv4Net::default())),
+        )
+    }
+
+    fn key(&self) -> (Direction, Access, Option<u16>, Ports, &Peer) {
+        (
+            self.direction,
+            self.access,
+            self.priority,
+            self.ports,
+            &self.peer,
+        )
+    }
+}
+
+impl PartialEq for Rule {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl Eq for Rule {}
+impl PartialOrd for Rule {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Rule {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+impl std::hash::Hash for Rule {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key().hash(state)
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verb = match self.access {
+            Access::Allow => "allow",
+            Access::Deny => "deny",
+        };
+        let dir = match self.direction {
+            Direction::Ingress => "from",
+            Direction::Egress => "to",
+        };
+        write!(f, "{} {verb} {} {dir} {}", self.direction, self.ports, self.peer)?;
+        if let Some(p) = self.priority {
+            write!(f, " priority {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Kind of private endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointKind {
+    /// AWS interface VPC endpoint (ENIs in subnets, security groups).
+    Interface,
+    /// AWS gateway VPC endpoint (route tables, prefix list).
+    Gateway,
+    /// Azure private endpoint (a NIC in a subnet connected to a resource).
+    Private,
+}
+
+/// A VPC endpoint or Azure private endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    /// `vpce-…` or the private endpoint's ARM id.
+    pub id: String,
+    /// AWS: full service name (`com.amazonaws.us-east-1.s3`); Azure: the connected
+    /// resource id followed by `#` and the group id (`…/vaults/kv#vault`).
+    pub service: String,
+    /// Interface, gateway or private.
+    pub kind: EndpointKind,
+    /// Network (VPC id / VNet id).
+    pub network: String,
+    /// Subnets the endpoint has interfaces in (interface and private), sorted.
+    #[serde(default)]
+    pub subnets: Vec<String>,
+    /// Security groups of an interface endpoint, sorted.
+    #[serde(default)]
+    pub groups: Vec<GroupRef>,
+    /// Route tables of a gateway endpoint, sorted.
+    #[serde(default)]
+    pub route_tables: Vec<String>,
+    /// Private DNS enabled (interface endpoints).
+    #[serde(default)]
+    pub private_dns: bool,
+    /// Tags, including ownership tags when managed.
+    #[serde(default)]
+    pub tags: Tags,
+}
+
+impl Endpoint {
+    /// The owner key if Palisade manages this endpoint.
+    pub fn owner(&self) -> Option<&str> {
+        owner_of(&self.tags)
+    }
+}
+
+/// A prefix list, e.g. the one AWS publishes for a gateway endpoint service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PrefixList {
+    /// `pl-…`.
+    pub id: String,
+    /// `com.amazonaws.us-east-1.s3`.
+    pub name: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp(from: u16, to: u16) -> Ports {
+        Ports {
+            protocol: Protocol::Tcp,
+            range: Some(PortRange { from, to }),
+        }
+    }
+
+    #[test]
+    fn rule_equality_ignores_id_and_description() {
+        let mut a = Rule::allow(Direction::Ingress, tcp(443, 443), Peer::Any);
+        let mut b = a.clone();
+        a.id = Some("sgr-1".into());
+        b.description = Some("hand-written".into());
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn cidr_peer_is_canonical() {
+        let p = Peer::cidr("10.1.2.3/16".parse().unwrap());
+        assert_eq!(p, Peer::Cidr("10.1.0.0/16".parse().unwrap()));
+    }
+
+    #[test]
+    fn ports_overlap_and_containment() {
+        let cases = [
+            (tcp(0, 65535), tcp(22, 22), true, true),
+            (tcp(22, 22), tcp(0, 65535), true, false),
+            (tcp(80, 90), tcp(91, 100), false, false),
+            (Ports::ALL, tcp(443, 443), true, true),
+            (tcp(443, 443), Ports::ALL, true, false),
+            (
+                Ports {
+                    protocol: Protocol::Udp,
+                    range: Some(PortRange { from: 53, to: 53 }),
+                },
+                tcp(53, 53),
+                false,
+                false,
+            ),
+        ];
+        for (a, b, overlaps, contains) in cases {
+            assert_eq!(a.overlaps(&b), overlaps, "{a} overlaps {b}");
+            assert_eq!(a.contains(&b), contains, "{a} contains {b}");
+        }
+    }
+
+    #[test]
+    fn owner_needs_both_tags() {
+        let mut tags = ownership_tags("payments");
+        assert_eq!(owner_of(&tags), Some("payments"));
+        tags.insert(TAG_MANAGED_BY.into(), "terraform".into());
+        assert_eq!(owner_of(&tags), None);
+    }
+
+    #[test]
+    fn inventory_json_round_trips() {
+        let inv = Inventory {
+            target: "prod".into(),
+            groups: vec![SecurityGroup {
+                id: "sg-1".into(),
+                name: "palisade-a".into(),
+                network: "vpc-1".into(),
+                tags: ownership_tags("a"),
+                rules: vec![Rule::aws_default_egress()],
+            }],
+            ..Inventory::default()
+        };
+        let json = serde_json::to_string(&inv).unwrap();
+        let back: Inventory = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, inv);
+    }
+}

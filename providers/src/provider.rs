@@ -1,0 +1,287 @@
+//! The seam to the outside world: bulk observation and idempotent changes.
+//!
+//! Modelled on Crossplane's external client: `observe` never mutates; `apply` of a
+//! create on something that already exists, or of a delete on something already gone,
+//! succeeds with [`OutcomeStatus::AlreadyDone`]. Results are structs so that fields can
+//! be added without breaking callers.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{EndpointKind, GroupRef, Inventory, Placement, Rule, Target, Tags};
+
+/// One idempotent change to the cloud, as planned by the engine.
+///
+/// Managed groups are named by [`GroupRef::Managed`]; the provider resolves them through
+/// the ownership tags, so a plan can refer to a group it creates earlier in the same plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "camelCase")]
+pub enum Change {
+    /// Create a managed security group / NSG, tagged with its owner key. No rules: on AWS
+    /// the default egress rule that comes with it is revoked by a later `RemoveRules`.
+    #[serde(rename_all = "camelCase")]
+    CreateGroup {
+        /// Owner key (policy name or endpoint key).
+        owner: String,
+        /// Group name.
+        name: String,
+        /// VPC id (AWS); empty on Azure.
+        network: String,
+        /// Description.
+        description: String,
+        /// All tags, ownership tags included.
+        tags: Tags,
+    },
+    /// Delete a managed group.
+    #[serde(rename_all = "camelCase")]
+    DeleteGroup {
+        /// Owner key.
+        owner: String,
+        /// Cloud id.
+        id: String,
+    },
+    /// Authorise rules in a managed group (one batched call where the cloud allows).
+    #[serde(rename_all = "camelCase")]
+    AddRules {
+        /// The group.
+        group: GroupRef,
+        /// Rules to add.
+        rules: Vec<Rule>,
+    },
+    /// Revoke rules from a managed group, by their observed ids.
+    #[serde(rename_all = "camelCase")]
+    RemoveRules {
+        /// The group.
+        group: GroupRef,
+        /// Rules to remove (observed, so `id` is set where the cloud has one).
+        rules: Vec<Rule>,
+    },
+    /// Set a function's network placement (`None` takes it out of any VPC / VNet).
+    #[serde(rename_all = "camelCase")]
+    SetPlacement {
+        /// Function id.
+        function: String,
+        /// Function name (for display and for SDK calls that take a name).
+        name: String,
+        /// Placement before (for display and conflict checks).
+        before: Option<Placement>,
+        /// Placement after.
+        after: Option<Placement>,
+    },
+    /// Associate (or dissociate, with `None`) an NSG with an Azure subnet.
+    #[serde(rename_all = "camelCase")]
+    SetSubnetGroup {
+        /// Subnet id.
+        subnet: String,
+        /// Group before.
+        before: Option<GroupRef>,
+        /// Group after.
+        after: Option<GroupRef>,
+    },
+    /// Create a managed endpoint.
+    #[serde(rename_all = "camelCase")]
+    CreateEndpoint {
+        /// Owner key.
+        owner: String,
+        /// Service (see [`crate::model::Endpoint::service`]).
+        service: String,
+        /// Kind.
+        kind: EndpointKind,
+        /// Network.
+        network: String,
+        /// Subnets.
+        subnets: Vec<String>,
+        /// Security groups.
+        groups: Vec<GroupRef>,
+        /// Route tables.
+        route_tables: Vec<String>,
+        /// Private DNS.
+        private_dns: bool,
+        /// All tags, ownership tags included.
+        tags: Tags,
+    },
+    /// Change a managed endpoint's subnets, groups or route tables in place.
+    #[serde(rename_all = "camelCase")]
+    UpdateEndpoint {
+        /// Owner key.
+        owner: String,
+        /// Cloud id.
+        id: String,
+        /// Subnets after.
+        subnets: Vec<String>,
+        /// Groups after.
+        groups: Vec<GroupRef>,
+        /// Route tables after.
+        route_tables: Vec<String>,
+        /// Private DNS after.
+        private_dns: bool,
+    },
+    /// Delete a managed endpoint.
+    #[serde(rename_all = "camelCase")]
+    DeleteEndpoint {
+        /// Owner key.
+        owner: String,
+        /// Cloud id.
+        id: String,
+    },
+}
+
+impl Change {
+    /// Whether this change removes something (counted against the blast-radius budget).
+    pub fn deletes(&self) -> usize {
+        match self {
+            Change::DeleteGroup { .. } | Change::DeleteEndpoint { .. } => 1,
+            Change::RemoveRules { rules, .. } => rules.len(),
+            Change::SetPlacement { after: None, .. } => 1,
+            Change::SetSubnetGroup { after: None, .. } => 1,
+            _ => 0,
+        }
+    }
+}
+
+/// How a change ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OutcomeStatus {
+    /// The cloud did it.
+    Applied,
+    /// It was already so (duplicate create, delete of a missing thing).
+    AlreadyDone,
+    /// The cloud cannot do it yet (e.g. a group still held by Lambda ENIs); retry later.
+    Pending,
+}
+
+/// The result of one [`Provider::apply`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Outcome {
+    /// Applied, already done or pending.
+    pub status: OutcomeStatus,
+    /// Id of a created resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_id: Option<String>,
+    /// Request ids the cloud returned, for the audit trail.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_ids: Vec<String>,
+    /// Why it is pending, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Outcome {
+    /// An `Applied` outcome with nothing else to say.
+    pub fn applied() -> Outcome {
+        Outcome {
+            status: OutcomeStatus::Applied,
+            created_id: None,
+            request_ids: Vec::new(),
+            detail: None,
+        }
+    }
+
+    /// An `AlreadyDone` outcome.
+    pub fn already_done() -> Outcome {
+        Outcome {
+            status: OutcomeStatus::AlreadyDone,
+            ..Outcome::applied()
+        }
+    }
+
+    /// A `Pending` outcome with its reason.
+    pub fn pending(detail: impl Into<String>) -> Outcome {
+        Outcome {
+            status: OutcomeStatus::Pending,
+            detail: Some(detail.into()),
+            ..Outcome::applied()
+        }
+    }
+}
+
+/// A failure talking to the cloud. The cloud's error code and message are kept, never
+/// flattened into a string, so that retry and reporting decisions stay possible.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The cloud throttled us; retry after backing off.
+    #[error("throttled by {service} ({code})")]
+    Throttled {
+        /// Service (`ec2`, `lambda`, `arm`).
+        service: String,
+        /// Error code (`RequestLimitExceeded`, `TooManyRequestsException`, `429`).
+        code: String,
+        /// Seconds the cloud asked us to wait, if it said.
+        retry_after_secs: Option<u64>,
+    },
+    /// The cloud refused the request.
+    #[error("{service} {operation} failed: {code}: {message}")]
+    Api {
+        /// Service.
+        service: String,
+        /// Operation (`AuthorizeSecurityGroupEgress`, `PUT networkSecurityGroups`).
+        operation: String,
+        /// The cloud's error code.
+        code: String,
+        /// The cloud's message.
+        message: String,
+        /// Request id, if the cloud returned one.
+        request_id: Option<String>,
+        /// Whether retrying the same request later may succeed.
+        retryable: bool,
+    },
+    /// A managed group the change refers to does not exist (and was not created first).
+    #[error("managed group {owner:?} not found")]
+    UnresolvedGroup {
+        /// Owner key.
+        owner: String,
+    },
+    /// The caller identity or credentials do not fit the target (e.g. wrong account).
+    #[error("target {target}: {message}")]
+    Identity {
+        /// Target name.
+        target: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Transport-level failure (connection refused, timeout) after the SDK's own retries.
+    #[error("transport error talking to {service}")]
+    Transport {
+        /// Service.
+        service: String,
+        /// Cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl ProviderError {
+    /// Whether a later attempt may succeed (throttling, conflicts, transport errors).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ProviderError::Throttled { .. } | ProviderError::Transport { .. } => true,
+            ProviderError::Api { retryable, .. } => *retryable,
+            ProviderError::UnresolvedGroup { .. } | ProviderError::Identity { .. } => false,
+        }
+    }
+}
+
+/// A cloud behind Palisade.
+///
+/// # Guarantees
+/// - `observe` makes only read calls, in bulk (paged list calls, never one call per
+///   resource), and returns the target's state translated into the shared model.
+/// - `apply` is idempotent: applying a change that is already in effect succeeds with
+///   [`OutcomeStatus::AlreadyDone`]. It never touches a resource without Palisade's
+///   ownership tags, except a function's network placement.
+#[async_trait::async_trait]
+pub trait Provider: Send + Sync {
+    /// Observe everything in `target` that the engine needs.
+    ///
+    /// # Errors
+    /// Any [`ProviderError`]; nothing has been changed.
+    async fn observe(&self, target: &Target) -> Result<Inventory, ProviderError>;
+
+    /// Apply one change.
+    ///
+    /// # Errors
+    /// [`ProviderError`] when the cloud refused or could not be reached; the change may be
+    /// retried as a whole.
+    async fn apply(&self, target: &Target, change: &Change) -> Result<Outcome, ProviderError>;
+}
