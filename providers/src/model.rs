@@ -157,6 +157,12 @@ pub struct Subnet {
     /// Tags.
     #[serde(default)]
     pub tags: Tags,
+    /// Availability zone (AWS), used to place one interface-endpoint ENI per zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Route table associated with the subnet (AWS), for gateway endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_table: Option<String>,
     /// Azure only: the NSG associated with this subnet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<GroupRef>,
