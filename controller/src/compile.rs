@@ -752,7 +752,7 @@ fn resolve_peer(
     endpoints: &BTreeMap<String, DesiredEndpoint>,
 ) -> Vec<Peer> {
     match &peer.value {
-        PeerSpec::Cidr(c) => vec![Peer::cidr(*c)],
+        PeerSpec::Cidr(c) => vec![Peer::cidr(c.0)],
         PeerSpec::SecurityGroup(id) => vec![Peer::Group(GroupRef::Id(id.clone()))],
         PeerSpec::PrefixList(id) => vec![Peer::PrefixList(id.clone())],
         PeerSpec::ServiceTag(t) => vec![Peer::ServiceTag(t.clone())],

@@ -8,3 +8,40 @@
 
 pub mod policy;
 pub mod compile;
+pub mod check;
+pub mod plan;
+pub mod apply;
+
+use std::collections::BTreeMap;
+
+use palisade_providers::Inventory;
+
+/// Everything `palisade validate` checks on a loaded source: the file-only checks, then
+/// each target compiled (against its inventory when one is given, symbolically
+/// otherwise) with every guardrail evaluated on the result.
+pub fn validate_set(
+    set: &policy::PolicySet,
+    inventories: &BTreeMap<String, Inventory>,
+) -> Vec<policy::Diagnostic> {
+    let mut diags = policy::validate(set);
+    if set.policies.is_empty() {
+        diags.push(policy::Diagnostic::warning(
+            policy::DiagnosticKind::EmptySource,
+            None,
+            "the source defines no FunctionPolicy; the controller refuses to enforce an empty source unless told to",
+        ));
+    }
+    for t in &set.targets {
+        let inv = inventories.get(t.name());
+        let compiled = compile::compile(set, t, inv);
+        diags.extend(compiled.diagnostics);
+        diags.extend(
+            check::check_desired(set, &compiled.desired, inv)
+                .iter()
+                .map(check::Finding::to_diagnostic),
+        );
+    }
+    diags.sort();
+    diags.dedup();
+    diags
+}

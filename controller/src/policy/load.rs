@@ -475,7 +475,8 @@ fn yaml_diagnostic(file: &Path, e: &serde_saphyr::Error) -> Diagnostic {
 
 fn unwrap_snippet(e: &serde_saphyr::Error) -> &serde_saphyr::Error {
     match e {
-        serde_saphyr::Error::WithSnippet { error, .. } => unwrap_snippet(error),
+        serde_saphyr::Error::WithSnippet { error, .. }
+        | serde_saphyr::Error::AliasError { error, .. } => unwrap_snippet(error),
         other => other,
     }
 }

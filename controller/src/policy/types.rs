@@ -316,7 +316,7 @@ impl From<RuleDirection> for palisade_providers::Direction {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum PeerSpec {
     /// An address range, e.g. `10.0.0.0/8` or `::/0`.
-    Cidr(#[schemars(with = "String")] IpNet),
+    Cidr(Cidr),
     /// Another FunctionPolicy of the same target (its managed group / subnets).
     Policy(String),
     /// A security group Palisade does not own, by id (AWS).
@@ -340,6 +340,39 @@ impl fmt::Display for PeerSpec {
             PeerSpec::Endpoint(e) => write!(f, "endpoint {e}"),
             PeerSpec::ServiceTag(t) => write!(f, "serviceTag {t}"),
         }
+    }
+}
+
+/// An IPv4 or IPv6 CIDR, e.g. `10.0.0.0/16` or `::/0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Cidr(pub IpNet);
+
+impl JsonSchema for Cidr {
+    fn schema_name() -> Cow<'static, str> {
+        "Cidr".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "IPv4 or IPv6 CIDR",
+            "examples": ["10.0.0.0/16", "0.0.0.0/0", "::/0"]
+        })
+    }
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse::<IpNet>().map(Cidr).map_err(|_| {
+            format!("invalid CIDR {s:?}: expected an address and prefix length such as 10.0.0.0/16 or ::/0")
+        })
+    }
+}
+
+impl From<Cidr> for String {
+    fn from(c: Cidr) -> String {
+        c.0.to_string()
     }
 }
 

@@ -424,7 +424,7 @@ fn check_overlaps(set: &PolicySet, d: &mut Vec<Diagnostic>) {
                         ),
                     ));
                 }
-            } else {
+            } else if fa.names.is_empty() && fb.names.is_empty() {
                 d.push(Diagnostic::warning(
                     K::OverlappingSelection,
                     Some(b.at(&b.spec.functions)),

@@ -1,0 +1,214 @@
+//! Guardrails, evaluated on a compiled desired state (so a violating policy fails
+//! `validate`) or on an observed inventory (everything in the target, managed or not).
+
+use palisade_providers::{Access, Inventory, Peer, Rule};
+use serde::{Deserialize, Serialize};
+
+use crate::compile::DesiredState;
+use crate::policy::{
+    Diagnostic, DiagnosticKind, ForbidSpec, GuardrailDoc, PeerSpec, PolicySet, SourceLocation,
+};
+
+/// What a finding is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FindingKind {
+    /// A guardrail is violated.
+    GuardrailViolation,
+    /// An `audit`-mode policy differs from what is observed (reported, not changed).
+    AuditDrift,
+    /// A managed resource no policy wants any more, kept because pruning is off.
+    Orphaned,
+    /// A managed group is attached to a function no policy selects.
+    ForeignAttachment,
+}
+
+/// One finding: deterministic text, no timestamps, so reports never flap.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Finding {
+    /// What kind of finding.
+    pub kind: FindingKind,
+    /// Target name.
+    pub target: String,
+    /// The resource (group id or owner, function name, endpoint).
+    pub resource: String,
+    /// What is wrong.
+    pub message: String,
+    /// The guardrail, for violations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guardrail: Option<String>,
+    /// Its control ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub controls: Vec<String>,
+    /// Where in the policy source, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<SourceLocation>,
+}
+
+impl Finding {
+    /// The finding as a `validate` error.
+    pub fn to_diagnostic(&self) -> Diagnostic {
+        let mut d = Diagnostic::error(
+            DiagnosticKind::GuardrailViolation,
+            self.location.clone(),
+            format!("[{}] {}: {}", self.target, self.resource, self.message),
+        );
+        d.controls = self.controls.clone();
+        d
+    }
+}
+
+fn in_scope(g: &GuardrailDoc, target: &str) -> bool {
+    g.spec.scope.targets.is_empty() || g.spec.scope.targets.iter().any(|t| t.value == target)
+}
+
+/// Whether a rule's peer lets through traffic from/to everything `forbidden` names.
+fn peer_covers(rule: &Peer, forbidden: &PeerSpec) -> bool {
+    match (forbidden, rule) {
+        (_, Peer::Any) => true,
+        (PeerSpec::Cidr(f), Peer::Cidr(r)) => {
+            let f = f.0.trunc();
+            r.prefix_len() <= f.prefix_len() && r.contains(&f.network())
+        }
+        // Azure's `Internet` tag is the public address space: the same exposure as a
+        // world-open CIDR.
+        (PeerSpec::Cidr(f), Peer::ServiceTag(t)) => f.0.prefix_len() == 0 && t.eq_ignore_ascii_case("Internet"),
+        (PeerSpec::ServiceTag(f), Peer::ServiceTag(t)) => f.eq_ignore_ascii_case(t),
+        (PeerSpec::SecurityGroup(f), Peer::Group(palisade_providers::GroupRef::Id(id))) => f.eq_ignore_ascii_case(id),
+        (PeerSpec::PrefixList(f), Peer::PrefixList(id)) => f == id,
+        _ => false,
+    }
+}
+
+/// Whether `rule` allows traffic that `forbid` forbids.
+pub fn violates(rule: &Rule, forbid: &ForbidSpec) -> bool {
+    rule.access == Access::Allow
+        && rule.direction == forbid.direction.into()
+        && peer_covers(&rule.peer, &forbid.peer)
+        && (forbid.ports.is_empty() || forbid.ports.iter().any(|p| p.0.overlaps(&rule.ports)))
+        && !forbid.except_ports.iter().any(|p| p.0.contains(&rule.ports))
+}
+
+fn violation(g: &GuardrailDoc, target: &str, resource: String, message: String, location: Option<SourceLocation>) -> Finding {
+    Finding {
+        kind: FindingKind::GuardrailViolation,
+        target: target.to_string(),
+        resource,
+        message: format!("{message} (guardrail {})", g.name()),
+        guardrail: Some(g.name().to_string()),
+        controls: g.spec.controls.clone(),
+        location,
+    }
+}
+
+/// Guardrails against a compiled desired state. With `inventory`, the `require`
+/// clauses are checked on the functions compile selected.
+pub fn check_desired(set: &PolicySet, desired: &DesiredState, inventory: Option<&Inventory>) -> Vec<Finding> {
+    let target = desired.target.as_str();
+    let mut out = Vec::new();
+    for g in set.guardrails.iter().filter(|g| in_scope(g, target)) {
+        for group in desired.groups.values() {
+            for (rule, origin) in &group.rules {
+                for f in &g.spec.forbid {
+                    if violates(rule, f) {
+                        out.push(violation(
+                            g,
+                            target,
+                            format!("policy {}", origin.policy),
+                            format!("rule {:?} allows {rule}", origin.rule),
+                            origin.location.clone(),
+                        ));
+                    }
+                }
+            }
+        }
+        let Some(inv) = inventory else { continue };
+        let req = &g.spec.require;
+        for f in inv.functions.iter().filter(|f| g.spec.scope.functions.matches(&f.name, &f.tags)) {
+            let placed = desired.placements.contains_key(&f.id);
+            let selected = desired.selected.values().any(|ids| ids.contains(&f.id));
+            if req.covered_by_policy && !selected {
+                out.push(violation(g, target, format!("function {}", f.name), "is not selected by any FunctionPolicy".into(), Some(g.here())));
+            }
+            if req.in_network && !placed && (selected || f.placement.is_none()) {
+                out.push(violation(g, target, format!("function {}", f.name), "would not run in a VPC / VNet".into(), Some(g.here())));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Guardrails against everything observed in a target, managed or not.
+pub fn check_inventory(set: &PolicySet, inventory: &Inventory) -> Vec<Finding> {
+    let target = inventory.target.as_str();
+    let mut out = Vec::new();
+    for g in set.guardrails.iter().filter(|g| in_scope(g, target)) {
+        for group in &inventory.groups {
+            for rule in &group.rules {
+                for f in &g.spec.forbid {
+                    if violates(rule, f) {
+                        let owner = match group.owner() {
+                            Some(o) => format!(" (managed by policy {o})"),
+                            None => " (not managed by Palisade)".to_string(),
+                        };
+                        out.push(violation(g, target, format!("group {}", group.id), format!("rule allows {rule}{owner}"), Some(g.at(f))));
+                    }
+                }
+            }
+        }
+        let req = &g.spec.require;
+        for f in inventory.functions.iter().filter(|f| g.spec.scope.functions.matches(&f.name, &f.tags)) {
+            if req.in_network && f.placement.is_none() {
+                out.push(violation(g, target, format!("function {}", f.name), "does not run in a VPC / VNet".into(), Some(g.here())));
+            }
+            if req.covered_by_policy && !set.policies_of(target).any(|p| p.spec.functions.matches(&f.name, &f.tags)) {
+                out.push(violation(g, target, format!("function {}", f.name), "is not selected by any FunctionPolicy".into(), Some(g.here())));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_providers::{Direction, Ports, PortRange, Protocol};
+
+    fn forbid(direction: &str, peer: PeerSpec, ports: &[&str], except: &[&str]) -> ForbidSpec {
+        ForbidSpec {
+            direction: if direction == "ingress" { crate::policy::RuleDirection::Ingress } else { crate::policy::RuleDirection::Egress },
+            peer,
+            ports: ports.iter().map(|p| p.parse().unwrap()).collect(),
+            except_ports: except.iter().map(|p| p.parse().unwrap()).collect(),
+        }
+    }
+
+    fn tcp(p: u16) -> Ports {
+        Ports { protocol: Protocol::Tcp, range: Some(PortRange { from: p, to: p }) }
+    }
+
+    #[test]
+    fn forbid_matching_table() {
+        let world = || PeerSpec::Cidr(crate::policy::Cidr("0.0.0.0/0".parse().unwrap()));
+        let cases: Vec<(&str, Rule, ForbidSpec, bool)> = vec![
+            ("world ssh ingress is forbidden", Rule::allow(Direction::Ingress, tcp(22), Peer::cidr("0.0.0.0/0".parse().unwrap())), forbid("ingress", world(), &[], &[]), true),
+            ("a /8 is not the world", Rule::allow(Direction::Ingress, tcp(22), Peer::cidr("10.0.0.0/8".parse().unwrap())), forbid("ingress", world(), &[], &[]), false),
+            ("egress is not ingress", Rule::allow(Direction::Egress, tcp(22), Peer::cidr("0.0.0.0/0".parse().unwrap())), forbid("ingress", world(), &[], &[]), false),
+            ("https is excepted", Rule::allow(Direction::Egress, tcp(443), Peer::cidr("0.0.0.0/0".parse().unwrap())), forbid("egress", world(), &[], &["tcp/443"]), false),
+            ("all ports are not within the exception", Rule::allow(Direction::Egress, Ports::ALL, Peer::cidr("0.0.0.0/0".parse().unwrap())), forbid("egress", world(), &[], &["tcp/443"]), true),
+            ("port list limits the match", Rule::allow(Direction::Ingress, tcp(443), Peer::cidr("0.0.0.0/0".parse().unwrap())), forbid("ingress", world(), &["tcp/22"], &[]), false),
+            ("azure any covers the world", Rule::allow(Direction::Ingress, tcp(22), Peer::Any), forbid("ingress", world(), &[], &[]), true),
+            ("azure Internet tag is the world", Rule::allow(Direction::Egress, tcp(80), Peer::ServiceTag("Internet".into())), forbid("egress", world(), &[], &["tcp/443"]), true),
+            ("a deny rule never violates", Rule { access: Access::Deny, ..Rule::allow(Direction::Ingress, tcp(22), Peer::Any) }, forbid("ingress", world(), &[], &[]), false),
+            ("ipv4 forbid does not match ipv6", Rule::allow(Direction::Ingress, tcp(22), Peer::cidr("::/0".parse().unwrap())), forbid("ingress", world(), &[], &[]), false),
+        ];
+        for (name, rule, f, want) in cases {
+            assert_eq!(violates(&rule, &f), want, "{name}");
+        }
+    }
+}
