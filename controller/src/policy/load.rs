@@ -456,11 +456,14 @@ fn yaml_diagnostic(file: &Path, e: &serde_saphyr::Error) -> Diagnostic {
             DiagnosticKind::ResourceLimit,
             format!("{}; the file exceeds Palisade's parsing limits (aliases, depth, size)", strip(e)),
         ),
+        E::NullIntoString { .. } => (
+            DiagnosticKind::InvalidValue,
+            "expected a string, found null (an empty value); write a value or quote it".to_string(),
+        ),
         E::SerdeInvalidType { .. }
         | E::SerdeInvalidValue { .. }
         | E::SerdeInvalidLength { .. }
         | E::SerdeUnknownVariant { .. }
-        | E::NullIntoString { .. }
         | E::InvalidScalar { .. }
         | E::InvalidBooleanStrict { .. }
         | E::UnexpectedValueForUnit { .. }

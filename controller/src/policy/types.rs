@@ -333,7 +333,7 @@ pub enum PeerSpec {
 impl fmt::Display for PeerSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PeerSpec::Cidr(c) => write!(f, "cidr {c}"),
+            PeerSpec::Cidr(c) => write!(f, "cidr {}", c.0),
             PeerSpec::Policy(p) => write!(f, "policy {p}"),
             PeerSpec::SecurityGroup(g) => write!(f, "securityGroup {g}"),
             PeerSpec::PrefixList(p) => write!(f, "prefixList {p}"),
