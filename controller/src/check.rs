@@ -123,15 +123,16 @@ pub fn check_desired(set: &PolicySet, desired: &DesiredState, inventory: Option<
                 }
             }
         }
+        // `require` on a desired state: a function a policy selects must end up in a
+        // network. Functions no policy selects are the observed world's business
+        // (`check_inventory`), not a reason to fail a policy change.
         let Some(inv) = inventory else { continue };
-        let req = &g.spec.require;
+        if !g.spec.require.in_network {
+            continue;
+        }
         for f in inv.functions.iter().filter(|f| g.spec.scope.functions.matches(&f.name, &f.tags)) {
-            let placed = desired.placements.contains_key(&f.id);
             let selected = desired.selected.values().any(|ids| ids.contains(&f.id));
-            if req.covered_by_policy && !selected {
-                out.push(violation(g, target, format!("function {}", f.name), "is not selected by any FunctionPolicy".into(), Some(g.here())));
-            }
-            if req.in_network && !placed && (selected || f.placement.is_none()) {
+            if selected && !desired.placements.contains_key(&f.id) {
                 out.push(violation(g, target, format!("function {}", f.name), "would not run in a VPC / VNet".into(), Some(g.here())));
             }
         }

@@ -122,7 +122,10 @@ impl FakeProvider {
 
 fn resolve<'a>(inv: &'a mut Inventory, group: &GroupRef) -> Option<&'a mut SecurityGroup> {
     match group {
-        GroupRef::Managed(owner) => inv.groups.iter_mut().find(|g| g.owner() == Some(owner)),
+        GroupRef::Managed(owner) => {
+            let id = inv.managed_group(owner)?.id.clone();
+            inv.groups.iter_mut().find(|g| g.id == id)
+        }
         // Only managed groups may be written; an id must still carry the ownership tags.
         GroupRef::Id(id) => inv
             .groups
@@ -168,12 +171,14 @@ fn apply_to(fake: &FakeProvider, inv: &mut Inventory, change: &Change) -> Result
                 return Ok(Outcome::already_done());
             };
             let held = GroupRef::Managed(owner.clone());
-            let in_use = inv.functions.iter().any(|f| {
+            // A reference by owner key points at the owner's primary group only.
+            let primary = inv.managed_group(owner).is_some_and(|g| g.id == *id);
+            let in_use = primary && inv.functions.iter().any(|f| {
                 f.placement
                     .as_ref()
                     .is_some_and(|p| p.groups.contains(&held))
-            }) || inv.endpoints.iter().any(|e| e.groups.contains(&held))
-                || inv.subnets.iter().any(|s| s.group.as_ref() == Some(&held));
+            }) || primary && inv.endpoints.iter().any(|e| e.groups.contains(&held))
+                || primary && inv.subnets.iter().any(|s| s.group.as_ref() == Some(&held));
             if in_use {
                 return Ok(Outcome::pending(format!(
                     "DependencyViolation: group {id} is still in use"

@@ -112,9 +112,13 @@ pub struct Inventory {
 }
 
 impl Inventory {
-    /// The managed group owned by `owner`, if observed.
+    /// The managed group owned by `owner`, if observed. Should two groups carry the same
+    /// owner tag, the one with the lowest id is the group; the others are drift.
     pub fn managed_group(&self, owner: &str) -> Option<&SecurityGroup> {
-        self.groups.iter().find(|g| g.owner() == Some(owner))
+        self.groups
+            .iter()
+            .filter(|g| g.owner() == Some(owner))
+            .min_by(|a, b| a.id.cmp(&b.id))
     }
 
     /// A group by its cloud id (case-insensitive, as Azure ids are).
