@@ -1,1 +1,107 @@
-fn main(){}
+//! Compile + plan at scale: 10,000 functions, 1,000 policies, 20,000 rules.
+//! Prints min / median / max wall time over several runs and the peak resident memory
+//! (VmHWM) of the process. Run: `cargo bench -p palisade --features test-util --bench compile_plan`.
+
+use std::time::Instant;
+
+use palisade::compile::compile;
+use palisade::plan::{Settings, plan};
+use palisade::policy::load_text;
+use palisade_providers::{Function, Inventory, Network, Subnet};
+
+fn main() {
+    const POLICIES: usize = 1_000;
+    const FUNCTIONS: usize = 10_000;
+    const RULES_PER_POLICY: usize = 20;
+    let mut yaml = String::from(
+        "apiVersion: palisade.dev/v1alpha1\nkind: Target\nmetadata: { name: t }\nspec: { aws: { region: us-east-1, accountId: \"123456789012\" } }\n",
+    );
+    for p in 0..POLICIES {
+        yaml.push_str(&format!(
+            "---\napiVersion: palisade.dev/v1alpha1\nkind: FunctionPolicy\nmetadata: {{ name: p{p} }}\nspec:\n  target: t\n  functions: {{ tags: {{ team: t{p} }} }}\n  network: {{ vpc: {{ id: vpc-1 }}, subnets: {{ tags: {{ tier: private }} }} }}\n  egress:\n"
+        ));
+        for r in 0..RULES_PER_POLICY {
+            yaml.push_str(&format!(
+                "    - {{ name: r{r}, to: [ {{ cidr: 10.{}.{}.0/24 }} ], ports: [ tcp/{} ] }}\n",
+                p % 250,
+                r,
+                1000 + r
+            ));
+        }
+    }
+    let mut inv = Inventory {
+        target: "t".into(),
+        ..Inventory::default()
+    };
+    inv.networks.push(Network {
+        id: "vpc-1".into(),
+        name: "prod".into(),
+        cidrs: vec![],
+        tags: Default::default(),
+    });
+    for s in 0..3 {
+        inv.subnets.push(Subnet {
+            id: format!("subnet-{s}"),
+            name: String::new(),
+            network: "vpc-1".into(),
+            cidrs: vec![],
+            tags: [("tier".to_string(), "private".to_string())].into(),
+            zone: Some(format!("z{s}")),
+            route_table: None,
+            group: None,
+        });
+    }
+    for f in 0..FUNCTIONS {
+        inv.functions.push(Function {
+            id: format!("arn:aws:lambda:us-east-1:123456789012:function:f{f}"),
+            name: format!("f{f}"),
+            tags: [("team".to_string(), format!("t{}", f % POLICIES))].into(),
+            placement: None,
+        });
+    }
+    let t0 = Instant::now();
+    let (set, diags) = load_text("bench.yaml", &yaml);
+    let load = t0.elapsed();
+    assert!(
+        diags.iter().all(|d| !d.is_error()),
+        "{:?}",
+        &diags[..diags.len().min(3)]
+    );
+    let target = set.target("t").unwrap();
+    let mut times = Vec::new();
+    let mut changes = 0;
+    for _ in 0..7 {
+        let t = Instant::now();
+        let c = compile(&set, target, Some(&inv));
+        let p = plan(&c.desired, &inv, None, &Settings::default(), None);
+        times.push(t.elapsed());
+        changes = p.changes.len();
+        std::hint::black_box(p);
+    }
+    times.sort();
+    let peak = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(|l| l.trim_start_matches("VmHWM:").trim().to_string())
+        })
+        .unwrap_or_else(|| "n/a".into());
+    println!(
+        "compile+plan: {FUNCTIONS} functions, {POLICIES} policies, {} rules, {changes} changes",
+        POLICIES * RULES_PER_POLICY
+    );
+    println!(
+        "  load+validate YAML ({} KiB): {:?}",
+        yaml.len() / 1024,
+        load
+    );
+    println!(
+        "  compile+plan over {} runs: min {:?} median {:?} max {:?}",
+        times.len(),
+        times[0],
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
+    println!("  peak RSS (VmHWM, whole process incl. YAML text): {peak}");
+}

@@ -61,9 +61,15 @@ pub enum ApplyError {
 /// # Errors
 /// [`ApplyError::Refused`] without any call when the plan is refused;
 /// [`ApplyError::Change`] at the first failed change, with the report so far.
-pub async fn apply(plan: &Plan, target: &Target, provider: &dyn Provider) -> Result<ApplyReport, ApplyError> {
+pub async fn apply(
+    plan: &Plan,
+    target: &Target,
+    provider: &dyn Provider,
+) -> Result<ApplyReport, ApplyError> {
     if let Some(r) = &plan.refusal {
-        return Err(ApplyError::Refused { reason: r.reason.clone() });
+        return Err(ApplyError::Refused {
+            reason: r.reason.clone(),
+        });
     }
     let mut report = ApplyReport::default();
     for (index, planned) in plan.changes.iter().enumerate() {

@@ -73,9 +73,13 @@ fn peer_covers(rule: &Peer, forbidden: &PeerSpec) -> bool {
         }
         // Azure's `Internet` tag is the public address space: the same exposure as a
         // world-open CIDR.
-        (PeerSpec::Cidr(f), Peer::ServiceTag(t)) => f.0.prefix_len() == 0 && t.eq_ignore_ascii_case("Internet"),
+        (PeerSpec::Cidr(f), Peer::ServiceTag(t)) => {
+            f.0.prefix_len() == 0 && t.eq_ignore_ascii_case("Internet")
+        }
         (PeerSpec::ServiceTag(f), Peer::ServiceTag(t)) => f.eq_ignore_ascii_case(t),
-        (PeerSpec::SecurityGroup(f), Peer::Group(palisade_providers::GroupRef::Id(id))) => f.eq_ignore_ascii_case(id),
+        (PeerSpec::SecurityGroup(f), Peer::Group(palisade_providers::GroupRef::Id(id))) => {
+            f.eq_ignore_ascii_case(id)
+        }
         (PeerSpec::PrefixList(f), Peer::PrefixList(id)) => f == id,
         _ => false,
     }
@@ -87,10 +91,19 @@ pub fn violates(rule: &Rule, forbid: &ForbidSpec) -> bool {
         && rule.direction == forbid.direction.into()
         && peer_covers(&rule.peer, &forbid.peer)
         && (forbid.ports.is_empty() || forbid.ports.iter().any(|p| p.0.overlaps(&rule.ports)))
-        && !forbid.except_ports.iter().any(|p| p.0.contains(&rule.ports))
+        && !forbid
+            .except_ports
+            .iter()
+            .any(|p| p.0.contains(&rule.ports))
 }
 
-fn violation(g: &GuardrailDoc, target: &str, resource: String, message: String, location: Option<SourceLocation>) -> Finding {
+fn violation(
+    g: &GuardrailDoc,
+    target: &str,
+    resource: String,
+    message: String,
+    location: Option<SourceLocation>,
+) -> Finding {
     Finding {
         kind: FindingKind::GuardrailViolation,
         target: target.to_string(),
@@ -104,7 +117,11 @@ fn violation(g: &GuardrailDoc, target: &str, resource: String, message: String, 
 
 /// Guardrails against a compiled desired state. With `inventory`, the `require`
 /// clauses are checked on the functions compile selected.
-pub fn check_desired(set: &PolicySet, desired: &DesiredState, inventory: Option<&Inventory>) -> Vec<Finding> {
+pub fn check_desired(
+    set: &PolicySet,
+    desired: &DesiredState,
+    inventory: Option<&Inventory>,
+) -> Vec<Finding> {
     let target = desired.target.as_str();
     let mut out = Vec::new();
     for g in set.guardrails.iter().filter(|g| in_scope(g, target)) {
@@ -130,10 +147,20 @@ pub fn check_desired(set: &PolicySet, desired: &DesiredState, inventory: Option<
         if !g.spec.require.in_network {
             continue;
         }
-        for f in inv.functions.iter().filter(|f| g.spec.scope.functions.matches(&f.name, &f.tags)) {
+        for f in inv
+            .functions
+            .iter()
+            .filter(|f| g.spec.scope.functions.matches(&f.name, &f.tags))
+        {
             let selected = desired.selected.values().any(|ids| ids.contains(&f.id));
             if selected && !desired.placements.contains_key(&f.id) {
-                out.push(violation(g, target, format!("function {}", f.name), "would not run in a VPC / VNet".into(), Some(g.here())));
+                out.push(violation(
+                    g,
+                    target,
+                    format!("function {}", f.name),
+                    "would not run in a VPC / VNet".into(),
+                    Some(g.here()),
+                ));
             }
         }
     }
@@ -155,18 +182,44 @@ pub fn check_inventory(set: &PolicySet, inventory: &Inventory) -> Vec<Finding> {
                             Some(o) => format!(" (managed by policy {o})"),
                             None => " (not managed by Palisade)".to_string(),
                         };
-                        out.push(violation(g, target, format!("group {}", group.id), format!("rule allows {rule}{owner}"), Some(g.at(f))));
+                        out.push(violation(
+                            g,
+                            target,
+                            format!("group {}", group.id),
+                            format!("rule allows {rule}{owner}"),
+                            Some(g.at(f)),
+                        ));
                     }
                 }
             }
         }
         let req = &g.spec.require;
-        for f in inventory.functions.iter().filter(|f| g.spec.scope.functions.matches(&f.name, &f.tags)) {
+        for f in inventory
+            .functions
+            .iter()
+            .filter(|f| g.spec.scope.functions.matches(&f.name, &f.tags))
+        {
             if req.in_network && f.placement.is_none() {
-                out.push(violation(g, target, format!("function {}", f.name), "does not run in a VPC / VNet".into(), Some(g.here())));
+                out.push(violation(
+                    g,
+                    target,
+                    format!("function {}", f.name),
+                    "does not run in a VPC / VNet".into(),
+                    Some(g.here()),
+                ));
             }
-            if req.covered_by_policy && !set.policies_of(target).any(|p| p.spec.functions.matches(&f.name, &f.tags)) {
-                out.push(violation(g, target, format!("function {}", f.name), "is not selected by any FunctionPolicy".into(), Some(g.here())));
+            if req.covered_by_policy
+                && !set
+                    .policies_of(target)
+                    .any(|p| p.spec.functions.matches(&f.name, &f.tags))
+            {
+                out.push(violation(
+                    g,
+                    target,
+                    format!("function {}", f.name),
+                    "is not selected by any FunctionPolicy".into(),
+                    Some(g.here()),
+                ));
             }
         }
     }
@@ -178,11 +231,15 @@ pub fn check_inventory(set: &PolicySet, inventory: &Inventory) -> Vec<Finding> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use palisade_providers::{Direction, Ports, PortRange, Protocol};
+    use palisade_providers::{Direction, PortRange, Ports, Protocol};
 
     fn forbid(direction: &str, peer: PeerSpec, ports: &[&str], except: &[&str]) -> ForbidSpec {
         ForbidSpec {
-            direction: if direction == "ingress" { crate::policy::RuleDirection::Ingress } else { crate::policy::RuleDirection::Egress },
+            direction: if direction == "ingress" {
+                crate::policy::RuleDirection::Ingress
+            } else {
+                crate::policy::RuleDirection::Egress
+            },
             peer,
             ports: ports.iter().map(|p| p.parse().unwrap()).collect(),
             except_ports: except.iter().map(|p| p.parse().unwrap()).collect(),
@@ -190,23 +247,111 @@ mod tests {
     }
 
     fn tcp(p: u16) -> Ports {
-        Ports { protocol: Protocol::Tcp, range: Some(PortRange { from: p, to: p }) }
+        Ports {
+            protocol: Protocol::Tcp,
+            range: Some(PortRange { from: p, to: p }),
+        }
     }
 
     #[test]
     fn forbid_matching_table() {
         let world = || PeerSpec::Cidr(crate::policy::Cidr("0.0.0.0/0".parse().unwrap()));
         let cases: Vec<(&str, Rule, ForbidSpec, bool)> = vec![
-            ("world ssh ingress is forbidden", Rule::allow(Direction::Ingress, tcp(22), Peer::cidr("0.0.0.0/0".parse().unwrap())), forbid("ingress", world(), &[], &[]), true),
-            ("a /8 is not the world", Rule::allow(Direction::Ingress, tcp(22), Peer::cidr("10.0.0.0/8".parse().unwrap())), forbid("ingress", world(), &[], &[]), false),
-            ("egress is not ingress", Rule::allow(Direction::Egress, tcp(22), Peer::cidr("0.0.0.0/0".parse().unwrap())), forbid("ingress", world(), &[], &[]), false),
-            ("https is excepted", Rule::allow(Direction::Egress, tcp(443), Peer::cidr("0.0.0.0/0".parse().unwrap())), forbid("egress", world(), &[], &["tcp/443"]), false),
-            ("all ports are not within the exception", Rule::allow(Direction::Egress, Ports::ALL, Peer::cidr("0.0.0.0/0".parse().unwrap())), forbid("egress", world(), &[], &["tcp/443"]), true),
-            ("port list limits the match", Rule::allow(Direction::Ingress, tcp(443), Peer::cidr("0.0.0.0/0".parse().unwrap())), forbid("ingress", world(), &["tcp/22"], &[]), false),
-            ("azure any covers the world", Rule::allow(Direction::Ingress, tcp(22), Peer::Any), forbid("ingress", world(), &[], &[]), true),
-            ("azure Internet tag is the world", Rule::allow(Direction::Egress, tcp(80), Peer::ServiceTag("Internet".into())), forbid("egress", world(), &[], &["tcp/443"]), true),
-            ("a deny rule never violates", Rule { access: Access::Deny, ..Rule::allow(Direction::Ingress, tcp(22), Peer::Any) }, forbid("ingress", world(), &[], &[]), false),
-            ("ipv4 forbid does not match ipv6", Rule::allow(Direction::Ingress, tcp(22), Peer::cidr("::/0".parse().unwrap())), forbid("ingress", world(), &[], &[]), false),
+            (
+                "world ssh ingress is forbidden",
+                Rule::allow(
+                    Direction::Ingress,
+                    tcp(22),
+                    Peer::cidr("0.0.0.0/0".parse().unwrap()),
+                ),
+                forbid("ingress", world(), &[], &[]),
+                true,
+            ),
+            (
+                "a /8 is not the world",
+                Rule::allow(
+                    Direction::Ingress,
+                    tcp(22),
+                    Peer::cidr("10.0.0.0/8".parse().unwrap()),
+                ),
+                forbid("ingress", world(), &[], &[]),
+                false,
+            ),
+            (
+                "egress is not ingress",
+                Rule::allow(
+                    Direction::Egress,
+                    tcp(22),
+                    Peer::cidr("0.0.0.0/0".parse().unwrap()),
+                ),
+                forbid("ingress", world(), &[], &[]),
+                false,
+            ),
+            (
+                "https is excepted",
+                Rule::allow(
+                    Direction::Egress,
+                    tcp(443),
+                    Peer::cidr("0.0.0.0/0".parse().unwrap()),
+                ),
+                forbid("egress", world(), &[], &["tcp/443"]),
+                false,
+            ),
+            (
+                "all ports are not within the exception",
+                Rule::allow(
+                    Direction::Egress,
+                    Ports::ALL,
+                    Peer::cidr("0.0.0.0/0".parse().unwrap()),
+                ),
+                forbid("egress", world(), &[], &["tcp/443"]),
+                true,
+            ),
+            (
+                "port list limits the match",
+                Rule::allow(
+                    Direction::Ingress,
+                    tcp(443),
+                    Peer::cidr("0.0.0.0/0".parse().unwrap()),
+                ),
+                forbid("ingress", world(), &["tcp/22"], &[]),
+                false,
+            ),
+            (
+                "azure any covers the world",
+                Rule::allow(Direction::Ingress, tcp(22), Peer::Any),
+                forbid("ingress", world(), &[], &[]),
+                true,
+            ),
+            (
+                "azure Internet tag is the world",
+                Rule::allow(
+                    Direction::Egress,
+                    tcp(80),
+                    Peer::ServiceTag("Internet".into()),
+                ),
+                forbid("egress", world(), &[], &["tcp/443"]),
+                true,
+            ),
+            (
+                "a deny rule never violates",
+                Rule {
+                    access: Access::Deny,
+                    ..Rule::allow(Direction::Ingress, tcp(22), Peer::Any)
+                },
+                forbid("ingress", world(), &[], &[]),
+                false,
+            ),
+            (
+                "ipv4 forbid does not match ipv6",
+                Rule::allow(
+                    Direction::Ingress,
+                    tcp(22),
+                    Peer::cidr("::/0".parse().unwrap()),
+                ),
+                forbid("ingress", world(), &[], &[]),
+                false,
+            ),
         ];
         for (name, rule, f, want) in cases {
             assert_eq!(violates(&rule, &f), want, "{name}");

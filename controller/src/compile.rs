@@ -13,8 +13,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use palisade_providers::{
-    Access, Cloud, Direction, EndpointKind, Function, GroupRef, Inventory, Peer, Placement,
-    Rule, Subnet, Tags, model::ownership_tags,
+    Access, Cloud, Direction, EndpointKind, Function, GroupRef, Inventory, Peer, Placement, Rule,
+    Subnet, Tags, model::ownership_tags,
 };
 use serde::Serialize;
 
@@ -247,7 +247,11 @@ pub fn compile(set: &PolicySet, target: &TargetDoc, inventory: Option<&Inventory
                 cx.diags.push(Diagnostic::warning(
                     K::EmptySelection,
                     Some(p.at(&p.spec.functions)),
-                    format!("policy {:?} selects no function in target {:?}", p.name(), target.name()),
+                    format!(
+                        "policy {:?} selects no function in target {:?}",
+                        p.name(),
+                        target.name()
+                    ),
                 ));
             }
             let net = cx.nets.get(p.name()).cloned().unwrap_or_default();
@@ -269,14 +273,22 @@ pub fn compile(set: &PolicySet, target: &TargetDoc, inventory: Option<&Inventory
                     continue;
                 }
                 ids.push(f.id.clone());
-                let Some(network) = net.network.clone() else { continue };
+                let Some(network) = net.network.clone() else {
+                    continue;
+                };
                 if net.subnets.is_empty() {
                     continue;
                 }
                 let mut groups = Vec::new();
                 if cx.cloud == Cloud::Aws {
                     groups.push(GroupRef::Managed(p.name().to_string()));
-                    groups.extend(p.spec.network.security_groups.iter().map(|g| GroupRef::Id(g.value.clone())));
+                    groups.extend(
+                        p.spec
+                            .network
+                            .security_groups
+                            .iter()
+                            .map(|g| GroupRef::Id(g.value.clone())),
+                    );
                 }
                 desired.placements.insert(
                     f.id.clone(),
@@ -304,7 +316,10 @@ pub fn compile(set: &PolicySet, target: &TargetDoc, inventory: Option<&Inventory
         let group = compile_group(&mut cx, p, &endpoints);
         desired.groups.insert(group.owner.clone(), group);
         if cx.cloud == Cloud::Azure
-            && let Some(subnet) = cx.nets.get(p.name()).and_then(|n| n.subnets.first().cloned())
+            && let Some(subnet) = cx
+                .nets
+                .get(p.name())
+                .and_then(|n| n.subnets.first().cloned())
         {
             let key = subnet.to_ascii_lowercase();
             if let Some(other) = desired.subnet_groups.get(&key) {
@@ -366,14 +381,22 @@ fn resolve_network(cx: &mut Ctx<'_>, p: &PolicyDoc) -> ResolvedNetwork {
             match matches.as_slice() {
                 [one] => out.network = Some((*one).to_string()),
                 [] => {
-                    cx.diags.push(Diagnostic::error(K::EmptySelection, Some(p.at(vpc)), "`network.vpc` matches no observed VPC"));
+                    cx.diags.push(Diagnostic::error(
+                        K::EmptySelection,
+                        Some(p.at(vpc)),
+                        "`network.vpc` matches no observed VPC",
+                    ));
                     return out;
                 }
                 many => {
                     cx.diags.push(Diagnostic::error(
                         K::AmbiguousSelection,
                         Some(p.at(vpc)),
-                        format!("`network.vpc` matches {} VPCs ({}); it must match exactly one", many.len(), many.join(", ")),
+                        format!(
+                            "`network.vpc` matches {} VPCs ({}); it must match exactly one",
+                            many.len(),
+                            many.join(", ")
+                        ),
                     ));
                     return out;
                 }
@@ -383,7 +406,11 @@ fn resolve_network(cx: &mut Ctx<'_>, p: &PolicyDoc) -> ResolvedNetwork {
             let subnets: Vec<&Subnet> = if sel.ids.is_empty() {
                 inv.subnets
                     .iter()
-                    .filter(|s| s.network == vpc_id && !sel.tags.is_empty() && tags_match(&sel.tags, &s.tags))
+                    .filter(|s| {
+                        s.network == vpc_id
+                            && !sel.tags.is_empty()
+                            && tags_match(&sel.tags, &s.tags)
+                    })
                     .collect()
             } else {
                 let mut found = Vec::new();
@@ -393,7 +420,10 @@ fn resolve_network(cx: &mut Ctx<'_>, p: &PolicyDoc) -> ResolvedNetwork {
                         Some(s) => cx.diags.push(Diagnostic::error(
                             K::InvalidValue,
                             Some(p.at(sel)),
-                            format!("subnet {id} is in {}, not in the policy's VPC {vpc_id}", s.network),
+                            format!(
+                                "subnet {id} is in {}, not in the policy's VPC {vpc_id}",
+                                s.network
+                            ),
                         )),
                         None => cx.diags.push(Diagnostic::error(
                             K::EmptySelection,
@@ -405,7 +435,11 @@ fn resolve_network(cx: &mut Ctx<'_>, p: &PolicyDoc) -> ResolvedNetwork {
                 found
             };
             if subnets.is_empty() {
-                cx.diags.push(Diagnostic::error(K::EmptySelection, Some(p.at(sel)), format!("`network.subnets` matches no subnet of {vpc_id}")));
+                cx.diags.push(Diagnostic::error(
+                    K::EmptySelection,
+                    Some(p.at(sel)),
+                    format!("`network.subnets` matches no subnet of {vpc_id}"),
+                ));
             } else if subnets.len() > LAMBDA_MAX_SUBNETS {
                 cx.diags.push(Diagnostic::error(
                     K::LambdaQuota,
@@ -418,9 +452,22 @@ fn resolve_network(cx: &mut Ctx<'_>, p: &PolicyDoc) -> ResolvedNetwork {
             }
         }
         Cloud::Azure => {
-            let (Some(vnet), Some(subnet)) = (&net.vnet, &net.subnet) else { return out };
-            let Some(n) = inv.networks.iter().find(|n| n.name.eq_ignore_ascii_case(vnet)) else {
-                cx.diags.push(Diagnostic::error(K::EmptySelection, Some(p.at(vnet)), format!("VNet {:?} is not observed in the target's resource group", vnet.value)));
+            let (Some(vnet), Some(subnet)) = (&net.vnet, &net.subnet) else {
+                return out;
+            };
+            let Some(n) = inv
+                .networks
+                .iter()
+                .find(|n| n.name.eq_ignore_ascii_case(vnet))
+            else {
+                cx.diags.push(Diagnostic::error(
+                    K::EmptySelection,
+                    Some(p.at(vnet)),
+                    format!(
+                        "VNet {:?} is not observed in the target's resource group",
+                        vnet.value
+                    ),
+                ));
                 return out;
             };
             out.network = Some(n.id.clone());
@@ -429,7 +476,10 @@ fn resolve_network(cx: &mut Ctx<'_>, p: &PolicyDoc) -> ResolvedNetwork {
                 None => cx.diags.push(Diagnostic::error(
                     K::EmptySelection,
                     Some(p.at(subnet)),
-                    format!("subnet {:?} is not observed in VNet {:?}", subnet.value, vnet.value),
+                    format!(
+                        "subnet {:?} is not observed in VNet {:?}",
+                        subnet.value, vnet.value
+                    ),
                 )),
             }
         }
@@ -444,12 +494,17 @@ fn find_azure_subnet<'a>(inv: &'a Inventory, network: &str, name: &str) -> Optio
 }
 
 /// Endpoints declared by the policies, merged per (service, network), keyed by owner key.
-fn compile_endpoints(cx: &mut Ctx<'_>, policies: &[&PolicyDoc]) -> BTreeMap<String, DesiredEndpoint> {
+fn compile_endpoints(
+    cx: &mut Ctx<'_>,
+    policies: &[&PolicyDoc],
+) -> BTreeMap<String, DesiredEndpoint> {
     let mut out: BTreeMap<String, DesiredEndpoint> = BTreeMap::new();
     for p in policies {
         let net = cx.nets.get(p.name()).cloned().unwrap_or_default();
         for e in &p.spec.endpoints {
-            let Some(key) = endpoint_key(cx, p, e) else { continue };
+            let Some(key) = endpoint_key(cx, p, e) else {
+                continue;
+            };
             let network = net.network.clone().unwrap_or_default();
             let entry = out.entry(key.clone()).or_insert_with(|| {
                 let (service, kind, private_dns) = match cx.cloud {
@@ -459,12 +514,16 @@ fn compile_endpoints(cx: &mut Ctx<'_>, policies: &[&PolicyDoc]) -> BTreeMap<Stri
                             EndpointType::Interface => EndpointKind::Interface,
                             EndpointType::Gateway => EndpointKind::Gateway,
                         },
-                        e.endpoint_type.unwrap_or_default() == EndpointType::Interface && e.private_dns.unwrap_or(true),
+                        e.endpoint_type.unwrap_or_default() == EndpointType::Interface
+                            && e.private_dns.unwrap_or(true),
                     ),
                     Cloud::Azure => (
                         format!(
                             "{}#{}",
-                            e.resource_id.as_deref().unwrap_or_default().to_ascii_lowercase(),
+                            e.resource_id
+                                .as_deref()
+                                .unwrap_or_default()
+                                .to_ascii_lowercase(),
                             e.group_id.as_deref().unwrap_or_default()
                         ),
                         EndpointKind::Private,
@@ -496,7 +555,12 @@ fn compile_endpoints(cx: &mut Ctx<'_>, policies: &[&PolicyDoc]) -> BTreeMap<Stri
                 }
                 EndpointKind::Gateway => {
                     for s in &net.subnets {
-                        if let Some(rt) = inv.subnets.iter().find(|x| x.id == *s).and_then(|x| x.route_table.clone()) {
+                        if let Some(rt) = inv
+                            .subnets
+                            .iter()
+                            .find(|x| x.id == *s)
+                            .and_then(|x| x.route_table.clone())
+                        {
                             entry.route_tables.push(rt);
                         }
                     }
@@ -563,22 +627,30 @@ fn endpoint_key(cx: &Ctx<'_>, p: &PolicyDoc, e: &crate::policy::EndpointSpec) ->
                 None => format!("endpoint.{name}"),
             })
         }
-        Cloud::Azure => Some(format!("endpoint.{name}.{}", e.group_id.as_deref().unwrap_or_default())),
+        Cloud::Azure => Some(format!(
+            "endpoint.{name}.{}",
+            e.group_id.as_deref().unwrap_or_default()
+        )),
     }
 }
 
 fn endpoint_group(ep: &DesiredEndpoint, policies: &[&PolicyDoc]) -> DesiredGroup {
-    let short = ep.service.rsplit('.').next().unwrap_or(&ep.service).to_string();
+    let short = ep
+        .service
+        .rsplit('.')
+        .next()
+        .unwrap_or(&ep.service)
+        .to_string();
     let mut rules = BTreeMap::new();
     // Every policy that declares the endpoint or sends to it may reach it on HTTPS.
     let users: BTreeSet<&str> = policies
         .iter()
         .filter(|p| {
             ep.policies.iter().any(|n| n == p.name())
-                || p.spec
-                    .egress
-                    .iter()
-                    .any(|r| r.to.iter().any(|t| t.value == PeerSpec::Endpoint(short.clone())))
+                || p.spec.egress.iter().any(|r| {
+                    r.to.iter()
+                        .any(|t| t.value == PeerSpec::Endpoint(short.clone()))
+                })
         })
         .map(|p| p.name())
         .collect();
@@ -664,12 +736,20 @@ fn flat_rules(p: &PolicyDoc) -> Vec<FlatRule<'_>> {
     out
 }
 
-fn compile_group(cx: &mut Ctx<'_>, p: &PolicyDoc, endpoints: &BTreeMap<String, DesiredEndpoint>) -> DesiredGroup {
+fn compile_group(
+    cx: &mut Ctx<'_>,
+    p: &PolicyDoc,
+    endpoints: &BTreeMap<String, DesiredEndpoint>,
+) -> DesiredGroup {
     let net = cx.nets.get(p.name()).cloned().unwrap_or_default();
     let mut rules = BTreeMap::new();
     let mut index: HashMap<(Direction, Access), usize> = HashMap::new();
     for fr in flat_rules(p) {
-        let peers: Vec<Peer> = fr.peers.iter().flat_map(|peer| resolve_peer(cx, p, peer, endpoints)).collect();
+        let peers: Vec<Peer> = fr
+            .peers
+            .iter()
+            .flat_map(|peer| resolve_peer(cx, p, peer, endpoints))
+            .collect();
         let i = index.entry((fr.direction, fr.access)).or_default();
         let base = match (cx.cloud, fr.priority, fr.access) {
             (Cloud::Aws, _, _) => None,
@@ -731,14 +811,25 @@ fn compile_group(cx: &mut Ctx<'_>, p: &PolicyDoc, endpoints: &BTreeMap<String, D
         }
         Cloud::Azure => {
             if rules.len() > AZURE_MAX_RULES {
-                cx.diags.push(Diagnostic::error(K::RuleQuota, Some(p.here()), format!("{} NSG rules after expansion; an NSG holds at most {AZURE_MAX_RULES}", rules.len())));
+                cx.diags.push(Diagnostic::error(
+                    K::RuleQuota,
+                    Some(p.here()),
+                    format!(
+                        "{} NSG rules after expansion; an NSG holds at most {AZURE_MAX_RULES}",
+                        rules.len()
+                    ),
+                ));
             }
         }
     }
     DesiredGroup {
         owner: p.name().to_string(),
         name: format!("palisade-{}", p.name()),
-        network: if cx.cloud == Cloud::Aws { net.network.unwrap_or_default() } else { String::new() },
+        network: if cx.cloud == Cloud::Aws {
+            net.network.unwrap_or_default()
+        } else {
+            String::new()
+        },
         description: format!("Palisade: function policy {}", p.name()),
         mode: p.spec.mode,
         rules,
@@ -760,7 +851,11 @@ fn resolve_peer(
             (Cloud::Azure, Some(inv)) => {
                 // Function apps cannot join application security groups: the peer is the
                 // other policy's integration subnet.
-                let subnets = cx.nets.get(other).map(|n| n.subnets.clone()).unwrap_or_default();
+                let subnets = cx
+                    .nets
+                    .get(other)
+                    .map(|n| n.subnets.clone())
+                    .unwrap_or_default();
                 let cidrs: Vec<Peer> = subnets
                     .iter()
                     .filter_map(|id| inv.subnets.iter().find(|s| s.id.eq_ignore_ascii_case(id)))
@@ -774,12 +869,20 @@ fn resolve_peer(
             let ep = endpoints.values().find(|e| {
                 let short = match cx.cloud {
                     Cloud::Aws => e.service.rsplit('.').next().unwrap_or(&e.service),
-                    Cloud::Azure => e.service.split('#').next().unwrap_or_default().rsplit('/').next().unwrap_or_default(),
+                    Cloud::Azure => e
+                        .service
+                        .split('#')
+                        .next()
+                        .unwrap_or_default()
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or_default(),
                 };
                 short.eq_ignore_ascii_case(name)
                     && (cx.cloud == Cloud::Azure
                         || e.network.is_empty()
-                        || Some(&e.network) == cx.nets.get(p.name()).and_then(|n| n.network.as_ref()))
+                        || Some(&e.network)
+                            == cx.nets.get(p.name()).and_then(|n| n.network.as_ref()))
             });
             let Some(ep) = ep else {
                 // validate reports unknown endpoints; a policy in another VPC lands here.
@@ -793,18 +896,22 @@ fn resolve_peer(
                 return Vec::new();
             };
             match (ep.kind, cx.inv) {
-                (EndpointKind::Interface, _) | (_, None) => vec![Peer::Group(GroupRef::Managed(ep.owner.clone()))],
-                (EndpointKind::Gateway, Some(inv)) => match inv.prefix_lists.iter().find(|pl| pl.name == ep.service) {
-                    Some(pl) => vec![Peer::PrefixList(pl.id.clone())],
-                    None => {
-                        cx.diags.push(Diagnostic::error(
+                (EndpointKind::Interface, _) | (_, None) => {
+                    vec![Peer::Group(GroupRef::Managed(ep.owner.clone()))]
+                }
+                (EndpointKind::Gateway, Some(inv)) => {
+                    match inv.prefix_lists.iter().find(|pl| pl.name == ep.service) {
+                        Some(pl) => vec![Peer::PrefixList(pl.id.clone())],
+                        None => {
+                            cx.diags.push(Diagnostic::error(
                             K::UnknownEndpoint,
                             Some(p.at(peer)),
                             format!("no prefix list for gateway service {} was observed in the target", ep.service),
                         ));
-                        Vec::new()
+                            Vec::new()
+                        }
                     }
-                },
+                }
                 (EndpointKind::Private, Some(inv)) => ep
                     .subnets
                     .iter()

@@ -6,11 +6,11 @@
 //! inventory) → [`plan`] (desired vs observed → [`plan::Plan`]) → [`apply`] (executes a
 //! plan through a [`palisade_providers::Provider`]).
 
-pub mod policy;
-pub mod compile;
-pub mod check;
-pub mod plan;
 pub mod apply;
+pub mod check;
+pub mod compile;
+pub mod plan;
+pub mod policy;
 
 use std::collections::BTreeMap;
 

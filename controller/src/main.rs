@@ -109,12 +109,16 @@ fn main() -> ExitCode {
 fn read_inventory(path: &Path) -> Result<Inventory> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read inventory {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not an inventory snapshot", path.display()))
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not an inventory snapshot", path.display()))
 }
 
 fn print_diagnostics(diags: &[Diagnostic], format: Format) -> Result<()> {
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "diagnostics": diags }))?),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "diagnostics": diags }))?
+        ),
         Format::Text => {
             for d in diags {
                 println!("{d}");
@@ -130,7 +134,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&policy::json_schema())?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Validate { path, inventory, format } => {
+        Command::Validate {
+            path,
+            inventory,
+            format,
+        } => {
             let mut inventories = BTreeMap::new();
             for p in &inventory {
                 let inv = read_inventory(p)?;
@@ -154,24 +162,49 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     set.guardrails.len()
                 );
             }
-            Ok(if errors > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+            Ok(if errors > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
-        Command::Plan { policies, inventory, revision, format, detailed_exitcode, settings } => {
+        Command::Plan {
+            policies,
+            inventory,
+            revision,
+            format,
+            detailed_exitcode,
+            settings,
+        } => {
             let inv = read_inventory(&inventory)?;
             let (set, mut diags) = policy::load_dir(&policies, &Limits::default());
             let Some(target) = set.target(&inv.target) else {
                 print_diagnostics(&diags, format)?;
-                bail!("the inventory is of target {:?}, which {} does not define", inv.target, policies.display());
+                bail!(
+                    "the inventory is of target {:?}, which {} does not define",
+                    inv.target,
+                    policies.display()
+                );
             };
-            diags.extend(palisade::validate_set(&set, &BTreeMap::from([(inv.target.clone(), inv.clone())])));
+            diags.extend(palisade::validate_set(
+                &set,
+                &BTreeMap::from([(inv.target.clone(), inv.clone())]),
+            ));
             if diags.iter().any(Diagnostic::is_error) {
                 print_diagnostics(&diags, format)?;
                 eprintln!("error: the policy source has errors; nothing was planned");
                 return Ok(ExitCode::from(1));
             }
             let compiled = palisade::compile::compile(&set, target, Some(&inv));
-            let mut plan = palisade::plan::plan(&compiled.desired, &inv, None, &settings.settings(), revision.as_deref());
-            plan.findings.extend(palisade::check::check_inventory(&set, &inv));
+            let mut plan = palisade::plan::plan(
+                &compiled.desired,
+                &inv,
+                None,
+                &settings.settings(),
+                revision.as_deref(),
+            );
+            plan.findings
+                .extend(palisade::check::check_inventory(&set, &inv));
             plan.findings.sort();
             plan.findings.dedup();
             match format {

@@ -225,36 +225,69 @@ pub fn plan(
     }
 }
 
-fn plan_groups(b: &mut Builder<'_>, desired: &DesiredState, observed: &BTreeMap<&str, Vec<&SecurityGroup>>, settings: &Settings) {
+fn plan_groups(
+    b: &mut Builder<'_>,
+    desired: &DesiredState,
+    observed: &BTreeMap<&str, Vec<&SecurityGroup>>,
+    settings: &Settings,
+) {
     for (owner, dg) in &desired.groups {
         let resource = format!("group {owner}");
         let prev = b.previous.and_then(|p| p.groups.get(owner));
-        let found = observed.get(owner.as_str()).map(Vec::as_slice).unwrap_or_default();
+        let found = observed
+            .get(owner.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let Some((primary, extras)) = found.split_first() else {
             if dg.mode == Mode::Audit {
-                b.finding(FindingKind::AuditDrift, &resource, format!("managed group {} does not exist (audit mode: not created)", dg.name));
+                b.finding(
+                    FindingKind::AuditDrift,
+                    &resource,
+                    format!(
+                        "managed group {} does not exist (audit mode: not created)",
+                        dg.name
+                    ),
+                );
                 continue;
             }
             let c = cause(prev.is_some());
-            b.push(Phase::CreateGroups, c, &resource, Change::CreateGroup {
-                owner: owner.clone(),
-                name: dg.name.clone(),
-                network: dg.network.clone(),
-                description: dg.description.clone(),
-                tags: create_tags(owner, &dg.name),
-            });
+            b.push(
+                Phase::CreateGroups,
+                c,
+                &resource,
+                Change::CreateGroup {
+                    owner: owner.clone(),
+                    name: dg.name.clone(),
+                    network: dg.network.clone(),
+                    description: dg.description.clone(),
+                    tags: create_tags(owner, &dg.name),
+                },
+            );
             if !dg.rules.is_empty() {
-                b.push(Phase::AddRules, c, &resource, Change::AddRules {
-                    group: GroupRef::Managed(owner.clone()),
-                    rules: dg.rules.keys().cloned().collect(),
-                });
+                b.push(
+                    Phase::AddRules,
+                    c,
+                    &resource,
+                    Change::AddRules {
+                        group: GroupRef::Managed(owner.clone()),
+                        rules: dg.rules.keys().cloned().collect(),
+                    },
+                );
             }
             continue;
         };
         // Two groups claiming the same owner: keep the first, the others are drift.
         for extra in extras {
             if dg.mode == Mode::Enforce {
-                b.push(Phase::DeleteGroups, Cause::Drift, &format!("group {owner} ({})", extra.id), Change::DeleteGroup { owner: owner.clone(), id: extra.id.clone() });
+                b.push(
+                    Phase::DeleteGroups,
+                    Cause::Drift,
+                    &format!("group {owner} ({})", extra.id),
+                    Change::DeleteGroup {
+                        owner: owner.clone(),
+                        id: extra.id.clone(),
+                    },
+                );
             }
         }
         let have: BTreeSet<&Rule> = primary.rules.iter().collect();
@@ -268,34 +301,70 @@ fn plan_groups(b: &mut Builder<'_>, desired: &DesiredState, observed: &BTreeMap<
         let resource = format!("group {owner} ({})", primary.id);
         if dg.mode == Mode::Audit {
             for r in &to_add {
-                b.finding(FindingKind::AuditDrift, &resource, format!("missing rule: {r}"));
+                b.finding(
+                    FindingKind::AuditDrift,
+                    &resource,
+                    format!("missing rule: {r}"),
+                );
             }
             for r in &to_remove {
-                b.finding(FindingKind::AuditDrift, &resource, format!("unexpected rule: {r}"));
+                b.finding(
+                    FindingKind::AuditDrift,
+                    &resource,
+                    format!("unexpected rule: {r}"),
+                );
             }
             continue;
         }
         let gref = GroupRef::Managed(owner.clone());
         // Azure: a new rule that takes an old rule's priority replaces it in place; the
         // old one goes first (priorities are unique per direction).
-        let taken: BTreeSet<_> = to_add.iter().filter_map(|r| r.priority.map(|p| (r.direction, p))).collect();
-        let (conflicting, rest): (Vec<&Rule>, Vec<&Rule>) = to_remove
+        let taken: BTreeSet<_> = to_add
             .iter()
-            .partition(|r| r.priority.is_some_and(|p| taken.contains(&(r.direction, p))));
+            .filter_map(|r| r.priority.map(|p| (r.direction, p)))
+            .collect();
+        let (conflicting, rest): (Vec<&Rule>, Vec<&Rule>) = to_remove.iter().partition(|r| {
+            r.priority
+                .is_some_and(|p| taken.contains(&(r.direction, p)))
+        });
         let add_cause = |r: &Rule| cause(prev.is_some_and(|pg| pg.rules.contains_key(r)));
         let remove_cause = |r: &Rule| cause(prev.is_some_and(|pg| !pg.rules.contains_key(r)));
         for (phase, rules) in [(Phase::AddRules, &conflicting), (Phase::RemoveRules, &rest)] {
             for c in [Cause::Intended, Cause::Drift] {
-                let batch: Vec<Rule> = rules.iter().filter(|r| remove_cause(r) == c).map(|r| (*r).clone()).collect();
+                let batch: Vec<Rule> = rules
+                    .iter()
+                    .filter(|r| remove_cause(r) == c)
+                    .map(|r| (*r).clone())
+                    .collect();
                 if !batch.is_empty() {
-                    b.push(phase, c, &resource, Change::RemoveRules { group: gref.clone(), rules: batch });
+                    b.push(
+                        phase,
+                        c,
+                        &resource,
+                        Change::RemoveRules {
+                            group: gref.clone(),
+                            rules: batch,
+                        },
+                    );
                 }
             }
         }
         for c in [Cause::Intended, Cause::Drift] {
-            let batch: Vec<Rule> = to_add.iter().filter(|r| add_cause(r) == c).map(|r| (*r).clone()).collect();
+            let batch: Vec<Rule> = to_add
+                .iter()
+                .filter(|r| add_cause(r) == c)
+                .map(|r| (*r).clone())
+                .collect();
             if !batch.is_empty() {
-                b.push(Phase::AddRules, c, &resource, Change::AddRules { group: gref.clone(), rules: batch });
+                b.push(
+                    Phase::AddRules,
+                    c,
+                    &resource,
+                    Change::AddRules {
+                        group: gref.clone(),
+                        rules: batch,
+                    },
+                );
             }
         }
     }
@@ -307,34 +376,74 @@ fn plan_groups(b: &mut Builder<'_>, desired: &DesiredState, observed: &BTreeMap<
             let resource = format!("group {owner} ({})", g.id);
             if settings.prune {
                 let drift = b.previous.is_some_and(|p| !p.groups.contains_key(*owner));
-                b.push(Phase::DeleteGroups, cause(drift), &resource, Change::DeleteGroup { owner: (*owner).to_string(), id: g.id.clone() });
+                b.push(
+                    Phase::DeleteGroups,
+                    cause(drift),
+                    &resource,
+                    Change::DeleteGroup {
+                        owner: (*owner).to_string(),
+                        id: g.id.clone(),
+                    },
+                );
             } else {
-                b.finding(FindingKind::Orphaned, &resource, "no policy wants this managed group any more (prune is off)".into());
+                b.finding(
+                    FindingKind::Orphaned,
+                    &resource,
+                    "no policy wants this managed group any more (prune is off)".into(),
+                );
             }
         }
     }
 }
 
-fn plan_placements(b: &mut Builder<'_>, desired: &DesiredState, observed: &Inventory, settings: &Settings) {
-    let functions: BTreeMap<&str, &Function> = observed.functions.iter().map(|f| (f.id.as_str(), f)).collect();
+fn plan_placements(
+    b: &mut Builder<'_>,
+    desired: &DesiredState,
+    observed: &Inventory,
+    settings: &Settings,
+) {
+    let functions: BTreeMap<&str, &Function> = observed
+        .functions
+        .iter()
+        .map(|f| (f.id.as_str(), f))
+        .collect();
     for (id, dp) in &desired.placements {
-        let Some(f) = functions.get(id.as_str()) else { continue };
+        let Some(f) = functions.get(id.as_str()) else {
+            continue;
+        };
         let have = f.placement.clone().map(Placement::normalised);
         if have.as_ref() == Some(&dp.placement) {
             continue;
         }
         let resource = format!("function {}", f.name);
         if dp.mode == Mode::Audit {
-            b.finding(FindingKind::AuditDrift, &resource, format!("placement is {}, policy {} wants {}", show_placement(have.as_ref()), dp.policy, show_placement(Some(&dp.placement))));
+            b.finding(
+                FindingKind::AuditDrift,
+                &resource,
+                format!(
+                    "placement is {}, policy {} wants {}",
+                    show_placement(have.as_ref()),
+                    dp.policy,
+                    show_placement(Some(&dp.placement))
+                ),
+            );
             continue;
         }
-        let drift = b.previous.and_then(|p| p.placements.get(id)).is_some_and(|pp| pp.placement == dp.placement);
-        b.push(Phase::Placement, cause(drift), &resource, Change::SetPlacement {
-            function: id.clone(),
-            name: f.name.clone(),
-            before: have,
-            after: Some(dp.placement.clone()),
-        });
+        let drift = b
+            .previous
+            .and_then(|p| p.placements.get(id))
+            .is_some_and(|pp| pp.placement == dp.placement);
+        b.push(
+            Phase::Placement,
+            cause(drift),
+            &resource,
+            Change::SetPlacement {
+                function: id.clone(),
+                name: f.name.clone(),
+                before: have,
+                after: Some(dp.placement.clone()),
+            },
+        );
     }
     // Functions no policy selects that still hold managed groups.
     for f in &observed.functions {
@@ -342,8 +451,14 @@ fn plan_placements(b: &mut Builder<'_>, desired: &DesiredState, observed: &Inven
             continue;
         }
         let Some(p) = &f.placement else { continue };
-        let was_ours = b.previous.is_some_and(|prev| prev.placements.contains_key(&f.id));
-        let managed: Vec<&GroupRef> = p.groups.iter().filter(|g| matches!(g, GroupRef::Managed(_))).collect();
+        let was_ours = b
+            .previous
+            .is_some_and(|prev| prev.placements.contains_key(&f.id));
+        let managed: Vec<&GroupRef> = p
+            .groups
+            .iter()
+            .filter(|g| matches!(g, GroupRef::Managed(_)))
+            .collect();
         if managed.is_empty() {
             continue;
         }
@@ -354,55 +469,113 @@ fn plan_placements(b: &mut Builder<'_>, desired: &DesiredState, observed: &Inven
             .collect();
         let resource = format!("function {}", f.name);
         for g in managed.iter().filter(|g| !release.contains(g)) {
-            b.finding(FindingKind::ForeignAttachment, &resource, format!("holds {g}, but no policy selects this function"));
+            b.finding(
+                FindingKind::ForeignAttachment,
+                &resource,
+                format!("holds {g}, but no policy selects this function"),
+            );
         }
         if release.is_empty() {
             continue;
         }
-        let groups: Vec<GroupRef> = p.groups.iter().filter(|g| !release.contains(g)).cloned().collect();
-        let after = (!groups.is_empty()).then(|| Placement { groups, ..p.clone() }.normalised());
-        b.push(Phase::Placement, Cause::Intended, &resource, Change::SetPlacement {
-            function: f.id.clone(),
-            name: f.name.clone(),
-            before: Some(p.clone().normalised()),
-            after,
+        let groups: Vec<GroupRef> = p
+            .groups
+            .iter()
+            .filter(|g| !release.contains(g))
+            .cloned()
+            .collect();
+        let after = (!groups.is_empty()).then(|| {
+            Placement {
+                groups,
+                ..p.clone()
+            }
+            .normalised()
         });
+        b.push(
+            Phase::Placement,
+            Cause::Intended,
+            &resource,
+            Change::SetPlacement {
+                function: f.id.clone(),
+                name: f.name.clone(),
+                before: Some(p.clone().normalised()),
+                after,
+            },
+        );
     }
     // Azure subnet ↔ NSG associations.
     for sg in desired.subnet_groups.values() {
-        let Some(s) = observed.subnets.iter().find(|s| s.id.eq_ignore_ascii_case(&sg.subnet)) else { continue };
+        let Some(s) = observed
+            .subnets
+            .iter()
+            .find(|s| s.id.eq_ignore_ascii_case(&sg.subnet))
+        else {
+            continue;
+        };
         if s.group.as_ref() == Some(&sg.group) {
             continue;
         }
         let resource = format!("subnet {}", s.name);
         if sg.mode == Mode::Audit {
-            b.finding(FindingKind::AuditDrift, &resource, format!("NSG is {}, policy {} wants {}", s.group.as_ref().map_or("none".into(), ToString::to_string), sg.policy, sg.group));
+            b.finding(
+                FindingKind::AuditDrift,
+                &resource,
+                format!(
+                    "NSG is {}, policy {} wants {}",
+                    s.group.as_ref().map_or("none".into(), ToString::to_string),
+                    sg.policy,
+                    sg.group
+                ),
+            );
             continue;
         }
-        let drift = b.previous.and_then(|p| p.subnet_groups.get(&sg.subnet.to_ascii_lowercase())).is_some_and(|x| x.group == sg.group);
-        b.push(Phase::Placement, cause(drift), &resource, Change::SetSubnetGroup {
-            subnet: s.id.clone(),
-            before: s.group.clone(),
-            after: Some(sg.group.clone()),
-        });
+        let drift = b
+            .previous
+            .and_then(|p| p.subnet_groups.get(&sg.subnet.to_ascii_lowercase()))
+            .is_some_and(|x| x.group == sg.group);
+        b.push(
+            Phase::Placement,
+            cause(drift),
+            &resource,
+            Change::SetSubnetGroup {
+                subnet: s.id.clone(),
+                before: s.group.clone(),
+                after: Some(sg.group.clone()),
+            },
+        );
     }
     for s in &observed.subnets {
-        let Some(GroupRef::Managed(owner)) = &s.group else { continue };
-        if desired.subnet_groups.contains_key(&s.id.to_ascii_lowercase()) {
+        let Some(GroupRef::Managed(owner)) = &s.group else {
+            continue;
+        };
+        if desired
+            .subnet_groups
+            .contains_key(&s.id.to_ascii_lowercase())
+        {
             continue;
         }
         let resource = format!("subnet {}", s.name);
         if settings.prune || !desired.groups.contains_key(owner) {
-            b.push(Phase::Placement, Cause::Intended, &resource, Change::SetSubnetGroup {
-                subnet: s.id.clone(),
-                before: s.group.clone(),
-                after: None,
-            });
+            b.push(
+                Phase::Placement,
+                Cause::Intended,
+                &resource,
+                Change::SetSubnetGroup {
+                    subnet: s.id.clone(),
+                    before: s.group.clone(),
+                    after: None,
+                },
+            );
         }
     }
 }
 
-fn plan_endpoints(b: &mut Builder<'_>, desired: &DesiredState, observed: &Inventory, settings: &Settings) {
+fn plan_endpoints(
+    b: &mut Builder<'_>,
+    desired: &DesiredState,
+    observed: &Inventory,
+    settings: &Settings,
+) {
     let mut have: BTreeMap<&str, Vec<&palisade_providers::Endpoint>> = BTreeMap::new();
     for e in &observed.endpoints {
         if let Some(o) = e.owner() {
@@ -425,9 +598,21 @@ fn plan_endpoints(b: &mut Builder<'_>, desired: &DesiredState, observed: &Invent
         };
         let Some(found) = have.get(owner.as_str()).and_then(|v| v.first()) else {
             if de.mode == Mode::Audit {
-                b.finding(FindingKind::AuditDrift, &resource, format!("endpoint for {} does not exist (audit mode: not created)", de.service));
+                b.finding(
+                    FindingKind::AuditDrift,
+                    &resource,
+                    format!(
+                        "endpoint for {} does not exist (audit mode: not created)",
+                        de.service
+                    ),
+                );
             } else {
-                b.push(Phase::CreateEndpoints, cause(prev.is_some()), &resource, create);
+                b.push(
+                    Phase::CreateEndpoints,
+                    cause(prev.is_some()),
+                    &resource,
+                    create,
+                );
             }
             continue;
         };
@@ -438,7 +623,9 @@ fn plan_endpoints(b: &mut Builder<'_>, desired: &DesiredState, observed: &Invent
         };
         let mut groups = found.groups.clone();
         groups.sort();
-        let same_shape = found.service == de.service && found.kind == de.kind && found.network.eq_ignore_ascii_case(&de.network);
+        let same_shape = found.service == de.service
+            && found.kind == de.kind
+            && found.network.eq_ignore_ascii_case(&de.network);
         let same_detail = sorted(&found.subnets) == de.subnets
             && groups == de.groups
             && sorted(&found.route_tables) == de.route_tables
@@ -448,22 +635,42 @@ fn plan_endpoints(b: &mut Builder<'_>, desired: &DesiredState, observed: &Invent
         }
         let resource = format!("endpoint {owner} ({})", found.id);
         if de.mode == Mode::Audit {
-            b.finding(FindingKind::AuditDrift, &resource, format!("endpoint differs from policy: subnets {:?}, route tables {:?}", found.subnets, found.route_tables));
+            b.finding(
+                FindingKind::AuditDrift,
+                &resource,
+                format!(
+                    "endpoint differs from policy: subnets {:?}, route tables {:?}",
+                    found.subnets, found.route_tables
+                ),
+            );
             continue;
         }
         let drift = prev.is_some_and(|p| p == de);
         if same_shape {
-            b.push(Phase::UpdateEndpoints, cause(drift), &resource, Change::UpdateEndpoint {
-                owner: owner.clone(),
-                id: found.id.clone(),
-                subnets: de.subnets.clone(),
-                groups: de.groups.clone(),
-                route_tables: de.route_tables.clone(),
-                private_dns: de.private_dns,
-            });
+            b.push(
+                Phase::UpdateEndpoints,
+                cause(drift),
+                &resource,
+                Change::UpdateEndpoint {
+                    owner: owner.clone(),
+                    id: found.id.clone(),
+                    subnets: de.subnets.clone(),
+                    groups: de.groups.clone(),
+                    route_tables: de.route_tables.clone(),
+                    private_dns: de.private_dns,
+                },
+            );
         } else {
             // Service, kind or network cannot change in place: replace.
-            b.push(Phase::UpdateEndpoints, cause(drift), &resource, Change::DeleteEndpoint { owner: owner.clone(), id: found.id.clone() });
+            b.push(
+                Phase::UpdateEndpoints,
+                cause(drift),
+                &resource,
+                Change::DeleteEndpoint {
+                    owner: owner.clone(),
+                    id: found.id.clone(),
+                },
+            );
             b.push(Phase::UpdateEndpoints, cause(drift), &resource, create);
         }
     }
@@ -475,9 +682,21 @@ fn plan_endpoints(b: &mut Builder<'_>, desired: &DesiredState, observed: &Invent
             }
             let resource = format!("endpoint {owner} ({})", e.id);
             if settings.prune || wanted {
-                b.push(Phase::DeleteEndpoints, cause(wanted), &resource, Change::DeleteEndpoint { owner: (*owner).to_string(), id: e.id.clone() });
+                b.push(
+                    Phase::DeleteEndpoints,
+                    cause(wanted),
+                    &resource,
+                    Change::DeleteEndpoint {
+                        owner: (*owner).to_string(),
+                        id: e.id.clone(),
+                    },
+                );
             } else {
-                b.finding(FindingKind::Orphaned, &resource, "no policy wants this managed endpoint any more (prune is off)".into());
+                b.finding(
+                    FindingKind::Orphaned,
+                    &resource,
+                    "no policy wants this managed endpoint any more (prune is off)".into(),
+                );
             }
         }
     }
@@ -489,7 +708,9 @@ fn summarise(changes: &[PlannedChange]) -> Summary {
         match &c.change {
             Change::CreateGroup { .. } | Change::CreateEndpoint { .. } => s.add += 1,
             Change::AddRules { rules, .. } => s.add += rules.len(),
-            Change::SetPlacement { after: Some(_), .. } | Change::SetSubnetGroup { after: Some(_), .. } | Change::UpdateEndpoint { .. } => s.change += 1,
+            Change::SetPlacement { after: Some(_), .. }
+            | Change::SetSubnetGroup { after: Some(_), .. }
+            | Change::UpdateEndpoint { .. } => s.change += 1,
             other => s.destroy += other.deletes(),
         }
     }
@@ -498,21 +719,44 @@ fn summarise(changes: &[PlannedChange]) -> Summary {
 
 /// Managed rules and resources observed: the denominator of the percentage budget.
 fn managed_count(observed: &Inventory) -> usize {
-    let groups: usize = observed.groups.iter().filter(|g| g.owner().is_some()).map(|g| 1 + g.rules.len()).sum();
-    let endpoints = observed.endpoints.iter().filter(|e| e.owner().is_some()).count();
+    let groups: usize = observed
+        .groups
+        .iter()
+        .filter(|g| g.owner().is_some())
+        .map(|g| 1 + g.rules.len())
+        .sum();
+    let endpoints = observed
+        .endpoints
+        .iter()
+        .filter(|e| e.owner().is_some())
+        .count();
     let placements = observed
         .functions
         .iter()
-        .filter(|f| f.placement.as_ref().is_some_and(|p| p.groups.iter().any(|g| matches!(g, GroupRef::Managed(_)))))
+        .filter(|f| {
+            f.placement
+                .as_ref()
+                .is_some_and(|p| p.groups.iter().any(|g| matches!(g, GroupRef::Managed(_))))
+        })
         .count();
-    let subnets = observed.subnets.iter().filter(|s| matches!(s.group, Some(GroupRef::Managed(_)))).count();
+    let subnets = observed
+        .subnets
+        .iter()
+        .filter(|s| matches!(s.group, Some(GroupRef::Managed(_))))
+        .count();
     groups + endpoints + placements + subnets
 }
 
-fn refuse(desired: &DesiredState, observed: &Inventory, changes: &[PlannedChange], settings: &Settings) -> Option<Refusal> {
+fn refuse(
+    desired: &DesiredState,
+    observed: &Inventory,
+    changes: &[PlannedChange],
+    settings: &Settings,
+) -> Option<Refusal> {
     let deletes: usize = changes.iter().map(|c| c.change.deletes()).sum();
     let managed = managed_count(observed);
-    let nothing_desired = desired.groups.is_empty() && desired.placements.is_empty() && desired.endpoints.is_empty();
+    let nothing_desired =
+        desired.groups.is_empty() && desired.placements.is_empty() && desired.endpoints.is_empty();
     if nothing_desired && managed > 0 && !settings.allow_empty {
         return Some(Refusal {
             reason: format!(
@@ -525,12 +769,18 @@ fn refuse(desired: &DesiredState, observed: &Inventory, changes: &[PlannedChange
     }
     if deletes > settings.max_deletes {
         return Some(Refusal {
-            reason: format!("the plan deletes {deletes} rules and resources; the budget is {} per plan", settings.max_deletes),
+            reason: format!(
+                "the plan deletes {deletes} rules and resources; the budget is {} per plan",
+                settings.max_deletes
+            ),
             deletes,
             managed,
         });
     }
-    if deletes >= settings.delete_percent_floor && managed > 0 && deletes * 100 > managed * settings.max_delete_percent as usize {
+    if deletes >= settings.delete_percent_floor
+        && managed > 0
+        && deletes * 100 > managed * settings.max_delete_percent as usize
+    {
         return Some(Refusal {
             reason: format!(
                 "the plan deletes {deletes} of {managed} managed rules and resources ({}%); the budget is {}%",
@@ -549,7 +799,12 @@ fn show_placement(p: Option<&Placement>) -> String {
         None => "outside any network".into(),
         Some(p) => {
             let groups: Vec<String> = p.groups.iter().map(ToString::to_string).collect();
-            format!("{} subnets [{}] groups [{}]", p.network, p.subnets.join(", "), groups.join(", "))
+            format!(
+                "{} subnets [{}] groups [{}]",
+                p.network,
+                p.subnets.join(", "),
+                groups.join(", ")
+            )
         }
     }
 }
@@ -566,7 +821,10 @@ pub fn render_text(plan: &Plan) -> String {
     if plan.changes.is_empty() {
         out.push_str("\nNo changes. The target matches the policies.\n");
     }
-    for (cause, title) in [(Cause::Intended, "Changes from the policies"), (Cause::Drift, "Drift to revert")] {
+    for (cause, title) in [
+        (Cause::Intended, "Changes from the policies"),
+        (Cause::Drift, "Drift to revert"),
+    ] {
         let mut by_resource: BTreeMap<&str, Vec<&PlannedChange>> = BTreeMap::new();
         let mut order = Vec::new();
         for c in plan.changes.iter().filter(|c| c.cause == cause) {
@@ -599,7 +857,11 @@ pub fn render_text(plan: &Plan) -> String {
         }
     }
     let s = plan.summary;
-    let _ = writeln!(out, "\nPlan: {} to add, {} to change, {} to destroy.", s.add, s.change, s.destroy);
+    let _ = writeln!(
+        out,
+        "\nPlan: {} to add, {} to change, {} to destroy.",
+        s.add, s.change, s.destroy
+    );
     if let Some(r) = &plan.refusal {
         let _ = writeln!(out, "\nREFUSED: {}", r.reason);
     }
@@ -608,7 +870,14 @@ pub fn render_text(plan: &Plan) -> String {
 
 fn change_lines(c: &Change) -> Vec<String> {
     match c {
-        Change::CreateGroup { name, network, .. } => vec![format!("+ create group {name}{}", if network.is_empty() { String::new() } else { format!(" in {network}") })],
+        Change::CreateGroup { name, network, .. } => vec![format!(
+            "+ create group {name}{}",
+            if network.is_empty() {
+                String::new()
+            } else {
+                format!(" in {network}")
+            }
+        )],
         Change::DeleteGroup { id, .. } => vec![format!("- delete group {id}")],
         Change::AddRules { rules, .. } => rules.iter().map(|r| format!("+ {r}")).collect(),
         Change::RemoveRules { rules, .. } => rules
@@ -618,17 +887,40 @@ fn change_lines(c: &Change) -> Vec<String> {
                 None => format!("- {r}"),
             })
             .collect(),
-        Change::SetPlacement { before, after, .. } => vec![format!("~ placement: {} -> {}", show_placement(before.as_ref()), show_placement(after.as_ref()))],
+        Change::SetPlacement { before, after, .. } => vec![format!(
+            "~ placement: {} -> {}",
+            show_placement(before.as_ref()),
+            show_placement(after.as_ref())
+        )],
         Change::SetSubnetGroup { before, after, .. } => vec![format!(
             "~ NSG: {} -> {}",
             before.as_ref().map_or("none".into(), ToString::to_string),
             after.as_ref().map_or("none".into(), ToString::to_string)
         )],
-        Change::CreateEndpoint { service, kind, subnets, route_tables, .. } => vec![format!("+ create {kind:?} endpoint {service} subnets [{}] route tables [{}]", subnets.join(", "), route_tables.join(", "))],
-        Change::UpdateEndpoint { subnets, groups, route_tables, .. } => vec![format!(
+        Change::CreateEndpoint {
+            service,
+            kind,
+            subnets,
+            route_tables,
+            ..
+        } => vec![format!(
+            "+ create {kind:?} endpoint {service} subnets [{}] route tables [{}]",
+            subnets.join(", "),
+            route_tables.join(", ")
+        )],
+        Change::UpdateEndpoint {
+            subnets,
+            groups,
+            route_tables,
+            ..
+        } => vec![format!(
             "~ endpoint subnets [{}] groups [{}] route tables [{}]",
             subnets.join(", "),
-            groups.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+            groups
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
             route_tables.join(", ")
         )],
         Change::DeleteEndpoint { id, .. } => vec![format!("- delete endpoint {id}")],

@@ -32,7 +32,11 @@ fn fixture(name: &str) -> Inventory {
 fn desired(set: &PolicySet, inv: &Inventory) -> DesiredState {
     let t = set.target(&inv.target).unwrap();
     let c = compile(set, t, Some(inv));
-    assert!(c.diagnostics.iter().all(|d| !d.is_error()), "{:?}", c.diagnostics);
+    assert!(
+        c.diagnostics.iter().all(|d| !d.is_error()),
+        "{:?}",
+        c.diagnostics
+    );
     c.desired
 }
 
@@ -41,7 +45,9 @@ fn target(set: &PolicySet, name: &str) -> palisade_providers::Target {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
 }
 
 /// Plan, apply to the fake, observe, plan again: the second plan must be empty.
@@ -51,7 +57,8 @@ fn converge(set: &PolicySet, fake: &FakeProvider, name: &str, settings: &Setting
     let inv = rt.block_on(fake.observe(&t)).unwrap();
     let want = desired(set, &inv);
     let first = plan(&want, &inv, None, settings, Some("rev1"));
-    rt.block_on(palisade::apply::apply(&first, &t, fake)).unwrap();
+    rt.block_on(palisade::apply::apply(&first, &t, fake))
+        .unwrap();
     let inv = rt.block_on(fake.observe(&t)).unwrap();
     let want = desired(set, &inv);
     let second = plan(&want, &inv, Some(&want), settings, Some("rev1"));
@@ -61,11 +68,21 @@ fn converge(set: &PolicySet, fake: &FakeProvider, name: &str, settings: &Setting
 #[test]
 fn example_converges_in_one_apply_on_both_clouds() {
     let set = example();
-    for (name, file) in [("prod-aws", "inventory-prod-aws.json"), ("prod-azure", "inventory-prod-azure.json")] {
+    for (name, file) in [
+        ("prod-aws", "inventory-prod-aws.json"),
+        ("prod-azure", "inventory-prod-azure.json"),
+    ] {
         let fake = FakeProvider::new(fixture(file));
         let (first, second) = converge(&set, &fake, name, &Settings::default());
-        assert!(!first.changes.is_empty(), "{name}: first plan does something");
-        assert!(second.changes.is_empty(), "{name}: second plan is empty:\n{}", palisade::plan::render_text(&second));
+        assert!(
+            !first.changes.is_empty(),
+            "{name}: first plan does something"
+        );
+        assert!(
+            second.changes.is_empty(),
+            "{name}: second plan is empty:\n{}",
+            palisade::plan::render_text(&second)
+        );
         let writes = fake.writes();
         // Re-planning a converged target again and again makes no write.
         let t = target(&set, name);
@@ -73,9 +90,14 @@ fn example_converges_in_one_apply_on_both_clouds() {
             let inv = rt().block_on(fake.observe(&t)).unwrap();
             let want = desired(&set, &inv);
             let p = plan(&want, &inv, Some(&want), &Settings::default(), None);
-            rt().block_on(palisade::apply::apply(&p, &t, &fake)).unwrap();
+            rt().block_on(palisade::apply::apply(&p, &t, &fake))
+                .unwrap();
         }
-        assert_eq!(fake.writes(), writes, "{name}: converged target gets no writes");
+        assert_eq!(
+            fake.writes(),
+            writes,
+            "{name}: converged target gets no writes"
+        );
     }
 }
 
@@ -90,17 +112,29 @@ fn phases_are_make_before_break() {
     assert_eq!(phases, sorted, "changes are in phase order");
     let pos = |f: &dyn Fn(&Change) -> bool| p.changes.iter().position(|c| f(&c.change)).unwrap();
     let create = pos(&|c| matches!(c, Change::CreateGroup { owner, .. } if owner == "payments-db"));
-    let authorise = pos(&|c| matches!(c, Change::AddRules { group: GroupRef::Managed(o), .. } if o == "payments-db"));
-    let moved = pos(&|c| matches!(c, Change::SetPlacement { name, .. } if name == "payments-db-proxy"));
+    let authorise = pos(
+        &|c| matches!(c, Change::AddRules { group: GroupRef::Managed(o), .. } if o == "payments-db"),
+    );
+    let moved =
+        pos(&|c| matches!(c, Change::SetPlacement { name, .. } if name == "payments-db-proxy"));
     assert!(create < authorise && authorise < moved);
 }
 
 fn managed_group(owner: &str, id: &str, rules: Vec<Rule>) -> SecurityGroup {
-    SecurityGroup { id: id.into(), name: format!("palisade-{owner}"), network: "vpc-0prod".into(), tags: ownership_tags(owner), rules }
+    SecurityGroup {
+        id: id.into(),
+        name: format!("palisade-{owner}"),
+        network: "vpc-0prod".into(),
+        tags: ownership_tags(owner),
+        rules,
+    }
 }
 
 fn tcp(p: u16) -> Ports {
-    Ports { protocol: Protocol::Tcp, range: Some(PortRange { from: p, to: p }) }
+    Ports {
+        protocol: Protocol::Tcp,
+        range: Some(PortRange { from: p, to: p }),
+    }
 }
 
 #[test]
@@ -108,37 +142,91 @@ fn moving_a_function_to_a_new_policy_detaches_before_deleting_the_old_group() {
     let set = example();
     let mut inv = fixture("inventory-prod-aws.json");
     // A group of a policy that no longer exists, still attached to a payments function.
-    inv.groups.push(managed_group("old-payments", "sg-0old", vec![Rule::allow(Direction::Egress, tcp(5432), Peer::cidr("10.0.0.0/16".parse().unwrap()))]));
-    let f = inv.functions.iter_mut().find(|f| f.name == "payments-api-1").unwrap();
-    f.placement = Some(palisade_providers::Placement { network: "vpc-0prod".into(), subnets: vec!["subnet-0priva".into()], groups: vec![GroupRef::Managed("old-payments".into())] });
+    inv.groups.push(managed_group(
+        "old-payments",
+        "sg-0old",
+        vec![Rule::allow(
+            Direction::Egress,
+            tcp(5432),
+            Peer::cidr("10.0.0.0/16".parse().unwrap()),
+        )],
+    ));
+    let f = inv
+        .functions
+        .iter_mut()
+        .find(|f| f.name == "payments-api-1")
+        .unwrap();
+    f.placement = Some(palisade_providers::Placement {
+        network: "vpc-0prod".into(),
+        subnets: vec!["subnet-0priva".into()],
+        groups: vec![GroupRef::Managed("old-payments".into())],
+    });
     let p = plan(&desired(&set, &inv), &inv, None, &Settings::default(), None);
     let pos = |f: &dyn Fn(&Change) -> bool| p.changes.iter().position(|c| f(&c.change)).unwrap();
-    let create = pos(&|c| matches!(c, Change::CreateGroup { owner, .. } if owner == "payments-api"));
-    let moved = pos(&|c| matches!(c, Change::SetPlacement { name, .. } if name == "payments-api-1"));
-    let delete = pos(&|c| matches!(c, Change::DeleteGroup { owner, .. } if owner == "old-payments"));
+    let create =
+        pos(&|c| matches!(c, Change::CreateGroup { owner, .. } if owner == "payments-api"));
+    let moved =
+        pos(&|c| matches!(c, Change::SetPlacement { name, .. } if name == "payments-api-1"));
+    let delete =
+        pos(&|c| matches!(c, Change::DeleteGroup { owner, .. } if owner == "old-payments"));
     assert!(create < moved && moved < delete);
     let fake = FakeProvider::new(inv);
     let t = target(&set, "prod-aws");
-    let report = rt().block_on(palisade::apply::apply(&p, &t, &fake)).unwrap();
-    assert_eq!(report.pending, 0, "the old group is free when it is deleted");
-    assert!(fake.inventory("prod-aws").managed_group("old-payments").is_none());
+    let report = rt()
+        .block_on(palisade::apply::apply(&p, &t, &fake))
+        .unwrap();
+    assert_eq!(
+        report.pending, 0,
+        "the old group is free when it is deleted"
+    );
+    assert!(
+        fake.inventory("prod-aws")
+            .managed_group("old-payments")
+            .is_none()
+    );
 }
 
 #[test]
 fn blast_radius_refuses_mass_deletion_and_apply_writes_nothing() {
     let set = example();
     let mut inv = fixture("inventory-prod-aws.json");
-    let rules: Vec<Rule> = (1000..1100).map(|p| Rule::allow(Direction::Ingress, tcp(p), Peer::cidr("10.0.0.0/8".parse().unwrap()))).collect();
-    inv.groups.push(managed_group("payments-api", "sg-0pay", rules));
-    let p = plan(&desired(&set, &inv), &inv, None, &Settings { max_deletes: 50, ..Settings::default() }, None);
+    let rules: Vec<Rule> = (1000..1100)
+        .map(|p| {
+            Rule::allow(
+                Direction::Ingress,
+                tcp(p),
+                Peer::cidr("10.0.0.0/8".parse().unwrap()),
+            )
+        })
+        .collect();
+    inv.groups
+        .push(managed_group("payments-api", "sg-0pay", rules));
+    let p = plan(
+        &desired(&set, &inv),
+        &inv,
+        None,
+        &Settings {
+            max_deletes: 50,
+            ..Settings::default()
+        },
+        None,
+    );
     let refusal = p.refusal.as_ref().expect("refused");
     assert_eq!(refusal.deletes, 100);
     let fake = FakeProvider::new(inv);
-    let err = rt().block_on(palisade::apply::apply(&p, &target(&set, "prod-aws"), &fake)).unwrap_err();
+    let err = rt()
+        .block_on(palisade::apply::apply(&p, &target(&set, "prod-aws"), &fake))
+        .unwrap_err();
     assert!(matches!(err, palisade::apply::ApplyError::Refused { .. }));
     assert_eq!(fake.writes(), 0);
     // Percentage budget: 100 of ~100 managed rules is far above 30 %.
-    let p = plan(&desired(&set, &fake.inventory("prod-aws")), &fake.inventory("prod-aws"), None, &Settings::default(), None);
+    let p = plan(
+        &desired(&set, &fake.inventory("prod-aws")),
+        &fake.inventory("prod-aws"),
+        None,
+        &Settings::default(),
+        None,
+    );
     assert!(p.refusal.is_some());
 }
 
@@ -146,11 +234,24 @@ fn blast_radius_refuses_mass_deletion_and_apply_writes_nothing() {
 fn empty_source_never_means_delete_everything() {
     let set = example();
     let mut inv = fixture("inventory-prod-aws.json");
-    inv.groups.push(managed_group("payments-api", "sg-0pay", vec![]));
-    let empty = DesiredState { target: "prod-aws".into(), ..DesiredState::default() };
+    inv.groups
+        .push(managed_group("payments-api", "sg-0pay", vec![]));
+    let empty = DesiredState {
+        target: "prod-aws".into(),
+        ..DesiredState::default()
+    };
     let p = plan(&empty, &inv, None, &Settings::default(), None);
     assert!(p.refusal.is_some(), "refused");
-    let p = plan(&empty, &inv, None, &Settings { allow_empty: true, ..Settings::default() }, None);
+    let p = plan(
+        &empty,
+        &inv,
+        None,
+        &Settings {
+            allow_empty: true,
+            ..Settings::default()
+        },
+        None,
+    );
     assert!(p.refusal.is_none(), "explicitly allowed");
     let _ = set;
 }
@@ -160,8 +261,18 @@ fn audit_mode_yields_findings_not_changes() {
     let set = example();
     let inv = fixture("inventory-prod-aws.json");
     let p = plan(&desired(&set, &inv), &inv, None, &Settings::default(), None);
-    assert!(!p.changes.iter().any(|c| c.resource.contains("report-export")), "audit policy writes nothing");
-    assert!(p.findings.iter().any(|f| f.kind == palisade::check::FindingKind::AuditDrift && f.resource.contains("report-export")));
+    assert!(
+        !p.changes
+            .iter()
+            .any(|c| c.resource.contains("report-export")),
+        "audit policy writes nothing"
+    );
+    assert!(
+        p.findings
+            .iter()
+            .any(|f| f.kind == palisade::check::FindingKind::AuditDrift
+                && f.resource.contains("report-export"))
+    );
 }
 
 #[test]
@@ -172,19 +283,50 @@ fn drift_is_kept_apart_from_intended_change() {
     let previous = desired(&set, &fake.inventory("prod-aws"));
     // Out of band: someone opens SSH to the world on a managed group and drops a rule.
     fake.mutate("prod-aws", |inv| {
-        let g = inv.groups.iter_mut().find(|g| g.owner() == Some("payments-db")).unwrap();
+        let g = inv
+            .groups
+            .iter_mut()
+            .find(|g| g.owner() == Some("payments-db"))
+            .unwrap();
         g.rules.clear();
-        g.rules.push(Rule::allow(Direction::Ingress, tcp(22), Peer::cidr("0.0.0.0/0".parse().unwrap())));
+        g.rules.push(Rule::allow(
+            Direction::Ingress,
+            tcp(22),
+            Peer::cidr("0.0.0.0/0".parse().unwrap()),
+        ));
     });
     let inv = fake.inventory("prod-aws");
-    let p = plan(&desired(&set, &inv), &inv, Some(&previous), &Settings::default(), None);
+    let p = plan(
+        &desired(&set, &inv),
+        &inv,
+        Some(&previous),
+        &Settings::default(),
+        None,
+    );
     assert!(!p.changes.is_empty());
-    assert!(p.changes.iter().all(|c| c.cause == Cause::Drift), "{}", palisade::plan::render_text(&p));
+    assert!(
+        p.changes.iter().all(|c| c.cause == Cause::Drift),
+        "{}",
+        palisade::plan::render_text(&p)
+    );
     let text = palisade::plan::render_text(&p);
-    assert!(text.contains("Drift to revert") && text.contains("- ingress allow tcp/22 from 0.0.0.0/0"), "{text}");
-    rt().block_on(palisade::apply::apply(&p, &target(&set, "prod-aws"), &fake)).unwrap();
+    assert!(
+        text.contains("Drift to revert") && text.contains("- ingress allow tcp/22 from 0.0.0.0/0"),
+        "{text}"
+    );
+    rt().block_on(palisade::apply::apply(&p, &target(&set, "prod-aws"), &fake))
+        .unwrap();
     let inv = fake.inventory("prod-aws");
-    assert!(plan(&desired(&set, &inv), &inv, Some(&previous), &Settings::default(), None).is_empty());
+    assert!(
+        plan(
+            &desired(&set, &inv),
+            &inv,
+            Some(&previous),
+            &Settings::default(),
+            None
+        )
+        .is_empty()
+    );
 }
 
 #[test]
@@ -194,18 +336,37 @@ fn unmanaged_group_is_never_changed_even_when_a_rule_would_match() {
     let p = plan(&desired(&set, &inv), &inv, None, &Settings::default(), None);
     // The function leaving sg-0legacy is a placement change (Palisade owns a selected
     // function's placement); the group itself is never written.
-    let group_changes: Vec<_> = p.changes.iter().filter(|c| !matches!(c.change, Change::SetPlacement { .. })).collect();
+    let group_changes: Vec<_> = p
+        .changes
+        .iter()
+        .filter(|c| !matches!(c.change, Change::SetPlacement { .. }))
+        .collect();
     let changes = serde_json::to_string(&group_changes).unwrap();
-    assert!(!changes.contains("sg-0legacy"), "no change touches the unmanaged group");
+    assert!(
+        !changes.contains("sg-0legacy"),
+        "no change touches the unmanaged group"
+    );
     let findings = palisade::check::check_inventory(&set, &inv);
-    assert!(findings.iter().any(|f| f.resource == "group sg-0legacy" && f.controls.contains(&"CIS-AWS-5.2".to_string())), "but it is reported");
+    assert!(
+        findings
+            .iter()
+            .any(|f| f.resource == "group sg-0legacy"
+                && f.controls.contains(&"CIS-AWS-5.2".to_string())),
+        "but it is reported"
+    );
 }
 
 #[test]
 fn plan_json_round_trips() {
     let set = example();
     let inv = fixture("inventory-prod-azure.json");
-    let p = plan(&desired(&set, &inv), &inv, None, &Settings::default(), Some("abc123"));
+    let p = plan(
+        &desired(&set, &inv),
+        &inv,
+        None,
+        &Settings::default(),
+        Some("abc123"),
+    );
     let back: Plan = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
     assert_eq!(back, p);
 }
@@ -218,12 +379,22 @@ fn pending_group_deletion_is_not_a_failure() {
     let mut p = plan(&desired(&set, &inv), &inv, None, &Settings::default(), None);
     // Someone attaches the doomed group to an endpoint between plan and apply.
     inv.endpoints.push(palisade_providers::Endpoint {
-        id: "vpce-0x".into(), service: "x".into(), kind: palisade_providers::EndpointKind::Interface, network: "vpc-0prod".into(),
-        subnets: vec![], groups: vec![GroupRef::Managed("gone".into())], route_tables: vec![], private_dns: false, tags: Default::default(),
+        id: "vpce-0x".into(),
+        service: "x".into(),
+        kind: palisade_providers::EndpointKind::Interface,
+        network: "vpc-0prod".into(),
+        subnets: vec![],
+        groups: vec![GroupRef::Managed("gone".into())],
+        route_tables: vec![],
+        private_dns: false,
+        tags: Default::default(),
     });
-    p.changes.retain(|c| matches!(c.change, Change::DeleteGroup { .. }));
+    p.changes
+        .retain(|c| matches!(c.change, Change::DeleteGroup { .. }));
     let fake = FakeProvider::new(inv);
-    let report = rt().block_on(palisade::apply::apply(&p, &target(&set, "prod-aws"), &fake)).unwrap();
+    let report = rt()
+        .block_on(palisade::apply::apply(&p, &target(&set, "prod-aws"), &fake))
+        .unwrap();
     assert_eq!(report.pending, 1);
 }
 
@@ -237,8 +408,14 @@ fn policy_yaml(i: usize, names: &[String], rules: &[(usize, u16, bool)], n: usiz
     if !rules.is_empty() {
         s.push_str("  egress:\n");
         for (k, (peer, port, to_policy)) in rules.iter().enumerate() {
-            let to = if *to_policy { format!("{{ policy: p{} }}", peer % n) } else { format!("{{ cidr: 10.{}.0.7/16 }}", peer % 4) };
-            s.push_str(&format!("    - {{ name: r{k}, to: [ {to} ], ports: [ tcp/{port} ] }}\n"));
+            let to = if *to_policy {
+                format!("{{ policy: p{} }}", peer % n)
+            } else {
+                format!("{{ cidr: 10.{}.0.7/16 }}", peer % 4)
+            };
+            s.push_str(&format!(
+                "    - {{ name: r{k}, to: [ {to} ], ports: [ tcp/{port} ] }}\n"
+            ));
         }
     }
     s
@@ -247,9 +424,17 @@ fn policy_yaml(i: usize, names: &[String], rules: &[(usize, u16, bool)], n: usiz
 fn arb_rule() -> impl Strategy<Value = Rule> {
     (any::<bool>(), 0u16..4, 0usize..4).prop_map(|(ingress, port, peer)| {
         Rule::allow(
-            if ingress { Direction::Ingress } else { Direction::Egress },
+            if ingress {
+                Direction::Ingress
+            } else {
+                Direction::Egress
+            },
             tcp(80 + port),
-            if peer == 3 { Peer::Group(GroupRef::Managed("p0".into())) } else { Peer::cidr(format!("10.{peer}.0.0/16").parse().unwrap()) },
+            if peer == 3 {
+                Peer::Group(GroupRef::Managed("p0".into()))
+            } else {
+                Peer::cidr(format!("10.{peer}.0.0/16").parse().unwrap())
+            },
         )
     })
 }
@@ -258,6 +443,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
+    #[allow(clippy::needless_range_loop, reason = "indices name policies and functions")]
     fn applying_the_plan_then_planning_again_yields_an_empty_plan(
         owner in proptest::collection::vec(0usize..4, 6),
         rules in proptest::collection::vec(proptest::collection::vec((0usize..8, 80u16..84, any::<bool>()), 0..4), 3),

@@ -56,19 +56,24 @@ impl FakeProvider {
 
     /// A copy of a target's current state.
     pub fn inventory(&self, target: &str) -> Inventory {
-        self.lock().get(target).cloned().unwrap_or_else(|| Inventory {
-            target: target.to_string(),
-            ..Inventory::default()
-        })
+        self.lock()
+            .get(target)
+            .cloned()
+            .unwrap_or_else(|| Inventory {
+                target: target.to_string(),
+                ..Inventory::default()
+            })
     }
 
     /// Change a target's state in place, out of band (drift).
     pub fn mutate(&self, target: &str, f: impl FnOnce(&mut Inventory)) {
         let mut state = self.lock();
-        let inv = state.entry(target.to_string()).or_insert_with(|| Inventory {
-            target: target.to_string(),
-            ..Inventory::default()
-        });
+        let inv = state
+            .entry(target.to_string())
+            .or_insert_with(|| Inventory {
+                target: target.to_string(),
+                ..Inventory::default()
+            });
         f(inv);
     }
 
@@ -134,7 +139,11 @@ fn resolve<'a>(inv: &'a mut Inventory, group: &GroupRef) -> Option<&'a mut Secur
     }
 }
 
-fn apply_to(fake: &FakeProvider, inv: &mut Inventory, change: &Change) -> Result<Outcome, ProviderError> {
+fn apply_to(
+    fake: &FakeProvider,
+    inv: &mut Inventory,
+    change: &Change,
+) -> Result<Outcome, ProviderError> {
     match change {
         Change::CreateGroup {
             owner,
@@ -173,12 +182,13 @@ fn apply_to(fake: &FakeProvider, inv: &mut Inventory, change: &Change) -> Result
             let held = GroupRef::Managed(owner.clone());
             // A reference by owner key points at the owner's primary group only.
             let primary = inv.managed_group(owner).is_some_and(|g| g.id == *id);
-            let in_use = primary && inv.functions.iter().any(|f| {
-                f.placement
-                    .as_ref()
-                    .is_some_and(|p| p.groups.contains(&held))
-            }) || primary && inv.endpoints.iter().any(|e| e.groups.contains(&held))
-                || primary && inv.subnets.iter().any(|s| s.group.as_ref() == Some(&held));
+            let in_use = primary
+                && (inv.functions.iter().any(|f| {
+                    f.placement
+                        .as_ref()
+                        .is_some_and(|p| p.groups.contains(&held))
+                }) || inv.endpoints.iter().any(|e| e.groups.contains(&held))
+                    || inv.subnets.iter().any(|s| s.group.as_ref() == Some(&held)));
             if in_use {
                 return Ok(Outcome::pending(format!(
                     "DependencyViolation: group {id} is still in use"
@@ -348,10 +358,12 @@ impl Provider for FakeProvider {
             return Err(err);
         }
         let mut state = self.lock();
-        let inv = state.entry(target.name.clone()).or_insert_with(|| Inventory {
-            target: target.name.clone(),
-            ..Inventory::default()
-        });
+        let inv = state
+            .entry(target.name.clone())
+            .or_insert_with(|| Inventory {
+                target: target.name.clone(),
+                ..Inventory::default()
+            });
         apply_to(self, inv, change)
     }
 }

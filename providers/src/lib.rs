@@ -12,8 +12,8 @@ mod provider;
 pub mod fake;
 
 pub use model::{
-    Access, Cloud, Direction, Endpoint, EndpointKind, Function, GroupRef, Inventory, Network,
-    Peer, Placement, PortRange, Ports, PrefixList, Protocol, Rule, SecurityGroup, Subnet, Tags,
-    Target, TargetScope,
+    Access, Cloud, Direction, Endpoint, EndpointKind, Function, GroupRef, Inventory, Network, Peer,
+    Placement, PortRange, Ports, PrefixList, Protocol, Rule, SecurityGroup, Subnet, Tags, Target,
+    TargetScope,
 };
 pub use provider::{Change, Outcome, OutcomeStatus, Provider, ProviderError};

@@ -556,7 +556,11 @@ impl fmt::Display for Rule {
             Direction::Ingress => "from",
             Direction::Egress => "to",
         };
-        write!(f, "{} {verb} {} {dir} {}", self.direction, self.ports, self.peer)?;
+        write!(
+            f,
+            "{} {verb} {} {dir} {}",
+            self.direction, self.ports, self.peer
+        )?;
         if let Some(p) = self.priority {
             write!(f, " priority {p}")?;
         }

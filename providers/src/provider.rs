@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{EndpointKind, GroupRef, Inventory, Placement, Rule, Target, Tags};
+use crate::model::{EndpointKind, GroupRef, Inventory, Placement, Rule, Tags, Target};
 
 /// One idempotent change to the cloud, as planned by the engine.
 ///

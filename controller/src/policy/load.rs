@@ -190,8 +190,9 @@ fn read_file(abs: &Path, rel: &Path, limits: &Limits) -> Result<String, Diagnost
             ),
         ));
     }
-    let bytes = std::fs::read(abs)
-        .map_err(|e| Diagnostic::error(DiagnosticKind::Io, at(0, 0), format!("cannot read: {e}")))?;
+    let bytes = std::fs::read(abs).map_err(|e| {
+        Diagnostic::error(DiagnosticKind::Io, at(0, 0), format!("cannot read: {e}"))
+    })?;
     String::from_utf8(bytes).map_err(|e| {
         let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
         let line = valid.iter().filter(|b| **b == b'\n').count() + 1;
@@ -222,7 +223,10 @@ impl<'de> Deserialize<'de> for Header {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a policy document: a mapping with apiVersion, kind, metadata and spec")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Header, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Header, A::Error> {
                 let mut h = Header {
                     api_version: None,
                     kind: None,
@@ -261,6 +265,7 @@ struct Typed<S> {
     spec: S,
 }
 
+#[allow(clippy::large_enum_variant, reason = "short-lived, one per document")]
 enum AnyDoc {
     Target(Typed<TargetSpec>),
     Policy(Typed<FunctionPolicySpec>),
@@ -375,7 +380,9 @@ fn check_header(file: &Path, h: &Header, diags: &mut Vec<Diagnostic>) -> Option<
     let Some(api) = &h.api_version else {
         diags.push(Diagnostic::error(
             DiagnosticKind::MissingField,
-            h.kind.as_ref().map(|k| SourceLocation::new(file, k.line, k.column)),
+            h.kind
+                .as_ref()
+                .map(|k| SourceLocation::new(file, k.line, k.column)),
             format!("missing field `apiVersion`; expected `apiVersion: {API_VERSION}`"),
         ));
         return None;
@@ -407,7 +414,9 @@ fn check_header(file: &Path, h: &Header, diags: &mut Vec<Diagnostic>) -> Option<
             diags.push(Diagnostic::error(
                 DiagnosticKind::UnknownKind,
                 Some(SourceLocation::new(file, kind.line, kind.column)),
-                format!("unknown kind {other:?}; expected one of Target, FunctionPolicy, Guardrail"),
+                format!(
+                    "unknown kind {other:?}; expected one of Target, FunctionPolicy, Guardrail"
+                ),
             ));
             return None;
         }
@@ -454,7 +463,10 @@ fn yaml_diagnostic(file: &Path, e: &serde_saphyr::Error) -> Diagnostic {
         | E::AliasReplayCounterOverflow { .. }
         | E::RecursiveReferencesRequireWeakTypes { .. } => (
             DiagnosticKind::ResourceLimit,
-            format!("{}; the file exceeds Palisade's parsing limits (aliases, depth, size)", strip(e)),
+            format!(
+                "{}; the file exceeds Palisade's parsing limits (aliases, depth, size)",
+                strip(e)
+            ),
         ),
         E::NullIntoString { .. } => (
             DiagnosticKind::InvalidValue,
@@ -496,7 +508,12 @@ fn strip(e: &serde_saphyr::Error) -> String {
 /// Sort each kind by name and report duplicate names.
 fn finish(set: &mut PolicySet, diags: &mut Vec<Diagnostic>) {
     fn dedup<S>(docs: &mut [Doc<S>], kind: &str, diags: &mut Vec<Diagnostic>) {
-        docs.sort_by(|a, b| a.name().cmp(b.name()).then(a.file.cmp(&b.file)).then(a.line.cmp(&b.line)));
+        docs.sort_by(|a, b| {
+            a.name()
+                .cmp(b.name())
+                .then(a.file.cmp(&b.file))
+                .then(a.line.cmp(&b.line))
+        });
         for w in docs.windows(2) {
             if w[0].name() == w[1].name() {
                 diags.push(Diagnostic::error(
@@ -520,7 +537,13 @@ fn finish(set: &mut PolicySet, diags: &mut Vec<Diagnostic>) {
 pub fn load_text(file: &str, text: &str) -> (PolicySet, Vec<Diagnostic>) {
     let mut set = PolicySet::default();
     let mut diags = Vec::new();
-    load_str(Path::new(file), text, &Limits::default(), &mut set, &mut diags);
+    load_str(
+        Path::new(file),
+        text,
+        &Limits::default(),
+        &mut set,
+        &mut diags,
+    );
     finish(&mut set, &mut diags);
     (set, diags)
 }

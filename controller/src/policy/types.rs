@@ -126,7 +126,18 @@ pub struct AzureTarget {
 
 /// `enforce` (default) or `audit` (observe and report, never write).
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
@@ -666,7 +677,7 @@ impl PolicySet {
 /// first and then the kind's spec, so that errors keep their positions).
 #[derive(JsonSchema)]
 #[serde(tag = "kind", deny_unknown_fields)]
-#[allow(dead_code, reason = "only its JSON Schema is used")]
+#[allow(dead_code, clippy::large_enum_variant, reason = "only its JSON Schema is used")]
 enum SchemaDocument {
     Target {
         #[serde(rename = "apiVersion")]
@@ -725,7 +736,15 @@ mod tests {
             assert_eq!(p.0.range.map(|r| (r.from, r.to)), range, "{s}");
             assert_eq!(String::from(p), s, "round trip {s}");
         }
-        for bad in ["tcp", "tcp/", "tcp/70000", "tcp/9-1", "sctp/1", "TCP/1", "tcp/a-b"] {
+        for bad in [
+            "tcp",
+            "tcp/",
+            "tcp/70000",
+            "tcp/9-1",
+            "sctp/1",
+            "TCP/1",
+            "tcp/a-b",
+        ] {
             let err = bad.parse::<PortSpec>().unwrap_err();
             assert!(err.contains(bad), "{bad}: {err}");
         }
@@ -744,7 +763,10 @@ mod tests {
         assert_eq!(aws.peer_name(), Some("secretsmanager"));
         let azure = EndpointSpec {
             service: None,
-            resource_id: Some("/subscriptions/s/resourceGroups/r/providers/Microsoft.KeyVault/vaults/kv-reports".into()),
+            resource_id: Some(
+                "/subscriptions/s/resourceGroups/r/providers/Microsoft.KeyVault/vaults/kv-reports"
+                    .into(),
+            ),
             group_id: Some("vault".into()),
             subnet: Some("snet-pe".into()),
             ..aws
@@ -755,7 +777,13 @@ mod tests {
     #[test]
     fn schema_names_every_kind() {
         let s = json_schema().to_string();
-        for k in ["Target", "FunctionPolicy", "Guardrail", "PortSpec", "serviceTag"] {
+        for k in [
+            "Target",
+            "FunctionPolicy",
+            "Guardrail",
+            "PortSpec",
+            "serviceTag",
+        ] {
             assert!(s.contains(k), "schema lacks {k}");
         }
     }

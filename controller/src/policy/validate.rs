@@ -5,9 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use palisade_providers::{Cloud, Ports};
 
-use super::types::{
-    Located, PeerSpec, PolicyDoc, PolicySet, PortSpec, RuleDirection, TargetDoc,
-};
+use super::types::{Located, PeerSpec, PolicyDoc, PolicySet, PortSpec, RuleDirection, TargetDoc};
 use super::{Diagnostic, DiagnosticKind as K};
 
 /// Lambda: at most this many security groups per function.
@@ -55,7 +53,10 @@ pub fn validate(set: &PolicySet) -> Vec<Diagnostic> {
                 d.push(Diagnostic::error(
                     K::UnknownTarget,
                     Some(g.at(t)),
-                    format!("guardrail scope names target {:?}, which is not defined", t.value),
+                    format!(
+                        "guardrail scope names target {:?}, which is not defined",
+                        t.value
+                    ),
                 ));
             }
         }
@@ -82,7 +83,8 @@ fn check_name<S>(name: &Located<String>, doc: &super::Doc<S>, kind: &str, d: &mu
     let n = name.value.as_str();
     let ok = !n.is_empty()
         && n.len() <= 63
-        && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !n.starts_with('-')
         && !n.ends_with('-');
     if !ok {
@@ -104,7 +106,10 @@ fn check_target(t: &TargetDoc, d: &mut Vec<Diagnostic>) {
                 d.push(Diagnostic::error(
                     K::InvalidValue,
                     Some(t.at(id)),
-                    format!("accountId {:?} is invalid; expected 12 digits, quoted (\"123456789012\")", id.value),
+                    format!(
+                        "accountId {:?} is invalid; expected 12 digits, quoted (\"123456789012\")",
+                        id.value
+                    ),
                 ));
             }
         }
@@ -145,17 +150,32 @@ fn check_policy(set: &PolicySet, p: &PolicyDoc, d: &mut Vec<Diagnostic>) {
     let mut seen = HashSet::new();
     for r in &spec.ingress {
         if !seen.insert(("ingress", r.name.as_str())) {
-            d.push(Diagnostic::error(K::DuplicateName, Some(p.at(r)), format!("ingress rule name {:?} is used twice in this policy", r.name)));
+            d.push(Diagnostic::error(
+                K::DuplicateName,
+                Some(p.at(r)),
+                format!(
+                    "ingress rule name {:?} is used twice in this policy",
+                    r.name
+                ),
+            ));
         }
     }
     for r in &spec.egress {
         if !seen.insert(("egress", r.name.as_str())) {
-            d.push(Diagnostic::error(K::DuplicateName, Some(p.at(r)), format!("egress rule name {:?} is used twice in this policy", r.name)));
+            d.push(Diagnostic::error(
+                K::DuplicateName,
+                Some(p.at(r)),
+                format!("egress rule name {:?} is used twice in this policy", r.name),
+            ));
         }
     }
     for r in &spec.deny {
         if !seen.insert(("deny", r.name.as_str())) {
-            d.push(Diagnostic::error(K::DuplicateName, Some(p.at(r)), format!("deny rule name {:?} is used twice in this policy", r.name)));
+            d.push(Diagnostic::error(
+                K::DuplicateName,
+                Some(p.at(r)),
+                format!("deny rule name {:?} is used twice in this policy", r.name),
+            ));
         }
         let (used, unused) = match r.direction {
             RuleDirection::Egress => (&r.to, &r.from),
@@ -172,7 +192,9 @@ fn check_policy(set: &PolicySet, p: &PolicyDoc, d: &mut Vec<Diagnostic>) {
     for peer in all_peers(p) {
         check_peer(set, p, peer, d);
     }
-    let Some(cloud) = cloud_of(set, p) else { return };
+    let Some(cloud) = cloud_of(set, p) else {
+        return;
+    };
     let net = &spec.network;
     match cloud {
         Cloud::Aws => {
@@ -181,7 +203,11 @@ fn check_policy(set: &PolicySet, p: &PolicyDoc, d: &mut Vec<Diagnostic>) {
                 (net.subnet.is_some(), "network.subnet"),
             ] {
                 if present {
-                    d.push(wrong_cloud(p, &spec.network, format!("`{field}` is for Azure targets; on AWS use `vpc` and `subnets`")));
+                    d.push(wrong_cloud(
+                        p,
+                        &spec.network,
+                        format!("`{field}` is for Azure targets; on AWS use `vpc` and `subnets`"),
+                    ));
                 }
             }
             if net.vpc.is_none() || net.subnets.is_none() {
@@ -219,8 +245,14 @@ fn check_policy(set: &PolicySet, p: &PolicyDoc, d: &mut Vec<Diagnostic>) {
                 ));
             }
             for (dir, count) in [
-                ("ingress", atomic_count(spec.ingress.iter().map(|r| (&r.from, &r.ports)))),
-                ("egress", atomic_count(spec.egress.iter().map(|r| (&r.to, &r.ports)))),
+                (
+                    "ingress",
+                    atomic_count(spec.ingress.iter().map(|r| (&r.from, &r.ports))),
+                ),
+                (
+                    "egress",
+                    atomic_count(spec.egress.iter().map(|r| (&r.to, &r.ports))),
+                ),
             ] {
                 if count > AWS_MAX_RULES_PER_DIRECTION {
                     d.push(Diagnostic::error(
@@ -231,7 +263,11 @@ fn check_policy(set: &PolicySet, p: &PolicyDoc, d: &mut Vec<Diagnostic>) {
                 }
             }
             for e in &spec.endpoints {
-                if e.service.is_none() || e.resource_id.is_some() || e.group_id.is_some() || e.subnet.is_some() {
+                if e.service.is_none()
+                    || e.resource_id.is_some()
+                    || e.group_id.is_some()
+                    || e.subnet.is_some()
+                {
                     d.push(wrong_cloud(p, e, "an AWS endpoint takes `service` (and optionally `type`, `privateDns`), not `resourceId`/`groupId`/`subnet`".to_string()));
                 }
             }
@@ -243,7 +279,11 @@ fn check_policy(set: &PolicySet, p: &PolicyDoc, d: &mut Vec<Diagnostic>) {
                 (!net.security_groups.is_empty(), "network.securityGroups"),
             ] {
                 if present {
-                    d.push(wrong_cloud(p, &spec.network, format!("`{field}` is for AWS targets; on Azure use `vnet` and `subnet`")));
+                    d.push(wrong_cloud(
+                        p,
+                        &spec.network,
+                        format!("`{field}` is for AWS targets; on Azure use `vnet` and `subnet`"),
+                    ));
                 }
             }
             if net.vnet.is_none() || net.subnet.is_none() {
@@ -254,7 +294,12 @@ fn check_policy(set: &PolicySet, p: &PolicyDoc, d: &mut Vec<Diagnostic>) {
                 ));
             }
             for e in &spec.endpoints {
-                if e.resource_id.is_none() || e.group_id.is_none() || e.subnet.is_none() || e.service.is_some() || e.endpoint_type.is_some() {
+                if e.resource_id.is_none()
+                    || e.group_id.is_none()
+                    || e.subnet.is_none()
+                    || e.service.is_some()
+                    || e.endpoint_type.is_some()
+                {
                     d.push(wrong_cloud(p, e, "an Azure endpoint takes `resourceId`, `groupId` and `subnet`, not `service`/`type`".to_string()));
                 }
             }
@@ -267,7 +312,9 @@ fn wrong_cloud<T>(p: &PolicyDoc, at: &Located<T>, msg: String) -> Diagnostic {
     Diagnostic::error(K::WrongCloud, Some(p.at(at)), msg)
 }
 
-fn atomic_count<'a>(rules: impl Iterator<Item = (&'a Vec<Located<PeerSpec>>, &'a Vec<Located<PortSpec>>)>) -> usize {
+fn atomic_count<'a>(
+    rules: impl Iterator<Item = (&'a Vec<Located<PeerSpec>>, &'a Vec<Located<PortSpec>>)>,
+) -> usize {
     rules.map(|(peers, ports)| peers.len() * ports.len()).sum()
 }
 
@@ -332,7 +379,13 @@ fn check_peer(set: &PolicySet, p: &PolicyDoc, peer: &Located<PeerSpec>, d: &mut 
 fn check_priorities(p: &PolicyDoc, d: &mut Vec<Diagnostic>) {
     let s = &p.spec;
     let mut used: BTreeMap<(RuleDirection, u32), String> = BTreeMap::new();
-    let mut claim = |dir: RuleDirection, base: u32, n: usize, explicit: bool, name: &str, loc, d: &mut Vec<Diagnostic>| {
+    let mut claim = |dir: RuleDirection,
+                     base: u32,
+                     n: usize,
+                     explicit: bool,
+                     name: &str,
+                     loc,
+                     d: &mut Vec<Diagnostic>| {
         let last = base + n.saturating_sub(1) as u32;
         if base < u32::from(*NSG_PRIORITY.start()) || last > u32::from(*NSG_PRIORITY.end()) {
             d.push(Diagnostic::error(
@@ -362,23 +415,62 @@ fn check_priorities(p: &PolicyDoc, d: &mut Vec<Diagnostic>) {
         }
     };
     for (i, r) in s.ingress.iter().enumerate() {
-        let (base, explicit) = r.priority.as_ref().map_or((default_allow_priority(i), false), |p| (u32::from(p.value), true));
+        let (base, explicit) = r
+            .priority
+            .as_ref()
+            .map_or((default_allow_priority(i), false), |p| {
+                (u32::from(p.value), true)
+            });
         let loc = r.priority.as_ref().map_or_else(|| p.at(r), |x| p.at(x));
-        claim(RuleDirection::Ingress, base, r.from.len() * r.ports.len(), explicit, &r.name, loc, d);
+        claim(
+            RuleDirection::Ingress,
+            base,
+            r.from.len() * r.ports.len(),
+            explicit,
+            &r.name,
+            loc,
+            d,
+        );
     }
     for (i, r) in s.egress.iter().enumerate() {
-        let (base, explicit) = r.priority.as_ref().map_or((default_allow_priority(i), false), |p| (u32::from(p.value), true));
+        let (base, explicit) = r
+            .priority
+            .as_ref()
+            .map_or((default_allow_priority(i), false), |p| {
+                (u32::from(p.value), true)
+            });
         let loc = r.priority.as_ref().map_or_else(|| p.at(r), |x| p.at(x));
-        claim(RuleDirection::Egress, base, r.to.len() * r.ports.len(), explicit, &r.name, loc, d);
+        claim(
+            RuleDirection::Egress,
+            base,
+            r.to.len() * r.ports.len(),
+            explicit,
+            &r.name,
+            loc,
+            d,
+        );
     }
     let mut deny_index: BTreeMap<RuleDirection, usize> = BTreeMap::new();
     for r in &s.deny {
         let i = deny_index.entry(r.direction).or_default();
-        let (base, explicit) = r.priority.as_ref().map_or((default_deny_priority(*i), false), |p| (u32::from(p.value), true));
+        let (base, explicit) = r
+            .priority
+            .as_ref()
+            .map_or((default_deny_priority(*i), false), |p| {
+                (u32::from(p.value), true)
+            });
         *i += 1;
         let loc = r.priority.as_ref().map_or_else(|| p.at(r), |x| p.at(x));
         let peers = r.to.len() + r.from.len();
-        claim(r.direction, base, peers * r.ports.len(), explicit, &r.name, loc, d);
+        claim(
+            r.direction,
+            base,
+            peers * r.ports.len(),
+            explicit,
+            &r.name,
+            loc,
+            d,
+        );
     }
 }
 
@@ -450,13 +542,19 @@ fn check_one_sided(set: &PolicySet, d: &mut Vec<Diagnostic>) {
     for a in &set.policies {
         for rule in &a.spec.egress {
             for peer in &rule.to {
-                let PeerSpec::Policy(bname) = &peer.value else { continue };
+                let PeerSpec::Policy(bname) = &peer.value else {
+                    continue;
+                };
                 let Some(b) = set.policy(bname) else { continue };
                 let admitted: Vec<Located<PortSpec>> = b
                     .spec
                     .ingress
                     .iter()
-                    .filter(|r| r.from.iter().any(|f| f.value == PeerSpec::Policy(a.name().to_string())))
+                    .filter(|r| {
+                        r.from
+                            .iter()
+                            .any(|f| f.value == PeerSpec::Policy(a.name().to_string()))
+                    })
                     .flat_map(|r| r.ports.iter().cloned())
                     .collect();
                 for port in &rule.ports {
@@ -475,13 +573,18 @@ fn check_one_sided(set: &PolicySet, d: &mut Vec<Diagnostic>) {
         }
         for rule in &a.spec.ingress {
             for peer in &rule.from {
-                let PeerSpec::Policy(bname) = &peer.value else { continue };
+                let PeerSpec::Policy(bname) = &peer.value else {
+                    continue;
+                };
                 let Some(b) = set.policy(bname) else { continue };
                 let allowed: Vec<Located<PortSpec>> = b
                     .spec
                     .egress
                     .iter()
-                    .filter(|r| r.to.iter().any(|f| f.value == PeerSpec::Policy(a.name().to_string())))
+                    .filter(|r| {
+                        r.to.iter()
+                            .any(|f| f.value == PeerSpec::Policy(a.name().to_string()))
+                    })
                     .flat_map(|r| r.ports.iter().cloned())
                     .collect();
                 for port in &rule.ports {

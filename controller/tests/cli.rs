@@ -1,0 +1,99 @@
+//! The real `palisade` binary: validate, schema, plan on a snapshot.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_palisade"))
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[test]
+fn validate_example_exits_zero() {
+    let out = bin()
+        .arg("validate")
+        .arg(root().join("policies-example"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn unknown_field_exits_one_with_file_line_col() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("t.yaml"),
+        "apiVersion: palisade.dev/v1alpha1\nkind: Target\nmetadata: { name: t }\nspec:\n  aws: { region: us-east-1, acountId: \"123456789012\" }\n",
+    )
+    .unwrap();
+    let out = bin().arg("validate").arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("t.yaml:5:29: error[unknown-field]: unknown field `acountId`"),
+        "{stdout}"
+    );
+    let out = bin()
+        .args(["validate", "--format", "json"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let d = v["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["kind"] == "unknown-field")
+        .expect("unknown-field diagnostic");
+    assert_eq!(
+        (d["file"].as_str(), d["line"].as_u64(), d["column"].as_u64()),
+        (Some("t.yaml"), Some(5), Some(29))
+    );
+}
+
+#[test]
+fn schema_is_json_schema() {
+    let out = bin().arg("schema").output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["$schema"].as_str().unwrap().contains("json-schema.org"));
+}
+
+#[test]
+fn plan_on_snapshot_prints_and_json_round_trips() {
+    let base = || {
+        let mut c = bin();
+        c.arg("plan")
+            .arg("--policies")
+            .arg(root().join("policies-example"))
+            .arg("--inventory")
+            .arg(root().join("tests/fixtures/inventory-prod-aws.json"));
+        c
+    };
+    let out = base().arg("--detailed-exitcode").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("+ create group palisade-payments-api in vpc-0prod"),
+        "{text}"
+    );
+    assert!(text.contains("Plan: "), "{text}");
+    let out = base()
+        .args(["--format", "json", "--revision", "abc"])
+        .output()
+        .unwrap();
+    let plan: palisade::plan::Plan = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan.revision.as_deref(), Some("abc"));
+    assert_eq!(
+        serde_json::from_str::<palisade::plan::Plan>(&serde_json::to_string(&plan).unwrap())
+            .unwrap(),
+        plan
+    );
+}
