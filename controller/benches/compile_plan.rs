@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use palisade::compile::compile;
 use palisade::plan::{Settings, plan};
-use palisade::policy::load_text;
+use palisade::policy::{Limits, load_dir};
 use palisade_providers::{Function, Inventory, Network, Subnet};
 
 fn main() {
@@ -59,8 +59,16 @@ fn main() {
             placement: None,
         });
     }
+    // One file per 100 policies, as a real repository would split them (files are capped at 1 MiB).
+    let dir = std::env::temp_dir().join(format!("palisade-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let docs: Vec<&str> = yaml.split("---\n").collect();
+    for (i, chunk) in docs.chunks(100).enumerate() {
+        std::fs::write(dir.join(format!("p{i}.yaml")), chunk.join("---\n")).unwrap();
+    }
     let t0 = Instant::now();
-    let (set, diags) = load_text("bench.yaml", &yaml);
+    let (set, diags) = load_dir(&dir, &Limits::default());
+    std::fs::remove_dir_all(&dir).ok();
     let load = t0.elapsed();
     assert!(
         diags.iter().all(|d| !d.is_error()),

@@ -677,7 +677,11 @@ impl PolicySet {
 /// first and then the kind's spec, so that errors keep their positions).
 #[derive(JsonSchema)]
 #[serde(tag = "kind", deny_unknown_fields)]
-#[allow(dead_code, clippy::large_enum_variant, reason = "only its JSON Schema is used")]
+#[allow(
+    dead_code,
+    clippy::large_enum_variant,
+    reason = "only its JSON Schema is used"
+)]
 enum SchemaDocument {
     Target {
         #[serde(rename = "apiVersion")]
