@@ -16,4 +16,10 @@ pub use model::{
     Placement, PortRange, Ports, PrefixList, Protocol, Rule, SecurityGroup, Subnet, Tags, Target,
     TargetScope,
 };
-pub use provider::{Change, Outcome, OutcomeStatus, Provider, ProviderError};
+pub use provider::{
+    ApiCallCount, CallCounter, CallKind, CallOutcome, Change, Outcome, OutcomeStatus, Provider,
+    ProviderError, total_calls,
+};
+
+#[cfg(feature = "aws")]
+pub mod aws;

@@ -308,16 +308,20 @@ pub enum Protocol {
     Icmp,
     /// Every protocol (AWS `-1`, Azure `*`).
     All,
+    /// Any other IP protocol by number (ESP is 50, ICMPv6 58), as AWS allows. Policies
+    /// cannot ask for these; providers observe them so that they are seen and revoked.
+    Number(u8),
 }
 
 impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-            Protocol::Icmp => "icmp",
-            Protocol::All => "all",
-        })
+        match self {
+            Protocol::Tcp => f.write_str("tcp"),
+            Protocol::Udp => f.write_str("udp"),
+            Protocol::Icmp => f.write_str("icmp"),
+            Protocol::All => f.write_str("all"),
+            Protocol::Number(n) => write!(f, "proto-{n}"),
+        }
     }
 }
 

@@ -5,6 +5,9 @@
 //! succeeds with [`OutcomeStatus::AlreadyDone`]. Results are structs so that fields can
 //! be added without breaking callers.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
 use serde::{Deserialize, Serialize};
 
 use crate::model::{EndpointKind, GroupRef, Inventory, Placement, Rule, Tags, Target};
@@ -284,4 +287,99 @@ pub trait Provider: Send + Sync {
     /// [`ProviderError`] when the cloud refused or could not be reached; the change may be
     /// retried as a whole.
     async fn apply(&self, target: &Target, change: &Change) -> Result<Outcome, ProviderError>;
+
+    /// Every cloud API call made so far, by service, operation and outcome. Providers
+    /// that do not count return nothing.
+    fn api_calls(&self) -> Vec<ApiCallCount> {
+        Vec::new()
+    }
+}
+
+/// How one cloud API call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallOutcome {
+    /// The cloud answered with success.
+    Ok,
+    /// The cloud throttled the call (after the SDK's own retries).
+    Throttled,
+    /// Any other failure, transport included.
+    Error,
+}
+
+/// Whether an operation reads or writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallKind {
+    /// `Describe*`, `List*`, `Get*`, ARM `GET`.
+    Read,
+    /// Everything else.
+    Write,
+}
+
+impl CallKind {
+    /// Classify an operation by its name: AWS `Describe*`/`List*`/`Get*` and HTTP `GET`
+    /// read; everything else writes.
+    pub fn of(operation: &str) -> CallKind {
+        const READS: [&str; 4] = ["Describe", "List", "Get", "GET"];
+        if READS.iter().any(|p| operation.starts_with(p)) {
+            CallKind::Read
+        } else {
+            CallKind::Write
+        }
+    }
+}
+
+/// One line of [`Provider::api_calls`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiCallCount {
+    /// `ec2`, `lambda`, `tagging`, `sts`, `arm`.
+    pub service: String,
+    /// `DescribeSecurityGroups`, `UpdateFunctionConfiguration`, …
+    pub operation: String,
+    /// Read or write.
+    pub kind: CallKind,
+    /// How the calls ended.
+    pub outcome: CallOutcome,
+    /// How many.
+    pub count: u64,
+}
+
+/// Counts API calls; shared by the providers, read by metrics and reports.
+#[derive(Debug, Default)]
+pub struct CallCounter {
+    counts: Mutex<BTreeMap<(&'static str, &'static str, CallOutcome), u64>>,
+}
+
+impl CallCounter {
+    /// Count one call.
+    pub fn record(&self, service: &'static str, operation: &'static str, outcome: CallOutcome) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        *counts.entry((service, operation, outcome)).or_default() += 1;
+    }
+
+    /// Everything counted so far, sorted.
+    pub fn snapshot(&self) -> Vec<ApiCallCount> {
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts
+            .iter()
+            .map(|(&(service, operation, outcome), &count)| ApiCallCount {
+                service: service.to_string(),
+                operation: operation.to_string(),
+                kind: CallKind::of(operation),
+                outcome,
+                count,
+            })
+            .collect()
+    }
+}
+
+/// Sum of `counts` of the given kind.
+pub fn total_calls(counts: &[ApiCallCount], kind: CallKind) -> u64 {
+    counts
+        .iter()
+        .filter(|c| c.kind == kind)
+        .map(|c| c.count)
+        .sum()
 }

@@ -1,0 +1,393 @@
+//! Every AWS call goes through [`Budget::call`]: it waits for the rate limiter of its API
+//! family, counts the call by service, operation and outcome, and turns the SDK's error
+//! into a [`ProviderError`] that keeps the AWS error code, message and request id.
+//!
+//! Retries of transient failures are the SDK's (standard mode, see
+//! [`super::AwsSettings::max_attempts`]); nothing here retries.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::operation::RequestId;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use crate::provider::{CallCounter, CallOutcome, ProviderError};
+
+/// The request buckets AWS throttles separately, per account and region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    /// EC2 `Describe*` (the "non-mutating actions" bucket).
+    Ec2Read,
+    /// EC2 mutating actions.
+    Ec2Write,
+    /// Lambda `List*` / `Get*`.
+    LambdaRead,
+    /// Lambda `Update*` (shared with every other writer of the account's functions).
+    LambdaWrite,
+    /// Resource Groups Tagging API.
+    Tagging,
+    /// STS.
+    Sts,
+}
+
+impl Family {
+    /// Every family, in display order.
+    pub const ALL: [Family; 6] = [
+        Family::Ec2Read,
+        Family::Ec2Write,
+        Family::LambdaRead,
+        Family::LambdaWrite,
+        Family::Tagging,
+        Family::Sts,
+    ];
+
+    /// The name used in settings (`ec2-read=20/50`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Ec2Read => "ec2-read",
+            Family::Ec2Write => "ec2-write",
+            Family::LambdaRead => "lambda-read",
+            Family::LambdaWrite => "lambda-write",
+            Family::Tagging => "tagging",
+            Family::Sts => "sts",
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A sustained rate and a burst, as `per_second/burst` (`20/50`, `0.5/1`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Calls per second, sustained.
+    pub per_second: f64,
+    /// Calls allowed at once after a quiet period.
+    pub burst: u32,
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.per_second, self.burst)
+    }
+}
+
+/// Client-side rate limits, one per [`Family`]. The defaults stay well below AWS's
+/// documented account-wide buckets (EC2 non-mutating: 20/s refill; mutating: 5/s;
+/// Lambda control plane: 15/s), so that a reconcile leaves room for everyone else.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimits(pub HashMap<Family, Rate>);
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        let r = |per_second, burst| Rate { per_second, burst };
+        RateLimits(HashMap::from([
+            (Family::Ec2Read, r(10.0, 20)),
+            (Family::Ec2Write, r(3.0, 10)),
+            (Family::LambdaRead, r(8.0, 15)),
+            (Family::LambdaWrite, r(5.0, 10)),
+            (Family::Tagging, r(5.0, 10)),
+            (Family::Sts, r(2.0, 5)),
+        ]))
+    }
+}
+
+impl RateLimits {
+    /// The limit of `family`.
+    pub fn get(&self, family: Family) -> Rate {
+        self.0.get(&family).copied().unwrap_or(Rate {
+            per_second: 1.0,
+            burst: 1,
+        })
+    }
+}
+
+impl FromStr for RateLimits {
+    type Err = String;
+
+    /// `ec2-read=20/50,lambda-write=2/4`: the families named are changed, the rest keep
+    /// their defaults.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut limits = RateLimits::default();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let expected = "expected FAMILY=PER_SECOND/BURST, e.g. ec2-read=20/50";
+            let (name, rate) = item
+                .split_once('=')
+                .ok_or_else(|| format!("{item:?}: {expected}"))?;
+            let family = Family::ALL
+                .into_iter()
+                .find(|f| f.name() == name.trim())
+                .ok_or_else(|| {
+                    let names: Vec<_> = Family::ALL.iter().map(|f| f.name()).collect();
+                    format!(
+                        "{item:?}: unknown API family {name:?}; one of {}",
+                        names.join(", ")
+                    )
+                })?;
+            let (per_second, burst) = rate
+                .split_once('/')
+                .ok_or_else(|| format!("{item:?}: {expected}"))?;
+            let per_second: f64 = per_second
+                .trim()
+                .parse()
+                .map_err(|_| format!("{item:?}: {expected}"))?;
+            let burst: u32 = burst
+                .trim()
+                .parse()
+                .map_err(|_| format!("{item:?}: {expected}"))?;
+            if !(per_second.is_finite() && per_second > 0.0) || burst == 0 {
+                return Err(format!("{item:?}: the rate and the burst must be positive"));
+            }
+            limits.0.insert(family, Rate { per_second, burst });
+        }
+        Ok(limits)
+    }
+}
+
+type Key = (String, String, Family);
+
+/// Rate limiters per (account, region, family), shared by every target in the same
+/// account and region, and the call counter.
+pub struct Budget {
+    limits: RateLimits,
+    limiters: Mutex<HashMap<Key, Arc<DefaultDirectRateLimiter>>>,
+    pub(crate) counter: CallCounter,
+}
+
+impl fmt::Debug for Budget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Budget")
+            .field("limits", &self.limits)
+            .field("counter", &self.counter)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a call is made: the account and region whose buckets it drains.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub account: String,
+    pub region: String,
+}
+
+impl Budget {
+    pub fn new(limits: RateLimits) -> Budget {
+        Budget {
+            limits,
+            limiters: Mutex::new(HashMap::new()),
+            counter: CallCounter::default(),
+        }
+    }
+
+    fn limiter(&self, scope: &Scope, family: Family) -> Arc<DefaultDirectRateLimiter> {
+        let key = (scope.account.clone(), scope.region.clone(), family);
+        let mut map = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(key)
+            .or_insert_with(|| {
+                let rate = self.limits.get(family);
+                let period = Duration::from_secs_f64(1.0 / rate.per_second);
+                let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
+                let quota = Quota::with_period(period)
+                    .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+                    .allow_burst(burst);
+                Arc::new(RateLimiter::direct(quota))
+            })
+            .clone()
+    }
+
+    /// Wait for the family's budget, make the call, count it, map its error.
+    pub async fn call<T, E, F>(
+        &self,
+        scope: &Scope,
+        family: Family,
+        service: &'static str,
+        operation: &'static str,
+        call: F,
+    ) -> Result<T, ProviderError>
+    where
+        F: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        self.limiter(scope, family).until_ready().await;
+        match call.await {
+            Ok(out) => {
+                self.counter.record(service, operation, CallOutcome::Ok);
+                Ok(out)
+            }
+            Err(e) => {
+                let err = map_error(service, operation, e);
+                let outcome = if matches!(err, ProviderError::Throttled { .. }) {
+                    CallOutcome::Throttled
+                } else {
+                    CallOutcome::Error
+                };
+                self.counter.record(service, operation, outcome);
+                tracing::debug!(service, operation, error = %err, "AWS call failed");
+                Err(err)
+            }
+        }
+    }
+}
+
+/// AWS error codes that mean "slow down".
+const THROTTLING: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestLimitExceeded",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "SlowDown",
+];
+
+/// AWS error codes after which the same request may succeed later.
+const RETRYABLE: &[&str] = &[
+    "ResourceConflictException",
+    "DependencyViolation",
+    "IncorrectState",
+    "ServiceUnavailable",
+    "ServiceException",
+    "InternalError",
+    "InternalFailure",
+    "Unavailable",
+];
+
+/// Turn an SDK error into a [`ProviderError`], keeping code, message and request id.
+pub fn map_error<E>(
+    service: &'static str,
+    operation: &'static str,
+    err: SdkError<E, HttpResponse>,
+) -> ProviderError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match &err {
+        SdkError::ServiceError(_) => {
+            let code = err.code().unwrap_or("Unknown").to_string();
+            let status = err.raw_response().map(|r| r.status().as_u16());
+            let retry_after_secs = err
+                .raw_response()
+                .and_then(|r| r.headers().get("retry-after"))
+                .and_then(|v| v.trim().parse().ok());
+            if THROTTLING.contains(&code.as_str()) || status == Some(429) {
+                return ProviderError::Throttled {
+                    service: service.to_string(),
+                    code,
+                    retry_after_secs,
+                };
+            }
+            let message = err.message().unwrap_or_default().to_string();
+            ProviderError::Api {
+                service: service.to_string(),
+                operation: operation.to_string(),
+                retryable: RETRYABLE.contains(&code.as_str()) || status.is_some_and(|s| s >= 500),
+                message: if message.is_empty() {
+                    status.map(|s| format!("HTTP {s}")).unwrap_or_default()
+                } else {
+                    message
+                },
+                request_id: err.request_id().map(str::to_string),
+                code,
+            }
+        }
+        _ => ProviderError::Transport {
+            service: service.to_string(),
+            source: Box::new(err),
+        },
+    }
+}
+
+/// The error code of a [`ProviderError::Api`], if it is one.
+pub fn code_of(err: &ProviderError) -> Option<&str> {
+    match err {
+        ProviderError::Api { code, .. } => Some(code),
+        _ => None,
+    }
+}
+
+/// The request id of a successful output.
+pub fn request_id<T: RequestId>(out: &T) -> Vec<String> {
+    out.request_id().map(str::to_string).into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limits_parse_and_keep_defaults() {
+        let l: RateLimits = "ec2-read=20/50, lambda-write=0.5/1".parse().unwrap();
+        assert_eq!(
+            l.get(Family::Ec2Read),
+            Rate {
+                per_second: 20.0,
+                burst: 50
+            }
+        );
+        assert_eq!(l.get(Family::LambdaWrite).per_second, 0.5);
+        assert_eq!(
+            l.get(Family::Tagging),
+            RateLimits::default().get(Family::Tagging)
+        );
+        for bad in [
+            "ec2=1/1",
+            "ec2-read=fast/1",
+            "ec2-read=1",
+            "ec2-read=0/1",
+            "ec2-read=1/0",
+        ] {
+            let err = bad.parse::<RateLimits>().unwrap_err();
+            assert!(err.contains(bad.split('=').next().unwrap()), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn limiter_is_per_account_region_and_family() {
+        let budget = Budget::new("ec2-read=0.01/2".parse().unwrap());
+        let scope = |a: &str, r: &str| Scope {
+            account: a.into(),
+            region: r.into(),
+        };
+        let l = budget.limiter(&scope("1", "r"), Family::Ec2Read);
+        assert!(l.check().is_ok());
+        assert!(l.check().is_ok());
+        assert!(l.check().is_err(), "the burst of 2 is spent");
+        // The same key shares the bucket; other keys have their own.
+        assert!(
+            budget
+                .limiter(&scope("1", "r"), Family::Ec2Read)
+                .check()
+                .is_err()
+        );
+        assert!(
+            budget
+                .limiter(&scope("2", "r"), Family::Ec2Read)
+                .check()
+                .is_ok()
+        );
+        assert!(
+            budget
+                .limiter(&scope("1", "q"), Family::Ec2Read)
+                .check()
+                .is_ok()
+        );
+        assert!(
+            budget
+                .limiter(&scope("1", "r"), Family::Ec2Write)
+                .check()
+                .is_ok()
+        );
+    }
+}

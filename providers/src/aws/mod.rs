@@ -1,0 +1,286 @@
+//! The AWS provider: Lambda VPC placement, EC2 security groups and their rules, VPC
+//! endpoints.
+//!
+//! Credentials come from the standard AWS chain (`aws-config`: environment, profile, web
+//! identity / IRSA, container and instance metadata), optionally followed by a role per
+//! target (`assumeRoleArn`). Endpoint overrides (`AWS_ENDPOINT_URL`,
+//! `AWS_ENDPOINT_URL_EC2`, …) are honoured by the SDK and logged when a target's clients
+//! are built. Before anything else the caller's account is compared with the target's
+//! `accountId`; a mismatch refuses every call for that target.
+//!
+//! Every call goes through [`call::Budget`]: a rate limiter per (account, region, API
+//! family) and a counter by service, operation and outcome. Transient failures are
+//! retried by the SDK in standard mode; this module adds only what the SDK cannot know:
+//! `ResourceConflictException` on a function that is being updated, and waiting for a
+//! VPC update to finish.
+
+mod apply;
+pub mod call;
+mod observe;
+pub mod translate;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_sdk_ec2::config::SharedCredentialsProvider;
+
+pub use call::{Family, Rate, RateLimits};
+
+use crate::model::{Target, TargetScope};
+use crate::provider::{ApiCallCount, Change, Outcome, Provider, ProviderError};
+use call::{Budget, Family as F, Scope};
+
+/// Settings of the AWS provider.
+#[derive(Debug, Clone)]
+pub struct AwsSettings {
+    /// Attempts per request in the SDK's standard retry mode (1 = no retries).
+    pub max_attempts: u32,
+    /// Client-side rate limits per API family.
+    pub rates: RateLimits,
+    /// How long to wait for a function's VPC update to leave `InProgress`.
+    pub update_wait: Duration,
+    /// First delay between polls of a function's `LastUpdateStatus` (doubles, max 10 s).
+    pub poll_interval: Duration,
+    /// Retries of `ResourceConflictException` (another update of the function is running).
+    pub conflict_retries: usize,
+    /// First delay before such a retry (exponential with jitter).
+    pub conflict_delay: Duration,
+}
+
+impl Default for AwsSettings {
+    fn default() -> Self {
+        AwsSettings {
+            max_attempts: 5,
+            rates: RateLimits::default(),
+            update_wait: Duration::from_secs(300),
+            poll_interval: Duration::from_secs(1),
+            conflict_retries: 8,
+            conflict_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The SDK clients of one target.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    /// EC2: security groups, rules, VPCs, subnets, endpoints.
+    pub ec2: aws_sdk_ec2::Client,
+    /// Lambda: functions and their `VpcConfig`.
+    pub lambda: aws_sdk_lambda::Client,
+    /// Resource Groups Tagging API: every function's tags in a few pages.
+    pub tagging: aws_sdk_resourcegroupstagging::Client,
+    /// STS: the caller identity.
+    pub sts: aws_sdk_sts::Client,
+}
+
+/// The endpoint override variables the SDK reads, for the start-up log.
+const ENDPOINT_VARS: [&str; 5] = [
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_EC2",
+    "AWS_ENDPOINT_URL_LAMBDA",
+    "AWS_ENDPOINT_URL_STS",
+    "AWS_ENDPOINT_URL_RESOURCE_GROUPS_TAGGING_API",
+];
+
+impl Clients {
+    /// Clients from the standard credential chain for `region`, then `assume_role_arn`.
+    pub async fn from_env(
+        region: &str,
+        assume_role_arn: Option<&str>,
+        max_attempts: u32,
+    ) -> Clients {
+        let base = aws_config::defaults(BehaviorVersion::latest())
+            .region(aws_config::Region::new(region.to_string()))
+            .retry_config(RetryConfig::standard().with_max_attempts(max_attempts.max(1)))
+            .load()
+            .await;
+        let conf = match assume_role_arn {
+            Some(arn) => {
+                let role = aws_config::sts::AssumeRoleProvider::builder(arn)
+                    .session_name("palisade")
+                    .configure(&base)
+                    .build()
+                    .await;
+                base.into_builder()
+                    .credentials_provider(SharedCredentialsProvider::new(role))
+                    .build()
+            }
+            None => base,
+        };
+        let overrides: Vec<String> = ENDPOINT_VARS
+            .iter()
+            .filter_map(|v| std::env::var(v).ok().map(|u| format!("{v}={u}")))
+            .collect();
+        tracing::info!(
+            region,
+            assume_role = assume_role_arn.unwrap_or("-"),
+            endpoint = conf.endpoint_url().unwrap_or("default"),
+            overrides = %overrides.join(" "),
+            max_attempts,
+            "AWS clients configured"
+        );
+        Clients {
+            ec2: aws_sdk_ec2::Client::new(&conf),
+            lambda: aws_sdk_lambda::Client::new(&conf),
+            tagging: aws_sdk_resourcegroupstagging::Client::new(&conf),
+            sts: aws_sdk_sts::Client::new(&conf),
+        }
+    }
+}
+
+/// What the provider remembers between calls for one target: which groups and endpoints
+/// it owns (filled by `observe`, kept up to date by `apply`). Used to resolve
+/// [`crate::GroupRef::Managed`] and to refuse changes to anything not owned.
+#[derive(Debug, Default)]
+struct Owned {
+    /// Owner key → group id.
+    groups: HashMap<String, String>,
+    /// Every owned group id (also stray duplicates of an owner).
+    group_ids: BTreeSet<String>,
+    /// Endpoint id → what it looked like.
+    endpoints: BTreeMap<String, EndpointState>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct EndpointState {
+    subnets: BTreeSet<String>,
+    groups: BTreeSet<String>,
+    route_tables: BTreeSet<String>,
+    private_dns: bool,
+}
+
+#[derive(Debug)]
+struct Session {
+    scope: Scope,
+    clients: Clients,
+    owned: Mutex<Owned>,
+}
+
+impl Session {
+    fn owned(&self) -> std::sync::MutexGuard<'_, Owned> {
+        self.owned.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The AWS [`Provider`].
+#[derive(Debug)]
+pub struct AwsProvider {
+    settings: AwsSettings,
+    budget: Budget,
+    sessions: tokio::sync::Mutex<HashMap<String, Arc<Session>>>,
+}
+
+impl AwsProvider {
+    /// A provider that builds each target's clients from the environment on first use.
+    pub fn new(settings: AwsSettings) -> AwsProvider {
+        AwsProvider {
+            budget: Budget::new(settings.rates.clone()),
+            settings,
+            sessions: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Use `clients` for `target` (tests, embedding). The caller identity is checked
+    /// against the target's account now.
+    ///
+    /// # Errors
+    /// [`ProviderError::Identity`] on an account mismatch; any STS failure.
+    pub async fn connect(&self, target: &Target, clients: Clients) -> Result<(), ProviderError> {
+        let session = self.verify(target, clients).await?;
+        self.sessions
+            .lock()
+            .await
+            .insert(target.name.clone(), Arc::new(session));
+        Ok(())
+    }
+
+    async fn verify(&self, target: &Target, clients: Clients) -> Result<Session, ProviderError> {
+        let TargetScope::Aws {
+            region, account_id, ..
+        } = &target.scope
+        else {
+            return Err(not_aws(target));
+        };
+        let scope = Scope {
+            account: account_id.clone(),
+            region: region.clone(),
+        };
+        let who = self
+            .budget
+            .call(
+                &scope,
+                F::Sts,
+                "sts",
+                "GetCallerIdentity",
+                clients.sts.get_caller_identity().send(),
+            )
+            .await?;
+        let actual = who.account().unwrap_or_default();
+        if actual != account_id {
+            return Err(ProviderError::Identity {
+                target: target.name.clone(),
+                message: format!(
+                    "the credentials belong to account {actual:?} ({}), but the target declares accountId {account_id:?}; refusing to read or change anything",
+                    who.arn().unwrap_or("unknown identity")
+                ),
+            });
+        }
+        tracing::info!(target = %target.name, account = actual, identity = who.arn().unwrap_or("-"), "AWS caller identity verified");
+        Ok(Session {
+            scope,
+            clients,
+            owned: Mutex::new(Owned::default()),
+        })
+    }
+
+    async fn session(&self, target: &Target) -> Result<Arc<Session>, ProviderError> {
+        let mut sessions = self.sessions.lock().await;
+        if let Some(s) = sessions.get(&target.name) {
+            return Ok(s.clone());
+        }
+        let TargetScope::Aws {
+            region,
+            assume_role_arn,
+            ..
+        } = &target.scope
+        else {
+            return Err(not_aws(target));
+        };
+        let clients = Clients::from_env(
+            region,
+            assume_role_arn.as_deref(),
+            self.settings.max_attempts,
+        )
+        .await;
+        let session = Arc::new(self.verify(target, clients).await?);
+        sessions.insert(target.name.clone(), session.clone());
+        Ok(session)
+    }
+}
+
+fn not_aws(target: &Target) -> ProviderError {
+    ProviderError::Identity {
+        target: target.name.clone(),
+        message: "not an AWS target".into(),
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for AwsProvider {
+    async fn observe(&self, target: &Target) -> Result<crate::Inventory, ProviderError> {
+        let s = self.session(target).await?;
+        self.observe_with(&s, &target.name).await
+    }
+
+    async fn apply(&self, target: &Target, change: &Change) -> Result<Outcome, ProviderError> {
+        let s = self.session(target).await?;
+        self.apply_with(&s, change).await
+    }
+
+    fn api_calls(&self) -> Vec<ApiCallCount> {
+        self.budget.counter.snapshot()
+    }
+}
