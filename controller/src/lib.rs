@@ -11,6 +11,7 @@ pub mod check;
 pub mod compile;
 pub mod plan;
 pub mod policy;
+pub mod reconcile;
 
 use std::collections::BTreeMap;
 

@@ -6,9 +6,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use palisade::apply::{ApplyError, ApplyReport};
 use palisade::plan::{Settings, render_text};
-use palisade::policy::{self, Diagnostic, Limits};
-use palisade_providers::Inventory;
+use palisade::policy::{self, Diagnostic, Limits, PolicySet, TargetDoc};
+use palisade::reconcile::{PlanError, Planned, ProviderSettings, Providers, observe_and_plan, plan_with};
+use palisade_providers::{ApiCallCount, CallKind, Inventory, OutcomeStatus, total_calls};
+use serde::Serialize;
 
 /// GitOps controller for the network perimeter of serverless functions.
 #[derive(Parser, Debug)]
@@ -33,14 +36,29 @@ enum Command {
     },
     /// Print the JSON Schema of the policy language.
     Schema,
-    /// Plan one target offline against an inventory snapshot (`observe` output).
+    /// Read one target's cloud and print the inventory snapshot (what `plan --inventory`
+    /// reads). Read-only.
+    Observe {
+        /// Policy directory (for the target's account, region and role).
+        #[arg(long, env = "PALISADE_POLICIES")]
+        policies: PathBuf,
+        /// Target name; optional when the source defines one target.
+        #[arg(long)]
+        target: Option<String>,
+        #[command(flatten)]
+        cloud: CloudArgs,
+    },
+    /// Plan one target: live with read-only calls, or offline against `--inventory`.
     Plan {
         /// Policy directory.
         #[arg(long, env = "PALISADE_POLICIES")]
         policies: PathBuf,
-        /// Inventory snapshot; its `target` field names the target planned.
+        /// Target name; optional when the source defines one target (or with --inventory).
         #[arg(long)]
-        inventory: PathBuf,
+        target: Option<String>,
+        /// Plan offline against this inventory snapshot instead of observing the cloud.
+        #[arg(long)]
+        inventory: Option<PathBuf>,
         /// Revision to record in the plan (e.g. a Git commit id).
         #[arg(long)]
         revision: Option<String>,
@@ -52,7 +70,59 @@ enum Command {
         detailed_exitcode: bool,
         #[command(flatten)]
         settings: SettingsArgs,
+        #[command(flatten)]
+        cloud: CloudArgs,
     },
+    /// Plan one target, show the plan, ask, and apply it in order.
+    Apply {
+        /// Policy directory.
+        #[arg(long, env = "PALISADE_POLICIES")]
+        policies: PathBuf,
+        /// Target name; optional when the source defines one target.
+        #[arg(long)]
+        target: Option<String>,
+        /// Apply without asking.
+        #[arg(long)]
+        auto_approve: bool,
+        /// Revision to record (e.g. a Git commit id).
+        #[arg(long)]
+        revision: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        #[command(flatten)]
+        settings: SettingsArgs,
+        #[command(flatten)]
+        cloud: CloudArgs,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct CloudArgs {
+    /// Attempts per AWS request (the SDK's standard retry mode; 1 = no retries).
+    #[arg(long, env = "PALISADE_AWS_MAX_ATTEMPTS", default_value_t = 5)]
+    aws_max_attempts: u32,
+    /// Client-side AWS rate limits per account, region and API family, as
+    /// FAMILY=PER_SECOND/BURST pairs (families: ec2-read, ec2-write, lambda-read,
+    /// lambda-write, tagging, sts). Unnamed families keep their defaults.
+    #[arg(long, env = "PALISADE_AWS_RATE_LIMITS", default_value = "")]
+    aws_rate_limits: String,
+}
+
+impl CloudArgs {
+    fn providers(&self) -> Result<Providers> {
+        #[cfg_attr(not(feature = "aws"), allow(unused_mut))]
+        let mut settings = ProviderSettings::default();
+        #[cfg(feature = "aws")]
+        {
+            settings.aws.max_attempts = self.aws_max_attempts;
+            settings.aws.rates = self
+                .aws_rate_limits
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--aws-rate-limits: {e}"))?;
+        }
+        Ok(Providers::new(settings))
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -168,49 +238,79 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        Command::Observe {
+            policies,
+            target,
+            cloud,
+        } => {
+            let (set, index) = load_target(&policies, target.as_deref(), None)?;
+            let t = set.targets[index]
+                .to_target()
+                .with_context(|| format!("target {} names no cloud", set.targets[index].name()))?;
+            let providers = cloud.providers()?;
+            let provider = providers.get(t.scope.cloud())?;
+            let inv = runtime()?.block_on(provider.observe(&t))?;
+            println!("{}", serde_json::to_string_pretty(&inv)?);
+            let calls = providers.api_calls();
+            eprintln!(
+                "observed {}: {} functions, {} groups, {} endpoints in {} read call(s)",
+                t.name,
+                inv.functions.len(),
+                inv.groups.len(),
+                inv.endpoints.len(),
+                total_calls(&calls, CallKind::Read)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Plan {
             policies,
+            target,
             inventory,
             revision,
             format,
             detailed_exitcode,
             settings,
+            cloud,
         } => {
-            let inv = read_inventory(&inventory)?;
-            let (set, mut diags) = policy::load_dir(&policies, &Limits::default());
-            let Some(target) = set.target(&inv.target) else {
-                print_diagnostics(&diags, format)?;
-                bail!(
-                    "the inventory is of target {:?}, which {} does not define",
-                    inv.target,
-                    policies.display()
-                );
+            let snapshot = inventory.as_deref().map(read_inventory).transpose()?;
+            let (set, index) = load_target(
+                &policies,
+                target.as_deref(),
+                snapshot.as_ref().map(|i| i.target.as_str()),
+            )?;
+            let target = &set.targets[index];
+            let providers = cloud.providers()?;
+            let planned = match snapshot {
+                Some(inv) => plan_with(
+                    &set,
+                    target,
+                    inv,
+                    None,
+                    &settings.settings(),
+                    revision.as_deref(),
+                ),
+                None => live_plan(&set, target, &providers, &settings, revision.as_deref()),
             };
-            diags.extend(palisade::validate_set(
-                &set,
-                &BTreeMap::from([(inv.target.clone(), inv.clone())]),
-            ));
-            if diags.iter().any(Diagnostic::is_error) {
-                print_diagnostics(&diags, format)?;
-                eprintln!("error: the policy source has errors; nothing was planned");
-                return Ok(ExitCode::from(1));
-            }
-            let compiled = palisade::compile::compile(&set, target, Some(&inv));
-            let mut plan = palisade::plan::plan(
-                &compiled.desired,
-                &inv,
-                None,
-                &settings.settings(),
-                revision.as_deref(),
-            );
-            plan.findings
-                .extend(palisade::check::check_inventory(&set, &inv));
-            plan.findings.sort();
-            plan.findings.dedup();
+            let planned = match planned {
+                Ok(p) => p,
+                Err(e) => return plan_failed(e, format),
+            };
+            let calls = providers.api_calls();
             match format {
-                Format::Text => print!("{}", render_text(&plan)),
-                Format::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+                Format::Text => {
+                    print!("{}", render_text(&planned.plan));
+                    print_warnings(&planned.warnings);
+                    print_calls(&calls);
+                }
+                Format::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&PlanOutput {
+                        planned: &planned,
+                        api_calls: &calls
+                    })?
+                ),
             }
+            let plan = &planned.plan;
             Ok(if plan.refusal.is_some() {
                 ExitCode::from(1)
             } else if detailed_exitcode && !plan.is_empty() {
@@ -219,5 +319,267 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        Command::Apply {
+            policies,
+            target,
+            auto_approve,
+            revision,
+            format,
+            settings,
+            cloud,
+        } => {
+            let (set, index) = load_target(&policies, target.as_deref(), None)?;
+            let target = &set.targets[index];
+            let providers = cloud.providers()?;
+            let planned = match live_plan(&set, target, &providers, &settings, revision.as_deref()) {
+                Ok(p) => p,
+                Err(e) => return plan_failed(e, format),
+            };
+            apply_planned(&planned, target, &providers, auto_approve, format)
+        }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Load the source and pick the target: by name, by the snapshot's target, or the only one.
+fn load_target(
+    policies: &Path,
+    name: Option<&str>,
+    snapshot_target: Option<&str>,
+) -> Result<(PolicySet, usize)> {
+    let (set, diags) = policy::load_dir(policies, &Limits::default());
+    if diags.iter().any(Diagnostic::is_error) {
+        print_diagnostics(&diags, Format::Text)?;
+        bail!("{} has errors; nothing was read or changed", policies.display());
+    }
+    let wanted = match (name, snapshot_target) {
+        (Some(n), Some(s)) if n != s => {
+            bail!("--target {n} but the inventory snapshot is of target {s}")
+        }
+        (Some(n), _) | (None, Some(n)) => n.to_string(),
+        (None, None) => match set.targets.as_slice() {
+            [only] => only.name().to_string(),
+            _ => bail!(
+                "{} defines {} targets ({}); choose one with --target",
+                policies.display(),
+                set.targets.len(),
+                set.targets.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+            ),
+        },
+    };
+    let index = set
+        .targets
+        .iter()
+        .position(|t| t.name() == wanted)
+        .with_context(|| {
+            format!(
+                "{} does not define target {wanted:?} (it defines: {})",
+                policies.display(),
+                set.targets.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+            )
+        })?;
+    Ok((set, index))
+}
+
+fn live_plan(
+    set: &PolicySet,
+    target: &TargetDoc,
+    providers: &Providers,
+    settings: &SettingsArgs,
+    revision: Option<&str>,
+) -> Result<Planned, PlanError> {
+    let cloud = target
+        .to_target()
+        .map(|t| t.scope.cloud())
+        .ok_or_else(|| PlanError::NoProvider(format!("target {} names no cloud", target.name())))?;
+    let provider = providers.get(cloud)?;
+    let rt = runtime().map_err(|e| PlanError::NoProvider(format!("{e:#}")))?;
+    rt.block_on(observe_and_plan(
+        set,
+        target,
+        provider.as_ref(),
+        None,
+        &settings.settings(),
+        revision,
+    ))
+}
+
+fn plan_failed(e: PlanError, format: Format) -> Result<ExitCode> {
+    match e {
+        PlanError::Invalid(diags) => {
+            print_diagnostics(&diags, format)?;
+            eprintln!("error: the policy source has errors; nothing was planned");
+            Ok(ExitCode::from(1))
+        }
+        other => Err(other.into()),
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PlanOutput<'a> {
+    #[serde(flatten)]
+    planned: &'a Planned,
+    api_calls: &'a [ApiCallCount],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ApplyOutput<'a> {
+    plan: &'a Planned,
+    apply: Option<&'a ApplyReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    api_calls: &'a [ApiCallCount],
+}
+
+fn print_warnings(warnings: &[Diagnostic]) {
+    for w in warnings {
+        eprintln!("{w}");
+    }
+}
+
+fn print_calls(calls: &[ApiCallCount]) {
+    if calls.is_empty() {
+        return;
+    }
+    let line: Vec<String> = calls
+        .iter()
+        .map(|c| {
+            let outcome = match c.outcome {
+                palisade_providers::CallOutcome::Ok => String::new(),
+                other => format!(" {other:?}").to_lowercase(),
+            };
+            format!("{}:{}{} ×{}", c.service, c.operation, outcome, c.count)
+        })
+        .collect();
+    println!(
+        "API calls: {} read, {} write ({})",
+        total_calls(calls, CallKind::Read),
+        total_calls(calls, CallKind::Write),
+        line.join(", ")
+    );
+}
+
+fn apply_planned(
+    planned: &Planned,
+    target: &TargetDoc,
+    providers: &Providers,
+    auto_approve: bool,
+    format: Format,
+) -> Result<ExitCode> {
+    let plan = &planned.plan;
+    if format == Format::Text {
+        print!("{}", render_text(plan));
+        print_warnings(&planned.warnings);
+    }
+    if plan.refusal.is_some() {
+        if format == Format::Json {
+            println!("{}", serde_json::to_string_pretty(&ApplyOutput { plan: planned, apply: None, error: None, api_calls: &providers.api_calls() })?);
+        }
+        return Ok(ExitCode::from(1));
+    }
+    if plan.is_empty() {
+        if format == Format::Json {
+            println!("{}", serde_json::to_string_pretty(&ApplyOutput { plan: planned, apply: None, error: None, api_calls: &providers.api_calls() })?);
+        } else {
+            print_calls(&providers.api_calls());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !auto_approve {
+        use std::io::{BufRead, IsTerminal, Write};
+        if !std::io::stdin().is_terminal() && format == Format::Json {
+            bail!("refusing to apply without --auto-approve: stdin is not a terminal");
+        }
+        eprint!(
+            "\nApply these {} change(s) to target {}? Only 'yes' is accepted: ",
+            plan.changes.len(),
+            plan.target
+        );
+        std::io::stderr().flush().ok();
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if answer.trim() != "yes" {
+            eprintln!("Apply cancelled; nothing was changed.");
+            return Ok(ExitCode::from(1));
+        }
+    }
+    let t = target
+        .to_target()
+        .with_context(|| format!("target {} names no cloud", target.name()))?;
+    let provider = providers.get(t.scope.cloud())?;
+    let result = runtime()?.block_on(palisade::apply::apply(plan, &t, provider.as_ref()));
+    let (report, error) = match &result {
+        Ok(r) => (Some(r), None),
+        Err(ApplyError::Change { report, source, index, resource }) => (
+            Some(report.as_ref()),
+            Some(format!("change {} ({resource}) failed: {source}", index + 1)),
+        ),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let calls = providers.api_calls();
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&ApplyOutput {
+                plan: planned,
+                apply: report,
+                error: error.clone(),
+                api_calls: &calls,
+            })?
+        ),
+        Format::Text => {
+            println!();
+            if let Some(r) = report {
+                for res in &r.results {
+                    let (mark, what) = match (&res.outcome, &res.error) {
+                        (Some(o), _) => match o.status {
+                            OutcomeStatus::Applied => ("done", String::new()),
+                            OutcomeStatus::AlreadyDone => ("already so", String::new()),
+                            OutcomeStatus::Pending => (
+                                "pending",
+                                format!(" — {}", o.detail.clone().unwrap_or_default()),
+                            ),
+                        },
+                        (None, Some(e)) => ("FAILED", format!(" — {e}")),
+                        (None, None) => ("?", String::new()),
+                    };
+                    let ids = res
+                        .outcome
+                        .as_ref()
+                        .map(|o| {
+                            let mut v = Vec::new();
+                            if let Some(id) = &o.created_id {
+                                v.push(format!("id {id}"));
+                            }
+                            if !o.request_ids.is_empty() {
+                                v.push(format!("request {}", o.request_ids.join(",")));
+                            }
+                            if v.is_empty() { String::new() } else { format!(" [{}]", v.join("; ")) }
+                        })
+                        .unwrap_or_default();
+                    println!("  {mark:>10}  {}{ids}{what}", res.planned.resource);
+                }
+                println!(
+                    "Apply {}: {} change(s) attempted, {} pending, {} not attempted.",
+                    if error.is_some() { "stopped" } else { "complete" },
+                    r.results.len(),
+                    r.pending,
+                    r.skipped
+                );
+            }
+            if let Some(e) = &error {
+                eprintln!("error: {e}");
+            }
+            print_calls(&calls);
+        }
+    }
+    Ok(if error.is_some() { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }

@@ -396,7 +396,9 @@ pub fn inventory(target: &str, raw: &Raw) -> Inventory {
                 subnets: sorted(e.subnet_ids()),
                 groups,
                 route_tables: sorted(e.route_table_ids()),
-                private_dns: e.private_dns_enabled().unwrap_or(false),
+                // Private DNS means nothing for a gateway endpoint (moto says `true`).
+                private_dns: kind == EndpointKind::Interface
+                    && e.private_dns_enabled().unwrap_or(false),
                 tags: tags(e.tags()),
             })
         })

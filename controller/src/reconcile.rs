@@ -1,0 +1,184 @@
+//! One pass over one target: observe → validate against what was observed → compile →
+//! plan, and the providers that do the observing. The CLI's `plan` / `apply` and the
+//! controller's loop share this, so that they cannot disagree.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use palisade_providers::{ApiCallCount, Cloud, Inventory, Provider, ProviderError};
+use serde::Serialize;
+
+use crate::compile::{DesiredState, compile};
+use crate::plan::{Plan, Settings, plan};
+use crate::policy::{Diagnostic, PolicySet, TargetDoc};
+
+/// What one planning pass produced.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Planned {
+    /// What was observed (or read from a snapshot).
+    #[serde(skip)]
+    pub inventory: Inventory,
+    /// What the policies want, resolved against it.
+    #[serde(skip)]
+    pub desired: DesiredState,
+    /// The plan, with guardrail findings on everything observed.
+    #[serde(flatten)]
+    pub plan: Plan,
+    /// Warnings from validation and compilation.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Why a target could not be planned.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The source has errors once resolved against the target's inventory; nothing is
+    /// planned (the last good state stays enforced).
+    #[error("the policy source has {} error(s); nothing was planned", .0.iter().filter(|d| d.is_error()).count())]
+    Invalid(Vec<Diagnostic>),
+    /// Observing the target failed.
+    #[error("observing target {target} failed")]
+    Observe {
+        /// Target.
+        target: String,
+        /// Cause.
+        #[source]
+        source: ProviderError,
+    },
+    /// No provider for the target's cloud in this build or configuration.
+    #[error("{0}")]
+    NoProvider(String),
+}
+
+/// Plan `target` against an inventory already in hand (a snapshot or a fresh observation).
+///
+/// # Errors
+/// [`PlanError::Invalid`] with every diagnostic when any is an error.
+pub fn plan_with(
+    set: &PolicySet,
+    target: &TargetDoc,
+    inventory: Inventory,
+    previous: Option<&DesiredState>,
+    settings: &Settings,
+    revision: Option<&str>,
+) -> Result<Planned, PlanError> {
+    let diags = crate::validate_set(
+        set,
+        &BTreeMap::from([(target.name().to_string(), inventory.clone())]),
+    );
+    if diags.iter().any(Diagnostic::is_error) {
+        return Err(PlanError::Invalid(diags));
+    }
+    let compiled = compile(set, target, Some(&inventory));
+    let mut p = plan(&compiled.desired, &inventory, previous, settings, revision);
+    p.findings
+        .extend(crate::check::check_inventory(set, &inventory));
+    p.findings.sort();
+    p.findings.dedup();
+    Ok(Planned {
+        inventory,
+        desired: compiled.desired,
+        plan: p,
+        warnings: diags,
+    })
+}
+
+/// Observe `target` through `provider`, then [`plan_with`].
+///
+/// # Errors
+/// [`PlanError::Observe`] when the cloud could not be read; [`PlanError::Invalid`].
+pub async fn observe_and_plan(
+    set: &PolicySet,
+    target: &TargetDoc,
+    provider: &dyn Provider,
+    previous: Option<&DesiredState>,
+    settings: &Settings,
+    revision: Option<&str>,
+) -> Result<Planned, PlanError> {
+    let t = target
+        .to_target()
+        .ok_or_else(|| PlanError::NoProvider(format!("target {} names no cloud", target.name())))?;
+    let inventory = provider
+        .observe(&t)
+        .await
+        .map_err(|source| PlanError::Observe {
+            target: t.name.clone(),
+            source,
+        })?;
+    plan_with(set, target, inventory, previous, settings, revision)
+}
+
+/// Provider settings, per cloud.
+#[derive(Debug, Clone, Default)]
+pub struct ProviderSettings {
+    /// AWS.
+    #[cfg(feature = "aws")]
+    pub aws: palisade_providers::aws::AwsSettings,
+}
+
+/// The providers of this process, one per cloud, created on first use.
+#[derive(Default)]
+pub struct Providers {
+    settings: ProviderSettings,
+    made: std::sync::Mutex<BTreeMap<Cloud, Arc<dyn Provider>>>,
+}
+
+impl std::fmt::Debug for Providers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Providers")
+            .field("settings", &self.settings)
+            .field("clouds", &self.lock().keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Providers {
+    /// Providers built with `settings`.
+    pub fn new(settings: ProviderSettings) -> Providers {
+        Providers {
+            settings,
+            made: Default::default(),
+        }
+    }
+
+    /// Use `provider` for `cloud` (tests, fakes).
+    pub fn insert(&self, cloud: Cloud, provider: Arc<dyn Provider>) {
+        self.lock().insert(cloud, provider);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Cloud, Arc<dyn Provider>>> {
+        self.made.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The provider for `cloud`.
+    ///
+    /// # Errors
+    /// [`PlanError::NoProvider`] when this build has no provider for it.
+    pub fn get(&self, cloud: Cloud) -> Result<Arc<dyn Provider>, PlanError> {
+        let mut made = self.lock();
+        if let Some(p) = made.get(&cloud) {
+            return Ok(p.clone());
+        }
+        let p: Arc<dyn Provider> = match cloud {
+            #[cfg(feature = "aws")]
+            Cloud::Aws => Arc::new(palisade_providers::aws::AwsProvider::new(
+                self.settings.aws.clone(),
+            )),
+            other => {
+                return Err(PlanError::NoProvider(format!(
+                    "this build of palisade has no {other} provider (cargo feature `{other}`)"
+                )));
+            }
+        };
+        made.insert(cloud, p.clone());
+        Ok(p)
+    }
+
+    /// API calls of every provider made so far.
+    pub fn api_calls(&self) -> Vec<ApiCallCount> {
+        let mut all: Vec<ApiCallCount> = self.lock().values().flat_map(|p| p.api_calls()).collect();
+        all.sort();
+        all
+    }
+}
