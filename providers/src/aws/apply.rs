@@ -782,7 +782,10 @@ impl AwsProvider {
         let Some(e) = out
             .vpc_endpoints()
             .iter()
-            .find(|e| e.vpc_endpoint_id() == Some(id) && e.state() != Some(&ec2::State::Deleted))
+            .find(|e| {
+                e.vpc_endpoint_id() == Some(id)
+                    && e.state().is_none_or(translate::endpoint_is_live)
+            })
         else {
             return Ok(None);
         };

@@ -208,6 +208,14 @@ fn ipnets<'a>(items: impl IntoIterator<Item = &'a str>) -> Vec<IpNet> {
     v
 }
 
+/// Whether an endpoint in this state still exists. AWS answers in lower case
+/// (`available`, `deleted`) although the SDK's enum is capitalised; moto keeps deleted
+/// endpoints listed as `deleted`.
+pub fn endpoint_is_live(state: &ec2::State) -> bool {
+    const GONE: [&str; 5] = ["deleted", "deleting", "failed", "rejected", "expired"];
+    !GONE.iter().any(|g| state.as_str().eq_ignore_ascii_case(g))
+}
+
 /// Translate one observation into the model.
 pub fn inventory(target: &str, raw: &Raw) -> Inventory {
     let group_tags: Vec<(String, Tags)> = raw
@@ -356,18 +364,7 @@ pub fn inventory(target: &str, raw: &Raw) -> Inventory {
     let endpoints = raw
         .endpoints
         .iter()
-        .filter(|e| {
-            !matches!(
-                e.state(),
-                Some(
-                    ec2::State::Deleted
-                        | ec2::State::Deleting
-                        | ec2::State::Failed
-                        | ec2::State::Rejected
-                        | ec2::State::Expired
-                )
-            )
-        })
+        .filter(|e| e.state().is_none_or(endpoint_is_live))
         .filter_map(|e| {
             let kind = match e.vpc_endpoint_type()? {
                 ec2::VpcEndpointType::Interface => EndpointKind::Interface,

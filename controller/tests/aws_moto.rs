@@ -1,0 +1,211 @@
+//! The AWS provider against moto's server, through the real binary: converge a drifted
+//! estate of 240 functions, make zero writes when converged, revert drift, never touch a
+//! group Palisade does not own, refuse the wrong account.
+#![cfg(feature = "aws")]
+
+mod support;
+
+use serde_json::{Value, json};
+use support::{Moto, json as as_json, root, text};
+
+const TARGET: &str = "prod-aws";
+
+fn policies() -> String {
+    root().join("policies-example").display().to_string()
+}
+
+fn apply(moto: &Moto) -> Value {
+    let out = moto
+        .palisade()
+        .args(["apply", "--policies", &policies(), "--target", TARGET, "--auto-approve", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "apply failed: {}", text(&out));
+    as_json(&out)
+}
+
+fn plan(moto: &Moto) -> (Option<i32>, Value) {
+    let out = moto
+        .palisade()
+        .args(["plan", "--policies", &policies(), "--target", TARGET, "--format", "json", "--detailed-exitcode"])
+        .output()
+        .unwrap();
+    (out.status.code(), as_json(&out))
+}
+
+fn observe(moto: &Moto) -> Value {
+    let out = moto
+        .palisade()
+        .args(["observe", "--policies", &policies(), "--target", TARGET])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    as_json(&out)
+}
+
+fn calls(v: &Value, kind: &str) -> u64 {
+    v["apiCalls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == kind)
+        .map(|c| c["count"].as_u64().unwrap())
+        .sum()
+}
+
+fn group<'a>(inv: &'a Value, name: &str) -> &'a Value {
+    inv["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == name)
+        .unwrap_or_else(|| panic!("no group {name}"))
+}
+
+fn function<'a>(inv: &'a Value, name: &str) -> &'a Value {
+    inv["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == name)
+        .unwrap_or_else(|| panic!("no function {name}"))
+}
+
+fn causes(plan: &Value) -> Vec<(String, String)> {
+    plan["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["cause"].as_str().unwrap().to_string(), c["resource"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+#[test]
+fn converges_stays_converged_reverts_drift_and_spares_unowned_groups() {
+    let Some(moto) = Moto::start() else { return };
+    let seeded = moto.seed(240);
+    let impostor = seeded["groups"]["impostor"].as_str().unwrap().to_string();
+    let legacy = seeded["groups"]["legacy-admin"].as_str().unwrap().to_string();
+    let before = observe(&moto);
+    let impostor_before = group(&before, "impostor").clone();
+
+    // A drifted estate: the plan has work to do.
+    let (code, p) = plan(&moto);
+    assert_eq!(code, Some(2), "{p}");
+    assert!(p["changes"].as_array().unwrap().len() > 150, "{}", p["summary"]);
+
+    // One apply converges it.
+    let first = apply(&moto);
+    assert!(first["error"].is_null(), "{}", first["error"]);
+    let results = first["apply"]["results"].as_array().unwrap();
+    assert!(results.iter().all(|r| r["outcome"]["status"] == "applied"), "every change applied");
+    assert!(
+        results.iter().all(|r| !r["outcome"]["requestIds"].as_array().map_or(true, Vec::is_empty)),
+        "every change carries the AWS request id"
+    );
+    let (code, p) = plan(&moto);
+    assert_eq!(code, Some(0), "plan after apply: {}", p["changes"]);
+
+    // A second apply makes no write call at all.
+    let second = apply(&moto);
+    assert_eq!(calls(&second, "write"), 0, "{}", second["apiCalls"]);
+    assert!(calls(&second, "read") > 0);
+
+    let inv = observe(&moto);
+    let api = group(&inv, "palisade-payments-api");
+    assert_eq!(api["tags"]["palisade:managed-by"], "palisade");
+    let f = function(&inv, "payments-api-0000");
+    assert_eq!(f["placement"]["groups"], json!([{ "managed": "payments-api" }]));
+    assert_eq!(f["placement"]["subnets"].as_array().unwrap().len(), 3);
+    // Functions left the hand-made group; the group itself was not touched.
+    assert_eq!(group(&inv, "legacy-admin")["rules"], group(&before, "legacy-admin")["rules"]);
+    // The impostor carries a palisade:policy tag but not palisade:managed-by: untouched,
+    // although its rule is exactly the payments-api ingress rule.
+    assert_eq!(group(&inv, "impostor"), &impostor_before);
+
+    // Drift, four kinds at once.
+    let api_id = api["id"].as_str().unwrap().to_string();
+    moto.call("ec2", "authorize_security_group_ingress", json!({
+        "GroupId": api_id,
+        "IpPermissions": [{ "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{ "CidrIp": "0.0.0.0/0" }] }]
+    }));
+    moto.call("lambda", "update_function_configuration", json!({
+        "FunctionName": "payments-api-0000",
+        "VpcConfig": { "SubnetIds": [], "SecurityGroupIds": [] }
+    }));
+    let interface = inv["endpoints"].as_array().unwrap().iter().find(|e| e["kind"] == "interface").unwrap();
+    moto.call("ec2", "delete_vpc_endpoints", json!({ "VpcEndpointIds": [interface["id"]] }));
+    let db = group(&inv, "palisade-payments-db");
+    let db_rule = db["rules"].as_array().unwrap().iter().find(|r| r["direction"] == "ingress").unwrap();
+    moto.call("ec2", "modify_security_group_rules", json!({
+        "GroupId": db["id"],
+        "SecurityGroupRules": [{
+            "SecurityGroupRuleId": db_rule["id"],
+            "SecurityGroupRule": { "IpProtocol": "tcp", "FromPort": 5433, "ToPort": 5433, "ReferencedGroupId": api_id }
+        }]
+    }));
+    // Also move a function behind the hand-made group.
+    moto.call("lambda", "update_function_configuration", json!({
+        "FunctionName": "ledger-worker-0002",
+        "VpcConfig": { "SubnetIds": [seeded["subnets"]["public-a"]], "SecurityGroupIds": [legacy] }
+    }));
+
+    let (code, p) = plan(&moto);
+    assert_eq!(code, Some(2));
+    let resources: Vec<String> = causes(&p).into_iter().map(|(_, r)| r).collect();
+    for expected in ["function payments-api-0000", "function ledger-worker-0002", "group payments-api", "group payments-db"] {
+        assert!(resources.iter().any(|r| r.starts_with(expected)), "{expected} not in {resources:?}");
+    }
+    assert!(resources.iter().any(|r| r.starts_with("endpoint endpoint.secretsmanager")), "{resources:?}");
+
+    let third = apply(&moto);
+    assert!(third["error"].is_null(), "{}", third["error"]);
+    let (code, p) = plan(&moto);
+    assert_eq!(code, Some(0), "drift not reverted: {}", p["changes"]);
+    let inv = observe(&moto);
+    let api = group(&inv, "palisade-payments-api");
+    assert!(
+        !api["rules"].as_array().unwrap().iter().any(|r| r["ports"]["range"]["from"] == 22),
+        "0.0.0.0/0:22 revoked: {}",
+        api["rules"]
+    );
+    let db = group(&inv, "palisade-payments-db");
+    assert!(db["rules"].as_array().unwrap().iter().any(|r| r["ports"]["range"]["from"] == 5432));
+    assert!(!db["rules"].as_array().unwrap().iter().any(|r| r["ports"]["range"]["from"] == 5433));
+    assert!(function(&inv, "payments-api-0000")["placement"].is_object());
+    assert_eq!(group(&inv, "impostor"), &impostor_before);
+}
+
+#[test]
+fn wrong_account_is_refused_before_any_change() {
+    let Some(moto) = Moto::start() else { return };
+    moto.seed(4);
+    let dir = tempfile::tempdir().unwrap();
+    let src = root().join("policies-example");
+    for sub in ["aws", "targets", "guardrails"] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        for e in std::fs::read_dir(src.join(sub)).unwrap() {
+            let e = e.unwrap();
+            let body = std::fs::read_to_string(e.path()).unwrap().replace("123456789012", "210987654321");
+            std::fs::write(dir.path().join(sub).join(e.file_name()), body).unwrap();
+        }
+    }
+    let out = moto
+        .palisade()
+        .args(["apply", "--auto-approve", "--target", TARGET, "--policies"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("account \"123456789012\"") && stderr.contains("accountId \"210987654321\""),
+        "{stderr}"
+    );
+    // Nothing was created.
+    let groups = moto.call("ec2", "describe_security_groups", json!({}));
+    assert!(
+        !groups["SecurityGroups"].as_array().unwrap().iter().any(|g| g["GroupName"].as_str().unwrap().starts_with("palisade-")),
+        "{groups}"
+    );
+}
