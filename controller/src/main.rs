@@ -9,7 +9,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use palisade::apply::{ApplyError, ApplyReport};
 use palisade::plan::{Settings, render_text};
 use palisade::policy::{self, Diagnostic, Limits, PolicySet, TargetDoc};
-use palisade::reconcile::{PlanError, Planned, ProviderSettings, Providers, observe_and_plan, plan_with};
+use palisade::reconcile::{
+    PlanError, Planned, ProviderSettings, Providers, observe_and_plan, plan_with,
+};
 use palisade_providers::{ApiCallCount, CallKind, Inventory, OutcomeStatus, total_calls};
 use serde::Serialize;
 
@@ -331,7 +333,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let (set, index) = load_target(&policies, target.as_deref(), None)?;
             let target = &set.targets[index];
             let providers = cloud.providers()?;
-            let planned = match live_plan(&set, target, &providers, &settings, revision.as_deref()) {
+            let planned = match live_plan(&set, target, &providers, &settings, revision.as_deref())
+            {
                 Ok(p) => p,
                 Err(e) => return plan_failed(e, format),
             };
@@ -356,7 +359,10 @@ fn load_target(
     let (set, diags) = policy::load_dir(policies, &Limits::default());
     if diags.iter().any(Diagnostic::is_error) {
         print_diagnostics(&diags, Format::Text)?;
-        bail!("{} has errors; nothing was read or changed", policies.display());
+        bail!(
+            "{} has errors; nothing was read or changed",
+            policies.display()
+        );
     }
     let wanted = match (name, snapshot_target) {
         (Some(n), Some(s)) if n != s => {
@@ -369,7 +375,11 @@ fn load_target(
                 "{} defines {} targets ({}); choose one with --target",
                 policies.display(),
                 set.targets.len(),
-                set.targets.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+                set.targets
+                    .iter()
+                    .map(|t| t.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         },
     };
@@ -381,7 +391,11 @@ fn load_target(
             format!(
                 "{} does not define target {wanted:?} (it defines: {})",
                 policies.display(),
-                set.targets.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+                set.targets
+                    .iter()
+                    .map(|t| t.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         })?;
     Ok((set, index))
@@ -481,13 +495,29 @@ fn apply_planned(
     }
     if plan.refusal.is_some() {
         if format == Format::Json {
-            println!("{}", serde_json::to_string_pretty(&ApplyOutput { plan: planned, apply: None, error: None, api_calls: &providers.api_calls() })?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&ApplyOutput {
+                    plan: planned,
+                    apply: None,
+                    error: None,
+                    api_calls: &providers.api_calls()
+                })?
+            );
         }
         return Ok(ExitCode::from(1));
     }
     if plan.is_empty() {
         if format == Format::Json {
-            println!("{}", serde_json::to_string_pretty(&ApplyOutput { plan: planned, apply: None, error: None, api_calls: &providers.api_calls() })?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&ApplyOutput {
+                    plan: planned,
+                    apply: None,
+                    error: None,
+                    api_calls: &providers.api_calls()
+                })?
+            );
         } else {
             print_calls(&providers.api_calls());
         }
@@ -518,9 +548,17 @@ fn apply_planned(
     let result = runtime()?.block_on(palisade::apply::apply(plan, &t, provider.as_ref()));
     let (report, error) = match &result {
         Ok(r) => (Some(r), None),
-        Err(ApplyError::Change { report, source, index, resource }) => (
+        Err(ApplyError::Change {
+            report,
+            source,
+            index,
+            resource,
+        }) => (
             Some(report.as_ref()),
-            Some(format!("change {} ({resource}) failed: {source}", index + 1)),
+            Some(format!(
+                "change {} ({resource}) failed: {source}",
+                index + 1
+            )),
         ),
         Err(e) => (None, Some(e.to_string())),
     };
@@ -562,14 +600,22 @@ fn apply_planned(
                             if !o.request_ids.is_empty() {
                                 v.push(format!("request {}", o.request_ids.join(",")));
                             }
-                            if v.is_empty() { String::new() } else { format!(" [{}]", v.join("; ")) }
+                            if v.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" [{}]", v.join("; "))
+                            }
                         })
                         .unwrap_or_default();
                     println!("  {mark:>10}  {}{ids}{what}", res.planned.resource);
                 }
                 println!(
                     "Apply {}: {} change(s) attempted, {} pending, {} not attempted.",
-                    if error.is_some() { "stopped" } else { "complete" },
+                    if error.is_some() {
+                        "stopped"
+                    } else {
+                        "complete"
+                    },
                     r.results.len(),
                     r.pending,
                     r.skipped
@@ -581,5 +627,9 @@ fn apply_planned(
             print_calls(&calls);
         }
     }
-    Ok(if error.is_some() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if error.is_some() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

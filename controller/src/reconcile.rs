@@ -44,7 +44,7 @@ pub enum PlanError {
         target: String,
         /// Cause.
         #[source]
-        source: ProviderError,
+        source: Box<ProviderError>,
     },
     /// No provider for the target's cloud in this build or configuration.
     #[error("{0}")]
@@ -104,7 +104,7 @@ pub async fn observe_and_plan(
         .await
         .map_err(|source| PlanError::Observe {
             target: t.name.clone(),
-            source,
+            source: Box::new(source),
         })?;
     plan_with(set, target, inventory, previous, settings, revision)
 }

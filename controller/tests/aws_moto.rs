@@ -17,7 +17,16 @@ fn policies() -> String {
 fn apply(moto: &Moto) -> Value {
     let out = moto
         .palisade()
-        .args(["apply", "--policies", &policies(), "--target", TARGET, "--auto-approve", "--format", "json"])
+        .args([
+            "apply",
+            "--policies",
+            &policies(),
+            "--target",
+            TARGET,
+            "--auto-approve",
+            "--format",
+            "json",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "apply failed: {}", text(&out));
@@ -27,7 +36,16 @@ fn apply(moto: &Moto) -> Value {
 fn plan(moto: &Moto) -> (Option<i32>, Value) {
     let out = moto
         .palisade()
-        .args(["plan", "--policies", &policies(), "--target", TARGET, "--format", "json", "--detailed-exitcode"])
+        .args([
+            "plan",
+            "--policies",
+            &policies(),
+            "--target",
+            TARGET,
+            "--format",
+            "json",
+            "--detailed-exitcode",
+        ])
         .output()
         .unwrap();
     (out.status.code(), as_json(&out))
@@ -76,7 +94,12 @@ fn causes(plan: &Value) -> Vec<(String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| (c["cause"].as_str().unwrap().to_string(), c["resource"].as_str().unwrap().to_string()))
+        .map(|c| {
+            (
+                c["cause"].as_str().unwrap().to_string(),
+                c["resource"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
@@ -85,22 +108,35 @@ fn converges_stays_converged_reverts_drift_and_spares_unowned_groups() {
     let Some(moto) = Moto::start() else { return };
     let seeded = moto.seed(240);
     let impostor = seeded["groups"]["impostor"].as_str().unwrap().to_string();
-    let legacy = seeded["groups"]["legacy-admin"].as_str().unwrap().to_string();
+    let legacy = seeded["groups"]["legacy-admin"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let before = observe(&moto);
     let impostor_before = group(&before, "impostor").clone();
+    assert_eq!(impostor_before["id"], impostor.as_str());
 
     // A drifted estate: the plan has work to do.
     let (code, p) = plan(&moto);
     assert_eq!(code, Some(2), "{p}");
-    assert!(p["changes"].as_array().unwrap().len() > 150, "{}", p["summary"]);
+    assert!(
+        p["changes"].as_array().unwrap().len() > 150,
+        "{}",
+        p["summary"]
+    );
 
     // One apply converges it.
     let first = apply(&moto);
     assert!(first["error"].is_null(), "{}", first["error"]);
     let results = first["apply"]["results"].as_array().unwrap();
-    assert!(results.iter().all(|r| r["outcome"]["status"] == "applied"), "every change applied");
     assert!(
-        results.iter().all(|r| !r["outcome"]["requestIds"].as_array().map_or(true, Vec::is_empty)),
+        results.iter().all(|r| r["outcome"]["status"] == "applied"),
+        "every change applied"
+    );
+    assert!(
+        results.iter().all(|r| !r["outcome"]["requestIds"]
+            .as_array()
+            .is_none_or(Vec::is_empty)),
         "every change carries the AWS request id"
     );
     let (code, p) = plan(&moto);
@@ -115,10 +151,16 @@ fn converges_stays_converged_reverts_drift_and_spares_unowned_groups() {
     let api = group(&inv, "palisade-payments-api");
     assert_eq!(api["tags"]["palisade:managed-by"], "palisade");
     let f = function(&inv, "payments-api-0000");
-    assert_eq!(f["placement"]["groups"], json!([{ "managed": "payments-api" }]));
+    assert_eq!(
+        f["placement"]["groups"],
+        json!([{ "managed": "payments-api" }])
+    );
     assert_eq!(f["placement"]["subnets"].as_array().unwrap().len(), 3);
     // Functions left the hand-made group; the group itself was not touched.
-    assert_eq!(group(&inv, "legacy-admin")["rules"], group(&before, "legacy-admin")["rules"]);
+    assert_eq!(
+        group(&inv, "legacy-admin")["rules"],
+        group(&before, "legacy-admin")["rules"]
+    );
     // The impostor carries a palisade:policy tag but not palisade:managed-by: untouched,
     // although its rule is exactly the payments-api ingress rule.
     assert_eq!(group(&inv, "impostor"), &impostor_before);
@@ -129,14 +171,32 @@ fn converges_stays_converged_reverts_drift_and_spares_unowned_groups() {
         "GroupId": api_id,
         "IpPermissions": [{ "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{ "CidrIp": "0.0.0.0/0" }] }]
     }));
-    moto.call("lambda", "update_function_configuration", json!({
-        "FunctionName": "payments-api-0000",
-        "VpcConfig": { "SubnetIds": [], "SecurityGroupIds": [] }
-    }));
-    let interface = inv["endpoints"].as_array().unwrap().iter().find(|e| e["kind"] == "interface").unwrap();
-    moto.call("ec2", "delete_vpc_endpoints", json!({ "VpcEndpointIds": [interface["id"]] }));
+    moto.call(
+        "lambda",
+        "update_function_configuration",
+        json!({
+            "FunctionName": "payments-api-0000",
+            "VpcConfig": { "SubnetIds": [], "SecurityGroupIds": [] }
+        }),
+    );
+    let interface = inv["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "interface")
+        .unwrap();
+    moto.call(
+        "ec2",
+        "delete_vpc_endpoints",
+        json!({ "VpcEndpointIds": [interface["id"]] }),
+    );
     let db = group(&inv, "palisade-payments-db");
-    let db_rule = db["rules"].as_array().unwrap().iter().find(|r| r["direction"] == "ingress").unwrap();
+    let db_rule = db["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["direction"] == "ingress")
+        .unwrap();
     moto.call("ec2", "modify_security_group_rules", json!({
         "GroupId": db["id"],
         "SecurityGroupRules": [{
@@ -153,10 +213,23 @@ fn converges_stays_converged_reverts_drift_and_spares_unowned_groups() {
     let (code, p) = plan(&moto);
     assert_eq!(code, Some(2));
     let resources: Vec<String> = causes(&p).into_iter().map(|(_, r)| r).collect();
-    for expected in ["function payments-api-0000", "function ledger-worker-0002", "group payments-api", "group payments-db"] {
-        assert!(resources.iter().any(|r| r.starts_with(expected)), "{expected} not in {resources:?}");
+    for expected in [
+        "function payments-api-0000",
+        "function ledger-worker-0002",
+        "group payments-api",
+        "group payments-db",
+    ] {
+        assert!(
+            resources.iter().any(|r| r.starts_with(expected)),
+            "{expected} not in {resources:?}"
+        );
     }
-    assert!(resources.iter().any(|r| r.starts_with("endpoint endpoint.secretsmanager")), "{resources:?}");
+    assert!(
+        resources
+            .iter()
+            .any(|r| r.starts_with("endpoint endpoint.secretsmanager")),
+        "{resources:?}"
+    );
 
     let third = apply(&moto);
     assert!(third["error"].is_null(), "{}", third["error"]);
@@ -165,13 +238,29 @@ fn converges_stays_converged_reverts_drift_and_spares_unowned_groups() {
     let inv = observe(&moto);
     let api = group(&inv, "palisade-payments-api");
     assert!(
-        !api["rules"].as_array().unwrap().iter().any(|r| r["ports"]["range"]["from"] == 22),
+        !api["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["ports"]["range"]["from"] == 22),
         "0.0.0.0/0:22 revoked: {}",
         api["rules"]
     );
     let db = group(&inv, "palisade-payments-db");
-    assert!(db["rules"].as_array().unwrap().iter().any(|r| r["ports"]["range"]["from"] == 5432));
-    assert!(!db["rules"].as_array().unwrap().iter().any(|r| r["ports"]["range"]["from"] == 5433));
+    assert!(
+        db["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["ports"]["range"]["from"] == 5432)
+    );
+    assert!(
+        !db["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["ports"]["range"]["from"] == 5433)
+    );
     assert!(function(&inv, "payments-api-0000")["placement"].is_object());
     assert_eq!(group(&inv, "impostor"), &impostor_before);
 }
@@ -186,7 +275,9 @@ fn wrong_account_is_refused_before_any_change() {
         std::fs::create_dir_all(dir.path().join(sub)).unwrap();
         for e in std::fs::read_dir(src.join(sub)).unwrap() {
             let e = e.unwrap();
-            let body = std::fs::read_to_string(e.path()).unwrap().replace("123456789012", "210987654321");
+            let body = std::fs::read_to_string(e.path())
+                .unwrap()
+                .replace("123456789012", "210987654321");
             std::fs::write(dir.path().join(sub).join(e.file_name()), body).unwrap();
         }
     }
@@ -199,13 +290,18 @@ fn wrong_account_is_refused_before_any_change() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("account \"123456789012\"") && stderr.contains("accountId \"210987654321\""),
+        stderr.contains("account \"123456789012\"")
+            && stderr.contains("accountId \"210987654321\""),
         "{stderr}"
     );
     // Nothing was created.
     let groups = moto.call("ec2", "describe_security_groups", json!({}));
     assert!(
-        !groups["SecurityGroups"].as_array().unwrap().iter().any(|g| g["GroupName"].as_str().unwrap().starts_with("palisade-")),
+        !groups["SecurityGroups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["GroupName"].as_str().unwrap().starts_with("palisade-")),
         "{groups}"
     );
 }

@@ -17,8 +17,8 @@ use aws_sdk_sts::operation::get_caller_identity::GetCallerIdentityOutput;
 use aws_smithy_mocks::{Rule as MockRule, RuleMode, mock, mock_client};
 use palisade_providers::aws::{AwsProvider, AwsSettings, Clients};
 use palisade_providers::{
-    CallKind, CallOutcome, Change, Direction, GroupRef, OutcomeStatus, Peer, Placement,
-    PortRange, Ports, Protocol, Provider, ProviderError, Rule, Target, TargetScope, total_calls,
+    CallKind, CallOutcome, Change, Direction, GroupRef, OutcomeStatus, Peer, Placement, PortRange,
+    Ports, Protocol, Provider, ProviderError, Rule, Target, TargetScope, total_calls,
 };
 
 const ACCOUNT: &str = "123456789012";
@@ -63,16 +63,35 @@ fn sts(account: &'static str) -> MockRule {
     })
 }
 
-async fn provider(ec2_rules: &[&MockRule], lambda_rules: &[&MockRule], tagging_rules: &[&MockRule]) -> AwsProvider {
+async fn provider(
+    ec2_rules: &[&MockRule],
+    lambda_rules: &[&MockRule],
+    tagging_rules: &[&MockRule],
+) -> AwsProvider {
     let sts_rule = sts(ACCOUNT);
     let clients = Clients {
-        ec2: mock_client!(aws_sdk_ec2, RuleMode::MatchAny, ec2_rules.iter().copied(), retry),
-        lambda: mock_client!(aws_sdk_lambda, RuleMode::MatchAny, lambda_rules.iter().copied()),
-        tagging: mock_client!(aws_sdk_resourcegroupstagging, RuleMode::MatchAny, tagging_rules.iter().copied()),
+        ec2: mock_client!(
+            aws_sdk_ec2,
+            RuleMode::MatchAny,
+            ec2_rules.iter().copied(),
+            retry
+        ),
+        lambda: mock_client!(
+            aws_sdk_lambda,
+            RuleMode::MatchAny,
+            lambda_rules.iter().copied()
+        ),
+        tagging: mock_client!(
+            aws_sdk_resourcegroupstagging,
+            RuleMode::MatchAny,
+            tagging_rules.iter().copied()
+        ),
         sts: mock_client!(aws_sdk_sts, RuleMode::MatchAny, [&sts_rule]),
     };
     let p = AwsProvider::new(fast());
-    p.connect(&target(), clients).await.expect("identity verified");
+    p.connect(&target(), clients)
+        .await
+        .expect("identity verified");
     p
 }
 
@@ -85,11 +104,19 @@ fn tag(k: &str, v: &str) -> ec2::Tag {
 }
 
 fn owned(owner: &str) -> Vec<ec2::Tag> {
-    vec![tag("palisade:managed-by", "palisade"), tag("palisade:policy", owner)]
+    vec![
+        tag("palisade:managed-by", "palisade"),
+        tag("palisade:policy", owner),
+    ]
 }
 
 /// A page of `items` starting after `token`, of at most `min(asked, max)` items.
-fn page<T: Clone>(items: &[T], token: Option<&str>, asked: Option<i32>, max: usize) -> (Vec<T>, Option<String>) {
+fn page<T: Clone>(
+    items: &[T],
+    token: Option<&str>,
+    asked: Option<i32>,
+    max: usize,
+) -> (Vec<T>, Option<String>) {
     let start: usize = token.map_or(0, |t| t.parse().unwrap());
     let size = asked.map_or(max, |a| (a as usize).min(max));
     let end = (start + size).min(items.len());
@@ -125,7 +152,13 @@ async fn observe_reads_every_page_at_real_page_sizes() {
             .map(|f| {
                 ResourceTagMapping::builder()
                     .resource_arn(f.function_arn().unwrap())
-                    .tags(TagT::builder().key("app").value("payments").build().unwrap())
+                    .tags(
+                        TagT::builder()
+                            .key("app")
+                            .value("payments")
+                            .build()
+                            .unwrap(),
+                    )
                     .build()
             })
             .collect(),
@@ -137,7 +170,11 @@ async fn observe_reads_every_page_at_real_page_sizes() {
                     .group_id(format!("sg-{i:04}"))
                     .group_name(format!("g{i}"))
                     .vpc_id("vpc-1")
-                    .set_tags(Some(if i % 2 == 0 { owned(&format!("p{i}")) } else { vec![] }))
+                    .set_tags(Some(if i % 2 == 0 {
+                        owned(&format!("p{i}"))
+                    } else {
+                        vec![]
+                    }))
                     .build()
             })
             .collect(),
@@ -158,47 +195,90 @@ async fn observe_reads_every_page_at_real_page_sizes() {
             .collect(),
     );
 
-    let (f, t, g, r) = (functions.clone(), tags.clone(), groups.clone(), rules.clone());
-    let list_functions = mock!(aws_sdk_lambda::Client::list_functions).then_compute_output(move |req| {
-        // ListFunctions: at most 50 per page.
-        let (items, next) = page(&f, req.marker(), req.max_items(), 50);
-        lop::list_functions::ListFunctionsOutput::builder().set_functions(Some(items)).set_next_marker(next).build()
-    });
-    let get_resources = mock!(aws_sdk_resourcegroupstagging::Client::get_resources).then_compute_output(move |req| {
-        // GetResources: at most 100 resources per page; the last page has an empty token.
-        let (items, next) = page(&t, req.pagination_token().filter(|t| !t.is_empty()), req.resources_per_page(), 100);
-        GetResourcesOutput::builder()
-            .set_resource_tag_mapping_list(Some(items))
-            .pagination_token(next.unwrap_or_default())
-            .build()
-    });
-    let describe_groups = mock!(aws_sdk_ec2::Client::describe_security_groups).then_compute_output(move |req| {
-        let (items, next) = page(&g, req.next_token(), req.max_results(), 1000);
-        ec2op::describe_security_groups::DescribeSecurityGroupsOutput::builder().set_security_groups(Some(items)).set_next_token(next).build()
-    });
-    let describe_rules = mock!(aws_sdk_ec2::Client::describe_security_group_rules).then_compute_output(move |req| {
-        let (items, next) = page(&r, req.next_token(), req.max_results(), 1000);
-        ec2op::describe_security_group_rules::DescribeSecurityGroupRulesOutput::builder().set_security_group_rules(Some(items)).set_next_token(next).build()
-    });
+    let (f, t, g, r) = (
+        functions.clone(),
+        tags.clone(),
+        groups.clone(),
+        rules.clone(),
+    );
+    let list_functions =
+        mock!(aws_sdk_lambda::Client::list_functions).then_compute_output(move |req| {
+            // ListFunctions: at most 50 per page.
+            let (items, next) = page(&f, req.marker(), req.max_items(), 50);
+            lop::list_functions::ListFunctionsOutput::builder()
+                .set_functions(Some(items))
+                .set_next_marker(next)
+                .build()
+        });
+    let get_resources = mock!(aws_sdk_resourcegroupstagging::Client::get_resources)
+        .then_compute_output(move |req| {
+            // GetResources: at most 100 resources per page; the last page has an empty token.
+            let (items, next) = page(
+                &t,
+                req.pagination_token().filter(|t| !t.is_empty()),
+                req.resources_per_page(),
+                100,
+            );
+            GetResourcesOutput::builder()
+                .set_resource_tag_mapping_list(Some(items))
+                .pagination_token(next.unwrap_or_default())
+                .build()
+        });
+    let describe_groups =
+        mock!(aws_sdk_ec2::Client::describe_security_groups).then_compute_output(move |req| {
+            let (items, next) = page(&g, req.next_token(), req.max_results(), 1000);
+            ec2op::describe_security_groups::DescribeSecurityGroupsOutput::builder()
+                .set_security_groups(Some(items))
+                .set_next_token(next)
+                .build()
+        });
+    let describe_rules = mock!(aws_sdk_ec2::Client::describe_security_group_rules)
+        .then_compute_output(move |req| {
+            let (items, next) = page(&r, req.next_token(), req.max_results(), 1000);
+            ec2op::describe_security_group_rules::DescribeSecurityGroupRulesOutput::builder()
+                .set_security_group_rules(Some(items))
+                .set_next_token(next)
+                .build()
+        });
     let vpcs = mock!(aws_sdk_ec2::Client::describe_vpcs).then_output(|| {
         ec2op::describe_vpcs::DescribeVpcsOutput::builder()
-            .vpcs(ec2::Vpc::builder().vpc_id("vpc-1").cidr_block("10.0.0.0/16").build())
+            .vpcs(
+                ec2::Vpc::builder()
+                    .vpc_id("vpc-1")
+                    .cidr_block("10.0.0.0/16")
+                    .build(),
+            )
             .build()
     });
     let subnets = mock!(aws_sdk_ec2::Client::describe_subnets).then_output(|| {
         ec2op::describe_subnets::DescribeSubnetsOutput::builder()
-            .subnets(ec2::Subnet::builder().subnet_id("subnet-a").vpc_id("vpc-1").cidr_block("10.0.1.0/24").build())
+            .subnets(
+                ec2::Subnet::builder()
+                    .subnet_id("subnet-a")
+                    .vpc_id("vpc-1")
+                    .cidr_block("10.0.1.0/24")
+                    .build(),
+            )
             .build()
     });
     let route_tables = mock!(aws_sdk_ec2::Client::describe_route_tables)
         .then_output(|| ec2op::describe_route_tables::DescribeRouteTablesOutput::builder().build());
-    let endpoints = mock!(aws_sdk_ec2::Client::describe_vpc_endpoints)
-        .then_output(|| ec2op::describe_vpc_endpoints::DescribeVpcEndpointsOutput::builder().build());
+    let endpoints = mock!(aws_sdk_ec2::Client::describe_vpc_endpoints).then_output(|| {
+        ec2op::describe_vpc_endpoints::DescribeVpcEndpointsOutput::builder().build()
+    });
     let prefix_lists = mock!(aws_sdk_ec2::Client::describe_prefix_lists)
         .then_output(|| ec2op::describe_prefix_lists::DescribePrefixListsOutput::builder().build());
 
     let p = provider(
-        &[&describe_groups, &describe_rules, &vpcs, &subnets, &route_tables, &endpoints, &prefix_lists],
+        &[
+            &describe_groups,
+            &describe_rules,
+            &vpcs,
+            &subnets,
+            &route_tables,
+            &endpoints,
+            &prefix_lists,
+        ],
         &[&list_functions],
         &[&get_resources],
     )
@@ -206,19 +286,35 @@ async fn observe_reads_every_page_at_real_page_sizes() {
     let inv = p.observe(&target()).await.unwrap();
 
     assert_eq!(inv.functions.len(), FUNCTIONS);
-    assert!(inv.functions.iter().all(|f| f.tags.get("app").map(String::as_str) == Some("payments")));
-    assert_eq!(inv.functions[0].placement.as_ref().unwrap().network, "vpc-1");
+    assert!(
+        inv.functions
+            .iter()
+            .all(|f| f.tags.get("app").map(String::as_str) == Some("payments"))
+    );
+    assert_eq!(
+        inv.functions[0].placement.as_ref().unwrap().network,
+        "vpc-1"
+    );
     assert_eq!(inv.groups.len(), GROUPS);
     assert!(inv.groups.iter().all(|g| g.rules.len() == RULES_PER_GROUP));
-    assert_eq!(inv.functions[2].placement.as_ref().unwrap().groups, vec![GroupRef::Managed("p2".into())]);
+    assert_eq!(
+        inv.functions[2].placement.as_ref().unwrap().groups,
+        vec![GroupRef::Managed("p2".into())]
+    );
 
     // The fewest pages AWS can serve this in: 20 + 10 + 1 + 2 + one each for VPCs,
     // subnets, route tables, endpoints and prefix lists; plus the identity check.
-    let minimal = FUNCTIONS.div_ceil(50) + FUNCTIONS.div_ceil(100) + GROUPS.div_ceil(1000)
-        + (GROUPS * RULES_PER_GROUP).div_ceil(1000) + 5 + 1;
+    let minimal = FUNCTIONS.div_ceil(50)
+        + FUNCTIONS.div_ceil(100)
+        + GROUPS.div_ceil(1000)
+        + (GROUPS * RULES_PER_GROUP).div_ceil(1000)
+        + 5
+        + 1;
     let calls = p.api_calls();
     let reads = total_calls(&calls, CallKind::Read) as usize;
-    eprintln!("observe of {FUNCTIONS} functions / {GROUPS} groups: {reads} read calls (minimal {minimal}): {calls:?}");
+    eprintln!(
+        "observe of {FUNCTIONS} functions / {GROUPS} groups: {reads} read calls (minimal {minimal}): {calls:?}"
+    );
     assert_eq!(reads, minimal, "{calls:?}");
     assert_eq!(list_functions.num_calls(), 20);
     assert_eq!(get_resources.num_calls(), 10);
@@ -228,25 +324,34 @@ async fn observe_reads_every_page_at_real_page_sizes() {
 
 fn empty_observe_rules() -> Vec<MockRule> {
     vec![
-        mock!(aws_sdk_ec2::Client::describe_security_groups)
-            .then_output(|| ec2op::describe_security_groups::DescribeSecurityGroupsOutput::builder().build()),
-        mock!(aws_sdk_ec2::Client::describe_security_group_rules)
-            .then_output(|| ec2op::describe_security_group_rules::DescribeSecurityGroupRulesOutput::builder().build()),
+        mock!(aws_sdk_ec2::Client::describe_security_groups).then_output(|| {
+            ec2op::describe_security_groups::DescribeSecurityGroupsOutput::builder().build()
+        }),
+        mock!(aws_sdk_ec2::Client::describe_security_group_rules).then_output(|| {
+            ec2op::describe_security_group_rules::DescribeSecurityGroupRulesOutput::builder()
+                .build()
+        }),
         mock!(aws_sdk_ec2::Client::describe_subnets)
             .then_output(|| ec2op::describe_subnets::DescribeSubnetsOutput::builder().build()),
-        mock!(aws_sdk_ec2::Client::describe_route_tables)
-            .then_output(|| ec2op::describe_route_tables::DescribeRouteTablesOutput::builder().build()),
-        mock!(aws_sdk_ec2::Client::describe_vpc_endpoints)
-            .then_output(|| ec2op::describe_vpc_endpoints::DescribeVpcEndpointsOutput::builder().build()),
-        mock!(aws_sdk_ec2::Client::describe_prefix_lists)
-            .then_output(|| ec2op::describe_prefix_lists::DescribePrefixListsOutput::builder().build()),
+        mock!(aws_sdk_ec2::Client::describe_route_tables).then_output(|| {
+            ec2op::describe_route_tables::DescribeRouteTablesOutput::builder().build()
+        }),
+        mock!(aws_sdk_ec2::Client::describe_vpc_endpoints).then_output(|| {
+            ec2op::describe_vpc_endpoints::DescribeVpcEndpointsOutput::builder().build()
+        }),
+        mock!(aws_sdk_ec2::Client::describe_prefix_lists).then_output(|| {
+            ec2op::describe_prefix_lists::DescribePrefixListsOutput::builder().build()
+        }),
     ]
 }
 
 #[tokio::test]
 async fn throttling_is_retried_by_the_sdk_then_reported_and_counted() {
     let throttled = || {
-        ec2op::describe_vpcs::DescribeVpcsError::generic(code("RequestLimitExceeded", "Request limit exceeded."))
+        ec2op::describe_vpcs::DescribeVpcsError::generic(code(
+            "RequestLimitExceeded",
+            "Request limit exceeded.",
+        ))
     };
     // Twice throttled, then served: the SDK's standard retries absorb it.
     let vpcs = mock!(aws_sdk_ec2::Client::describe_vpcs)
@@ -260,9 +365,12 @@ async fn throttling_is_retried_by_the_sdk_then_reported_and_counted() {
     ec2_rules.push(&vpcs);
     let functions = mock!(aws_sdk_lambda::Client::list_functions)
         .then_output(|| lop::list_functions::ListFunctionsOutput::builder().build());
-    let tags = mock!(aws_sdk_resourcegroupstagging::Client::get_resources).then_output(|| GetResourcesOutput::builder().build());
+    let tags = mock!(aws_sdk_resourcegroupstagging::Client::get_resources)
+        .then_output(|| GetResourcesOutput::builder().build());
     let p = provider(&ec2_rules, &[&functions], &[&tags]).await;
-    p.observe(&target()).await.expect("retries absorb two throttles");
+    p.observe(&target())
+        .await
+        .expect("retries absorb two throttles");
     assert_eq!(vpcs.num_calls(), 3);
 
     // Throttled beyond the SDK's attempts: a Throttled error, counted as such.
@@ -290,7 +398,9 @@ async fn throttling_is_retried_by_the_sdk_then_reported_and_counted() {
     assert!(throttles >= 1, "{:?}", p.api_calls());
 }
 
-fn update_output(status: lambda::LastUpdateStatus) -> lop::update_function_configuration::UpdateFunctionConfigurationOutput {
+fn update_output(
+    status: lambda::LastUpdateStatus,
+) -> lop::update_function_configuration::UpdateFunctionConfigurationOutput {
     lop::update_function_configuration::UpdateFunctionConfigurationOutput::builder()
         .function_name("pay-1")
         .last_update_status(status)
@@ -337,9 +447,17 @@ async fn busy_function_is_retried_and_the_update_is_waited_for() {
         .build();
     let get = mock!(aws_sdk_lambda::Client::get_function_configuration)
         .sequence()
-        .output(|| lop::get_function_configuration::GetFunctionConfigurationOutput::builder().last_update_status(lambda::LastUpdateStatus::InProgress).build())
+        .output(|| {
+            lop::get_function_configuration::GetFunctionConfigurationOutput::builder()
+                .last_update_status(lambda::LastUpdateStatus::InProgress)
+                .build()
+        })
         .times(2)
-        .output(|| lop::get_function_configuration::GetFunctionConfigurationOutput::builder().last_update_status(lambda::LastUpdateStatus::Successful).build())
+        .output(|| {
+            lop::get_function_configuration::GetFunctionConfigurationOutput::builder()
+                .last_update_status(lambda::LastUpdateStatus::Successful)
+                .build()
+        })
         .build();
     let p = provider(&[], &[&update, &get], &[]).await;
     let out = p.apply(&target(), &set_placement()).await.unwrap();
@@ -351,12 +469,21 @@ async fn busy_function_is_retried_and_the_update_is_waited_for() {
     let clear = mock!(aws_sdk_lambda::Client::update_function_configuration)
         .match_requests(|req| {
             let v = req.vpc_config().unwrap();
-            v.subnet_ids.as_ref().is_some_and(Vec::is_empty) && v.security_group_ids.as_ref().is_some_and(Vec::is_empty)
+            v.subnet_ids.as_ref().is_some_and(Vec::is_empty)
+                && v.security_group_ids.as_ref().is_some_and(Vec::is_empty)
         })
         .then_output(|| update_output(lambda::LastUpdateStatus::Successful));
     let p = provider(&[], &[&clear], &[]).await;
-    let change = Change::SetPlacement { function: "arn:pay-1".into(), name: "pay-1".into(), before: Some(placement()), after: None };
-    assert_eq!(p.apply(&target(), &change).await.unwrap().status, OutcomeStatus::Applied);
+    let change = Change::SetPlacement {
+        function: "arn:pay-1".into(),
+        name: "pay-1".into(),
+        before: Some(placement()),
+        after: None,
+    };
+    assert_eq!(
+        p.apply(&target(), &change).await.unwrap().status,
+        OutcomeStatus::Applied
+    );
     assert_eq!(clear.num_calls(), 1);
 }
 
@@ -367,7 +494,9 @@ async fn failed_update_keeps_lambdas_reason() {
     let get = mock!(aws_sdk_lambda::Client::get_function_configuration).then_output(|| {
         lop::get_function_configuration::GetFunctionConfigurationOutput::builder()
             .last_update_status(lambda::LastUpdateStatus::Failed)
-            .last_update_status_reason_code(lambda::LastUpdateStatusReasonCode::SubnetOutOfIpAddresses)
+            .last_update_status_reason_code(
+                lambda::LastUpdateStatusReasonCode::SubnetOutOfIpAddresses,
+            )
             .last_update_status_reason("subnet-a has no free addresses")
             .build()
     });
@@ -386,7 +515,16 @@ fn describe_owned(id: &'static str, owner: &'static str) -> MockRule {
         .match_requests(move |req| req.group_ids() == [id])
         .then_output(move || {
             ec2op::describe_security_groups::DescribeSecurityGroupsOutput::builder()
-                .security_groups(ec2::SecurityGroup::builder().group_id(id).set_tags(Some(if owner.is_empty() { vec![] } else { owned(owner) })).build())
+                .security_groups(
+                    ec2::SecurityGroup::builder()
+                        .group_id(id)
+                        .set_tags(Some(if owner.is_empty() {
+                            vec![]
+                        } else {
+                            owned(owner)
+                        }))
+                        .build(),
+                )
                 .build()
         })
 }
@@ -396,11 +534,24 @@ async fn group_in_use_is_a_pending_deletion_and_a_gone_one_is_done() {
     let describe = describe_owned("sg-1", "old-policy");
     let delete = mock!(aws_sdk_ec2::Client::delete_security_group)
         .sequence()
-        .error(|| ec2op::delete_security_group::DeleteSecurityGroupError::generic(code("DependencyViolation", "resource sg-1 has a dependent object")))
-        .error(|| ec2op::delete_security_group::DeleteSecurityGroupError::generic(code("InvalidGroup.NotFound", "The security group 'sg-1' does not exist")))
+        .error(|| {
+            ec2op::delete_security_group::DeleteSecurityGroupError::generic(code(
+                "DependencyViolation",
+                "resource sg-1 has a dependent object",
+            ))
+        })
+        .error(|| {
+            ec2op::delete_security_group::DeleteSecurityGroupError::generic(code(
+                "InvalidGroup.NotFound",
+                "The security group 'sg-1' does not exist",
+            ))
+        })
         .build();
     let p = provider(&[&describe, &delete], &[], &[]).await;
-    let change = Change::DeleteGroup { owner: "old-policy".into(), id: "sg-1".into() };
+    let change = Change::DeleteGroup {
+        owner: "old-policy".into(),
+        id: "sg-1".into(),
+    };
     let first = p.apply(&target(), &change).await.unwrap();
     assert_eq!(first.status, OutcomeStatus::Pending);
     assert!(first.detail.unwrap().contains("45 minutes"));
@@ -409,76 +560,163 @@ async fn group_in_use_is_a_pending_deletion_and_a_gone_one_is_done() {
 }
 
 fn tcp(port: u16) -> Ports {
-    Ports { protocol: Protocol::Tcp, range: Some(PortRange { from: port, to: port }) }
+    Ports {
+        protocol: Protocol::Tcp,
+        range: Some(PortRange {
+            from: port,
+            to: port,
+        }),
+    }
 }
 
 #[tokio::test]
 async fn duplicate_rules_are_already_there_and_missing_ones_already_gone() {
     let describe = describe_owned("sg-1", "api");
-    let dup = || ec2op::authorize_security_group_ingress::AuthorizeSecurityGroupIngressError::generic(code("InvalidPermission.Duplicate", "the specified rule already exists"));
+    let dup = || {
+        ec2op::authorize_security_group_ingress::AuthorizeSecurityGroupIngressError::generic(code(
+            "InvalidPermission.Duplicate",
+            "the specified rule already exists",
+        ))
+    };
     // The batch fails on the duplicate; then one by one: the first exists, the second is new.
     let authorize = mock!(aws_sdk_ec2::Client::authorize_security_group_ingress)
         .sequence()
         .error(dup)
         .error(dup)
-        .output(|| ec2op::authorize_security_group_ingress::AuthorizeSecurityGroupIngressOutput::builder().r#return(true).build())
+        .output(|| {
+            ec2op::authorize_security_group_ingress::AuthorizeSecurityGroupIngressOutput::builder()
+                .r#return(true)
+                .build()
+        })
         .build();
     let revoke = mock!(aws_sdk_ec2::Client::revoke_security_group_ingress)
         .match_requests(|req| req.security_group_rule_ids() == ["sgr-gone"])
-        .then_error(|| ec2op::revoke_security_group_ingress::RevokeSecurityGroupIngressError::generic(code("InvalidSecurityGroupRuleId.NotFound", "not found")));
+        .then_error(|| {
+            ec2op::revoke_security_group_ingress::RevokeSecurityGroupIngressError::generic(code(
+                "InvalidSecurityGroupRuleId.NotFound",
+                "not found",
+            ))
+        });
     let p = provider(&[&describe, &authorize, &revoke], &[], &[]).await;
     let rules = vec![
-        Rule::allow(Direction::Ingress, tcp(443), Peer::Cidr("10.0.0.0/16".parse().unwrap())),
-        Rule::allow(Direction::Ingress, tcp(8443), Peer::Cidr("10.0.0.0/16".parse().unwrap())),
+        Rule::allow(
+            Direction::Ingress,
+            tcp(443),
+            Peer::Cidr("10.0.0.0/16".parse().unwrap()),
+        ),
+        Rule::allow(
+            Direction::Ingress,
+            tcp(8443),
+            Peer::Cidr("10.0.0.0/16".parse().unwrap()),
+        ),
     ];
-    let out = p.apply(&target(), &Change::AddRules { group: GroupRef::Id("sg-1".into()), rules }).await.unwrap();
+    let out = p
+        .apply(
+            &target(),
+            &Change::AddRules {
+                group: GroupRef::Id("sg-1".into()),
+                rules,
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(out.status, OutcomeStatus::Applied);
     assert_eq!(authorize.num_calls(), 3);
 
-    let mut gone = Rule::allow(Direction::Ingress, tcp(22), Peer::Cidr("0.0.0.0/0".parse().unwrap()));
+    let mut gone = Rule::allow(
+        Direction::Ingress,
+        tcp(22),
+        Peer::Cidr("0.0.0.0/0".parse().unwrap()),
+    );
     gone.id = Some("sgr-gone".into());
-    let out = p.apply(&target(), &Change::RemoveRules { group: GroupRef::Id("sg-1".into()), rules: vec![gone] }).await.unwrap();
+    let out = p
+        .apply(
+            &target(),
+            &Change::RemoveRules {
+                group: GroupRef::Id("sg-1".into()),
+                rules: vec![gone],
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(out.status, OutcomeStatus::AlreadyDone);
 }
 
 #[tokio::test]
 async fn a_group_without_the_ownership_tag_is_never_written() {
     let describe = describe_owned("sg-theirs", "");
-    let authorize = mock!(aws_sdk_ec2::Client::authorize_security_group_ingress)
-        .then_output(|| ec2op::authorize_security_group_ingress::AuthorizeSecurityGroupIngressOutput::builder().build());
+    let authorize =
+        mock!(aws_sdk_ec2::Client::authorize_security_group_ingress).then_output(|| {
+            ec2op::authorize_security_group_ingress::AuthorizeSecurityGroupIngressOutput::builder()
+                .build()
+        });
     let delete = mock!(aws_sdk_ec2::Client::delete_security_group)
         .then_output(|| ec2op::delete_security_group::DeleteSecurityGroupOutput::builder().build());
     let p = provider(&[&describe, &authorize, &delete], &[], &[]).await;
     let add = Change::AddRules {
         group: GroupRef::Id("sg-theirs".into()),
-        rules: vec![Rule::allow(Direction::Ingress, tcp(443), Peer::Cidr("10.0.0.0/16".parse().unwrap()))],
+        rules: vec![Rule::allow(
+            Direction::Ingress,
+            tcp(443),
+            Peer::Cidr("10.0.0.0/16".parse().unwrap()),
+        )],
     };
     let err = p.apply(&target(), &add).await.unwrap_err();
     assert!(err.to_string().contains("Palisade.NotOwned"), "{err}");
-    let del = Change::DeleteGroup { owner: "x".into(), id: "sg-theirs".into() };
+    let del = Change::DeleteGroup {
+        owner: "x".into(),
+        id: "sg-theirs".into(),
+    };
     assert!(p.apply(&target(), &del).await.is_err());
-    assert_eq!(authorize.num_calls() + delete.num_calls(), 0, "no write reached AWS");
+    assert_eq!(
+        authorize.num_calls() + delete.num_calls(),
+        0,
+        "no write reached AWS"
+    );
 }
 
 #[tokio::test]
 async fn created_group_loses_its_default_egress_and_a_taken_name_is_refused() {
     let create = mock!(aws_sdk_ec2::Client::create_security_group)
         .match_requests(|req| {
-            req.tag_specifications()[0].tags().iter().any(|t| t.key() == Some("palisade:managed-by") && t.value() == Some("palisade"))
+            req.tag_specifications()[0]
+                .tags()
+                .iter()
+                .any(|t| t.key() == Some("palisade:managed-by") && t.value() == Some("palisade"))
         })
         .sequence()
-        .output(|| ec2op::create_security_group::CreateSecurityGroupOutput::builder().group_id("sg-new").build())
-        .error(|| ec2op::create_security_group::CreateSecurityGroupError::generic(code("InvalidGroup.Duplicate", "already exists")))
+        .output(|| {
+            ec2op::create_security_group::CreateSecurityGroupOutput::builder()
+                .group_id("sg-new")
+                .build()
+        })
+        .error(|| {
+            ec2op::create_security_group::CreateSecurityGroupError::generic(code(
+                "InvalidGroup.Duplicate",
+                "already exists",
+            ))
+        })
         .build();
     let revoke = mock!(aws_sdk_ec2::Client::revoke_security_group_egress)
         .match_requests(|req| {
             let p = &req.ip_permissions()[0];
-            req.group_id() == Some("sg-new") && p.ip_protocol() == Some("-1") && p.ip_ranges()[0].cidr_ip() == Some("0.0.0.0/0")
+            req.group_id() == Some("sg-new")
+                && p.ip_protocol() == Some("-1")
+                && p.ip_ranges()[0].cidr_ip() == Some("0.0.0.0/0")
         })
-        .then_output(|| ec2op::revoke_security_group_egress::RevokeSecurityGroupEgressOutput::builder().r#return(true).build());
+        .then_output(|| {
+            ec2op::revoke_security_group_egress::RevokeSecurityGroupEgressOutput::builder()
+                .r#return(true)
+                .build()
+        });
     let by_name = mock!(aws_sdk_ec2::Client::describe_security_groups).then_output(|| {
         ec2op::describe_security_groups::DescribeSecurityGroupsOutput::builder()
-            .security_groups(ec2::SecurityGroup::builder().group_id("sg-hand").group_name("palisade-api").build())
+            .security_groups(
+                ec2::SecurityGroup::builder()
+                    .group_id("sg-hand")
+                    .group_name("palisade-api")
+                    .build(),
+            )
             .build()
     });
     let p = provider(&[&create, &revoke, &by_name], &[], &[]).await;
@@ -502,10 +740,20 @@ async fn the_wrong_account_is_refused() {
     let clients = Clients {
         ec2: mock_client!(aws_sdk_ec2, RuleMode::MatchAny, Vec::<&MockRule>::new()),
         lambda: mock_client!(aws_sdk_lambda, RuleMode::MatchAny, Vec::<&MockRule>::new()),
-        tagging: mock_client!(aws_sdk_resourcegroupstagging, RuleMode::MatchAny, Vec::<&MockRule>::new()),
+        tagging: mock_client!(
+            aws_sdk_resourcegroupstagging,
+            RuleMode::MatchAny,
+            Vec::<&MockRule>::new()
+        ),
         sts: mock_client!(aws_sdk_sts, RuleMode::MatchAny, [&wrong]),
     };
-    let err = AwsProvider::new(fast()).connect(&target(), clients).await.unwrap_err();
+    let err = AwsProvider::new(fast())
+        .connect(&target(), clients)
+        .await
+        .unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("999999999999") && msg.contains(ACCOUNT) && msg.contains("refusing"), "{msg}");
+    assert!(
+        msg.contains("999999999999") && msg.contains(ACCOUNT) && msg.contains("refusing"),
+        "{msg}"
+    );
 }

@@ -41,9 +41,12 @@ impl Moto {
                 .unwrap_or_else(|| panic!("moto-server printed no {k}: {text}"))
                 .to_string()
         };
-        let venv = std::env::var("PALISADE_MOTO_VENV").map(PathBuf::from).unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/palisade-moto-venv")
-        });
+        let venv = std::env::var("PALISADE_MOTO_VENV")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                PathBuf::from(std::env::var("HOME").expect("HOME"))
+                    .join(".cache/palisade-moto-venv")
+            });
         Some(Moto {
             endpoint: field("endpoint"),
             pid: field("pid").parse().expect("pid"),

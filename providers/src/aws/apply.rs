@@ -779,14 +779,9 @@ impl AwsProvider {
             }
             Err(e) => return Err(e),
         };
-        let Some(e) = out
-            .vpc_endpoints()
-            .iter()
-            .find(|e| {
-                e.vpc_endpoint_id() == Some(id)
-                    && e.state().is_none_or(translate::endpoint_is_live)
-            })
-        else {
+        let Some(e) = out.vpc_endpoints().iter().find(|e| {
+            e.vpc_endpoint_id() == Some(id) && e.state().is_none_or(translate::endpoint_is_live)
+        }) else {
             return Ok(None);
         };
         if owner_of(&translate::tags(e.tags())).is_none() {
