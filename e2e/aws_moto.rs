@@ -1,8 +1,6 @@
 //! The AWS provider against moto's server, through the real binary: converge a drifted
 //! estate of 240 functions, make zero writes when converged, revert drift, never touch a
 //! group Palisade does not own, refuse the wrong account.
-#![cfg(feature = "aws")]
-
 mod support;
 
 use serde_json::{Value, json};
