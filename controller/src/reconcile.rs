@@ -160,19 +160,21 @@ impl Providers {
         if let Some(p) = made.get(&cloud) {
             return Ok(p.clone());
         }
-        let p: Arc<dyn Provider> = match cloud {
-            #[cfg(feature = "aws")]
-            Cloud::Aws => Arc::new(palisade_providers::aws::AwsProvider::new(
-                self.settings.aws.clone(),
-            )),
-            other => {
-                return Err(PlanError::NoProvider(format!(
-                    "this build of palisade has no {other} provider (cargo feature `{other}`)"
-                )));
-            }
-        };
+        let p = self.make(cloud)?;
         made.insert(cloud, p.clone());
         Ok(p)
+    }
+
+    fn make(&self, cloud: Cloud) -> Result<Arc<dyn Provider>, PlanError> {
+        #[cfg(feature = "aws")]
+        if cloud == Cloud::Aws {
+            return Ok(Arc::new(palisade_providers::aws::AwsProvider::new(
+                self.settings.aws.clone(),
+            )));
+        }
+        Err(PlanError::NoProvider(format!(
+            "this build of palisade has no {cloud} provider (cargo feature `{cloud}`)"
+        )))
     }
 
     /// API calls of every provider made so far.
