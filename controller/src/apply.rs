@@ -66,6 +66,21 @@ pub async fn apply(
     target: &Target,
     provider: &dyn Provider,
 ) -> Result<ApplyReport, ApplyError> {
+    apply_until(plan, target, provider, &|| false).await
+}
+
+/// [`apply`], but `stop` is asked before each change; once it says yes, the remaining
+/// changes are left (counted in [`ApplyReport::skipped`]) for the next reconcile. Used on
+/// shutdown: the change in flight finishes, no new one starts.
+///
+/// # Errors
+/// As [`apply`].
+pub async fn apply_until(
+    plan: &Plan,
+    target: &Target,
+    provider: &dyn Provider,
+    stop: &(dyn Fn() -> bool + Sync),
+) -> Result<ApplyReport, ApplyError> {
     if let Some(r) = &plan.refusal {
         return Err(ApplyError::Refused {
             reason: r.reason.clone(),
@@ -73,6 +88,10 @@ pub async fn apply(
     }
     let mut report = ApplyReport::default();
     for (index, planned) in plan.changes.iter().enumerate() {
+        if stop() {
+            report.skipped = plan.changes.len() - index;
+            return Ok(report);
+        }
         match provider.apply(target, &planned.change).await {
             Ok(outcome) => {
                 if outcome.status == OutcomeStatus::Pending {

@@ -21,6 +21,8 @@ pub enum FindingKind {
     Orphaned,
     /// A managed group is attached to a function no policy selects.
     ForeignAttachment,
+    /// The same drift came back too often; the controller stopped reverting it.
+    Flapping,
 }
 
 /// One finding: deterministic text, no timestamps, so reports never flap.

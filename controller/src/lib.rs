@@ -12,6 +12,10 @@ pub mod compile;
 pub mod plan;
 pub mod policy;
 pub mod reconcile;
+pub mod run;
+pub mod source;
+pub mod http;
+pub mod metrics;
 
 use std::collections::BTreeMap;
 

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -19,8 +20,17 @@ use serde::Serialize;
 #[derive(Parser, Debug)]
 #[command(name = "palisade", version, about)]
 struct Cli {
+    /// Log format on stderr; the level comes from PALISADE_LOG (e.g. `info`, `palisade=debug`).
+    #[arg(long, global = true, env = "PALISADE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -38,6 +48,8 @@ enum Command {
     },
     /// Print the JSON Schema of the policy language.
     Schema,
+    /// Run the controller: follow a Git repository and keep every target as it says.
+    Run(Box<RunArgs>),
     /// Read one target's cloud and print the inventory snapshot (what `plan --inventory`
     /// reads). Read-only.
     Observe {
@@ -97,6 +109,93 @@ enum Command {
         #[command(flatten)]
         cloud: CloudArgs,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Git repository of the policies: https://, ssh://, git@host:path, file:// or a path.
+    #[arg(long, env = "PALISADE_GIT_URL")]
+    git_url: String,
+    /// Branch, tag or full ref to track.
+    #[arg(long, env = "PALISADE_GIT_REF", default_value = "main")]
+    git_ref: String,
+    /// Directory inside the repository that holds the policies.
+    #[arg(long, env = "PALISADE_GIT_PATH", default_value = "")]
+    git_path: PathBuf,
+    /// HTTPS token (prefer --git-token-file or the environment over a flag).
+    #[arg(long, env = "PALISADE_GIT_TOKEN", hide_env_values = true)]
+    git_token: Option<String>,
+    /// File holding the HTTPS token (e.g. a mounted Secret).
+    #[arg(long, env = "PALISADE_GIT_TOKEN_FILE")]
+    git_token_file: Option<PathBuf>,
+    /// SSH private key for ssh remotes.
+    #[arg(long, env = "PALISADE_GIT_SSH_KEY")]
+    git_ssh_key: Option<PathBuf>,
+    /// known_hosts file for ssh remotes (required with them: host keys are verified).
+    #[arg(long, env = "PALISADE_GIT_KNOWN_HOSTS")]
+    git_known_hosts: Option<PathBuf>,
+    /// Require the tracked commit to be SSH-signed by a key in this allowed-signers file.
+    #[arg(long, env = "PALISADE_ALLOWED_SIGNERS")]
+    allowed_signers: Option<PathBuf>,
+    /// Where the Git mirror and checked-out revisions are kept.
+    #[arg(long, env = "PALISADE_DATA_DIR", default_value = "palisade-data")]
+    data_dir: PathBuf,
+    /// How often the repository is fetched (webhooks fetch at once).
+    #[arg(long, env = "PALISADE_POLL_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    poll_interval: Duration,
+    /// How often every target is reconciled without any trigger (jittered ±10 %).
+    #[arg(long, env = "PALISADE_RESYNC", default_value = "5m", value_parser = parse_duration)]
+    resync: Duration,
+    /// Longest one reconcile of one target may take.
+    #[arg(long, env = "PALISADE_RECONCILE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    reconcile_timeout: Duration,
+    /// Targets reconciled at the same time.
+    #[arg(long, env = "PALISADE_MAX_CONCURRENT", default_value_t = 4)]
+    max_concurrent: usize,
+    /// Reconcile only these targets (repeatable; default: every target of the source).
+    #[arg(long = "target", env = "PALISADE_TARGETS", value_delimiter = ',')]
+    targets: Vec<String>,
+    /// Address of the HTTP server (probes, metrics, webhooks, status).
+    #[arg(long, env = "PALISADE_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// Secret of GitHub webhooks (X-Hub-Signature-256).
+    #[arg(long, env = "PALISADE_GITHUB_WEBHOOK_SECRET", hide_env_values = true)]
+    github_webhook_secret: Option<String>,
+    /// Token of GitLab webhooks (X-Gitlab-Token).
+    #[arg(long, env = "PALISADE_GITLAB_WEBHOOK_TOKEN", hide_env_values = true)]
+    gitlab_webhook_token: Option<String>,
+    /// Reverts of the same field of the same resource within --flap-window after which
+    /// it is reported as flapping and no longer reverted.
+    #[arg(long, env = "PALISADE_FLAP_THRESHOLD", default_value_t = 5)]
+    flap_threshold: usize,
+    /// See --flap-threshold.
+    #[arg(long, env = "PALISADE_FLAP_WINDOW", default_value = "1h", value_parser = parse_duration)]
+    flap_window: Duration,
+    /// On SIGTERM, how long in-flight reconciles may take to finish.
+    #[arg(long, env = "PALISADE_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    shutdown_grace: Duration,
+    #[command(flatten)]
+    settings: SettingsArgs,
+    #[command(flatten)]
+    cloud: CloudArgs,
+}
+
+/// `500ms`, `30s`, `5m`, `1h`, or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a duration such as 500ms, 30s, 5m or 1h"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }
 
 #[derive(clap::Args, Debug)]
@@ -162,14 +261,18 @@ enum Format {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Run(_)) { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+        LogFormat::Text => logs.init(),
+    }
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -202,6 +305,7 @@ fn print_diagnostics(diags: &[Diagnostic], format: Format) -> Result<()> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Run(args) => run_controller(*args),
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&policy::json_schema())?);
             Ok(ExitCode::SUCCESS)
@@ -632,4 +736,99 @@ fn apply_planned(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn run_controller(args: RunArgs) -> Result<ExitCode> {
+    use palisade::source::{GitSettings, GitSource, SignaturePolicy};
+    let token = match (&args.git_token, &args.git_token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read --git-token-file {}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
+    let git = GitSettings {
+        url: args.git_url.clone(),
+        reference: args.git_ref.clone(),
+        path: args.git_path.clone(),
+        cache_dir: args.data_dir.join("git"),
+        token,
+        ssh_key: args.git_ssh_key.clone(),
+        known_hosts: args.git_known_hosts.clone(),
+        signatures: match &args.allowed_signers {
+            Some(f) => SignaturePolicy::Ssh {
+                allowed_signers: f.clone(),
+            },
+            None => SignaturePolicy::Off,
+        },
+    };
+    let source = GitSource::open(git).context("cannot open the Git cache")?;
+    let settings = palisade::run::RunSettings {
+        poll_interval: args.poll_interval,
+        resync: args.resync,
+        reconcile_timeout: args.reconcile_timeout,
+        max_concurrent: args.max_concurrent,
+        plan: args.settings.settings(),
+        targets: args.targets.clone(),
+        flap_threshold: args.flap_threshold,
+        flap_window: args.flap_window,
+        ..palisade::run::RunSettings::default()
+    };
+    let secrets = palisade::http::WebhookSecrets {
+        github: args.github_webhook_secret.clone(),
+        gitlab: args.gitlab_webhook_token.clone(),
+    };
+    let providers = args.cloud.providers()?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let shared = palisade::run::Shared::new(settings, providers);
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        tracing::info!(
+            git = %args.git_url, reference = %args.git_ref, path = %args.git_path.display(),
+            listen = %args.listen, resync = ?args.resync, poll = ?args.poll_interval,
+            signatures = args.allowed_signers.is_some(), "palisade run starting"
+        );
+        let server = tokio::spawn(palisade::http::serve(listener, shared.clone(), secrets));
+        let cancel = shared.cancel.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("signal received: finishing in-flight work (a second signal exits at once)");
+            cancel.cancel();
+            wait_for_signal().await;
+            tracing::warn!("second signal: exiting now");
+            std::process::exit(130);
+        });
+        palisade::run::run(shared.clone(), source, args.shutdown_grace).await;
+        shared.cancel.cancel();
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "HTTP server failed"),
+            Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
+        }
+        let s = shared.status();
+        tracing::info!(
+            revision = s.revision.as_ref().map(|r| r.commit.as_str()).unwrap_or("-"),
+            targets = s.targets.len(),
+            "stopped cleanly"
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers, never return: the process ends when it is killed.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
 }

@@ -115,3 +115,210 @@ pub fn text(out: &Output) -> String {
 pub fn json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(out)))
 }
+
+/// A Git repository of the policies: a work tree the test commits in, pushed to a bare
+/// "remote" that the controller fetches over `file://`.
+pub struct GitRepo {
+    pub dir: tempfile::TempDir,
+}
+
+impl GitRepo {
+    pub fn work(&self) -> PathBuf {
+        self.dir.path().join("work")
+    }
+
+    pub fn url(&self) -> String {
+        format!("file://{}", self.dir.path().join("remote.git").display())
+    }
+
+    pub fn git(&self, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .current_dir(self.work())
+            .args(args)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", self.dir.path())
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// `policies-example` under `policies/`, committed and pushed to `main`.
+    pub fn with_example() -> GitRepo {
+        let dir = tempfile::tempdir().unwrap();
+        let remote = dir.path().join("remote.git");
+        let ok = Command::new("git")
+            .args(["init", "-q", "--bare", "-b", "main"])
+            .arg(&remote)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let repo = GitRepo { dir };
+        std::fs::create_dir_all(repo.work()).unwrap();
+        repo.git(&["init", "-q", "-b", "main"]);
+        repo.git(&["config", "user.name", "Platform Team"]);
+        repo.git(&["config", "user.email", "platform@example.com"]);
+        repo.git(&["config", "commit.gpgsign", "false"]);
+        repo.git(&["remote", "add", "origin", &repo.url()]);
+        copy_dir(&root().join("policies-example"), &repo.work().join("policies"));
+        repo.commit("initial policies", &[]);
+        repo
+    }
+
+    /// Commit everything and push; returns the commit id.
+    pub fn commit(&self, message: &str, extra: &[&str]) -> String {
+        self.git(&["add", "-A"]);
+        let mut args = vec!["commit", "-q", "--allow-empty", "-m", message];
+        args.extend_from_slice(extra);
+        self.git(&args);
+        self.git(&["push", "-q", "-f", "origin", "main"]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    pub fn edit(&self, file: &str, from: &str, to: &str) {
+        let p = self.work().join(file);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains(from), "{file} does not contain {from:?}");
+        std::fs::write(&p, text.replacen(from, to, 1)).unwrap();
+    }
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+/// A free loopback port (the kernel's choice; released before the controller binds it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `palisade run` as a child process; killed when dropped.
+pub struct Controller {
+    pub child: std::process::Child,
+    pub base: String,
+    pub log: PathBuf,
+    _data: tempfile::TempDir,
+}
+
+impl Controller {
+    pub fn start(moto: &Moto, repo: &GitRepo, extra: &[&str]) -> Controller {
+        let data = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let log = data.path().join("palisade.log");
+        let mut cmd = moto.palisade();
+        cmd.args(["run", "--git-url", &repo.url(), "--git-path", "policies", "--target", "prod-aws"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(["--resync", "2s", "--poll-interval", "1s", "--log-format", "json"])
+            .args(["--github-webhook-secret", "s3cr3t", "--gitlab-webhook-token", "t0ken"])
+            .args(extra)
+            .env("PALISADE_LOG", "info")
+            .stdout(std::fs::File::create(data.path().join("stdout")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let child = cmd.spawn().expect("palisade run starts");
+        Controller {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+            _data: data,
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET or POST; (status, body). Connection errors are status 0.
+    pub fn http(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(10)))
+            .build()
+            .into();
+        let url = format!("{}{path}", self.base);
+        let result = if method == "POST" {
+            let mut req = agent.post(&url);
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            req.send(body)
+        } else {
+            agent.get(&url).call()
+        };
+        match result {
+            Ok(mut r) => (r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default()),
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    pub fn status(&self) -> Value {
+        let (code, body) = self.http("GET", "/api/status", &[], "");
+        if code != 200 {
+            return Value::Null;
+        }
+        serde_json::from_str(&body).unwrap_or(Value::Null)
+    }
+
+    /// Wait (at most `secs`) until `f` holds; panics with the logs otherwise. A liveness
+    /// bound, not a performance assertion: generous on purpose.
+    pub fn wait(&self, secs: u64, what: &str, mut f: impl FnMut(&Controller) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while std::time::Instant::now() < deadline {
+            if f(self) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        panic!(
+            "timed out after {secs}s waiting for: {what}\nstatus: {}\nlogs:\n{}",
+            self.status(),
+            self.logs()
+        );
+    }
+
+    pub fn enforced(&self) -> Option<String> {
+        self.status()["revision"]["commit"].as_str().map(str::to_string)
+    }
+
+    pub fn ready_at(&self, commit: &str) -> bool {
+        let s = self.status();
+        s["ready"] == true && s["revision"]["commit"] == commit
+    }
+
+    pub fn terminate(&mut self) -> Option<i32> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s.code();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        None
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

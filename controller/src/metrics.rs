@@ -1,0 +1,203 @@
+//! Prometheus metrics of the controller (OpenMetrics text on `/metrics`).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+
+use palisade_providers::ApiCallCount;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetL {
+    pub target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultL {
+    pub target: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TriggerL {
+    pub target: String,
+    pub trigger: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindL {
+    pub target: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallL {
+    pub service: String,
+    pub operation: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RevisionL {
+    pub revision: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonL {
+    pub reason: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Every metric the controller exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub reconcile_duration: Family<TargetL, Histogram>,
+    pub reconciles: Family<ResultL, Counter>,
+    pub triggers: Family<TriggerL, Counter>,
+    pub drift_detected: Family<KindL, Counter>,
+    pub drift_reverted: Family<KindL, Counter>,
+    pub flapping: Family<TargetL, Gauge>,
+    pub pending_deletions: Family<TargetL, Gauge>,
+    pub api_calls: Family<CallL, Counter>,
+    pub revision_info: Family<RevisionL, Gauge>,
+    pub last_success: Family<TargetL, FloatGauge>,
+    pub revisions_rejected: Family<ReasonL, Counter>,
+    pub fetch_errors: Counter,
+    seen_calls: Mutex<BTreeMap<(String, String, String), u64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric registered.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("palisade");
+        let m = Metrics {
+            reconcile_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.05, 2.0, 12))
+            }),
+            reconciles: Family::default(),
+            triggers: Family::default(),
+            drift_detected: Family::default(),
+            drift_reverted: Family::default(),
+            flapping: Family::default(),
+            pending_deletions: Family::default(),
+            api_calls: Family::default(),
+            revision_info: Family::default(),
+            last_success: Family::default(),
+            revisions_rejected: Family::default(),
+            fetch_errors: Counter::default(),
+            seen_calls: Mutex::new(BTreeMap::new()),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of one reconcile (observe, plan, apply) of a target",
+            m.reconcile_duration.clone(),
+        );
+        registry.register(
+            "reconciles",
+            "Reconciles by target and result (ok, error, refused, timeout)",
+            m.reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_triggers",
+            "What woke a target's worker (revision, resync, webhook, retry); logged and counted, never used in decisions",
+            m.triggers.clone(),
+        );
+        registry.register(
+            "drift_detected",
+            "Out-of-band changes found, by target and resource kind",
+            m.drift_detected.clone(),
+        );
+        registry.register(
+            "drift_reverted",
+            "Out-of-band changes reverted, by target and resource kind",
+            m.drift_reverted.clone(),
+        );
+        registry.register(
+            "flapping_resources",
+            "Resources whose drift is no longer reverted because it keeps coming back",
+            m.flapping.clone(),
+        );
+        registry.register(
+            "pending_deletions",
+            "Deletions the cloud cannot do yet (e.g. a group held by Lambda ENIs)",
+            m.pending_deletions.clone(),
+        );
+        registry.register(
+            "cloud_api_calls",
+            "Cloud API calls by service, operation and outcome (ok, throttled, error)",
+            m.api_calls.clone(),
+        );
+        registry.register(
+            "enforced_revision_info",
+            "The Git revision being enforced (value 1)",
+            m.revision_info.clone(),
+        );
+        registry.register(
+            "last_successful_reconcile_timestamp_seconds",
+            "When each target last reconciled successfully (Unix time)",
+            m.last_success.clone(),
+        );
+        registry.register(
+            "revisions_rejected",
+            "Revisions refused (invalid, empty, unsigned), by reason",
+            m.revisions_rejected.clone(),
+        );
+        registry.register(
+            "source_fetch_errors",
+            "Failed fetches of the Git source",
+            m.fetch_errors.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Bring the API call counters up to the providers' counts.
+    pub fn sync_api_calls(&self, calls: &[ApiCallCount]) {
+        let mut seen = self.seen_calls.lock().unwrap_or_else(|e| e.into_inner());
+        for c in calls {
+            let outcome = format!("{:?}", c.outcome).to_lowercase();
+            let key = (c.service.clone(), c.operation.clone(), outcome.clone());
+            let before = seen.insert(key, c.count).unwrap_or(0);
+            if c.count > before {
+                self.api_calls
+                    .get_or_create(&CallL {
+                        service: c.service.clone(),
+                        operation: c.operation.clone(),
+                        outcome,
+                    })
+                    .inc_by(c.count - before);
+            }
+        }
+    }
+
+    /// Mark `revision` as the enforced one.
+    pub fn set_revision(&self, revision: &str) {
+        self.revision_info.clear();
+        self.revision_info
+            .get_or_create(&RevisionL {
+                revision: revision.to_string(),
+            })
+            .set(1);
+    }
+
+    /// The OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,585 @@
+//! `palisade run`: the long-running controller.
+//!
+//! One task follows the Git source and decides which revision is enforced: every new
+//! revision is loaded and validated as a whole (and its signature checked when required)
+//! before it replaces the enforced one; a bad, unsigned or empty revision is rejected and
+//! the last good one stays. One worker per target reconciles (observe → plan → apply) on
+//! every trigger — new revision, periodic jittered resync, webhook, retry — with bounded
+//! concurrency across targets. Triggers are logged and counted, never used in decisions:
+//! each reconcile compares the whole desired state with the whole observed state.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use palisade_providers::OutcomeStatus;
+use serde::Serialize;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::apply::{ApplyError, apply_until};
+use crate::check::{Finding, FindingKind};
+use crate::compile::DesiredState;
+use crate::metrics::{KindL, Metrics, ReasonL, ResultL, TargetL, TriggerL};
+use crate::plan::{Cause, Settings};
+use crate::policy::{self, Diagnostic, Limits, PolicySet};
+use crate::reconcile::{PlanError, Providers, observe_and_plan};
+use crate::source::{GitSource, Revision, SignaturePolicy};
+
+/// Settings of `palisade run`.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    /// How often the source is fetched without a webhook.
+    pub poll_interval: Duration,
+    /// How often every target is reconciled without a trigger (jittered ±10 %).
+    pub resync: Duration,
+    /// Longest a single reconcile may take.
+    pub reconcile_timeout: Duration,
+    /// Targets reconciled at the same time.
+    pub max_concurrent: usize,
+    /// Plan settings (blast radius, pruning, empty source).
+    pub plan: Settings,
+    /// Only these targets (all when empty).
+    pub targets: Vec<String>,
+    /// Reverts of the same field of the same resource within `flap_window` after which
+    /// Palisade stops reverting it and reports it as flapping.
+    pub flap_threshold: usize,
+    /// See `flap_threshold`.
+    pub flap_window: Duration,
+    /// First and longest delay between retries of a failing target.
+    pub retry_min: Duration,
+    /// See `retry_min`.
+    pub retry_max: Duration,
+}
+
+impl Default for RunSettings {
+    fn default() -> Self {
+        RunSettings {
+            poll_interval: Duration::from_secs(30),
+            resync: Duration::from_secs(300),
+            reconcile_timeout: Duration::from_secs(600),
+            max_concurrent: 4,
+            plan: Settings::default(),
+            targets: Vec::new(),
+            flap_threshold: 5,
+            flap_window: Duration::from_secs(3600),
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The revision being enforced.
+#[derive(Debug)]
+pub struct Enforced {
+    /// Where it came from.
+    pub revision: Revision,
+    /// What it says.
+    pub set: Arc<PolicySet>,
+}
+
+/// A revision that was refused.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rejection {
+    /// Commit id.
+    pub commit: String,
+    /// Short reason (`invalid`, `empty`, `unsigned`, `path-missing`).
+    pub reason: String,
+    /// What is wrong, with `file:line` where it applies.
+    pub details: Vec<String>,
+    /// When (Unix seconds).
+    pub at: u64,
+}
+
+/// The last reconcile of a target.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReconcileRecord {
+    /// When it ended (Unix seconds).
+    pub at: u64,
+    /// What woke it.
+    pub trigger: String,
+    /// Revision reconciled against.
+    pub revision: String,
+    /// `ok`, `error`, `refused`, `timeout`.
+    pub result: String,
+    /// Error text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Milliseconds.
+    pub duration_ms: u64,
+    /// Changes applied (or already so).
+    pub applied: usize,
+    /// Of which drift reverted.
+    pub drift_reverted: usize,
+}
+
+/// What `/api/status` shows for a target.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetStatus {
+    /// Cloud.
+    pub cloud: String,
+    /// Last reconcile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_reconcile: Option<ReconcileRecord>,
+    /// Last successful reconcile (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_success_at: Option<u64>,
+    /// Deletions the cloud could not do yet.
+    pub pending_deletions: Vec<String>,
+    /// Findings of the last reconcile (guardrails, audit drift, flapping…).
+    pub findings: Vec<Finding>,
+}
+
+/// Everything `/api/status` and the status page show.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// The enforced revision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<Revision>,
+    /// The newest commit fetched (may be a rejected one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetched: Option<String>,
+    /// The last fetch error, cleared by the next good fetch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_error: Option<String>,
+    /// Rejected revisions, newest last (at most 20).
+    pub rejected: Vec<Rejection>,
+    /// Targets by name.
+    pub targets: BTreeMap<String, TargetStatus>,
+    /// Whether every target has reconciled the enforced revision successfully.
+    pub ready: bool,
+}
+
+/// State shared by the source task, the workers and the HTTP server.
+#[derive(Debug)]
+pub struct Shared {
+    /// Settings.
+    pub settings: RunSettings,
+    /// Cloud providers.
+    pub providers: Providers,
+    /// Metrics.
+    pub metrics: Metrics,
+    status: RwLock<Status>,
+    enforced: watch::Sender<Option<Arc<Enforced>>>,
+    fetch_kick: watch::Sender<u64>,
+    reconcile_kick: watch::Sender<u64>,
+    /// Cancelled on shutdown: no new work is taken.
+    pub cancel: CancellationToken,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Shared {
+    /// New shared state.
+    pub fn new(settings: RunSettings, providers: Providers) -> Arc<Shared> {
+        Arc::new(Shared {
+            settings,
+            providers,
+            metrics: Metrics::new(),
+            status: RwLock::new(Status::default()),
+            enforced: watch::channel(None).0,
+            fetch_kick: watch::channel(0).0,
+            reconcile_kick: watch::channel(0).0,
+            cancel: CancellationToken::new(),
+        })
+    }
+
+    /// A snapshot of the status, with readiness computed.
+    pub fn status(&self) -> Status {
+        let mut s = self.status.read().unwrap_or_else(|e| e.into_inner()).clone();
+        s.ready = match &s.revision {
+            Some(rev) => {
+                !s.targets.is_empty()
+                    && s.targets.values().all(|t| {
+                        t.last_reconcile
+                            .as_ref()
+                            .is_some_and(|r| r.revision == rev.commit && r.result == "ok")
+                    })
+            }
+            None => false,
+        };
+        s
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Status)) {
+        f(&mut self.status.write().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Fetch the source now and reconcile every target (a webhook said so).
+    pub fn kick(&self) {
+        self.fetch_kick.send_modify(|n| *n += 1);
+    }
+
+    fn reject(&self, revision: &Revision, reason: &str, details: Vec<String>) {
+        tracing::warn!(commit = %revision.commit, reason, details = %details.join("; "), "revision rejected; the previous revision stays enforced");
+        self.metrics
+            .revisions_rejected
+            .get_or_create(&ReasonL {
+                reason: reason.to_string(),
+            })
+            .inc();
+        self.update(|s| {
+            s.rejected.push(Rejection {
+                commit: revision.commit.clone(),
+                reason: reason.to_string(),
+                details,
+                at: now(),
+            });
+            let excess = s.rejected.len().saturating_sub(20);
+            s.rejected.drain(..excess);
+        });
+    }
+
+    /// Decide whether `revision` replaces the enforced one.
+    fn evaluate(&self, revision: Revision, signatures: &SignaturePolicy) {
+        if !revision.signature.acceptable(signatures) {
+            let detail = match &revision.signature {
+                crate::source::SignatureStatus::Untrusted { reason } => reason.clone(),
+                other => format!("{other:?}"),
+            };
+            return self.reject(&revision, "unsigned", vec![format!("signature required: {detail}")]);
+        }
+        if !revision.path_exists {
+            return self.reject(
+                &revision,
+                "path-missing",
+                vec!["the policy path does not exist in this commit; refusing to treat that as \"delete everything\"".into()],
+            );
+        }
+        let (set, mut diags) = policy::load_dir(&revision.dir, &Limits::default());
+        diags.extend(crate::validate_set(&set, &BTreeMap::new()));
+        let errors: Vec<String> = diags
+            .iter()
+            .filter(|d| d.is_error())
+            .map(Diagnostic::to_string)
+            .collect();
+        if !errors.is_empty() {
+            return self.reject(&revision, "invalid", errors);
+        }
+        if set.policies.is_empty() && !self.settings.plan.allow_empty {
+            return self.reject(
+                &revision,
+                "empty",
+                vec!["the revision defines no FunctionPolicy; refusing to delete everything (--allow-empty to permit)".into()],
+            );
+        }
+        tracing::info!(commit = %revision.commit, author = %revision.author, summary = %revision.summary, policies = set.policies.len(), "revision enforced");
+        self.metrics.set_revision(&revision.commit);
+        self.update(|s| s.revision = Some(revision.clone()));
+        self.enforced.send_replace(Some(Arc::new(Enforced {
+            revision,
+            set: Arc::new(set),
+        })));
+    }
+}
+
+/// Follow the source until cancelled; spawn a worker for each target as revisions name
+/// them; on cancellation wait (at most `grace`) for the workers' in-flight reconciles.
+pub async fn run(shared: Arc<Shared>, source: GitSource, grace: Duration) {
+    let signatures = source.settings().signatures.clone();
+    let mut source = Some(source);
+    let mut fetch_rx = shared.fetch_kick.subscribe();
+    let mut workers: JoinSet<()> = JoinSet::new();
+    let mut spawned: BTreeMap<String, ()> = BTreeMap::new();
+    let semaphore = Arc::new(Semaphore::new(shared.settings.max_concurrent.max(1)));
+    let mut last_seen: Option<String> = None;
+    let mut trigger = "start";
+    loop {
+        let Some(src) = source.take() else { break };
+        let (src, fetched) = match tokio::task::spawn_blocking(move || {
+            let r = src.fetch();
+            (src, r)
+        })
+        .await
+        {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, "the fetch task panicked; stopping");
+                break;
+            }
+        };
+        source = Some(src);
+        match fetched {
+            Err(e) => {
+                tracing::warn!(error = %e, trigger, "fetching the policy source failed; the enforced revision stays");
+                shared.metrics.fetch_errors.inc();
+                shared.update(|s| s.source_error = Some(e.to_string()));
+            }
+            Ok(rev) => {
+                shared.update(|s| {
+                    s.source_error = None;
+                    s.fetched = Some(rev.commit.clone());
+                });
+                if last_seen.as_deref() != Some(rev.commit.as_str()) {
+                    last_seen = Some(rev.commit.clone());
+                    shared.evaluate(rev, &signatures);
+                } else if trigger == "webhook" {
+                    // Nothing new to fetch: the webhook still asks for a reconcile.
+                    shared.reconcile_kick.send_modify(|n| *n += 1);
+                }
+            }
+        }
+        // Workers for the targets the enforced revision defines.
+        if let Some(e) = shared.enforced.borrow().clone() {
+            for t in &e.set.targets {
+                let name = t.name().to_string();
+                let wanted = shared.settings.targets.is_empty()
+                    || shared.settings.targets.contains(&name);
+                if wanted && !spawned.contains_key(&name) {
+                    spawned.insert(name.clone(), ());
+                    let cloud = t.to_target().map(|t| t.scope.cloud().to_string()).unwrap_or_default();
+                    shared.update(|s| {
+                        s.targets.entry(name.clone()).or_default().cloud = cloud;
+                    });
+                    workers.spawn(worker(shared.clone(), name, semaphore.clone()));
+                }
+            }
+        }
+        tokio::select! {
+            _ = shared.cancel.cancelled() => break,
+            _ = tokio::time::sleep(shared.settings.poll_interval) => trigger = "poll",
+            _ = fetch_rx.changed() => trigger = "webhook",
+        }
+    }
+    tracing::info!(grace = ?grace, "shutting down: no new work; waiting for in-flight reconciles");
+    let drained = tokio::time::timeout(grace, async { while workers.join_next().await.is_some() {} }).await;
+    match drained {
+        Ok(()) => tracing::info!("all workers stopped"),
+        Err(_) => tracing::warn!("grace period over; abandoning in-flight work (every change is idempotent and is re-planned at the next start)"),
+    }
+}
+
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(0.9 + fastrand::f64() * 0.2)
+}
+
+/// Reverts of the same field of the same resource, for flap detection.
+#[derive(Debug, Default)]
+struct Flaps {
+    reverts: HashMap<String, VecDeque<Instant>>,
+}
+
+impl Flaps {
+    fn recent(&mut self, key: &str, window: Duration) -> usize {
+        let q = self.reverts.entry(key.to_string()).or_default();
+        while q.front().is_some_and(|t| t.elapsed() > window) {
+            q.pop_front();
+        }
+        q.len()
+    }
+
+    fn record(&mut self, key: String) {
+        self.reverts.entry(key).or_default().push_back(Instant::now());
+    }
+}
+
+/// The field a planned change touches: resource plus kind of change.
+fn field(c: &crate::plan::PlannedChange) -> String {
+    let action = serde_json::to_value(&c.change)
+        .ok()
+        .and_then(|v| v.get("action").and_then(|a| a.as_str()).map(str::to_string))
+        .unwrap_or_default();
+    format!("{}#{action}", c.resource)
+}
+
+/// The kind of resource a planned change is about (`group`, `function`, `endpoint`…).
+fn kind(c: &crate::plan::PlannedChange) -> String {
+    c.resource.split_whitespace().next().unwrap_or("resource").to_string()
+}
+
+async fn worker(shared: Arc<Shared>, target: String, semaphore: Arc<Semaphore>) {
+    let mut enforced_rx = shared.enforced.subscribe();
+    let mut kick_rx = shared.reconcile_kick.subscribe();
+    let mut previous: Option<DesiredState> = None;
+    let mut flaps = Flaps::default();
+    let mut backoff = None;
+    let mut delay = Duration::ZERO;
+    let mut trigger = "revision";
+    loop {
+        if delay > Duration::ZERO {
+            trigger = tokio::select! {
+                biased;
+                _ = shared.cancel.cancelled() => break,
+                r = enforced_rx.changed() => { if r.is_err() { break } "revision" }
+                _ = kick_rx.changed() => "webhook",
+                _ = tokio::time::sleep(delay) => if backoff.is_some() { "retry" } else { "resync" },
+            };
+        }
+        if shared.cancel.is_cancelled() {
+            break;
+        }
+        let Some(enforced) = enforced_rx.borrow_and_update().clone() else {
+            delay = shared.settings.resync;
+            continue;
+        };
+        shared.metrics.triggers.get_or_create(&TriggerL { target: target.clone(), trigger: trigger.into() }).inc();
+        let Ok(_permit) = semaphore.acquire().await else { break };
+        let started = Instant::now();
+        let result = tokio::time::timeout(
+            shared.settings.reconcile_timeout,
+            reconcile(&shared, &target, &enforced, &mut previous, &mut flaps),
+        )
+        .await;
+        let elapsed = started.elapsed();
+        let (label, error, applied, reverted) = match result {
+            Ok(Ok((applied, reverted))) => ("ok", None, applied, reverted),
+            Ok(Err((label, e, applied))) => (label, Some(e), applied, 0),
+            Err(_) => ("timeout", Some(format!("the reconcile took longer than {:?}", shared.settings.reconcile_timeout)), 0, 0),
+        };
+        shared.metrics.reconcile_duration.get_or_create(&TargetL { target: target.clone() }).observe(elapsed.as_secs_f64());
+        shared.metrics.reconciles.get_or_create(&ResultL { target: target.clone(), result: label.into() }).inc();
+        shared.metrics.sync_api_calls(&shared.providers.api_calls());
+        match &error {
+            None => tracing::info!(target = %target, trigger, revision = %enforced.revision.commit, applied, drift_reverted = reverted, ms = elapsed.as_millis() as u64, "reconciled"),
+            Some(e) => tracing::warn!(target = %target, trigger, result = label, error = %e, "reconcile failed; retrying with backoff"),
+        }
+        let record = ReconcileRecord {
+            at: now(),
+            trigger: trigger.to_string(),
+            revision: enforced.revision.commit.clone(),
+            result: label.to_string(),
+            error: error.clone(),
+            duration_ms: elapsed.as_millis() as u64,
+            applied,
+            drift_reverted: reverted,
+        };
+        shared.update(|s| {
+            let t = s.targets.entry(target.clone()).or_default();
+            if error.is_none() {
+                t.last_success_at = Some(record.at);
+            }
+            t.last_reconcile = Some(record);
+        });
+        if error.is_none() {
+            shared.metrics.last_success.get_or_create(&TargetL { target: target.clone() }).set(now() as f64);
+            backoff = None;
+            delay = jittered(shared.settings.resync);
+        } else {
+            let b = backoff.get_or_insert_with(|| {
+                ExponentialBuilder::default()
+                    .with_min_delay(shared.settings.retry_min)
+                    .with_max_delay(shared.settings.retry_max)
+                    .with_jitter()
+                    .without_max_times()
+                    .build()
+            });
+            delay = b.next().unwrap_or(shared.settings.retry_max);
+        }
+    }
+    tracing::debug!(target = %target, "worker stopped");
+}
+
+type Failure = (&'static str, String, usize);
+
+/// One reconcile of one target. Ok: (changes applied, drift reverted).
+async fn reconcile(
+    shared: &Shared,
+    name: &str,
+    enforced: &Enforced,
+    previous: &mut Option<DesiredState>,
+    flaps: &mut Flaps,
+) -> Result<(usize, usize), Failure> {
+    let set = &enforced.set;
+    let Some(target) = set.target(name) else {
+        return Err(("error", format!("revision {} no longer defines target {name}; nothing is changed there", enforced.revision.commit), 0));
+    };
+    let t = target.to_target().ok_or(("error", format!("target {name} names no cloud"), 0))?;
+    let provider = shared.providers.get(t.scope.cloud()).map_err(|e| ("error", e.to_string(), 0))?;
+    let mut planned = match observe_and_plan(set, target, provider.as_ref(), previous.as_ref(), &shared.settings.plan, Some(&enforced.revision.commit)).await {
+        Ok(p) => p,
+        Err(PlanError::Invalid(diags)) => {
+            let text: Vec<String> = diags.iter().filter(|d| d.is_error()).map(Diagnostic::to_string).collect();
+            return Err(("error", format!("the revision does not fit what is observed: {}", text.join("; ")), 0));
+        }
+        Err(e) => return Err(("error", format!("{e}: {}", source_text(&e)), 0)),
+    };
+
+    // Drift: count it; stop reverting what keeps coming back.
+    let settings = &shared.settings;
+    let mut flapping = Vec::new();
+    planned.plan.changes.retain(|c| {
+        if c.cause != Cause::Drift {
+            return true;
+        }
+        shared.metrics.drift_detected.get_or_create(&KindL { target: name.into(), kind: kind(c) }).inc();
+        let key = field(c);
+        if flaps.recent(&key, settings.flap_window) >= settings.flap_threshold {
+            flapping.push(c.resource.clone());
+            return false;
+        }
+        true
+    });
+    shared.metrics.flapping.get_or_create(&TargetL { target: name.into() }).set(flapping.len() as i64);
+    for r in &flapping {
+        planned.plan.findings.push(Finding {
+            kind: FindingKind::Flapping,
+            target: name.into(),
+            resource: r.clone(),
+            message: format!("reverted {} times within {:?} and changed back each time; no longer reverted until it stops changing", settings.flap_threshold, settings.flap_window),
+            guardrail: None,
+            controls: Vec::new(),
+            location: None,
+        });
+    }
+    let result = apply_until(&planned.plan, &t, provider.as_ref(), &|| shared.cancel.is_cancelled()).await;
+    let (report, failure) = match result {
+        Ok(r) => (r, None),
+        Err(ApplyError::Change { report, source, resource, .. }) => (*report, Some(format!("{resource}: {source}"))),
+        Err(ApplyError::Refused { reason }) => {
+            record_findings(shared, name, &planned.plan.findings, &[]);
+            return Err(("refused", reason, 0));
+        }
+    };
+    let mut reverted = 0;
+    let mut pending = Vec::new();
+    for r in &report.results {
+        let Some(o) = &r.outcome else { continue };
+        if o.status == OutcomeStatus::Pending {
+            pending.push(format!("{}: {}", r.planned.resource, o.detail.clone().unwrap_or_default()));
+        } else if r.planned.cause == Cause::Drift {
+            reverted += 1;
+            flaps.record(field(&r.planned));
+            shared.metrics.drift_reverted.get_or_create(&KindL { target: name.into(), kind: kind(&r.planned) }).inc();
+        }
+    }
+    record_findings(shared, name, &planned.plan.findings, &pending);
+    let applied = report.results.iter().filter(|r| r.outcome.is_some()).count();
+    if let Some(f) = failure {
+        return Err(("error", f, applied));
+    }
+    if report.skipped > 0 {
+        return Err(("error", format!("shutting down: {} change(s) left for the next start", report.skipped), applied));
+    }
+    *previous = Some(planned.desired);
+    Ok((applied, reverted))
+}
+
+fn source_text(e: &PlanError) -> String {
+    use std::error::Error as _;
+    let mut parts = Vec::new();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        parts.push(s.to_string());
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+fn record_findings(shared: &Shared, name: &str, findings: &[Finding], pending: &[String]) {
+    shared.metrics.pending_deletions.get_or_create(&TargetL { target: name.into() }).set(pending.len() as i64);
+    shared.update(|s| {
+        let t = s.targets.entry(name.to_string()).or_default();
+        t.findings = findings.to_vec();
+        t.pending_deletions = pending.to_vec();
+    });
+}
