@@ -211,7 +211,7 @@ pub fn free_port() -> u16 {
 
 /// `palisade run` as a child process; killed when dropped.
 pub struct Controller {
-    pub child: std::process::Child,
+    pub child: std::cell::RefCell<std::process::Child>,
     pub base: String,
     pub log: PathBuf,
     _data: tempfile::TempDir,
@@ -227,7 +227,10 @@ impl Controller {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(data.path())
-            .args(["--resync", "2s", "--poll-interval", "1s", "--log-format", "json"])
+            .args(["--log-format", "json"])
+            // Defaults through the environment, so that `extra` flags override them.
+            .env("PALISADE_RESYNC", "2s")
+            .env("PALISADE_POLL_INTERVAL", "1s")
             .args(["--github-webhook-secret", "s3cr3t", "--gitlab-webhook-token", "t0ken"])
             .args(extra)
             .env("PALISADE_LOG", "info")
@@ -235,7 +238,7 @@ impl Controller {
             .stderr(std::fs::File::create(&log).unwrap());
         let child = cmd.spawn().expect("palisade run starts");
         Controller {
-            child,
+            child: std::cell::RefCell::new(child),
             base: format!("http://127.0.0.1:{port}"),
             log,
             _data: data,
@@ -285,6 +288,9 @@ impl Controller {
             if f(self) {
                 return;
             }
+            if let Ok(Some(exit)) = self.child.borrow_mut().try_wait() {
+                panic!("palisade run exited ({exit}) while waiting for: {what}\nlogs:\n{}", self.logs());
+            }
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
         panic!(
@@ -304,10 +310,11 @@ impl Controller {
     }
 
     pub fn terminate(&mut self) -> Option<i32> {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let pid = self.child.borrow().id();
+        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while std::time::Instant::now() < deadline {
-            if let Ok(Some(s)) = self.child.try_wait() {
+            if let Ok(Some(s)) = self.child.borrow_mut().try_wait() {
                 return s.code();
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
@@ -318,7 +325,8 @@ impl Controller {
 
 impl Drop for Controller {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let child = self.child.get_mut();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
