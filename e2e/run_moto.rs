@@ -10,7 +10,13 @@ use support::{Controller, GitRepo, Moto, text};
 fn converged(moto: &Moto, repo: &GitRepo) -> bool {
     let out = moto
         .palisade()
-        .args(["plan", "--target", "prod-aws", "--detailed-exitcode", "--policies"])
+        .args([
+            "plan",
+            "--target",
+            "prod-aws",
+            "--detailed-exitcode",
+            "--policies",
+        ])
         .arg(repo.work().join("policies"))
         .output()
         .unwrap();
@@ -23,7 +29,9 @@ fn group(moto: &Moto, name: &str) -> Option<Value> {
         "describe_security_groups",
         json!({ "Filters": [{ "Name": "group-name", "Values": [name] }] }),
     );
-    out["SecurityGroups"].as_array().and_then(|g| g.first().cloned())
+    out["SecurityGroups"]
+        .as_array()
+        .and_then(|g| g.first().cloned())
 }
 
 fn ingress_ports(moto: &Moto, group_id: &str) -> Vec<i64> {
@@ -58,16 +66,25 @@ fn enforces_pushes_reverts_drift_and_keeps_the_last_good_revision() {
     let repo = GitRepo::with_example();
     let first = repo.git(&["rev-parse", "HEAD"]);
     let c = Controller::start(&moto, &repo, &[]);
-    c.wait(120, "first revision enforced and reconciled", |c| c.ready_at(&first));
+    c.wait(120, "first revision enforced and reconciled", |c| {
+        c.ready_at(&first)
+    });
     assert_eq!(c.http("GET", "/readyz", &[], "").0, 200);
     assert_eq!(c.http("GET", "/healthz", &[], "").0, 200);
-    assert!(converged(&moto, &repo), "the first reconcile converged the estate");
+    assert!(
+        converged(&moto, &repo),
+        "the first reconcile converged the estate"
+    );
     let api = group(&moto, "palisade-payments-api").expect("managed group created");
     let api_id = api["GroupId"].as_str().unwrap().to_string();
     assert_eq!(ingress_ports(&moto, &api_id), vec![8443]);
 
     // A pushed commit is enforced without a restart.
-    repo.edit("policies/aws/payments.yaml", "ports: [ tcp/8443 ]", "ports: [ tcp/9443 ]");
+    repo.edit(
+        "policies/aws/payments.yaml",
+        "ports: [ tcp/8443 ]",
+        "ports: [ tcp/9443 ]",
+    );
     let second = repo.commit("payments-api: edge moves to 9443", &[]);
     c.wait(60, "second revision enforced", |c| c.ready_at(&second));
     assert_eq!(ingress_ports(&moto, &api_id), vec![9443]);
@@ -81,13 +98,24 @@ fn enforces_pushes_reverts_drift_and_keeps_the_last_good_revision() {
         "FunctionName": "payments-api-0000", "VpcConfig": { "SubnetIds": [], "SecurityGroupIds": [] }
     }));
     let endpoints = moto.call("ec2", "describe_vpc_endpoints", json!({}));
-    let interface = endpoints["VpcEndpoints"].as_array().unwrap().iter()
-        .find(|e| e["VpcEndpointType"] == "Interface" && e["State"] != "deleted").unwrap()["VpcEndpointId"].clone();
-    moto.call("ec2", "delete_vpc_endpoints", json!({ "VpcEndpointIds": [interface] }));
+    let interface = endpoints["VpcEndpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["VpcEndpointType"] == "Interface" && e["State"] != "deleted")
+        .unwrap()["VpcEndpointId"]
+        .clone();
+    moto.call(
+        "ec2",
+        "delete_vpc_endpoints",
+        json!({ "VpcEndpointIds": [interface] }),
+    );
     assert!(!converged(&moto, &repo));
     c.wait(60, "drift reverted", |_| converged(&moto, &repo));
     assert_eq!(ingress_ports(&moto, &api_id), vec![9443]);
-    c.wait(10, "drift metrics", |c| metric(c, "palisade_drift_reverted_total") >= 3.0);
+    c.wait(10, "drift metrics", |c| {
+        metric(c, "palisade_drift_reverted_total") >= 3.0
+    });
 
     // An invalid revision is rejected; the previous one stays enforced.
     std::fs::write(
@@ -97,28 +125,54 @@ fn enforces_pushes_reverts_drift_and_keeps_the_last_good_revision() {
     .unwrap();
     let bad = repo.commit("a typo", &[]);
     c.wait(30, "bad revision rejected", |c| {
-        c.status()["rejected"].as_array().is_some_and(|r| r.iter().any(|r| r["commit"] == bad.as_str()))
+        c.status()["rejected"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["commit"] == bad.as_str()))
     });
     let s = c.status();
-    let rejection = s["rejected"].as_array().unwrap().iter().find(|r| r["commit"] == bad.as_str()).unwrap();
+    let rejection = s["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["commit"] == bad.as_str())
+        .unwrap();
     assert_eq!(rejection["reason"], "invalid");
     let details = rejection["details"].to_string();
     assert!(details.contains("aws/broken.yaml:7"), "{details}");
-    assert_eq!(s["revision"]["commit"], second.as_str(), "the last good revision stays");
-    assert_eq!(c.http("GET", "/readyz", &[], "").0, 200, "still ready on the enforced revision");
+    assert_eq!(
+        s["revision"]["commit"],
+        second.as_str(),
+        "the last good revision stays"
+    );
+    assert_eq!(
+        c.http("GET", "/readyz", &[], "").0,
+        200,
+        "still ready on the enforced revision"
+    );
     assert!(metric(&c, "palisade_revisions_rejected_total{reason=\"invalid\"}") >= 1.0);
     let (_, metrics) = c.http("GET", "/metrics", &[], "");
-    assert!(metrics.contains(&format!("palisade_enforced_revision_info{{revision=\"{second}\"}} 1")), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "palisade_enforced_revision_info{{revision=\"{second}\"}} 1"
+        )),
+        "{metrics}"
+    );
     assert!(metrics.contains("palisade_cloud_api_calls_total{service=\"ec2\",operation=\"DescribeSecurityGroups\",outcome=\"ok\"}"));
     let (code, page) = c.http("GET", "/", &[], "");
     assert_eq!(code, 200);
-    assert!(page.contains(&bad) && page.contains("invalid"), "the status page lists the rejection");
+    assert!(
+        page.contains(&bad) && page.contains("invalid"),
+        "the status page lists the rejection"
+    );
 
     // Emptying the policy path deletes nothing.
     repo.git(&["rm", "-r", "-q", "policies"]);
     let empty = repo.commit("remove every policy", &[]);
     c.wait(30, "empty revision rejected", |c| {
-        c.status()["rejected"].as_array().is_some_and(|r| r.iter().any(|r| r["commit"] == empty.as_str() && r["reason"] == "path-missing"))
+        c.status()["rejected"].as_array().is_some_and(|r| {
+            r.iter()
+                .any(|r| r["commit"] == empty.as_str() && r["reason"] == "path-missing")
+        })
     });
     // Let several resyncs pass: the managed groups are all still there.
     std::thread::sleep(std::time::Duration::from_secs(5));
@@ -136,28 +190,71 @@ fn webhooks_fetch_at_once_and_bad_signatures_trigger_nothing() {
     // Polling every hour: only a webhook can bring the next commit in.
     let c = Controller::start(&moto, &repo, &["--poll-interval", "1h"]);
     c.wait(120, "first revision", |c| c.ready_at(&first));
-    repo.edit("policies/aws/payments.yaml", "ports: [ tcp/8443 ]", "ports: [ tcp/8444 ]");
+    repo.edit(
+        "policies/aws/payments.yaml",
+        "ports: [ tcp/8443 ]",
+        "ports: [ tcp/8444 ]",
+    );
     let second = repo.commit("8444", &[]);
     let body = r#"{"ref":"refs/heads/main"}"#;
 
-    let bad = [("X-Hub-Signature-256", "sha256=0000000000000000000000000000000000000000000000000000000000000000"), ("X-GitHub-Event", "push")];
+    let bad = [
+        (
+            "X-Hub-Signature-256",
+            "sha256=0000000000000000000000000000000000000000000000000000000000000000",
+        ),
+        ("X-GitHub-Event", "push"),
+    ];
     assert_eq!(c.http("POST", "/webhook/github", &bad, body).0, 401);
-    assert_eq!(c.http("POST", "/webhook/github", &[], body).0, 401, "missing signature");
-    assert_eq!(c.http("POST", "/webhook/gitlab", &[("X-Gitlab-Token", "wrong")], body).0, 401);
+    assert_eq!(
+        c.http("POST", "/webhook/github", &[], body).0,
+        401,
+        "missing signature"
+    );
+    assert_eq!(
+        c.http(
+            "POST",
+            "/webhook/gitlab",
+            &[("X-Gitlab-Token", "wrong")],
+            body
+        )
+        .0,
+        401
+    );
     std::thread::sleep(std::time::Duration::from_secs(3));
-    assert_eq!(c.status()["fetched"], first.as_str(), "a refused webhook fetched nothing");
+    assert_eq!(
+        c.status()["fetched"],
+        first.as_str(),
+        "a refused webhook fetched nothing"
+    );
 
     use hmac::Mac as _;
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s3cr3t").unwrap();
     mac.update(body.as_bytes());
     let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-    let good = [("X-Hub-Signature-256", sig.as_str()), ("X-GitHub-Event", "push")];
+    let good = [
+        ("X-Hub-Signature-256", sig.as_str()),
+        ("X-GitHub-Event", "push"),
+    ];
     assert_eq!(c.http("POST", "/webhook/github", &good, body).0, 202);
     c.wait(60, "webhook-triggered revision", |c| c.ready_at(&second));
 
-    repo.edit("policies/aws/payments.yaml", "ports: [ tcp/8444 ]", "ports: [ tcp/8445 ]");
+    repo.edit(
+        "policies/aws/payments.yaml",
+        "ports: [ tcp/8444 ]",
+        "ports: [ tcp/8445 ]",
+    );
     let third = repo.commit("8445", &[]);
-    assert_eq!(c.http("POST", "/webhook/gitlab", &[("X-Gitlab-Token", "t0ken")], body).0, 202);
+    assert_eq!(
+        c.http(
+            "POST",
+            "/webhook/gitlab",
+            &[("X-Gitlab-Token", "t0ken")],
+            body
+        )
+        .0,
+        202
+    );
     c.wait(60, "GitLab-triggered revision", |c| c.ready_at(&third));
 }
 
@@ -168,31 +265,57 @@ fn with_signatures_required_only_signed_commits_are_enforced() {
     let repo = GitRepo::with_example();
     let key = repo.dir.path().join("signing");
     let status = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "platform@example.com", "-f"])
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "platform@example.com",
+            "-f",
+        ])
         .arg(&key)
         .status()
         .expect("ssh-keygen runs");
     assert!(status.success());
     let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
     let signers = repo.dir.path().join("allowed_signers");
-    std::fs::write(&signers, format!("platform@example.com namespaces=\"git\" {public}")).unwrap();
+    std::fs::write(
+        &signers,
+        format!("platform@example.com namespaces=\"git\" {public}"),
+    )
+    .unwrap();
     repo.git(&["config", "gpg.format", "ssh"]);
     repo.git(&["config", "user.signingkey", key.to_str().unwrap()]);
     let signed = repo.commit("signed", &["-S"]);
 
-    let c = Controller::start(&moto, &repo, &["--allowed-signers", signers.to_str().unwrap()]);
+    let c = Controller::start(
+        &moto,
+        &repo,
+        &["--allowed-signers", signers.to_str().unwrap()],
+    );
     c.wait(120, "signed revision enforced", |c| c.ready_at(&signed));
     assert_eq!(c.status()["revision"]["signature"]["status"], "verified");
 
-    repo.edit("policies/aws/payments.yaml", "ports: [ tcp/8443 ]", "ports: [ tcp/7443 ]");
+    repo.edit(
+        "policies/aws/payments.yaml",
+        "ports: [ tcp/8443 ]",
+        "ports: [ tcp/7443 ]",
+    );
     let unsigned = repo.commit("unsigned change", &["--no-gpg-sign"]);
     c.wait(30, "unsigned revision rejected", |c| {
-        c.status()["rejected"].as_array().is_some_and(|r| r.iter().any(|r| r["commit"] == unsigned.as_str() && r["reason"] == "unsigned"))
+        c.status()["rejected"].as_array().is_some_and(|r| {
+            r.iter()
+                .any(|r| r["commit"] == unsigned.as_str() && r["reason"] == "unsigned")
+        })
     });
     assert_eq!(c.enforced().as_deref(), Some(signed.as_str()));
 
     let signed_again = repo.commit("signed change", &["-S"]);
-    c.wait(60, "signed revision enforced", |c| c.ready_at(&signed_again));
+    c.wait(60, "signed revision enforced", |c| {
+        c.ready_at(&signed_again)
+    });
 }
 
 #[test]
@@ -203,7 +326,14 @@ fn sigterm_mid_reconcile_exits_cleanly_and_a_restart_finishes_the_job() {
     let head = repo.git(&["rev-parse", "HEAD"]);
     let plan = moto
         .palisade()
-        .args(["plan", "--target", "prod-aws", "--format", "json", "--policies"])
+        .args([
+            "plan",
+            "--target",
+            "prod-aws",
+            "--format",
+            "json",
+            "--policies",
+        ])
         .arg(repo.work().join("policies"))
         .output()
         .unwrap();
@@ -212,26 +342,46 @@ fn sigterm_mid_reconcile_exits_cleanly_and_a_restart_finishes_the_job() {
 
     // Slow Lambda writes so that the reconcile is surely in flight when SIGTERM comes.
     let mut c = Controller::start(&moto, &repo, &["--aws-rate-limits", "lambda-write=10/1"]);
-    c.wait(60, "the first reconcile is writing", |_| group(&moto, "palisade-payments-api").is_some());
+    c.wait(60, "the first reconcile is writing", |_| {
+        group(&moto, "palisade-payments-api").is_some()
+    });
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert_eq!(c.terminate(), Some(0), "exit 0 on SIGTERM\n{}", c.logs());
     let logs = c.logs();
-    assert!(logs.contains("finishing in-flight work") && logs.contains("stopped cleanly"), "{logs}");
+    assert!(
+        logs.contains("finishing in-flight work") && logs.contains("stopped cleanly"),
+        "{logs}"
+    );
     drop(c);
 
     let after_stop = moto
         .palisade()
-        .args(["plan", "--target", "prod-aws", "--format", "json", "--policies"])
+        .args([
+            "plan",
+            "--target",
+            "prod-aws",
+            "--format",
+            "json",
+            "--policies",
+        ])
         .arg(repo.work().join("policies"))
         .output()
         .unwrap();
-    let left = support::json(&after_stop)["changes"].as_array().unwrap().len();
-    assert!(left > 0 && left < total, "stopped mid-way: {left} of {total} changes left");
+    let left = support::json(&after_stop)["changes"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(
+        left > 0 && left < total,
+        "stopped mid-way: {left} of {total} changes left"
+    );
 
     // Restart (no periodic resync to blur the count): it applies exactly what was left.
     let c = Controller::start(&moto, &repo, &["--resync", "1h"]);
     c.wait(120, "converged after restart", |c| c.ready_at(&head));
     assert!(converged(&moto, &repo));
-    let applied = c.status()["targets"]["prod-aws"]["lastReconcile"]["applied"].as_u64().unwrap() as usize;
+    let applied = c.status()["targets"]["prod-aws"]["lastReconcile"]["applied"]
+        .as_u64()
+        .unwrap() as usize;
     assert_eq!(applied, left, "nothing applied twice");
 }

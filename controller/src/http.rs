@@ -70,14 +70,23 @@ async fn readyz(State(app): State<App>) -> Response {
         "revision": s.revision.as_ref().map(|r| r.commit.clone()),
         "targets": s.targets.iter().map(|(n, t)| (n.clone(), t.last_reconcile.as_ref().map(|r| format!("{} at {}", r.result, r.revision)))).collect::<std::collections::BTreeMap<_, _>>(),
     });
-    let code = if s.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if s.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, axum::Json(body)).into_response()
 }
 
 async fn metrics(State(app): State<App>) -> Response {
-    app.shared.metrics.sync_api_calls(&app.shared.providers.api_calls());
+    app.shared
+        .metrics
+        .sync_api_calls(&app.shared.providers.api_calls());
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         app.shared.metrics.encode(),
     )
         .into_response()
@@ -111,13 +120,19 @@ async fn github(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Resp
     let Some(secret) = &app.secrets.github else {
         return unauthorized("no GitHub webhook secret is configured");
     };
-    let Some(sig) = headers.get("x-hub-signature-256").and_then(|v| v.to_str().ok()) else {
+    let Some(sig) = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok())
+    else {
         return unauthorized("missing X-Hub-Signature-256");
     };
     if !github_signature_ok(secret, sig, &body) {
         return unauthorized("bad X-Hub-Signature-256");
     }
-    let event = headers.get("x-github-event").and_then(|v| v.to_str().ok()).unwrap_or("push");
+    let event = headers
+        .get("x-github-event")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("push");
     if event == "ping" {
         return (StatusCode::OK, "pong\n").into_response();
     }
@@ -160,7 +175,11 @@ pub fn render_page(s: &Status) -> String {
          table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}\
          .ok{color:#080}.bad{color:#b00}code{font-size:90%}</style></head><body><h1>Palisade</h1>",
     );
-    let ready = if s.ready { "<span class=ok>ready</span>" } else { "<span class=bad>not ready</span>" };
+    let ready = if s.ready {
+        "<span class=ok>ready</span>"
+    } else {
+        "<span class=bad>not ready</span>"
+    };
     h.push_str(&format!("<p>Status: {ready}</p>"));
     match &s.revision {
         Some(r) => h.push_str(&format!(
@@ -168,7 +187,10 @@ pub fn render_page(s: &Status) -> String {
             esc(&r.commit),
             esc(&r.summary),
             esc(&r.author),
-            esc(&serde_json::to_value(&r.signature).ok().and_then(|v| v["status"].as_str().map(str::to_string)).unwrap_or_default())
+            esc(&serde_json::to_value(&r.signature)
+                .ok()
+                .and_then(|v| v["status"].as_str().map(str::to_string))
+                .unwrap_or_default())
         )),
         None => h.push_str("<p class=bad>No revision enforced yet.</p>"),
     }
@@ -185,7 +207,10 @@ pub fn render_page(s: &Status) -> String {
                 r.at,
                 r.duration_ms,
                 esc(&r.trigger),
-                r.error.as_ref().map(|e| format!("<br>{}", esc(e))).unwrap_or_default()
+                r.error
+                    .as_ref()
+                    .map(|e| format!("<br>{}", esc(e)))
+                    .unwrap_or_default()
             )
         });
         h.push_str(&format!(
@@ -206,7 +231,11 @@ pub fn render_page(s: &Status) -> String {
                 "<tr><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
                 esc(&r.commit),
                 esc(&r.reason),
-                r.details.iter().map(|d| esc(d)).collect::<Vec<_>>().join("<br>")
+                r.details
+                    .iter()
+                    .map(|d| esc(d))
+                    .collect::<Vec<_>>()
+                    .join("<br>")
             ));
         }
         h.push_str("</table>");
@@ -217,7 +246,11 @@ pub fn render_page(s: &Status) -> String {
         }
         h.push_str(&format!("<h2>Findings in {}</h2><ul>", esc(name)));
         for f in &t.findings {
-            h.push_str(&format!("<li>{}: {}</li>", esc(&f.resource), esc(&f.message)));
+            h.push_str(&format!(
+                "<li>{}: {}</li>",
+                esc(&f.resource),
+                esc(&f.message)
+            ));
         }
         h.push_str("</ul>");
     }
@@ -244,8 +277,10 @@ mod tests {
 
     #[test]
     fn page_escapes_what_it_shows() {
-        let mut s = Status::default();
-        s.source_error = Some("<script>alert(1)</script>".into());
+        let s = Status {
+            source_error: Some("<script>alert(1)</script>".into()),
+            ..Status::default()
+        };
         let html = render_page(&s);
         assert!(!html.contains("<script>"));
         assert!(html.contains("&lt;script&gt;"));

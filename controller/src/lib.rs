@@ -9,13 +9,13 @@
 pub mod apply;
 pub mod check;
 pub mod compile;
+pub mod http;
+pub mod metrics;
 pub mod plan;
 pub mod policy;
 pub mod reconcile;
 pub mod run;
 pub mod source;
-pub mod http;
-pub mod metrics;
 
 use std::collections::BTreeMap;
 

@@ -183,7 +183,9 @@ struct RunArgs {
 /// `500ms`, `30s`, `5m`, `1h`, or plain seconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num
         .parse()
@@ -262,7 +264,11 @@ enum Format {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Run(_)) { "info" } else { "warn" };
+    let default_level = if matches!(cli.command, Command::Run(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let logs = tracing_subscriber::fmt()
@@ -797,7 +803,9 @@ fn run_controller(args: RunArgs) -> Result<ExitCode> {
         let cancel = shared.cancel.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
-            tracing::info!("signal received: finishing in-flight work (a second signal exits at once)");
+            tracing::info!(
+                "signal received: finishing in-flight work (a second signal exits at once)"
+            );
             cancel.cancel();
             wait_for_signal().await;
             tracing::warn!("second signal: exiting now");
@@ -812,7 +820,11 @@ fn run_controller(args: RunArgs) -> Result<ExitCode> {
         }
         let s = shared.status();
         tracing::info!(
-            revision = s.revision.as_ref().map(|r| r.commit.as_str()).unwrap_or("-"),
+            revision = s
+                .revision
+                .as_ref()
+                .map(|r| r.commit.as_str())
+                .unwrap_or("-"),
             targets = s.targets.len(),
             "stopped cleanly"
         );
@@ -822,7 +834,10 @@ fn run_controller(args: RunArgs) -> Result<ExitCode> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers, never return: the process ends when it is killed.
         std::future::pending::<()>().await;
         return;

@@ -196,7 +196,11 @@ impl Shared {
 
     /// A snapshot of the status, with readiness computed.
     pub fn status(&self) -> Status {
-        let mut s = self.status.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut s = self
+            .status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         s.ready = match &s.revision {
             Some(rev) => {
                 !s.targets.is_empty()
@@ -247,7 +251,11 @@ impl Shared {
                 crate::source::SignatureStatus::Untrusted { reason } => reason.clone(),
                 other => format!("{other:?}"),
             };
-            return self.reject(&revision, "unsigned", vec![format!("signature required: {detail}")]);
+            return self.reject(
+                &revision,
+                "unsigned",
+                vec![format!("signature required: {detail}")],
+            );
         }
         if !revision.path_exists {
             return self.reject(
@@ -333,11 +341,14 @@ pub async fn run(shared: Arc<Shared>, source: GitSource, grace: Duration) {
         if let Some(e) = shared.enforced.borrow().clone() {
             for t in &e.set.targets {
                 let name = t.name().to_string();
-                let wanted = shared.settings.targets.is_empty()
-                    || shared.settings.targets.contains(&name);
+                let wanted =
+                    shared.settings.targets.is_empty() || shared.settings.targets.contains(&name);
                 if wanted && !spawned.contains_key(&name) {
                     spawned.insert(name.clone(), ());
-                    let cloud = t.to_target().map(|t| t.scope.cloud().to_string()).unwrap_or_default();
+                    let cloud = t
+                        .to_target()
+                        .map(|t| t.scope.cloud().to_string())
+                        .unwrap_or_default();
                     shared.update(|s| {
                         s.targets.entry(name.clone()).or_default().cloud = cloud;
                     });
@@ -352,10 +363,15 @@ pub async fn run(shared: Arc<Shared>, source: GitSource, grace: Duration) {
         }
     }
     tracing::info!(grace = ?grace, "shutting down: no new work; waiting for in-flight reconciles");
-    let drained = tokio::time::timeout(grace, async { while workers.join_next().await.is_some() {} }).await;
+    let drained = tokio::time::timeout(grace, async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await;
     match drained {
         Ok(()) => tracing::info!("all workers stopped"),
-        Err(_) => tracing::warn!("grace period over; abandoning in-flight work (every change is idempotent and is re-planned at the next start)"),
+        Err(_) => tracing::warn!(
+            "grace period over; abandoning in-flight work (every change is idempotent and is re-planned at the next start)"
+        ),
     }
 }
 
@@ -379,7 +395,10 @@ impl Flaps {
     }
 
     fn record(&mut self, key: String) {
-        self.reverts.entry(key).or_default().push_back(Instant::now());
+        self.reverts
+            .entry(key)
+            .or_default()
+            .push_back(Instant::now());
     }
 }
 
@@ -394,7 +413,11 @@ fn field(c: &crate::plan::PlannedChange) -> String {
 
 /// The kind of resource a planned change is about (`group`, `function`, `endpoint`…).
 fn kind(c: &crate::plan::PlannedChange) -> String {
-    c.resource.split_whitespace().next().unwrap_or("resource").to_string()
+    c.resource
+        .split_whitespace()
+        .next()
+        .unwrap_or("resource")
+        .to_string()
 }
 
 async fn worker(shared: Arc<Shared>, target: String, semaphore: Arc<Semaphore>) {
@@ -422,8 +445,17 @@ async fn worker(shared: Arc<Shared>, target: String, semaphore: Arc<Semaphore>) 
             delay = shared.settings.resync;
             continue;
         };
-        shared.metrics.triggers.get_or_create(&TriggerL { target: target.clone(), trigger: trigger.into() }).inc();
-        let Ok(_permit) = semaphore.acquire().await else { break };
+        shared
+            .metrics
+            .triggers
+            .get_or_create(&TriggerL {
+                target: target.clone(),
+                trigger: trigger.into(),
+            })
+            .inc();
+        let Ok(_permit) = semaphore.acquire().await else {
+            break;
+        };
         let started = Instant::now();
         let result = tokio::time::timeout(
             shared.settings.reconcile_timeout,
@@ -434,14 +466,39 @@ async fn worker(shared: Arc<Shared>, target: String, semaphore: Arc<Semaphore>) 
         let (label, error, applied, reverted) = match result {
             Ok(Ok((applied, reverted))) => ("ok", None, applied, reverted),
             Ok(Err((label, e, applied))) => (label, Some(e), applied, 0),
-            Err(_) => ("timeout", Some(format!("the reconcile took longer than {:?}", shared.settings.reconcile_timeout)), 0, 0),
+            Err(_) => (
+                "timeout",
+                Some(format!(
+                    "the reconcile took longer than {:?}",
+                    shared.settings.reconcile_timeout
+                )),
+                0,
+                0,
+            ),
         };
-        shared.metrics.reconcile_duration.get_or_create(&TargetL { target: target.clone() }).observe(elapsed.as_secs_f64());
-        shared.metrics.reconciles.get_or_create(&ResultL { target: target.clone(), result: label.into() }).inc();
+        shared
+            .metrics
+            .reconcile_duration
+            .get_or_create(&TargetL {
+                target: target.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+        shared
+            .metrics
+            .reconciles
+            .get_or_create(&ResultL {
+                target: target.clone(),
+                result: label.into(),
+            })
+            .inc();
         shared.metrics.sync_api_calls(&shared.providers.api_calls());
         match &error {
-            None => tracing::info!(target = %target, trigger, revision = %enforced.revision.commit, applied, drift_reverted = reverted, ms = elapsed.as_millis() as u64, "reconciled"),
-            Some(e) => tracing::warn!(target = %target, trigger, result = label, error = %e, "reconcile failed; retrying with backoff"),
+            None => {
+                tracing::info!(target = %target, trigger, revision = %enforced.revision.commit, applied, drift_reverted = reverted, ms = elapsed.as_millis() as u64, "reconciled")
+            }
+            Some(e) => {
+                tracing::warn!(target = %target, trigger, result = label, error = %e, "reconcile failed; retrying with backoff")
+            }
         }
         let record = ReconcileRecord {
             at: now(),
@@ -461,7 +518,13 @@ async fn worker(shared: Arc<Shared>, target: String, semaphore: Arc<Semaphore>) 
             t.last_reconcile = Some(record);
         });
         if error.is_none() {
-            shared.metrics.last_success.get_or_create(&TargetL { target: target.clone() }).set(now() as f64);
+            shared
+                .metrics
+                .last_success
+                .get_or_create(&TargetL {
+                    target: target.clone(),
+                })
+                .set(now() as f64);
             backoff = None;
             delay = jittered(shared.settings.resync);
         } else {
@@ -491,15 +554,47 @@ async fn reconcile(
 ) -> Result<(usize, usize), Failure> {
     let set = &enforced.set;
     let Some(target) = set.target(name) else {
-        return Err(("error", format!("revision {} no longer defines target {name}; nothing is changed there", enforced.revision.commit), 0));
+        return Err((
+            "error",
+            format!(
+                "revision {} no longer defines target {name}; nothing is changed there",
+                enforced.revision.commit
+            ),
+            0,
+        ));
     };
-    let t = target.to_target().ok_or(("error", format!("target {name} names no cloud"), 0))?;
-    let provider = shared.providers.get(t.scope.cloud()).map_err(|e| ("error", e.to_string(), 0))?;
-    let mut planned = match observe_and_plan(set, target, provider.as_ref(), previous.as_ref(), &shared.settings.plan, Some(&enforced.revision.commit)).await {
+    let t = target
+        .to_target()
+        .ok_or(("error", format!("target {name} names no cloud"), 0))?;
+    let provider = shared
+        .providers
+        .get(t.scope.cloud())
+        .map_err(|e| ("error", e.to_string(), 0))?;
+    let mut planned = match observe_and_plan(
+        set,
+        target,
+        provider.as_ref(),
+        previous.as_ref(),
+        &shared.settings.plan,
+        Some(&enforced.revision.commit),
+    )
+    .await
+    {
         Ok(p) => p,
         Err(PlanError::Invalid(diags)) => {
-            let text: Vec<String> = diags.iter().filter(|d| d.is_error()).map(Diagnostic::to_string).collect();
-            return Err(("error", format!("the revision does not fit what is observed: {}", text.join("; ")), 0));
+            let text: Vec<String> = diags
+                .iter()
+                .filter(|d| d.is_error())
+                .map(Diagnostic::to_string)
+                .collect();
+            return Err((
+                "error",
+                format!(
+                    "the revision does not fit what is observed: {}",
+                    text.join("; ")
+                ),
+                0,
+            ));
         }
         Err(e) => return Err(("error", format!("{e}: {}", source_text(&e)), 0)),
     };
@@ -511,7 +606,14 @@ async fn reconcile(
         if c.cause != Cause::Drift {
             return true;
         }
-        shared.metrics.drift_detected.get_or_create(&KindL { target: name.into(), kind: kind(c) }).inc();
+        shared
+            .metrics
+            .drift_detected
+            .get_or_create(&KindL {
+                target: name.into(),
+                kind: kind(c),
+            })
+            .inc();
         let key = field(c);
         if flaps.recent(&key, settings.flap_window) >= settings.flap_threshold {
             flapping.push(c.resource.clone());
@@ -519,7 +621,13 @@ async fn reconcile(
         }
         true
     });
-    shared.metrics.flapping.get_or_create(&TargetL { target: name.into() }).set(flapping.len() as i64);
+    shared
+        .metrics
+        .flapping
+        .get_or_create(&TargetL {
+            target: name.into(),
+        })
+        .set(flapping.len() as i64);
     for r in &flapping {
         planned.plan.findings.push(Finding {
             kind: FindingKind::Flapping,
@@ -531,10 +639,18 @@ async fn reconcile(
             location: None,
         });
     }
-    let result = apply_until(&planned.plan, &t, provider.as_ref(), &|| shared.cancel.is_cancelled()).await;
+    let result = apply_until(&planned.plan, &t, provider.as_ref(), &|| {
+        shared.cancel.is_cancelled()
+    })
+    .await;
     let (report, failure) = match result {
         Ok(r) => (r, None),
-        Err(ApplyError::Change { report, source, resource, .. }) => (*report, Some(format!("{resource}: {source}"))),
+        Err(ApplyError::Change {
+            report,
+            source,
+            resource,
+            ..
+        }) => (*report, Some(format!("{resource}: {source}"))),
         Err(ApplyError::Refused { reason }) => {
             record_findings(shared, name, &planned.plan.findings, &[]);
             return Err(("refused", reason, 0));
@@ -545,20 +661,42 @@ async fn reconcile(
     for r in &report.results {
         let Some(o) = &r.outcome else { continue };
         if o.status == OutcomeStatus::Pending {
-            pending.push(format!("{}: {}", r.planned.resource, o.detail.clone().unwrap_or_default()));
+            pending.push(format!(
+                "{}: {}",
+                r.planned.resource,
+                o.detail.clone().unwrap_or_default()
+            ));
         } else if r.planned.cause == Cause::Drift {
             reverted += 1;
             flaps.record(field(&r.planned));
-            shared.metrics.drift_reverted.get_or_create(&KindL { target: name.into(), kind: kind(&r.planned) }).inc();
+            shared
+                .metrics
+                .drift_reverted
+                .get_or_create(&KindL {
+                    target: name.into(),
+                    kind: kind(&r.planned),
+                })
+                .inc();
         }
     }
     record_findings(shared, name, &planned.plan.findings, &pending);
-    let applied = report.results.iter().filter(|r| r.outcome.is_some()).count();
+    let applied = report
+        .results
+        .iter()
+        .filter(|r| r.outcome.is_some())
+        .count();
     if let Some(f) = failure {
         return Err(("error", f, applied));
     }
     if report.skipped > 0 {
-        return Err(("error", format!("shutting down: {} change(s) left for the next start", report.skipped), applied));
+        return Err((
+            "error",
+            format!(
+                "shutting down: {} change(s) left for the next start",
+                report.skipped
+            ),
+            applied,
+        ));
     }
     *previous = Some(planned.desired);
     Ok((applied, reverted))
@@ -576,7 +714,13 @@ fn source_text(e: &PlanError) -> String {
 }
 
 fn record_findings(shared: &Shared, name: &str, findings: &[Finding], pending: &[String]) {
-    shared.metrics.pending_deletions.get_or_create(&TargetL { target: name.into() }).set(pending.len() as i64);
+    shared
+        .metrics
+        .pending_deletions
+        .get_or_create(&TargetL {
+            target: name.into(),
+        })
+        .set(pending.len() as i64);
     shared.update(|s| {
         let t = s.targets.entry(name.to_string()).or_default();
         t.findings = findings.to_vec();

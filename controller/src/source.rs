@@ -169,15 +169,17 @@ impl GitSource {
         let mut tried = BTreeSet::new();
         cb.credentials(move |_url, user, allowed| {
             // libgit2 asks again after a refusal; offer each kind of credential once.
-            if allowed.contains(CredentialType::SSH_KEY) && tried.insert("ssh") {
-                if let Some(key) = &s.ssh_key {
-                    return Cred::ssh_key(user.unwrap_or("git"), None, key, None);
-                }
+            if allowed.contains(CredentialType::SSH_KEY)
+                && tried.insert("ssh")
+                && let Some(key) = &s.ssh_key
+            {
+                return Cred::ssh_key(user.unwrap_or("git"), None, key, None);
             }
-            if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) && tried.insert("token") {
-                if let Some(token) = &s.token {
-                    return Cred::userpass_plaintext("x-access-token", token);
-                }
+            if allowed.contains(CredentialType::USER_PASS_PLAINTEXT)
+                && tried.insert("token")
+                && let Some(token) = &s.token
+            {
+                return Cred::userpass_plaintext("x-access-token", token);
             }
             Err(git2::Error::from_str(
                 "the remote asked for credentials and none are configured (--git-token / --git-ssh-key)",
@@ -236,7 +238,10 @@ impl GitSource {
     fn resolve(&self) -> Result<Oid, SourceError> {
         let r = &self.settings.reference;
         let candidates = [
-            format!("refs/remotes/origin/{}", r.trim_start_matches("refs/heads/")),
+            format!(
+                "refs/remotes/origin/{}",
+                r.trim_start_matches("refs/heads/")
+            ),
             format!("refs/tags/{}", r.trim_start_matches("refs/tags/")),
             r.clone(),
         ];
@@ -405,11 +410,17 @@ fn known_host(known_hosts: &str, host: &str, key: &[u8]) -> bool {
 /// Verify an SSH signature (`-----BEGIN SSH SIGNATURE-----`, namespace `git`) over
 /// `data` against an OpenSSH allowed-signers file; the key's principals must include the
 /// committer's email (or `*`).
-pub fn verify_ssh(signature: &str, data: &[u8], allowed_signers: &str, committer: &str) -> SignatureStatus {
+pub fn verify_ssh(
+    signature: &str,
+    data: &[u8],
+    allowed_signers: &str,
+    committer: &str,
+) -> SignatureStatus {
     let untrusted = |reason: String| SignatureStatus::Untrusted { reason };
     if signature.contains("BEGIN PGP SIGNATURE") {
         return untrusted(
-            "the commit has an OpenPGP signature; this controller verifies SSH signatures only".into(),
+            "the commit has an OpenPGP signature; this controller verifies SSH signatures only"
+                .into(),
         );
     }
     let sig = match ssh_key::SshSig::from_pem(signature) {
@@ -426,7 +437,13 @@ pub fn verify_ssh(signature: &str, data: &[u8], allowed_signers: &str, committer
         // Options (namespaces="git", valid-after=…) may come before the key.
         let rest = rest.trim_start();
         let (options, key_text) = match rest.split_once(char::is_whitespace) {
-            Some((first, tail)) if !first.starts_with("ssh-") && !first.starts_with("ecdsa-") && !first.starts_with("sk-") => (first, tail.trim_start()),
+            Some((first, tail))
+                if !first.starts_with("ssh-")
+                    && !first.starts_with("ecdsa-")
+                    && !first.starts_with("sk-") =>
+            {
+                (first, tail.trim_start())
+            }
             _ => ("", rest),
         };
         let Ok(key) = ssh_key::PublicKey::from_openssh(key_text) else {
@@ -435,19 +452,19 @@ pub fn verify_ssh(signature: &str, data: &[u8], allowed_signers: &str, committer
         if key.key_data() != sig.public_key() {
             continue;
         }
-        if let Some(ns) = options
+        let namespaces = options
             .split(',')
             .find_map(|o| o.strip_prefix("namespaces="))
-            .map(|v| v.trim_matches('"'))
-        {
-            if !ns.split(',').any(|n| n == "git") {
-                continue;
-            }
+            .map(|v| v.trim_matches('"'));
+        if namespaces.is_some_and(|ns| !ns.split(',').any(|n| n == "git")) {
+            continue;
         }
         if let Err(e) = key.verify("git", data, &sig) {
             return untrusted(format!("the signature does not verify: {e}"));
         }
-        let allowed = principals.split(',').any(|p| p == "*" || p.eq_ignore_ascii_case(committer));
+        let allowed = principals
+            .split(',')
+            .any(|p| p == "*" || p.eq_ignore_ascii_case(committer));
         return if allowed {
             SignatureStatus::Verified {
                 signer: principals.to_string(),
@@ -470,7 +487,9 @@ mod tests {
         use base64::Engine as _;
         let key = b"\x00\x00\x00\x0bssh-ed25519keybytes";
         let b64 = base64::engine::general_purpose::STANDARD.encode(key);
-        let text = format!("# comment\ngit.example.com,10.0.0.1 ssh-ed25519 {b64}\n[other]:2222 ssh-ed25519 {b64}\n");
+        let text = format!(
+            "# comment\ngit.example.com,10.0.0.1 ssh-ed25519 {b64}\n[other]:2222 ssh-ed25519 {b64}\n"
+        );
         assert!(known_host(&text, "git.example.com", key));
         assert!(known_host(&text, "other", key));
         assert!(!known_host(&text, "evil.example.com", key));
@@ -479,8 +498,14 @@ mod tests {
 
     #[test]
     fn garbage_and_pgp_signatures_are_untrusted() {
-        for sig in ["nonsense", "-----BEGIN PGP SIGNATURE-----\nxx\n-----END PGP SIGNATURE-----"] {
-            assert!(matches!(verify_ssh(sig, b"data", "", "a@b"), SignatureStatus::Untrusted { .. }));
+        for sig in [
+            "nonsense",
+            "-----BEGIN PGP SIGNATURE-----\nxx\n-----END PGP SIGNATURE-----",
+        ] {
+            assert!(matches!(
+                verify_ssh(sig, b"data", "", "a@b"),
+                SignatureStatus::Untrusted { .. }
+            ));
         }
     }
 }

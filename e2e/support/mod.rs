@@ -164,7 +164,10 @@ impl GitRepo {
         repo.git(&["config", "user.email", "platform@example.com"]);
         repo.git(&["config", "commit.gpgsign", "false"]);
         repo.git(&["remote", "add", "origin", &repo.url()]);
-        copy_dir(&root().join("policies-example"), &repo.work().join("policies"));
+        copy_dir(
+            &root().join("policies-example"),
+            &repo.work().join("policies"),
+        );
         repo.commit("initial policies", &[]);
         repo
     }
@@ -223,19 +226,32 @@ impl Controller {
         let port = free_port();
         let log = data.path().join("palisade.log");
         let mut cmd = moto.palisade();
-        cmd.args(["run", "--git-url", &repo.url(), "--git-path", "policies", "--target", "prod-aws"])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(data.path())
-            .args(["--log-format", "json"])
-            // Defaults through the environment, so that `extra` flags override them.
-            .env("PALISADE_RESYNC", "2s")
-            .env("PALISADE_POLL_INTERVAL", "1s")
-            .args(["--github-webhook-secret", "s3cr3t", "--gitlab-webhook-token", "t0ken"])
-            .args(extra)
-            .env("PALISADE_LOG", "info")
-            .stdout(std::fs::File::create(data.path().join("stdout")).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap());
+        cmd.args([
+            "run",
+            "--git-url",
+            &repo.url(),
+            "--git-path",
+            "policies",
+            "--target",
+            "prod-aws",
+        ])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["--log-format", "json"])
+        // Defaults through the environment, so that `extra` flags override them.
+        .env("PALISADE_RESYNC", "2s")
+        .env("PALISADE_POLL_INTERVAL", "1s")
+        .args([
+            "--github-webhook-secret",
+            "s3cr3t",
+            "--gitlab-webhook-token",
+            "t0ken",
+        ])
+        .args(extra)
+        .env("PALISADE_LOG", "info")
+        .stdout(std::fs::File::create(data.path().join("stdout")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap());
         let child = cmd.spawn().expect("palisade run starts");
         Controller {
             child: std::cell::RefCell::new(child),
@@ -250,7 +266,13 @@ impl Controller {
     }
 
     /// GET or POST; (status, body). Connection errors are status 0.
-    pub fn http(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, String) {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(std::time::Duration::from_secs(10)))
@@ -267,7 +289,10 @@ impl Controller {
             agent.get(&url).call()
         };
         match result {
-            Ok(mut r) => (r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default()),
+            Ok(mut r) => (
+                r.status().as_u16(),
+                r.body_mut().read_to_string().unwrap_or_default(),
+            ),
             Err(_) => (0, String::new()),
         }
     }
@@ -289,7 +314,10 @@ impl Controller {
                 return;
             }
             if let Ok(Some(exit)) = self.child.borrow_mut().try_wait() {
-                panic!("palisade run exited ({exit}) while waiting for: {what}\nlogs:\n{}", self.logs());
+                panic!(
+                    "palisade run exited ({exit}) while waiting for: {what}\nlogs:\n{}",
+                    self.logs()
+                );
             }
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
@@ -301,7 +329,9 @@ impl Controller {
     }
 
     pub fn enforced(&self) -> Option<String> {
-        self.status()["revision"]["commit"].as_str().map(str::to_string)
+        self.status()["revision"]["commit"]
+            .as_str()
+            .map(str::to_string)
     }
 
     pub fn ready_at(&self, commit: &str) -> bool {
@@ -311,7 +341,10 @@ impl Controller {
 
     pub fn terminate(&mut self) -> Option<i32> {
         let pid = self.child.borrow().id();
-        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while std::time::Instant::now() < deadline {
             if let Ok(Some(s)) = self.child.borrow_mut().try_wait() {
