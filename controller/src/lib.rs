@@ -9,7 +9,9 @@
 pub mod apply;
 pub mod check;
 pub mod compile;
+pub mod history;
 pub mod http;
+pub mod report;
 pub mod metrics;
 pub mod plan;
 pub mod policy;

@@ -28,6 +28,28 @@ struct Cli {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ReportFormat {
+    Json,
+    Csv,
+    Md,
+    Junit,
+    Sarif,
+    Html,
+}
+
+/// `2026-03-01` (start of that day, or its end when `end_of_day`) or RFC 3339, in Unix ms.
+fn parse_time(s: &str, end_of_day: bool) -> Result<i64> {
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Ok(t.as_millisecond());
+    }
+    let date: jiff::civil::Date = s
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{s:?}: expected a date (2026-03-01) or an RFC 3339 time (2026-03-01T12:00:00Z)"))?;
+    let start = date.to_zoned(jiff::tz::TimeZone::UTC)?.timestamp().as_millisecond();
+    Ok(if end_of_day { start + 86_400_000 - 1 } else { start })
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum LogFormat {
     Text,
     Json,
@@ -50,6 +72,30 @@ enum Command {
     Schema,
     /// Run the controller: follow a Git repository and keep every target as it says.
     Run(Box<RunArgs>),
+    /// Compliance evidence from the history: per control, per target, drift timeline.
+    Report {
+        /// History database written by `palisade run`.
+        #[arg(long, env = "PALISADE_HISTORY")]
+        history: PathBuf,
+        /// Period start: `2026-03-01` or RFC 3339 (default: 30 days before --until).
+        #[arg(long)]
+        since: Option<String>,
+        /// Period end: a date (its whole day) or RFC 3339 (default: now).
+        #[arg(long)]
+        until: Option<String>,
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
+        /// Only this control id.
+        #[arg(long)]
+        control: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
+        format: ReportFormat,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Read one target's cloud and print the inventory snapshot (what `plan --inventory`
     /// reads). Read-only.
     Observe {
@@ -171,6 +217,13 @@ struct RunArgs {
     /// See --flap-threshold.
     #[arg(long, env = "PALISADE_FLAP_WINDOW", default_value = "1h", value_parser = parse_duration)]
     flap_window: Duration,
+    /// History database (SQLite); default `<data-dir>/history.db`.
+    #[arg(long, env = "PALISADE_HISTORY")]
+    history: Option<PathBuf>,
+    /// Keep history events this long (`400d`); older ones are deleted — and that is
+    /// recorded — at start and daily. Default: keep everything.
+    #[arg(long, env = "PALISADE_HISTORY_RETENTION", value_parser = parse_duration)]
+    history_retention: Option<Duration>,
     /// On SIGTERM, how long in-flight reconciles may take to finish.
     #[arg(long, env = "PALISADE_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     shutdown_grace: Duration,
@@ -195,7 +248,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
+        "d" => n * 86400.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h, d)")),
     };
     Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }
@@ -260,6 +314,10 @@ impl SettingsArgs {
 enum Format {
     Text,
     Json,
+    /// SARIF 2.1.0 (code-scanning UIs); `validate` and `plan` only.
+    Sarif,
+    /// JUnit XML (CI dashboards); `validate` and `plan` only.
+    Junit,
 }
 
 fn main() -> ExitCode {
@@ -305,6 +363,8 @@ fn print_diagnostics(diags: &[Diagnostic], format: Format) -> Result<()> {
                 println!("{d}");
             }
         }
+        Format::Sarif => println!("{}", palisade::report::sarif_diagnostics(diags)),
+        Format::Junit => print!("{}", palisade::report::junit_diagnostics(diags)),
     }
     Ok(())
 }
@@ -312,6 +372,49 @@ fn print_diagnostics(diags: &[Diagnostic], format: Format) -> Result<()> {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run_controller(*args),
+        Command::Report {
+            history,
+            since,
+            until,
+            target,
+            control,
+            format,
+            output,
+        } => {
+            if !history.exists() {
+                bail!("no history database at {}", history.display());
+            }
+            let store = palisade::history::Store::open(&history)?;
+            let until = match until {
+                Some(u) => parse_time(&u, true)?,
+                None => jiff::Timestamp::now().as_millisecond(),
+            };
+            let since = match since {
+                Some(s) => parse_time(&s, false)?,
+                None => until - 30 * 86_400_000,
+            };
+            if since > until {
+                bail!("--since is after --until");
+            }
+            let r = palisade::history::compliance(&store, since, until, target.as_deref(), control.as_deref())?;
+            let text = match format {
+                ReportFormat::Json => serde_json::to_string_pretty(&r)?,
+                ReportFormat::Csv => palisade::report::csv(&r),
+                ReportFormat::Md => palisade::report::markdown(&r),
+                ReportFormat::Junit => palisade::report::junit(&r),
+                ReportFormat::Sarif => palisade::report::sarif(&r),
+                ReportFormat::Html => palisade::report::html(&r),
+            };
+            match output {
+                Some(path) => {
+                    std::fs::write(&path, text)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    eprintln!("report written to {}", path.display());
+                }
+                None => print!("{text}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&policy::json_schema())?);
             Ok(ExitCode::SUCCESS)
@@ -421,6 +524,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         api_calls: &calls
                     })?
                 ),
+                Format::Sarif => println!(
+                    "{}",
+                    palisade::report::sarif_findings(&planned.plan.findings)
+                ),
+                Format::Junit => print!(
+                    "{}",
+                    palisade::report::junit_findings(&planned.plan.target, &planned.plan.findings)
+                ),
             }
             let plan = &planned.plan;
             Ok(if plan.refusal.is_some() {
@@ -440,6 +551,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             settings,
             cloud,
         } => {
+            if matches!(format, Format::Sarif | Format::Junit) {
+                bail!("apply prints text or json; use `plan --format sarif|junit` for CI reports");
+            }
             let (set, index) = load_target(&policies, target.as_deref(), None)?;
             let target = &set.targets[index];
             let providers = cloud.providers()?;
@@ -674,7 +788,7 @@ fn apply_planned(
     };
     let calls = providers.api_calls();
     match format {
-        Format::Json => println!(
+        Format::Json | Format::Sarif | Format::Junit => println!(
             "{}",
             serde_json::to_string_pretty(&ApplyOutput {
                 plan: planned,
@@ -788,15 +902,40 @@ fn run_controller(args: RunArgs) -> Result<ExitCode> {
         gitlab: args.gitlab_webhook_token.clone(),
     };
     let providers = args.cloud.providers()?;
+    let history_path = args
+        .history
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("history.db"));
+    let history = palisade::history::Store::open(&history_path)?;
+    let retention = args.history_retention;
     let rt = runtime()?;
     rt.block_on(async move {
-        let shared = palisade::run::Shared::new(settings, providers);
+        let shared = palisade::run::Shared::new(settings, providers, Some(history));
+        if let Some(keep) = retention {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                loop {
+                    if let Some(h) = &shared.history {
+                        let now = jiff::Timestamp::now().as_millisecond();
+                        match h.retain(now - keep.as_millis() as i64, now) {
+                            Ok(n) => tracing::info!(deleted = n, keep = ?keep, "history retention applied"),
+                            Err(e) => tracing::error!(error = %e, "history retention failed"),
+                        }
+                    }
+                    tokio::select! {
+                        _ = shared.cancel.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(86_400)) => {}
+                    }
+                }
+            });
+        }
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         tracing::info!(
             git = %args.git_url, reference = %args.git_ref, path = %args.git_path.display(),
             listen = %args.listen, resync = ?args.resync, poll = ?args.poll_interval,
+            history = %history_path.display(),
             signatures = args.allowed_signers.is_some(), "palisade run starting"
         );
         let server = tokio::spawn(palisade::http::serve(listener, shared.clone(), secrets));

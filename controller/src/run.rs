@@ -26,6 +26,9 @@ use crate::metrics::{KindL, Metrics, ReasonL, ResultL, TargetL, TriggerL};
 use crate::plan::{Cause, Settings};
 use crate::policy::{self, Diagnostic, Limits, PolicySet};
 use crate::reconcile::{PlanError, Providers, observe_and_plan};
+use crate::history::{
+    ChangeRecord, NewEvent, Report, ResourceState, ResourceStatus, RevisionRef, Store, kind as ev,
+};
 use crate::source::{GitSource, Revision, SignaturePolicy};
 
 /// Settings of `palisade run`.
@@ -171,6 +174,14 @@ pub struct Shared {
     reconcile_kick: watch::Sender<u64>,
     /// Cancelled on shutdown: no new work is taken.
     pub cancel: CancellationToken,
+    /// The history store, when configured.
+    pub history: Option<Store>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn now() -> u64 {
@@ -181,7 +192,7 @@ fn now() -> u64 {
 
 impl Shared {
     /// New shared state.
-    pub fn new(settings: RunSettings, providers: Providers) -> Arc<Shared> {
+    pub fn new(settings: RunSettings, providers: Providers, history: Option<Store>) -> Arc<Shared> {
         Arc::new(Shared {
             settings,
             providers,
@@ -191,6 +202,7 @@ impl Shared {
             fetch_kick: watch::channel(0).0,
             reconcile_kick: watch::channel(0).0,
             cancel: CancellationToken::new(),
+            history,
         })
     }
 
@@ -224,7 +236,22 @@ impl Shared {
         self.fetch_kick.send_modify(|n| *n += 1);
     }
 
+    /// Append to the history (durably) before anything is reported; a failure is logged
+    /// and counted, and the controller goes on enforcing.
+    fn record(&self, events: &[NewEvent]) {
+        if let Some(h) = &self.history
+            && let Err(e) = h.append(now_ms(), events)
+        {
+            tracing::error!(error = %e, "could not write to the history");
+        }
+    }
+
     fn reject(&self, revision: &Revision, reason: &str, details: Vec<String>) {
+        self.record(&[NewEvent::new(
+            ev::REVISION_REJECTED,
+            serde_json::json!({ "reason": reason, "details": details, "author": revision.author, "summary": revision.summary, "signature": revision.signature }),
+        )
+        .revision(Some(&revision.commit))]);
         tracing::warn!(commit = %revision.commit, reason, details = %details.join("; "), "revision rejected; the previous revision stays enforced");
         self.metrics
             .revisions_rejected
@@ -281,6 +308,16 @@ impl Shared {
                 vec!["the revision defines no FunctionPolicy; refusing to delete everything (--allow-empty to permit)".into()],
             );
         }
+        let controls: std::collections::BTreeSet<&str> = set
+            .guardrails
+            .iter()
+            .flat_map(|g| g.spec.controls.iter().map(|c| c.as_str()))
+            .collect();
+        self.record(&[NewEvent::new(
+            ev::REVISION_ENFORCED,
+            serde_json::json!({ "author": revision.author, "summary": revision.summary, "signature": revision.signature, "time": revision.time, "controls": controls, "policies": set.policies.len() }),
+        )
+        .revision(Some(&revision.commit))]);
         tracing::info!(commit = %revision.commit, author = %revision.author, summary = %revision.summary, policies = set.policies.len(), "revision enforced");
         self.metrics.set_revision(&revision.commit);
         self.update(|s| s.revision = Some(revision.clone()));
@@ -457,9 +494,10 @@ async fn worker(shared: Arc<Shared>, target: String, semaphore: Arc<Semaphore>) 
             break;
         };
         let started = Instant::now();
+        let mut evidence = Evidence::default();
         let result = tokio::time::timeout(
             shared.settings.reconcile_timeout,
-            reconcile(&shared, &target, &enforced, &mut previous, &mut flaps),
+            reconcile(&shared, &target, &enforced, &mut previous, &mut flaps, &mut evidence),
         )
         .await;
         let elapsed = started.elapsed();
@@ -500,6 +538,7 @@ async fn worker(shared: Arc<Shared>, target: String, semaphore: Arc<Semaphore>) 
                 tracing::warn!(target = %target, trigger, result = label, error = %e, "reconcile failed; retrying with backoff")
             }
         }
+        write_evidence(&shared, &target, &enforced.revision, label, error.as_deref(), trigger, evidence);
         let record = ReconcileRecord {
             at: now(),
             trigger: trigger.to_string(),
@@ -551,6 +590,7 @@ async fn reconcile(
     enforced: &Enforced,
     previous: &mut Option<DesiredState>,
     flaps: &mut Flaps,
+    evidence: &mut Evidence,
 ) -> Result<(usize, usize), Failure> {
     let set = &enforced.set;
     let Some(target) = set.target(name) else {
@@ -599,8 +639,26 @@ async fn reconcile(
         Err(e) => return Err(("error", format!("{e}: {}", source_text(&e)), 0)),
     };
 
+    evidence.observed = true;
+    evidence.resources = managed_resources(&planned.desired);
     // Drift: count it; stop reverting what keeps coming back.
     let settings = &shared.settings;
+    for c in planned.plan.changes.iter().filter(|c| c.cause == Cause::Drift) {
+        evidence.events.push(
+            NewEvent::new(
+                ev::DRIFT_DETECTED,
+                serde_json::json!({
+                    "change": describe(c),
+                    // CloudTrail / Activity Log are not queried: who changed it is unknown here.
+                    "actor": null,
+                    "correction": c.change,
+                }),
+            )
+            .target(name)
+            .revision(Some(&enforced.revision.commit))
+            .resource(&resource_key(&c.resource)),
+        );
+    }
     let mut flapping = Vec::new();
     planned.plan.changes.retain(|c| {
         if c.cause != Cause::Drift {
@@ -656,6 +714,28 @@ async fn reconcile(
             return Err(("refused", reason, 0));
         }
     };
+    for r in &report.results {
+        let action = field(&r.planned).rsplit('#').next().unwrap_or_default().to_string();
+        let cause = if r.planned.cause == Cause::Drift { "drift" } else { "intended" };
+        let (status, request_ids, detail) = match (&r.outcome, &r.error) {
+            (Some(o), _) => (
+                serde_json::to_value(o.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+                o.request_ids.clone(),
+                o.detail.clone(),
+            ),
+            (None, e) => ("failed".to_string(), Vec::new(), e.clone()),
+        };
+        let key = resource_key(&r.planned.resource);
+        let record = ChangeRecord { resource: key.clone(), cause: cause.into(), action, status: status.clone(), request_ids, detail };
+        let kind = if status == "failed" { ev::CHANGE_FAILED } else { ev::CHANGE_APPLIED };
+        evidence.events.push(
+            NewEvent::new(kind, serde_json::to_value(&record).unwrap_or_default())
+                .target(name)
+                .revision(Some(&enforced.revision.commit))
+                .resource(&key),
+        );
+        evidence.changes.push(record);
+    }
     let mut reverted = 0;
     let mut pending = Vec::new();
     for r in &report.results {
@@ -726,4 +806,132 @@ fn record_findings(shared: &Shared, name: &str, findings: &[Finding], pending: &
         t.findings = findings.to_vec();
         t.pending_deletions = pending.to_vec();
     });
+}
+
+/// What one reconcile leaves for the history.
+#[derive(Debug, Default)]
+struct Evidence {
+    /// Whether the target was observed (findings are only opened/closed then).
+    observed: bool,
+    resources: Vec<String>,
+    changes: Vec<ChangeRecord>,
+    findings: Vec<Finding>,
+    events: Vec<NewEvent>,
+}
+
+/// `group payments-api (sg-1)` → `group payments-api`.
+fn resource_key(resource: &str) -> String {
+    resource.split(" (").next().unwrap_or(resource).to_string()
+}
+
+fn describe(c: &crate::plan::PlannedChange) -> String {
+    let action = field(c).rsplit('#').next().unwrap_or_default().to_string();
+    let detail = match &c.change {
+        palisade_providers::Change::AddRules { rules, .. } => format!(
+            "missing: {}",
+            rules.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; ")
+        ),
+        palisade_providers::Change::RemoveRules { rules, .. } => format!(
+            "added out of band: {}",
+            rules.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; ")
+        ),
+        palisade_providers::Change::SetPlacement { before, .. } => match before {
+            Some(p) => format!("moved to {} subnets {:?}", p.network, p.subnets),
+            None => "taken out of its network".into(),
+        },
+        palisade_providers::Change::CreateEndpoint { .. } => "deleted out of band".into(),
+        palisade_providers::Change::SetSubnetGroup { before, .. } => format!(
+            "NSG association changed to {}",
+            before.as_ref().map_or("none".to_string(), |g| g.to_string())
+        ),
+        _ => String::new(),
+    };
+    format!("{action}: {detail}")
+}
+
+/// Every managed resource of a desired state, named as plans name them.
+fn managed_resources(d: &DesiredState) -> Vec<String> {
+    let mut v: Vec<String> = d.groups.keys().map(|o| format!("group {o}")).collect();
+    v.extend(d.placements.values().map(|p| format!("function {}", p.name)));
+    v.extend(d.endpoints.keys().map(|o| format!("endpoint {o}")));
+    v.extend(d.subnet_groups.values().map(|s| {
+        format!("subnet {}", s.subnet.rsplit('/').next().unwrap_or(&s.subnet))
+    }));
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn write_evidence(
+    shared: &Shared,
+    target: &str,
+    revision: &Revision,
+    label: &str,
+    error: Option<&str>,
+    trigger: &str,
+    mut evidence: Evidence,
+) {
+    let Some(history) = &shared.history else {
+        return;
+    };
+    let at = now_ms();
+    evidence.events.push(
+        NewEvent::new(
+            ev::RECONCILED,
+            serde_json::json!({ "result": label, "error": error, "trigger": trigger, "changes": evidence.changes.len() }),
+        )
+        .target(target)
+        .revision(Some(&revision.commit)),
+    );
+    let result = if evidence.observed {
+        let audit: std::collections::BTreeSet<String> = evidence
+            .findings
+            .iter()
+            .filter(|f| f.kind == FindingKind::AuditDrift)
+            .map(|f| resource_key(&f.resource))
+            .collect();
+        let resources = evidence
+            .resources
+            .iter()
+            .map(|r| {
+                let mine: Vec<&ChangeRecord> = evidence.changes.iter().filter(|c| &c.resource == r).collect();
+                let status = if mine.iter().any(|c| c.status == "failed") {
+                    ResourceState::Failed
+                } else if mine.iter().any(|c| c.status == "pending") {
+                    ResourceState::Pending
+                } else if mine.iter().any(|c| c.cause == "drift") {
+                    ResourceState::DriftReverted
+                } else if !mine.is_empty() {
+                    ResourceState::Changed
+                } else if audit.contains(r) {
+                    ResourceState::DriftReported
+                } else {
+                    ResourceState::Compliant
+                };
+                ResourceStatus { resource: r.clone(), status }
+            })
+            .collect();
+        let report = Report {
+            at,
+            target: target.to_string(),
+            revision: Some(RevisionRef {
+                commit: revision.commit.clone(),
+                author: revision.author.clone(),
+                signature: serde_json::to_value(&revision.signature)
+                    .ok()
+                    .and_then(|v| v["status"].as_str().map(str::to_string))
+                    .unwrap_or_default(),
+            }),
+            result: label.to_string(),
+            resources,
+            changes: evidence.changes,
+            findings: evidence.findings,
+        };
+        history.record_reconcile(&report, &evidence.events).map(|_| ())
+    } else {
+        history.append(at, &evidence.events)
+    };
+    if let Err(e) = result {
+        tracing::error!(error = %e, target, "could not write the reconcile to the history");
+    }
 }
