@@ -85,7 +85,9 @@ pub enum HistoryError {
         source: rusqlite::Error,
     },
     /// The database is newer than this binary.
-    #[error("history database {path} has schema version {found}; this palisade knows up to {known}")]
+    #[error(
+        "history database {path} has schema version {found}; this palisade knows up to {known}"
+    )]
     TooNew {
         /// Database file.
         path: PathBuf,
@@ -300,7 +302,8 @@ impl Store {
         let mut conn = Connection::open(path).map_err(e)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(e)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(e)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(e)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(e)?;
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(e)?;
@@ -314,7 +317,8 @@ impl Store {
         for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let tx = conn.transaction().map_err(e)?;
             tx.execute_batch(m).map_err(e)?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(e)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)
+                .map_err(e)?;
             tx.commit().map_err(e)?;
         }
         Ok(Store {
@@ -342,6 +346,20 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         insert_events(&tx, at, events).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Append events with their own times in one durable transaction (imports, tests,
+    /// benchmarks).
+    ///
+    /// # Errors
+    /// SQLite failed; nothing was written.
+    pub fn append_many(&self, events: &[(i64, NewEvent)]) -> Result<(), HistoryError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        for (at, e) in events {
+            insert_events(&tx, *at, std::slice::from_ref(e)).map_err(|e| self.err(e))?;
+        }
         tx.commit().map_err(|e| self.err(e))
     }
 
@@ -373,8 +391,11 @@ impl Store {
             }
         }
         let mut finding_events = Vec::new();
-        let current: BTreeMap<String, &Finding> =
-            report.findings.iter().map(|f| (finding_key(f), f)).collect();
+        let current: BTreeMap<String, &Finding> = report
+            .findings
+            .iter()
+            .map(|f| (finding_key(f), f))
+            .collect();
         for (key, f) in &current {
             if open.remove(key).is_none() {
                 let json = serde_json::to_string(f).unwrap_or_default();
@@ -383,10 +404,13 @@ impl Store {
                     params![report.target, key, json, report.at],
                 )
                 .map_err(|e| self.err(e))?;
-                let mut ev = NewEvent::new(kind::FINDING_OPENED, serde_json::to_value(f).unwrap_or_default())
-                    .target(&report.target)
-                    .revision(revision)
-                    .resource(&f.resource);
+                let mut ev = NewEvent::new(
+                    kind::FINDING_OPENED,
+                    serde_json::to_value(f).unwrap_or_default(),
+                )
+                .target(&report.target)
+                .revision(revision)
+                .resource(&f.resource);
                 ev.controls = f.controls.clone();
                 finding_events.push(ev);
             }
@@ -400,7 +424,11 @@ impl Store {
             let f: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
             let controls = f["controls"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_string)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|c| c.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default();
             let resource = f["resource"].as_str().unwrap_or_default().to_string();
             let mut ev = NewEvent::new(kind::FINDING_CLOSED, f)
@@ -459,7 +487,9 @@ impl Store {
             args.push(t.clone().into());
         }
         if let Some(c) = &filter.control {
-            sql.push_str(" AND (controls LIKE ? OR kind IN ('revision-enforced', 'revision-rejected'))");
+            sql.push_str(
+                " AND (controls LIKE ? OR kind IN ('revision-enforced', 'revision-rejected'))",
+            );
             args.push(format!("%,{c},%").into());
         }
         if !filter.kinds.is_empty() {
@@ -496,6 +526,51 @@ impl Store {
             });
         }
         Ok(())
+    }
+
+    /// The newest `n` events, newest first.
+    ///
+    /// # Errors
+    /// SQLite failed.
+    pub fn recent(&self, n: usize) -> Result<Vec<Event>, HistoryError> {
+        let max: Option<i64> = self
+            .conn()
+            .query_row("SELECT max(id) FROM events", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        let Some(max) = max else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT id, at, kind, target, revision, resource, controls, data FROM events WHERE id > ?1 ORDER BY id DESC")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![max - n as i64], |r| {
+                let controls: String = r.get(6)?;
+                let data: String = r.get(7)?;
+                Ok(Event {
+                    id: r.get(0)?,
+                    at: r.get(1)?,
+                    event: NewEvent {
+                        kind: r.get(2)?,
+                        target: r.get(3)?,
+                        revision: r.get(4)?,
+                        resource: r.get(5)?,
+                        controls: controls
+                            .split(',')
+                            .filter(|c| !c.is_empty())
+                            .map(str::to_string)
+                            .collect(),
+                        data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
+                    },
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        for r in rows {
+            out.push(r.map_err(|e| self.err(e))?);
+        }
+        Ok(out)
     }
 
     /// The newest report of `target`.
@@ -565,7 +640,11 @@ impl Store {
     }
 }
 
-fn insert_events(tx: &rusqlite::Transaction<'_>, at: i64, events: &[NewEvent]) -> rusqlite::Result<()> {
+fn insert_events(
+    tx: &rusqlite::Transaction<'_>,
+    at: i64,
+    events: &[NewEvent],
+) -> rusqlite::Result<()> {
     let mut stmt = tx.prepare_cached(
         "INSERT INTO events (at, kind, target, revision, resource, controls, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
@@ -741,20 +820,35 @@ pub fn compliance(
         let t = ev.target.clone().unwrap_or_default();
         match ev.kind.as_str() {
             kind::REVISION_ENFORCED | kind::REVISION_REJECTED => {
-                if let Some(cs) = ev.data["controls"].as_array() {
-                    if ev.kind == kind::REVISION_ENFORCED {
-                        known_controls.extend(cs.iter().filter_map(|c| c.as_str().map(str::to_string)));
-                    }
+                if let Some(cs) = ev.data["controls"].as_array()
+                    && ev.kind == kind::REVISION_ENFORCED
+                {
+                    known_controls.extend(cs.iter().filter_map(|c| c.as_str().map(str::to_string)));
                 }
                 if in_period {
                     revisions.push(RevisionItem {
                         at: e.at,
                         commit: ev.revision.clone().unwrap_or_default(),
-                        outcome: if ev.kind == kind::REVISION_ENFORCED { "enforced".into() } else { "rejected".into() },
+                        outcome: if ev.kind == kind::REVISION_ENFORCED {
+                            "enforced".into()
+                        } else {
+                            "rejected".into()
+                        },
                         detail: if ev.kind == kind::REVISION_ENFORCED {
                             ev.data["author"].as_str().unwrap_or_default().to_string()
                         } else {
-                            format!("{}: {}", ev.data["reason"].as_str().unwrap_or_default(), ev.data["details"].as_array().map(|d| d.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join("; ")).unwrap_or_default())
+                            format!(
+                                "{}: {}",
+                                ev.data["reason"].as_str().unwrap_or_default(),
+                                ev.data["details"]
+                                    .as_array()
+                                    .map(|d| d
+                                        .iter()
+                                        .filter_map(|x| x.as_str())
+                                        .collect::<Vec<_>>()
+                                        .join("; "))
+                                    .unwrap_or_default()
+                            )
                         },
                     });
                 }
@@ -762,29 +856,43 @@ pub fn compliance(
             kind::FINDING_OPENED => {
                 known_controls.extend(ev.controls.iter().cloned());
                 if let Ok(f) = serde_json::from_value::<Finding>(ev.data.clone()) {
-                    open.insert((t.clone(), finding_key(&f)), FindingSpan { target: t.clone(), finding: f, opened_at: e.at, closed_at: None });
+                    open.insert(
+                        (t.clone(), finding_key(&f)),
+                        FindingSpan {
+                            target: t.clone(),
+                            finding: f,
+                            opened_at: e.at,
+                            closed_at: None,
+                        },
+                    );
                 }
             }
             kind::FINDING_CLOSED => {
-                if let Ok(f) = serde_json::from_value::<Finding>(ev.data.clone()) {
-                    if let Some(mut span) = open.remove(&(t.clone(), finding_key(&f))) {
-                        span.closed_at = Some(e.at);
-                        if e.at >= since {
-                            spans.push(span);
-                        }
+                if let Ok(f) = serde_json::from_value::<Finding>(ev.data.clone())
+                    && let Some(mut span) = open.remove(&(t.clone(), finding_key(&f)))
+                {
+                    span.closed_at = Some(e.at);
+                    if e.at >= since {
+                        spans.push(span);
                     }
                 }
             }
             _ if !in_period => {}
             kind::RECONCILED => {
-                let s = targets.entry(t.clone()).or_insert_with(|| TargetSummary { target: t.clone(), ..Default::default() });
+                let s = targets.entry(t.clone()).or_insert_with(|| TargetSummary {
+                    target: t.clone(),
+                    ..Default::default()
+                });
                 s.reconciles += 1;
                 if ev.data["result"] != "ok" {
                     s.failed_reconciles += 1;
                 }
             }
             kind::DRIFT_DETECTED => {
-                let s = targets.entry(t.clone()).or_insert_with(|| TargetSummary { target: t.clone(), ..Default::default() });
+                let s = targets.entry(t.clone()).or_insert_with(|| TargetSummary {
+                    target: t.clone(),
+                    ..Default::default()
+                });
                 s.drift_detected += 1;
                 let resource = ev.resource.clone().unwrap_or_default();
                 drift_open.insert((t.clone(), resource.clone()), drift.len());
@@ -799,18 +907,33 @@ pub fn compliance(
                 });
             }
             kind::CHANGE_APPLIED => {
-                let s = targets.entry(t.clone()).or_insert_with(|| TargetSummary { target: t.clone(), ..Default::default() });
+                let s = targets.entry(t.clone()).or_insert_with(|| TargetSummary {
+                    target: t.clone(),
+                    ..Default::default()
+                });
                 s.changes_applied += 1;
                 if ev.data["cause"] == "drift" {
                     s.drift_reverted += 1;
-                    if let Some(i) = drift_open.remove(&(t.clone(), ev.resource.clone().unwrap_or_default())) {
+                    if let Some(i) =
+                        drift_open.remove(&(t.clone(), ev.resource.clone().unwrap_or_default()))
+                    {
                         drift[i].reverted_at = Some(e.at);
-                        drift[i].request_ids = ev.data["requestIds"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()).unwrap_or_default();
+                        drift[i].request_ids = ev.data["requestIds"]
+                            .as_array()
+                            .map(|a| {
+                                a.iter()
+                                    .filter_map(|x| x.as_str().map(str::to_string))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
                     }
                 }
             }
             kind::CHANGE_FAILED => {
-                let s = targets.entry(t.clone()).or_insert_with(|| TargetSummary { target: t.clone(), ..Default::default() });
+                let s = targets.entry(t.clone()).or_insert_with(|| TargetSummary {
+                    target: t.clone(),
+                    ..Default::default()
+                });
                 s.changes_failed += 1;
             }
             _ => {}
@@ -819,11 +942,22 @@ pub fn compliance(
     // Findings still open at the end of the period.
     let still_open: Vec<FindingSpan> = open.into_values().collect();
     for span in &still_open {
-        let s = targets.entry(span.target.clone()).or_insert_with(|| TargetSummary { target: span.target.clone(), ..Default::default() });
+        let s = targets
+            .entry(span.target.clone())
+            .or_insert_with(|| TargetSummary {
+                target: span.target.clone(),
+                ..Default::default()
+            });
         s.open_findings += 1;
     }
     spans.extend(still_open);
-    spans.sort_by(|a, b| (a.opened_at, &a.target, &a.finding.resource).cmp(&(b.opened_at, &b.target, &b.finding.resource)));
+    spans.sort_by(|a, b| {
+        (a.opened_at, &a.target, &a.finding.resource).cmp(&(
+            b.opened_at,
+            &b.target,
+            &b.finding.resource,
+        ))
+    });
     if let Some(c) = control {
         known_controls.retain(|k| k == c);
         known_controls.insert(c.to_string());
@@ -832,11 +966,21 @@ pub fn compliance(
     let controls: Vec<ControlStatus> = known_controls
         .iter()
         .map(|c| {
-            let mine: Vec<&FindingSpan> = spans.iter().filter(|s| s.finding.controls.contains(c)).collect();
-            let resources: BTreeSet<String> = mine.iter().map(|s| format!("{}: {}", s.target, s.finding.resource)).collect();
+            let mine: Vec<&FindingSpan> = spans
+                .iter()
+                .filter(|s| s.finding.controls.contains(c))
+                .collect();
+            let resources: BTreeSet<String> = mine
+                .iter()
+                .map(|s| format!("{}: {}", s.target, s.finding.resource))
+                .collect();
             ControlStatus {
                 control: c.clone(),
-                status: if mine.is_empty() { "compliant".into() } else { "non-compliant".into() },
+                status: if mine.is_empty() {
+                    "compliant".into()
+                } else {
+                    "non-compliant".into()
+                },
                 resources: resources.into_iter().collect(),
                 open_at_end: mine.iter().filter(|s| s.closed_at.is_none()).count(),
             }
@@ -849,9 +993,19 @@ pub fn compliance(
             let (from, to) = (since + i * width, since + (i + 1) * width);
             let bad = known_controls
                 .iter()
-                .filter(|c| spans.iter().any(|s| s.finding.controls.contains(c) && s.opened_at < to && s.closed_at.is_none_or(|x| x >= from)))
+                .filter(|c| {
+                    spans.iter().any(|s| {
+                        s.finding.controls.contains(c)
+                            && s.opened_at < to
+                            && s.closed_at.is_none_or(|x| x >= from)
+                    })
+                })
                 .count();
-            Point { at: from, compliant: known_controls.len() - bad, total: known_controls.len() }
+            Point {
+                at: from,
+                compliant: known_controls.len() - bad,
+                total: known_controls.len(),
+            }
         })
         .collect();
     Ok(ComplianceReport {

@@ -254,6 +254,25 @@ pub fn render_page(s: &Status) -> String {
         }
         h.push_str("</ul>");
     }
+    if !s.recent_events.is_empty() {
+        h.push_str("<h2>Recent history</h2><table><tr><th>when</th><th>event</th><th>target</th><th>resource</th><th>revision</th></tr>");
+        for e in &s.recent_events {
+            h.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+                crate::report::time(e.at),
+                esc(&e.event.kind),
+                esc(e.event.target.as_deref().unwrap_or("")),
+                esc(e.event.resource.as_deref().unwrap_or("")),
+                esc(e
+                    .event
+                    .revision
+                    .as_deref()
+                    .map(|r| &r[..r.len().min(12)])
+                    .unwrap_or(""))
+            ));
+        }
+        h.push_str("</table>");
+    }
     h.push_str("<p><a href=\"/api/status\">/api/status</a> · <a href=\"/metrics\">/metrics</a></p></body></html>");
     h
 }

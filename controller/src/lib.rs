@@ -11,11 +11,11 @@ pub mod check;
 pub mod compile;
 pub mod history;
 pub mod http;
-pub mod report;
 pub mod metrics;
 pub mod plan;
 pub mod policy;
 pub mod reconcile;
+pub mod report;
 pub mod run;
 pub mod source;
 

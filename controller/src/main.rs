@@ -42,11 +42,20 @@ fn parse_time(s: &str, end_of_day: bool) -> Result<i64> {
     if let Ok(t) = s.parse::<jiff::Timestamp>() {
         return Ok(t.as_millisecond());
     }
-    let date: jiff::civil::Date = s
-        .parse()
-        .map_err(|_| anyhow::anyhow!("{s:?}: expected a date (2026-03-01) or an RFC 3339 time (2026-03-01T12:00:00Z)"))?;
-    let start = date.to_zoned(jiff::tz::TimeZone::UTC)?.timestamp().as_millisecond();
-    Ok(if end_of_day { start + 86_400_000 - 1 } else { start })
+    let date: jiff::civil::Date = s.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "{s:?}: expected a date (2026-03-01) or an RFC 3339 time (2026-03-01T12:00:00Z)"
+        )
+    })?;
+    let start = date
+        .to_zoned(jiff::tz::TimeZone::UTC)?
+        .timestamp()
+        .as_millisecond();
+    Ok(if end_of_day {
+        start + 86_400_000 - 1
+    } else {
+        start
+    })
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -396,7 +405,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if since > until {
                 bail!("--since is after --until");
             }
-            let r = palisade::history::compliance(&store, since, until, target.as_deref(), control.as_deref())?;
+            let r = palisade::history::compliance(
+                &store,
+                since,
+                until,
+                target.as_deref(),
+                control.as_deref(),
+            )?;
             let text = match format {
                 ReportFormat::Json => serde_json::to_string_pretty(&r)?,
                 ReportFormat::Csv => palisade::report::csv(&r),

@@ -36,7 +36,11 @@ fn csv_field(s: &str) -> String {
 pub fn csv(r: &ComplianceReport) -> String {
     let mut out = String::from("control,status,target,resource,guardrail,message,opened,closed\n");
     for c in &r.controls {
-        let mine: Vec<_> = r.findings.iter().filter(|s| s.finding.controls.contains(&c.control)).collect();
+        let mine: Vec<_> = r
+            .findings
+            .iter()
+            .filter(|s| s.finding.controls.contains(&c.control))
+            .collect();
         if mine.is_empty() {
             let _ = writeln!(out, "{},compliant,,,,,,", csv_field(&c.control));
         }
@@ -45,7 +49,11 @@ pub fn csv(r: &ComplianceReport) -> String {
                 out,
                 "{},{},{},{},{},{},{},{}",
                 csv_field(&c.control),
-                if s.closed_at.is_none() { "open" } else { "closed" },
+                if s.closed_at.is_none() {
+                    "open"
+                } else {
+                    "closed"
+                },
                 csv_field(&s.target),
                 csv_field(&s.finding.resource),
                 csv_field(s.finding.guardrail.as_deref().unwrap_or("")),
@@ -64,19 +72,53 @@ pub fn markdown(r: &ComplianceReport) -> String {
         "# Palisade compliance report\n\nPeriod: {} — {}{}{}\n\n## Controls\n\n| control | status | resources with findings | open at end |\n|---|---|---|---|\n",
         time(r.since),
         time(r.until),
-        r.target.as_ref().map(|t| format!(", target {t}")).unwrap_or_default(),
-        r.control.as_ref().map(|c| format!(", control {c}")).unwrap_or_default(),
+        r.target
+            .as_ref()
+            .map(|t| format!(", target {t}"))
+            .unwrap_or_default(),
+        r.control
+            .as_ref()
+            .map(|c| format!(", control {c}"))
+            .unwrap_or_default(),
     );
     for c in &r.controls {
-        let _ = writeln!(out, "| {} | {} | {} | {} |", c.control, c.status, c.resources.len(), c.open_at_end);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            c.control,
+            c.status,
+            c.resources.len(),
+            c.open_at_end
+        );
     }
     out.push_str("\n## Targets\n\n| target | reconciles | failed | drift detected | drift reverted | changes applied | changes failed | open findings |\n|---|---|---|---|---|---|---|---|\n");
     for t in &r.targets {
-        let _ = writeln!(out, "| {} | {} | {} | {} | {} | {} | {} | {} |", t.target, t.reconciles, t.failed_reconciles, t.drift_detected, t.drift_reverted, t.changes_applied, t.changes_failed, t.open_findings);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            t.target,
+            t.reconciles,
+            t.failed_reconciles,
+            t.drift_detected,
+            t.drift_reverted,
+            t.changes_applied,
+            t.changes_failed,
+            t.open_findings
+        );
     }
     out.push_str("\n## Drift\n\n| detected | target | resource | change | reverted |\n|---|---|---|---|---|\n");
     for d in &r.drift {
-        let _ = writeln!(out, "| {} | {} | {} | {} | {} |", time(d.at), d.target, d.resource, d.detail.replace('|', "\\|"), d.reverted_at.map(|t| format!("{} (after {} s)", time(t), (t - d.at) / 1000)).unwrap_or_else(|| "not reverted".into()));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            time(d.at),
+            d.target,
+            d.resource,
+            d.detail.replace('|', "\\|"),
+            d.reverted_at
+                .map(|t| format!("{} (after {} s)", time(t), (t - d.at) / 1000))
+                .unwrap_or_else(|| "not reverted".into())
+        );
     }
     out
 }
@@ -84,12 +126,28 @@ pub fn markdown(r: &ComplianceReport) -> String {
 /// JUnit XML: a test suite per control, a test case per resource × control; a finding
 /// open during the period is a failure.
 pub fn junit(r: &ComplianceReport) -> String {
-    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"palisade\">\n");
+    let mut out = String::from(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"palisade\">\n",
+    );
     for c in &r.controls {
-        let mine: Vec<_> = r.findings.iter().filter(|s| s.finding.controls.contains(&c.control)).collect();
-        let _ = writeln!(out, "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\">", xml(&c.control), mine.len().max(1), mine.len());
+        let mine: Vec<_> = r
+            .findings
+            .iter()
+            .filter(|s| s.finding.controls.contains(&c.control))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\">",
+            xml(&c.control),
+            mine.len().max(1),
+            mine.len()
+        );
         if mine.is_empty() {
-            let _ = writeln!(out, "    <testcase classname=\"{}\" name=\"all resources\"/>", xml(&c.control));
+            let _ = writeln!(
+                out,
+                "    <testcase classname=\"{}\" name=\"all resources\"/>",
+                xml(&c.control)
+            );
         }
         for s in mine {
             let _ = writeln!(
@@ -101,7 +159,9 @@ pub fn junit(r: &ComplianceReport) -> String {
                 xml(&s.finding.message),
                 xml(s.finding.guardrail.as_deref().unwrap_or("")),
                 time(s.opened_at),
-                s.closed_at.map(|t| format!(", closed {}", time(t))).unwrap_or_default()
+                s.closed_at
+                    .map(|t| format!(", closed {}", time(t)))
+                    .unwrap_or_default()
             );
         }
         out.push_str("  </testsuite>\n");
@@ -150,8 +210,14 @@ pub fn sarif(r: &ComplianceReport) -> String {
         .findings
         .iter()
         .map(|s| {
-            let id = s.finding.guardrail.clone().unwrap_or_else(|| format!("{:?}", s.finding.kind).to_lowercase());
-            rules.entry(id.clone()).or_insert_with(|| json!({ "id": id, "properties": { "controls": s.finding.controls } }));
+            let id = s
+                .finding
+                .guardrail
+                .clone()
+                .unwrap_or_else(|| format!("{:?}", s.finding.kind).to_lowercase());
+            rules.entry(id.clone()).or_insert_with(
+                || json!({ "id": id, "properties": { "controls": s.finding.controls } }),
+            );
             finding_result(&s.finding, s.closed_at.is_none())
         })
         .collect();
@@ -183,7 +249,10 @@ pub fn sarif_diagnostics(diags: &[Diagnostic]) -> String {
 
 /// SARIF of a plan's findings.
 pub fn sarif_findings(findings: &[Finding]) -> String {
-    sarif_doc(findings.iter().map(|f| finding_result(f, true)).collect(), Vec::new())
+    sarif_doc(
+        findings.iter().map(|f| finding_result(f, true)).collect(),
+        Vec::new(),
+    )
 }
 
 /// JUnit of `validate` diagnostics: one test case per file; errors fail it.
@@ -191,19 +260,39 @@ pub fn junit_diagnostics(diags: &[Diagnostic]) -> String {
     let mut by_file: std::collections::BTreeMap<String, Vec<&Diagnostic>> = Default::default();
     for d in diags {
         let v = serde_json::to_value(d).unwrap_or_default();
-        by_file.entry(v["file"].as_str().unwrap_or("(source)").to_string()).or_default().push(d);
+        by_file
+            .entry(v["file"].as_str().unwrap_or("(source)").to_string())
+            .or_default()
+            .push(d);
     }
     let failures = diags.iter().filter(|d| d.is_error()).count();
-    let mut out = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"palisade validate\">\n  <testsuite name=\"policies\" tests=\"{}\" failures=\"{failures}\">\n", by_file.len().max(1));
+    let mut out = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"palisade validate\">\n  <testsuite name=\"policies\" tests=\"{}\" failures=\"{failures}\">\n",
+        by_file.len().max(1)
+    );
     if by_file.is_empty() {
         out.push_str("    <testcase classname=\"validate\" name=\"policies\"/>\n");
     }
     for (file, ds) in by_file {
-        let errors: Vec<String> = ds.iter().filter(|d| d.is_error()).map(|d| d.to_string()).collect();
+        let errors: Vec<String> = ds
+            .iter()
+            .filter(|d| d.is_error())
+            .map(|d| d.to_string())
+            .collect();
         if errors.is_empty() {
-            let _ = writeln!(out, "    <testcase classname=\"validate\" name=\"{}\"/>", xml(&file));
+            let _ = writeln!(
+                out,
+                "    <testcase classname=\"validate\" name=\"{}\"/>",
+                xml(&file)
+            );
         } else {
-            let _ = writeln!(out, "    <testcase classname=\"validate\" name=\"{}\"><failure message=\"{} error(s)\">{}</failure></testcase>", xml(&file), errors.len(), xml(&errors.join("\n")));
+            let _ = writeln!(
+                out,
+                "    <testcase classname=\"validate\" name=\"{}\"><failure message=\"{} error(s)\">{}</failure></testcase>",
+                xml(&file),
+                errors.len(),
+                xml(&errors.join("\n"))
+            );
         }
     }
     out.push_str("  </testsuite>\n</testsuites>\n");
@@ -212,12 +301,28 @@ pub fn junit_diagnostics(diags: &[Diagnostic]) -> String {
 
 /// JUnit of a plan's findings: one test case per finding (a failure) or one passing case.
 pub fn junit_findings(target: &str, findings: &[Finding]) -> String {
-    let mut out = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"palisade plan\">\n  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\">\n", xml(target), findings.len().max(1), findings.len());
+    let mut out = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"palisade plan\">\n  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\">\n",
+        xml(target),
+        findings.len().max(1),
+        findings.len()
+    );
     if findings.is_empty() {
-        let _ = writeln!(out, "    <testcase classname=\"{}\" name=\"no findings\"/>", xml(target));
+        let _ = writeln!(
+            out,
+            "    <testcase classname=\"{}\" name=\"no findings\"/>",
+            xml(target)
+        );
     }
     for f in findings {
-        let _ = writeln!(out, "    <testcase classname=\"{}\" name=\"{}\"><failure message=\"{}\">{}</failure></testcase>", xml(&f.controls.join(" ")), xml(&f.resource), xml(&f.message), xml(f.guardrail.as_deref().unwrap_or("")));
+        let _ = writeln!(
+            out,
+            "    <testcase classname=\"{}\" name=\"{}\"><failure message=\"{}\">{}</failure></testcase>",
+            xml(&f.controls.join(" ")),
+            xml(&f.resource),
+            xml(&f.message),
+            xml(f.guardrail.as_deref().unwrap_or(""))
+        );
     }
     out.push_str("  </testsuite>\n</testsuites>\n");
     out
@@ -228,13 +333,36 @@ fn chart(r: &ComplianceReport) -> String {
     let (w, h, pad) = (720.0, 200.0, 30.0);
     let n = r.series.len().max(1) as f64;
     let bar = (w - 2.0 * pad) / n;
-    let mut svg = format!("<svg id=\"compliance-chart\" role=\"img\" aria-label=\"Share of compliant controls over the period\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" xmlns=\"http://www.w3.org/2000/svg\">");
-    let _ = write!(svg, "<line x1=\"{pad}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#888\"/>", h - pad, w - pad, h - pad);
-    let _ = write!(svg, "<text x=\"2\" y=\"{}\" font-size=\"10\">100%</text><text x=\"8\" y=\"{}\" font-size=\"10\">0%</text>", pad, h - pad);
+    let mut svg = format!(
+        "<svg id=\"compliance-chart\" role=\"img\" aria-label=\"Share of compliant controls over the period\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" xmlns=\"http://www.w3.org/2000/svg\">"
+    );
+    let _ = write!(
+        svg,
+        "<line x1=\"{pad}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#888\"/>",
+        h - pad,
+        w - pad,
+        h - pad
+    );
+    let _ = write!(
+        svg,
+        "<text x=\"2\" y=\"{}\" font-size=\"10\">100%</text><text x=\"8\" y=\"{}\" font-size=\"10\">0%</text>",
+        pad,
+        h - pad
+    );
     for (i, p) in r.series.iter().enumerate() {
-        let share = if p.total == 0 { 1.0 } else { p.compliant as f64 / p.total as f64 };
+        let share = if p.total == 0 {
+            1.0
+        } else {
+            p.compliant as f64 / p.total as f64
+        };
         let bh = share * (h - 2.0 * pad);
-        let colour = if share >= 1.0 { "#2a8a3a" } else if share >= 0.5 { "#d9a400" } else { "#c0392b" };
+        let colour = if share >= 1.0 {
+            "#2a8a3a"
+        } else if share >= 0.5 {
+            "#d9a400"
+        } else {
+            "#c0392b"
+        };
         let _ = write!(
             svg,
             "<rect class=\"bar\" x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{colour}\"><title>{}: {}/{} controls compliant</title></rect>",
@@ -247,50 +375,118 @@ fn chart(r: &ComplianceReport) -> String {
             p.total
         );
     }
-    let _ = write!(svg, "<text x=\"{pad}\" y=\"{}\" font-size=\"10\">{}</text><text x=\"{}\" y=\"{}\" font-size=\"10\" text-anchor=\"end\">{}</text></svg>", h - 10.0, time(r.since), w - pad, h - 10.0, time(r.until));
+    let _ = write!(
+        svg,
+        "<text x=\"{pad}\" y=\"{}\" font-size=\"10\">{}</text><text x=\"{}\" y=\"{}\" font-size=\"10\" text-anchor=\"end\">{}</text></svg>",
+        h - 10.0,
+        time(r.since),
+        w - pad,
+        h - 10.0,
+        time(r.until)
+    );
     svg
 }
 
 /// One self-contained HTML file: no script, no network fetch (a CSP forbids any).
 pub fn html(r: &ComplianceReport) -> String {
-    let mut h = String::from("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+    let mut h = String::from(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
         <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">\
         <title>Palisade compliance report</title><style>\
         body{font-family:system-ui,sans-serif;margin:2em;max-width:75em;color:#222}\
         table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}\
         th{background:#f3f3f3}.compliant{color:#2a8a3a;font-weight:600}.non-compliant{color:#c0392b;font-weight:600}\
-        .muted{color:#666}</style></head><body>");
+        .muted{color:#666}</style></head><body>",
+    );
     let _ = write!(
         h,
         "<h1>Network compliance report</h1><p>Period <b>{}</b> to <b>{}</b>{}{}. Generated by Palisade from its own history \
          ({} events read). A control is <span class=compliant>compliant</span> for the period when no finding naming it was open at any time in it.</p>",
         time(r.since),
         time(r.until),
-        r.target.as_ref().map(|t| format!(", target <b>{}</b>", xml(t))).unwrap_or_default(),
-        r.control.as_ref().map(|c| format!(", control <b>{}</b>", xml(c))).unwrap_or_default(),
+        r.target
+            .as_ref()
+            .map(|t| format!(", target <b>{}</b>", xml(t)))
+            .unwrap_or_default(),
+        r.control
+            .as_ref()
+            .map(|c| format!(", control <b>{}</b>", xml(c)))
+            .unwrap_or_default(),
         r.events_read
     );
     h.push_str("<h2>Compliance over time</h2><p class=muted>Share of controls without an open finding, per interval.</p>");
     h.push_str(&chart(r));
     h.push_str("<h2>Controls</h2><table id=\"controls\"><tr><th>control</th><th>status</th><th>resources with findings in the period</th><th>open at end</th></tr>");
     for c in &r.controls {
-        let _ = write!(h, "<tr><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td></tr>", xml(&c.control), c.status, c.status, c.resources.iter().map(|x| xml(x)).collect::<Vec<_>>().join("<br>"), c.open_at_end);
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td></tr>",
+            xml(&c.control),
+            c.status,
+            c.status,
+            c.resources
+                .iter()
+                .map(|x| xml(x))
+                .collect::<Vec<_>>()
+                .join("<br>"),
+            c.open_at_end
+        );
     }
     h.push_str("</table><h2>Targets</h2><table id=\"targets\"><tr><th>target</th><th>reconciles</th><th>failed</th><th>drift detected</th><th>drift reverted</th><th>changes applied</th><th>changes failed</th><th>open findings</th></tr>");
     for t in &r.targets {
-        let _ = write!(h, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", xml(&t.target), t.reconciles, t.failed_reconciles, t.drift_detected, t.drift_reverted, t.changes_applied, t.changes_failed, t.open_findings);
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            xml(&t.target),
+            t.reconciles,
+            t.failed_reconciles,
+            t.drift_detected,
+            t.drift_reverted,
+            t.changes_applied,
+            t.changes_failed,
+            t.open_findings
+        );
     }
     h.push_str("</table><h2>Drift timeline</h2><table id=\"drift\"><tr><th>detected</th><th>target</th><th>resource</th><th>out-of-band change</th><th>changed by</th><th>reverted</th><th>request ids</th></tr>");
     for d in &r.drift {
-        let _ = write!(h, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", time(d.at), xml(&d.target), xml(&d.resource), xml(&d.detail), xml(d.actor.as_deref().unwrap_or("unknown")), d.reverted_at.map(|t| format!("{} (after {} s)", time(t), (t - d.at) / 1000)).unwrap_or_else(|| "not reverted".into()), xml(&d.request_ids.join(", ")));
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            time(d.at),
+            xml(&d.target),
+            xml(&d.resource),
+            xml(&d.detail),
+            xml(d.actor.as_deref().unwrap_or("unknown")),
+            d.reverted_at
+                .map(|t| format!("{} (after {} s)", time(t), (t - d.at) / 1000))
+                .unwrap_or_else(|| "not reverted".into()),
+            xml(&d.request_ids.join(", "))
+        );
     }
     h.push_str("</table><h2>Findings</h2><table id=\"findings\"><tr><th>target</th><th>resource</th><th>controls</th><th>guardrail</th><th>finding</th><th>opened</th><th>closed</th></tr>");
     for s in &r.findings {
-        let _ = write!(h, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", xml(&s.target), xml(&s.finding.resource), xml(&s.finding.controls.join(", ")), xml(s.finding.guardrail.as_deref().unwrap_or("")), xml(&s.finding.message), time(s.opened_at), s.closed_at.map(time).unwrap_or_else(|| "open".into()));
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            xml(&s.target),
+            xml(&s.finding.resource),
+            xml(&s.finding.controls.join(", ")),
+            xml(s.finding.guardrail.as_deref().unwrap_or("")),
+            xml(&s.finding.message),
+            time(s.opened_at),
+            s.closed_at.map(time).unwrap_or_else(|| "open".into())
+        );
     }
     h.push_str("</table><h2>Revisions</h2><table id=\"revisions\"><tr><th>when</th><th>commit</th><th>outcome</th><th>detail</th></tr>");
     for v in &r.revisions {
-        let _ = write!(h, "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>", time(v.at), xml(&v.commit), xml(&v.outcome), xml(&v.detail));
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+            time(v.at),
+            xml(&v.commit),
+            xml(&v.outcome),
+            xml(&v.detail)
+        );
     }
     h.push_str("</table></body></html>\n");
     h

@@ -22,13 +22,13 @@ use tokio_util::sync::CancellationToken;
 use crate::apply::{ApplyError, apply_until};
 use crate::check::{Finding, FindingKind};
 use crate::compile::DesiredState;
+use crate::history::{
+    ChangeRecord, NewEvent, Report, ResourceState, ResourceStatus, RevisionRef, Store, kind as ev,
+};
 use crate::metrics::{KindL, Metrics, ReasonL, ResultL, TargetL, TriggerL};
 use crate::plan::{Cause, Settings};
 use crate::policy::{self, Diagnostic, Limits, PolicySet};
 use crate::reconcile::{PlanError, Providers, observe_and_plan};
-use crate::history::{
-    ChangeRecord, NewEvent, Report, ResourceState, ResourceStatus, RevisionRef, Store, kind as ev,
-};
 use crate::source::{GitSource, Revision, SignaturePolicy};
 
 /// Settings of `palisade run`.
@@ -157,6 +157,9 @@ pub struct Status {
     pub targets: BTreeMap<String, TargetStatus>,
     /// Whether every target has reconciled the enforced revision successfully.
     pub ready: bool,
+    /// The newest events of the history (newest first), read from the store.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub recent_events: Vec<crate::history::Event>,
 }
 
 /// State shared by the source task, the workers and the HTTP server.
@@ -224,6 +227,12 @@ impl Shared {
             }
             None => false,
         };
+        if let Some(h) = &self.history {
+            match h.recent(50) {
+                Ok(events) => s.recent_events = events,
+                Err(e) => tracing::warn!(error = %e, "could not read the history for the status"),
+            }
+        }
         s
     }
 
@@ -497,7 +506,14 @@ async fn worker(shared: Arc<Shared>, target: String, semaphore: Arc<Semaphore>) 
         let mut evidence = Evidence::default();
         let result = tokio::time::timeout(
             shared.settings.reconcile_timeout,
-            reconcile(&shared, &target, &enforced, &mut previous, &mut flaps, &mut evidence),
+            reconcile(
+                &shared,
+                &target,
+                &enforced,
+                &mut previous,
+                &mut flaps,
+                &mut evidence,
+            ),
         )
         .await;
         let elapsed = started.elapsed();
@@ -538,7 +554,15 @@ async fn worker(shared: Arc<Shared>, target: String, semaphore: Arc<Semaphore>) 
                 tracing::warn!(target = %target, trigger, result = label, error = %e, "reconcile failed; retrying with backoff")
             }
         }
-        write_evidence(&shared, &target, &enforced.revision, label, error.as_deref(), trigger, evidence);
+        write_evidence(
+            &shared,
+            &target,
+            &enforced.revision,
+            label,
+            error.as_deref(),
+            trigger,
+            evidence,
+        );
         let record = ReconcileRecord {
             at: now(),
             trigger: trigger.to_string(),
@@ -643,7 +667,12 @@ async fn reconcile(
     evidence.resources = managed_resources(&planned.desired);
     // Drift: count it; stop reverting what keeps coming back.
     let settings = &shared.settings;
-    for c in planned.plan.changes.iter().filter(|c| c.cause == Cause::Drift) {
+    for c in planned
+        .plan
+        .changes
+        .iter()
+        .filter(|c| c.cause == Cause::Drift)
+    {
         evidence.events.push(
             NewEvent::new(
                 ev::DRIFT_DETECTED,
@@ -697,6 +726,7 @@ async fn reconcile(
             location: None,
         });
     }
+    evidence.findings = planned.plan.findings.clone();
     let result = apply_until(&planned.plan, &t, provider.as_ref(), &|| {
         shared.cancel.is_cancelled()
     })
@@ -715,19 +745,41 @@ async fn reconcile(
         }
     };
     for r in &report.results {
-        let action = field(&r.planned).rsplit('#').next().unwrap_or_default().to_string();
-        let cause = if r.planned.cause == Cause::Drift { "drift" } else { "intended" };
+        let action = field(&r.planned)
+            .rsplit('#')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let cause = if r.planned.cause == Cause::Drift {
+            "drift"
+        } else {
+            "intended"
+        };
         let (status, request_ids, detail) = match (&r.outcome, &r.error) {
             (Some(o), _) => (
-                serde_json::to_value(o.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+                serde_json::to_value(o.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
                 o.request_ids.clone(),
                 o.detail.clone(),
             ),
             (None, e) => ("failed".to_string(), Vec::new(), e.clone()),
         };
         let key = resource_key(&r.planned.resource);
-        let record = ChangeRecord { resource: key.clone(), cause: cause.into(), action, status: status.clone(), request_ids, detail };
-        let kind = if status == "failed" { ev::CHANGE_FAILED } else { ev::CHANGE_APPLIED };
+        let record = ChangeRecord {
+            resource: key.clone(),
+            cause: cause.into(),
+            action,
+            status: status.clone(),
+            request_ids,
+            detail,
+        };
+        let kind = if status == "failed" {
+            ev::CHANGE_FAILED
+        } else {
+            ev::CHANGE_APPLIED
+        };
         evidence.events.push(
             NewEvent::new(kind, serde_json::to_value(&record).unwrap_or_default())
                 .target(name)
@@ -829,11 +881,19 @@ fn describe(c: &crate::plan::PlannedChange) -> String {
     let detail = match &c.change {
         palisade_providers::Change::AddRules { rules, .. } => format!(
             "missing: {}",
-            rules.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; ")
+            rules
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
         ),
         palisade_providers::Change::RemoveRules { rules, .. } => format!(
             "added out of band: {}",
-            rules.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; ")
+            rules
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
         ),
         palisade_providers::Change::SetPlacement { before, .. } => match before {
             Some(p) => format!("moved to {} subnets {:?}", p.network, p.subnets),
@@ -842,7 +902,9 @@ fn describe(c: &crate::plan::PlannedChange) -> String {
         palisade_providers::Change::CreateEndpoint { .. } => "deleted out of band".into(),
         palisade_providers::Change::SetSubnetGroup { before, .. } => format!(
             "NSG association changed to {}",
-            before.as_ref().map_or("none".to_string(), |g| g.to_string())
+            before
+                .as_ref()
+                .map_or("none".to_string(), |g| g.to_string())
         ),
         _ => String::new(),
     };
@@ -852,10 +914,17 @@ fn describe(c: &crate::plan::PlannedChange) -> String {
 /// Every managed resource of a desired state, named as plans name them.
 fn managed_resources(d: &DesiredState) -> Vec<String> {
     let mut v: Vec<String> = d.groups.keys().map(|o| format!("group {o}")).collect();
-    v.extend(d.placements.values().map(|p| format!("function {}", p.name)));
+    v.extend(
+        d.placements
+            .values()
+            .map(|p| format!("function {}", p.name)),
+    );
     v.extend(d.endpoints.keys().map(|o| format!("endpoint {o}")));
     v.extend(d.subnet_groups.values().map(|s| {
-        format!("subnet {}", s.subnet.rsplit('/').next().unwrap_or(&s.subnet))
+        format!(
+            "subnet {}",
+            s.subnet.rsplit('/').next().unwrap_or(&s.subnet)
+        )
     }));
     v.sort();
     v.dedup();
@@ -894,7 +963,11 @@ fn write_evidence(
             .resources
             .iter()
             .map(|r| {
-                let mine: Vec<&ChangeRecord> = evidence.changes.iter().filter(|c| &c.resource == r).collect();
+                let mine: Vec<&ChangeRecord> = evidence
+                    .changes
+                    .iter()
+                    .filter(|c| &c.resource == r)
+                    .collect();
                 let status = if mine.iter().any(|c| c.status == "failed") {
                     ResourceState::Failed
                 } else if mine.iter().any(|c| c.status == "pending") {
@@ -908,7 +981,10 @@ fn write_evidence(
                 } else {
                     ResourceState::Compliant
                 };
-                ResourceStatus { resource: r.clone(), status }
+                ResourceStatus {
+                    resource: r.clone(),
+                    status,
+                }
             })
             .collect();
         let report = Report {
@@ -927,7 +1003,9 @@ fn write_evidence(
             changes: evidence.changes,
             findings: evidence.findings,
         };
-        history.record_reconcile(&report, &evidence.events).map(|_| ())
+        history
+            .record_reconcile(&report, &evidence.events)
+            .map(|_| ())
     } else {
         history.append(at, &evidence.events)
     };

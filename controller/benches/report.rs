@@ -1,0 +1,95 @@
+//! Report generation over a history of 1,000,000 events.
+//!
+//!     cargo bench -p palisade --bench report
+//!
+//! Fills a fresh SQLite history with a year of events (reconciles, drift, changes,
+//! findings opening and closing, revisions) for 5 targets and 12 controls, then times
+//! `compliance()` for the whole year and for one month, and the HTML rendering.
+
+use std::time::Instant;
+
+use palisade::check::{Finding, FindingKind};
+use palisade::history::{NewEvent, Store, compliance, kind};
+use serde_json::json;
+
+const YEAR_MS: i64 = 365 * 86_400_000;
+const T0: i64 = 1_767_225_600_000; // 2026-01-01
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this as a smoke test.
+    let full = std::env::args().any(|a| a == "--bench");
+    let events: usize = if full { 1_000_000 } else { 10_000 };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("history.db");
+    let store = Store::open(&path).expect("open");
+    let controls: Vec<String> = (0..12).map(|i| format!("CTRL-{i}")).collect();
+    let fill = Instant::now();
+    let per_batch = 10_000;
+    let mut n = 0usize;
+    let mut batch = Vec::with_capacity(per_batch);
+    while n < events {
+        let at = T0 + (n as i64) * (YEAR_MS / events as i64);
+        let target = format!("target-{}", n % 5);
+        let ev = match n % 10 {
+            0 if n.is_multiple_of(1000) => NewEvent::new(kind::REVISION_ENFORCED, json!({ "author": "A", "controls": controls })).revision(Some("c")),
+            0..=3 => NewEvent::new(kind::RECONCILED, json!({ "result": if n.is_multiple_of(97) { "error" } else { "ok" } })).target(&target),
+            4 => NewEvent::new(kind::DRIFT_DETECTED, json!({ "change": "added out of band: ingress tcp/22 from 0.0.0.0/0" })).target(&target).resource(&format!("group g{}", n % 300)),
+            5 | 6 => NewEvent::new(kind::CHANGE_APPLIED, json!({ "cause": if n % 10 == 5 { "drift" } else { "intended" }, "requestIds": ["r"] })).target(&target).resource(&format!("group g{}", (n - 1) % 300)),
+            7 | 8 => {
+                let f = Finding {
+                    kind: FindingKind::GuardrailViolation,
+                    target: target.clone(),
+                    resource: format!("group g{}", n % 300),
+                    message: "rule allows ingress tcp/22 from 0.0.0.0/0".into(),
+                    guardrail: Some("no-world-ingress".into()),
+                    controls: vec![controls[n % 12].clone()],
+                    location: None,
+                };
+                let k = if n % 10 == 7 { kind::FINDING_OPENED } else { kind::FINDING_CLOSED };
+                let mut e = NewEvent::new(k, serde_json::to_value(&f).expect("json")).target(&target).resource(&f.resource);
+                e.controls = f.controls.clone();
+                e
+            }
+            _ => NewEvent::new(kind::CHANGE_FAILED, json!({ "detail": "throttled" })).target(&target),
+        };
+        batch.push((at, ev));
+        n += 1;
+        if batch.len() == per_batch || n == events {
+            store.append_many(&batch).expect("append");
+            batch.clear();
+        }
+    }
+    let filled = fill.elapsed();
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "filled {events} events in {filled:.1?} ({} MB on disk)",
+        size / 1_000_000
+    );
+    for (label, since, until) in [
+        ("whole year", T0, T0 + YEAR_MS),
+        (
+            "one month (Nov)",
+            T0 + 304 * 86_400_000,
+            T0 + 334 * 86_400_000,
+        ),
+    ] {
+        let mut times = Vec::new();
+        let mut html_times = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            let r = compliance(&store, since, until, None, None).expect("report");
+            times.push(t.elapsed());
+            let t = Instant::now();
+            let html = palisade::report::html(&r);
+            html_times.push(t.elapsed());
+            assert!(html.len() > 1000);
+            assert!(r.events_read > 0);
+        }
+        times.sort();
+        html_times.sort();
+        println!(
+            "{label}: compliance() min {:.2?} median {:.2?} max {:.2?}; html min {:.1?} median {:.1?} max {:.1?}",
+            times[0], times[2], times[4], html_times[0], html_times[2], html_times[4]
+        );
+    }
+}

@@ -1,0 +1,242 @@
+//! The history: a sequence of reconciles with drift, reverts, a rejected revision and a
+//! failed change, queried for chosen periods; durability; append-only.
+
+use palisade::check::{Finding, FindingKind};
+use palisade::history::{
+    ChangeRecord, Filter, NewEvent, Report, ResourceState, ResourceStatus, RevisionRef, Store,
+    compliance, kind,
+};
+use serde_json::json;
+
+const DAY: i64 = 86_400_000;
+const T0: i64 = 1_772_323_200_000; // 2026-03-01T00:00:00Z
+
+fn finding(resource: &str, guardrail: &str, controls: &[&str]) -> Finding {
+    Finding {
+        kind: FindingKind::GuardrailViolation,
+        target: "prod-aws".into(),
+        resource: resource.into(),
+        message: format!("{resource} breaks {guardrail}"),
+        guardrail: Some(guardrail.into()),
+        controls: controls.iter().map(|c| c.to_string()).collect(),
+        location: None,
+    }
+}
+
+fn report(at: i64, findings: Vec<Finding>, changes: Vec<ChangeRecord>) -> Report {
+    Report {
+        at,
+        target: "prod-aws".into(),
+        revision: Some(RevisionRef {
+            commit: "c1".into(),
+            author: "A <a@example.com>".into(),
+            signature: "verified".into(),
+        }),
+        result: "ok".into(),
+        resources: vec![ResourceStatus {
+            resource: "group payments-api".into(),
+            status: ResourceState::Compliant,
+        }],
+        changes,
+        findings,
+    }
+}
+
+fn change(resource: &str, cause: &str, status: &str) -> ChangeRecord {
+    ChangeRecord {
+        resource: resource.into(),
+        cause: cause.into(),
+        action: "removeRules".into(),
+        status: status.into(),
+        request_ids: vec!["req-1".into()],
+        detail: None,
+    }
+}
+
+fn events_for(r: &Report) -> Vec<NewEvent> {
+    let mut v: Vec<NewEvent> = r
+        .changes
+        .iter()
+        .map(|c| {
+            let k = if c.status == "failed" {
+                kind::CHANGE_FAILED
+            } else {
+                kind::CHANGE_APPLIED
+            };
+            NewEvent::new(k, serde_json::to_value(c).unwrap())
+                .target("prod-aws")
+                .resource(&c.resource)
+        })
+        .collect();
+    v.push(NewEvent::new(kind::RECONCILED, json!({ "result": r.result })).target("prod-aws"));
+    v
+}
+
+#[test]
+fn a_sequence_of_reconciles_gives_per_control_status_by_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("h.db")).unwrap();
+    let ssh = finding(
+        "group legacy-admin",
+        "no-world-ingress",
+        &["CIS-AWS-5.2", "NIST-800-53:SC-7"],
+    );
+    let egress = finding(
+        "group legacy-admin",
+        "internet-egress-https-only",
+        &["NIST-800-53:SC-7(5)"],
+    );
+
+    // Day 0: revision enforced; the first reconcile sees both findings.
+    store
+        .append(T0, &[NewEvent::new(kind::REVISION_ENFORCED, json!({ "author": "A", "controls": ["CIS-AWS-5.2", "NIST-800-53:SC-7", "NIST-800-53:SC-7(5)", "CIS-AWS-LAMBDA-3"] })).revision(Some("c1"))])
+        .unwrap();
+    let r = report(T0 + 1000, vec![ssh.clone(), egress.clone()], vec![]);
+    let opened = store.record_reconcile(&r, &events_for(&r)).unwrap();
+    assert_eq!(opened.len(), 2);
+    // Day 2: someone opens 22 on a managed group; it is detected and reverted.
+    store
+        .append(T0 + 2 * DAY, &[NewEvent::new(kind::DRIFT_DETECTED, json!({ "change": "added out of band: ingress tcp/22 from 0.0.0.0/0", "actor": null })).target("prod-aws").resource("group payments-api")])
+        .unwrap();
+    let r = report(
+        T0 + 2 * DAY + 2000,
+        vec![ssh.clone(), egress.clone()],
+        vec![change("group payments-api", "drift", "applied")],
+    );
+    store.record_reconcile(&r, &events_for(&r)).unwrap();
+    // Day 3: a bad revision is rejected; a change fails.
+    store
+        .append(
+            T0 + 3 * DAY,
+            &[NewEvent::new(
+                kind::REVISION_REJECTED,
+                json!({ "reason": "invalid", "details": ["aws/x.yaml:7:3: error[unknown-field]"] }),
+            )
+            .revision(Some("c2"))],
+        )
+        .unwrap();
+    let mut r = report(
+        T0 + 3 * DAY + 10,
+        vec![ssh.clone(), egress.clone()],
+        vec![change("function pay-1", "intended", "failed")],
+    );
+    r.result = "error".into();
+    store.record_reconcile(&r, &events_for(&r)).unwrap();
+    // Day 5: the hand-made SSH rule is removed by its owner: that finding closes.
+    let r = report(T0 + 5 * DAY, vec![egress.clone()], vec![]);
+    let closed = store.record_reconcile(&r, &events_for(&r)).unwrap();
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].kind, kind::FINDING_CLOSED);
+
+    // Period day 6–7: SC-7 compliant (closed before), SC-7(5) not (still open).
+    let late = compliance(&store, T0 + 6 * DAY, T0 + 7 * DAY, None, None).unwrap();
+    let status = |r: &palisade::history::ComplianceReport, c: &str| {
+        r.controls
+            .iter()
+            .find(|x| x.control == c)
+            .map(|x| x.status.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(status(&late, "NIST-800-53:SC-7"), "compliant");
+    assert_eq!(status(&late, "CIS-AWS-5.2"), "compliant");
+    assert_eq!(status(&late, "NIST-800-53:SC-7(5)"), "non-compliant");
+    assert_eq!(
+        status(&late, "CIS-AWS-LAMBDA-3"),
+        "compliant",
+        "known from the revision, never violated"
+    );
+    assert!(late.drift.is_empty());
+
+    // Period day 1–4: SC-7 non-compliant (open then); the drift, its revert, the failed
+    // change and the rejected revision are all there.
+    let mid = compliance(&store, T0 + DAY, T0 + 4 * DAY, Some("prod-aws"), None).unwrap();
+    assert_eq!(status(&mid, "NIST-800-53:SC-7"), "non-compliant");
+    assert_eq!(mid.drift.len(), 1);
+    let d = &mid.drift[0];
+    assert_eq!(d.resource, "group payments-api");
+    assert_eq!(d.reverted_at, Some(T0 + 2 * DAY + 2000));
+    assert_eq!(d.request_ids, vec!["req-1"]);
+    let t = &mid.targets[0];
+    assert_eq!(
+        (
+            t.reconciles,
+            t.failed_reconciles,
+            t.drift_detected,
+            t.drift_reverted,
+            t.changes_failed
+        ),
+        (2, 1, 1, 1, 1)
+    );
+    assert_eq!(mid.revisions.len(), 1);
+    assert_eq!(mid.revisions[0].outcome, "rejected");
+    assert!(mid.revisions[0].detail.contains("aws/x.yaml:7:3"));
+
+    // One control only.
+    let one = compliance(&store, T0, T0 + 7 * DAY, None, Some("CIS-AWS-5.2")).unwrap();
+    assert_eq!(one.controls.len(), 1);
+    assert!(
+        one.findings
+            .iter()
+            .all(|f| f.finding.controls.contains(&"CIS-AWS-5.2".to_string()))
+    );
+
+    // Renderings carry the same content.
+    let junit = palisade::report::junit(&mid);
+    assert!(
+        junit.contains("<testsuite name=\"NIST-800-53:SC-7\" tests=\"1\" failures=\"1\">"),
+        "{junit}"
+    );
+    assert!(junit.contains("classname=\"CIS-AWS-LAMBDA-3\" name=\"all resources\"/>"));
+    let sarif: serde_json::Value = serde_json::from_str(&palisade::report::sarif(&late)).unwrap();
+    assert_eq!(sarif["version"], "2.1.0");
+    let results = sarif["runs"][0]["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1, "the SSH finding closed before the period");
+    assert_eq!(results[0]["ruleId"], "internet-egress-https-only");
+    assert_eq!(results[0]["level"], "error", "still open");
+    let sarif_mid: serde_json::Value =
+        serde_json::from_str(&palisade::report::sarif(&mid)).unwrap();
+    assert_eq!(sarif_mid["runs"][0]["results"].as_array().unwrap().len(), 2);
+    let csv = palisade::report::csv(&late);
+    assert!(
+        csv.lines()
+            .any(|l| l.starts_with("NIST-800-53:SC-7(5),open,prod-aws,group legacy-admin")),
+        "{csv}"
+    );
+    let md = palisade::report::markdown(&mid);
+    assert!(md.contains("| group payments-api |"), "{md}");
+}
+
+#[test]
+fn the_log_is_append_only_survives_reopening_and_retention_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.db");
+    {
+        let store = Store::open(&path).unwrap();
+        for i in 0..10 {
+            store
+                .append(
+                    T0 + i * DAY,
+                    &[NewEvent::new(kind::RECONCILED, json!({ "result": "ok" })).target("t")],
+                )
+                .unwrap();
+        }
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.count().unwrap(), 10);
+    assert_eq!(store.integrity_check().unwrap(), "ok");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let err = conn
+        .execute("UPDATE events SET kind = 'x'", [])
+        .unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+    let deleted = store.retain(T0 + 5 * DAY, T0 + 20 * DAY).unwrap();
+    assert_eq!(deleted, 5);
+    let retention = store
+        .events(&Filter {
+            kinds: vec![kind::RETENTION.into()],
+            ..Filter::default()
+        })
+        .unwrap();
+    assert_eq!(retention.len(), 1);
+    assert_eq!(retention[0].event.data["eventsDeleted"], 5);
+}

@@ -1,0 +1,210 @@
+//! The compliance history end to end: `palisade run` on moto writes its events to SQLite;
+//! `kill -9` loses nothing that was recorded; `palisade report` renders an HTML file that
+//! headless Chromium displays with its chart and tables, without any network request.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use palisade::history::Store;
+use serde_json::json;
+use support::{Controller, GitRepo, Moto, text};
+
+fn chromium() -> Option<&'static str> {
+    let found = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("PALISADE_REQUIRE_CHROMIUM").is_none(),
+            "PALISADE_REQUIRE_CHROMIUM is set but Chromium is not installed"
+        );
+        eprintln!("SKIPPED the browser half: Chromium is not installed (.ci/run installs it)");
+    }
+    found
+}
+
+fn headless(browser: &str, profile: &Path) -> Command {
+    let mut c = Command::new(browser);
+    c.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()));
+    c
+}
+
+#[test]
+fn history_survives_kill_9_and_the_html_report_renders() {
+    let Some(moto) = Moto::start() else { return };
+    moto.seed(40);
+    let repo = GitRepo::with_example();
+    let head = repo.git(&["rev-parse", "HEAD"]);
+    let keep = tempfile::tempdir().unwrap();
+    let db = keep.path().join("history.db");
+    let db_arg = db.to_str().unwrap().to_string();
+
+    let c = Controller::start(&moto, &repo, &["--history", &db_arg]);
+    c.wait(120, "enforced", |c| c.ready_at(&head));
+    // Drift, to have something to report.
+    let groups = moto.call(
+        "ec2",
+        "describe_security_groups",
+        json!({ "Filters": [{ "Name": "group-name", "Values": ["palisade-payments-api"] }] }),
+    );
+    let api = groups["SecurityGroups"][0]["GroupId"].clone();
+    moto.call("ec2", "authorize_security_group_ingress", json!({
+        "GroupId": api,
+        "IpPermissions": [{ "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{ "CidrIp": "0.0.0.0/0" }] }]
+    }));
+    let store = Store::open(&db).unwrap();
+    c.wait(60, "the revert is in the history", |_| {
+        store
+            .events(&palisade::history::Filter {
+                kinds: vec!["change-applied".into()],
+                ..Default::default()
+            })
+            .is_ok_and(|e| e.iter().any(|e| e.event.data["cause"] == "drift"))
+    });
+
+    // kill -9 while it keeps reconciling every ~2 s: whatever was recorded stays.
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    let before = store.count().unwrap();
+    let pid = c.child.borrow().id();
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _ = c.child.borrow_mut().wait();
+    drop(c);
+    let reopened = Store::open(&db).unwrap();
+    assert!(
+        reopened.count().unwrap() >= before,
+        "nothing recorded before the kill is lost"
+    );
+    assert_eq!(reopened.integrity_check().unwrap(), "ok");
+
+    let c = Controller::start(&moto, &repo, &["--history", &db_arg]);
+    c.wait(120, "enforced after the restart", |c| c.ready_at(&head));
+    c.wait(30, "the restart adds to the history", |_| {
+        reopened.count().unwrap() > before
+    });
+    drop(c);
+
+    // The report, from the real binary.
+    let report = |format: &str| {
+        let out = moto
+            .palisade()
+            .args([
+                "report",
+                "--history",
+                &db_arg,
+                "--since",
+                "2000-01-01",
+                "--format",
+                format,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let v: serde_json::Value = serde_json::from_str(&report("json")).unwrap();
+    let drift = v["drift"].as_array().unwrap();
+    assert!(
+        drift
+            .iter()
+            .any(|d| d["resource"] == "group payments-api" && d["revertedAt"].is_number()),
+        "{drift:?}"
+    );
+    let controls = v["controls"].as_array().unwrap();
+    let no_world = controls
+        .iter()
+        .find(|c| c["control"] == "CIS-AWS-5.2")
+        .expect("control from the guardrails");
+    assert_eq!(
+        no_world["status"], "non-compliant",
+        "legacy-admin is open to 0.0.0.0/0:22 (unmanaged, still a finding): {}",
+        v["findings"]
+    );
+    assert!(
+        v["revisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["commit"] == head.as_str() && r["outcome"] == "enforced")
+    );
+
+    let html_path = keep.path().join("report.html");
+    let out = moto
+        .palisade()
+        .args([
+            "report",
+            "--history",
+            &db_arg,
+            "--since",
+            "2000-01-01",
+            "--format",
+            "html",
+            "--output",
+        ])
+        .arg(&html_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let html = std::fs::read_to_string(&html_path).unwrap();
+    assert!(
+        !html.contains(" src=") && !html.contains(" href="),
+        "self-contained: nothing to fetch"
+    );
+    assert!(
+        html.contains("default-src 'none'"),
+        "a CSP forbids any fetch"
+    );
+
+    let Some(browser) = chromium() else { return };
+    let profile = tempfile::tempdir().unwrap();
+    let dom = headless(browser, profile.path())
+        .arg("--dump-dom")
+        .arg(format!("file://{}", html_path.display()))
+        .output()
+        .unwrap();
+    assert!(dom.status.success(), "{}", text(&dom));
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert!(dom.contains("id=\"compliance-chart\""), "chart rendered");
+    assert_eq!(
+        dom.matches("class=\"bar\"").count(),
+        24,
+        "one bar per interval"
+    );
+    assert!(dom.contains("<table id=\"controls\">") && dom.contains("CIS-AWS-5.2"));
+    assert!(dom.contains("<table id=\"drift\">") && dom.contains("group payments-api"));
+    let png = keep.path().join("report.png");
+    let shot = headless(browser, profile.path())
+        .arg(format!("--screenshot={}", png.display()))
+        .arg("--window-size=1280,1600")
+        .arg(format!("file://{}", html_path.display()))
+        .output()
+        .unwrap();
+    assert!(shot.status.success(), "{}", text(&shot));
+    let size = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        size > 20_000,
+        "a real screenshot, not a blank page ({size} bytes)"
+    );
+    // Keep a copy to look at.
+    if let Some(dir) = option_env!("CARGO_TARGET_TMPDIR") {
+        let _ = std::fs::copy(&png, Path::new(&dir).join("compliance-report.png"));
+        let _ = std::fs::copy(&html_path, Path::new(&dir).join("compliance-report.html"));
+    }
+}
