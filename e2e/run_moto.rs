@@ -110,7 +110,8 @@ fn enforces_pushes_reverts_drift_and_keeps_the_last_good_revision() {
         "delete_vpc_endpoints",
         json!({ "VpcEndpointIds": [interface] }),
     );
-    assert!(!converged(&moto, &repo));
+    // (Not asserted "not converged" here: with a 2 s resync the controller may already
+    // have put it back; the drift metrics below prove it saw and reverted it.)
     c.wait(60, "drift reverted", |_| converged(&moto, &repo));
     assert_eq!(ingress_ports(&moto, &api_id), vec![9443]);
     c.wait(10, "drift metrics", |c| {

@@ -363,7 +363,7 @@ impl Store {
         tx.commit().map_err(|e| self.err(e))
     }
 
-    /// Record one reconcile: its events, its report, and the findings that opened and
+    /// Record one reconcile: its events (each with its own time), its report, and the findings that opened and
     /// closed since the last one (computed here, against the stored open findings), in
     /// one durable transaction. Returns the finding events written.
     ///
@@ -372,7 +372,7 @@ impl Store {
     pub fn record_reconcile(
         &self,
         report: &Report,
-        events: &[NewEvent],
+        events: &[(i64, NewEvent)],
     ) -> Result<Vec<NewEvent>, HistoryError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
@@ -438,7 +438,9 @@ impl Store {
             ev.controls = controls;
             finding_events.push(ev);
         }
-        insert_events(&tx, report.at, events).map_err(|e| self.err(e))?;
+        for (at, e) in events {
+            insert_events(&tx, *at, std::slice::from_ref(e)).map_err(|e| self.err(e))?;
+        }
         insert_events(&tx, report.at, &finding_events).map_err(|e| self.err(e))?;
         tx.execute(
             "INSERT INTO reports (at, target, revision, report) VALUES (?1, ?2, ?3, ?4)",
@@ -506,24 +508,7 @@ impl Store {
             .query(rusqlite::params_from_iter(args))
             .map_err(|e| self.err(e))?;
         while let Some(r) = rows.next().map_err(|e| self.err(e))? {
-            let controls: String = r.get(6).map_err(|e| self.err(e))?;
-            let data: String = r.get(7).map_err(|e| self.err(e))?;
-            f(Event {
-                id: r.get(0).map_err(|e| self.err(e))?,
-                at: r.get(1).map_err(|e| self.err(e))?,
-                event: NewEvent {
-                    kind: r.get(2).map_err(|e| self.err(e))?,
-                    target: r.get(3).map_err(|e| self.err(e))?,
-                    revision: r.get(4).map_err(|e| self.err(e))?,
-                    resource: r.get(5).map_err(|e| self.err(e))?,
-                    controls: controls
-                        .split(',')
-                        .filter(|c| !c.is_empty())
-                        .map(str::to_string)
-                        .collect(),
-                    data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
-                },
-            });
+            f(row_event(r).map_err(|e| self.err(e))?);
         }
         Ok(())
     }
@@ -546,26 +531,7 @@ impl Store {
             .prepare("SELECT id, at, kind, target, revision, resource, controls, data FROM events WHERE id > ?1 ORDER BY id DESC")
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(params![max - n as i64], |r| {
-                let controls: String = r.get(6)?;
-                let data: String = r.get(7)?;
-                Ok(Event {
-                    id: r.get(0)?,
-                    at: r.get(1)?,
-                    event: NewEvent {
-                        kind: r.get(2)?,
-                        target: r.get(3)?,
-                        revision: r.get(4)?,
-                        resource: r.get(5)?,
-                        controls: controls
-                            .split(',')
-                            .filter(|c| !c.is_empty())
-                            .map(str::to_string)
-                            .collect(),
-                        data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
-                    },
-                })
-            })
+            .query_map(params![max - n as i64], row_event)
             .map_err(|e| self.err(e))?;
         for r in rows {
             out.push(r.map_err(|e| self.err(e))?);
@@ -638,6 +604,28 @@ impl Store {
             .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
             .map_err(|e| self.err(e))
     }
+}
+
+/// An `events` row (`id, at, kind, target, revision, resource, controls, data`).
+fn row_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
+    let controls: String = r.get(6)?;
+    let data: String = r.get(7)?;
+    Ok(Event {
+        id: r.get(0)?,
+        at: r.get(1)?,
+        event: NewEvent {
+            kind: r.get(2)?,
+            target: r.get(3)?,
+            revision: r.get(4)?,
+            resource: r.get(5)?,
+            controls: controls
+                .split(',')
+                .filter(|c| !c.is_empty())
+                .map(str::to_string)
+                .collect(),
+            data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
+        },
+    })
 }
 
 fn insert_events(

@@ -732,7 +732,7 @@ fn apply_planned(
         print!("{}", render_text(plan));
         print_warnings(&planned.warnings);
     }
-    if plan.refusal.is_some() {
+    let plan_only = || -> Result<()> {
         if format == Format::Json {
             println!(
                 "{}",
@@ -744,20 +744,15 @@ fn apply_planned(
                 })?
             );
         }
+        Ok(())
+    };
+    if plan.refusal.is_some() {
+        plan_only()?;
         return Ok(ExitCode::from(1));
     }
     if plan.is_empty() {
-        if format == Format::Json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&ApplyOutput {
-                    plan: planned,
-                    apply: None,
-                    error: None,
-                    api_calls: &providers.api_calls()
-                })?
-            );
-        } else {
+        plan_only()?;
+        if format == Format::Text {
             print_calls(&providers.api_calls());
         }
         return Ok(ExitCode::SUCCESS);

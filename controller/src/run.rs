@@ -667,13 +667,15 @@ async fn reconcile(
     evidence.resources = managed_resources(&planned.desired);
     // Drift: count it; stop reverting what keeps coming back.
     let settings = &shared.settings;
+    let observed_at = now_ms();
     for c in planned
         .plan
         .changes
         .iter()
         .filter(|c| c.cause == Cause::Drift)
     {
-        evidence.events.push(
+        evidence.events.push((
+            observed_at,
             NewEvent::new(
                 ev::DRIFT_DETECTED,
                 serde_json::json!({
@@ -686,7 +688,7 @@ async fn reconcile(
             .target(name)
             .revision(Some(&enforced.revision.commit))
             .resource(&resource_key(&c.resource)),
-        );
+        ));
     }
     let mut flapping = Vec::new();
     planned.plan.changes.retain(|c| {
@@ -731,6 +733,7 @@ async fn reconcile(
         shared.cancel.is_cancelled()
     })
     .await;
+    let applied_at = now_ms();
     let (report, failure) = match result {
         Ok(r) => (r, None),
         Err(ApplyError::Change {
@@ -780,12 +783,13 @@ async fn reconcile(
         } else {
             ev::CHANGE_APPLIED
         };
-        evidence.events.push(
+        evidence.events.push((
+            applied_at,
             NewEvent::new(kind, serde_json::to_value(&record).unwrap_or_default())
                 .target(name)
                 .revision(Some(&enforced.revision.commit))
                 .resource(&key),
-        );
+        ));
         evidence.changes.push(record);
     }
     let mut reverted = 0;
@@ -868,7 +872,8 @@ struct Evidence {
     resources: Vec<String>,
     changes: Vec<ChangeRecord>,
     findings: Vec<Finding>,
-    events: Vec<NewEvent>,
+    /// Events with their times: drift when it was observed, changes when applied.
+    events: Vec<(i64, NewEvent)>,
 }
 
 /// `group payments-api (sg-1)` → `group payments-api`.
@@ -944,14 +949,15 @@ fn write_evidence(
         return;
     };
     let at = now_ms();
-    evidence.events.push(
+    evidence.events.push((
+        at,
         NewEvent::new(
             ev::RECONCILED,
             serde_json::json!({ "result": label, "error": error, "trigger": trigger, "changes": evidence.changes.len() }),
         )
         .target(target)
         .revision(Some(&revision.commit)),
-    );
+    ));
     let result = if evidence.observed {
         let audit: std::collections::BTreeSet<String> = evidence
             .findings
@@ -1007,7 +1013,7 @@ fn write_evidence(
             .record_reconcile(&report, &evidence.events)
             .map(|_| ())
     } else {
-        history.append(at, &evidence.events)
+        history.append_many(&evidence.events)
     };
     if let Err(e) = result {
         tracing::error!(error = %e, target, "could not write the reconcile to the history");

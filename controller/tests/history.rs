@@ -53,8 +53,8 @@ fn change(resource: &str, cause: &str, status: &str) -> ChangeRecord {
     }
 }
 
-fn events_for(r: &Report) -> Vec<NewEvent> {
-    let mut v: Vec<NewEvent> = r
+fn events_for(r: &Report) -> Vec<(i64, NewEvent)> {
+    let mut v: Vec<(i64, NewEvent)> = r
         .changes
         .iter()
         .map(|c| {
@@ -63,12 +63,16 @@ fn events_for(r: &Report) -> Vec<NewEvent> {
             } else {
                 kind::CHANGE_APPLIED
             };
-            NewEvent::new(k, serde_json::to_value(c).unwrap())
+            let e = NewEvent::new(k, serde_json::to_value(c).unwrap())
                 .target("prod-aws")
-                .resource(&c.resource)
+                .resource(&c.resource);
+            (r.at, e)
         })
         .collect();
-    v.push(NewEvent::new(kind::RECONCILED, json!({ "result": r.result })).target("prod-aws"));
+    v.push((
+        r.at,
+        NewEvent::new(kind::RECONCILED, json!({ "result": r.result })).target("prod-aws"),
+    ));
     v
 }
 
