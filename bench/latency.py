@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""Merge-to-enforce and drift-revert latency of `palisade run` against moto.
+
+    ~/.cache/palisade-moto-venv/bin/python bench/latency.py [--functions 1000] [--commits 20]
+
+Starts moto (localstack/moto-server), seeds the estate, makes a bare Git repository of
+policies-example, starts the debug `palisade` binary (build it first), then measures:
+  * merge-to-enforce: a commit changes payments-api's ingress port; from `git push`
+    returning until the new rule is in the (emulated) cloud — with a GitHub webhook sent
+    right after the push, and with polling only (--poll-interval 2s);
+  * drift-revert: 0.0.0.0/0:22 opened on a managed group by hand, until it is gone, at a
+    given resync interval;
+  * API calls per full resync and writes on a converged estate, from /metrics.
+Prints one JSON object; BENCHMARKS.md quotes it.
+"""
+import argparse
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import boto3
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET_DIR = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/palisade-target"))
+BIN = os.path.join(TARGET_DIR, "debug", "palisade")
+SECRET = b"bench-secret"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def git(repo, *args):
+    subprocess.run(["git", "-C", repo, "-c", "user.name=Bench", "-c", "user.email=bench@example.com",
+                    "-c", "commit.gpgsign=false", *args], check=True, capture_output=True)
+
+
+def http(url, data=None, headers=None):
+    req = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data else "GET")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return r.read().decode()
+
+
+def metric_sum(base, prefix):
+    total = 0.0
+    for line in http(base + "/metrics").splitlines():
+        if line.startswith(prefix):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def pct(values, p):
+    values = sorted(values)
+    k = max(0, min(len(values) - 1, round(p / 100 * (len(values) - 1))))
+    return values[k]
+
+
+def summary(values):
+    return {
+        "n": len(values),
+        "min": round(min(values), 3),
+        "p50": round(pct(values, 50), 3),
+        "p95": round(pct(values, 95), 3),
+        "max": round(max(values), 3),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--functions", type=int, default=1000)
+    ap.add_argument("--commits", type=int, default=20)
+    ap.add_argument("--drifts", type=int, default=10)
+    ap.add_argument("--resync", default="5s")
+    args = ap.parse_args()
+
+    out = subprocess.run([os.path.join(ROOT, "localstack", "moto-server")], check=True,
+                         capture_output=True, text=True).stdout
+    info = dict(line.split("=", 1) for line in out.strip().splitlines())
+    endpoint, moto_pid = info["endpoint"], int(info["pid"])
+    work = tempfile.mkdtemp(prefix="palisade-bench-")
+    procs = []
+    try:
+        subprocess.run([sys.executable, os.path.join(ROOT, "localstack", "seed_aws.py"), "--endpoint", endpoint,
+                        "--functions", str(args.functions)], check=True, capture_output=True)
+        ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=endpoint,
+                           aws_access_key_id="x", aws_secret_access_key="x")
+        remote = os.path.join(work, "remote.git")
+        repo = os.path.join(work, "work")
+        subprocess.run(["git", "init", "-q", "--bare", "-b", "main", remote], check=True)
+        subprocess.run(["git", "init", "-q", "-b", "main", repo], check=True)
+        shutil.copytree(os.path.join(ROOT, "policies-example"), os.path.join(repo, "policies"))
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", "initial")
+        git(repo, "remote", "add", "origin", remote)
+        git(repo, "push", "-q", "origin", "main")
+        env = dict(os.environ, AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x",
+                   AWS_REGION="us-east-1", PALISADE_LOG="warn",
+                   PALISADE_AWS_RATE_LIMITS="ec2-read=200/200,ec2-write=200/200,lambda-read=200/200,lambda-write=200/200,tagging=200/200")
+
+        def start(poll):
+            port = free_port()
+            p = subprocess.Popen([BIN, "run", "--git-url", "file://" + remote, "--git-path", "policies",
+                                  "--target", "prod-aws", "--listen", f"127.0.0.1:{port}",
+                                  "--data-dir", os.path.join(work, f"data-{port}"), "--resync", args.resync,
+                                  "--poll-interval", poll, "--github-webhook-secret", SECRET.decode()],
+                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            procs.append(p)
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.time() + 600
+            while time.time() < deadline:
+                try:
+                    s = json.loads(http(base + "/api/status"))
+                    if s.get("ready"):
+                        return p, base
+                except Exception:
+                    pass
+                time.sleep(0.2)
+            raise SystemExit("palisade run did not become ready")
+
+        def api_group():
+            g = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["palisade-payments-api"]}])
+            return g["SecurityGroups"][0]["GroupId"]
+
+        def ingress_ports(gid):
+            rules = ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [gid]}])
+            return {r["FromPort"] for r in rules["SecurityGroupRules"] if not r["IsEgress"]}
+
+        port_now = [8443]
+
+        def merge(base, webhook):
+            gid = api_group()
+            new = 9000 + len(merge.samples) + (100 if webhook else 0)
+            path = os.path.join(repo, "policies", "aws", "payments.yaml")
+            text = open(path).read().replace(f"tcp/{port_now[0]} ]", f"tcp/{new} ]", 1)
+            open(path, "w").write(text)
+            git(repo, "commit", "-q", "-am", f"port {new}")
+            git(repo, "push", "-q", "origin", "main")
+            t0 = time.monotonic()
+            if webhook:
+                body = b'{"ref":"refs/heads/main"}'
+                sig = "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()
+                http(base + "/webhook/github", body, {"X-Hub-Signature-256": sig, "X-GitHub-Event": "push"})
+            while ingress_ports(gid) != {new}:
+                if time.monotonic() - t0 > 120:
+                    raise SystemExit(f"port {new} not enforced in 120 s")
+                time.sleep(0.02)
+            port_now[0] = new
+            merge.samples.append(time.monotonic() - t0)
+
+        result = {"functions": args.functions, "resync": args.resync}
+        t0 = time.monotonic()
+        proc, base = start("1h")
+        result["first_converge_s"] = round(time.monotonic() - t0, 2)
+        merge.samples = []
+        for _ in range(args.commits):
+            merge(base, webhook=True)
+        result["merge_to_enforce_webhook_s"] = summary(merge.samples)
+
+        # Drift: open 22, wait until it is gone.
+        gid = api_group()
+        drift = []
+        for _ in range(args.drifts):
+            ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[{
+                "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+            t = time.monotonic()
+            while 22 in ingress_ports(gid):
+                time.sleep(0.02)
+            drift.append(time.monotonic() - t)
+        result["drift_revert_s"] = summary(drift)
+
+        # API calls per resync on the converged estate.
+        r0 = metric_sum(base, 'palisade_reconciles_total{target="prod-aws",result="ok"}')
+        reads0 = sum(metric_sum(base, f'palisade_cloud_api_calls_total{{service="{s}"') for s in ("ec2", "lambda", "tagging"))
+        writes_ops = ("Authorize", "Revoke", "Create", "Delete", "Modify", "Update")
+        def writes():
+            total = 0.0
+            for line in http(base + "/metrics").splitlines():
+                if line.startswith("palisade_cloud_api_calls_total") and any(f'operation="{w}' in line for w in writes_ops):
+                    total += float(line.rsplit(" ", 1)[1])
+            return total
+        w0 = writes()
+        time.sleep(30)
+        r1 = metric_sum(base, 'palisade_reconciles_total{target="prod-aws",result="ok"}')
+        reads1 = sum(metric_sum(base, f'palisade_cloud_api_calls_total{{service="{s}"') for s in ("ec2", "lambda", "tagging"))
+        w1 = writes()
+        n = r1 - r0
+        result["converged_resyncs_observed"] = int(n)
+        result["calls_per_resync"] = round((reads1 - reads0 - (w1 - w0)) / n, 1) if n else None
+        result["writes_on_converged_estate"] = int(w1 - w0)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+
+        # Polling only.
+        proc, base = start("2s")
+        merge.samples = []
+        for _ in range(max(args.commits // 2, 5)):
+            merge(base, webhook=False)
+        result["merge_to_enforce_polling_2s_s"] = summary(merge.samples)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        print(json.dumps(result, indent=2))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        os.kill(moto_pid, signal.SIGTERM)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
