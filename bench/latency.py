@@ -116,7 +116,10 @@ def main():
             p = subprocess.Popen([BIN, "run", "--git-url", "file://" + remote, "--git-path", "policies",
                                   "--target", "prod-aws", "--listen", f"127.0.0.1:{port}",
                                   "--data-dir", os.path.join(work, f"data-{port}"), "--resync", args.resync,
-                                  "--poll-interval", poll, "--github-webhook-secret", SECRET.decode()],
+                                  "--poll-interval", poll, "--github-webhook-secret", SECRET.decode(),
+                                  # The same drift is made again and again on purpose: flap
+                                  # detection would (rightly) stop reverting it after 5.
+                                  "--flap-threshold", "1000"],
                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             procs.append(p)
             base = f"http://127.0.0.1:{port}"
@@ -178,6 +181,8 @@ def main():
                 "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
             t = time.monotonic()
             while 22 in ingress_ports(gid):
+                if time.monotonic() - t > 120:
+                    raise SystemExit("drift not reverted in 120 s")
                 time.sleep(0.02)
             drift.append(time.monotonic() - t)
         result["drift_revert_s"] = summary(drift)
