@@ -7,7 +7,19 @@ use std::time::Instant;
 use palisade::compile::compile;
 use palisade::plan::{Settings, plan};
 use palisade::policy::{Limits, load_dir};
-use palisade_providers::{Function, Inventory, Network, Subnet};
+use palisade_providers::fake::FakeProvider;
+use palisade_providers::{Function, Inventory, Network, Provider, Subnet};
+
+/// User + system CPU time of this process so far, in seconds (/proc/self/stat).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit(')').next().unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
 
 fn main() {
     const POLICIES: usize = 1_000;
@@ -87,6 +99,47 @@ fn main() {
         std::hint::black_box(p);
     }
     times.sort();
+
+    // A full resync of the converged estate on the in-memory provider: observe, compile,
+    // plan, apply (nothing to apply).
+    let t = target.to_target().unwrap();
+    let fake = FakeProvider::new(inv.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let first = plan(
+        &compile(&set, target, Some(&inv)).desired,
+        &inv,
+        None,
+        &Settings::default(),
+        None,
+    );
+    rt.block_on(palisade::apply::apply(&first, &t, &fake))
+        .expect("converge");
+    let mut resync = Vec::new();
+    let mut cpu = Vec::new();
+    for _ in 0..7 {
+        let (w, c) = (Instant::now(), cpu_seconds());
+        let observed = rt.block_on(fake.observe(&t)).unwrap();
+        let desired = compile(&set, target, Some(&observed)).desired;
+        let p = plan(
+            &desired,
+            &observed,
+            Some(&desired),
+            &Settings::default(),
+            None,
+        );
+        assert!(
+            p.changes.is_empty(),
+            "converged: {} changes",
+            p.changes.len()
+        );
+        rt.block_on(palisade::apply::apply(&p, &t, &fake)).unwrap();
+        resync.push(w.elapsed());
+        cpu.push(cpu_seconds() - c);
+    }
+    resync.sort();
+    cpu.sort_by(|a, b| a.total_cmp(b));
     let peak = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -110,6 +163,16 @@ fn main() {
         times[0],
         times[times.len() / 2],
         times[times.len() - 1]
+    );
+    println!(
+        "  full converged resync (observe+compile+plan+apply, fake provider) over {} runs: wall min {:?} median {:?} max {:?}; CPU min {:.3}s median {:.3}s max {:.3}s",
+        resync.len(),
+        resync[0],
+        resync[resync.len() / 2],
+        resync[resync.len() - 1],
+        cpu[0],
+        cpu[cpu.len() / 2],
+        cpu[cpu.len() - 1]
     );
     println!("  peak RSS (VmHWM, whole process incl. YAML text): {peak}");
 }
