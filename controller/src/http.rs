@@ -13,6 +13,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use crate::report::xml as esc;
 use crate::run::{Shared, Status};
 
 /// Webhook secrets.
@@ -93,7 +94,7 @@ async fn metrics(State(app): State<App>) -> Response {
 }
 
 async fn status(State(app): State<App>) -> axum::Json<Status> {
-    axum::Json(app.shared.status())
+    axum::Json(app.shared.status_with_history())
 }
 
 fn unauthorized(why: &str) -> Response {
@@ -156,15 +157,8 @@ async fn gitlab(State(app): State<App>, headers: HeaderMap) -> Response {
     (StatusCode::ACCEPTED, "fetching\n").into_response()
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 async fn page(State(app): State<App>) -> Html<String> {
-    Html(render_page(&app.shared.status()))
+    Html(render_page(&app.shared.status_with_history()))
 }
 
 /// The status page: plain HTML, no script, no external resource.

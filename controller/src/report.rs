@@ -16,7 +16,8 @@ pub fn time(ms: i64) -> String {
         .unwrap_or_else(|_| ms.to_string())
 }
 
-fn xml(s: &str) -> String {
+/// Escape text for XML and HTML (element content and quoted attributes).
+pub fn xml(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

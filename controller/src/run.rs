@@ -227,6 +227,13 @@ impl Shared {
             }
             None => false,
         };
+        s
+    }
+
+    /// [`Shared::status`] plus the newest events of the history (one query): for
+    /// `/api/status` and the status page, not for probes.
+    pub fn status_with_history(&self) -> Status {
+        let mut s = self.status();
         if let Some(h) = &self.history {
             match h.recent(50) {
                 Ok(events) => s.recent_events = events,
@@ -450,11 +457,7 @@ impl Flaps {
 
 /// The field a planned change touches: resource plus kind of change.
 fn field(c: &crate::plan::PlannedChange) -> String {
-    let action = serde_json::to_value(&c.change)
-        .ok()
-        .and_then(|v| v.get("action").and_then(|a| a.as_str()).map(str::to_string))
-        .unwrap_or_default();
-    format!("{}#{action}", c.resource)
+    format!("{}#{}", c.resource, c.change.action())
 }
 
 /// The kind of resource a planned change is about (`group`, `function`, `endpoint`…).
@@ -748,11 +751,7 @@ async fn reconcile(
         }
     };
     for r in &report.results {
-        let action = field(&r.planned)
-            .rsplit('#')
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        let action = r.planned.change.action().to_string();
         let cause = if r.planned.cause == Cause::Drift {
             "drift"
         } else {
@@ -882,7 +881,7 @@ fn resource_key(resource: &str) -> String {
 }
 
 fn describe(c: &crate::plan::PlannedChange) -> String {
-    let action = field(c).rsplit('#').next().unwrap_or_default().to_string();
+    let action = c.change.action();
     let detail = match &c.change {
         palisade_providers::Change::AddRules { rules, .. } => format!(
             "missing: {}",

@@ -129,6 +129,21 @@ pub enum Change {
 }
 
 impl Change {
+    /// The change's kind, as its JSON `action` tag spells it (`addRules`, `setPlacement`…).
+    pub fn action(&self) -> &'static str {
+        match self {
+            Change::CreateGroup { .. } => "createGroup",
+            Change::DeleteGroup { .. } => "deleteGroup",
+            Change::AddRules { .. } => "addRules",
+            Change::RemoveRules { .. } => "removeRules",
+            Change::SetPlacement { .. } => "setPlacement",
+            Change::SetSubnetGroup { .. } => "setSubnetGroup",
+            Change::CreateEndpoint { .. } => "createEndpoint",
+            Change::UpdateEndpoint { .. } => "updateEndpoint",
+            Change::DeleteEndpoint { .. } => "deleteEndpoint",
+        }
+    }
+
     /// Whether this change removes something (counted against the blast-radius budget).
     pub fn deletes(&self) -> usize {
         match self {
@@ -382,4 +397,62 @@ pub fn total_calls(counts: &[ApiCallCount], kind: CallKind) -> u64 {
         .filter(|c| c.kind == kind)
         .map(|c| c.count)
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{GroupRef, Placement};
+
+    #[test]
+    fn action_is_the_json_tag() {
+        let changes = [
+            Change::DeleteGroup {
+                owner: "o".into(),
+                id: "sg-1".into(),
+            },
+            Change::AddRules {
+                group: GroupRef::Id("sg-1".into()),
+                rules: vec![],
+            },
+            Change::RemoveRules {
+                group: GroupRef::Id("sg-1".into()),
+                rules: vec![],
+            },
+            Change::SetPlacement {
+                function: "f".into(),
+                name: "f".into(),
+                before: None,
+                after: Some(Placement {
+                    network: "n".into(),
+                    subnets: vec![],
+                    groups: vec![],
+                }),
+            },
+            Change::SetSubnetGroup {
+                subnet: "s".into(),
+                before: None,
+                after: None,
+            },
+            Change::DeleteEndpoint {
+                owner: "o".into(),
+                id: "vpce-1".into(),
+            },
+            Change::UpdateEndpoint {
+                owner: "o".into(),
+                id: "vpce-1".into(),
+                subnets: vec![],
+                groups: vec![],
+                route_tables: vec![],
+                private_dns: false,
+            },
+        ];
+        for c in changes {
+            let tag = serde_json::to_value(&c).unwrap()["action"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert_eq!(c.action(), tag);
+        }
+    }
 }
