@@ -23,3 +23,6 @@ pub use provider::{
 
 #[cfg(feature = "aws")]
 pub mod aws;
+
+#[cfg(feature = "azure")]
+pub mod azure;

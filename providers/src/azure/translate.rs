@@ -1,0 +1,533 @@
+//! ARM shapes ↔ the cloud-neutral model. Pure functions, table-tested.
+//!
+//! - ARM ids are compared case-insensitively; references (a subnet's NSG, a site's
+//!   integration subnet, an endpoint's subnet) are rewritten to the id as the listing of
+//!   the referenced resource spelled it, so that the engine compares equal strings.
+//! - A security rule becomes one [`Rule`] per (prefix × port range), peer on the far side
+//!   (source for inbound, destination for outbound). Rules of the shape Palisade writes
+//!   (near side `*`, source port `*`, one prefix, one port range) keep their priority; any
+//!   other shape is observed without one, so it never equals a desired rule and is
+//!   reverted as drift.
+
+use std::collections::HashMap;
+
+use azure_mgmt_network::package_2024_03::models as m;
+use ipnet::IpNet;
+use serde_json::{Value, json};
+
+use crate::model::{
+    Access, Direction, Endpoint, EndpointKind, Function, GroupRef, Network, Peer, Placement,
+    PortRange, Ports, Protocol, Rule, SecurityGroup, Subnet, Tags, owner_of,
+};
+
+/// Tags from ARM's `tags` object.
+pub fn tags(v: Option<&Value>) -> Tags {
+    v.and_then(Value::as_object)
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Lower-cased id → id as listed.
+#[derive(Debug, Default)]
+pub struct Ids(HashMap<String, String>);
+
+impl Ids {
+    pub fn add(&mut self, id: &str) {
+        self.0.insert(id.to_ascii_lowercase(), id.to_string());
+    }
+    /// The listed spelling of `id`, or `id` itself when it was not listed.
+    pub fn canonical(&self, id: &str) -> String {
+        self.0
+            .get(&id.to_ascii_lowercase())
+            .cloned()
+            .unwrap_or_else(|| id.to_string())
+    }
+}
+
+/// The parent VNet id of a subnet id.
+pub fn vnet_of(subnet: &str) -> String {
+    match subnet.to_ascii_lowercase().rfind("/subnets/") {
+        Some(i) => subnet[..i].to_string(),
+        None => subnet.to_string(),
+    }
+}
+
+/// The last segment of an ARM id.
+pub fn name_of(id: &str) -> &str {
+    id.rsplit('/').next().unwrap_or(id)
+}
+
+fn prefixes(single: Option<&str>, many: &[String]) -> Vec<IpNet> {
+    single
+        .into_iter()
+        .chain(many.iter().map(String::as_str))
+        .filter_map(|p| p.parse::<IpNet>().ok())
+        .map(|n| n.trunc())
+        .collect()
+}
+
+/// VNets and their subnets. `groups` maps NSG ids to their owner for managed NSGs.
+pub fn networks(
+    vnets: &[m::VirtualNetwork],
+    owners: &HashMap<String, String>,
+    ids: &Ids,
+) -> (Vec<Network>, Vec<Subnet>) {
+    let mut networks = Vec::new();
+    let mut subnets = Vec::new();
+    for v in vnets {
+        let Some(id) = v.resource.id.clone() else {
+            continue;
+        };
+        let props = v.properties.as_ref();
+        networks.push(Network {
+            id: id.clone(),
+            name: v.resource.name.clone().unwrap_or_else(|| name_of(&id).into()),
+            cidrs: props
+                .and_then(|p| p.address_space.as_ref())
+                .map(|a| prefixes(None, &a.address_prefixes))
+                .unwrap_or_default(),
+            tags: tags(v.resource.tags.as_ref()),
+        });
+        for s in props.map(|p| p.subnets.as_slice()).unwrap_or_default() {
+            let Some(sid) = s.sub_resource.id.clone() else {
+                continue;
+            };
+            let sp = s.properties.as_ref();
+            let group = sp
+                .and_then(|p| p.network_security_group.as_ref())
+                .and_then(|g| g.resource.id.as_deref())
+                .map(|g| group_ref(g, owners, ids));
+            subnets.push(Subnet {
+                id: sid.clone(),
+                name: s.name.clone().unwrap_or_else(|| name_of(&sid).into()),
+                network: id.clone(),
+                cidrs: sp
+                    .map(|p| prefixes(p.address_prefix.as_deref(), &p.address_prefixes))
+                    .unwrap_or_default(),
+                tags: Tags::new(),
+                zone: None,
+                route_table: None,
+                group,
+            });
+        }
+    }
+    (networks, subnets)
+}
+
+/// A reference to an NSG: managed ones by owner, others by (canonical) id.
+pub fn group_ref(id: &str, owners: &HashMap<String, String>, ids: &Ids) -> GroupRef {
+    match owners.get(&id.to_ascii_lowercase()) {
+        Some(owner) => GroupRef::Managed(owner.clone()),
+        None => GroupRef::Id(ids.canonical(id)),
+    }
+}
+
+/// NSGs with their rules (default rules are implicit and not listed).
+pub fn groups(nsgs: &[m::NetworkSecurityGroup]) -> Vec<SecurityGroup> {
+    nsgs.iter()
+        .filter_map(|g| {
+            let id = g.resource.id.clone()?;
+            let rules = g
+                .properties
+                .as_ref()
+                .map(|p| p.security_rules.iter().flat_map(rules_of).collect())
+                .unwrap_or_default();
+            Some(SecurityGroup {
+                name: g.resource.name.clone().unwrap_or_else(|| name_of(&id).into()),
+                id,
+                network: String::new(),
+                tags: tags(g.resource.tags.as_ref()),
+                rules,
+            })
+        })
+        .collect()
+}
+
+/// Lower-cased NSG id → owner key, for managed NSGs.
+pub fn owners(groups: &[SecurityGroup]) -> HashMap<String, String> {
+    groups
+        .iter()
+        .filter_map(|g| Some((g.id.to_ascii_lowercase(), owner_of(&g.tags)?.to_string())))
+        .collect()
+}
+
+fn peer(p: &str) -> Peer {
+    if p == "*" {
+        return Peer::Any;
+    }
+    if let Ok(net) = p.parse::<IpNet>() {
+        return Peer::cidr(net);
+    }
+    if let Ok(ip) = p.parse::<std::net::IpAddr>() {
+        return Peer::cidr(IpNet::from(ip));
+    }
+    Peer::ServiceTag(p.to_string())
+}
+
+fn protocol(p: &m::security_rule_properties_format::Protocol) -> Protocol {
+    use m::security_rule_properties_format::Protocol as P;
+    match p {
+        P::Tcp => Protocol::Tcp,
+        P::Udp => Protocol::Udp,
+        P::Icmp => Protocol::Icmp,
+        P::Esp => Protocol::Number(50),
+        P::Ah => Protocol::Number(51),
+        P::U2a => Protocol::All,
+        P::UnknownValue(s) => match s.to_ascii_lowercase().as_str() {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            "icmp" => Protocol::Icmp,
+            "esp" => Protocol::Number(50),
+            "ah" => Protocol::Number(51),
+            _ => Protocol::All,
+        },
+    }
+}
+
+fn port_range(s: &str) -> Option<PortRange> {
+    if s == "*" {
+        return Some(PortRange::ALL);
+    }
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    Some(PortRange {
+        from: a.trim().parse().ok()?,
+        to: b.trim().parse().ok()?,
+    })
+}
+
+fn ports(protocol: Protocol, range: &str) -> Ports {
+    let range = port_range(range);
+    let range = match protocol {
+        Protocol::Tcp | Protocol::Udp => Some(range.unwrap_or(PortRange::ALL)),
+        Protocol::Icmp | Protocol::Number(_) => None,
+        Protocol::All => range.filter(|r| *r != PortRange::ALL),
+    };
+    Ports { protocol, range }
+}
+
+/// One ARM security rule as atomic model rules.
+pub fn rules_of(r: &m::SecurityRule) -> Vec<Rule> {
+    let Some(p) = r.properties.as_ref() else {
+        return Vec::new();
+    };
+    let direction = match &p.direction {
+        m::SecurityRuleDirection::Outbound => Direction::Egress,
+        m::SecurityRuleDirection::UnknownValue(s) if s.eq_ignore_ascii_case("outbound") => {
+            Direction::Egress
+        }
+        _ => Direction::Ingress,
+    };
+    let access = match &p.access {
+        m::SecurityRuleAccess::Deny => Access::Deny,
+        m::SecurityRuleAccess::UnknownValue(s) if s.eq_ignore_ascii_case("deny") => Access::Deny,
+        _ => Access::Allow,
+    };
+    let (far, far_many, far_asgs, near, near_many, near_asgs) = match direction {
+        Direction::Ingress => (
+            &p.source_address_prefix,
+            &p.source_address_prefixes,
+            &p.source_application_security_groups,
+            &p.destination_address_prefix,
+            &p.destination_address_prefixes,
+            &p.destination_application_security_groups,
+        ),
+        Direction::Egress => (
+            &p.destination_address_prefix,
+            &p.destination_address_prefixes,
+            &p.destination_application_security_groups,
+            &p.source_address_prefix,
+            &p.source_address_prefixes,
+            &p.source_application_security_groups,
+        ),
+    };
+    let mut peers: Vec<Peer> = far
+        .iter()
+        .chain(far_many.iter())
+        .map(|s| peer(s))
+        .collect();
+    peers.extend(
+        far_asgs
+            .iter()
+            .filter_map(|a| a.resource.id.as_deref())
+            .map(|id| Peer::ServiceTag(format!("asg:{id}"))),
+    );
+    let port_specs: Vec<&String> = p
+        .destination_port_range
+        .iter()
+        .chain(p.destination_port_ranges.iter())
+        .collect();
+    let proto = protocol(&p.protocol);
+    let near_is_any = near.as_deref() == Some("*") && near_many.is_empty() && near_asgs.is_empty();
+    let source_ports_any = p.source_port_range.as_deref().unwrap_or("*") == "*"
+        && p.source_port_ranges.iter().all(|s| s == "*");
+    let canonical = near_is_any
+        && source_ports_any
+        && peers.len() == 1
+        && port_specs.len() <= 1
+        && far_asgs.is_empty();
+    let priority = u16::try_from(p.priority).ok().filter(|_| canonical);
+    let name = r.name.clone();
+    let mut out = Vec::new();
+    let all = "*".to_string();
+    let port_specs = if port_specs.is_empty() {
+        vec![&all]
+    } else {
+        port_specs
+    };
+    for peer in &peers {
+        for spec in &port_specs {
+            out.push(Rule {
+                direction,
+                ports: ports(proto, spec),
+                peer: peer.clone(),
+                access,
+                priority,
+                description: p.description.clone(),
+                id: name.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// The ARM name Palisade gives the rule in a slot: one rule per direction and priority,
+/// so that a changed rule is replaced in place and unchanged policies never renumber.
+pub fn rule_name(rule: &Rule) -> Result<String, String> {
+    let prio = rule
+        .priority
+        .ok_or_else(|| format!("rule {rule} has no NSG priority"))?;
+    let dir = match rule.direction {
+        Direction::Ingress => "in",
+        Direction::Egress => "out",
+    };
+    Ok(format!("palisade-{dir}-{prio}"))
+}
+
+/// A model rule as the body of `SecurityRules_CreateOrUpdate`.
+pub fn rule_body(rule: &Rule) -> Result<Value, String> {
+    let prio = rule
+        .priority
+        .ok_or_else(|| format!("rule {rule} has no NSG priority"))?;
+    let far = match &rule.peer {
+        Peer::Any => "*".to_string(),
+        Peer::Cidr(n) => n.to_string(),
+        Peer::ServiceTag(t) => t.clone(),
+        Peer::Group(g) => {
+            return Err(format!(
+                "an NSG rule cannot name a security group ({g}); function apps cannot join application security groups"
+            ));
+        }
+        Peer::PrefixList(p) => return Err(format!("an NSG rule cannot name an AWS prefix list ({p})")),
+    };
+    let protocol = match rule.ports.protocol {
+        Protocol::Tcp => "Tcp",
+        Protocol::Udp => "Udp",
+        Protocol::Icmp => "Icmp",
+        Protocol::All => "*",
+        Protocol::Number(50) => "Esp",
+        Protocol::Number(51) => "Ah",
+        Protocol::Number(n) => return Err(format!("NSG rules cannot carry IP protocol {n}")),
+    };
+    let port = match rule.ports.range {
+        None => "*".to_string(),
+        Some(r) if r == PortRange::ALL => "*".to_string(),
+        Some(r) => r.to_string(),
+    };
+    let (source, destination, direction) = match rule.direction {
+        Direction::Ingress => (far, "*".to_string(), "Inbound"),
+        Direction::Egress => ("*".to_string(), far, "Outbound"),
+    };
+    let mut props = json!({
+        "protocol": protocol,
+        "sourcePortRange": "*",
+        "destinationPortRange": port,
+        "sourceAddressPrefix": source,
+        "destinationAddressPrefix": destination,
+        "access": match rule.access { Access::Allow => "Allow", Access::Deny => "Deny" },
+        "priority": prio,
+        "direction": direction,
+    });
+    if let Some(d) = &rule.description {
+        props["description"] = json!(d);
+    }
+    Ok(json!({ "properties": props }))
+}
+
+/// Private endpoints. `service` is `<lower-cased resource id>#<group id>`.
+pub fn endpoints(pes: &[m::PrivateEndpoint], ids: &Ids) -> Vec<Endpoint> {
+    pes.iter()
+        .filter_map(|pe| {
+            let id = pe.resource.id.clone()?;
+            let p = pe.properties.as_ref();
+            let conn = p.and_then(|p| {
+                p.private_link_service_connections
+                    .first()
+                    .or(p.manual_private_link_service_connections.first())
+            });
+            let (target, group) = conn
+                .and_then(|c| c.properties.as_ref())
+                .map(|c| {
+                    (
+                        c.private_link_service_id.clone().unwrap_or_default(),
+                        c.group_ids.first().cloned().unwrap_or_default(),
+                    )
+                })
+                .unwrap_or_default();
+            let subnet = p
+                .and_then(|p| p.subnet.as_ref())
+                .and_then(|s| s.sub_resource.id.as_deref())
+                .map(|s| ids.canonical(s));
+            Some(Endpoint {
+                id,
+                service: format!("{}#{group}", target.to_ascii_lowercase()),
+                kind: EndpointKind::Private,
+                network: subnet.as_deref().map(|s| ids.canonical(&vnet_of(s))).unwrap_or_default(),
+                subnets: subnet.into_iter().collect(),
+                groups: Vec::new(),
+                route_tables: Vec::new(),
+                private_dns: false,
+                tags: tags(pe.resource.tags.as_ref()),
+            })
+        })
+        .collect()
+}
+
+/// Function apps (sites whose `kind` names `functionapp`) and their VNet integration.
+pub fn functions(sites: &[Value], ids: &Ids) -> Vec<Function> {
+    sites
+        .iter()
+        .filter(|s| {
+            s["kind"]
+                .as_str()
+                .is_some_and(|k| k.to_ascii_lowercase().contains("functionapp"))
+        })
+        .filter_map(|s| {
+            let id = s["id"].as_str()?.to_string();
+            let placement = s["properties"]["virtualNetworkSubnetId"]
+                .as_str()
+                .filter(|v| !v.is_empty())
+                .map(|subnet| {
+                    let subnet = ids.canonical(subnet);
+                    Placement {
+                        network: ids.canonical(&vnet_of(&subnet)),
+                        subnets: vec![subnet],
+                        groups: Vec::new(),
+                    }
+                });
+            Some(Function {
+                name: s["name"].as_str().map(str::to_string).unwrap_or_else(|| name_of(&id).into()),
+                id,
+                tags: tags(s.get("tags")),
+                placement,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(props: Value) -> m::SecurityRule {
+        serde_json::from_value(json!({ "name": "r1", "properties": props })).unwrap()
+    }
+
+    fn tcp(from: u16, to: u16) -> Ports {
+        Ports {
+            protocol: Protocol::Tcp,
+            range: Some(PortRange { from, to }),
+        }
+    }
+
+    #[test]
+    fn rules_translate_both_ways() {
+        // What Palisade writes reads back equal, priority and all.
+        let cases = [
+            Rule {
+                priority: Some(100),
+                ..Rule::allow(Direction::Ingress, tcp(443, 443), Peer::cidr("10.20.0.0/24".parse().unwrap()))
+            },
+            Rule {
+                priority: Some(4000),
+                access: Access::Deny,
+                ..Rule::allow(Direction::Egress, Ports::ALL, Peer::ServiceTag("Internet".into()))
+            },
+            Rule {
+                priority: Some(110),
+                ..Rule::allow(Direction::Egress, tcp(8000, 8100), Peer::Any)
+            },
+            Rule {
+                priority: Some(120),
+                ..Rule::allow(Direction::Egress, Ports { protocol: Protocol::Icmp, range: None }, Peer::ServiceTag("Sql.WestEurope".into()))
+            },
+        ];
+        for want in cases {
+            let body = rule_body(&want).unwrap();
+            let back = rules_of(&rule(body["properties"].clone()));
+            assert_eq!(back, vec![want.clone()], "{want}");
+            assert_eq!(back[0].id.as_deref(), Some("r1"));
+        }
+    }
+
+    #[test]
+    fn odd_shapes_lose_their_priority_and_expand() {
+        // Near side not `*`: observed, but never equal to what a policy asks for.
+        let r = rules_of(&rule(json!({
+            "protocol": "Tcp", "sourcePortRange": "*", "destinationPortRange": "22",
+            "sourceAddressPrefix": "0.0.0.0/0", "destinationAddressPrefix": "10.0.0.4",
+            "access": "Allow", "priority": 100, "direction": "Inbound"
+        })));
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].priority, None);
+        assert_eq!(r[0].peer, Peer::cidr("0.0.0.0/0".parse().unwrap()));
+        // Several prefixes and ports: one atomic rule each.
+        let r = rules_of(&rule(json!({
+            "protocol": "*", "sourcePortRange": "*", "destinationPortRanges": ["80", "443"],
+            "sourceAddressPrefixes": ["10.0.0.5/8", "192.168.1.1"], "destinationAddressPrefix": "*",
+            "access": "Deny", "priority": 200, "direction": "Inbound"
+        })));
+        assert_eq!(r.len(), 4);
+        assert!(r.iter().all(|x| x.priority.is_none() && x.access == Access::Deny));
+        assert!(r.iter().any(|x| x.peer == Peer::cidr("10.0.0.0/8".parse().unwrap())));
+        assert!(r.iter().any(|x| x.peer == Peer::cidr("192.168.1.1/32".parse().unwrap())));
+        // Protocol spelled in lower case (older API versions) still parses.
+        let r = rules_of(&rule(json!({
+            "protocol": "tcp", "sourcePortRange": "*", "destinationPortRange": "*",
+            "sourceAddressPrefix": "*", "destinationAddressPrefix": "Internet",
+            "access": "Allow", "priority": 300, "direction": "Outbound"
+        })));
+        assert_eq!(r[0].ports, tcp(0, 65535));
+        assert_eq!(r[0].peer, Peer::ServiceTag("Internet".into()));
+    }
+
+    #[test]
+    fn names_are_slots() {
+        let r = Rule {
+            priority: Some(130),
+            ..Rule::allow(Direction::Egress, tcp(1, 1), Peer::Any)
+        };
+        assert_eq!(rule_name(&r).unwrap(), "palisade-out-130");
+        assert!(rule_body(&Rule::allow(Direction::Egress, tcp(1, 1), Peer::Group(GroupRef::Id("x".into())))).is_err());
+    }
+
+    #[test]
+    fn references_take_the_listed_spelling() {
+        let mut ids = Ids::default();
+        ids.add("/subscriptions/S/resourceGroups/RG/providers/Microsoft.Network/virtualNetworks/vnet/subnets/a");
+        ids.add("/subscriptions/S/resourceGroups/RG/providers/Microsoft.Network/virtualNetworks/vnet");
+        let sites = vec![json!({
+            "id": "/subscriptions/s/resourcegroups/rg/providers/Microsoft.Web/sites/f",
+            "name": "f", "kind": "functionapp,linux", "tags": { "app": "x" },
+            "properties": { "virtualNetworkSubnetId": "/subscriptions/s/resourcegroups/rg/providers/microsoft.network/virtualnetworks/VNET/subnets/A" }
+        }), json!({ "id": "/x/sites/web", "name": "web", "kind": "app", "properties": {} })];
+        let f = functions(&sites, &ids);
+        assert_eq!(f.len(), 1, "web apps are not function apps");
+        let p = f[0].placement.as_ref().unwrap();
+        assert_eq!(p.subnets[0], "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Network/virtualNetworks/vnet/subnets/a");
+        assert_eq!(p.network, "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Network/virtualNetworks/vnet");
+    }
+}
