@@ -186,6 +186,11 @@ impl Fake {
             .map(|v| inner.compose(v))
     }
 
+    /// Change the configuration while serving.
+    pub fn configure(&self, change: impl FnOnce(&mut Config)) {
+        change(&mut self.lock().config);
+    }
+
     /// Total ARM calls answered (throttled ones included).
     pub fn calls(&self) -> u64 {
         self.lock().calls
@@ -768,13 +773,16 @@ fn list(inner: &Inner, path: &ArmPath, uri: &Uri, base: &str) -> Response {
                 .collect()
         }
         kind => {
-            let scope = path.parent().to_ascii_lowercase();
+            let scope = match path.rg_id() {
+                Some(rg) => format!("{rg}/"),
+                None => format!("/subscriptions/{}/", path.subscription),
+            };
             inner
                 .of_type(kind)
                 .filter(|v| {
                     v["id"]
                         .as_str()
-                        .is_some_and(|id| id.to_ascii_lowercase().starts_with(&(scope.clone() + "/")))
+                        .is_some_and(|id| id.to_ascii_lowercase().starts_with(&scope))
                 })
                 .map(|v| inner.compose(v))
                 .collect()
@@ -1211,4 +1219,99 @@ fn poll(inner: &mut Inner, path: &ArmPath, base: &str) -> Response {
         Some(v) => axum::Json(inner.compose(v)).into_response(),
         None => StatusCode::NO_CONTENT.into_response(),
     }
+}
+
+/// Subscription of `policies-example`'s `prod-azure` target.
+pub const EXAMPLE_SUBSCRIPTION: &str = "00000000-0000-0000-0000-000000000001";
+/// Resource group of `policies-example`'s `prod-azure` target.
+pub const EXAMPLE_RESOURCE_GROUP: &str = "rg-prod";
+
+/// An estate shaped like `policies-example`'s Azure target: resource group `rg-prod`,
+/// VNet `vnet-prod` (10.20.0.0/16) with `snet-reports`, `snet-orders` (both delegated to
+/// `Microsoft.Web/serverFarms`, with service endpoints and a route table reference that
+/// must survive every NSG association change) and `snet-endpoints`; an NSG Palisade does
+/// not own (`nsg-legacy`, on `snet-legacy`); `functions` function apps: `func-reports`,
+/// `func-orders` (already integrated into `snet-orders`), then `func-orders-NNN` tagged
+/// `app: orders` and every fourth one `func-misc-NNN` that no policy selects.
+pub fn example_estate(functions: usize) -> Value {
+    let rg = format!("/subscriptions/{EXAMPLE_SUBSCRIPTION}/resourceGroups/{EXAMPLE_RESOURCE_GROUP}");
+    let net = format!("{rg}/providers/Microsoft.Network");
+    let vnet = format!("{net}/virtualNetworks/vnet-prod");
+    let delegated = |name: &str, prefix: &str| {
+        json!({
+            "name": name,
+            "properties": {
+                "addressPrefix": prefix,
+                "delegations": [{
+                    "name": "webapp",
+                    "properties": { "serviceName": "Microsoft.Web/serverFarms", "actions": ["Microsoft.Network/virtualNetworks/subnets/action"] }
+                }],
+                "serviceEndpoints": [{ "service": "Microsoft.Storage", "locations": ["westeurope"] }],
+                "routeTable": { "id": format!("{net}/routeTables/rt-prod") },
+                "privateEndpointNetworkPolicies": "Disabled",
+                "privateLinkServiceNetworkPolicies": "Enabled"
+            }
+        })
+    };
+    let mut resources = vec![
+        json!({
+            "id": format!("{net}/networkSecurityGroups/nsg-legacy"),
+            "location": "westeurope",
+            "tags": { "owner": "network-team" },
+            "properties": { "securityRules": [{
+                "name": "allow-ssh-from-bastion",
+                "properties": {
+                    "protocol": "Tcp", "sourcePortRange": "*", "destinationPortRange": "22",
+                    "sourceAddressPrefix": "10.20.9.0/24", "destinationAddressPrefix": "*",
+                    "access": "Allow", "priority": 100, "direction": "Inbound"
+                }
+            }] }
+        }),
+        json!({
+            "id": vnet,
+            "location": "westeurope",
+            "tags": { "env": "prod" },
+            "properties": {
+                "addressSpace": { "addressPrefixes": ["10.20.0.0/16"] },
+                "subnets": [
+                    delegated("snet-reports", "10.20.1.0/24"),
+                    delegated("snet-orders", "10.20.2.0/24"),
+                    { "name": "snet-endpoints", "properties": { "addressPrefix": "10.20.3.0/24", "privateEndpointNetworkPolicies": "Disabled" } },
+                    { "name": "snet-legacy", "properties": { "addressPrefix": "10.20.9.0/24", "networkSecurityGroup": { "id": format!("{net}/networkSecurityGroups/nsg-legacy") } } }
+                ]
+            }
+        }),
+    ];
+    let site = |name: &str, tags: Value, subnet: Option<&str>| {
+        json!({
+            "id": format!("{rg}/providers/Microsoft.Web/sites/{name}"),
+            "name": name,
+            "type": "Microsoft.Web/sites",
+            "kind": "functionapp,linux",
+            "location": "westeurope",
+            "tags": tags,
+            "properties": {
+                "state": "Running",
+                "hostNames": [format!("{name}.azurewebsites.net")],
+                "enabled": true,
+                "serverFarmId": format!("{rg}/providers/Microsoft.Web/serverfarms/plan-prod"),
+                "reserved": true,
+                "httpsOnly": true,
+                "vnetRouteAllEnabled": true,
+                "siteConfig": { "linuxFxVersion": "Python|3.12", "alwaysOn": false, "ftpsState": "Disabled", "minTlsVersion": "1.2" },
+                "clientCertEnabled": false,
+                "virtualNetworkSubnetId": subnet.map(|s| format!("{vnet}/subnets/{s}")),
+            }
+        })
+    };
+    resources.push(site("func-reports", json!({ "env": "prod" }), None));
+    resources.push(site("func-orders", json!({ "app": "orders", "env": "prod" }), Some("snet-orders")));
+    for i in 2..functions {
+        if i % 4 == 0 {
+            resources.push(site(&format!("func-misc-{i:03}"), json!({ "env": "prod" }), None));
+        } else {
+            resources.push(site(&format!("func-orders-{i:03}"), json!({ "app": "orders", "env": "prod" }), None));
+        }
+    }
+    json!({ "resourceGroups": [rg], "resources": resources })
 }

@@ -1,7 +1,7 @@
 //! `palisade-armfake`: the ARM fake as a process, for the demo and end-to-end tests.
 //!
 //! ```text
-//! palisade-armfake [--listen 127.0.0.1:0] [--seed estate.json] [--static-token T]
+//! palisade-armfake [--listen 127.0.0.1:0] [--seed estate.json] [--example-estate N] [--static-token T]
 //!                  [--in-progress-polls N] [--throttle-every N] [--retry-after S] [--page-size N]
 //! ```
 //! Prints `endpoint=http://127.0.0.1:PORT` and `pid=…` once it listens, then serves until
@@ -15,7 +15,7 @@ use palisade_armfake::{Config, Fake};
 fn usage(msg: &str) -> ! {
     eprintln!("palisade-armfake: {msg}");
     eprintln!(
-        "usage: palisade-armfake [--listen 127.0.0.1:0] [--seed FILE] [--static-token T] [--in-progress-polls N] [--throttle-every N] [--retry-after S] [--page-size N]"
+        "usage: palisade-armfake [--listen 127.0.0.1:0] [--seed FILE] [--example-estate N] [--static-token T] [--in-progress-polls N] [--throttle-every N] [--retry-after S] [--page-size N]"
     );
     std::process::exit(2)
 }
@@ -29,6 +29,7 @@ fn number<T: std::str::FromStr>(flag: &str, v: Option<String>) -> T {
 async fn main() {
     let mut listen: SocketAddr = "127.0.0.1:0".parse().expect("literal");
     let mut seed = None;
+    let mut estate = None;
     let mut config = Config::default();
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -41,6 +42,9 @@ async fn main() {
                 if !listen.ip().is_loopback() {
                     usage("--listen must be a loopback address (127.0.0.1 or ::1)");
                 }
+            }
+            "--example-estate" => {
+                estate = Some(number::<usize>(&flag, args.next()));
             }
             "--seed" => seed = Some(args.next().unwrap_or_else(|| usage("--seed needs a file"))),
             "--static-token" => {
@@ -64,6 +68,10 @@ async fn main() {
         if let Err(e) = fake.seed(&value) {
             usage(&format!("{path}: {e}"));
         }
+    }
+    if let Some(n) = estate {
+        fake.seed(&palisade_armfake::example_estate(n))
+            .unwrap_or_else(|e| usage(&format!("example estate: {e}")));
     }
     let running = fake
         .serve(listen)
