@@ -273,12 +273,26 @@ struct CloudArgs {
     /// lambda-write, tagging, sts). Unnamed families keep their defaults.
     #[arg(long, env = "PALISADE_AWS_RATE_LIMITS", default_value = "")]
     aws_rate_limits: String,
+    /// Azure Resource Manager endpoint (sovereign clouds, or the ARM fake in tests and
+    /// the demo). Credentials come from azure_identity's chain: AZURE_TENANT_ID +
+    /// AZURE_CLIENT_ID + AZURE_CLIENT_SECRET (or a certificate), workload identity,
+    /// managed identity, Azure CLI; AZURE_AUTHORITY_HOST for a non-public Entra ID.
+    #[arg(long, env = "PALISADE_AZURE_ARM_ENDPOINT", default_value = "https://management.azure.com/")]
+    azure_arm_endpoint: String,
+    /// Wait between polls of an ARM long-running operation when ARM sends no Retry-After.
+    #[arg(long, env = "PALISADE_AZURE_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    azure_poll_interval: Duration,
 }
 
 impl CloudArgs {
     fn providers(&self) -> Result<Providers> {
-        #[cfg_attr(not(feature = "aws"), allow(unused_mut))]
+        #[cfg_attr(not(any(feature = "aws", feature = "azure")), allow(unused_mut))]
         let mut settings = ProviderSettings::default();
+        #[cfg(feature = "azure")]
+        {
+            settings.azure.arm_endpoint = self.azure_arm_endpoint.clone();
+            settings.azure.poll_interval = self.azure_poll_interval;
+        }
         #[cfg(feature = "aws")]
         {
             settings.aws.max_attempts = self.aws_max_attempts;

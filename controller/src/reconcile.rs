@@ -115,6 +115,9 @@ pub struct ProviderSettings {
     /// AWS.
     #[cfg(feature = "aws")]
     pub aws: palisade_providers::aws::AwsSettings,
+    /// Azure.
+    #[cfg(feature = "azure")]
+    pub azure: palisade_providers::azure::AzureSettings,
 }
 
 /// The providers of this process, one per cloud, created on first use.
@@ -170,6 +173,12 @@ impl Providers {
         if cloud == Cloud::Aws {
             return Ok(Arc::new(palisade_providers::aws::AwsProvider::new(
                 self.settings.aws.clone(),
+            )));
+        }
+        #[cfg(feature = "azure")]
+        if cloud == Cloud::Azure {
+            return Ok(Arc::new(palisade_providers::azure::AzureProvider::new(
+                self.settings.azure.clone(),
             )));
         }
         Err(PlanError::NoProvider(format!(

@@ -363,3 +363,83 @@ impl Drop for Controller {
         let _ = child.wait();
     }
 }
+
+/// The ARM fake (a real HTTP server on 127.0.0.1, in this test process) seeded with the
+/// Azure estate of `policies-example`; dropped with the test.
+pub struct ArmFake {
+    pub endpoint: String,
+    pub fake: palisade_armfake::Fake,
+    _running: palisade_armfake::Running,
+    _runtime: tokio::runtime::Runtime,
+}
+
+/// The token the tests use for changes made "by hand".
+pub const HAND_TOKEN: &str = "hand-made";
+
+impl ArmFake {
+    pub fn start(config: palisade_armfake::Config, functions: usize) -> ArmFake {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let fake = palisade_armfake::Fake::new(palisade_armfake::Config {
+            static_token: Some(HAND_TOKEN.into()),
+            ..config
+        });
+        fake.seed(&palisade_armfake::example_estate(functions))
+            .expect("seed");
+        let running = runtime
+            .block_on(fake.clone().serve("127.0.0.1:0".parse().unwrap()))
+            .expect("listen");
+        ArmFake {
+            endpoint: running.endpoint.clone(),
+            fake,
+            _running: running,
+            _runtime: runtime,
+        }
+    }
+
+    /// The real binary with this fake as ARM endpoint and Entra ID authority, and a
+    /// client secret in the environment (azure_identity's environment credential).
+    pub fn palisade(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_palisade"));
+        c.env("PALISADE_AZURE_ARM_ENDPOINT", &self.endpoint)
+            .env("AZURE_AUTHORITY_HOST", &self.endpoint)
+            .env("AZURE_TENANT_ID", "00000000-0000-0000-0000-00000000000a")
+            .env("AZURE_CLIENT_ID", "palisade-e2e")
+            .env("AZURE_CLIENT_SECRET", "not-a-secret")
+            .env("PALISADE_AZURE_POLL_INTERVAL", "50ms")
+            .env_remove("AZURE_CREDENTIAL_KIND");
+        c
+    }
+
+    /// One ARM call made by hand (drift): (status, body).
+    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let version = if path.contains("Microsoft.Web") {
+            palisade_armfake::WEB_API
+        } else {
+            palisade_armfake::NETWORK_API
+        };
+        let url = format!("{}{path}?api-version={version}", self.endpoint);
+        let auth = format!("Bearer {HAND_TOKEN}");
+        let result = match (method, body) {
+            ("GET", _) => agent.get(&url).header("authorization", &auth).call(),
+            ("DELETE", _) => agent.delete(&url).header("authorization", &auth).call(),
+            ("PUT", Some(b)) => agent
+                .put(&url)
+                .header("authorization", &auth)
+                .header("content-type", "application/json")
+                .send(b.to_string()),
+            other => panic!("unsupported call {other:?}"),
+        };
+        let mut r = result.expect("ARM fake reachable");
+        let status = r.status().as_u16();
+        let text = r.body_mut().read_to_string().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+}
