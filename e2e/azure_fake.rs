@@ -25,7 +25,16 @@ fn subnet(name: &str) -> String {
 fn apply(arm: &ArmFake) -> Value {
     let out = arm
         .palisade()
-        .args(["apply", "--policies", &policies(), "--target", TARGET, "--auto-approve", "--format", "json"])
+        .args([
+            "apply",
+            "--policies",
+            &policies(),
+            "--target",
+            TARGET,
+            "--auto-approve",
+            "--format",
+            "json",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "apply failed: {}", text(&out));
@@ -35,7 +44,16 @@ fn apply(arm: &ArmFake) -> Value {
 fn plan(arm: &ArmFake) -> (Option<i32>, Value) {
     let out = arm
         .palisade()
-        .args(["plan", "--policies", &policies(), "--target", TARGET, "--format", "json", "--detailed-exitcode"])
+        .args([
+            "plan",
+            "--policies",
+            &policies(),
+            "--target",
+            TARGET,
+            "--format",
+            "json",
+            "--detailed-exitcode",
+        ])
         .output()
         .unwrap();
     (out.status.code(), as_json(&out))
@@ -67,40 +85,107 @@ fn site_subnet(arm: &ArmFake, site: &str) -> Option<String> {
 
 #[test]
 fn the_azure_target_converges_and_drift_is_reverted() {
-    let arm = ArmFake::start(palisade_armfake::Config { in_progress_polls: 1, ..Default::default() }, 40);
+    let arm = ArmFake::start(
+        palisade_armfake::Config {
+            in_progress_polls: 1,
+            ..Default::default()
+        },
+        40,
+    );
     let subnet_before = arm.fake.get(&subnet("snet-orders")).unwrap();
 
     let first = apply(&arm);
     let results = first["apply"]["results"].as_array().unwrap();
     assert!(results.len() >= 10, "{}", first["apply"]);
-    assert!(results.iter().all(|r| r["error"].is_null()), "{}", first["apply"]);
+    assert!(
+        results.iter().all(|r| r["error"].is_null()),
+        "{}",
+        first["apply"]
+    );
+    // NSGs are attached before any function joins their subnet.
+    let actions: Vec<&str> = results
+        .iter()
+        .map(|r| r["planned"]["change"]["action"].as_str().unwrap())
+        .collect();
+    let last_attach = actions
+        .iter()
+        .rposition(|a| *a == "setSubnetGroup")
+        .expect("associations");
+    let first_join = actions
+        .iter()
+        .position(|a| *a == "setPlacement")
+        .expect("placements");
+    assert!(last_attach < first_join, "{actions:?}");
     let (code, p) = plan(&arm);
     assert_eq!(code, Some(0), "plan after apply: {}", p["changes"]);
 
     // What the policies say is what ARM holds.
     let reports_nsg = net("networkSecurityGroups/palisade-reports-func");
     let orders_nsg = net("networkSecurityGroups/palisade-orders-func");
-    assert!(nsg_of(&arm, "snet-reports").unwrap().eq_ignore_ascii_case(&reports_nsg));
-    assert!(nsg_of(&arm, "snet-orders").unwrap().eq_ignore_ascii_case(&orders_nsg));
-    assert!(site_subnet(&arm, "func-reports").unwrap().eq_ignore_ascii_case(&subnet("snet-reports")));
+    assert!(
+        nsg_of(&arm, "snet-reports")
+            .unwrap()
+            .eq_ignore_ascii_case(&reports_nsg)
+    );
+    assert!(
+        nsg_of(&arm, "snet-orders")
+            .unwrap()
+            .eq_ignore_ascii_case(&orders_nsg)
+    );
+    assert!(
+        site_subnet(&arm, "func-reports")
+            .unwrap()
+            .eq_ignore_ascii_case(&subnet("snet-reports"))
+    );
     for i in [3, 5, 39] {
         let s = site_subnet(&arm, &format!("func-orders-{i:03}")).expect("integrated");
         assert!(s.eq_ignore_ascii_case(&subnet("snet-orders")));
     }
-    assert_eq!(site_subnet(&arm, "func-misc-004"), None, "a function no policy selects is left alone");
+    assert_eq!(
+        site_subnet(&arm, "func-misc-004"),
+        None,
+        "a function no policy selects is left alone"
+    );
     let pe = net("privateEndpoints/palisade-endpoint-kv-reports-vault");
-    assert!(arm.fake.get(&pe).is_some(), "private endpoint to kv-reports");
+    assert!(
+        arm.fake.get(&pe).is_some(),
+        "private endpoint to kv-reports"
+    );
     let rules = arm.fake.get(&reports_nsg).unwrap()["properties"]["securityRules"].clone();
-    let names: Vec<&str> = rules.as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
-    assert!(names.iter().all(|n| n.starts_with("palisade-in-") || n.starts_with("palisade-out-")), "{names:?}");
+    let names: Vec<&str> = rules
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| n.starts_with("palisade-in-") || n.starts_with("palisade-out-")),
+        "{names:?}"
+    );
     // The NSG Palisade does not own is untouched.
-    let legacy = arm.fake.get(&net("networkSecurityGroups/nsg-legacy")).unwrap();
-    assert_eq!(legacy["properties"]["securityRules"].as_array().unwrap().len(), 1);
+    let legacy = arm
+        .fake
+        .get(&net("networkSecurityGroups/nsg-legacy"))
+        .unwrap();
+    assert_eq!(
+        legacy["properties"]["securityRules"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     assert!(nsg_of(&arm, "snet-legacy").unwrap().ends_with("nsg-legacy"));
 
     // A second apply writes nothing.
     let second = apply(&arm);
-    assert_eq!(calls(&second, |c| c["kind"] == "write"), 0, "{}", second["apiCalls"]);
+    assert_eq!(
+        calls(&second, |c| c["kind"] == "write"),
+        0,
+        "{}",
+        second["apiCalls"]
+    );
 
     // Drift by hand through ARM.
     let (s, _) = arm.call("PUT", &format!("{reports_nsg}/securityRules/debug-ssh"), Some(&json!({ "properties": {
@@ -108,7 +193,10 @@ fn the_azure_target_converges_and_drift_is_reverted() {
         "destinationAddressPrefix": "*", "access": "Allow", "priority": 3000, "direction": "Inbound" } })));
     assert_eq!(s, 201);
     let (_, mut sn) = arm.call("GET", &subnet("snet-orders"), None);
-    sn["properties"].as_object_mut().unwrap().remove("networkSecurityGroup");
+    sn["properties"]
+        .as_object_mut()
+        .unwrap()
+        .remove("networkSecurityGroup");
     assert_eq!(arm.call("PUT", &subnet("snet-orders"), Some(&sn)).0, 200);
     assert_eq!(arm.call("DELETE", &pe, None).0, 202);
     let site = format!("{RG}/providers/Microsoft.Web/sites/func-reports");
@@ -119,32 +207,82 @@ fn the_azure_target_converges_and_drift_is_reverted() {
     let (code, p) = plan(&arm);
     assert_eq!(code, Some(2), "drift is planned: {p}");
     let third = apply(&arm);
-    assert!(third["apply"]["results"].as_array().unwrap().iter().all(|r| r["error"].is_null()), "{}", third["apply"]);
+    assert!(
+        third["apply"]["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["error"].is_null()),
+        "{}",
+        third["apply"]
+    );
     let (code, p) = plan(&arm);
     assert_eq!(code, Some(0), "converged again: {}", p["changes"]);
-    assert!(arm.fake.get(&format!("{reports_nsg}/securityRules/debug-ssh")).is_none(), "hand-made rule removed");
-    assert!(nsg_of(&arm, "snet-orders").unwrap().eq_ignore_ascii_case(&orders_nsg), "NSG re-attached");
+    assert!(
+        arm.fake
+            .get(&format!("{reports_nsg}/securityRules/debug-ssh"))
+            .is_none(),
+        "hand-made rule removed"
+    );
+    assert!(
+        nsg_of(&arm, "snet-orders")
+            .unwrap()
+            .eq_ignore_ascii_case(&orders_nsg),
+        "NSG re-attached"
+    );
     assert!(arm.fake.get(&pe).is_some(), "private endpoint re-created");
-    assert!(site_subnet(&arm, "func-reports").unwrap().eq_ignore_ascii_case(&subnet("snet-reports")), "VNet integration restored");
+    assert!(
+        site_subnet(&arm, "func-reports")
+            .unwrap()
+            .eq_ignore_ascii_case(&subnet("snet-reports")),
+        "VNet integration restored"
+    );
 
     // Through every association change the subnet kept what Palisade does not manage.
     let subnet_after = arm.fake.get(&subnet("snet-orders")).unwrap();
-    for key in ["addressPrefix", "delegations", "serviceEndpoints", "routeTable", "privateEndpointNetworkPolicies", "privateLinkServiceNetworkPolicies"] {
-        assert_eq!(subnet_before["properties"][key], subnet_after["properties"][key], "{key}");
+    for key in [
+        "addressPrefix",
+        "delegations",
+        "serviceEndpoints",
+        "routeTable",
+        "privateEndpointNetworkPolicies",
+        "privateLinkServiceNetworkPolicies",
+    ] {
+        assert_eq!(
+            subnet_before["properties"][key], subnet_after["properties"][key],
+            "{key}"
+        );
     }
 }
 
 #[test]
 fn a_throttling_arm_still_converges_and_the_retries_are_counted() {
     let arm = ArmFake::start(
-        palisade_armfake::Config { throttle_every: 3, retry_after_secs: 1, in_progress_polls: 0, ..Default::default() },
+        palisade_armfake::Config {
+            throttle_every: 3,
+            retry_after_secs: 1,
+            in_progress_polls: 0,
+            ..Default::default()
+        },
         6,
     );
     let first = apply(&arm);
-    assert!(first["apply"]["results"].as_array().unwrap().iter().all(|r| r["error"].is_null()), "{}", first["apply"]);
+    assert!(
+        first["apply"]["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["error"].is_null()),
+        "{}",
+        first["apply"]
+    );
     let throttled = calls(&first, |c| c["outcome"] == "throttled");
     let total = calls(&first, |_| true);
-    assert!(throttled > 0 && throttled * 4 >= total, "every third call throttled: {throttled} of {total}: {}", first["apiCalls"]);
+    assert!(
+        throttled > 0 && throttled * 4 >= total,
+        "every third call throttled: {throttled} of {total}: {}",
+        first["apiCalls"]
+    );
     let (code, p) = plan(&arm);
     assert_eq!(code, Some(0), "plan after apply: {}", p["changes"]);
 }

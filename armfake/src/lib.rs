@@ -30,6 +30,9 @@
 //! Not modelled: network interfaces, route tables (references are kept, not checked),
 //! the private-link target resource (never checked), ARM's eventual consistency.
 
+// Validation helpers answer with the ARM error response itself.
+#![allow(clippy::result_large_err)]
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -348,11 +351,39 @@ fn default_rules(nsg: &str) -> Value {
         })
     };
     json!([
-        rule("AllowVnetInBound", "Inbound", "Allow", 65000, "VirtualNetwork", "VirtualNetwork"),
-        rule("AllowAzureLoadBalancerInBound", "Inbound", "Allow", 65001, "AzureLoadBalancer", "*"),
+        rule(
+            "AllowVnetInBound",
+            "Inbound",
+            "Allow",
+            65000,
+            "VirtualNetwork",
+            "VirtualNetwork"
+        ),
+        rule(
+            "AllowAzureLoadBalancerInBound",
+            "Inbound",
+            "Allow",
+            65001,
+            "AzureLoadBalancer",
+            "*"
+        ),
         rule("DenyAllInBound", "Inbound", "Deny", 65500, "*", "*"),
-        rule("AllowVnetOutBound", "Outbound", "Allow", 65000, "VirtualNetwork", "VirtualNetwork"),
-        rule("AllowInternetOutBound", "Outbound", "Allow", 65001, "*", "Internet"),
+        rule(
+            "AllowVnetOutBound",
+            "Outbound",
+            "Allow",
+            65000,
+            "VirtualNetwork",
+            "VirtualNetwork"
+        ),
+        rule(
+            "AllowInternetOutBound",
+            "Outbound",
+            "Allow",
+            65001,
+            "*",
+            "Internet"
+        ),
         rule("DenyAllOutBound", "Outbound", "Deny", 65500, "*", "*"),
     ])
 }
@@ -534,7 +565,10 @@ async fn handle(
     inner.calls += 1;
     let h = response.headers_mut();
     let rid = inner.new_id();
-    h.insert("x-ms-request-id", HeaderValue::from_str(&rid).expect("ascii"));
+    h.insert(
+        "x-ms-request-id",
+        HeaderValue::from_str(&rid).expect("ascii"),
+    );
     h.insert(
         "x-ms-correlation-request-id",
         HeaderValue::from_str(&rid).expect("ascii"),
@@ -607,7 +641,13 @@ fn control(fake: &Fake, method: &Method, path: &str, body: &[u8]) -> Response {
     }
 }
 
-fn arm(inner: &mut Inner, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Response {
+fn arm(
+    inner: &mut Inner,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
     let authorised = headers
         .get("authorization")
         .and_then(|h| h.to_str().ok())
@@ -626,7 +666,10 @@ fn arm(inner: &mut Inner, method: &Method, uri: &Uri, headers: &HeaderMap, body:
         return error(
             StatusCode::NOT_FOUND,
             "InvalidResourceType",
-            format!("The resource type of {} is not served by this fake", uri.path()),
+            format!(
+                "The resource type of {} is not served by this fake",
+                uri.path()
+            ),
         );
     };
     let op_key = format!(
@@ -636,7 +679,9 @@ fn arm(inner: &mut Inner, method: &Method, uri: &Uri, headers: &HeaderMap, body:
         if path.list { " (list)" } else { "" }
     );
     *inner.by_operation.entry(op_key).or_default() += 1;
-    if inner.config.throttle_every > 0 && (inner.calls + 1) % inner.config.throttle_every == 0 {
+    if inner.config.throttle_every > 0
+        && (inner.calls + 1).is_multiple_of(inner.config.throttle_every)
+    {
         inner.throttled += 1;
         let mut r = error(
             StatusCode::TOO_MANY_REQUESTS,
@@ -708,7 +753,11 @@ fn arm(inner: &mut Inner, method: &Method, uri: &Uri, headers: &HeaderMap, body:
                 .as_array()
                 .into_iter()
                 .flatten()
-                .find(|r| r["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(path.name())))
+                .find(|r| {
+                    r["name"]
+                        .as_str()
+                        .is_some_and(|n| n.eq_ignore_ascii_case(path.name()))
+                })
                 .map(|r| axum::Json(r.clone()).into_response())
                 .unwrap_or_else(|| not_found(&path))
         }
@@ -821,15 +870,29 @@ fn invalid_reference(what: &str, referrer: &str) -> Response {
     error(
         StatusCode::BAD_REQUEST,
         "InvalidResourceReference",
-        format!("Resource {what} referenced by resource {referrer} was not found. Please make sure that the referenced resource exists, and that both resources are in the same region."),
+        format!(
+            "Resource {what} referenced by resource {referrer} was not found. Please make sure that the referenced resource exists, and that both resources are in the same region."
+        ),
     )
 }
 
 fn put(inner: &mut Inner, path: &ArmPath, body: &[u8], base: &str) -> Response {
     let mut given: Value = match serde_json::from_slice(body) {
         Ok(v @ Value::Object(_)) => v,
-        Ok(_) => return error(StatusCode::BAD_REQUEST, "InvalidRequestContent", "the body is not a JSON object"),
-        Err(e) => return error(StatusCode::BAD_REQUEST, "InvalidRequestContent", format!("the body is not valid JSON: {e}")),
+        Ok(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequestContent",
+                "the body is not a JSON object",
+            );
+        }
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequestContent",
+                format!("the body is not valid JSON: {e}"),
+            );
+        }
     };
     let key = path.path.to_ascii_lowercase();
     let existing = inner.resources.get(&key).cloned();
@@ -841,14 +904,25 @@ fn put(inner: &mut Inner, path: &ArmPath, body: &[u8], base: &str) -> Response {
         given["properties"] = json!({});
     }
     let props = given["properties"].as_object_mut().expect("object");
-    for read_only in ["provisioningState", "resourceGuid", "subnets", "privateEndpoints", "networkInterfaces", "defaultSecurityRules"] {
+    for read_only in [
+        "provisioningState",
+        "resourceGuid",
+        "subnets",
+        "privateEndpoints",
+        "networkInterfaces",
+        "defaultSecurityRules",
+    ] {
         props.remove(read_only);
     }
     let mut child_rules: Option<Vec<Value>> = None;
     match path.kind {
         Kind::Nsg => {
             if given["location"].as_str().is_none() {
-                return error(StatusCode::BAD_REQUEST, "LocationRequired", "The location property is required for this definition.");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "LocationRequired",
+                    "The location property is required for this definition.",
+                );
             }
             // A PUT of an NSG sets its rules: the ones in the body, or none.
             let rules = given["properties"]
@@ -861,9 +935,22 @@ fn put(inner: &mut Inner, path: &ArmPath, body: &[u8], base: &str) -> Response {
                 if let Err(resp) = check_rule(r) {
                     return resp;
                 }
-                let slot = (r["properties"]["direction"].as_str().unwrap_or_default().to_ascii_lowercase(), r["properties"]["priority"].as_u64());
+                let slot = (
+                    r["properties"]["direction"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_ascii_lowercase(),
+                    r["properties"]["priority"].as_u64(),
+                );
                 if !seen.insert(slot) {
-                    return error(StatusCode::BAD_REQUEST, "SecurityRuleConflict", format!("Security rule {} conflicts with another rule of the same priority and direction.", r["name"]));
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "SecurityRuleConflict",
+                        format!(
+                            "Security rule {} conflicts with another rule of the same priority and direction.",
+                            r["name"]
+                        ),
+                    );
                 }
             }
             child_rules = Some(rules);
@@ -881,23 +968,42 @@ fn put(inner: &mut Inner, path: &ArmPath, body: &[u8], base: &str) -> Response {
             if let Err(resp) = check_rule(&given) {
                 return resp;
             }
-            let dir = given["properties"]["direction"].as_str().unwrap_or_default();
+            let dir = given["properties"]["direction"]
+                .as_str()
+                .unwrap_or_default();
             let prio = given["properties"]["priority"].as_u64();
-            if let Some(other) = inner.children(path.parent(), "securityrules").into_iter().find(|r| {
-                !r["name"].as_str().unwrap_or_default().eq_ignore_ascii_case(path.name())
-                    && r["properties"]["direction"].as_str().is_some_and(|d| d.eq_ignore_ascii_case(dir))
-                    && r["properties"]["priority"].as_u64() == prio
-            }) {
+            if let Some(other) = inner
+                .children(path.parent(), "securityrules")
+                .into_iter()
+                .find(|r| {
+                    !r["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .eq_ignore_ascii_case(path.name())
+                        && r["properties"]["direction"]
+                            .as_str()
+                            .is_some_and(|d| d.eq_ignore_ascii_case(dir))
+                        && r["properties"]["priority"].as_u64() == prio
+                })
+            {
                 return error(
                     StatusCode::BAD_REQUEST,
                     "SecurityRuleConflict",
-                    format!("Security rule {} conflicts with rule {}. Rules cannot have the same Priority and Direction.", path.name(), other["name"].as_str().unwrap_or_default()),
+                    format!(
+                        "Security rule {} conflicts with rule {}. Rules cannot have the same Priority and Direction.",
+                        path.name(),
+                        other["name"].as_str().unwrap_or_default()
+                    ),
                 );
             }
         }
         Kind::Vnet => {
             if given["location"].as_str().is_none() {
-                return error(StatusCode::BAD_REQUEST, "LocationRequired", "The location property is required for this definition.");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "LocationRequired",
+                    "The location property is required for this definition.",
+                );
             }
         }
         Kind::Subnet => {
@@ -906,7 +1012,11 @@ fn put(inner: &mut Inner, path: &ArmPath, body: &[u8], base: &str) -> Response {
             }
             let p = &given["properties"];
             if p["addressPrefix"].as_str().is_none() && p["addressPrefixes"].as_array().is_none() {
-                return error(StatusCode::BAD_REQUEST, "InvalidRequestFormat", "Subnet must have addressPrefix or addressPrefixes.");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidRequestFormat",
+                    "Subnet must have addressPrefix or addressPrefixes.",
+                );
             }
             if let Some(nsg) = p["networkSecurityGroup"]["id"].as_str()
                 && !inner.exists(nsg)
@@ -916,9 +1026,16 @@ fn put(inner: &mut Inner, path: &ArmPath, body: &[u8], base: &str) -> Response {
         }
         Kind::Pe => {
             if given["location"].as_str().is_none() {
-                return error(StatusCode::BAD_REQUEST, "LocationRequired", "The location property is required for this definition.");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "LocationRequired",
+                    "The location property is required for this definition.",
+                );
             }
-            let subnet = given["properties"]["subnet"]["id"].as_str().unwrap_or_default().to_string();
+            let subnet = given["properties"]["subnet"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             if subnet.is_empty() || !inner.exists(&subnet) {
                 return invalid_reference(&subnet, &path.path);
             }
@@ -931,7 +1048,10 @@ fn put(inner: &mut Inner, path: &ArmPath, body: &[u8], base: &str) -> Response {
             );
             let p = given["properties"].as_object_mut().expect("object");
             p.insert("networkInterfaces".into(), json!([{ "id": nic }]));
-            for list in ["privateLinkServiceConnections", "manualPrivateLinkServiceConnections"] {
+            for list in [
+                "privateLinkServiceConnections",
+                "manualPrivateLinkServiceConnections",
+            ] {
                 let conns = p.entry(list).or_insert_with(|| json!([]));
                 for c in conns.as_array_mut().into_iter().flatten() {
                     c["properties"]["privateLinkServiceConnectionState"] = json!({
@@ -946,14 +1066,18 @@ fn put(inner: &mut Inner, path: &ArmPath, body: &[u8], base: &str) -> Response {
             p.entry("customDnsConfigs").or_insert_with(|| json!([]));
         }
         Kind::Site => {
-            if let Some(subnet) = given["properties"]["virtualNetworkSubnetId"].as_str() {
-                if let Err(resp) = check_site_subnet(inner, subnet) {
-                    return resp;
-                }
+            if let Some(subnet) = given["properties"]["virtualNetworkSubnetId"].as_str()
+                && let Err(resp) = check_site_subnet(inner, subnet)
+            {
+                return resp;
             }
         }
         Kind::DefaultRule | Kind::Operation | Kind::OperationResult => {
-            return error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", format!("PUT is not allowed on {}", path.path));
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                format!("PUT is not allowed on {}", path.path),
+            );
         }
     }
     let mut stored = Map::new();
@@ -971,7 +1095,11 @@ fn put(inner: &mut Inner, path: &ArmPath, body: &[u8], base: &str) -> Response {
         stored["properties"]["provisioningState"] = json!("Succeeded");
     }
     let created = existing.is_none();
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
 
     if path.kind == Kind::Site {
         // WebApps_CreateOrUpdate answers 200 with the site when it is done at once.
@@ -998,7 +1126,9 @@ fn put(inner: &mut Inner, path: &ArmPath, body: &[u8], base: &str) -> Response {
                 r["etag"] = json!(format!("W/\"{}\"", inner.new_id()));
                 r["type"] = json!("Microsoft.Network/networkSecurityGroups/securityRules");
                 r["properties"]["provisioningState"] = json!("Succeeded");
-                inner.resources.insert(format!("{prefix}{}", name.to_ascii_lowercase()), r);
+                inner
+                    .resources
+                    .insert(format!("{prefix}{}", name.to_ascii_lowercase()), r);
             }
         }
     }
@@ -1017,10 +1147,14 @@ fn put(inner: &mut Inner, path: &ArmPath, body: &[u8], base: &str) -> Response {
         .get(&key)
         .map(|v| inner.compose(v))
         .unwrap_or(stored);
-    answer["properties"]["provisioningState"] = json!(if created { "Creating" } else { "Updating" });
+    answer["properties"]["provisioningState"] =
+        json!(if created { "Creating" } else { "Updating" });
     let mut r = (status, axum::Json(answer)).into_response();
     let h = r.headers_mut();
-    h.insert("azure-asyncoperation", HeaderValue::from_str(&op_url(base, path, &op, "operations")).expect("url"));
+    h.insert(
+        "azure-asyncoperation",
+        HeaderValue::from_str(&op_url(base, path, &op, "operations")).expect("url"),
+    );
     h.insert("retry-after", HeaderValue::from_static("0"));
     r
 }
@@ -1034,27 +1168,57 @@ fn op_url(base: &str, path: &ArmPath, op: &str, what: &str) -> String {
 
 fn check_rule(r: &Value) -> Result<(), Response> {
     let p = &r["properties"];
-    let bad = |m: String| Err(error(StatusCode::BAD_REQUEST, "SecurityRuleInvalidParameter", m));
+    let bad = |m: String| {
+        Err(error(
+            StatusCode::BAD_REQUEST,
+            "SecurityRuleInvalidParameter",
+            m,
+        ))
+    };
     match p["priority"].as_u64() {
         Some(100..=4096) => {}
-        other => return bad(format!("Security rule {} has invalid Priority {other:?}. Value provided: it must be between 100 and 4096.", r["name"])),
+        other => {
+            return bad(format!(
+                "Security rule {} has invalid Priority {other:?}. Value provided: it must be between 100 and 4096.",
+                r["name"]
+            ));
+        }
     }
-    let one_of = |v: &Value, allowed: &[&str]| v.as_str().is_some_and(|s| allowed.iter().any(|a| a.eq_ignore_ascii_case(s)));
+    let one_of = |v: &Value, allowed: &[&str]| {
+        v.as_str()
+            .is_some_and(|s| allowed.iter().any(|a| a.eq_ignore_ascii_case(s)))
+    };
     if !one_of(&p["direction"], &["Inbound", "Outbound"]) {
-        return bad(format!("Security rule {} has invalid direction {}.", r["name"], p["direction"]));
+        return bad(format!(
+            "Security rule {} has invalid direction {}.",
+            r["name"], p["direction"]
+        ));
     }
     if !one_of(&p["access"], &["Allow", "Deny"]) {
-        return bad(format!("Security rule {} has invalid access {}.", r["name"], p["access"]));
+        return bad(format!(
+            "Security rule {} has invalid access {}.",
+            r["name"], p["access"]
+        ));
     }
     if !one_of(&p["protocol"], &["Tcp", "Udp", "Icmp", "Esp", "Ah", "*"]) {
-        return bad(format!("Security rule {} has invalid protocol {}.", r["name"], p["protocol"]));
+        return bad(format!(
+            "Security rule {} has invalid protocol {}.",
+            r["name"], p["protocol"]
+        ));
     }
     for side in ["source", "destination"] {
         let single = p[format!("{side}AddressPrefix")].as_str().is_some();
-        let many = p[format!("{side}AddressPrefixes")].as_array().is_some_and(|a| !a.is_empty());
-        let asg = p[format!("{side}ApplicationSecurityGroups")].as_array().is_some_and(|a| !a.is_empty());
+        let many = p[format!("{side}AddressPrefixes")]
+            .as_array()
+            .is_some_and(|a| !a.is_empty());
+        let asg = p[format!("{side}ApplicationSecurityGroups")]
+            .as_array()
+            .is_some_and(|a| !a.is_empty());
         if !(single || many || asg) {
-            return bad(format!("Security rule {} has no {side} address prefix.", r["name"]));
+            return bad(format!(
+                "Security rule {} has no {side} address prefix.",
+                r["name"]
+            ));
         }
     }
     Ok(())
@@ -1064,18 +1228,24 @@ fn check_site_subnet(inner: &Inner, subnet: &str) -> Result<(), Response> {
     let Some(s) = inner.resources.get(&subnet.to_ascii_lowercase()) else {
         return Err(invalid_reference(subnet, "site"));
     };
-    let delegated = s["properties"]["delegations"].as_array().into_iter().flatten().any(|d| {
-        d["properties"]["serviceName"]
-            .as_str()
-            .is_some_and(|n| n.eq_ignore_ascii_case("Microsoft.Web/serverFarms"))
-    });
+    let delegated = s["properties"]["delegations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|d| {
+            d["properties"]["serviceName"]
+                .as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case("Microsoft.Web/serverFarms"))
+        });
     if delegated {
         Ok(())
     } else {
         Err(error(
             StatusCode::BAD_REQUEST,
             "SubnetMissingRequiredDelegation",
-            format!("Subnet {subnet} must be delegated to Microsoft.Web/serverFarms for regional VNet integration."),
+            format!(
+                "Subnet {subnet} must be delegated to Microsoft.Web/serverFarms for regional VNet integration."
+            ),
         ))
     }
 }
@@ -1087,14 +1257,24 @@ fn patch(inner: &mut Inner, path: &ArmPath, body: &[u8]) -> Response {
     };
     let given: Value = match serde_json::from_slice(body) {
         Ok(v @ Value::Object(_)) => v,
-        _ => return error(StatusCode::BAD_REQUEST, "InvalidRequestContent", "the body is not a JSON object"),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequestContent",
+                "the body is not a JSON object",
+            );
+        }
     };
     if let Some(tags) = given.get("tags") {
         current["tags"] = tags.clone();
     }
     if let Some(Value::Object(props)) = given.get("properties") {
         if path.kind != Kind::Site {
-            return error(StatusCode::BAD_REQUEST, "InvalidRequestContent", "only tags can be patched on this resource type (TagsObject)");
+            return error(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequestContent",
+                "only tags can be patched on this resource type (TagsObject)",
+            );
         }
         if let Some(subnet) = props.get("virtualNetworkSubnetId").and_then(Value::as_str)
             && let Err(resp) = check_site_subnet(inner, subnet)
@@ -1127,7 +1307,10 @@ fn delete(inner: &mut Inner, path: &ArmPath, base: &str) -> Response {
                 return error(
                     StatusCode::BAD_REQUEST,
                     "InUseNetworkSecurityGroupCannotBeDeleted",
-                    format!("Network security group {id} cannot be deleted because it is in use by the following resources: {}. In order to delete the Network security group, remove the association with the resource(s).", users.join(", ")),
+                    format!(
+                        "Network security group {id} cannot be deleted because it is in use by the following resources: {}. In order to delete the Network security group, remove the association with the resource(s).",
+                        users.join(", ")
+                    ),
                 );
             }
         }
@@ -1138,7 +1321,14 @@ fn delete(inner: &mut Inner, path: &ArmPath, base: &str) -> Response {
                 .filter_map(|p| p["id"].as_str().map(str::to_string))
                 .collect();
             if !pes.is_empty() {
-                return error(StatusCode::BAD_REQUEST, "InUseSubnetCannotBeDeleted", format!("Subnet {id} is in use by {} and cannot be deleted.", pes.join(", ")));
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "InUseSubnetCannotBeDeleted",
+                    format!(
+                        "Subnet {id} is in use by {} and cannot be deleted.",
+                        pes.join(", ")
+                    ),
+                );
             }
         }
         Kind::Site => {
@@ -1172,8 +1362,14 @@ fn delete(inner: &mut Inner, path: &ArmPath, base: &str) -> Response {
     );
     let mut r = StatusCode::ACCEPTED.into_response();
     let h = r.headers_mut();
-    h.insert("location", HeaderValue::from_str(&op_url(base, path, &op, "operationResults")).expect("url"));
-    h.insert("azure-asyncoperation", HeaderValue::from_str(&op_url(base, path, &op, "operations")).expect("url"));
+    h.insert(
+        "location",
+        HeaderValue::from_str(&op_url(base, path, &op, "operationResults")).expect("url"),
+    );
+    h.insert(
+        "azure-asyncoperation",
+        HeaderValue::from_str(&op_url(base, path, &op, "operations")).expect("url"),
+    );
     h.insert("retry-after", HeaderValue::from_static("0"));
     r
 }
@@ -1181,14 +1377,19 @@ fn delete(inner: &mut Inner, path: &ArmPath, base: &str) -> Response {
 fn poll(inner: &mut Inner, path: &ArmPath, base: &str) -> Response {
     let op_id = path.name().to_string();
     let Some(op) = inner.ops.get_mut(&op_id) else {
-        return error(StatusCode::NOT_FOUND, "OperationNotFound", format!("Operation {op_id} was not found."));
+        return error(
+            StatusCode::NOT_FOUND,
+            "OperationNotFound",
+            format!("Operation {op_id} was not found."),
+        );
     };
     let in_progress = op.polls_left > 0;
     op.polls_left = op.polls_left.saturating_sub(1);
     let error_body = op.error.clone();
     let (delete, resource) = (op.delete, op.resource.clone());
     let retry = |mut r: Response| {
-        r.headers_mut().insert("retry-after", HeaderValue::from_static("0"));
+        r.headers_mut()
+            .insert("retry-after", HeaderValue::from_static("0"));
         r
     };
     if path.kind == Kind::Operation {
@@ -1206,7 +1407,10 @@ fn poll(inner: &mut Inner, path: &ArmPath, base: &str) -> Response {
     // Location (operationResults) semantics.
     if in_progress {
         let mut r = retry(StatusCode::ACCEPTED.into_response());
-        r.headers_mut().insert("location", HeaderValue::from_str(&op_url(base, path, &op_id, "operationResults")).expect("url"));
+        r.headers_mut().insert(
+            "location",
+            HeaderValue::from_str(&op_url(base, path, &op_id, "operationResults")).expect("url"),
+        );
         return r;
     }
     if let Some((code, message)) = error_body {
@@ -1234,7 +1438,8 @@ pub const EXAMPLE_RESOURCE_GROUP: &str = "rg-prod";
 /// `func-orders` (already integrated into `snet-orders`), then `func-orders-NNN` tagged
 /// `app: orders` and every fourth one `func-misc-NNN` that no policy selects.
 pub fn example_estate(functions: usize) -> Value {
-    let rg = format!("/subscriptions/{EXAMPLE_SUBSCRIPTION}/resourceGroups/{EXAMPLE_RESOURCE_GROUP}");
+    let rg =
+        format!("/subscriptions/{EXAMPLE_SUBSCRIPTION}/resourceGroups/{EXAMPLE_RESOURCE_GROUP}");
     let net = format!("{rg}/providers/Microsoft.Network");
     let vnet = format!("{net}/virtualNetworks/vnet-prod");
     let delegated = |name: &str, prefix: &str| {
@@ -1305,12 +1510,24 @@ pub fn example_estate(functions: usize) -> Value {
         })
     };
     resources.push(site("func-reports", json!({ "env": "prod" }), None));
-    resources.push(site("func-orders", json!({ "app": "orders", "env": "prod" }), Some("snet-orders")));
+    resources.push(site(
+        "func-orders",
+        json!({ "app": "orders", "env": "prod" }),
+        Some("snet-orders"),
+    ));
     for i in 2..functions {
         if i % 4 == 0 {
-            resources.push(site(&format!("func-misc-{i:03}"), json!({ "env": "prod" }), None));
+            resources.push(site(
+                &format!("func-misc-{i:03}"),
+                json!({ "env": "prod" }),
+                None,
+            ));
         } else {
-            resources.push(site(&format!("func-orders-{i:03}"), json!({ "app": "orders", "env": "prod" }), None));
+            resources.push(site(
+                &format!("func-orders-{i:03}"),
+                json!({ "app": "orders", "env": "prod" }),
+                None,
+            ));
         }
     }
     json!({ "resourceGroups": [rg], "resources": resources })

@@ -48,8 +48,10 @@ async fn main() {
             }
             "--seed" => seed = Some(args.next().unwrap_or_else(|| usage("--seed needs a file"))),
             "--static-token" => {
-                config.static_token =
-                    Some(args.next().unwrap_or_else(|| usage("--static-token needs a value")));
+                config.static_token = Some(
+                    args.next()
+                        .unwrap_or_else(|| usage("--static-token needs a value")),
+                );
             }
             "--in-progress-polls" => config.in_progress_polls = number(&flag, args.next()),
             "--throttle-every" => config.throttle_every = number(&flag, args.next()),

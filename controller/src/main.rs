@@ -277,7 +277,11 @@ struct CloudArgs {
     /// the demo). Credentials come from azure_identity's chain: AZURE_TENANT_ID +
     /// AZURE_CLIENT_ID + AZURE_CLIENT_SECRET (or a certificate), workload identity,
     /// managed identity, Azure CLI; AZURE_AUTHORITY_HOST for a non-public Entra ID.
-    #[arg(long, env = "PALISADE_AZURE_ARM_ENDPOINT", default_value = "https://management.azure.com/")]
+    #[arg(
+        long,
+        env = "PALISADE_AZURE_ARM_ENDPOINT",
+        default_value = "https://management.azure.com/"
+    )]
     azure_arm_endpoint: String,
     /// Wait between polls of an ARM long-running operation when ARM sends no Retry-After.
     #[arg(long, env = "PALISADE_AZURE_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]

@@ -62,7 +62,10 @@ pub enum Phase {
     CreateEndpoints,
     /// Endpoint subnets / groups / route tables.
     UpdateEndpoints,
-    /// Function placement and subnet ↔ NSG associations.
+    /// Azure: NSGs attached to subnets — before any function joins the subnet, so that
+    /// no function runs in a subnet whose NSG is missing.
+    SubnetGroups,
+    /// Function placement, and NSGs detached from subnets.
     Placement,
     /// Rules no longer wanted.
     RemoveRules,
@@ -534,7 +537,7 @@ fn plan_placements(
             .and_then(|p| p.subnet_groups.get(&sg.subnet.to_ascii_lowercase()))
             .is_some_and(|x| x.group == sg.group);
         b.push(
-            Phase::Placement,
+            Phase::SubnetGroups,
             cause(drift),
             &resource,
             Change::SetSubnetGroup {

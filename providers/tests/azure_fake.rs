@@ -113,14 +113,22 @@ async fn observe_reads_one_list_per_collection_page() {
     assert_eq!(inv.networks.len(), 1);
     assert_eq!(inv.subnets.len(), 4);
     assert_eq!(inv.groups.len(), 1, "nsg-legacy");
-    let legacy = inv.subnets.iter().find(|s| s.name == "snet-legacy").unwrap();
+    let legacy = inv
+        .subnets
+        .iter()
+        .find(|s| s.name == "snet-legacy")
+        .unwrap();
     assert_eq!(
         legacy.group,
         Some(GroupRef::Id(format!(
             "{RG}/providers/Microsoft.Network/networkSecurityGroups/nsg-legacy"
         )))
     );
-    let orders = inv.functions.iter().find(|f| f.name == "func-orders").unwrap();
+    let orders = inv
+        .functions
+        .iter()
+        .find(|f| f.name == "func-orders")
+        .unwrap();
     assert_eq!(
         orders.placement.as_ref().unwrap().subnets,
         vec![subnet("snet-orders")]
@@ -150,17 +158,38 @@ async fn the_full_lifecycle_polls_each_operation_and_preserves_the_subnet() {
     assert_eq!(count(&p, "GET operations (poll)", CallOutcome::Ok), 3);
 
     let rules = vec![
-        rule(Direction::Ingress, 100, tcp(443), Peer::cidr("10.20.2.0/24".parse().unwrap())),
-        rule(Direction::Egress, 100, tcp(1433), Peer::ServiceTag("Sql.WestEurope".into())),
+        rule(
+            Direction::Ingress,
+            100,
+            tcp(443),
+            Peer::cidr("10.20.2.0/24".parse().unwrap()),
+        ),
+        rule(
+            Direction::Egress,
+            100,
+            tcp(1433),
+            Peer::ServiceTag("Sql.WestEurope".into()),
+        ),
         Rule {
             access: Access::Deny,
-            ..rule(Direction::Egress, 4000, Ports::ALL, Peer::ServiceTag("Internet".into()))
+            ..rule(
+                Direction::Egress,
+                4000,
+                Ports::ALL,
+                Peer::ServiceTag("Internet".into()),
+            )
         },
     ];
     let group = GroupRef::Managed("reports-func".into());
-    p.apply(&t, &Change::AddRules { group: group.clone(), rules: rules.clone() })
-        .await
-        .unwrap();
+    p.apply(
+        &t,
+        &Change::AddRules {
+            group: group.clone(),
+            rules: rules.clone(),
+        },
+    )
+    .await
+    .unwrap();
 
     let before = fake.fake.get(&subnet("snet-reports")).unwrap();
     let out = p
@@ -177,10 +206,25 @@ async fn the_full_lifecycle_polls_each_operation_and_preserves_the_subnet() {
     assert_eq!(out.status, OutcomeStatus::Applied);
     assert_eq!(out.request_ids.len(), 1);
     let after = fake.fake.get(&subnet("snet-reports")).unwrap();
-    for key in ["delegations", "serviceEndpoints", "routeTable", "privateEndpointNetworkPolicies", "privateLinkServiceNetworkPolicies", "addressPrefix"] {
-        assert_eq!(before["properties"][key], after["properties"][key], "{key} survives the association");
+    for key in [
+        "delegations",
+        "serviceEndpoints",
+        "routeTable",
+        "privateEndpointNetworkPolicies",
+        "privateLinkServiceNetworkPolicies",
+        "addressPrefix",
+    ] {
+        assert_eq!(
+            before["properties"][key], after["properties"][key],
+            "{key} survives the association"
+        );
     }
-    assert!(after["properties"]["networkSecurityGroup"]["id"].as_str().unwrap().eq_ignore_ascii_case(&nsg));
+    assert!(
+        after["properties"]["networkSecurityGroup"]["id"]
+            .as_str()
+            .unwrap()
+            .eq_ignore_ascii_case(&nsg)
+    );
 
     let site = format!("{RG}/providers/Microsoft.Web/sites/func-reports");
     let site_before = fake.fake.get(&site).unwrap();
@@ -234,47 +278,97 @@ async fn the_full_lifecycle_polls_each_operation_and_preserves_the_subnet() {
     let want: BTreeSet<Rule> = rules.iter().cloned().collect();
     assert_eq!(got, want);
     assert_eq!(
-        inv.subnets.iter().find(|s| s.name == "snet-reports").unwrap().group,
+        inv.subnets
+            .iter()
+            .find(|s| s.name == "snet-reports")
+            .unwrap()
+            .group,
         Some(group.clone())
     );
-    let f = inv.functions.iter().find(|f| f.name == "func-reports").unwrap();
+    let f = inv
+        .functions
+        .iter()
+        .find(|f| f.name == "func-reports")
+        .unwrap();
     assert_eq!(f.placement.as_ref(), Some(&placement));
-    let ep = inv.endpoints.iter().find(|e| e.owner() == Some(owner)).unwrap();
+    let ep = inv
+        .endpoints
+        .iter()
+        .find(|e| e.owner() == Some(owner))
+        .unwrap();
     assert_eq!(ep.service, format!("{kv}#vault"));
     assert_eq!(ep.subnets, vec![subnet("snet-endpoints")]);
 
     // Re-applying is idempotent.
     let again = p
-        .apply(&t, &Change::SetSubnetGroup { subnet: subnet("snet-reports"), before: None, after: Some(group.clone()) })
+        .apply(
+            &t,
+            &Change::SetSubnetGroup {
+                subnet: subnet("snet-reports"),
+                before: None,
+                after: Some(group.clone()),
+            },
+        )
         .await
         .unwrap();
     assert_eq!(again.status, OutcomeStatus::AlreadyDone);
 
     // An NSG still associated is not deleted: pending, like AWS's DependencyViolation.
     let out = p
-        .apply(&t, &Change::DeleteGroup { owner: "reports-func".into(), id: nsg.clone() })
+        .apply(
+            &t,
+            &Change::DeleteGroup {
+                owner: "reports-func".into(),
+                id: nsg.clone(),
+            },
+        )
         .await
         .unwrap();
     assert_eq!(out.status, OutcomeStatus::Pending, "{out:?}");
     assert!(fake.fake.get(&nsg).is_some());
 
     // Detach, then delete: the delete's Location is followed to its 204.
-    p.apply(&t, &Change::SetSubnetGroup { subnet: subnet("snet-reports"), before: Some(group.clone()), after: None })
-        .await
-        .unwrap();
+    p.apply(
+        &t,
+        &Change::SetSubnetGroup {
+            subnet: subnet("snet-reports"),
+            before: Some(group.clone()),
+            after: None,
+        },
+    )
+    .await
+    .unwrap();
     let after = fake.fake.get(&subnet("snet-reports")).unwrap();
     assert!(after["properties"].get("networkSecurityGroup").is_none());
-    assert_eq!(before["properties"]["delegations"], after["properties"]["delegations"]);
+    assert_eq!(
+        before["properties"]["delegations"],
+        after["properties"]["delegations"]
+    );
     let polls_before = count(&p, "GET operations (poll)", CallOutcome::Ok);
     let out = p
-        .apply(&t, &Change::DeleteGroup { owner: "reports-func".into(), id: nsg.clone() })
+        .apply(
+            &t,
+            &Change::DeleteGroup {
+                owner: "reports-func".into(),
+                id: nsg.clone(),
+            },
+        )
         .await
         .unwrap();
     assert_eq!(out.status, OutcomeStatus::Applied);
     assert!(fake.fake.get(&nsg).is_none());
-    assert_eq!(count(&p, "GET operations (poll)", CallOutcome::Ok), polls_before + 3);
+    assert_eq!(
+        count(&p, "GET operations (poll)", CallOutcome::Ok),
+        polls_before + 3
+    );
     let gone = p
-        .apply(&t, &Change::DeleteGroup { owner: "reports-func".into(), id: nsg })
+        .apply(
+            &t,
+            &Change::DeleteGroup {
+                owner: "reports-func".into(),
+                id: nsg,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(gone.status, OutcomeStatus::AlreadyDone);
@@ -284,7 +378,10 @@ async fn the_full_lifecycle_polls_each_operation_and_preserves_the_subnet() {
 async fn a_failed_operation_keeps_its_code_and_message() {
     let (fake, p) = start(Config::default(), 2).await;
     fake.fake.configure(|c| {
-        c.fail_next = Some(("NetworkSecurityGroupQuotaExceeded".into(), "Quota of 5000 NSGs reached.".into()));
+        c.fail_next = Some((
+            "NetworkSecurityGroupQuotaExceeded".into(),
+            "Quota of 5000 NSGs reached.".into(),
+        ));
     });
     let err = p
         .apply(
@@ -333,9 +430,17 @@ async fn throttling_and_busy_resources_are_retried_and_counted() {
     .await
     .unwrap();
     let calls = p.api_calls();
-    let throttled: u64 = calls.iter().filter(|c| c.outcome == CallOutcome::Throttled).map(|c| c.count).sum();
+    let throttled: u64 = calls
+        .iter()
+        .filter(|c| c.outcome == CallOutcome::Throttled)
+        .map(|c| c.count)
+        .sum();
     assert!(throttled >= 3, "{calls:#?}");
-    assert_eq!(count(&p, "PUT securityRules", CallOutcome::Error), 2, "{calls:#?}");
+    assert_eq!(
+        count(&p, "PUT securityRules", CallOutcome::Error),
+        2,
+        "{calls:#?}"
+    );
     assert!(count(&p, "PUT securityRules", CallOutcome::Ok) >= 1);
 }
 
@@ -347,28 +452,56 @@ async fn ownership_is_checked_before_any_write() {
         .seed(&json!({ "resources": [{ "id": format!("{RG}/providers/Microsoft.Network/networkSecurityGroups/palisade-x"), "location": "westeurope", "tags": { "owner": "someone" } }] }))
         .unwrap();
     let err = p
-        .apply(&target(), &Change::CreateGroup { owner: "x".into(), name: "palisade-x".into(), network: String::new(), description: String::new(), tags: ownership_tags("x") })
+        .apply(
+            &target(),
+            &Change::CreateGroup {
+                owner: "x".into(),
+                name: "palisade-x".into(),
+                network: String::new(),
+                description: String::new(),
+                tags: ownership_tags("x"),
+            },
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("Palisade.NotOwned"), "{err}");
     let legacy = format!("{RG}/providers/Microsoft.Network/networkSecurityGroups/nsg-legacy");
     let err = p
-        .apply(&target(), &Change::DeleteGroup { owner: "x".into(), id: legacy.clone() })
+        .apply(
+            &target(),
+            &Change::DeleteGroup {
+                owner: "x".into(),
+                id: legacy.clone(),
+            },
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("Palisade.NotOwned"), "{err}");
     let err = p
-        .apply(&target(), &Change::AddRules { group: GroupRef::Id(legacy.clone()), rules: vec![rule(Direction::Ingress, 200, tcp(22), Peer::Any)] })
+        .apply(
+            &target(),
+            &Change::AddRules {
+                group: GroupRef::Id(legacy.clone()),
+                rules: vec![rule(Direction::Ingress, 200, tcp(22), Peer::Any)],
+            },
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("Palisade.NotOwned"), "{err}");
-    assert_eq!(fake.fake.get(&legacy).unwrap()["properties"]["securityRules"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        fake.fake.get(&legacy).unwrap()["properties"]["securityRules"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     let writes = total_calls(&p.api_calls(), CallKind::Write);
     assert_eq!(writes, 0);
 }
 
 #[tokio::test]
-async fn a_rule_replaced_since_it_was_observed_is_not_deleted_and_hand_made_rules_leave_their_slot() {
+async fn a_rule_replaced_since_it_was_observed_is_not_deleted_and_hand_made_rules_leave_their_slot()
+{
     let (fake, p) = start(Config::default(), 2).await;
     let t = target();
     let nsg = create_nsg(&p, "orders-func").await;
@@ -382,25 +515,57 @@ async fn a_rule_replaced_since_it_was_observed_is_not_deleted_and_hand_made_rule
     let drift = observed.managed_group("orders-func").unwrap().rules.clone();
     assert_eq!(drift.len(), 1);
     // The desired rule takes slot 100: the hand-made rule holding it goes first.
-    let desired = rule(Direction::Ingress, 100, tcp(443), Peer::cidr("10.20.0.0/24".parse().unwrap()));
-    p.apply(&t, &Change::AddRules { group: group.clone(), rules: vec![desired.clone()] })
-        .await
-        .unwrap();
+    let desired = rule(
+        Direction::Ingress,
+        100,
+        tcp(443),
+        Peer::cidr("10.20.0.0/24".parse().unwrap()),
+    );
+    p.apply(
+        &t,
+        &Change::AddRules {
+            group: group.clone(),
+            rules: vec![desired.clone()],
+        },
+    )
+    .await
+    .unwrap();
     // Removing the observed hand-made rule now removes nothing (it is gone), and a rule
     // observed in slot palisade-in-100 with other content is not deleted either.
     let out = p
-        .apply(&t, &Change::RemoveRules { group: group.clone(), rules: drift })
+        .apply(
+            &t,
+            &Change::RemoveRules {
+                group: group.clone(),
+                rules: drift,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(out.status, OutcomeStatus::AlreadyDone);
-    let stale = Rule { id: Some("palisade-in-100".into()), ..rule(Direction::Ingress, 100, tcp(8443), Peer::Any) };
+    let stale = Rule {
+        id: Some("palisade-in-100".into()),
+        ..rule(Direction::Ingress, 100, tcp(8443), Peer::Any)
+    };
     let out = p
-        .apply(&t, &Change::RemoveRules { group: group.clone(), rules: vec![stale] })
+        .apply(
+            &t,
+            &Change::RemoveRules {
+                group: group.clone(),
+                rules: vec![stale],
+            },
+        )
         .await
         .unwrap();
     assert_eq!(out.status, OutcomeStatus::AlreadyDone);
     let inv = p.observe(&t).await.unwrap();
-    assert_eq!(inv.managed_group("orders-func").unwrap().rules, vec![Rule { id: Some("palisade-in-100".into()), ..desired }]);
+    assert_eq!(
+        inv.managed_group("orders-func").unwrap().rules,
+        vec![Rule {
+            id: Some("palisade-in-100".into()),
+            ..desired
+        }]
+    );
 }
 
 /// Which SDK model an example's response body is.
@@ -408,13 +573,29 @@ fn parse_as(file: &str, body: &Value) -> Result<(), String> {
     let b = body.clone();
     let list = file.ends_with("List.json") || file.ends_with("ListAll.json");
     let r = if file.starts_with("NetworkSecurityGroupRule") {
-        if list { serde_json::from_value::<m::SecurityRuleListResult>(b).map(|_| ()) } else { serde_json::from_value::<m::SecurityRule>(b).map(|_| ()) }
+        if list {
+            serde_json::from_value::<m::SecurityRuleListResult>(b).map(|_| ())
+        } else {
+            serde_json::from_value::<m::SecurityRule>(b).map(|_| ())
+        }
     } else if file.starts_with("NetworkSecurityGroup") {
-        if list { serde_json::from_value::<m::NetworkSecurityGroupListResult>(b).map(|_| ()) } else { serde_json::from_value::<m::NetworkSecurityGroup>(b).map(|_| ()) }
+        if list {
+            serde_json::from_value::<m::NetworkSecurityGroupListResult>(b).map(|_| ())
+        } else {
+            serde_json::from_value::<m::NetworkSecurityGroup>(b).map(|_| ())
+        }
     } else if file.starts_with("Subnet") {
-        if list { serde_json::from_value::<m::SubnetListResult>(b).map(|_| ()) } else { serde_json::from_value::<m::Subnet>(b).map(|_| ()) }
+        if list {
+            serde_json::from_value::<m::SubnetListResult>(b).map(|_| ())
+        } else {
+            serde_json::from_value::<m::Subnet>(b).map(|_| ())
+        }
     } else if file.starts_with("PrivateEndpoint") {
-        if list { serde_json::from_value::<m::PrivateEndpointListResult>(b).map(|_| ()) } else { serde_json::from_value::<m::PrivateEndpoint>(b).map(|_| ()) }
+        if list {
+            serde_json::from_value::<m::PrivateEndpointListResult>(b).map(|_| ())
+        } else {
+            serde_json::from_value::<m::PrivateEndpoint>(b).map(|_| ())
+        }
     } else {
         return Err(format!("{file}: no model"));
     };
@@ -423,7 +604,9 @@ fn parse_as(file: &str, body: &Value) -> Result<(), String> {
 
 fn rg_of(id: &str) -> Option<String> {
     let parts: Vec<&str> = id.split('/').collect();
-    let i = parts.iter().position(|p| p.eq_ignore_ascii_case("resourceGroups"))?;
+    let i = parts
+        .iter()
+        .position(|p| p.eq_ignore_ascii_case("resourceGroups"))?;
     Some(parts[..=i + 1].join("/"))
 }
 
@@ -433,33 +616,69 @@ fn rg_of(id: &str) -> Option<String> {
 /// fake's bodies deserialise into `azure_mgmt_network`'s models.
 #[tokio::test]
 async fn every_official_example_replays_against_the_fake() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../armfake/fixtures/azure-examples/2024-03-01");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../armfake/fixtures/azure-examples/2024-03-01");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     assert_eq!(files.len(), 20);
     let http = azure_core::new_http_client();
     for path in files {
         let file = path.file_name().unwrap().to_str().unwrap().to_string();
         let ex: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let fake = Fake::new(Config { static_token: Some("t".into()), in_progress_polls: 0, ..Config::default() });
-        let running = fake.clone().serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let fake = Fake::new(Config {
+            static_token: Some("t".into()),
+            in_progress_polls: 0,
+            ..Config::default()
+        });
+        let running = fake
+            .clone()
+            .serve("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
         let p = &ex["parameters"];
         let s = |k: &str| p[k].as_str().unwrap_or_default().to_string();
         let sub = s("subscriptionId");
         let rg = s("resourceGroupName");
-        let scope = if rg.is_empty() { format!("/subscriptions/{sub}") } else { format!("/subscriptions/{sub}/resourceGroups/{rg}") };
+        let scope = if rg.is_empty() {
+            format!("/subscriptions/{sub}")
+        } else {
+            format!("/subscriptions/{sub}/resourceGroups/{rg}")
+        };
         let net = format!("{scope}/providers/Microsoft.Network");
         let stem = file.trim_end_matches(".json");
         let (collection, body_key, name_key) = if stem.starts_with("NetworkSecurityGroupRule") {
-            (format!("{net}/networkSecurityGroups/{}/securityRules", s("networkSecurityGroupName")), "securityRuleParameters", "securityRuleName")
+            (
+                format!(
+                    "{net}/networkSecurityGroups/{}/securityRules",
+                    s("networkSecurityGroupName")
+                ),
+                "securityRuleParameters",
+                "securityRuleName",
+            )
         } else if stem.starts_with("NetworkSecurityGroup") {
-            (format!("{net}/networkSecurityGroups"), "parameters", "networkSecurityGroupName")
+            (
+                format!("{net}/networkSecurityGroups"),
+                "parameters",
+                "networkSecurityGroupName",
+            )
         } else if stem.starts_with("Subnet") {
-            (format!("{net}/virtualNetworks/{}/subnets", s("virtualNetworkName")), "subnetParameters", "subnetName")
+            (
+                format!("{net}/virtualNetworks/{}/subnets", s("virtualNetworkName")),
+                "subnetParameters",
+                "subnetName",
+            )
         } else {
-            (format!("{net}/privateEndpoints"), "parameters", "privateEndpointName")
+            (
+                format!("{net}/privateEndpoints"),
+                "parameters",
+                "privateEndpointName",
+            )
         };
-        let name = Some(s(name_key)).filter(|n| !n.is_empty() && !stem.ends_with("List") && !stem.ends_with("ListAll"));
+        let name = Some(s(name_key))
+            .filter(|n| !n.is_empty() && !stem.ends_with("List") && !stem.ends_with("ListAll"));
         let url_path = match &name {
             Some(n) => format!("{collection}/{n}"),
             None => collection.clone(),
@@ -497,14 +716,27 @@ async fn every_official_example_replays_against_the_fake() {
             }
             seed.extend(items);
         }
-        let mut groups: BTreeSet<String> = seed.iter().filter_map(|r| rg_of(r["id"].as_str()?)).collect();
+        let mut groups: BTreeSet<String> = seed
+            .iter()
+            .filter_map(|r| rg_of(r["id"].as_str()?))
+            .collect();
         if !rg.is_empty() {
             groups.insert(scope.clone());
         }
-        fake.seed(&json!({ "resourceGroups": groups, "resources": seed })).unwrap_or_else(|e| panic!("{file}: {e}"));
+        fake.seed(&json!({ "resourceGroups": groups, "resources": seed }))
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
 
-        let url = Url::parse(&format!("{}{url_path}?api-version=2024-03-01", running.endpoint)).unwrap();
-        let method_ = match method { "PUT" => azure_core::Method::Put, "DELETE" => azure_core::Method::Delete, "PATCH" => azure_core::Method::Patch, _ => azure_core::Method::Get };
+        let url = Url::parse(&format!(
+            "{}{url_path}?api-version=2024-03-01",
+            running.endpoint
+        ))
+        .unwrap();
+        let method_ = match method {
+            "PUT" => azure_core::Method::Put,
+            "DELETE" => azure_core::Method::Delete,
+            "PATCH" => azure_core::Method::Patch,
+            _ => azure_core::Method::Get,
+        };
         let mut req = azure_core::Request::new(url, method_);
         req.insert_header("authorization", "Bearer t");
         if matches!(method, "PUT" | "PATCH") {
@@ -525,7 +757,8 @@ async fn every_official_example_replays_against_the_fake() {
         let example_body = &ex["responses"][status.to_string()]["body"];
         if example_body.is_object() {
             parse_as(&file, example_body).unwrap();
-            let got: Value = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let got: Value =
+                serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{file}: {e}"));
             parse_as(&file, &got).unwrap();
             // The fake answers with the example's shape: every top-level field the
             // example shows is there (paging links only when there is a next page).
@@ -533,9 +766,14 @@ async fn every_official_example_replays_against_the_fake() {
                 if key == "nextLink" || key == "etag" || key == "type" {
                     continue;
                 }
-                assert!(got.get(key).is_some(), "{file}: the fake's answer lacks {key:?}: {got}");
+                assert!(
+                    got.get(key).is_some(),
+                    "{file}: the fake's answer lacks {key:?}: {got}"
+                );
             }
-            if let (Some(want), Some(have)) = (example_body["value"].as_array(), got["value"].as_array()) {
+            if let (Some(want), Some(have)) =
+                (example_body["value"].as_array(), got["value"].as_array())
+            {
                 assert_eq!(want.len(), have.len(), "{file}: listed items");
             }
         } else {

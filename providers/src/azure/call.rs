@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use azure_core::headers::{HeaderName, Headers};
 use azure_core::{
-    BytesStream, ClientOptions, Context, Method, Pipeline, Policy, PolicyResult, Request,
-    Response, RetryOptions, StatusCode, Url,
+    BytesStream, ClientOptions, Context, Method, Pipeline, Policy, PolicyResult, Request, Response,
+    RetryOptions, StatusCode, Url,
 };
 use serde_json::Value;
 
@@ -133,7 +133,11 @@ impl Policy for ArmPolicy {
                     let wait = retry_after(response.headers())
                         .unwrap_or(self.settings.poll_interval)
                         .min(self.settings.max_retry_after);
-                    tracing::debug!(operation = op, wait_ms = wait.as_millis() as u64, "ARM throttled the call; waiting as told");
+                    tracing::debug!(
+                        operation = op,
+                        wait_ms = wait.as_millis() as u64,
+                        "ARM throttled the call; waiting as told"
+                    );
                     tokio::time::sleep(wait).await;
                     continue;
                 }
@@ -151,11 +155,18 @@ impl Policy for ArmPolicy {
                 {
                     attempt += 1;
                     let wait = retry_after(&headers).unwrap_or_else(|| self.backoff(attempt));
-                    tracing::debug!(operation = op, "another operation runs on the resource; retrying");
+                    tracing::debug!(
+                        operation = op,
+                        "another operation runs on the resource; retrying"
+                    );
                     tokio::time::sleep(wait).await;
                     continue;
                 }
-                return Ok(Response::new(status, headers, Box::pin(BytesStream::new(bytes))));
+                return Ok(Response::new(
+                    status,
+                    headers,
+                    Box::pin(BytesStream::new(bytes)),
+                ));
             }
             if matches!(status as u16, 500..=599) && attempt < self.settings.transport_retries {
                 self.counter.record("arm", op, CallOutcome::Error);
@@ -177,7 +188,8 @@ impl Policy for ArmPolicy {
 impl ArmPolicy {
     fn backoff(&self, attempt: usize) -> Duration {
         let base = self.settings.conflict_delay;
-        base.saturating_mul(1u32 << attempt.min(6)).min(Duration::from_secs(30))
+        base.saturating_mul(1u32 << attempt.min(6))
+            .min(Duration::from_secs(30))
     }
 }
 
@@ -221,7 +233,9 @@ pub(crate) struct Arm {
 
 impl std::fmt::Debug for Arm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Arm").field("endpoint", &self.endpoint.as_str()).finish()
+        f.debug_struct("Arm")
+            .field("endpoint", &self.endpoint.as_str())
+            .finish()
     }
 }
 
@@ -270,7 +284,8 @@ impl Arm {
     pub fn url(&self, path: &str, api_version: &str) -> Result<Url, ProviderError> {
         let mut url = self.endpoint.clone();
         url.set_path(path);
-        url.query_pairs_mut().append_pair("api-version", api_version);
+        url.query_pairs_mut()
+            .append_pair("api-version", api_version);
         Ok(url)
     }
 
@@ -482,11 +497,31 @@ mod tests {
     #[test]
     fn operation_names() {
         let cases = [
-            (Method::Get, "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/networkSecurityGroups", "GET networkSecurityGroups (list)"),
-            (Method::Put, "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/networkSecurityGroups/n/securityRules/r", "PUT securityRules"),
-            (Method::Get, "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/x", "GET subnets"),
-            (Method::Get, "/subscriptions/s/providers/Microsoft.Network/locations/w/operations/1", "GET operations (poll)"),
-            (Method::Put, "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/f", "PUT sites"),
+            (
+                Method::Get,
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/networkSecurityGroups",
+                "GET networkSecurityGroups (list)",
+            ),
+            (
+                Method::Put,
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/networkSecurityGroups/n/securityRules/r",
+                "PUT securityRules",
+            ),
+            (
+                Method::Get,
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/x",
+                "GET subnets",
+            ),
+            (
+                Method::Get,
+                "/subscriptions/s/providers/Microsoft.Network/locations/w/operations/1",
+                "GET operations (poll)",
+            ),
+            (
+                Method::Put,
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/f",
+                "PUT sites",
+            ),
         ];
         for (m, p, want) in cases {
             assert_eq!(operation_name(&m, p), want, "{p}");

@@ -34,9 +34,7 @@ use azure_mgmt_network::package_2024_03::models as m;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::model::{
-    EndpointKind, GroupRef, Inventory, Rule, Target, TargetScope, owner_of,
-};
+use crate::model::{EndpointKind, GroupRef, Inventory, Rule, Target, TargetScope, owner_of};
 use crate::provider::{
     ApiCallCount, CallCounter, Change, Outcome, OutcomeStatus, Provider, ProviderError,
 };
@@ -135,7 +133,9 @@ fn not_owned(what: &str, id: &str) -> ProviderError {
         service: "arm".into(),
         operation: what.into(),
         code: "Palisade.NotOwned".into(),
-        message: format!("{id} exists but does not carry Palisade's ownership tags for this owner; refusing to change it"),
+        message: format!(
+            "{id} exists but does not carry Palisade's ownership tags for this owner; refusing to change it"
+        ),
         request_id: None,
         retryable: false,
     }
@@ -223,12 +223,11 @@ impl AzureProvider {
         if let Some(a) = slot.as_ref() {
             return Ok(a.clone());
         }
-        let endpoint = Url::parse(&self.settings.arm_endpoint).map_err(|e| {
-            ProviderError::Identity {
+        let endpoint =
+            Url::parse(&self.settings.arm_endpoint).map_err(|e| ProviderError::Identity {
                 target: "azure".into(),
                 message: format!("ARM endpoint {:?}: {e}", self.settings.arm_endpoint),
-            }
-        })?;
+            })?;
         let given = self
             .credential
             .lock()
@@ -246,7 +245,12 @@ impl AzureProvider {
             credential = if std::env::var_os("AZURE_CREDENTIAL_KIND").is_some() { "AZURE_CREDENTIAL_KIND" } else { "default chain (environment, workload identity, managed identity, Azure CLI)" },
             "azure provider: using ARM endpoint"
         );
-        let arm = Arm::new(endpoint, credential, self.counter.clone(), self.settings.clone())?;
+        let arm = Arm::new(
+            endpoint,
+            credential,
+            self.counter.clone(),
+            self.settings.clone(),
+        )?;
         *slot = Some(arm.clone());
         Ok(arm)
     }
@@ -309,12 +313,13 @@ impl AzureProvider {
         group: &GroupRef,
     ) -> Result<String, ProviderError> {
         match group {
-            GroupRef::Managed(owner) => self
-                .managed_nsg(arm, target, owner)
-                .await?
-                .ok_or_else(|| ProviderError::UnresolvedGroup {
-                    owner: owner.clone(),
-                }),
+            GroupRef::Managed(owner) => {
+                self.managed_nsg(arm, target, owner).await?.ok_or_else(|| {
+                    ProviderError::UnresolvedGroup {
+                        owner: owner.clone(),
+                    }
+                })
+            }
             GroupRef::Id(id) => Ok(id.clone()),
         }
     }
@@ -345,17 +350,26 @@ impl AzureProvider {
         let (vnets, nsgs, pes, sites) = tokio::try_join!(
             collect(
                 "GET virtualNetworks (list)",
-                arm.network.virtual_networks_client().list(rg, sub).into_stream(),
+                arm.network
+                    .virtual_networks_client()
+                    .list(rg, sub)
+                    .into_stream(),
                 |p: m::VirtualNetworkListResult| p.value,
             ),
             collect(
                 "GET networkSecurityGroups (list)",
-                arm.network.network_security_groups_client().list(rg, sub).into_stream(),
+                arm.network
+                    .network_security_groups_client()
+                    .list(rg, sub)
+                    .into_stream(),
                 |p: m::NetworkSecurityGroupListResult| p.value,
             ),
             collect(
                 "GET privateEndpoints (list)",
-                arm.network.private_endpoints_client().list(rg, sub).into_stream(),
+                arm.network
+                    .private_endpoints_client()
+                    .list(rg, sub)
+                    .into_stream(),
                 |p: m::PrivateEndpointListResult| p.value,
             ),
             arm.list_all(sites_url),
@@ -411,7 +425,11 @@ impl AzureProvider {
     ) -> Result<Outcome, ProviderError> {
         let s = scope(target)?;
         let client = arm.network.network_security_groups_client();
-        match client.get(s.resource_group, name, s.subscription).send().await {
+        match client
+            .get(s.resource_group, name, s.subscription)
+            .send()
+            .await
+        {
             Ok(r) => {
                 let g = r
                     .into_body()
@@ -431,9 +449,10 @@ impl AzureProvider {
             Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(map_error("GET networkSecurityGroups", e)),
         }
-        let body: m::NetworkSecurityGroup =
-            serde_json::from_value(json!({ "location": s.location, "tags": tags, "properties": {} }))
-                .map_err(|e| internal("PUT networkSecurityGroups", e.to_string()))?;
+        let body: m::NetworkSecurityGroup = serde_json::from_value(
+            json!({ "location": s.location, "tags": tags, "properties": {} }),
+        )
+        .map_err(|e| internal("PUT networkSecurityGroups", e.to_string()))?;
         let r = client
             .create_or_update(s.resource_group, name, body, s.subscription)
             .send()
@@ -554,7 +573,10 @@ impl AzureProvider {
     ) -> Result<(), ProviderError> {
         let rules = collect(
             "GET securityRules (list)",
-            arm.network.security_rules_client().list(rg, nsg, sub).into_stream(),
+            arm.network
+                .security_rules_client()
+                .list(rg, nsg, sub)
+                .into_stream(),
             |p: m::SecurityRuleListResult| p.value,
         )
         .await?;
@@ -562,8 +584,13 @@ impl AzureProvider {
             let Some(p) = &r.properties else { continue };
             let same_dir = matches!(
                 (&p.direction, rule.direction),
-                (m::SecurityRuleDirection::Inbound, crate::model::Direction::Ingress)
-                    | (m::SecurityRuleDirection::Outbound, crate::model::Direction::Egress)
+                (
+                    m::SecurityRuleDirection::Inbound,
+                    crate::model::Direction::Ingress
+                ) | (
+                    m::SecurityRuleDirection::Outbound,
+                    crate::model::Direction::Egress
+                )
             );
             let name = r.name.clone().unwrap_or_default();
             if same_dir
@@ -606,11 +633,16 @@ impl AzureProvider {
         rules: &[Rule],
     ) -> Result<Outcome, ProviderError> {
         let s = scope(target)?;
-        let (rg, nsg) = self.owned_nsg(arm, target, group, "DELETE securityRules").await?;
+        let (rg, nsg) = self
+            .owned_nsg(arm, target, group, "DELETE securityRules")
+            .await?;
         let mut by_name: std::collections::BTreeMap<&str, Vec<&Rule>> = Default::default();
         for r in rules {
             let name = r.id.as_deref().ok_or_else(|| {
-                internal("DELETE securityRules", format!("observed rule {r} has no name"))
+                internal(
+                    "DELETE securityRules",
+                    format!("observed rule {r} has no name"),
+                )
             })?;
             by_name.entry(name).or_default().push(r);
         }
@@ -637,7 +669,10 @@ impl AzureProvider {
             if !doomed.iter().all(|d| now.contains(d)) {
                 continue;
             }
-            request_ids.extend(self.delete_rule(arm, s.subscription, &rg, &nsg, name).await?);
+            request_ids.extend(
+                self.delete_rule(arm, s.subscription, &rg, &nsg, name)
+                    .await?,
+            );
             done += 1;
         }
         Ok(Outcome {
@@ -689,7 +724,9 @@ impl AzureProvider {
                 service: "arm".into(),
                 operation: what.into(),
                 code: "Palisade.SubnetChanged".into(),
-                message: format!("subnet {subnet} changed since it was observed (NSG now {now:?}); re-planning"),
+                message: format!(
+                    "subnet {subnet} changed since it was observed (NSG now {now:?}); re-planning"
+                ),
                 request_id: None,
                 retryable: true,
             });
@@ -789,7 +826,10 @@ impl AzureProvider {
         let what = "PUT privateEndpoints";
         let s = scope(target)?;
         let name = endpoint_name(owner);
-        if let Some(pe) = self.get_endpoint(arm, s.subscription, s.resource_group, &name).await? {
+        if let Some(pe) = self
+            .get_endpoint(arm, s.subscription, s.resource_group, &name)
+            .await?
+        {
             let id = pe.resource.id.clone().unwrap_or_default();
             if owner_of(&translate::tags(pe.resource.tags.as_ref())) == Some(owner) {
                 return Ok(Outcome {
@@ -799,9 +839,12 @@ impl AzureProvider {
             }
             return Err(not_owned(what, &id));
         }
-        let (resource, group) = service
-            .split_once('#')
-            .ok_or_else(|| internal(what, format!("endpoint service {service:?} is not <resource id>#<group id>")))?;
+        let (resource, group) = service.split_once('#').ok_or_else(|| {
+            internal(
+                what,
+                format!("endpoint service {service:?} is not <resource id>#<group id>"),
+            )
+        })?;
         let subnet = subnets
             .first()
             .ok_or_else(|| internal(what, format!("endpoint {owner} has no subnet")))?;
@@ -899,7 +942,10 @@ impl Provider for AzureProvider {
             Change::SetPlacement {
                 function, after, ..
             } => {
-                let subnet = after.as_ref().and_then(|p| p.subnets.first()).map(String::as_str);
+                let subnet = after
+                    .as_ref()
+                    .and_then(|p| p.subnets.first())
+                    .map(String::as_str);
                 self.set_placement(&arm, function, subnet).await
             }
             Change::SetSubnetGroup {
@@ -919,9 +965,13 @@ impl Provider for AzureProvider {
                 ..
             } => {
                 if *kind != EndpointKind::Private {
-                    return Err(internal("PUT privateEndpoints", format!("Azure has no {kind:?} endpoints")));
+                    return Err(internal(
+                        "PUT privateEndpoints",
+                        format!("Azure has no {kind:?} endpoints"),
+                    ));
                 }
-                self.create_endpoint(&arm, target, owner, service, subnets, tags).await
+                self.create_endpoint(&arm, target, owner, service, subnets, tags)
+                    .await
             }
             Change::UpdateEndpoint {
                 owner, id, subnets, ..
@@ -929,17 +979,28 @@ impl Provider for AzureProvider {
                 // A private endpoint's subnet cannot change in place: replace it.
                 let (rg, name) = rg_and_name(id);
                 let Some(pe) = self.get_endpoint(&arm, s.subscription, &rg, &name).await? else {
-                    return Err(internal("PUT privateEndpoints", format!("endpoint {id} vanished; re-planning")));
+                    return Err(internal(
+                        "PUT privateEndpoints",
+                        format!("endpoint {id} vanished; re-planning"),
+                    ));
                 };
-                let observed = translate::endpoints(std::slice::from_ref(&pe), &translate::Ids::default());
+                let observed =
+                    translate::endpoints(std::slice::from_ref(&pe), &translate::Ids::default());
                 let Some(ep) = observed.first() else {
-                    return Err(internal("PUT privateEndpoints", format!("endpoint {id} is unreadable")));
+                    return Err(internal(
+                        "PUT privateEndpoints",
+                        format!("endpoint {id} is unreadable"),
+                    ));
                 };
                 if ep.owner() != Some(owner.as_str()) {
                     return Err(not_owned("PUT privateEndpoints", id));
                 }
                 let same = ep.subnets.len() == subnets.len()
-                    && ep.subnets.iter().zip(subnets).all(|(a, b)| a.eq_ignore_ascii_case(b));
+                    && ep
+                        .subnets
+                        .iter()
+                        .zip(subnets)
+                        .all(|(a, b)| a.eq_ignore_ascii_case(b));
                 if same {
                     return Ok(Outcome::already_done());
                 }

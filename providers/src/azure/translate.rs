@@ -85,7 +85,11 @@ pub fn networks(
         let props = v.properties.as_ref();
         networks.push(Network {
             id: id.clone(),
-            name: v.resource.name.clone().unwrap_or_else(|| name_of(&id).into()),
+            name: v
+                .resource
+                .name
+                .clone()
+                .unwrap_or_else(|| name_of(&id).into()),
             cidrs: props
                 .and_then(|p| p.address_space.as_ref())
                 .map(|a| prefixes(None, &a.address_prefixes))
@@ -137,7 +141,11 @@ pub fn groups(nsgs: &[m::NetworkSecurityGroup]) -> Vec<SecurityGroup> {
                 .map(|p| p.security_rules.iter().flat_map(rules_of).collect())
                 .unwrap_or_default();
             Some(SecurityGroup {
-                name: g.resource.name.clone().unwrap_or_else(|| name_of(&id).into()),
+                name: g
+                    .resource
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| name_of(&id).into()),
                 id,
                 network: String::new(),
                 tags: tags(g.resource.tags.as_ref()),
@@ -244,11 +252,7 @@ pub fn rules_of(r: &m::SecurityRule) -> Vec<Rule> {
             &p.source_application_security_groups,
         ),
     };
-    let mut peers: Vec<Peer> = far
-        .iter()
-        .chain(far_many.iter())
-        .map(|s| peer(s))
-        .collect();
+    let mut peers: Vec<Peer> = far.iter().chain(far_many.iter()).map(|s| peer(s)).collect();
     peers.extend(
         far_asgs
             .iter()
@@ -321,7 +325,9 @@ pub fn rule_body(rule: &Rule) -> Result<Value, String> {
                 "an NSG rule cannot name a security group ({g}); function apps cannot join application security groups"
             ));
         }
-        Peer::PrefixList(p) => return Err(format!("an NSG rule cannot name an AWS prefix list ({p})")),
+        Peer::PrefixList(p) => {
+            return Err(format!("an NSG rule cannot name an AWS prefix list ({p})"));
+        }
     };
     let protocol = match rule.ports.protocol {
         Protocol::Tcp => "Tcp",
@@ -385,7 +391,10 @@ pub fn endpoints(pes: &[m::PrivateEndpoint], ids: &Ids) -> Vec<Endpoint> {
                 id,
                 service: format!("{}#{group}", target.to_ascii_lowercase()),
                 kind: EndpointKind::Private,
-                network: subnet.as_deref().map(|s| ids.canonical(&vnet_of(s))).unwrap_or_default(),
+                network: subnet
+                    .as_deref()
+                    .map(|s| ids.canonical(&vnet_of(s)))
+                    .unwrap_or_default(),
                 subnets: subnet.into_iter().collect(),
                 groups: Vec::new(),
                 route_tables: Vec::new(),
@@ -419,7 +428,10 @@ pub fn functions(sites: &[Value], ids: &Ids) -> Vec<Function> {
                     }
                 });
             Some(Function {
-                name: s["name"].as_str().map(str::to_string).unwrap_or_else(|| name_of(&id).into()),
+                name: s["name"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| name_of(&id).into()),
                 id,
                 tags: tags(s.get("tags")),
                 placement,
@@ -449,12 +461,20 @@ mod tests {
         let cases = [
             Rule {
                 priority: Some(100),
-                ..Rule::allow(Direction::Ingress, tcp(443, 443), Peer::cidr("10.20.0.0/24".parse().unwrap()))
+                ..Rule::allow(
+                    Direction::Ingress,
+                    tcp(443, 443),
+                    Peer::cidr("10.20.0.0/24".parse().unwrap()),
+                )
             },
             Rule {
                 priority: Some(4000),
                 access: Access::Deny,
-                ..Rule::allow(Direction::Egress, Ports::ALL, Peer::ServiceTag("Internet".into()))
+                ..Rule::allow(
+                    Direction::Egress,
+                    Ports::ALL,
+                    Peer::ServiceTag("Internet".into()),
+                )
             },
             Rule {
                 priority: Some(110),
@@ -462,7 +482,14 @@ mod tests {
             },
             Rule {
                 priority: Some(120),
-                ..Rule::allow(Direction::Egress, Ports { protocol: Protocol::Icmp, range: None }, Peer::ServiceTag("Sql.WestEurope".into()))
+                ..Rule::allow(
+                    Direction::Egress,
+                    Ports {
+                        protocol: Protocol::Icmp,
+                        range: None,
+                    },
+                    Peer::ServiceTag("Sql.WestEurope".into()),
+                )
             },
         ];
         for want in cases {
@@ -491,9 +518,18 @@ mod tests {
             "access": "Deny", "priority": 200, "direction": "Inbound"
         })));
         assert_eq!(r.len(), 4);
-        assert!(r.iter().all(|x| x.priority.is_none() && x.access == Access::Deny));
-        assert!(r.iter().any(|x| x.peer == Peer::cidr("10.0.0.0/8".parse().unwrap())));
-        assert!(r.iter().any(|x| x.peer == Peer::cidr("192.168.1.1/32".parse().unwrap())));
+        assert!(
+            r.iter()
+                .all(|x| x.priority.is_none() && x.access == Access::Deny)
+        );
+        assert!(
+            r.iter()
+                .any(|x| x.peer == Peer::cidr("10.0.0.0/8".parse().unwrap()))
+        );
+        assert!(
+            r.iter()
+                .any(|x| x.peer == Peer::cidr("192.168.1.1/32".parse().unwrap()))
+        );
         // Protocol spelled in lower case (older API versions) still parses.
         let r = rules_of(&rule(json!({
             "protocol": "tcp", "sourcePortRange": "*", "destinationPortRange": "*",
@@ -511,23 +547,41 @@ mod tests {
             ..Rule::allow(Direction::Egress, tcp(1, 1), Peer::Any)
         };
         assert_eq!(rule_name(&r).unwrap(), "palisade-out-130");
-        assert!(rule_body(&Rule::allow(Direction::Egress, tcp(1, 1), Peer::Group(GroupRef::Id("x".into())))).is_err());
+        assert!(
+            rule_body(&Rule::allow(
+                Direction::Egress,
+                tcp(1, 1),
+                Peer::Group(GroupRef::Id("x".into()))
+            ))
+            .is_err()
+        );
     }
 
     #[test]
     fn references_take_the_listed_spelling() {
         let mut ids = Ids::default();
         ids.add("/subscriptions/S/resourceGroups/RG/providers/Microsoft.Network/virtualNetworks/vnet/subnets/a");
-        ids.add("/subscriptions/S/resourceGroups/RG/providers/Microsoft.Network/virtualNetworks/vnet");
-        let sites = vec![json!({
-            "id": "/subscriptions/s/resourcegroups/rg/providers/Microsoft.Web/sites/f",
-            "name": "f", "kind": "functionapp,linux", "tags": { "app": "x" },
-            "properties": { "virtualNetworkSubnetId": "/subscriptions/s/resourcegroups/rg/providers/microsoft.network/virtualnetworks/VNET/subnets/A" }
-        }), json!({ "id": "/x/sites/web", "name": "web", "kind": "app", "properties": {} })];
+        ids.add(
+            "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Network/virtualNetworks/vnet",
+        );
+        let sites = vec![
+            json!({
+                "id": "/subscriptions/s/resourcegroups/rg/providers/Microsoft.Web/sites/f",
+                "name": "f", "kind": "functionapp,linux", "tags": { "app": "x" },
+                "properties": { "virtualNetworkSubnetId": "/subscriptions/s/resourcegroups/rg/providers/microsoft.network/virtualnetworks/VNET/subnets/A" }
+            }),
+            json!({ "id": "/x/sites/web", "name": "web", "kind": "app", "properties": {} }),
+        ];
         let f = functions(&sites, &ids);
         assert_eq!(f.len(), 1, "web apps are not function apps");
         let p = f[0].placement.as_ref().unwrap();
-        assert_eq!(p.subnets[0], "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Network/virtualNetworks/vnet/subnets/a");
-        assert_eq!(p.network, "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Network/virtualNetworks/vnet");
+        assert_eq!(
+            p.subnets[0],
+            "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Network/virtualNetworks/vnet/subnets/a"
+        );
+        assert_eq!(
+            p.network,
+            "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Network/virtualNetworks/vnet"
+        );
     }
 }
