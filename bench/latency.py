@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
-"""Merge-to-enforce and drift-revert latency of `palisade run` against moto.
+"""Merge-to-enforce and drift-revert latency of `palisade run` against moto or the ARM fake.
 
-    ~/.cache/palisade-moto-venv/bin/python bench/latency.py [--functions 1000] [--commits 20]
+    ~/.cache/palisade-moto-venv/bin/python bench/latency.py [--cloud aws|azure] [--functions 1000] [--commits 20]
 
-Starts moto (localstack/moto-server), seeds the estate, makes a bare Git repository of
-policies-example, starts the debug `palisade` binary (build it first), then measures:
-  * merge-to-enforce: a commit changes payments-api's ingress port; from `git push`
-    returning until the new rule is in the (emulated) cloud — with a GitHub webhook sent
-    right after the push, and with polling only (--poll-interval 2s);
-  * drift-revert: 0.0.0.0/0:22 opened on a managed group by hand, until it is gone, at a
-    given resync interval;
+AWS: starts moto (localstack/moto-server) and seeds the estate; Azure: starts the ARM
+fake (`palisade-armfake --example-estate N`). Then makes a bare Git repository of
+policies-example, starts the debug `palisade` binary (build both first:
+`cargo build -p palisade -p palisade-armfake`) on that cloud's target, and measures:
+  * merge-to-enforce: a commit changes one policy's ingress port (AWS payments-api,
+    Azure reports-func); from `git push` returning until the new rule is in the
+    (emulated) cloud — with a GitHub webhook sent right after the push, and with polling
+    only (--poll-interval 2s);
+  * drift-revert: a rule opened by hand on a managed group (AWS 0.0.0.0/0:22, Azure an
+    Internet:3389 NSG rule), until it is gone, at a given resync interval;
   * API calls per full resync and writes on a converged estate, from /metrics.
 Prints one JSON object; BENCHMARKS.md quotes it.
 """
@@ -27,8 +30,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-
-import boto3
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET_DIR = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/palisade-target"))
@@ -79,25 +80,99 @@ def summary(values):
     }
 
 
+class Aws:
+    """moto, seeded by localstack/seed_aws.py; payments-api's edge port is changed."""
+    target, policy_file, port, drift_port = "prod-aws", os.path.join("aws", "payments.yaml"), 8443, 22
+    services = ("ec2", "lambda", "tagging")
+
+    def __init__(self, functions):
+        import boto3
+        out = subprocess.run([os.path.join(ROOT, "localstack", "moto-server")], check=True,
+                             capture_output=True, text=True).stdout
+        info = dict(line.split("=", 1) for line in out.strip().splitlines())
+        self.endpoint, self.pid = info["endpoint"], int(info["pid"])
+        subprocess.run([sys.executable, os.path.join(ROOT, "localstack", "seed_aws.py"), "--endpoint",
+                        self.endpoint, "--functions", str(functions)], check=True, capture_output=True)
+        self.ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=self.endpoint,
+                                aws_access_key_id="x", aws_secret_access_key="x")
+        self.env = dict(AWS_ENDPOINT_URL=self.endpoint, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x",
+                        AWS_REGION="us-east-1",
+                        PALISADE_AWS_RATE_LIMITS="ec2-read=200/200,ec2-write=200/200,lambda-read=200/200,lambda-write=200/200,tagging=200/200")
+
+    def group(self):
+        g = self.ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["palisade-payments-api"]}])
+        return g["SecurityGroups"][0]["GroupId"]
+
+    def ingress_ports(self):
+        rules = self.ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [self.group()]}])
+        return {r["FromPort"] for r in rules["SecurityGroupRules"] if not r["IsEgress"]}
+
+    def open_drift(self):
+        self.ec2.authorize_security_group_ingress(GroupId=self.group(), IpPermissions=[{
+            "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+
+    def stop(self):
+        os.kill(self.pid, signal.SIGTERM)
+
+
+class Azure:
+    """The ARM fake with N function apps; reports-func's ingress port is changed."""
+    target, policy_file, port, drift_port = "prod-azure", os.path.join("azure", "functions.yaml"), 443, 3389
+    services = ("arm",)
+    token = "bench-hand-made"
+    nsg = ("/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-prod/providers/"
+           "Microsoft.Network/networkSecurityGroups/palisade-reports-func")
+
+    def __init__(self, functions, procs):
+        fake = os.path.join(TARGET_DIR, "debug", "palisade-armfake")
+        self.proc = subprocess.Popen([fake, "--example-estate", str(functions), "--static-token", self.token],
+                                     stdout=subprocess.PIPE, text=True)
+        procs.append(self.proc)
+        self.endpoint = self.proc.stdout.readline().strip().split("=", 1)[1]
+        self.env = dict(PALISADE_AZURE_ARM_ENDPOINT=self.endpoint, AZURE_AUTHORITY_HOST=self.endpoint,
+                        AZURE_TENANT_ID="t", AZURE_CLIENT_ID="bench", AZURE_CLIENT_SECRET="bench",
+                        PALISADE_AZURE_POLL_INTERVAL="100ms")
+
+    def arm(self, method, path, body=None):
+        req = urllib.request.Request(f"{self.endpoint}{path}?api-version=2024-03-01", method=method,
+                                     data=json.dumps(body).encode() if body else None,
+                                     headers={"Authorization": f"Bearer {self.token}",
+                                              "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            raw = r.read()
+        return json.loads(raw) if raw else None
+
+    def ingress_ports(self):
+        try:
+            nsg = self.arm("GET", self.nsg)
+        except urllib.error.HTTPError:
+            return set()
+        return {int(r["properties"]["destinationPortRange"]) for r in nsg["properties"]["securityRules"]
+                if r["properties"]["direction"] == "Inbound" and r["properties"]["destinationPortRange"].isdigit()}
+
+    def open_drift(self):
+        self.arm("PUT", f"{self.nsg}/securityRules/debug-rdp", {"properties": {
+            "protocol": "Tcp", "sourcePortRange": "*", "destinationPortRange": "3389",
+            "sourceAddressPrefix": "Internet", "destinationAddressPrefix": "*", "access": "Allow",
+            "priority": 3000, "direction": "Inbound"}})
+
+    def stop(self):
+        self.proc.terminate()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--functions", type=int, default=1000)
     ap.add_argument("--commits", type=int, default=20)
     ap.add_argument("--drifts", type=int, default=10)
     ap.add_argument("--resync", default="5s")
+    ap.add_argument("--cloud", choices=["aws", "azure"], default="aws")
     args = ap.parse_args()
 
-    out = subprocess.run([os.path.join(ROOT, "localstack", "moto-server")], check=True,
-                         capture_output=True, text=True).stdout
-    info = dict(line.split("=", 1) for line in out.strip().splitlines())
-    endpoint, moto_pid = info["endpoint"], int(info["pid"])
     work = tempfile.mkdtemp(prefix="palisade-bench-")
     procs = []
+    cloud = Aws(args.functions) if args.cloud == "aws" else Azure(args.functions, procs)
     try:
-        subprocess.run([sys.executable, os.path.join(ROOT, "localstack", "seed_aws.py"), "--endpoint", endpoint,
-                        "--functions", str(args.functions)], check=True, capture_output=True)
-        ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=endpoint,
-                           aws_access_key_id="x", aws_secret_access_key="x")
         remote = os.path.join(work, "remote.git")
         repo = os.path.join(work, "work")
         subprocess.run(["git", "init", "-q", "--bare", "-b", "main", remote], check=True)
@@ -107,14 +182,12 @@ def main():
         git(repo, "commit", "-q", "-m", "initial")
         git(repo, "remote", "add", "origin", remote)
         git(repo, "push", "-q", "origin", "main")
-        env = dict(os.environ, AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x",
-                   AWS_REGION="us-east-1", PALISADE_LOG="warn",
-                   PALISADE_AWS_RATE_LIMITS="ec2-read=200/200,ec2-write=200/200,lambda-read=200/200,lambda-write=200/200,tagging=200/200")
+        env = dict(os.environ, PALISADE_LOG="warn", **cloud.env)
 
         def start(poll):
             port = free_port()
             p = subprocess.Popen([BIN, "run", "--git-url", "file://" + remote, "--git-path", "policies",
-                                  "--target", "prod-aws", "--listen", f"127.0.0.1:{port}",
+                                  "--target", cloud.target, "--listen", f"127.0.0.1:{port}",
                                   "--data-dir", os.path.join(work, f"data-{port}"), "--resync", args.resync,
                                   "--poll-interval", poll, "--github-webhook-secret", SECRET.decode(),
                                   # The same drift is made again and again on purpose: flap
@@ -134,20 +207,11 @@ def main():
                 time.sleep(0.2)
             raise SystemExit("palisade run did not become ready")
 
-        def api_group():
-            g = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["palisade-payments-api"]}])
-            return g["SecurityGroups"][0]["GroupId"]
-
-        def ingress_ports(gid):
-            rules = ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [gid]}])
-            return {r["FromPort"] for r in rules["SecurityGroupRules"] if not r["IsEgress"]}
-
-        port_now = [8443]
+        port_now = [cloud.port]
 
         def merge(base, webhook):
-            gid = api_group()
             new = 9000 + len(merge.samples) + (100 if webhook else 0)
-            path = os.path.join(repo, "policies", "aws", "payments.yaml")
+            path = os.path.join(repo, "policies", cloud.policy_file)
             text = open(path).read().replace(f"tcp/{port_now[0]} ]", f"tcp/{new} ]", 1)
             open(path, "w").write(text)
             git(repo, "commit", "-q", "-am", f"port {new}")
@@ -157,14 +221,14 @@ def main():
                 body = b'{"ref":"refs/heads/main"}'
                 sig = "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()
                 http(base + "/webhook/github", body, {"X-Hub-Signature-256": sig, "X-GitHub-Event": "push"})
-            while ingress_ports(gid) != {new}:
+            while cloud.ingress_ports() != {new}:
                 if time.monotonic() - t0 > 120:
                     raise SystemExit(f"port {new} not enforced in 120 s")
                 time.sleep(0.02)
             port_now[0] = new
             merge.samples.append(time.monotonic() - t0)
 
-        result = {"functions": args.functions, "resync": args.resync}
+        result = {"cloud": args.cloud, "functions": args.functions, "resync": args.resync}
         t0 = time.monotonic()
         proc, base = start("1h")
         result["first_converge_s"] = round(time.monotonic() - t0, 2)
@@ -173,14 +237,12 @@ def main():
             merge(base, webhook=True)
         result["merge_to_enforce_webhook_s"] = summary(merge.samples)
 
-        # Drift: open 22, wait until it is gone.
-        gid = api_group()
+        # Drift: open a port by hand, wait until it is gone.
         drift = []
         for _ in range(args.drifts):
-            ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[{
-                "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+            cloud.open_drift()
             t = time.monotonic()
-            while 22 in ingress_ports(gid):
+            while cloud.drift_port in cloud.ingress_ports():
                 if time.monotonic() - t > 120:
                     raise SystemExit("drift not reverted in 120 s")
                 time.sleep(0.02)
@@ -188,9 +250,10 @@ def main():
         result["drift_revert_s"] = summary(drift)
 
         # API calls per resync on the converged estate.
-        r0 = metric_sum(base, 'palisade_reconciles_total{target="prod-aws",result="ok"}')
-        reads0 = sum(metric_sum(base, f'palisade_cloud_api_calls_total{{service="{s}"') for s in ("ec2", "lambda", "tagging"))
-        writes_ops = ("Authorize", "Revoke", "Create", "Delete", "Modify", "Update")
+        ok = f'palisade_reconciles_total{{target="{cloud.target}",result="ok"}}'
+        r0 = metric_sum(base, ok)
+        reads0 = sum(metric_sum(base, f'palisade_cloud_api_calls_total{{service="{s}"') for s in cloud.services)
+        writes_ops = ("Authorize", "Revoke", "Create", "Delete", "Modify", "Update", "PUT", "PATCH", "DELETE")
         def writes():
             total = 0.0
             for line in http(base + "/metrics").splitlines():
@@ -199,8 +262,8 @@ def main():
             return total
         w0 = writes()
         time.sleep(30)
-        r1 = metric_sum(base, 'palisade_reconciles_total{target="prod-aws",result="ok"}')
-        reads1 = sum(metric_sum(base, f'palisade_cloud_api_calls_total{{service="{s}"') for s in ("ec2", "lambda", "tagging"))
+        r1 = metric_sum(base, ok)
+        reads1 = sum(metric_sum(base, f'palisade_cloud_api_calls_total{{service="{s}"') for s in cloud.services)
         w1 = writes()
         n = r1 - r0
         result["converged_resyncs_observed"] = int(n)
@@ -222,7 +285,7 @@ def main():
         for p in procs:
             if p.poll() is None:
                 p.kill()
-        os.kill(moto_pid, signal.SIGTERM)
+        cloud.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
