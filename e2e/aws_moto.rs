@@ -13,40 +13,11 @@ fn policies() -> String {
 }
 
 fn apply(moto: &Moto) -> Value {
-    let out = moto
-        .palisade()
-        .args([
-            "apply",
-            "--policies",
-            &policies(),
-            "--target",
-            TARGET,
-            "--auto-approve",
-            "--format",
-            "json",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "apply failed: {}", text(&out));
-    as_json(&out)
+    support::apply(moto.palisade(), TARGET)
 }
 
 fn plan(moto: &Moto) -> (Option<i32>, Value) {
-    let out = moto
-        .palisade()
-        .args([
-            "plan",
-            "--policies",
-            &policies(),
-            "--target",
-            TARGET,
-            "--format",
-            "json",
-            "--detailed-exitcode",
-        ])
-        .output()
-        .unwrap();
-    (out.status.code(), as_json(&out))
+    support::plan(moto.palisade(), TARGET)
 }
 
 fn observe(moto: &Moto) -> Value {

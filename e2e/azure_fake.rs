@@ -5,14 +5,10 @@
 mod support;
 
 use serde_json::{Value, json};
-use support::{ArmFake, json as as_json, root, text};
+use support::ArmFake;
 
 const TARGET: &str = "prod-azure";
 const RG: &str = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-prod";
-
-fn policies() -> String {
-    root().join("policies-example").display().to_string()
-}
 
 fn net(path: &str) -> String {
     format!("{RG}/providers/Microsoft.Network/{path}")
@@ -23,40 +19,11 @@ fn subnet(name: &str) -> String {
 }
 
 fn apply(arm: &ArmFake) -> Value {
-    let out = arm
-        .palisade()
-        .args([
-            "apply",
-            "--policies",
-            &policies(),
-            "--target",
-            TARGET,
-            "--auto-approve",
-            "--format",
-            "json",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "apply failed: {}", text(&out));
-    as_json(&out)
+    support::apply(arm.palisade(), TARGET)
 }
 
 fn plan(arm: &ArmFake) -> (Option<i32>, Value) {
-    let out = arm
-        .palisade()
-        .args([
-            "plan",
-            "--policies",
-            &policies(),
-            "--target",
-            TARGET,
-            "--format",
-            "json",
-            "--detailed-exitcode",
-        ])
-        .output()
-        .unwrap();
-    (out.status.code(), as_json(&out))
+    support::plan(arm.palisade(), TARGET)
 }
 
 fn calls(v: &Value, pred: impl Fn(&Value) -> bool) -> u64 {

@@ -254,8 +254,16 @@ impl Inner {
     }
 
     fn of_type<'a>(&'a self, kind: Kind) -> impl Iterator<Item = &'a Value> + 'a {
+        // A substring test, not a parse of every key: lists of 10,000 sites read every
+        // key once per page.
+        let marker = kind.marker();
         self.resources.iter().filter_map(move |(k, v)| {
-            (ArmPath::parse(k).map(|p| p.kind) == Some(kind)).then_some(v)
+            // The marker is the last type segment: the kind matches when only the name
+            // follows it.
+            let leaf = k
+                .rfind(marker)
+                .is_some_and(|i| !k[i + marker.len()..].contains('/'));
+            leaf.then_some(v)
         })
     }
 
@@ -400,6 +408,23 @@ enum Kind {
     Site,
     Operation,
     OperationResult,
+}
+
+impl Kind {
+    /// A lower-case substring every id of this kind contains.
+    fn marker(self) -> &'static str {
+        match self {
+            Kind::Nsg => "/networksecuritygroups/",
+            Kind::Rule => "/securityrules/",
+            Kind::DefaultRule => "/defaultsecurityrules/",
+            Kind::Vnet => "/virtualnetworks/",
+            Kind::Subnet => "/subnets/",
+            Kind::Pe => "/privateendpoints/",
+            Kind::Site => "/microsoft.web/sites/",
+            Kind::Operation => "/operations/",
+            Kind::OperationResult => "/operationresults/",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -791,41 +816,42 @@ fn not_found(path: &ArmPath) -> Response {
 }
 
 fn list(inner: &Inner, path: &ArmPath, uri: &Uri, base: &str) -> Response {
-    let items: Vec<Value> = match path.kind {
-        Kind::Rule => {
+    let defaults;
+    // References first; only the page asked for is composed and copied.
+    let items: Vec<&Value> = match path.kind {
+        Kind::Rule | Kind::Subnet => {
             if !inner.exists(path.parent()) {
                 return parent_missing(path);
             }
-            inner
-                .children(path.parent(), "securityrules")
-                .into_iter()
-                .cloned()
-                .collect()
+            let segment = if path.kind == Kind::Rule {
+                "securityrules"
+            } else {
+                "subnets"
+            };
+            inner.children(path.parent(), segment)
         }
         Kind::DefaultRule => {
             if !inner.exists(path.parent()) {
                 return parent_missing(path);
             }
-            default_rules(path.parent())
+            defaults = default_rules(path.parent());
+            defaults
                 .as_array()
-                .cloned()
+                .map(|a| a.iter().collect())
                 .unwrap_or_default()
         }
-        Kind::Subnet => {
-            if !inner.exists(path.parent()) {
-                return parent_missing(path);
-            }
-            inner
-                .children(path.parent(), "subnets")
-                .into_iter()
-                .map(|s| inner.compose(s))
-                .collect()
+        // A resource group's collection: the ids under its path.
+        _ if path.resource_group.is_some() => {
+            let segment = path
+                .path
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            inner.children(path.parent(), &segment)
         }
         kind => {
-            let scope = match path.rg_id() {
-                Some(rg) => format!("{rg}/"),
-                None => format!("/subscriptions/{}/", path.subscription),
-            };
+            let scope = format!("/subscriptions/{}/", path.subscription);
             inner
                 .of_type(kind)
                 .filter(|v| {
@@ -833,7 +859,6 @@ fn list(inner: &Inner, path: &ArmPath, uri: &Uri, base: &str) -> Response {
                         .as_str()
                         .is_some_and(|id| id.to_ascii_lowercase().starts_with(&scope))
                 })
-                .map(|v| inner.compose(v))
                 .collect()
         }
     };
@@ -841,7 +866,12 @@ fn list(inner: &Inner, path: &ArmPath, uri: &Uri, base: &str) -> Response {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let size = inner.config.page_size;
-    let page: Vec<Value> = items.iter().skip(skip).take(size).cloned().collect();
+    let page: Vec<Value> = items
+        .iter()
+        .skip(skip)
+        .take(size)
+        .map(|v| inner.compose(v))
+        .collect();
     let mut out = json!({ "value": page });
     if skip + size < items.len() {
         out["nextLink"] = json!(format!(

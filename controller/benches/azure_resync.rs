@@ -16,24 +16,8 @@ use palisade_armfake::{Config, Fake};
 use palisade_providers::azure::{AzureProvider, AzureSettings};
 use palisade_providers::{CallKind, CallOutcome, Provider, total_calls};
 
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit(')').next().unwrap_or_default();
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn peak_rss() -> String {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(|l| l.trim_start_matches("VmHWM:").trim().to_string())
-        })
-        .unwrap_or_else(|| "n/a".into())
-}
+mod support;
+use support::{cpu_seconds, peak_rss};
 
 fn calls(p: &AzureProvider) -> (u64, u64, u64) {
     let c = p.api_calls();
@@ -146,6 +130,15 @@ fn main() {
             writes += w2 - w;
             previous = p.desired;
         }
+        // Of which observation alone (HTTP, the fake serving pages, JSON, translation).
+        let mut observes: Vec<Duration> = (0..5)
+            .map(|_| {
+                let w = Instant::now();
+                rt.block_on(provider.observe(&t)).unwrap();
+                w.elapsed()
+            })
+            .collect();
+        observes.sort();
         walls.sort();
         cpus.sort_by(|a, b| a.total_cmp(b));
         reads.sort();
@@ -153,7 +146,7 @@ fn main() {
         println!(
             "  {n:>6} function apps: first apply {changes} changes, {r0} reads + {w0} writes, {first_wall:.2?}; \
              per converged resync: reads min {} median {} max {}, writes total {writes} over {resyncs}; \
-             wall min {:.1?} median {:.1?} max {:.1?}; CPU (incl. the in-process fake) min {:.2}s median {:.2}s max {:.2}s; peak RSS so far {}",
+             wall min {:.1?} median {:.1?} max {:.1?}; CPU (incl. the in-process fake) min {:.2}s median {:.2}s max {:.2}s; observe alone median {:.1?}; peak RSS so far {}",
             reads[0],
             reads[mid],
             reads[resyncs - 1],
@@ -163,6 +156,7 @@ fn main() {
             cpus[0],
             cpus[mid],
             cpus[resyncs - 1],
+            observes[2],
             peak_rss()
         );
         drop(running);

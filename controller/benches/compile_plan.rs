@@ -10,16 +10,8 @@ use palisade::policy::{Limits, load_dir};
 use palisade_providers::fake::FakeProvider;
 use palisade_providers::{Function, Inventory, Network, Provider, Subnet};
 
-/// User + system CPU time of this process so far, in seconds (/proc/self/stat).
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let rest = stat.rsplit(')').next().unwrap_or_default();
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
-    (ticks(11) + ticks(12)) / 100.0
-}
+mod support;
+use support::{cpu_seconds, peak_rss};
 
 fn main() {
     const POLICIES: usize = 1_000;
@@ -140,14 +132,7 @@ fn main() {
     }
     resync.sort();
     cpu.sort_by(|a, b| a.total_cmp(b));
-    let peak = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(|l| l.trim_start_matches("VmHWM:").trim().to_string())
-        })
-        .unwrap_or_else(|| "n/a".into());
+    let peak = peak_rss();
     println!(
         "compile+plan: {FUNCTIONS} functions, {POLICIES} policies, {} rules, {changes} changes",
         POLICIES * RULES_PER_POLICY

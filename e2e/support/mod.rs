@@ -443,3 +443,35 @@ impl ArmFake {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 }
+
+/// `palisade apply --auto-approve --format json` of `target` in policies-example, with
+/// `cmd` (the binary, set up for an emulator); panics with the output when it fails.
+pub fn apply(mut cmd: Command, target: &str) -> Value {
+    let policies = root().join("policies-example");
+    let out = cmd
+        .args(["apply", "--policies"])
+        .arg(&policies)
+        .args(["--target", target, "--auto-approve", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "apply failed: {}", text(&out));
+    json(&out)
+}
+
+/// `palisade plan --format json --detailed-exitcode` of `target`: (exit code, plan).
+pub fn plan(mut cmd: Command, target: &str) -> (Option<i32>, Value) {
+    let policies = root().join("policies-example");
+    let out = cmd
+        .args(["plan", "--policies"])
+        .arg(&policies)
+        .args([
+            "--target",
+            target,
+            "--format",
+            "json",
+            "--detailed-exitcode",
+        ])
+        .output()
+        .unwrap();
+    (out.status.code(), json(&out))
+}
