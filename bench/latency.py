@@ -7,8 +7,8 @@ AWS: starts moto (localstack/moto-server) and seeds the estate; Azure: starts th
 fake (`palisade-armfake --example-estate N`). Then makes a bare Git repository of
 policies-example, starts the debug `palisade` binary (build both first:
 `cargo build -p palisade -p palisade-armfake`) on that cloud's target, and measures:
-  * merge-to-enforce: a commit changes one policy's ingress port (AWS payments-api,
-    Azure reports-func); from `git push` returning until the new rule is in the
+  * merge-to-enforce: a commit changes one policy's ingress port (AWS payments-api's
+    edge, Azure orders-func's gateway); from `git push` returning until the new rule is in the
     (emulated) cloud — with a GitHub webhook sent right after the push, and with polling
     only (--poll-interval 2s);
   * drift-revert: a rule opened by hand on a managed group (AWS 0.0.0.0/0:22, Azure an
@@ -85,6 +85,10 @@ class Aws:
     target, policy_file, port, drift_port = "prod-aws", os.path.join("aws", "payments.yaml"), 8443, 22
     services = ("ec2", "lambda", "tagging")
 
+    @staticmethod
+    def edge(port):
+        return f"tcp/{port} ]"
+
     def __init__(self, functions):
         import boto3
         out = subprocess.run([os.path.join(ROOT, "localstack", "moto-server")], check=True,
@@ -116,12 +120,16 @@ class Aws:
 
 
 class Azure:
-    """The ARM fake with N function apps; reports-func's ingress port is changed."""
+    """The ARM fake with N function apps; orders-func's gateway ingress port is changed."""
     target, policy_file, port, drift_port = "prod-azure", os.path.join("azure", "functions.yaml"), 443, 3389
     services = ("arm",)
     token = "bench-hand-made"
     nsg = ("/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-prod/providers/"
-           "Microsoft.Network/networkSecurityGroups/palisade-reports-func")
+           "Microsoft.Network/networkSecurityGroups/palisade-orders-func")
+
+    @staticmethod
+    def edge(port):
+        return f"10.20.0.0/24 }} ], ports: [ tcp/{port} ]"
 
     def __init__(self, functions, procs):
         fake = os.path.join(TARGET_DIR, "debug", "palisade-armfake")
@@ -212,7 +220,7 @@ def main():
         def merge(base, webhook):
             new = 9000 + len(merge.samples) + (100 if webhook else 0)
             path = os.path.join(repo, "policies", cloud.policy_file)
-            text = open(path).read().replace(f"tcp/{port_now[0]} ]", f"tcp/{new} ]", 1)
+            text = open(path).read().replace(cloud.edge(port_now[0]), cloud.edge(new), 1)
             open(path, "w").write(text)
             git(repo, "commit", "-q", "-am", f"port {new}")
             git(repo, "push", "-q", "origin", "main")
