@@ -139,7 +139,8 @@ class Azure:
         self.endpoint = self.proc.stdout.readline().strip().split("=", 1)[1]
         self.env = dict(PALISADE_AZURE_ARM_ENDPOINT=self.endpoint, AZURE_AUTHORITY_HOST=self.endpoint,
                         AZURE_TENANT_ID="t", AZURE_CLIENT_ID="bench", AZURE_CLIENT_SECRET="bench",
-                        PALISADE_AZURE_POLL_INTERVAL="100ms")
+                        PALISADE_AZURE_POLL_INTERVAL="100ms",
+                        PALISADE_AZURE_RATE_LIMITS="arm-read=500/500,arm-write=500/500")
 
     def arm(self, method, path, body=None):
         req = urllib.request.Request(f"{self.endpoint}{path}?api-version=2024-03-01", method=method,

@@ -81,6 +81,10 @@ fn main() {
             AzureSettings {
                 arm_endpoint: running.endpoint.clone(),
                 poll_interval: Duration::from_millis(10),
+                // The fake is local: the client-side budget would only measure itself.
+                rates: "arm-read=100000/100000,arm-write=100000/100000"
+                    .parse()
+                    .unwrap(),
                 ..AzureSettings::default()
             },
             Arc::new(credential),

@@ -286,6 +286,11 @@ struct CloudArgs {
     /// Wait between polls of an ARM long-running operation when ARM sends no Retry-After.
     #[arg(long, env = "PALISADE_AZURE_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     azure_poll_interval: Duration,
+    /// Client-side ARM budget per subscription, as arm-read=PER_SECOND/BURST and
+    /// arm-write=PER_SECOND/BURST (defaults 20/200 and 8/160, below ARM's 25/250 and
+    /// 10/200 per subscription and principal). Unnamed buckets keep their defaults.
+    #[arg(long, env = "PALISADE_AZURE_RATE_LIMITS", default_value = "")]
+    azure_rate_limits: String,
 }
 
 impl CloudArgs {
@@ -296,6 +301,10 @@ impl CloudArgs {
         {
             settings.azure.arm_endpoint = self.azure_arm_endpoint.clone();
             settings.azure.poll_interval = self.azure_poll_interval;
+            settings.azure.rates = self
+                .azure_rate_limits
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--azure-rate-limits: {e}"))?;
         }
         #[cfg(feature = "aws")]
         {

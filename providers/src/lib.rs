@@ -21,6 +21,9 @@ pub use provider::{
     ProviderError, total_calls,
 };
 
+#[cfg(any(feature = "aws", feature = "azure"))]
+pub mod rate;
+
 #[cfg(feature = "aws")]
 pub mod aws;
 

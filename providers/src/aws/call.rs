@@ -8,16 +8,14 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::num::NonZeroU32;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::operation::RequestId;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::DefaultDirectRateLimiter;
 
 use crate::provider::{CallCounter, CallOutcome, ProviderError};
 
@@ -68,20 +66,7 @@ impl fmt::Display for Family {
     }
 }
 
-/// A sustained rate and a burst, as `per_second/burst` (`20/50`, `0.5/1`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Rate {
-    /// Calls per second, sustained.
-    pub per_second: f64,
-    /// Calls allowed at once after a quiet period.
-    pub burst: u32,
-}
-
-impl fmt::Display for Rate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.per_second, self.burst)
-    }
-}
+pub use crate::rate::Rate;
 
 /// Client-side rate limits, one per [`Family`]. The defaults stay well below AWS's
 /// documented account-wide buckets (EC2 non-mutating: 20/s refill; mutating: 5/s;
@@ -120,36 +105,11 @@ impl FromStr for RateLimits {
     /// their defaults.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut limits = RateLimits::default();
-        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-            let expected = "expected FAMILY=PER_SECOND/BURST, e.g. ec2-read=20/50";
-            let (name, rate) = item
-                .split_once('=')
-                .ok_or_else(|| format!("{item:?}: {expected}"))?;
-            let family = Family::ALL
-                .into_iter()
-                .find(|f| f.name() == name.trim())
-                .ok_or_else(|| {
-                    let names: Vec<_> = Family::ALL.iter().map(|f| f.name()).collect();
-                    format!(
-                        "{item:?}: unknown API family {name:?}; one of {}",
-                        names.join(", ")
-                    )
-                })?;
-            let (per_second, burst) = rate
-                .split_once('/')
-                .ok_or_else(|| format!("{item:?}: {expected}"))?;
-            let per_second: f64 = per_second
-                .trim()
-                .parse()
-                .map_err(|_| format!("{item:?}: {expected}"))?;
-            let burst: u32 = burst
-                .trim()
-                .parse()
-                .map_err(|_| format!("{item:?}: {expected}"))?;
-            if !(per_second.is_finite() && per_second > 0.0) || burst == 0 {
-                return Err(format!("{item:?}: the rate and the burst must be positive"));
+        let names = Family::ALL.map(Family::name);
+        for (name, rate) in crate::rate::parse_rates(s, &names)? {
+            if let Some(family) = Family::ALL.into_iter().find(|f| f.name() == name) {
+                limits.0.insert(family, rate);
             }
-            limits.0.insert(family, Rate { per_second, burst });
         }
         Ok(limits)
     }
@@ -194,15 +154,7 @@ impl Budget {
         let key = (scope.account.clone(), scope.region.clone(), family);
         let mut map = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(key)
-            .or_insert_with(|| {
-                let rate = self.limits.get(family);
-                let period = Duration::from_secs_f64(1.0 / rate.per_second);
-                let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
-                let quota = Quota::with_period(period)
-                    .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-                    .allow_burst(burst);
-                Arc::new(RateLimiter::direct(quota))
-            })
+            .or_insert_with(|| Arc::new(self.limits.get(family).limiter()))
             .clone()
     }
 

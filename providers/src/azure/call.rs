@@ -8,6 +8,7 @@
 //! when `Retry-After` is missing and drops the failed operation's error code); see
 //! [`Arm::wait`].
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,7 @@ use azure_core::{
     BytesStream, ClientOptions, Context, Method, Pipeline, Policy, PolicyResult, Request, Response,
     RetryOptions, StatusCode, Url,
 };
+use governor::DefaultDirectRateLimiter;
 use serde_json::Value;
 
 use crate::provider::{CallCounter, CallOutcome, ProviderError};
@@ -30,11 +32,20 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-request-id");
 /// The ARM error code of a write refused because another operation on the resource runs.
 pub const ANOTHER_OPERATION: &str = "RetryableErrorDueToAnotherOperation";
 
-/// Counts, throttling and conflict retries, once per HTTP try.
-#[derive(Debug)]
+/// Client-side budget, counts, throttling and conflict retries, once per HTTP try.
 pub(crate) struct ArmPolicy {
     pub counter: Arc<CallCounter>,
     pub settings: AzureSettings,
+    /// (subscription, write) → limiter.
+    limiters: std::sync::Mutex<HashMap<(String, bool), Arc<DefaultDirectRateLimiter>>>,
+}
+
+impl std::fmt::Debug for ArmPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArmPolicy")
+            .field("rates", &self.settings.rates)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The counted name of an ARM call: method and the last resource type in the path.
@@ -108,8 +119,10 @@ impl Policy for ArmPolicy {
         next: &[Arc<dyn Policy>],
     ) -> PolicyResult {
         let op = operation_name(request.method(), request.url().path());
+        let limiter = self.limiter(request.method(), request.url().path());
         let mut attempt = 0usize;
         loop {
+            limiter.until_ready().await;
             let result = next[0].send(ctx, request, &next[1..]).await;
             let response = match result {
                 Ok(r) => r,
@@ -186,6 +199,31 @@ impl Policy for ArmPolicy {
 }
 
 impl ArmPolicy {
+    pub fn new(counter: Arc<CallCounter>, settings: AzureSettings) -> ArmPolicy {
+        ArmPolicy {
+            counter,
+            settings,
+            limiters: Default::default(),
+        }
+    }
+
+    /// The bucket a call drains: its subscription's reads or writes.
+    fn limiter(&self, method: &Method, path: &str) -> Arc<DefaultDirectRateLimiter> {
+        let subscription = path
+            .split('/')
+            .nth(2)
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let write = *method != Method::Get;
+        let mut map = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry((subscription, write))
+            .or_insert_with(|| {
+                let rates = self.settings.rates;
+                Arc::new(if write { rates.write } else { rates.read }.limiter())
+            })
+            .clone()
+    }
+
     fn backoff(&self, attempt: usize) -> Duration {
         let base = self.settings.conflict_delay;
         base.saturating_mul(1u32 << attempt.min(6))
@@ -253,10 +291,7 @@ impl Arm {
                 message: format!("ARM endpoint {endpoint}: {e}"),
             })?
             .to_string();
-        let policy = Arc::new(ArmPolicy {
-            counter,
-            settings: settings.clone(),
-        });
+        let policy = Arc::new(ArmPolicy::new(counter, settings.clone()));
         let network = azure_mgmt_network::package_2024_03::Client::new(
             endpoint.clone(),
             credential.clone(),

@@ -68,6 +68,52 @@ pub struct AzureSettings {
     pub conflict_delay: Duration,
     /// Retries of transport errors and 5xx answers.
     pub transport_retries: usize,
+    /// Client-side budget per subscription.
+    pub rates: ArmRates,
+}
+
+/// Client-side rate limits per subscription, below ARM's own buckets (per subscription
+/// and principal: reads 250 burst / 25 per s, writes 200 / 10 per s) so that a reconcile
+/// leaves room for the deploy pipelines beside it. Long-running-operation polls are reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ArmRates {
+    /// GETs.
+    pub read: crate::rate::Rate,
+    /// PUT, PATCH, DELETE.
+    pub write: crate::rate::Rate,
+}
+
+impl Default for ArmRates {
+    fn default() -> Self {
+        use crate::rate::Rate;
+        ArmRates {
+            read: Rate {
+                per_second: 20.0,
+                burst: 200,
+            },
+            write: Rate {
+                per_second: 8.0,
+                burst: 160,
+            },
+        }
+    }
+}
+
+impl std::str::FromStr for ArmRates {
+    type Err = String;
+
+    /// `arm-read=20/200,arm-write=8/160`: the buckets named are changed, the other keeps
+    /// its default.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut rates = ArmRates::default();
+        for (name, rate) in crate::rate::parse_rates(s, &["arm-read", "arm-write"])? {
+            match name {
+                "arm-read" => rates.read = rate,
+                _ => rates.write = rate,
+            }
+        }
+        Ok(rates)
+    }
 }
 
 impl Default for AzureSettings {
@@ -81,6 +127,7 @@ impl Default for AzureSettings {
             conflict_retries: 6,
             conflict_delay: Duration::from_millis(500),
             transport_retries: 3,
+            rates: ArmRates::default(),
         }
     }
 }
@@ -1023,5 +1070,34 @@ impl Provider for AzureProvider {
 
     fn api_calls(&self) -> Vec<ApiCallCount> {
         self.counter.snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse_by_bucket() {
+        let r: ArmRates = "arm-write=2/4".parse().unwrap();
+        assert_eq!(r.write.per_second, 2.0);
+        assert_eq!(r.write.burst, 4);
+        assert_eq!(r.read, ArmRates::default().read);
+        let err = "arm-delete=1/1".parse::<ArmRates>().unwrap_err();
+        assert!(err.contains("arm-read, arm-write"), "{err}");
+        assert!("arm-read=0/1".parse::<ArmRates>().is_err());
+        assert!("".parse::<ArmRates>().unwrap() == ArmRates::default());
+    }
+
+    #[test]
+    fn ids_split() {
+        let (rg, name) = rg_and_name(
+            "/subscriptions/s/resourceGroups/RG-1/providers/Microsoft.Network/networkSecurityGroups/n",
+        );
+        assert_eq!((rg.as_str(), name.as_str()), ("RG-1", "n"));
+        assert_eq!(
+            endpoint_name("endpoint.kv.vault"),
+            "palisade-endpoint-kv-vault"
+        );
     }
 }
