@@ -790,7 +790,24 @@ fn arm(
             Some(v) => axum::Json(inner.compose(v)).into_response(),
             None => not_found(&path),
         },
-        ("PUT", _, false) => put(inner, &path, body, &base),
+        ("PUT", _, false) => {
+            // Optimistic concurrency, as ARM does it: If-Match must name the stored etag.
+            let stored = inner
+                .resources
+                .get(&path.path.to_ascii_lowercase())
+                .and_then(|r| r["etag"].as_str());
+            match headers.get("if-match").and_then(|h| h.to_str().ok()) {
+                Some(want) if want != "*" && stored != Some(want) => error(
+                    StatusCode::PRECONDITION_FAILED,
+                    "PreconditionFailed",
+                    format!(
+                        "The condition specified using HTTP conditional header(s) is not met for {}.",
+                        path.path
+                    ),
+                ),
+                _ => put(inner, &path, body, &base),
+            }
+        }
         ("PATCH", Kind::Nsg | Kind::Site | Kind::Pe | Kind::Vnet, false) => {
             patch(inner, &path, body)
         }

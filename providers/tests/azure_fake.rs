@@ -781,3 +781,42 @@ async fn every_official_example_replays_against_the_fake() {
         }
     }
 }
+
+/// Read-modify-writes are conditional: the fake, like ARM, refuses a PUT whose
+/// `If-Match` names an etag that is no longer current, and Palisade's subnet and site
+/// writes send the etag they read (a concurrent change is never overwritten).
+#[tokio::test]
+async fn a_stale_etag_is_refused_and_a_fresh_one_accepted() {
+    let (fake, p) = start(Config::default(), 2).await;
+    let http = azure_core::new_http_client();
+    let id = subnet("snet-reports");
+    let current = fake.fake.get(&id).unwrap();
+    let etag = current["etag"].as_str().unwrap().to_string();
+    let put = |tag: &str| {
+        let url = Url::parse(&format!("{}{id}?api-version=2024-03-01", fake.endpoint)).unwrap();
+        let mut req = azure_core::Request::new(url, azure_core::Method::Put);
+        req.insert_header("authorization", "Bearer test-token");
+        req.insert_header("content-type", "application/json");
+        req.insert_header("if-match", tag.to_string());
+        req.set_body(serde_json::to_vec(&current).unwrap());
+        req
+    };
+    let stale = http.execute_request(&put("W/\"stale\"")).await.unwrap();
+    assert_eq!(stale.status() as u16, 412);
+    let fresh = http.execute_request(&put(&etag)).await.unwrap();
+    assert_eq!(fresh.status() as u16, 200);
+    // The provider's own association still works (it reads, then writes with that etag).
+    create_nsg(&p, "reports-func").await;
+    let out = p
+        .apply(
+            &target(),
+            &Change::SetSubnetGroup {
+                subnet: id.clone(),
+                before: None,
+                after: Some(GroupRef::Managed("reports-func".into())),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.status, OutcomeStatus::Applied);
+}

@@ -332,6 +332,27 @@ impl Arm {
         url: Url,
         body: Option<&Value>,
     ) -> Result<Answer, ProviderError> {
+        self.send(method, url, body, None).await
+    }
+
+    /// The PUT of a read-modify-write: `If-Match` the etag that was read, so that a
+    /// change made in between by someone else is not overwritten (ARM answers 412).
+    pub async fn put_if_match(
+        &self,
+        url: Url,
+        body: &Value,
+        etag: Option<&str>,
+    ) -> Result<Answer, ProviderError> {
+        self.send(Method::Put, url, Some(body), etag).await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+        if_match: Option<&str>,
+    ) -> Result<Answer, ProviderError> {
         let op = operation_name(&method, url.path());
         let token = self
             .credential
@@ -343,6 +364,9 @@ impl Arm {
             azure_core::headers::AUTHORIZATION,
             format!("Bearer {}", token.token.secret()),
         );
+        if let Some(etag) = if_match {
+            req.insert_header(azure_core::headers::IF_MATCH, etag.to_string());
+        }
         match body {
             Some(b) => {
                 req.insert_header(azure_core::headers::CONTENT_TYPE, "application/json");

@@ -199,6 +199,29 @@ fn internal(what: &str, message: String) -> ProviderError {
     }
 }
 
+/// A read-modify-write lost the race: retry on the next reconcile, with a fresh read.
+fn changed_since_read(e: ProviderError, id: &str) -> ProviderError {
+    match e {
+        ProviderError::Api {
+            code,
+            message,
+            request_id,
+            operation,
+            ..
+        } if code == "PreconditionFailed" => ProviderError::Api {
+            service: "arm".into(),
+            operation,
+            code,
+            message: format!(
+                "{id} changed between Palisade's read and its write; nothing was overwritten ({message})"
+            ),
+            request_id,
+            retryable: true,
+        },
+        other => other,
+    }
+}
+
 fn is_not_found(e: &azure_core::Error) -> bool {
     e.as_http_error()
         .is_some_and(|h| h.status() == StatusCode::NotFound)
@@ -790,7 +813,11 @@ impl AzureProvider {
             }
         }
         props.remove("provisioningState");
-        let answer = arm.call(Method::Put, url, Some(&current)).await?;
+        let etag = current["etag"].as_str().map(str::to_string);
+        let answer = arm
+            .put_if_match(url, &current, etag.as_deref())
+            .await
+            .map_err(|e| changed_since_read(e, subnet))?;
         arm.wait(what, &answer.headers).await?;
         Ok(Outcome {
             request_ids: answer.request_id().into_iter().collect(),
@@ -826,7 +853,11 @@ impl AzureProvider {
             Some(s) => json!(s),
             None => Value::Null,
         };
-        let answer = arm.call(Method::Put, url, Some(&current)).await?;
+        let etag = current["etag"].as_str().map(str::to_string);
+        let answer = arm
+            .put_if_match(url, &current, etag.as_deref())
+            .await
+            .map_err(|e| changed_since_read(e, site))?;
         if answer.status == StatusCode::Accepted {
             arm.wait(what, &answer.headers).await?;
         }
