@@ -283,13 +283,9 @@ impl Inner {
                     .collect();
                 out["properties"]["securityRules"] = Value::Array(rules);
                 out["properties"]["defaultSecurityRules"] = default_rules(&id);
-                let subnets: Vec<Value> = self
-                    .of_type(Kind::Subnet)
-                    .filter(|s| same_id(&s["properties"]["networkSecurityGroup"]["id"], &id))
-                    .map(|s| json!({ "id": s["id"] }))
-                    .collect();
+                let subnets = self.referrers(Kind::Subnet, "networkSecurityGroup", &id);
                 if !subnets.is_empty() {
-                    out["properties"]["subnets"] = Value::Array(subnets);
+                    out["properties"]["subnets"] = id_list(subnets);
                 }
             }
             Kind::Vnet => {
@@ -301,13 +297,9 @@ impl Inner {
                 out["properties"]["subnets"] = Value::Array(subnets);
             }
             Kind::Subnet => {
-                let pes: Vec<Value> = self
-                    .of_type(Kind::Pe)
-                    .filter(|p| same_id(&p["properties"]["subnet"]["id"], &id))
-                    .map(|p| json!({ "id": p["id"] }))
-                    .collect();
+                let pes = self.referrers(Kind::Pe, "subnet", &id);
                 if !pes.is_empty() {
-                    out["properties"]["privateEndpoints"] = Value::Array(pes);
+                    out["properties"]["privateEndpoints"] = id_list(pes);
                 }
             }
             _ => {}
@@ -315,9 +307,22 @@ impl Inner {
         out
     }
 
+    /// Ids of the resources of `kind` whose `properties.<field>.id` is `id`.
+    fn referrers(&self, kind: Kind, field: &str, id: &str) -> Vec<String> {
+        self.of_type(kind)
+            .filter(|r| same_id(&r["properties"][field]["id"], id))
+            .filter_map(|r| r["id"].as_str().map(str::to_string))
+            .collect()
+    }
+
     fn exists(&self, id: &str) -> bool {
         self.resources.contains_key(&id.to_ascii_lowercase())
     }
+}
+
+/// `[{"id": …}, …]`, as ARM lists references.
+fn id_list(ids: Vec<String>) -> Value {
+    Value::Array(ids.into_iter().map(|id| json!({ "id": id })).collect())
 }
 
 fn same_id(v: &Value, id: &str) -> bool {
@@ -1345,11 +1350,7 @@ fn delete(inner: &mut Inner, path: &ArmPath, base: &str) -> Response {
     let id = current["id"].as_str().unwrap_or(&path.path).to_string();
     match path.kind {
         Kind::Nsg => {
-            let users: Vec<String> = inner
-                .of_type(Kind::Subnet)
-                .filter(|s| same_id(&s["properties"]["networkSecurityGroup"]["id"], &id))
-                .filter_map(|s| s["id"].as_str().map(str::to_string))
-                .collect();
+            let users = inner.referrers(Kind::Subnet, "networkSecurityGroup", &id);
             if !users.is_empty() {
                 return error(
                     StatusCode::BAD_REQUEST,
@@ -1362,11 +1363,7 @@ fn delete(inner: &mut Inner, path: &ArmPath, base: &str) -> Response {
             }
         }
         Kind::Subnet => {
-            let pes: Vec<String> = inner
-                .of_type(Kind::Pe)
-                .filter(|p| same_id(&p["properties"]["subnet"]["id"], &id))
-                .filter_map(|p| p["id"].as_str().map(str::to_string))
-                .collect();
+            let pes = inner.referrers(Kind::Pe, "subnet", &id);
             if !pes.is_empty() {
                 return error(
                     StatusCode::BAD_REQUEST,
