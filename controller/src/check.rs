@@ -126,6 +126,14 @@ pub fn check_desired(
 ) -> Vec<Finding> {
     let target = desired.target.as_str();
     let mut out = Vec::new();
+    // Every selected function once: a lookup per observed function, not a scan of every
+    // policy's selection (that was quadratic: seconds at 10,000 functions).
+    let selected: std::collections::HashSet<&str> = desired
+        .selected
+        .values()
+        .flatten()
+        .map(String::as_str)
+        .collect();
     for g in set.guardrails.iter().filter(|g| in_scope(g, target)) {
         for group in desired.groups.values() {
             for (rule, origin) in &group.rules {
@@ -154,8 +162,7 @@ pub fn check_desired(
             .iter()
             .filter(|f| g.spec.scope.functions.matches(&f.name, &f.tags))
         {
-            let selected = desired.selected.values().any(|ids| ids.contains(&f.id));
-            if selected && !desired.placements.contains_key(&f.id) {
+            if selected.contains(f.id.as_str()) && !desired.placements.contains_key(&f.id) {
                 out.push(violation(
                     g,
                     target,
