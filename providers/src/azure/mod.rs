@@ -990,10 +990,39 @@ impl AzureProvider {
 #[async_trait::async_trait]
 impl Provider for AzureProvider {
     async fn observe(&self, target: &Target) -> Result<Inventory, ProviderError> {
-        self.observe_inner(target).await
+        self.observe_inner(target)
+            .await
+            .map_err(|e| named(e, &target.name))
     }
 
     async fn apply(&self, target: &Target, change: &Change) -> Result<Outcome, ProviderError> {
+        self.apply_inner(target, change)
+            .await
+            .map_err(|e| named(e, &target.name))
+    }
+
+    fn api_calls(&self) -> Vec<ApiCallCount> {
+        self.counter.snapshot()
+    }
+}
+
+/// Identity errors raised below the provider know no target; name it.
+fn named(e: ProviderError, target: &str) -> ProviderError {
+    match e {
+        ProviderError::Identity { message, .. } => ProviderError::Identity {
+            target: target.to_string(),
+            message,
+        },
+        other => other,
+    }
+}
+
+impl AzureProvider {
+    async fn apply_inner(
+        &self,
+        target: &Target,
+        change: &Change,
+    ) -> Result<Outcome, ProviderError> {
         let arm = self.arm()?;
         let s = scope(target)?;
         match change {
@@ -1097,10 +1126,6 @@ impl Provider for AzureProvider {
                 self.delete_endpoint(&arm, target, owner, id).await
             }
         }
-    }
-
-    fn api_calls(&self) -> Vec<ApiCallCount> {
-        self.counter.snapshot()
     }
 }
 
