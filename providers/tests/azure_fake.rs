@@ -820,3 +820,63 @@ async fn a_stale_etag_is_refused_and_a_fresh_one_accepted() {
         .unwrap();
     assert_eq!(out.status, OutcomeStatus::Applied);
 }
+
+/// A private endpoint whose subnet must change is replaced: one read, the delete, the
+/// create — and the new one sits in the new subnet with the same target and tags.
+#[tokio::test]
+async fn an_endpoint_moving_subnet_is_replaced() {
+    let (fake, p) = start(Config::default(), 2).await;
+    let t = target();
+    let owner = "endpoint.kv-reports.vault";
+    let kv = "/subscriptions/00000000-0000-0000-0000-000000000001/resourcegroups/rg-prod/providers/microsoft.keyvault/vaults/kv-reports";
+    let created = p
+        .apply(
+            &t,
+            &Change::CreateEndpoint {
+                owner: owner.into(),
+                service: format!("{kv}#vault"),
+                kind: palisade_providers::EndpointKind::Private,
+                network: VNET.into(),
+                subnets: vec![subnet("snet-endpoints")],
+                groups: vec![],
+                route_tables: vec![],
+                private_dns: false,
+                tags: ownership_tags(owner),
+            },
+        )
+        .await
+        .unwrap();
+    let id = created.created_id.unwrap();
+    let gets = count(&p, "GET privateEndpoints", CallOutcome::Ok);
+    let out = p
+        .apply(
+            &t,
+            &Change::UpdateEndpoint {
+                owner: owner.into(),
+                id: id.clone(),
+                subnets: vec![subnet("snet-reports")],
+                groups: vec![],
+                route_tables: vec![],
+                private_dns: false,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.status, OutcomeStatus::Applied);
+    assert_eq!(out.request_ids.len(), 2, "the delete's and the create's");
+    assert_eq!(count(&p, "GET privateEndpoints", CallOutcome::Ok), gets + 1);
+    let pe = fake.fake.get(&id).unwrap();
+    assert!(
+        pe["properties"]["subnet"]["id"]
+            .as_str()
+            .unwrap()
+            .eq_ignore_ascii_case(&subnet("snet-reports"))
+    );
+    let inv = p.observe(&t).await.unwrap();
+    let ep = inv
+        .endpoints
+        .iter()
+        .find(|e| e.owner() == Some(owner))
+        .unwrap();
+    assert_eq!(ep.service, format!("{kv}#vault"));
+}

@@ -430,6 +430,17 @@ impl Arm {
         Ok(items)
     }
 
+    /// Follow the long-running operation a write started (see [`Arm::wait`]) and return
+    /// the write's request id, for the audit trail.
+    pub async fn settle(
+        &self,
+        operation: &str,
+        headers: &Headers,
+    ) -> Result<Option<String>, ProviderError> {
+        self.wait(operation, headers).await?;
+        Ok(request_id_of(headers))
+    }
+
     /// Follow a long-running operation to its end: `Azure-AsyncOperation` when given
     /// (status body), else `Location` (202 until done). Waits what `Retry-After` says, or
     /// the configured poll interval — never the SDK's 30 s. A failed operation keeps its

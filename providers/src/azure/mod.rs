@@ -40,7 +40,7 @@ use crate::provider::{
 };
 
 pub use call::ANOTHER_OPERATION;
-use call::{Arm, map_error, request_id_of};
+use call::{Arm, map_error};
 
 /// Public-cloud ARM endpoint.
 pub const PUBLIC_ARM_ENDPOINT: &str = "https://management.azure.com/";
@@ -533,12 +533,12 @@ impl AzureProvider {
             .into_body()
             .await
             .map_err(|e| map_error("PUT networkSecurityGroups", e))?;
-        arm.wait("PUT networkSecurityGroups", &headers).await?;
+        let request_id = arm.settle("PUT networkSecurityGroups", &headers).await?;
         let id = created.resource.id.unwrap_or_default();
         self.remember(&target.name, owner, &id);
         Ok(Outcome {
             created_id: Some(id),
-            request_ids: request_id_of(&headers).into_iter().collect(),
+            request_ids: request_id.into_iter().collect(),
             ..Outcome::applied()
         })
     }
@@ -583,11 +583,15 @@ impl AzureProvider {
                 return Err(err);
             }
         };
-        let headers = r.as_raw_response().headers().clone();
-        arm.wait("DELETE networkSecurityGroups", &headers).await?;
+        let request_id = arm
+            .settle(
+                "DELETE networkSecurityGroups",
+                r.as_raw_response().headers(),
+            )
+            .await?;
         self.forget(&target.name, owner);
         Ok(Outcome {
-            request_ids: request_id_of(&headers).into_iter().collect(),
+            request_ids: request_id.into_iter().collect(),
             ..Outcome::applied()
         })
     }
@@ -613,11 +617,7 @@ impl AzureProvider {
                 .send()
                 .await
             {
-                Ok(r) => {
-                    let headers = r.as_raw_response().headers().clone();
-                    arm.wait(what, &headers).await?;
-                    return Ok(request_id_of(&headers));
-                }
+                Ok(r) => return arm.settle(what, r.as_raw_response().headers()).await,
                 Err(e) => {
                     let err = map_error(what, e);
                     if cleared || error_code(&err) != Some("SecurityRuleConflict") {
@@ -690,9 +690,7 @@ impl AzureProvider {
             .send()
             .await
             .map_err(|e| map_error(what, e))?;
-        let headers = r.as_raw_response().headers().clone();
-        arm.wait(what, &headers).await?;
-        Ok(request_id_of(&headers))
+        arm.settle(what, r.as_raw_response().headers()).await
     }
 
     async fn remove_rules(
@@ -818,9 +816,9 @@ impl AzureProvider {
             .put_if_match(url, &current, etag.as_deref())
             .await
             .map_err(|e| changed_since_read(e, subnet))?;
-        arm.wait(what, &answer.headers).await?;
+        let request_id = arm.settle(what, &answer.headers).await?;
         Ok(Outcome {
-            request_ids: answer.request_id().into_iter().collect(),
+            request_ids: request_id.into_iter().collect(),
             ..Outcome::applied()
         })
     }
@@ -917,6 +915,22 @@ impl AzureProvider {
             }
             return Err(not_owned(what, &id));
         }
+        self.put_endpoint(arm, &s, owner, service, subnets, tags)
+            .await
+    }
+
+    /// Create the private endpoint of `owner` (known not to exist).
+    async fn put_endpoint(
+        &self,
+        arm: &Arm,
+        s: &Scope<'_>,
+        owner: &str,
+        service: &str,
+        subnets: &[String],
+        tags: &crate::model::Tags,
+    ) -> Result<Outcome, ProviderError> {
+        let what = "PUT privateEndpoints";
+        let name = endpoint_name(owner);
         let (resource, group) = service.split_once('#').ok_or_else(|| {
             internal(
                 what,
@@ -947,10 +961,10 @@ impl AzureProvider {
             .map_err(|e| map_error(what, e))?;
         let headers = r.as_raw_response().headers().clone();
         let created = r.into_body().await.map_err(|e| map_error(what, e))?;
-        arm.wait(what, &headers).await?;
+        let request_id = arm.settle(what, &headers).await?;
         Ok(Outcome {
             created_id: created.resource.id,
-            request_ids: request_id_of(&headers).into_iter().collect(),
+            request_ids: request_id.into_iter().collect(),
             ..Outcome::applied()
         })
     }
@@ -971,19 +985,77 @@ impl AzureProvider {
         if owner_of(&translate::tags(pe.resource.tags.as_ref())) != Some(owner) {
             return Err(not_owned(what, id));
         }
+        let request_id = self
+            .send_delete_endpoint(arm, s.subscription, &rg, &name)
+            .await?;
+        Ok(Outcome {
+            request_ids: request_id.into_iter().collect(),
+            ..Outcome::applied()
+        })
+    }
+
+    /// Delete a private endpoint (ownership already checked) and follow it to its end.
+    async fn send_delete_endpoint(
+        &self,
+        arm: &Arm,
+        sub: &str,
+        rg: &str,
+        name: &str,
+    ) -> Result<Option<String>, ProviderError> {
+        let what = "DELETE privateEndpoints";
         let r = arm
             .network
             .private_endpoints_client()
-            .delete(&rg, &name, s.subscription)
+            .delete(rg, name, sub)
             .send()
             .await
             .map_err(|e| map_error(what, e))?;
-        let headers = r.as_raw_response().headers().clone();
-        arm.wait(what, &headers).await?;
-        Ok(Outcome {
-            request_ids: request_id_of(&headers).into_iter().collect(),
-            ..Outcome::applied()
-        })
+        arm.settle(what, r.as_raw_response().headers()).await
+    }
+
+    /// A private endpoint's subnet cannot change in place: replace it — one GET, the
+    /// delete, the create (no second existence check).
+    async fn replace_endpoint(
+        &self,
+        arm: &Arm,
+        target: &Target,
+        owner: &str,
+        id: &str,
+        subnets: &[String],
+    ) -> Result<Outcome, ProviderError> {
+        let what = "PUT privateEndpoints";
+        let s = scope(target)?;
+        let (rg, name) = rg_and_name(id);
+        let Some(pe) = self.get_endpoint(arm, s.subscription, &rg, &name).await? else {
+            return Err(internal(
+                what,
+                format!("endpoint {id} vanished; re-planning"),
+            ));
+        };
+        let observed = translate::endpoints(std::slice::from_ref(&pe), &translate::Ids::default());
+        let Some(ep) = observed.first() else {
+            return Err(internal(what, format!("endpoint {id} is unreadable")));
+        };
+        if ep.owner() != Some(owner) {
+            return Err(not_owned(what, id));
+        }
+        let same = ep.subnets.len() == subnets.len()
+            && ep
+                .subnets
+                .iter()
+                .zip(subnets)
+                .all(|(a, b)| a.eq_ignore_ascii_case(b));
+        if same {
+            return Ok(Outcome::already_done());
+        }
+        let deleted = self
+            .send_delete_endpoint(arm, s.subscription, &rg, &name)
+            .await?;
+        let mut created = self
+            .put_endpoint(arm, &s, owner, &ep.service, subnets, &ep.tags)
+            .await?;
+        created.request_ids.splice(0..0, deleted);
+        Ok(created)
     }
 }
 
@@ -1083,44 +1155,8 @@ impl AzureProvider {
             Change::UpdateEndpoint {
                 owner, id, subnets, ..
             } => {
-                // A private endpoint's subnet cannot change in place: replace it.
-                let (rg, name) = rg_and_name(id);
-                let Some(pe) = self.get_endpoint(&arm, s.subscription, &rg, &name).await? else {
-                    return Err(internal(
-                        "PUT privateEndpoints",
-                        format!("endpoint {id} vanished; re-planning"),
-                    ));
-                };
-                let observed =
-                    translate::endpoints(std::slice::from_ref(&pe), &translate::Ids::default());
-                let Some(ep) = observed.first() else {
-                    return Err(internal(
-                        "PUT privateEndpoints",
-                        format!("endpoint {id} is unreadable"),
-                    ));
-                };
-                if ep.owner() != Some(owner.as_str()) {
-                    return Err(not_owned("PUT privateEndpoints", id));
-                }
-                let same = ep.subnets.len() == subnets.len()
-                    && ep
-                        .subnets
-                        .iter()
-                        .zip(subnets)
-                        .all(|(a, b)| a.eq_ignore_ascii_case(b));
-                if same {
-                    return Ok(Outcome::already_done());
-                }
-                let mut first = self.delete_endpoint(&arm, target, owner, id).await?;
-                let second = self
-                    .create_endpoint(&arm, target, owner, &ep.service, subnets, &ep.tags)
-                    .await?;
-                first.request_ids.extend(second.request_ids);
-                Ok(Outcome {
-                    created_id: second.created_id,
-                    request_ids: first.request_ids,
-                    ..Outcome::applied()
-                })
+                self.replace_endpoint(&arm, target, owner, id, subnets)
+                    .await
             }
             Change::DeleteEndpoint { owner, id } => {
                 self.delete_endpoint(&arm, target, owner, id).await
