@@ -250,7 +250,7 @@ fn webhooks_fetch_at_once_and_bad_signatures_trigger_nothing() {
         c.http(
             "POST",
             "/webhook/gitlab",
-            &[("X-Gitlab-Token", "t0ken")],
+            &[("X-Gitlab-Token", "t0ken"), ("X-Gitlab-Event", "Push Hook")],
             body
         )
         .0,

@@ -56,6 +56,8 @@ pub mod kind {
     pub const REVISION_ENFORCED: &str = "revision-enforced";
     /// A revision was refused.
     pub const REVISION_REJECTED: &str = "revision-rejected";
+    /// An accepted revision does not descend from the one enforced before (force-push).
+    pub const HISTORY_REWRITTEN: &str = "history-rewritten";
     /// An out-of-band change was found.
     pub const DRIFT_DETECTED: &str = "drift-detected";
     /// A change was applied (or found already done / pending).

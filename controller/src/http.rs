@@ -1,40 +1,134 @@
 //! The controller's HTTP server: probes, metrics, webhooks, status.
+//!
+//! Hardened for an untrusted network: request headers must arrive within a timeout
+//! (slowloris), each request has a deadline, connections and in-flight requests are
+//! bounded, bodies are capped, every response carries `Content-Security-Policy`,
+//! `X-Content-Type-Options` and `X-Frame-Options`, and history reads run off the async
+//! workers. Webhooks are authenticated first (HMAC / token, constant time), then act
+//! only on a push to the tracked ref, once per delivery id; refusals are counted and
+//! logged at most once a minute.
 
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
+use tower_http::set_header::SetResponseHeaderLayer;
 
+use crate::metrics::ReasonL;
 use crate::report::xml as esc;
 use crate::run::{Shared, Status};
+use crate::secret::Secret;
 
-/// Webhook secrets.
+/// Webhook secrets (never empty: [`Secret`] refuses that).
 #[derive(Debug, Clone, Default)]
 pub struct WebhookSecrets {
     /// GitHub: the HMAC-SHA256 key of `X-Hub-Signature-256`.
-    pub github: Option<String>,
+    pub github: Option<Secret>,
     /// GitLab: the `X-Gitlab-Token` value.
-    pub gitlab: Option<String>,
+    pub gitlab: Option<Secret>,
+}
+
+/// Bounds of the HTTP server.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// Time a client has to send the request line and headers.
+    pub header_read_timeout: Duration,
+    /// Time one request may take.
+    pub request_timeout: Duration,
+    /// Open connections at most.
+    pub max_connections: usize,
+    /// Requests handled at the same time at most.
+    pub max_in_flight: usize,
+    /// Largest request body (webhook payloads).
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 256,
+            max_in_flight: 64,
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Delivery ids seen recently (bounded), to act once per delivery.
+#[derive(Debug, Default)]
+struct Deliveries {
+    order: VecDeque<String>,
+    seen: HashSet<String>,
+}
+
+impl Deliveries {
+    const KEEP: usize = 4096;
+
+    /// True the first time `id` is offered.
+    fn first(&mut self, id: &str) -> bool {
+        if self.seen.contains(id) {
+            return false;
+        }
+        self.seen.insert(id.to_string());
+        self.order.push_back(id.to_string());
+        if self.order.len() > Self::KEEP
+            && let Some(old) = self.order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        true
+    }
+}
+
+/// A warning logged at most once per minute, with the count of those suppressed.
+#[derive(Debug, Default)]
+struct Throttled {
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl Throttled {
+    fn warn(&self, why: &str) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if st.0.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60)) {
+            tracing::warn!(why, suppressed = st.1, "webhook refused (further refusals are logged at most once a minute; all are counted in palisade_webhooks_refused_total)");
+            *st = (Some(now), 0);
+        } else {
+            st.1 += 1;
+        }
+    }
 }
 
 #[derive(Clone)]
 struct App {
     shared: Arc<Shared>,
     secrets: Arc<WebhookSecrets>,
+    /// The full ref the source tracks (`refs/heads/main`, `refs/tags/v3`).
+    tracked_ref: Arc<str>,
+    deliveries: Arc<Mutex<Deliveries>>,
+    refusals: Arc<Throttled>,
 }
 
 /// The router, for tests and for [`serve`].
-pub fn router(shared: Arc<Shared>, secrets: WebhookSecrets) -> Router {
+pub fn router(
+    shared: Arc<Shared>,
+    secrets: WebhookSecrets,
+    tracked_ref: &str,
+    limits: &ServerLimits,
+) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/status", get(status))
@@ -44,24 +138,99 @@ pub fn router(shared: Arc<Shared>, secrets: WebhookSecrets) -> Router {
         .with_state(App {
             shared,
             secrets: Arc::new(secrets),
+            tracked_ref: Arc::from(tracked_ref),
+            deliveries: Arc::default(),
+            refusals: Arc::default(),
         })
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(
+            limits.max_in_flight.max(1),
+        ))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+            ),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
 }
 
-/// Serve on `listener` until the controller is cancelled.
+/// Serve on `listener` until the controller is cancelled: HTTP/1.1 with a header-read
+/// timeout, at most `limits.max_connections` connections, graceful shutdown.
 ///
 /// # Errors
-/// The server failed.
+/// The listener failed.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
     secrets: WebhookSecrets,
+    tracked_ref: String,
+    limits: ServerLimits,
 ) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
     let cancel = shared.cancel.clone();
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(address = ?addr, "HTTP server listening");
-    axum::serve(listener, router(shared, secrets))
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
+    let app = router(shared, secrets, &tracked_ref, &limits);
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(64 * 1024);
+    loop {
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => break,
+            p = connections.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let (stream, _) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    // In-flight requests get a moment; idle keep-alive connections are closed.
+    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+    Ok(())
+}
+
+async fn healthz(State(app): State<App>) -> Response {
+    if app.shared.live() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the source loop has not finished an iteration in time\n",
+        )
+            .into_response()
+    }
 }
 
 async fn readyz(State(app): State<App>) -> Response {
@@ -93,13 +262,75 @@ async fn metrics(State(app): State<App>) -> Response {
         .into_response()
 }
 
-async fn status(State(app): State<App>) -> axum::Json<Status> {
-    axum::Json(app.shared.status_with_history())
+/// The status with the newest history, read on a blocking thread (SQLite).
+async fn status_with_history(shared: &Arc<Shared>) -> Status {
+    let s = shared.clone();
+    match tokio::task::spawn_blocking(move || s.status_with_history()).await {
+        Ok(status) => status,
+        Err(_) => shared.status(),
+    }
 }
 
-fn unauthorized(why: &str) -> Response {
-    tracing::warn!(why, "webhook refused");
-    (StatusCode::UNAUTHORIZED, format!("{why}\n")).into_response()
+async fn status(State(app): State<App>) -> axum::Json<Status> {
+    axum::Json(status_with_history(&app.shared).await)
+}
+
+impl App {
+    fn refuse(&self, reason: &'static str, why: &str) -> Response {
+        self.shared
+            .metrics
+            .webhooks_refused
+            .get_or_create(&ReasonL {
+                reason: reason.into(),
+            })
+            .inc();
+        self.refusals.warn(why);
+        (StatusCode::UNAUTHORIZED, format!("{why}\n")).into_response()
+    }
+
+    fn ignore(&self, reason: &'static str, why: &str) -> Response {
+        self.shared
+            .metrics
+            .webhooks_ignored
+            .get_or_create(&ReasonL {
+                reason: reason.into(),
+            })
+            .inc();
+        tracing::debug!(reason, why, "webhook ignored");
+        (StatusCode::OK, format!("ignored: {why}\n")).into_response()
+    }
+
+    /// After authentication: act on a push to the tracked ref, once per delivery.
+    fn push(&self, delivery: Option<&str>, body: &[u8], source: &'static str) -> Response {
+        #[derive(serde::Deserialize)]
+        struct Push {
+            #[serde(rename = "ref")]
+            reference: Option<String>,
+        }
+        let Ok(push) = serde_json::from_slice::<Push>(body) else {
+            return self.ignore("bad-body", "the body is not a JSON push event");
+        };
+        let Some(reference) = push.reference else {
+            return self.ignore("bad-body", "the push event names no ref");
+        };
+        if reference != *self.tracked_ref {
+            return self.ignore("other-ref", "a push to a ref this controller does not track");
+        }
+        if let Some(id) = delivery {
+            let id: String = id.chars().take(128).collect();
+            let first = self
+                .deliveries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .first(&id);
+            if !first {
+                return self.ignore("duplicate", "this delivery was handled already");
+            }
+        }
+        tracing::info!(source, "webhook: fetching the source");
+        self.shared.kick();
+        (StatusCode::ACCEPTED, "fetching\n").into_response()
+    }
 }
 
 /// Whether `header` (`sha256=<hex>`) is the HMAC-SHA256 of `body` under `secret`.
@@ -117,48 +348,47 @@ pub fn github_signature_ok(secret: &str, header: &str, body: &[u8]) -> bool {
     mac.verify_slice(&sig).is_ok()
 }
 
-async fn github(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(secret) = &app.secrets.github else {
-        return unauthorized("no GitHub webhook secret is configured");
-    };
-    let Some(sig) = headers
-        .get("x-hub-signature-256")
-        .and_then(|v| v.to_str().ok())
-    else {
-        return unauthorized("missing X-Hub-Signature-256");
-    };
-    if !github_signature_ok(secret, sig, &body) {
-        return unauthorized("bad X-Hub-Signature-256");
-    }
-    let event = headers
-        .get("x-github-event")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("push");
-    if event == "ping" {
-        return (StatusCode::OK, "pong\n").into_response();
-    }
-    tracing::info!(event, "GitHub webhook: fetching now");
-    app.shared.kick();
-    (StatusCode::ACCEPTED, "fetching\n").into_response()
+fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-async fn gitlab(State(app): State<App>, headers: HeaderMap) -> Response {
+async fn github(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(secret) = &app.secrets.github else {
+        return app.refuse("not-configured", "no GitHub webhook secret is configured");
+    };
+    let Some(sig) = header_str(&headers, "x-hub-signature-256") else {
+        return app.refuse("missing-signature", "missing X-Hub-Signature-256");
+    };
+    if !github_signature_ok(secret.expose(), sig, &body) {
+        return app.refuse("bad-signature", "bad X-Hub-Signature-256");
+    }
+    match header_str(&headers, "x-github-event") {
+        Some("ping") => (StatusCode::OK, "pong\n").into_response(),
+        Some("push") => app.push(header_str(&headers, "x-github-delivery"), &body, "github"),
+        _ => app.ignore("other-event", "only push events trigger a fetch"),
+    }
+}
+
+async fn gitlab(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
     let Some(secret) = &app.secrets.gitlab else {
-        return unauthorized("no GitLab webhook token is configured");
+        return app.refuse("not-configured", "no GitLab webhook token is configured");
     };
     let Some(token) = headers.get("x-gitlab-token").map(|v| v.as_bytes()) else {
-        return unauthorized("missing X-Gitlab-Token");
+        return app.refuse("missing-token", "missing X-Gitlab-Token");
     };
-    if !bool::from(token.ct_eq(secret.as_bytes())) {
-        return unauthorized("bad X-Gitlab-Token");
+    if !bool::from(token.ct_eq(secret.expose().as_bytes())) {
+        return app.refuse("bad-token", "bad X-Gitlab-Token");
     }
-    tracing::info!("GitLab webhook: fetching now");
-    app.shared.kick();
-    (StatusCode::ACCEPTED, "fetching\n").into_response()
+    match header_str(&headers, "x-gitlab-event") {
+        Some("Push Hook" | "Tag Push Hook") => {
+            app.push(header_str(&headers, "x-gitlab-event-uuid"), &body, "gitlab")
+        }
+        _ => app.ignore("other-event", "only push events trigger a fetch"),
+    }
 }
 
 async fn page(State(app): State<App>) -> Html<String> {
-    Html(render_page(&app.shared.status_with_history()))
+    Html(render_page(&status_with_history(&app.shared).await))
 }
 
 /// The status page: plain HTML, no script, no external resource.
@@ -191,6 +421,10 @@ pub fn render_page(s: &Status) -> String {
     if let Some(e) = &s.source_error {
         h.push_str(&format!("<p class=bad>Source error: {}</p>", esc(e)));
     }
+    h.push_str(&format!(
+        "<p>Source last fetched successfully {} s ago.</p>",
+        s.source_stale_seconds
+    ));
     h.push_str("<h2>Targets</h2><table><tr><th>target</th><th>cloud</th><th>last reconcile</th><th>applied</th><th>drift reverted</th><th>pending deletions</th><th>findings</th></tr>");
     for (name, t) in &s.targets {
         let last = t.last_reconcile.as_ref().map_or("never".to_string(), |r| {

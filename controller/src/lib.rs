@@ -17,6 +17,7 @@ pub mod policy;
 pub mod reconcile;
 pub mod report;
 pub mod run;
+pub mod secret;
 pub mod source;
 
 use std::collections::BTreeMap;

@@ -169,9 +169,11 @@ enum Command {
 #[derive(clap::Args, Debug)]
 struct RunArgs {
     /// Git repository of the policies: https://, ssh://, git@host:path, file:// or a path.
+    /// Never with credentials in it (refused): use --git-token-file or an SSH key.
     #[arg(long, env = "PALISADE_GIT_URL")]
     git_url: String,
-    /// Branch, tag or full ref to track.
+    /// What to track: refs/heads/NAME, refs/tags/NAME, or a bare branch name (refused
+    /// when a tag of the same name exists too).
     #[arg(long, env = "PALISADE_GIT_REF", default_value = "main")]
     git_ref: String,
     /// Directory inside the repository that holds the policies.
@@ -190,8 +192,34 @@ struct RunArgs {
     #[arg(long, env = "PALISADE_GIT_KNOWN_HOSTS")]
     git_known_hosts: Option<PathBuf>,
     /// Require the tracked commit to be SSH-signed by a key in this allowed-signers file.
+    /// A new tip must then also descend from the enforced commit (no rollback).
     #[arg(long, env = "PALISADE_ALLOWED_SIGNERS")]
     allowed_signers: Option<PathBuf>,
+    /// With --allowed-signers: accept a signed tip that does not descend from the
+    /// enforced commit (a deliberate force-push); recorded as history-rewritten.
+    #[arg(long, env = "PALISADE_ALLOW_HISTORY_REWRITE")]
+    allow_history_rewrite: bool,
+    /// Extra CA certificates (PEM) trusted for https remotes, e.g. a private Git server's.
+    #[arg(long, env = "PALISADE_GIT_CA_FILE")]
+    git_ca_file: Option<PathBuf>,
+    /// Longest one fetch may take (connect, negotiate, download) before it is abandoned.
+    #[arg(long, env = "PALISADE_GIT_FETCH_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    git_fetch_timeout: Duration,
+    /// TCP connect timeout of Git remotes.
+    #[arg(long, env = "PALISADE_GIT_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    git_connect_timeout: Duration,
+    /// Longest a Git remote may stay silent during a fetch (socket read/write timeout).
+    #[arg(long, env = "PALISADE_GIT_IO_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    git_io_timeout: Duration,
+    /// Most bytes one fetch may receive.
+    #[arg(long, env = "PALISADE_GIT_MAX_FETCH_BYTES", default_value_t = 256 * 1024 * 1024)]
+    git_max_fetch_bytes: u64,
+    /// Most entries (files and directories of any name) in the policy tree.
+    #[arg(long, env = "PALISADE_GIT_MAX_ENTRIES", default_value_t = Limits::default().max_entries)]
+    git_max_entries: usize,
+    /// Most bytes of all policy files of a revision together.
+    #[arg(long, env = "PALISADE_GIT_MAX_TOTAL_BYTES", default_value_t = Limits::default().max_total_bytes)]
+    git_max_total_bytes: u64,
     /// Where the Git mirror and checked-out revisions are kept.
     #[arg(long, env = "PALISADE_DATA_DIR", default_value = "palisade-data")]
     data_dir: PathBuf,
@@ -213,12 +241,22 @@ struct RunArgs {
     /// Address of the HTTP server (probes, metrics, webhooks, status).
     #[arg(long, env = "PALISADE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: std::net::SocketAddr,
-    /// Secret of GitHub webhooks (X-Hub-Signature-256).
+    /// Secret of GitHub webhooks (X-Hub-Signature-256); must not be empty.
     #[arg(long, env = "PALISADE_GITHUB_WEBHOOK_SECRET", hide_env_values = true)]
     github_webhook_secret: Option<String>,
-    /// Token of GitLab webhooks (X-Gitlab-Token).
+    /// File holding the GitHub webhook secret (e.g. a mounted Secret).
+    #[arg(long, env = "PALISADE_GITHUB_WEBHOOK_SECRET_FILE")]
+    github_webhook_secret_file: Option<PathBuf>,
+    /// Token of GitLab webhooks (X-Gitlab-Token); must not be empty.
     #[arg(long, env = "PALISADE_GITLAB_WEBHOOK_TOKEN", hide_env_values = true)]
     gitlab_webhook_token: Option<String>,
+    /// File holding the GitLab webhook token.
+    #[arg(long, env = "PALISADE_GITLAB_WEBHOOK_TOKEN_FILE")]
+    gitlab_webhook_token_file: Option<PathBuf>,
+    /// Webhooks trigger at most one fetch, and one reconcile per target, per interval;
+    /// deliveries in between are coalesced.
+    #[arg(long, env = "PALISADE_WEBHOOK_MIN_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    webhook_min_interval: Duration,
     /// Reverts of the same field of the same resource within --flap-window after which
     /// it is reported as flapping and no longer reverted.
     #[arg(long, env = "PALISADE_FLAP_THRESHOLD", default_value_t = 5)]
@@ -895,33 +933,79 @@ fn apply_planned(
     })
 }
 
+/// A secret from a flag/env value or a file; empty is an error that names the setting.
+fn secret(
+    flag: &str,
+    value: &Option<String>,
+    file: &Option<PathBuf>,
+) -> Result<Option<palisade::secret::Secret>> {
+    use palisade::secret::Secret;
+    let text = match (value, file) {
+        (Some(_), Some(_)) => bail!("give {flag} or {flag}-file, not both"),
+        (Some(v), None) => v.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read {flag}-file {}", f.display()))?,
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(Secret::new(flag, &text)?))
+}
+
+/// libgit2's process-wide options: socket timeouts and extra CA certificates.
+#[allow(unsafe_code, reason = "git2 exposes libgit2's global options only as unsafe fns")]
+fn set_libgit2_options(connect: Duration, io: Duration, ca_file: Option<&Path>) -> Result<()> {
+    let ms = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: called from main() before the async runtime, the HTTP server or any fetch
+    // exists, so no other thread reads these globals while they are written.
+    unsafe {
+        git2::opts::set_server_connect_timeout_in_milliseconds(ms(connect))?;
+        git2::opts::set_server_timeout_in_milliseconds(ms(io))?;
+        if let Some(ca) = ca_file {
+            git2::opts::set_ssl_cert_file(ca)
+                .with_context(|| format!("--git-ca-file {}", ca.display()))?;
+        }
+    }
+    Ok(())
+}
+
 fn run_controller(args: RunArgs) -> Result<ExitCode> {
     use palisade::source::{GitSettings, GitSource, SignaturePolicy};
-    let token = match (&args.git_token, &args.git_token_file) {
-        (Some(t), _) => Some(t.clone()),
-        (None, Some(f)) => Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("cannot read --git-token-file {}", f.display()))?
-                .trim()
-                .to_string(),
-        ),
-        (None, None) => None,
-    };
-    let git = GitSettings {
-        url: args.git_url.clone(),
-        reference: args.git_ref.clone(),
-        path: args.git_path.clone(),
-        cache_dir: args.data_dir.join("git"),
-        token,
-        ssh_key: args.git_ssh_key.clone(),
-        known_hosts: args.git_known_hosts.clone(),
-        signatures: match &args.allowed_signers {
-            Some(f) => SignaturePolicy::Ssh {
-                allowed_signers: f.clone(),
-            },
-            None => SignaturePolicy::Off,
+    let token = secret("--git-token", &args.git_token, &args.git_token_file)?;
+    let github = secret(
+        "--github-webhook-secret",
+        &args.github_webhook_secret,
+        &args.github_webhook_secret_file,
+    )?;
+    let gitlab = secret(
+        "--gitlab-webhook-token",
+        &args.gitlab_webhook_token,
+        &args.gitlab_webhook_token_file,
+    )?;
+    set_libgit2_options(
+        args.git_connect_timeout,
+        args.git_io_timeout,
+        args.git_ca_file.as_deref(),
+    )?;
+    let mut git = GitSettings::new(
+        &args.git_url,
+        &args.git_ref,
+        &args.git_path,
+        &args.data_dir.join("git"),
+    );
+    git.token = token;
+    git.ssh_key = args.git_ssh_key.clone();
+    git.known_hosts = args.git_known_hosts.clone();
+    git.signatures = match &args.allowed_signers {
+        Some(f) => SignaturePolicy::Ssh {
+            allowed_signers: f.clone(),
         },
+        None => SignaturePolicy::Off,
     };
+    git.allow_history_rewrite = args.allow_history_rewrite;
+    git.max_fetch_bytes = args.git_max_fetch_bytes;
+    git.limits.max_entries = args.git_max_entries;
+    git.limits.max_total_bytes = args.git_max_total_bytes;
+    let tracked_ref = git.tracked_ref();
+    let display_url = git.display_url();
     let source = GitSource::open(git).context("cannot open the Git cache")?;
     let settings = palisade::run::RunSettings {
         poll_interval: args.poll_interval,
@@ -932,12 +1016,11 @@ fn run_controller(args: RunArgs) -> Result<ExitCode> {
         targets: args.targets.clone(),
         flap_threshold: args.flap_threshold,
         flap_window: args.flap_window,
+        fetch_timeout: args.git_fetch_timeout,
+        webhook_min_interval: args.webhook_min_interval,
         ..palisade::run::RunSettings::default()
     };
-    let secrets = palisade::http::WebhookSecrets {
-        github: args.github_webhook_secret.clone(),
-        gitlab: args.gitlab_webhook_token.clone(),
-    };
+    let secrets = palisade::http::WebhookSecrets { github, gitlab };
     let providers = args.cloud.providers()?;
     let history_path = args
         .history
@@ -946,7 +1029,7 @@ fn run_controller(args: RunArgs) -> Result<ExitCode> {
     let history = palisade::history::Store::open(&history_path)?;
     let retention = args.history_retention;
     let rt = runtime()?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let shared = palisade::run::Shared::new(settings, providers, Some(history));
         if let Some(keep) = retention {
             let shared = shared.clone();
@@ -970,12 +1053,18 @@ fn run_controller(args: RunArgs) -> Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         tracing::info!(
-            git = %args.git_url, reference = %args.git_ref, path = %args.git_path.display(),
+            git = %display_url, reference = %tracked_ref, path = %args.git_path.display(),
             listen = %args.listen, resync = ?args.resync, poll = ?args.poll_interval,
             history = %history_path.display(),
             signatures = args.allowed_signers.is_some(), "palisade run starting"
         );
-        let server = tokio::spawn(palisade::http::serve(listener, shared.clone(), secrets));
+        let server = tokio::spawn(palisade::http::serve(
+            listener,
+            shared.clone(),
+            secrets,
+            tracked_ref.clone(),
+            palisade::http::ServerLimits::default(),
+        ));
         let cancel = shared.cancel.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
@@ -1005,7 +1094,11 @@ fn run_controller(args: RunArgs) -> Result<ExitCode> {
             "stopped cleanly"
         );
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    // A fetch stuck in a stalled remote is abandoned, not waited for (the runtime would
+    // otherwise wait for its blocking thread).
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 async fn wait_for_signal() {

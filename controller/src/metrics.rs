@@ -48,6 +48,11 @@ pub struct RevisionL {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TriggerOnlyL {
+    pub trigger: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonL {
     pub reason: String,
 }
@@ -69,7 +74,12 @@ pub struct Metrics {
     pub revision_info: Family<RevisionL, Gauge>,
     pub last_success: Family<TargetL, FloatGauge>,
     pub revisions_rejected: Family<ReasonL, Counter>,
-    pub fetch_errors: Counter,
+    pub fetch_errors: Family<ReasonL, Counter>,
+    pub fetches: Family<TriggerOnlyL, Counter>,
+    pub last_fetch_success: FloatGauge,
+    pub webhooks_refused: Family<ReasonL, Counter>,
+    pub webhooks_ignored: Family<ReasonL, Counter>,
+    pub history_rewrites: Counter,
     seen_calls: Mutex<BTreeMap<(String, String, String), u64>>,
 }
 
@@ -97,7 +107,12 @@ impl Metrics {
             revision_info: Family::default(),
             last_success: Family::default(),
             revisions_rejected: Family::default(),
-            fetch_errors: Counter::default(),
+            fetch_errors: Family::default(),
+            fetches: Family::default(),
+            last_fetch_success: FloatGauge::default(),
+            webhooks_refused: Family::default(),
+            webhooks_ignored: Family::default(),
+            history_rewrites: Counter::default(),
             seen_calls: Mutex::new(BTreeMap::new()),
             registry: Registry::default(),
         };
@@ -158,8 +173,33 @@ impl Metrics {
         );
         registry.register(
             "source_fetch_errors",
-            "Failed fetches of the Git source",
+            "Failed fetches of the Git source, by reason (network, auth, certificate, reference, too-large, timeout, git, io, settings)",
             m.fetch_errors.clone(),
+        );
+        registry.register(
+            "source_fetches",
+            "Fetches of the Git source started, by trigger (start, poll, webhook)",
+            m.fetches.clone(),
+        );
+        registry.register(
+            "source_last_fetch_success_timestamp_seconds",
+            "When the Git source was last fetched successfully (Unix time); 0 = never",
+            m.last_fetch_success.clone(),
+        );
+        registry.register(
+            "webhooks_refused",
+            "Webhook requests refused (401), by reason",
+            m.webhooks_refused.clone(),
+        );
+        registry.register(
+            "webhooks_ignored",
+            "Authentic webhook requests that triggered nothing (duplicate delivery, other event, other ref), by reason",
+            m.webhooks_ignored.clone(),
+        );
+        registry.register(
+            "source_history_rewrites",
+            "Accepted revisions that do not descend from the previously enforced commit (force-pushes)",
+            m.history_rewrites.clone(),
         );
         Metrics { registry, ..m }
     }

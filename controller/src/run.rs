@@ -1,14 +1,18 @@
 //! `palisade run`: the long-running controller.
 //!
 //! One task follows the Git source and decides which revision is enforced: every new
-//! revision is loaded and validated as a whole (and its signature checked when required)
-//! before it replaces the enforced one; a bad, unsigned or empty revision is rejected and
-//! the last good one stays. One worker per target reconciles (observe → plan → apply) on
+//! revision goes through the source's fixed order (fetch the tracked ref → resolve
+//! exactly → verify the signature → check ancestry → load from the Git tree) and is then
+//! validated as a whole before it replaces the enforced one; a bad, unsigned, rolled-back
+//! or empty revision is rejected and the last good one stays. The last good commit is
+//! persisted and enforced again at start-up, before the first fetch. Fetches are bounded
+//! (deadline, bytes, libgit2 socket timeouts) and abandoned on shutdown. One worker per target reconciles (observe → plan → apply) on
 //! every trigger — new revision, periodic jittered resync, webhook, retry — with bounded
 //! concurrency across targets. Triggers are logged and counted, never used in decisions:
 //! each reconcile compares the whole desired state with the whole observed state.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -25,11 +29,11 @@ use crate::compile::DesiredState;
 use crate::history::{
     ChangeRecord, NewEvent, Report, ResourceState, ResourceStatus, RevisionRef, Store, kind as ev,
 };
-use crate::metrics::{KindL, Metrics, ReasonL, ResultL, TargetL, TriggerL};
+use crate::metrics::{KindL, Metrics, ReasonL, ResultL, TargetL, TriggerL, TriggerOnlyL};
 use crate::plan::{Cause, Settings};
-use crate::policy::{self, Diagnostic, Limits, PolicySet};
+use crate::policy::{Diagnostic, PolicySet};
 use crate::reconcile::{PlanError, Providers, observe_and_plan};
-use crate::source::{GitSource, Revision, SignaturePolicy};
+use crate::source::{Abort, Examined, GitSource, RejectReason, Refusal, Revision, SourceError};
 
 /// Settings of `palisade run`.
 #[derive(Debug, Clone)]
@@ -55,6 +59,11 @@ pub struct RunSettings {
     pub retry_min: Duration,
     /// See `retry_min`.
     pub retry_max: Duration,
+    /// Longest one fetch of the source may take before it is abandoned.
+    pub fetch_timeout: Duration,
+    /// Webhooks trigger at most one fetch, and one reconcile per target, per this
+    /// interval; extra deliveries are coalesced into the next one.
+    pub webhook_min_interval: Duration,
 }
 
 impl Default for RunSettings {
@@ -70,6 +79,8 @@ impl Default for RunSettings {
             flap_window: Duration::from_secs(3600),
             retry_min: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
+            fetch_timeout: Duration::from_secs(60),
+            webhook_min_interval: Duration::from_secs(5),
         }
     }
 }
@@ -151,6 +162,12 @@ pub struct Status {
     /// The last fetch error, cleared by the next good fetch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_error: Option<String>,
+    /// When the source was last fetched successfully (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_fetch_success_at: Option<u64>,
+    /// Seconds since the last successful fetch (since start-up when there was none):
+    /// how stale the enforced revision may be.
+    pub source_stale_seconds: u64,
     /// Rejected revisions, newest last (at most 20).
     pub rejected: Vec<Rejection>,
     /// Targets by name.
@@ -179,6 +196,9 @@ pub struct Shared {
     pub cancel: CancellationToken,
     /// The history store, when configured.
     pub history: Option<Store>,
+    started: u64,
+    /// When the source loop last finished an iteration (Unix seconds): `/healthz`.
+    heartbeat: AtomicU64,
 }
 
 fn now_ms() -> i64 {
@@ -206,6 +226,8 @@ impl Shared {
             reconcile_kick: watch::channel(0).0,
             cancel: CancellationToken::new(),
             history,
+            started: now(),
+            heartbeat: AtomicU64::new(now()),
         })
     }
 
@@ -227,7 +249,17 @@ impl Shared {
             }
             None => false,
         };
+        s.source_stale_seconds = now().saturating_sub(s.last_fetch_success_at.unwrap_or(self.started));
         s
+    }
+
+    /// Whether the source loop is alive: it finished an iteration within one poll
+    /// interval plus twice the fetch deadline (plus a minute of slack).
+    pub fn live(&self) -> bool {
+        let s = &self.settings;
+        let bound = s.poll_interval.max(s.webhook_min_interval) + s.fetch_timeout * 2
+            + Duration::from_secs(60);
+        now().saturating_sub(self.heartbeat.load(Ordering::Relaxed)) <= bound.as_secs()
     }
 
     /// [`Shared::status`] plus the newest events of the history (one query): for
@@ -262,13 +294,13 @@ impl Shared {
         }
     }
 
-    fn reject(&self, revision: &Revision, reason: &str, details: Vec<String>) {
+    fn reject(&self, revision: &Revision, reason: RejectReason, details: Vec<String>) {
         self.record(&[NewEvent::new(
             ev::REVISION_REJECTED,
             serde_json::json!({ "reason": reason, "details": details, "author": revision.author, "summary": revision.summary, "signature": revision.signature }),
         )
         .revision(Some(&revision.commit))]);
-        tracing::warn!(commit = %revision.commit, reason, details = %details.join("; "), "revision rejected; the previous revision stays enforced");
+        tracing::warn!(commit = %revision.commit, reason = %reason, details = %details.join("; "), "revision rejected; the previous revision stays enforced");
         self.metrics
             .revisions_rejected
             .get_or_create(&ReasonL {
@@ -287,27 +319,20 @@ impl Shared {
         });
     }
 
-    /// Decide whether `revision` replaces the enforced one.
-    fn evaluate(&self, revision: Revision, signatures: &SignaturePolicy) {
-        if !revision.signature.acceptable(signatures) {
-            let detail = match &revision.signature {
-                crate::source::SignatureStatus::Untrusted { reason } => reason.clone(),
-                other => format!("{other:?}"),
-            };
-            return self.reject(
-                &revision,
-                "unsigned",
-                vec![format!("signature required: {detail}")],
-            );
-        }
-        if !revision.path_exists {
-            return self.reject(
-                &revision,
-                "path-missing",
-                vec!["the policy path does not exist in this commit; refusing to treat that as \"delete everything\"".into()],
-            );
-        }
-        let (set, mut diags) = policy::load_dir(&revision.dir, &Limits::default());
+    /// Decide whether an examined revision replaces the enforced one; true when it does.
+    fn evaluate(&self, examined: Examined) -> bool {
+        let Examined {
+            revision,
+            rewritten_from,
+            loaded,
+        } = examined;
+        let (set, mut diags) = match loaded {
+            Ok(x) => x,
+            Err(Refusal { reason, details }) => {
+                self.reject(&revision, reason, details);
+                return false;
+            }
+        };
         diags.extend(crate::validate_set(&set, &BTreeMap::new()));
         let errors: Vec<String> = diags
             .iter()
@@ -315,25 +340,42 @@ impl Shared {
             .map(Diagnostic::to_string)
             .collect();
         if !errors.is_empty() {
-            return self.reject(&revision, "invalid", errors);
+            self.reject(&revision, RejectReason::Invalid, errors);
+            return false;
         }
         if set.policies.is_empty() && !self.settings.plan.allow_empty {
-            return self.reject(
+            self.reject(
                 &revision,
-                "empty",
+                RejectReason::Empty,
                 vec!["the revision defines no FunctionPolicy; refusing to delete everything (--allow-empty to permit)".into()],
             );
+            return false;
         }
         let controls: std::collections::BTreeSet<&str> = set
             .guardrails
             .iter()
             .flat_map(|g| g.spec.controls.iter().map(|c| c.as_str()))
             .collect();
-        self.record(&[NewEvent::new(
-            ev::REVISION_ENFORCED,
-            serde_json::json!({ "author": revision.author, "summary": revision.summary, "signature": revision.signature, "time": revision.time, "controls": controls, "policies": set.policies.len() }),
-        )
-        .revision(Some(&revision.commit))]);
+        let mut events = Vec::new();
+        if let Some(from) = &rewritten_from {
+            tracing::warn!(commit = %revision.commit, previous = %from, "history rewritten: the new revision does not descend from the enforced one (force-push)");
+            self.metrics.history_rewrites.inc();
+            events.push(
+                NewEvent::new(
+                    ev::HISTORY_REWRITTEN,
+                    serde_json::json!({ "previous": from, "author": revision.author, "summary": revision.summary, "signature": revision.signature }),
+                )
+                .revision(Some(&revision.commit)),
+            );
+        }
+        events.push(
+            NewEvent::new(
+                ev::REVISION_ENFORCED,
+                serde_json::json!({ "author": revision.author, "summary": revision.summary, "signature": revision.signature, "time": revision.time, "controls": controls, "policies": set.policies.len() }),
+            )
+            .revision(Some(&revision.commit)),
+        );
+        self.record(&events);
         tracing::info!(commit = %revision.commit, author = %revision.author, summary = %revision.summary, policies = set.policies.len(), "revision enforced");
         self.metrics.set_revision(&revision.commit);
         self.update(|s| s.revision = Some(revision.clone()));
@@ -341,55 +383,149 @@ impl Shared {
             revision,
             set: Arc::new(set),
         })));
+        true
     }
+}
+
+/// What one turn of the source loop found.
+#[derive(Debug)]
+enum Polled {
+    /// The tracked ref still points at the commit seen last.
+    Same,
+    /// A new commit, examined.
+    New(Box<Examined>),
+}
+
+/// Fetch (and examine a new commit) on a blocking thread, within `deadline`; on
+/// shutdown or deadline the fetch is told to abort and is not waited for (libgit2's
+/// socket timeouts end it; the next fetch fails fast while it runs).
+async fn poll_source(
+    shared: &Shared,
+    source: &Arc<GitSource>,
+    last_seen: Option<String>,
+    base: Option<String>,
+) -> Result<Polled, SourceError> {
+    let abort = Arc::new(Abort::default());
+    let task = {
+        let (source, abort) = (source.clone(), abort.clone());
+        tokio::task::spawn_blocking(move || -> Result<Polled, SourceError> {
+            let commit = source.fetch(&abort)?;
+            if last_seen.as_deref() == Some(commit.as_str()) {
+                return Ok(Polled::Same);
+            }
+            Ok(Polled::New(Box::new(
+                source.examine(&commit, base.as_deref())?,
+            )))
+        })
+    };
+    tokio::select! {
+        r = task => r.unwrap_or(Err(SourceError::Aborted("the fetch task panicked"))),
+        _ = shared.cancel.cancelled() => {
+            abort.abort("shutting down");
+            Err(SourceError::Aborted("shutting down"))
+        }
+        _ = tokio::time::sleep(shared.settings.fetch_timeout) => {
+            abort.abort("the fetch deadline passed (--git-fetch-timeout)");
+            Err(SourceError::Aborted("the fetch deadline passed (--git-fetch-timeout)"))
+        }
+    }
+}
+
+/// Accept `examined` if it is good, and persist it when accepted.
+async fn accept(shared: &Shared, source: &Arc<GitSource>, examined: Examined) -> Option<String> {
+    let commit = examined.revision.commit.clone();
+    if !shared.evaluate(examined) {
+        return None;
+    }
+    let src = source.clone();
+    let c = commit.clone();
+    match tokio::task::spawn_blocking(move || src.persist(&c)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "could not persist the enforced revision; a restart will wait for the first fetch"),
+        Err(e) => tracing::error!(error = %e, "could not persist the enforced revision"),
+    }
+    Some(commit)
 }
 
 /// Follow the source until cancelled; spawn a worker for each target as revisions name
 /// them; on cancellation wait (at most `grace`) for the workers' in-flight reconciles.
 pub async fn run(shared: Arc<Shared>, source: GitSource, grace: Duration) {
-    let signatures = source.settings().signatures.clone();
-    let mut source = Some(source);
+    let source = Arc::new(source);
     let mut fetch_rx = shared.fetch_kick.subscribe();
     let mut workers: JoinSet<()> = JoinSet::new();
     let mut spawned: BTreeMap<String, ()> = BTreeMap::new();
     let semaphore = Arc::new(Semaphore::new(shared.settings.max_concurrent.max(1)));
+    // The commit ancestry is checked against: the enforced one, persisted across restarts.
+    let mut base: Option<String> = source.ancestry_base();
     let mut last_seen: Option<String> = None;
-    let mut trigger = "start";
-    loop {
-        let Some(src) = source.take() else { break };
-        let (src, fetched) = match tokio::task::spawn_blocking(move || {
-            let r = src.fetch();
-            (src, r)
-        })
-        .await
-        {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::error!(error = %e, "the fetch task panicked; stopping");
-                break;
+    // Start-up: the last good revision is enforced from the mirror before any fetch, so
+    // an unreachable remote does not leave the targets unenforced.
+    if let Some(commit) = source.persisted() {
+        let src = source.clone();
+        let c = commit.clone();
+        match tokio::task::spawn_blocking(move || src.examine(&c, Some(&c))).await {
+            Ok(Ok(examined)) => {
+                tracing::info!(commit = %commit, "enforcing the persisted last good revision before the first fetch");
+                if accept(&shared, &source, examined).await.is_some() {
+                    last_seen = Some(commit);
+                }
             }
-        };
-        source = Some(src);
-        match fetched {
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, commit = %commit, "the persisted revision cannot be read from the mirror; waiting for the first fetch")
+            }
+            Err(e) => tracing::error!(error = %e, "reading the persisted revision failed"),
+        }
+    }
+    let mut trigger = "start";
+    let mut last_webhook_fetch: Option<Instant> = None;
+    loop {
+        shared
+            .metrics
+            .fetches
+            .get_or_create(&TriggerOnlyL {
+                trigger: trigger.into(),
+            })
+            .inc();
+        let polled = poll_source(&shared, &source, last_seen.clone(), base.clone()).await;
+        match polled {
             Err(e) => {
                 tracing::warn!(error = %e, trigger, "fetching the policy source failed; the enforced revision stays");
-                shared.metrics.fetch_errors.inc();
+                shared
+                    .metrics
+                    .fetch_errors
+                    .get_or_create(&ReasonL {
+                        reason: e.label().to_string(),
+                    })
+                    .inc();
                 shared.update(|s| s.source_error = Some(e.to_string()));
             }
-            Ok(rev) => {
+            Ok(polled) => {
+                let at = now();
+                shared.metrics.last_fetch_success.set(at as f64);
                 shared.update(|s| {
                     s.source_error = None;
-                    s.fetched = Some(rev.commit.clone());
+                    s.last_fetch_success_at = Some(at);
                 });
-                if last_seen.as_deref() != Some(rev.commit.as_str()) {
-                    last_seen = Some(rev.commit.clone());
-                    shared.evaluate(rev, &signatures);
-                } else if trigger == "webhook" {
-                    // Nothing new to fetch: the webhook still asks for a reconcile.
-                    shared.reconcile_kick.send_modify(|n| *n += 1);
+                match polled {
+                    Polled::Same => {
+                        if trigger == "webhook" {
+                            // Nothing new to fetch: the webhook still asks for a reconcile
+                            // (each worker rate-limits these).
+                            shared.reconcile_kick.send_modify(|n| *n += 1);
+                        }
+                    }
+                    Polled::New(examined) => {
+                        let commit = examined.revision.commit.clone();
+                        shared.update(|s| s.fetched = Some(commit.clone()));
+                        last_seen = Some(commit);
+                        if let Some(accepted) = accept(&shared, &source, *examined).await {
+                            base = Some(accepted);
+                        }
+                    }
                 }
             }
         }
+        shared.heartbeat.store(now(), Ordering::Relaxed);
         // Workers for the targets the enforced revision defines.
         if let Some(e) = shared.enforced.borrow().clone() {
             for t in &e.set.targets {
@@ -413,6 +549,19 @@ pub async fn run(shared: Arc<Shared>, source: GitSource, grace: Duration) {
             _ = shared.cancel.cancelled() => break,
             _ = tokio::time::sleep(shared.settings.poll_interval) => trigger = "poll",
             _ = fetch_rx.changed() => trigger = "webhook",
+        }
+        if trigger == "webhook" {
+            // At most one webhook-triggered fetch per interval: deliveries arriving
+            // meanwhile are coalesced into this one.
+            if let Some(last) = last_webhook_fetch {
+                let ready = last + shared.settings.webhook_min_interval;
+                tokio::select! {
+                    _ = shared.cancel.cancelled() => break,
+                    _ = tokio::time::sleep_until(ready.into()) => {}
+                }
+            }
+            fetch_rx.borrow_and_update();
+            last_webhook_fetch = Some(Instant::now());
         }
     }
     tracing::info!(grace = ?grace, "shutting down: no new work; waiting for in-flight reconciles");
@@ -477,15 +626,40 @@ async fn worker(shared: Arc<Shared>, target: String, semaphore: Arc<Semaphore>) 
     let mut backoff = None;
     let mut delay = Duration::ZERO;
     let mut trigger = "revision";
+    // When the next reconcile is due, and why; webhook kicks may bring it forward, at
+    // most once per `webhook_min_interval`.
+    let mut due;
+    let mut last_kicked: Option<Instant> = None;
     loop {
         if delay > Duration::ZERO {
-            trigger = tokio::select! {
-                biased;
-                _ = shared.cancel.cancelled() => break,
-                r = enforced_rx.changed() => { if r.is_err() { break } "revision" }
-                _ = kick_rx.changed() => "webhook",
-                _ = tokio::time::sleep(delay) => if backoff.is_some() { "retry" } else { "resync" },
+            due = Instant::now() + delay;
+            let timer = if backoff.is_some() { "retry" } else { "resync" };
+            trigger = loop {
+                tokio::select! {
+                    biased;
+                    _ = shared.cancel.cancelled() => break "cancel",
+                    r = enforced_rx.changed() => { if r.is_err() { break "cancel" } break "revision" }
+                    _ = kick_rx.changed() => {
+                        let earliest = last_kicked.map_or_else(Instant::now, |t| t + shared.settings.webhook_min_interval);
+                        if earliest <= Instant::now() {
+                            break "webhook";
+                        }
+                        // Coalesced: one reconcile when the interval allows.
+                        if earliest < due {
+                            due = earliest;
+                        }
+                    }
+                    _ = tokio::time::sleep_until(due.into()) => {
+                        break if last_kicked.is_some_and(|t| due == t + shared.settings.webhook_min_interval) { "webhook" } else { timer };
+                    }
+                }
             };
+            if trigger == "cancel" {
+                break;
+            }
+            if trigger == "webhook" {
+                last_kicked = Some(Instant::now());
+            }
         }
         if shared.cancel.is_cancelled() {
             break;

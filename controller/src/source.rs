@@ -1,20 +1,38 @@
-//! The policy source: a Git repository mirrored locally with `git2`, a branch, tag or ref
-//! tracked in it, and a sub-path that holds the policies.
+//! The policy source: a Git repository mirrored locally with `git2`, one exact branch or
+//! tag tracked in it, and a sub-path that holds the policies.
 //!
-//! Each fetch force-updates the mirror (force-pushes and rewritten history are followed),
-//! resolves the tracked ref to a commit, optionally verifies the commit's signature, and
-//! materialises the sub-path of that commit into its own directory, which the loader then
-//! reads like any policy directory. Nothing here decides whether a revision is good: the
-//! controller loads and validates it as a whole before it replaces the enforced one.
+//! # Guarantees
+//! The order is fixed: fetch (the tracked ref only) → resolve exactly → verify the
+//! signature → check ancestry → load the policy set straight from the Git tree. Nothing
+//! of a revision is written to disk: tree entry names are never used as paths, and a
+//! rejected revision leaves only objects in the mirror's object store. Every budget
+//! (bytes fetched, entries walked, file sizes, total bytes) is checked before the data
+//! is inflated. The controller ([`crate::run`]) validates what was loaded and decides
+//! whether it replaces the enforced revision; the last accepted commit is persisted
+//! here ([`GitSource::persist`]) and enforced again at start-up.
+//!
+//! Credentials: the token is offered only to the scheme, host and port of the
+//! configured URL, never over plain `http://` except to loopback, and redirects are not
+//! followed; URLs with embedded credentials are refused; `url.*.insteadOf` rewrites are
+//! refused; the mirror's own configuration is rewritten at every start.
 
+use std::cell::Cell;
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use git2::{
-    AutotagOption, CertificateCheckStatus, Cred, CredentialType, FetchOptions, Oid,
-    RemoteCallbacks, Repository, TreeWalkMode, TreeWalkResult,
+    AutotagOption, CertificateCheckStatus, Cred, CredentialType, FetchOptions, ObjectType, Oid,
+    RemoteCallbacks, RemoteRedirect, Repository,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{
+    self, Diagnostic, DiagnosticKind, FileEntry, Limits, MAX_DIR_DEPTH, PolicyFiles, PolicySet,
+    SourceLocation,
+};
+use crate::secret::Secret;
 
 /// How signatures on the tracked commit are treated.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -29,25 +47,170 @@ pub enum SignaturePolicy {
     },
 }
 
-/// Where the policies come from.
+/// Where the policies come from, and the bounds of every fetch.
 #[derive(Debug, Clone)]
 pub struct GitSettings {
     /// `https://…`, `ssh://…`, `git@host:…` or `file://…` (a local path works too).
     pub url: String,
-    /// Branch name, tag name, or a full ref (`refs/heads/main`, `refs/tags/v3`).
+    /// `refs/heads/X`, `refs/tags/X`, or a bare branch name.
     pub reference: String,
     /// Directory inside the repository that holds the policies (`""` = the root).
     pub path: PathBuf,
-    /// Where the mirror and the checked-out revisions live.
+    /// Where the mirror and the persisted last good revision live.
     pub cache_dir: PathBuf,
     /// HTTPS token (sent as the password; user `x-access-token`).
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// SSH private key file.
     pub ssh_key: Option<PathBuf>,
     /// OpenSSH known_hosts file; required for SSH remotes (host keys are checked).
     pub known_hosts: Option<PathBuf>,
     /// Signature verification.
     pub signatures: SignaturePolicy,
+    /// With signatures required: accept a new tip that does not descend from the
+    /// enforced commit (a force-push). Without signatures force-pushes are always
+    /// followed (and recorded).
+    pub allow_history_rewrite: bool,
+    /// Most bytes one fetch may receive.
+    pub max_fetch_bytes: u64,
+    /// Budgets of the policy tree (entries, files, sizes, YAML).
+    pub limits: Limits,
+}
+
+impl GitSettings {
+    /// Settings with the default budgets.
+    pub fn new(url: &str, reference: &str, path: &Path, cache_dir: &Path) -> GitSettings {
+        GitSettings {
+            url: url.to_string(),
+            reference: reference.to_string(),
+            path: path.to_path_buf(),
+            cache_dir: cache_dir.to_path_buf(),
+            token: None,
+            ssh_key: None,
+            known_hosts: None,
+            signatures: SignaturePolicy::Off,
+            allow_history_rewrite: false,
+            max_fetch_bytes: 256 * 1024 * 1024,
+            limits: Limits::default(),
+        }
+    }
+
+    /// The full ref tracked: `refs/…` as given, a bare name as a branch.
+    pub fn tracked_ref(&self) -> String {
+        if self.reference.starts_with("refs/") {
+            self.reference.clone()
+        } else {
+            format!("refs/heads/{}", self.reference)
+        }
+    }
+
+    /// Check what can be checked before anything is fetched.
+    ///
+    /// # Errors
+    /// [`SourceError::Settings`] naming the setting and what was expected.
+    pub fn check(&self) -> Result<(), SourceError> {
+        let bad = |m: String| Err(SourceError::Settings(m));
+        let r = &self.reference;
+        if r.is_empty()
+            || r.ends_with('/')
+            || r.contains("..")
+            || r.chars().any(|c| c.is_control() || " ~^:?*[\\".contains(c))
+        {
+            return bad(format!(
+                "--git-ref {r:?}: expected a branch name, refs/heads/NAME or refs/tags/NAME"
+            ));
+        }
+        if r.starts_with("refs/") && !r.starts_with("refs/heads/") && !r.starts_with("refs/tags/")
+        {
+            return bad(format!(
+                "--git-ref {r:?}: only refs/heads/… and refs/tags/… can be tracked"
+            ));
+        }
+        if self
+            .path
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_)))
+        {
+            return bad(format!(
+                "--git-path {:?}: expected a relative path inside the repository, without . or ..",
+                self.path.display().to_string()
+            ));
+        }
+        if let Some(origin) = Origin::of(&self.url)? {
+            if origin.has_credentials {
+                return bad("--git-url holds credentials; remove them from the URL and use --git-token-file (or an SSH key)".into());
+            }
+            if self.token.is_some() && origin.scheme == "http" && !origin.loopback() {
+                return bad(format!(
+                    "a token would be sent in clear over http:// to {}; use https:// (plain http is allowed only to loopback)",
+                    origin.host
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The URL as it may be logged (credentials, if any, removed).
+    pub fn display_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+/// `scheme://[user[:password]@]host…` with the user part replaced.
+fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            format!("{u} (credentials removed)")
+        }
+        Ok(_) => url.to_string(),
+        // scp-like `git@host:path` is no URL; the user part is no secret.
+        Err(_) => url.to_string(),
+    }
+}
+
+/// Scheme, host and port of an http(s) URL: where a token may go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Origin {
+    scheme: String,
+    host: String,
+    port: Option<u16>,
+    has_credentials: bool,
+}
+
+impl Origin {
+    /// `None` for non-http(s) remotes (ssh, file, scp-like, paths).
+    fn of(url: &str) -> Result<Option<Origin>, SourceError> {
+        let Ok(u) = url::Url::parse(url) else {
+            return Ok(None);
+        };
+        if u.scheme() != "http" && u.scheme() != "https" {
+            return Ok(None);
+        }
+        let Some(host) = u.host_str() else {
+            return Err(SourceError::Settings(format!(
+                "--git-url {}: no host",
+                redact_url(url)
+            )));
+        };
+        Ok(Some(Origin {
+            scheme: u.scheme().to_string(),
+            host: host.to_ascii_lowercase(),
+            port: u.port_or_known_default(),
+            has_credentials: !u.username().is_empty() || u.password().is_some(),
+        }))
+    }
+
+    fn loopback(&self) -> bool {
+        let h = self.host.trim_start_matches('[').trim_end_matches(']');
+        h == "localhost"
+            || h.parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
+    fn same(&self, other: &Origin) -> bool {
+        self.scheme == other.scheme && self.host == other.host && self.port == other.port
+    }
 }
 
 /// What the signature of a revision says.
@@ -93,17 +256,68 @@ pub struct Revision {
     pub summary: String,
     /// Signature verification result.
     pub signature: SignatureStatus,
-    /// The policy sub-path of this commit, materialised.
-    #[serde(skip)]
-    pub dir: PathBuf,
-    /// Whether the sub-path exists in this commit.
-    pub path_exists: bool,
+}
+
+/// Why a revision is not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RejectReason {
+    /// A signature is required and the commit has none that is trusted.
+    Unsigned,
+    /// Signatures are required and the tip does not descend from the enforced commit.
+    NotADescendant,
+    /// The policy path does not exist in the commit.
+    PathMissing,
+    /// The policy set does not load or validate (file:line in the details).
+    Invalid,
+    /// The revision defines no policy at all.
+    Empty,
+}
+
+impl RejectReason {
+    /// The label used in metrics, status and history.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Unsigned => "unsigned",
+            RejectReason::NotADescendant => "not-a-descendant",
+            RejectReason::PathMissing => "path-missing",
+            RejectReason::Invalid => "invalid",
+            RejectReason::Empty => "empty",
+        }
+    }
+}
+
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refusal with what is wrong (`file:line` where it applies).
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// Why.
+    pub reason: RejectReason,
+    /// Details.
+    pub details: Vec<String>,
+}
+
+/// A fetched revision after the source's checks (signature, ancestry, loading).
+#[derive(Debug)]
+pub struct Examined {
+    /// The commit.
+    pub revision: Revision,
+    /// The tip does not descend from the enforced commit and that was allowed (no
+    /// signatures required, or `--allow-history-rewrite`): the controller records it.
+    pub rewritten_from: Option<String>,
+    /// The policy set as loaded (with the loader's diagnostics), or why not.
+    pub loaded: Result<(PolicySet, Vec<Diagnostic>), Refusal>,
 }
 
 /// Why a fetch failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    /// Git said no (network, authentication, missing ref…).
+    /// Git said no (network, authentication, timeout…).
     #[error("git: {0}")]
     Git(#[from] git2::Error),
     /// The local cache could not be written.
@@ -115,9 +329,51 @@ pub enum SourceError {
         #[source]
         source: std::io::Error,
     },
+    /// A setting cannot work.
+    #[error("{0}")]
+    Settings(String),
     /// The tracked reference does not exist in the remote.
-    #[error("reference {0:?} not found in the remote (tried the branch, the tag and the full ref)")]
-    NoSuchRef(String),
+    #[error("reference {reference} not found in the remote{hint}")]
+    NoSuchRef {
+        /// The full ref looked for.
+        reference: String,
+        /// What exists instead, if anything useful.
+        hint: String,
+    },
+    /// A bare name matches both a branch and a tag.
+    #[error(
+        "--git-ref {0:?} names both the branch refs/heads/{0} and the tag refs/tags/{0}; say which with refs/heads/{0} or refs/tags/{0}"
+    )]
+    AmbiguousRef(String),
+    /// The fetch would receive more than the configured bound.
+    #[error("the fetch exceeded {limit} bytes (--git-max-fetch-bytes); aborted")]
+    TooLarge {
+        /// The bound.
+        limit: u64,
+    },
+    /// The fetch was stopped (deadline or shutdown).
+    #[error("the fetch was aborted ({0})")]
+    Aborted(&'static str),
+    /// A previous fetch has not returned yet (stalled remote).
+    #[error("a previous fetch is still running (the remote stalls); not starting another")]
+    Busy,
+}
+
+impl SourceError {
+    /// The metric label of this error.
+    pub fn label(&self) -> &'static str {
+        match self {
+            SourceError::Git(e) if e.class() == git2::ErrorClass::Net => "network",
+            SourceError::Git(e) if e.code() == git2::ErrorCode::Auth => "auth",
+            SourceError::Git(e) if e.code() == git2::ErrorCode::Certificate => "certificate",
+            SourceError::Git(_) => "git",
+            SourceError::Io { .. } => "io",
+            SourceError::Settings(_) => "settings",
+            SourceError::NoSuchRef { .. } | SourceError::AmbiguousRef(_) => "reference",
+            SourceError::TooLarge { .. } => "too-large",
+            SourceError::Aborted(_) | SourceError::Busy => "timeout",
+        }
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SourceError + '_ {
@@ -127,16 +383,69 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SourceError + '_ {
     }
 }
 
+/// Asks a running fetch to stop (deadline, shutdown).
+#[derive(Debug, Default)]
+pub struct Abort {
+    flag: AtomicBool,
+    why: Mutex<Option<&'static str>>,
+}
+
+impl Abort {
+    /// Stop the fetch at its next callback, saying why.
+    pub fn abort(&self, why: &'static str) {
+        *self.why.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        self.flag.store(true, Ordering::SeqCst);
+    }
+
+    fn aborted(&self) -> Option<&'static str> {
+        if self.flag.load(Ordering::SeqCst) {
+            Some(
+                self.why
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .unwrap_or("aborted"),
+            )
+        } else {
+            None
+        }
+    }
+}
+
+/// The last accepted revision, as persisted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct Persisted {
+    url: String,
+    reference: String,
+    path: String,
+    commit: String,
+}
+
+/// Refs the mirror keeps (objects stay reachable; nothing else is written).
+const FETCHED_REF: &str = "refs/palisade/fetched";
+const ENFORCED_REF: &str = "refs/palisade/enforced";
+/// The mirror's whole configuration, rewritten at every start: nothing a fetched
+/// repository or an earlier version could have put there survives.
+const MIRROR_CONFIG: &str = "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = true\n";
+/// Largest tree object read (a tree of 50,000 entries is about 2 MB).
+const MAX_TREE_BYTES: usize = 16 * 1024 * 1024;
+/// Largest symlink target read.
+const MAX_LINK_BYTES: usize = 4096;
+/// Symlinks followed in a row before giving up.
+const MAX_LINK_HOPS: usize = 8;
+
 /// A tracked repository.
 pub struct GitSource {
     settings: GitSettings,
-    repo: Repository,
+    mirror: PathBuf,
+    /// Held for the whole fetch: a stalled fetch makes the next one fail fast instead of
+    /// piling up threads.
+    fetching: Mutex<()>,
 }
 
 impl std::fmt::Debug for GitSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GitSource")
-            .field("url", &self.settings.url)
+            .field("url", &self.settings.display_url())
             .field("reference", &self.settings.reference)
             .field("path", &self.settings.path)
             .finish_non_exhaustive()
@@ -144,18 +453,29 @@ impl std::fmt::Debug for GitSource {
 }
 
 impl GitSource {
-    /// Open (or create) the local mirror.
+    /// Check the settings and open (or create) the local mirror.
     ///
     /// # Errors
-    /// The cache directory cannot be created or the mirror cannot be opened.
+    /// A setting cannot work, or the cache cannot be created or opened.
     pub fn open(settings: GitSettings) -> Result<GitSource, SourceError> {
+        settings.check()?;
         let mirror = settings.cache_dir.join("mirror.git");
         std::fs::create_dir_all(&settings.cache_dir).map_err(io(&settings.cache_dir))?;
-        let repo = match Repository::open_bare(&mirror) {
-            Ok(r) => r,
-            Err(_) => Repository::init_bare(&mirror)?,
-        };
-        Ok(GitSource { settings, repo })
+        // Earlier versions materialised revisions here; such a cache is not trusted.
+        let legacy = settings.cache_dir.join("revisions");
+        if legacy.exists() {
+            std::fs::remove_dir_all(&legacy).map_err(io(&legacy))?;
+        }
+        if Repository::open_bare(&mirror).is_err() {
+            Repository::init_bare(&mirror)?;
+        }
+        let config = mirror.join("config");
+        std::fs::write(&config, MIRROR_CONFIG).map_err(io(&config))?;
+        Ok(GitSource {
+            settings,
+            mirror,
+            fetching: Mutex::new(()),
+        })
     }
 
     /// The settings.
@@ -163,11 +483,23 @@ impl GitSource {
         &self.settings
     }
 
-    fn callbacks(&self) -> RemoteCallbacks<'_> {
+    fn repo(&self) -> Result<Repository, SourceError> {
+        Ok(Repository::open_bare(&self.mirror)?)
+    }
+
+    fn callbacks<'a>(
+        &'a self,
+        abort: &'a Abort,
+        too_large: &'a Cell<bool>,
+    ) -> Result<RemoteCallbacks<'a>, SourceError> {
         let mut cb = RemoteCallbacks::new();
         let s = &self.settings;
+        let origin = Origin::of(&s.url)?;
         let mut tried = BTreeSet::new();
-        cb.credentials(move |_url, user, allowed| {
+        cb.credentials(move |url, user, allowed| {
+            if let Some(why) = abort.aborted() {
+                return Err(git2::Error::from_str(why));
+            }
             // libgit2 asks again after a refusal; offer each kind of credential once.
             if allowed.contains(CredentialType::SSH_KEY)
                 && tried.insert("ssh")
@@ -179,15 +511,33 @@ impl GitSource {
                 && tried.insert("token")
                 && let Some(token) = &s.token
             {
-                return Cred::userpass_plaintext("x-access-token", token);
+                let asking = Origin::of(url).ok().flatten();
+                return match (&origin, &asking) {
+                    (Some(o), Some(a)) if o.same(a) => {
+                        Cred::userpass_plaintext("x-access-token", token.expose())
+                    }
+                    (_, a) => Err(git2::Error::from_str(&format!(
+                        "{} asked for credentials; the token is only sent to the configured --git-url's scheme, host and port",
+                        a.as_ref()
+                            .map_or("a non-http remote".to_string(), |a| format!(
+                                "{}://{}:{}",
+                                a.scheme,
+                                a.host,
+                                a.port.unwrap_or(0)
+                            ))
+                    ))),
+                };
             }
             Err(git2::Error::from_str(
-                "the remote asked for credentials and none are configured (--git-token / --git-ssh-key)",
+                "the remote asked for credentials and none are configured (--git-token-file / --git-ssh-key)",
             ))
         });
         cb.certificate_check(move |cert, host| {
+            if let Some(why) = abort.aborted() {
+                return Err(git2::Error::from_str(why));
+            }
             let Some(hostkey) = cert.as_hostkey() else {
-                // TLS: libgit2 has verified the chain against the system CAs already.
+                // TLS: libgit2 has verified the chain against the trusted CAs already.
                 return Ok(CertificateCheckStatus::CertificatePassthrough);
             };
             let Some(key) = hostkey.hostkey() else {
@@ -209,159 +559,268 @@ impl GitSource {
                 )))
             }
         });
-        cb
+        let max = s.max_fetch_bytes;
+        cb.transfer_progress(move |p| {
+            if p.received_bytes() as u64 > max {
+                too_large.set(true);
+                return false;
+            }
+            abort.aborted().is_none()
+        });
+        cb.sideband_progress(move |_| abort.aborted().is_none());
+        Ok(cb)
     }
 
-    /// Fetch the remote and return the tracked revision, materialised.
+    /// Fetch the tracked ref (and nothing else) and resolve it exactly to a commit.
     ///
     /// # Errors
-    /// [`SourceError`] when the remote cannot be read or the ref does not exist.
-    pub fn fetch(&self) -> Result<Revision, SourceError> {
-        let mut remote = self.repo.remote_anonymous(&self.settings.url)?;
-        let mut opts = FetchOptions::new();
-        opts.remote_callbacks(self.callbacks());
-        opts.download_tags(AutotagOption::None);
-        opts.prune(git2::FetchPrune::On);
-        // Forced refspecs: a force-push or rewritten history replaces what we had.
-        remote.fetch(
-            &[
-                "+refs/heads/*:refs/remotes/origin/*",
-                "+refs/tags/*:refs/tags/*",
-            ],
-            Some(&mut opts),
-            None,
-        )?;
-        let oid = self.resolve()?;
-        self.revision(oid)
-    }
-
-    fn resolve(&self) -> Result<Oid, SourceError> {
-        let r = &self.settings.reference;
-        let candidates = [
-            format!(
-                "refs/remotes/origin/{}",
-                r.trim_start_matches("refs/heads/")
-            ),
-            format!("refs/tags/{}", r.trim_start_matches("refs/tags/")),
-            r.clone(),
-        ];
-        for c in &candidates {
-            if let Ok(reference) = self.repo.find_reference(c) {
-                return Ok(reference.peel_to_commit()?.id());
-            }
-        }
-        Err(SourceError::NoSuchRef(r.clone()))
-    }
-
-    fn revision(&self, oid: Oid) -> Result<Revision, SourceError> {
-        let commit = self.repo.find_commit(oid)?;
-        let signature = self.verify(&commit);
-        let author = commit.author();
-        let committer = commit.committer();
-        let dir = self
-            .settings
-            .cache_dir
-            .join("revisions")
-            .join(oid.to_string());
-        let tree = commit.tree()?;
-        let sub = if self.settings.path.as_os_str().is_empty() {
-            Some(tree)
-        } else {
-            match tree.get_path(&self.settings.path) {
-                Ok(e) if e.kind() == Some(git2::ObjectType::Tree) => {
-                    Some(e.to_object(&self.repo)?.peel_to_tree()?)
-                }
-                _ => None,
-            }
+    /// [`SourceError`] when the remote cannot be read, the ref does not exist or is
+    /// ambiguous, a bound is exceeded, or `abort` fired.
+    pub fn fetch(&self, abort: &Abort) -> Result<String, SourceError> {
+        let Ok(_guard) = self.fetching.try_lock() else {
+            return Err(SourceError::Busy);
         };
-        let path_exists = sub.is_some();
-        if !dir.exists() {
-            let tmp = dir.with_extension("partial");
-            let _ = std::fs::remove_dir_all(&tmp);
-            std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-            if let Some(sub) = &sub {
-                self.materialise(sub, &tmp)?;
-            }
-            std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
+        let repo = self.repo()?;
+        let url = &self.settings.url;
+        let mut remote = repo.remote_anonymous(url)?;
+        if remote.url() != Some(url.as_str()) {
+            return Err(SourceError::Settings(
+                "the Git configuration rewrites --git-url (url.*.insteadOf); refusing to fetch from anywhere else"
+                    .into(),
+            ));
         }
-        self.prune_revisions(&oid.to_string());
-        Ok(Revision {
-            commit: oid.to_string(),
+        let (bare, wanted) = if self.settings.reference.starts_with("refs/") {
+            (None, self.settings.reference.clone())
+        } else {
+            let name = &self.settings.reference;
+            (Some(name.clone()), format!("refs/heads/{name}"))
+        };
+        // A bare name is a branch; the tag of the same name is fetched too, only to
+        // refuse the ambiguity.
+        let mut specs = vec![format!("+{wanted}:{FETCHED_REF}")];
+        if let Some(name) = &bare {
+            specs.push(format!("+refs/tags/{name}:refs/palisade/shadow"));
+        }
+        let too_large = Cell::new(false);
+        let mut opts = FetchOptions::new();
+        opts.remote_callbacks(self.callbacks(abort, &too_large)?);
+        opts.download_tags(AutotagOption::None);
+        opts.prune(git2::FetchPrune::Off);
+        opts.follow_redirects(RemoteRedirect::None);
+        let fetched = remote.fetch(&specs, Some(&mut opts), Some("palisade fetch"));
+        if too_large.get() {
+            return Err(SourceError::TooLarge {
+                limit: self.settings.max_fetch_bytes,
+            });
+        }
+        if let Some(why) = abort.aborted() {
+            return Err(SourceError::Aborted(why));
+        }
+        fetched?;
+        let heads: Vec<(String, Oid)> = remote
+            .list()?
+            .iter()
+            .map(|h| (h.name().to_string(), h.oid()))
+            .collect();
+        let find = |name: &str| heads.iter().find(|(n, _)| n == name).map(|(_, o)| *o);
+        let Some(oid) = find(&wanted) else {
+            let hint = match &bare {
+                Some(name) if find(&format!("refs/tags/{name}")).is_some() => format!(
+                    " (a tag refs/tags/{name} exists: a bare name means a branch; track the tag with --git-ref refs/tags/{name})"
+                ),
+                _ => String::new(),
+            };
+            return Err(SourceError::NoSuchRef {
+                reference: wanted,
+                hint,
+            });
+        };
+        if let Some(name) = &bare
+            && find(&format!("refs/tags/{name}")).is_some()
+        {
+            return Err(SourceError::AmbiguousRef(name.clone()));
+        }
+        let commit = repo.find_object(oid, None)?.peel_to_commit()?.id();
+        Ok(commit.to_string())
+    }
+
+    /// The commit of the persisted last good revision, if it was accepted under these
+    /// settings (URL, ref and path) and its objects are in the mirror.
+    pub fn persisted(&self) -> Option<String> {
+        let p = self.read_persisted()?;
+        let s = &self.settings;
+        let same = p.url == s.url
+            && p.reference == s.reference
+            && p.path == s.path.to_string_lossy();
+        let repo = self.repo().ok()?;
+        let oid = Oid::from_str(&p.commit).ok()?;
+        (same && repo.find_commit(oid).is_ok()).then_some(p.commit)
+    }
+
+    fn read_persisted(&self) -> Option<Persisted> {
+        let text = std::fs::read(self.settings.cache_dir.join("enforced.json")).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// Remember `commit` as the last accepted revision (atomically, durably).
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn persist(&self, commit: &str) -> Result<(), SourceError> {
+        let s = &self.settings;
+        let p = Persisted {
+            url: s.url.clone(),
+            reference: s.reference.clone(),
+            path: s.path.to_string_lossy().into_owned(),
+            commit: commit.to_string(),
+        };
+        if let Ok(repo) = self.repo()
+            && let Ok(oid) = Oid::from_str(commit)
+        {
+            // Keeps the commit reachable for ancestry checks and start-up.
+            let _ = repo.reference(ENFORCED_REF, oid, true, "palisade: enforced");
+        }
+        let path = s.cache_dir.join("enforced.json");
+        let tmp = s.cache_dir.join("enforced.json.tmp");
+        let bytes = serde_json::to_vec_pretty(&p).unwrap_or_default();
+        (|| {
+            use std::io::Write as _;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(&s.cache_dir)?.sync_all()
+        })()
+        .map_err(io(&path))
+    }
+
+    /// The enforced commit that ancestry is checked against: the persisted one when it
+    /// was accepted from the same URL and ref (the path may have changed).
+    pub fn ancestry_base(&self) -> Option<String> {
+        let p = self.read_persisted()?;
+        (p.url == self.settings.url && p.reference == self.settings.reference).then_some(p.commit)
+    }
+
+    /// Everything between the fetch and the controller's validation, in this order:
+    /// verify the signature, check ancestry against `enforced`, load the policy set
+    /// from the tree. Nothing is written.
+    ///
+    /// # Errors
+    /// The commit is not in the mirror.
+    pub fn examine(&self, commit: &str, enforced: Option<&str>) -> Result<Examined, SourceError> {
+        let repo = self.repo()?;
+        let oid = Oid::from_str(commit)?;
+        let c = repo.find_commit(oid)?;
+        let signature = self.verify(&repo, &c);
+        let author = c.author();
+        let revision = Revision {
+            commit: commit.to_string(),
             author: format!(
                 "{} <{}>",
                 author.name().unwrap_or("?"),
                 author.email().unwrap_or("?")
             ),
-            committer: committer.email().unwrap_or_default().to_string(),
-            time: commit.time().seconds(),
-            summary: commit.summary().unwrap_or_default().to_string(),
+            committer: c.committer().email().unwrap_or_default().to_string(),
+            time: c.time().seconds(),
+            summary: c.summary().unwrap_or_default().to_string(),
             signature,
-            dir,
-            path_exists,
+        };
+        let refuse = |reason, details: Vec<String>| Refusal { reason, details };
+        if !revision.signature.acceptable(&self.settings.signatures) {
+            let detail = match &revision.signature {
+                SignatureStatus::Untrusted { reason } => reason.clone(),
+                SignatureStatus::Unsigned => "the commit is not signed".into(),
+                SignatureStatus::NotChecked | SignatureStatus::Verified { .. } => String::new(),
+            };
+            return Ok(Examined {
+                revision,
+                rewritten_from: None,
+                loaded: Err(refuse(
+                    RejectReason::Unsigned,
+                    vec![format!("signature required: {detail}")],
+                )),
+            });
+        }
+        let mut rewritten_from = None;
+        if let Some(base) = enforced
+            && base != commit
+        {
+            let descends = Oid::from_str(base)
+                .ok()
+                .and_then(|b| repo.graph_descendant_of(oid, b).ok())
+                .unwrap_or(false);
+            if !descends {
+                let required = self.settings.signatures != SignaturePolicy::Off;
+                if required && !self.settings.allow_history_rewrite {
+                    return Ok(Examined {
+                        revision,
+                        rewritten_from: None,
+                        loaded: Err(refuse(
+                            RejectReason::NotADescendant,
+                            vec![format!(
+                                "{commit} does not descend from the enforced commit {base}: a force-push or another branch's commit; refusing a rollback (--allow-history-rewrite to permit)"
+                            )],
+                        )),
+                    });
+                }
+                rewritten_from = Some(base.to_string());
+            }
+        }
+        let loaded = match self.policy_tree(&repo, &c)? {
+            None => Err(refuse(
+                RejectReason::PathMissing,
+                vec![format!(
+                    "the policy path {:?} does not exist in this commit (or is not a directory); refusing to treat that as \"delete everything\"",
+                    self.settings.path.display().to_string()
+                )],
+            )),
+            Some(tree) => Ok(policy::load(
+                &TreeFiles {
+                    repo: &repo,
+                    root: tree,
+                },
+                &self.settings.limits,
+            )),
+        };
+        Ok(Examined {
+            revision,
+            rewritten_from,
+            loaded,
         })
     }
 
-    /// Write a tree's files under `dir` (symlinks stay symlinks, so the loader's
-    /// "no link out of the root" rule applies to them).
-    fn materialise(&self, tree: &git2::Tree<'_>, dir: &Path) -> Result<(), SourceError> {
-        let mut failure: Option<SourceError> = None;
-        tree.walk(TreeWalkMode::PreOrder, |root, entry| {
-            let Some(name) = entry.name() else {
-                return TreeWalkResult::Skip;
-            };
-            let path = dir.join(root).join(name);
-            let result = (|| -> Result<(), SourceError> {
-                match entry.kind() {
-                    Some(git2::ObjectType::Tree) => {
-                        std::fs::create_dir_all(&path).map_err(io(&path))?;
-                    }
-                    Some(git2::ObjectType::Blob) => {
-                        let blob = self.repo.find_blob(entry.id())?;
-                        if entry.filemode() == 0o120000 {
-                            let target = String::from_utf8_lossy(blob.content()).to_string();
-                            std::os::unix::fs::symlink(target, &path).map_err(io(&path))?;
-                        } else {
-                            std::fs::write(&path, blob.content()).map_err(io(&path))?;
-                        }
-                    }
-                    _ => {} // submodules: not part of a policy tree
-                }
-                Ok(())
-            })();
-            match result {
-                Ok(()) => TreeWalkResult::Ok,
-                Err(e) => {
-                    failure = Some(e);
-                    TreeWalkResult::Abort
-                }
-            }
-        })?;
-        failure.map_or(Ok(()), Err)
-    }
-
-    /// Keep the few most recent materialised revisions; the rest are cache.
-    fn prune_revisions(&self, keep: &str) {
-        let root = self.settings.cache_dir.join("revisions");
-        let Ok(entries) = std::fs::read_dir(&root) else {
-            return;
+    /// The tree at the policy path of `commit`, every tree on the way size-checked
+    /// before it is read.
+    fn policy_tree<'r>(
+        &self,
+        repo: &'r Repository,
+        commit: &git2::Commit<'r>,
+    ) -> Result<Option<git2::Tree<'r>>, SourceError> {
+        let mut tree = match read_tree(repo, commit.tree_id()) {
+            Ok(t) => t,
+            Err(_) => return Ok(None),
         };
-        let mut dirs: Vec<(std::time::SystemTime, PathBuf)> = entries
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy() != keep)
-            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-            .collect();
-        dirs.sort();
-        let excess = dirs.len().saturating_sub(4);
-        for (_, d) in dirs.into_iter().take(excess) {
-            let _ = std::fs::remove_dir_all(d);
+        for part in self.settings.path.components() {
+            let Component::Normal(name) = part else {
+                return Ok(None);
+            };
+            let id = match tree.get_name(&name.to_string_lossy()) {
+                Some(e) if e.kind() == Some(ObjectType::Tree) => e.id(),
+                _ => return Ok(None),
+            };
+            tree = match read_tree(repo, id) {
+                Ok(t) => t,
+                Err(_) => return Ok(None),
+            };
         }
+        Ok(Some(tree))
     }
 
-    fn verify(&self, commit: &git2::Commit<'_>) -> SignatureStatus {
+    fn verify(&self, repo: &Repository, commit: &git2::Commit<'_>) -> SignatureStatus {
         let SignaturePolicy::Ssh { allowed_signers } = &self.settings.signatures else {
             return SignatureStatus::NotChecked;
         };
-        let (sig, data) = match self.repo.extract_signature(&commit.id(), None) {
+        let (sig, data) = match repo.extract_signature(&commit.id(), None) {
             Ok(s) => s,
             Err(e) if e.code() == git2::ErrorCode::NotFound => return SignatureStatus::Unsigned,
             Err(e) => {
@@ -385,6 +844,272 @@ impl GitSource {
             &signers,
             &committer,
         )
+    }
+}
+
+/// A tree read after its size was checked.
+fn read_tree(repo: &Repository, id: Oid) -> Result<git2::Tree<'_>, String> {
+    let (size, kind) = repo
+        .odb()
+        .and_then(|o| o.read_header(id))
+        .map_err(|e| e.to_string())?;
+    if kind != ObjectType::Tree {
+        return Err(format!("{id} is a {kind}, not a tree"));
+    }
+    if size > MAX_TREE_BYTES {
+        return Err(format!(
+            "a tree object of {size} bytes (at most {MAX_TREE_BYTES} are read)"
+        ));
+    }
+    repo.find_tree(id).map_err(|e| e.to_string())
+}
+
+/// Why a tree entry name cannot be a policy file name, if it cannot.
+pub fn unsafe_name(name: &[u8]) -> Option<&'static str> {
+    let Ok(s) = std::str::from_utf8(name) else {
+        return Some("is not UTF-8");
+    };
+    if s.is_empty() {
+        Some("is empty")
+    } else if s == "." || s == ".." {
+        Some("is . or ..")
+    } else if s.contains('/') {
+        Some("contains /")
+    } else if s.contains('\\') {
+        Some("contains \\")
+    } else if s.contains('\0') {
+        Some("contains NUL")
+    } else if s.eq_ignore_ascii_case(".git") {
+        Some("is .git")
+    } else {
+        None
+    }
+}
+
+/// A policy tree inside a Git commit, read from the object store (never from disk).
+/// Symlinks are resolved inside the tree; a link that leaves it is an error.
+pub struct TreeFiles<'r> {
+    repo: &'r Repository,
+    root: git2::Tree<'r>,
+}
+
+impl std::fmt::Debug for TreeFiles<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TreeFiles")
+            .field("root", &self.root.id())
+            .finish()
+    }
+}
+
+impl PolicyFiles for TreeFiles<'_> {
+    type Key = Oid;
+
+    fn list(&self, limits: &Limits, diags: &mut Vec<Diagnostic>) -> Vec<FileEntry<Oid>> {
+        let mut walk = TreeWalk {
+            files: self,
+            out: Vec::new(),
+            entries: 0,
+            stack: Vec::new(),
+            stopped: false,
+            limits,
+            diags,
+        };
+        walk.tree(&self.root, Path::new(""), 0);
+        walk.out
+    }
+
+    fn read(&self, entry: &FileEntry<Oid>) -> Result<Vec<u8>, String> {
+        self.repo
+            .find_blob(entry.key)
+            .map(|b| b.content().to_vec())
+            .map_err(|e| format!("cannot read the Git object: {e}"))
+    }
+}
+
+struct TreeWalk<'a, 'r> {
+    files: &'a TreeFiles<'r>,
+    out: Vec<FileEntry<Oid>>,
+    entries: usize,
+    /// Trees being walked (a link back to one of them is a loop, skipped).
+    stack: Vec<Oid>,
+    stopped: bool,
+    limits: &'a Limits,
+    diags: &'a mut Vec<Diagnostic>,
+}
+
+impl TreeWalk<'_, '_> {
+    fn error(&mut self, kind: DiagnosticKind, at: &Path, message: String) {
+        self.diags.push(Diagnostic::error(
+            kind,
+            Some(SourceLocation::new(at, 0, 0)),
+            message,
+        ));
+    }
+
+    fn size(&self, id: Oid) -> Result<u64, String> {
+        let (size, _) = self
+            .files
+            .repo
+            .odb()
+            .and_then(|o| o.read_header(id))
+            .map_err(|e| e.to_string())?;
+        Ok(size as u64)
+    }
+
+    fn tree(&mut self, tree: &git2::Tree<'_>, rel: &Path, depth: usize) {
+        if self.stopped || self.stack.contains(&tree.id()) {
+            return;
+        }
+        if depth > MAX_DIR_DEPTH {
+            let msg = format!("directories nest deeper than {MAX_DIR_DEPTH} levels");
+            self.error(DiagnosticKind::SourceTooLarge, rel, msg);
+            return;
+        }
+        self.entries += tree.len();
+        if self.entries > self.limits.max_entries {
+            self.diags.push(policy::too_many_entries(rel, self.limits));
+            self.stopped = true;
+            return;
+        }
+        self.stack.push(tree.id());
+        for entry in tree.iter() {
+            let lossy = String::from_utf8_lossy(entry.name_bytes()).into_owned();
+            if let Some(why) = unsafe_name(entry.name_bytes()) {
+                let at = rel.join(lossy.replace(['/', '\0'], "?"));
+                self.error(
+                    DiagnosticKind::UnsafeName,
+                    &at,
+                    format!("tree entry {lossy:?} {why}; the whole revision is refused"),
+                );
+                continue;
+            }
+            if lossy.starts_with('.') {
+                continue;
+            }
+            let path = rel.join(&lossy);
+            match entry.filemode() {
+                0o040000 => match read_tree(self.files.repo, entry.id()) {
+                    Ok(t) => self.tree(&t, &path, depth + 1),
+                    Err(e) => self.error(DiagnosticKind::SourceTooLarge, &path, e),
+                },
+                0o100644 | 0o100755 | 0o100664 => {
+                    if policy::is_yaml(&lossy) {
+                        self.file(entry.id(), path);
+                    }
+                }
+                0o120000 => self.link(entry.id(), rel, &path, &lossy, depth),
+                0o160000 => {} // submodules are not part of a policy tree
+                mode => self.error(
+                    DiagnosticKind::Io,
+                    &path,
+                    format!("unknown tree entry mode {mode:o}"),
+                ),
+            }
+            if self.stopped {
+                break;
+            }
+        }
+        self.stack.pop();
+    }
+
+    fn file(&mut self, id: Oid, path: PathBuf) {
+        match self.size(id) {
+            Ok(size) => self.out.push(FileEntry {
+                path,
+                size,
+                key: id,
+            }),
+            Err(e) => self.error(DiagnosticKind::Io, &path, format!("cannot read: {e}")),
+        }
+    }
+
+    /// Resolve the link at `path` (in directory `dir`) inside the policy tree.
+    fn link(&mut self, mut blob: Oid, dir: &Path, path: &Path, name: &str, depth: usize) {
+        let escape = |m: String| (DiagnosticKind::SymlinkEscape, m);
+        let mut dir: Vec<String> = dir
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        let resolved = (|| {
+            for _ in 0..MAX_LINK_HOPS {
+                let size = self.size(blob).map_err(|e| escape(e.to_string()))?;
+                if size > MAX_LINK_BYTES as u64 {
+                    return Err(escape(format!("symlink target of {size} bytes")));
+                }
+                let bytes = self
+                    .files
+                    .repo
+                    .find_blob(blob)
+                    .map(|b| b.content().to_vec())
+                    .map_err(|e| escape(e.to_string()))?;
+                let target = String::from_utf8(bytes)
+                    .map_err(|_| escape("symlink target is not UTF-8".into()))?;
+                if target.starts_with('/') {
+                    return Err(escape(format!(
+                        "symlink points to the absolute path {target:?}; expected a path inside the policy tree"
+                    )));
+                }
+                let mut parts = dir.clone();
+                for part in target.split('/') {
+                    match part {
+                        "" | "." => {}
+                        ".." => {
+                            if parts.pop().is_none() {
+                                return Err(escape(format!(
+                                    "symlink points outside the policy tree (to {target:?}); expected a file or directory inside it"
+                                )));
+                            }
+                        }
+                        p => {
+                            if let Some(why) = unsafe_name(p.as_bytes()) {
+                                return Err((
+                                    DiagnosticKind::UnsafeName,
+                                    format!("symlink target component {p:?} {why}"),
+                                ));
+                            }
+                            parts.push(p.to_string());
+                        }
+                    }
+                }
+                let entry = (|| {
+                    let mut tree = self.files.root.clone();
+                    let (last, init) = parts.split_last()?;
+                    for p in init {
+                        let id = tree.get_name(p)?.id();
+                        tree = read_tree(self.files.repo, id).ok()?;
+                    }
+                    let e = tree.get_name(last)?;
+                    Some((e.id(), e.filemode()))
+                })();
+                let Some((id, mode)) = entry else {
+                    return Err(escape(format!(
+                        "symlink target {target:?} does not exist in the policy tree"
+                    )));
+                };
+                if mode == 0o120000 {
+                    blob = id;
+                    parts.pop();
+                    dir = parts;
+                    continue;
+                }
+                return Ok((id, mode));
+            }
+            Err(escape(format!(
+                "more than {MAX_LINK_HOPS} symlinks in a row"
+            )))
+        })();
+        match resolved {
+            Ok((id, 0o040000)) => match read_tree(self.files.repo, id) {
+                Ok(t) => self.tree(&t, path, depth + 1),
+                Err(e) => self.error(DiagnosticKind::SourceTooLarge, path, e),
+            },
+            Ok((id, _)) => {
+                if policy::is_yaml(name) {
+                    self.file(id, path.to_path_buf());
+                }
+            }
+            Err((kind, message)) => self.error(kind, path, message),
+        }
     }
 }
 

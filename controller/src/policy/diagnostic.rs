@@ -61,6 +61,12 @@ pub enum DiagnosticKind {
     FileTooLarge,
     /// The policy tree holds more files than the configured limit.
     TooManyFiles,
+    /// The policy tree is too big as a whole: too many entries, bytes, or nested
+    /// directories.
+    SourceTooLarge,
+    /// A tree entry name that is not a safe file name (empty, `.`, `..`, `.git`, holds
+    /// `/`, `\\` or NUL, or is not UTF-8).
+    UnsafeName,
     /// A file holds more documents than the configured limit.
     TooManyDocuments,
     /// A symlink points outside the policy root (or loops).

@@ -1,5 +1,10 @@
-//! Loading a policy directory: walking it safely, parsing multi-document YAML with
-//! budgets, and turning every problem into a located [`Diagnostic`].
+//! Loading a policy set: walking its files safely (a directory for `palisade validate`,
+//! a Git tree for the controller, both through [`PolicyFiles`]), parsing multi-document
+//! YAML with budgets, and turning every problem into a located [`Diagnostic`].
+//!
+//! Budgets are checked before a file is read: the walk reports each file's size (a
+//! directory's metadata, a Git object's header), so a file over the limit is never
+//! inflated into memory.
 //!
 //! Each file is read twice by the YAML parser: first every document's header
 //! (`apiVersion`, `kind`), then every document into the spec type of its kind. The
@@ -27,6 +32,10 @@ pub struct Limits {
     pub max_file_bytes: u64,
     /// Most YAML files under the root.
     pub max_files: usize,
+    /// Most entries (files, directories, links of any name) walked under the root.
+    pub max_entries: usize,
+    /// Most bytes of all YAML files together.
+    pub max_total_bytes: u64,
     /// Most documents in one file.
     pub max_documents: usize,
     /// Deepest nesting of mappings and sequences.
@@ -42,6 +51,8 @@ impl Default for Limits {
         Limits {
             max_file_bytes: 1024 * 1024,
             max_files: 10_000,
+            max_entries: 50_000,
+            max_total_bytes: 64 * 1024 * 1024,
             max_documents: 1_000,
             max_depth: 64,
             max_aliases: 256,
@@ -50,51 +61,77 @@ impl Default for Limits {
     }
 }
 
-/// Load every `*.yaml` / `*.yml` file under `root` (hidden entries such as `.git` are
-/// skipped), in a stable order.
+/// Deepest directory nesting a walk follows.
+pub const MAX_DIR_DEPTH: usize = 32;
+
+/// One YAML file found by a [`PolicyFiles`] walk.
+#[derive(Debug, Clone)]
+pub struct FileEntry<K> {
+    /// Path relative to the policy root (what diagnostics name).
+    pub path: PathBuf,
+    /// Size in bytes, known before the file is read.
+    pub size: u64,
+    /// How the source finds the file again.
+    pub key: K,
+}
+
+/// Where policy files come from: a directory ([`DirFiles`]) or a Git tree
+/// (`source::TreeFiles`). The loader never reads a file the walk did not list, and reads
+/// none over the size budget.
+pub trait PolicyFiles {
+    /// How a file is found again by [`PolicyFiles::read`].
+    type Key;
+    /// Every `*.yaml` / `*.yml` file under the root (entries whose name starts with `.`
+    /// are skipped). Problems of the tree itself (unsafe names, links out of the root,
+    /// too many entries) are pushed to `diags` as errors.
+    fn list(&self, limits: &Limits, diags: &mut Vec<Diagnostic>) -> Vec<FileEntry<Self::Key>>;
+    /// The bytes of one listed file.
+    ///
+    /// # Errors
+    /// A message saying why it cannot be read.
+    fn read(&self, entry: &FileEntry<Self::Key>) -> Result<Vec<u8>, String>;
+}
+
+/// Load every policy file `files` lists, in a stable order.
 ///
 /// Returns what could be loaded and every problem found; the caller decides what an
 /// error means (for `validate`: exit 1; for the controller: reject the revision).
-pub fn load_dir(root: &Path, limits: &Limits) -> (PolicySet, Vec<Diagnostic>) {
+pub fn load<F: PolicyFiles>(files: &F, limits: &Limits) -> (PolicySet, Vec<Diagnostic>) {
     let mut set = PolicySet::default();
     let mut diags = Vec::new();
-    let canonical_root = match root.canonicalize() {
-        Ok(r) => r,
-        Err(e) => {
-            diags.push(Diagnostic::error(
-                DiagnosticKind::Io,
-                Some(SourceLocation::new(root, 0, 0)),
-                format!("cannot open policy root: {e}"),
-            ));
-            return (set, diags);
-        }
-    };
-    let mut files = Vec::new();
-    let mut visited = HashSet::new();
-    walk(
-        &canonical_root,
-        &canonical_root,
-        Path::new(""),
-        &mut files,
-        &mut visited,
-        &mut diags,
-    );
-    files.sort();
-    if files.len() > limits.max_files {
+    let mut entries = files.list(limits, &mut diags);
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    if entries.len() > limits.max_files {
         diags.push(Diagnostic::error(
             DiagnosticKind::TooManyFiles,
             None,
             format!(
                 "the policy tree holds {} YAML files; at most {} are allowed",
-                files.len(),
+                entries.len(),
                 limits.max_files
             ),
         ));
         return (set, diags);
     }
-    for (rel, abs) in files {
-        match read_file(&abs, &rel, limits) {
-            Ok(text) => load_str(&rel, &text, limits, &mut set, &mut diags),
+    let total: u64 = entries
+        .iter()
+        .filter(|e| e.size <= limits.max_file_bytes)
+        .map(|e| e.size)
+        .sum();
+    if total > limits.max_total_bytes {
+        diags.push(Diagnostic::error(
+            DiagnosticKind::SourceTooLarge,
+            None,
+            format!(
+                "the policy files hold {total} bytes together; at most {} are allowed",
+                limits.max_total_bytes
+            ),
+        ));
+        return (set, diags);
+    }
+    for entry in &entries {
+        match read_file(files, entry, limits) {
+            Ok(text) => load_str(&entry.path, &text, limits, &mut set, &mut diags),
             Err(d) => diags.push(d),
         }
     }
@@ -102,97 +139,205 @@ pub fn load_dir(root: &Path, limits: &Limits) -> (PolicySet, Vec<Diagnostic>) {
     (set, diags)
 }
 
-fn walk(
-    root: &Path,
-    dir: &Path,
-    rel: &Path,
-    files: &mut Vec<(PathBuf, PathBuf)>,
-    visited: &mut HashSet<PathBuf>,
-    diags: &mut Vec<Diagnostic>,
-) {
-    if !visited.insert(dir.to_path_buf()) {
-        return; // a symlinked directory seen before: no loops
+/// Load every `*.yaml` / `*.yml` file under the directory `root` (see [`load`]).
+pub fn load_dir(root: &Path, limits: &Limits) -> (PolicySet, Vec<Diagnostic>) {
+    load(&DirFiles::new(root), limits)
+}
+
+/// A policy directory on disk. Symlinks are followed when they resolve inside the root,
+/// and reported otherwise.
+#[derive(Debug, Clone)]
+pub struct DirFiles {
+    root: PathBuf,
+}
+
+impl DirFiles {
+    /// The directory `root`.
+    pub fn new(root: &Path) -> DirFiles {
+        DirFiles {
+            root: root.to_path_buf(),
+        }
     }
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) => {
-            diags.push(Diagnostic::error(
-                DiagnosticKind::Io,
+}
+
+impl PolicyFiles for DirFiles {
+    type Key = PathBuf;
+
+    fn list(&self, limits: &Limits, diags: &mut Vec<Diagnostic>) -> Vec<FileEntry<PathBuf>> {
+        let canonical_root = match self.root.canonicalize() {
+            Ok(r) => r,
+            Err(e) => {
+                diags.push(Diagnostic::error(
+                    DiagnosticKind::Io,
+                    Some(SourceLocation::new(&self.root, 0, 0)),
+                    format!("cannot open policy root: {e}"),
+                ));
+                return Vec::new();
+            }
+        };
+        let mut walk = DirWalk {
+            root: &canonical_root,
+            files: Vec::new(),
+            visited: HashSet::new(),
+            entries: 0,
+            limits,
+            diags,
+        };
+        walk.dir(&canonical_root, Path::new(""), 0);
+        walk.files
+    }
+
+    fn read(&self, entry: &FileEntry<PathBuf>) -> Result<Vec<u8>, String> {
+        std::fs::read(&entry.key).map_err(|e| format!("cannot read: {e}"))
+    }
+}
+
+struct DirWalk<'a> {
+    root: &'a Path,
+    files: Vec<FileEntry<PathBuf>>,
+    visited: HashSet<PathBuf>,
+    entries: usize,
+    limits: &'a Limits,
+    diags: &'a mut Vec<Diagnostic>,
+}
+
+impl DirWalk<'_> {
+    fn dir(&mut self, dir: &Path, rel: &Path, depth: usize) {
+        if !self.visited.insert(dir.to_path_buf()) {
+            return; // a symlinked directory seen before: no loops
+        }
+        if depth > MAX_DIR_DEPTH {
+            self.diags.push(Diagnostic::error(
+                DiagnosticKind::SourceTooLarge,
                 Some(SourceLocation::new(rel, 0, 0)),
-                format!("cannot read directory: {e}"),
+                format!("directories nest deeper than {MAX_DIR_DEPTH} levels"),
             ));
             return;
         }
-    };
-    let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let name = entry.file_name();
-        let name_str = name.to_string_lossy();
-        if name_str.starts_with('.') {
-            continue;
-        }
-        let rel_path = rel.join(&name);
-        let path = entry.path();
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                self.diags.push(Diagnostic::error(
+                    DiagnosticKind::Io,
+                    Some(SourceLocation::new(rel, 0, 0)),
+                    format!("cannot read directory: {e}"),
+                ));
+                return;
+            }
         };
-        let resolved = if meta.file_type().is_symlink() {
-            match path.canonicalize() {
-                Ok(target) if target.starts_with(root) => target,
-                Ok(target) => {
-                    diags.push(Diagnostic::error(
-                        DiagnosticKind::SymlinkEscape,
-                        Some(SourceLocation::new(&rel_path, 0, 0)),
-                        format!(
-                            "symlink points outside the policy root (to {}); expected a file or directory inside it",
-                            target.display()
-                        ),
-                    ));
-                    continue;
+        let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
+        self.entries += entries.len();
+        if self.entries > self.limits.max_entries {
+            self.diags.push(too_many_entries(rel, self.limits));
+            return;
+        }
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let name = entry.file_name();
+            let name_str = name.to_string_lossy();
+            if name_str.starts_with('.') {
+                continue;
+            }
+            let rel_path = rel.join(&name);
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let resolved = if meta.file_type().is_symlink() {
+                match path.canonicalize() {
+                    Ok(target) if target.starts_with(self.root) => target,
+                    Ok(target) => {
+                        self.diags.push(Diagnostic::error(
+                            DiagnosticKind::SymlinkEscape,
+                            Some(SourceLocation::new(&rel_path, 0, 0)),
+                            format!(
+                                "symlink points outside the policy root (to {}); expected a file or directory inside it",
+                                target.display()
+                            ),
+                        ));
+                        continue;
+                    }
+                    Err(e) => {
+                        self.diags.push(Diagnostic::error(
+                            DiagnosticKind::SymlinkEscape,
+                            Some(SourceLocation::new(&rel_path, 0, 0)),
+                            format!("symlink cannot be resolved: {e}"),
+                        ));
+                        continue;
+                    }
                 }
-                Err(e) => {
-                    diags.push(Diagnostic::error(
-                        DiagnosticKind::SymlinkEscape,
+            } else {
+                path
+            };
+            if resolved.is_dir() {
+                self.dir(&resolved, &rel_path, depth + 1);
+            } else if is_yaml(&name_str) && resolved.is_file() {
+                match std::fs::metadata(&resolved) {
+                    Ok(m) => self.files.push(FileEntry {
+                        path: rel_path,
+                        size: m.len(),
+                        key: resolved,
+                    }),
+                    Err(e) => self.diags.push(Diagnostic::error(
+                        DiagnosticKind::Io,
                         Some(SourceLocation::new(&rel_path, 0, 0)),
-                        format!("symlink cannot be resolved: {e}"),
-                    ));
-                    continue;
+                        format!("cannot read: {e}"),
+                    )),
                 }
             }
-        } else {
-            path
-        };
-        if resolved.is_dir() {
-            walk(root, &resolved, &rel_path, files, visited, diags);
-        } else if is_yaml(&name_str) && resolved.is_file() {
-            files.push((rel_path, resolved));
         }
     }
 }
 
-fn is_yaml(name: &str) -> bool {
+/// The diagnostic of a walk that met more than `max_entries` entries.
+pub fn too_many_entries(at: &Path, limits: &Limits) -> Diagnostic {
+    Diagnostic::error(
+        DiagnosticKind::SourceTooLarge,
+        Some(SourceLocation::new(at, 0, 0)),
+        format!(
+            "the policy tree holds more than {} entries (files and directories of any name); split the repository or raise the limit",
+            limits.max_entries
+        ),
+    )
+}
+
+/// Whether `name` is a policy file name.
+pub fn is_yaml(name: &str) -> bool {
     name.ends_with(".yaml") || name.ends_with(".yml")
 }
 
-fn read_file(abs: &Path, rel: &Path, limits: &Limits) -> Result<String, Diagnostic> {
+fn read_file<F: PolicyFiles>(
+    files: &F,
+    entry: &FileEntry<F::Key>,
+    limits: &Limits,
+) -> Result<String, Diagnostic> {
+    let rel = &entry.path;
     let at = |l, c| Some(SourceLocation::new(rel, l, c));
-    let size = std::fs::metadata(abs)
-        .map_err(|e| Diagnostic::error(DiagnosticKind::Io, at(0, 0), format!("cannot read: {e}")))?
-        .len();
-    if size > limits.max_file_bytes {
+    if entry.size > limits.max_file_bytes {
         return Err(Diagnostic::error(
             DiagnosticKind::FileTooLarge,
             at(0, 0),
             format!(
-                "file is {size} bytes; policy files may be at most {} bytes",
+                "file is {} bytes; policy files may be at most {} bytes",
+                entry.size, limits.max_file_bytes
+            ),
+        ));
+    }
+    let bytes = files
+        .read(entry)
+        .map_err(|e| Diagnostic::error(DiagnosticKind::Io, at(0, 0), e))?;
+    if bytes.len() as u64 > limits.max_file_bytes {
+        // The file grew between the walk and the read.
+        return Err(Diagnostic::error(
+            DiagnosticKind::FileTooLarge,
+            at(0, 0),
+            format!(
+                "file is {} bytes; policy files may be at most {} bytes",
+                bytes.len(),
                 limits.max_file_bytes
             ),
         ));
     }
-    let bytes = std::fs::read(abs).map_err(|e| {
-        Diagnostic::error(DiagnosticKind::Io, at(0, 0), format!("cannot read: {e}"))
-    })?;
     String::from_utf8(bytes).map_err(|e| {
         let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
         let line = valid.iter().filter(|b| **b == b'\n').count() + 1;

@@ -12,7 +12,10 @@ mod types;
 pub(crate) mod validate;
 
 pub use diagnostic::{Diagnostic, DiagnosticKind, Severity, SourceLocation};
-pub use load::{Limits, load_dir, load_str, load_text};
+pub use load::{
+    DirFiles, FileEntry, Limits, MAX_DIR_DEPTH, PolicyFiles, is_yaml, load, load_dir, load_str,
+    load_text, too_many_entries,
+};
 pub use types::*;
 pub use validate::validate;
 
