@@ -51,14 +51,6 @@ fn ingress_ports(moto: &Moto, group_id: &str) -> Vec<i64> {
     ports
 }
 
-fn metric(c: &Controller, prefix: &str) -> f64 {
-    let (_, body) = c.http("GET", "/metrics", &[], "");
-    body.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[test]
 fn enforces_pushes_reverts_drift_and_keeps_the_last_good_revision() {
     let Some(moto) = Moto::start() else { return };
@@ -115,7 +107,7 @@ fn enforces_pushes_reverts_drift_and_keeps_the_last_good_revision() {
     c.wait(60, "drift reverted", |_| converged(&moto, &repo));
     assert_eq!(ingress_ports(&moto, &api_id), vec![9443]);
     c.wait(10, "drift metrics", |c| {
-        metric(c, "palisade_drift_reverted_total") >= 3.0
+        c.metric("palisade_drift_reverted_total") >= 3.0
     });
 
     // An invalid revision is rejected; the previous one stays enforced.
@@ -150,7 +142,7 @@ fn enforces_pushes_reverts_drift_and_keeps_the_last_good_revision() {
         200,
         "still ready on the enforced revision"
     );
-    assert!(metric(&c, "palisade_revisions_rejected_total{reason=\"invalid\"}") >= 1.0);
+    assert!(c.metric("palisade_revisions_rejected_total{reason=\"invalid\"}") >= 1.0);
     let (_, metrics) = c.http("GET", "/metrics", &[], "");
     assert!(
         metrics.contains(&format!(

@@ -177,8 +177,10 @@ struct RunArgs {
     #[arg(long, env = "PALISADE_GIT_REF", default_value = "main")]
     git_ref: String,
     /// Directory inside the repository that holds the policies.
-    #[arg(long, env = "PALISADE_GIT_PATH", default_value = "")]
-    git_path: PathBuf,
+    /// (Default: the repository's root. An empty default value would be refused by clap's
+    /// path parser, so the flag is optional instead.)
+    #[arg(long, env = "PALISADE_GIT_PATH")]
+    git_path: Option<PathBuf>,
     /// HTTPS token (prefer --git-token-file or the environment over a flag).
     #[arg(long, env = "PALISADE_GIT_TOKEN", hide_env_values = true)]
     git_token: Option<String>,
@@ -988,7 +990,7 @@ fn run_controller(args: RunArgs) -> Result<ExitCode> {
     let mut git = GitSettings::new(
         &args.git_url,
         &args.git_ref,
-        &args.git_path,
+        args.git_path.as_deref().unwrap_or(Path::new("")),
         &args.data_dir.join("git"),
     );
     git.token = token;
@@ -1053,7 +1055,7 @@ fn run_controller(args: RunArgs) -> Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         tracing::info!(
-            git = %display_url, reference = %tracked_ref, path = %args.git_path.display(),
+            git = %display_url, reference = %tracked_ref, path = %args.git_path.as_deref().unwrap_or(Path::new("")).display(),
             listen = %args.listen, resync = ?args.resync, poll = ?args.poll_interval,
             history = %history_path.display(),
             signatures = args.allowed_signers.is_some(), "palisade run starting"

@@ -217,48 +217,84 @@ pub struct Controller {
     pub child: std::cell::RefCell<std::process::Child>,
     pub base: String,
     pub log: PathBuf,
-    _data: tempfile::TempDir,
+    pub data: PathBuf,
+    _data: Option<tempfile::TempDir>,
 }
 
 impl Controller {
     pub fn start(moto: &Moto, repo: &GitRepo, extra: &[&str]) -> Controller {
-        let data = tempfile::tempdir().unwrap();
+        let mut args = vec!["--git-path", "policies", "--target", "prod-aws"];
+        args.extend_from_slice(extra);
+        Controller::spawn(moto.palisade(), &repo.url(), &args, None)
+    }
+
+    /// `palisade run` for source tests: no target is reconciled (`--target none`), and
+    /// the clouds' endpoints point at a closed loopback port, so nothing leaves the
+    /// machine. `data` keeps the data directory across restarts when given.
+    pub fn source_only(url: &str, extra: &[&str], data: Option<PathBuf>) -> Controller {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_palisade"));
+        cmd.env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1")
+            .env_remove("AWS_PROFILE");
+        let mut args = vec!["--target", "none"];
+        args.extend_from_slice(extra);
+        Controller::spawn(cmd, url, &args, data)
+    }
+
+    fn spawn(mut cmd: Command, url: &str, extra: &[&str], data: Option<PathBuf>) -> Controller {
+        let (owned, dir) = match data {
+            Some(d) => (None, d),
+            None => {
+                let t = tempfile::tempdir().unwrap();
+                let p = t.path().to_path_buf();
+                (Some(t), p)
+            }
+        };
         let port = free_port();
-        let log = data.path().join("palisade.log");
-        let mut cmd = moto.palisade();
-        cmd.args([
-            "run",
-            "--git-url",
-            &repo.url(),
-            "--git-path",
-            "policies",
-            "--target",
-            "prod-aws",
-        ])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(data.path())
-        .args(["--log-format", "json"])
-        // Defaults through the environment, so that `extra` flags override them.
-        .env("PALISADE_RESYNC", "2s")
-        .env("PALISADE_POLL_INTERVAL", "1s")
-        .args([
-            "--github-webhook-secret",
-            "s3cr3t",
-            "--gitlab-webhook-token",
-            "t0ken",
-        ])
-        .args(extra)
-        .env("PALISADE_LOG", "info")
-        .stdout(std::fs::File::create(data.path().join("stdout")).unwrap())
-        .stderr(std::fs::File::create(&log).unwrap());
+        let log = dir.join("palisade.log");
+        cmd.args(["run", "--git-url", url])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["--log-format", "json"])
+            // Defaults through the environment, so that `extra` flags override them.
+            .env("PALISADE_RESYNC", "2s")
+            .env("PALISADE_POLL_INTERVAL", "1s")
+            .env("PALISADE_GITHUB_WEBHOOK_SECRET", "s3cr3t")
+            .env("PALISADE_GITLAB_WEBHOOK_TOKEN", "t0ken")
+            .args(extra)
+            .env("PALISADE_LOG", "info")
+            .stdout(std::fs::File::create(dir.join("stdout")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap());
         let child = cmd.spawn().expect("palisade run starts");
         Controller {
             child: std::cell::RefCell::new(child),
             base: format!("http://127.0.0.1:{port}"),
             log,
-            _data: data,
+            data: dir,
+            _data: owned,
         }
+    }
+
+    /// Peak resident memory of the process so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let pid = self.child.borrow().id();
+        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    /// A metric's value summed over the series whose line starts with `prefix`.
+    pub fn metric(&self, prefix: &str) -> f64 {
+        let (_, body) = self.http("GET", "/metrics", &[], "");
+        body.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     pub fn logs(&self) -> String {
