@@ -16,7 +16,7 @@
 //! followed; URLs with embedded credentials are refused; `url.*.insteadOf` rewrites are
 //! refused; the mirror's own configuration is rewritten at every start.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
@@ -320,6 +320,18 @@ pub enum SourceError {
     /// Git said no (network, authentication, timeout…).
     #[error("git: {0}")]
     Git(#[from] git2::Error),
+    /// Palisade refused the remote during the fetch (host key, certificate, credentials);
+    /// libgit2 replaces the callback's message with a generic one, so it is kept here.
+    #[error("{message}")]
+    Refused {
+        /// `certificate` or `auth`.
+        kind: &'static str,
+        /// What was refused and why.
+        message: String,
+        /// What libgit2 said.
+        #[source]
+        source: git2::Error,
+    },
     /// The local cache could not be written.
     #[error("{path}: {source}")]
     Io {
@@ -367,6 +379,7 @@ impl SourceError {
             SourceError::Git(e) if e.code() == git2::ErrorCode::Auth => "auth",
             SourceError::Git(e) if e.code() == git2::ErrorCode::Certificate => "certificate",
             SourceError::Git(_) => "git",
+            SourceError::Refused { kind, .. } => kind,
             SourceError::Io { .. } => "io",
             SourceError::Settings(_) => "settings",
             SourceError::NoSuchRef { .. } | SourceError::AmbiguousRef(_) => "reference",
@@ -491,7 +504,12 @@ impl GitSource {
         &'a self,
         abort: &'a Abort,
         too_large: &'a Cell<bool>,
+        refused: &'a RefCell<Option<(&'static str, String)>>,
     ) -> Result<RemoteCallbacks<'a>, SourceError> {
+        let refuse = move |kind: &'static str, message: String| {
+            *refused.borrow_mut() = Some((kind, message.clone()));
+            git2::Error::from_str(&message)
+        };
         let mut cb = RemoteCallbacks::new();
         let s = &self.settings;
         let origin = Origin::of(&s.url)?;
@@ -508,6 +526,16 @@ impl GitSource {
                 return Cred::ssh_key(user.unwrap_or("git"), None, key, None);
             }
             if allowed.contains(CredentialType::USER_PASS_PLAINTEXT)
+                && s.token.is_some()
+                && tried.contains("token")
+            {
+                return Err(refuse(
+                    "auth",
+                    "the remote refused the token (--git-token-file); check it and its permissions"
+                        .into(),
+                ));
+            }
+            if allowed.contains(CredentialType::USER_PASS_PLAINTEXT)
                 && tried.insert("token")
                 && let Some(token) = &s.token
             {
@@ -516,7 +544,7 @@ impl GitSource {
                     (Some(o), Some(a)) if o.same(a) => {
                         Cred::userpass_plaintext("x-access-token", token.expose())
                     }
-                    (_, a) => Err(git2::Error::from_str(&format!(
+                    (_, a) => Err(refuse("auth", format!(
                         "{} asked for credentials; the token is only sent to the configured --git-url's scheme, host and port",
                         a.as_ref()
                             .map_or("a non-http remote".to_string(), |a| format!(
@@ -528,8 +556,10 @@ impl GitSource {
                     ))),
                 };
             }
-            Err(git2::Error::from_str(
-                "the remote asked for credentials and none are configured (--git-token-file / --git-ssh-key)",
+            Err(refuse(
+                "auth",
+                "the remote asked for credentials and none are configured (--git-token-file / --git-ssh-key)"
+                    .into(),
             ))
         });
         cb.certificate_check(move |cert, host| {
@@ -541,19 +571,21 @@ impl GitSource {
                 return Ok(CertificateCheckStatus::CertificatePassthrough);
             };
             let Some(key) = hostkey.hostkey() else {
-                return Err(git2::Error::from_str("the SSH server sent no host key"));
+                return Err(refuse("certificate", "the SSH server sent no host key".into()));
             };
             let Some(path) = &s.known_hosts else {
-                return Err(git2::Error::from_str(
-                    "SSH remote but no --git-known-hosts file: refusing an unverified host key",
+                return Err(refuse(
+                    "certificate",
+                    "SSH remote but no --git-known-hosts file: refusing an unverified host key"
+                        .into(),
                 ));
             };
             let text = std::fs::read_to_string(path)
-                .map_err(|e| git2::Error::from_str(&format!("{}: {e}", path.display())))?;
+                .map_err(|e| refuse("certificate", format!("{}: {e}", path.display())))?;
             if known_host(&text, host, key) {
                 Ok(CertificateCheckStatus::CertificateOk)
             } else {
-                Err(git2::Error::from_str(&format!(
+                Err(refuse("certificate", format!(
                     "host key of {host} is not in {} (plain host entries are supported, hashed ones are not)",
                     path.display()
                 )))
@@ -602,8 +634,9 @@ impl GitSource {
             specs.push(format!("+refs/tags/{name}:refs/palisade/shadow"));
         }
         let too_large = Cell::new(false);
+        let refused = RefCell::new(None);
         let mut opts = FetchOptions::new();
-        opts.remote_callbacks(self.callbacks(abort, &too_large)?);
+        opts.remote_callbacks(self.callbacks(abort, &too_large, &refused)?);
         opts.download_tags(AutotagOption::None);
         opts.prune(git2::FetchPrune::Off);
         opts.follow_redirects(RemoteRedirect::None);
@@ -616,7 +649,17 @@ impl GitSource {
         if let Some(why) = abort.aborted() {
             return Err(SourceError::Aborted(why));
         }
-        fetched?;
+        if let Err(source) = fetched {
+            return Err(match refused.take() {
+                Some((kind, message)) => SourceError::Refused {
+                    kind,
+                    message,
+                    source,
+                },
+                None => SourceError::Git(source),
+            });
+        }
+        drop(opts);
         let heads: Vec<(String, Oid)> = remote
             .list()?
             .iter()
