@@ -134,7 +134,11 @@ fn fetches_over_ssh_with_a_deploy_key_and_refuses_an_unknown_host_key() {
         repo.dir.path().join("remote.git").display()
     );
     let known = dir.path().join("known_hosts");
-    std::fs::write(&known, format!("[127.0.0.1]:{} {}\n", sshd.port, sshd.host_key)).unwrap();
+    std::fs::write(
+        &known,
+        format!("[127.0.0.1]:{} {}\n", sshd.port, sshd.host_key),
+    )
+    .unwrap();
     let key = deploy.to_str().unwrap();
     let c = Controller::source_only(
         &url,
@@ -210,7 +214,9 @@ fn start_https(dir: &Path, repos: &Path, token: &str) -> Https {
     let ca_key = dir.join("ca.key");
     let ca = dir.join("ca.pem");
     run(Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
         .args(["-subj", "/CN=Palisade test CA"])
         .args(["-addext", "basicConstraints=critical,CA:TRUE"])
         .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
@@ -222,7 +228,14 @@ fn start_https(dir: &Path, repos: &Path, token: &str) -> Https {
     let csr = dir.join("server.csr");
     let cert = dir.join("server.pem");
     run(Command::new("openssl")
-        .args(["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1"])
+        .args([
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")

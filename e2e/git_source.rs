@@ -148,21 +148,55 @@ fn hostile_trees_are_rejected_with_the_path_and_nothing_is_written_outside_the_m
     assert_eq!(before, vec!["git/enforced.json".to_string()], "{before:?}");
 
     let yaml = blob(&bare, b"apiVersion: palisade.dev/v1alpha1\n");
-    let escape_abs = std::env::temp_dir().join(format!("palisade-escape-{}.yaml", std::process::id()));
+    let escape_abs =
+        std::env::temp_dir().join(format!("palisade-escape-{}.yaml", std::process::id()));
     let abs_name = escape_abs.to_string_lossy().into_owned();
-    let config = blob(&bare, b"[url \"http://127.0.0.1:9/\"]\n\tinsteadOf = file://\n");
+    let config = blob(
+        &bare,
+        b"[url \"http://127.0.0.1:9/\"]\n\tinsteadOf = file://\n",
+    );
     let dotgit = literal_tree(&bare, &[("100644", b"config", &config)]);
     let out_link = blob(&bare, b"../../../../../../etc/passwd");
     // (entry, what the rejection must say)
     let cases: Vec<(&str, Vec<u8>, String, &[&str])> = vec![
-        ("100644", b"../../../x-escaped.yaml".to_vec(), yaml.clone(), &["x-escaped.yaml", "contains /"]),
-        ("100644", abs_name.as_bytes().to_vec(), yaml.clone(), &["palisade-escape-", "contains /"]),
-        ("100644", b"a/b.yaml".to_vec(), yaml.clone(), &["b.yaml", "contains /"]),
+        (
+            "100644",
+            b"../../../x-escaped.yaml".to_vec(),
+            yaml.clone(),
+            &["x-escaped.yaml", "contains /"],
+        ),
+        (
+            "100644",
+            abs_name.as_bytes().to_vec(),
+            yaml.clone(),
+            &["palisade-escape-", "contains /"],
+        ),
+        (
+            "100644",
+            b"a/b.yaml".to_vec(),
+            yaml.clone(),
+            &["b.yaml", "contains /"],
+        ),
         ("40000", b"..".to_vec(), dotgit.clone(), &["is . or .."]),
         ("40000", b".git".to_vec(), dotgit.clone(), &["is .git"]),
-        ("100644", b"bad\\name.yaml".to_vec(), yaml.clone(), &["name.yaml", "contains \\"]),
-        ("100644", b"\xff\xfe.yaml".to_vec(), yaml.clone(), &["is not UTF-8"]),
-        ("120000", b"escape.yaml".to_vec(), out_link.clone(), &["escape.yaml", "outside the policy tree"]),
+        (
+            "100644",
+            b"bad\\name.yaml".to_vec(),
+            yaml.clone(),
+            &["name.yaml", "contains \\"],
+        ),
+        (
+            "100644",
+            b"\xff\xfe.yaml".to_vec(),
+            yaml.clone(),
+            &["is not UTF-8"],
+        ),
+        (
+            "120000",
+            b"escape.yaml".to_vec(),
+            out_link.clone(),
+            &["escape.yaml", "outside the policy tree"],
+        ),
     ];
     for (mode, name, oid, expect) in &cases {
         let commit = hostile_commit(&bare, &good, &[(mode, name, oid)], "hostile entry");
@@ -176,30 +210,54 @@ fn hostile_trees_are_rejected_with_the_path_and_nothing_is_written_outside_the_m
         for e in *expect {
             assert!(text.contains(e), "{e:?} not in: {text}");
         }
-        assert_eq!(c.enforced().as_deref(), Some(good.as_str()), "the last good revision stays");
+        assert_eq!(
+            c.enforced().as_deref(),
+            Some(good.as_str()),
+            "the last good revision stays"
+        );
     }
     assert!(!escape_abs.exists(), "an absolute entry name was written");
     assert!(!c.data.join("x-escaped.yaml").exists());
-    assert_eq!(files_outside_the_mirror(&c.data), before, "nothing written outside the mirror");
+    assert_eq!(
+        files_outside_the_mirror(&c.data),
+        before,
+        "nothing written outside the mirror"
+    );
     let mirror_config = std::fs::read_to_string(c.data.join("git/mirror.git/config")).unwrap();
     assert!(!mirror_config.contains("insteadOf"), "{mirror_config}");
 
     // A 50 MB blob is refused by its header, never inflated by the loader. (Over file://
     // libgit2 packs the remote's objects inside this process, so the bound here is loose;
     // git_servers.rs measures the same over HTTPS, where the server packs.)
-    let big: Vec<u8> = b"# padding\n".iter().copied().cycle().take(50 * 1024 * 1024).collect();
+    let big: Vec<u8> = b"# padding\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(50 * 1024 * 1024)
+        .collect();
     let big = blob(&bare, &big);
     let commit = hostile_commit(&bare, &good, &[("100644", b"big.yaml", &big)], "50 MB");
-    c.wait(60, "the 50 MB revision rejected", |c| rejection(c, &commit).is_some());
+    c.wait(60, "the 50 MB revision rejected", |c| {
+        rejection(c, &commit).is_some()
+    });
     let r = rejection(&c, &commit).unwrap();
-    assert!(r["details"].to_string().contains("big.yaml") && r["details"].to_string().contains("52428800 bytes"), "{r}");
+    assert!(
+        r["details"].to_string().contains("big.yaml")
+            && r["details"].to_string().contains("52428800 bytes"),
+        "{r}"
+    );
     let peak = c.peak_rss();
     eprintln!("peak RSS after the 50 MB revision: {peak} bytes");
-    assert!(peak < 200 * 1024 * 1024, "peak RSS {peak} bytes: the blob was inflated");
+    assert!(
+        peak < 200 * 1024 * 1024,
+        "peak RSS {peak} bytes: the blob was inflated"
+    );
 
     // 200,000 entries are refused by count.
     let one = blob(&bare, b"x");
-    let names: Vec<Vec<u8>> = (0..200_000).map(|i| format!("f{i:06}.txt").into_bytes()).collect();
+    let names: Vec<Vec<u8>> = (0..200_000)
+        .map(|i| format!("f{i:06}.txt").into_bytes())
+        .collect();
     let mut raw = Vec::new();
     for n in &names {
         raw.extend_from_slice(b"100644 ");
@@ -207,11 +265,25 @@ fn hostile_trees_are_rejected_with_the_path_and_nothing_is_written_outside_the_m
         raw.push(0);
         raw.extend_from_slice(&hex::decode(&one).unwrap());
     }
-    let wide = git_in(&bare, &["hash-object", "-t", "tree", "--literally", "-w", "--stdin"], Some(&raw));
-    let commit = hostile_commit(&bare, &good, &[("40000", b"wide", &wide)], "200,000 entries");
-    c.wait(60, "the 200,000-entry revision rejected", |c| rejection(c, &commit).is_some());
+    let wide = git_in(
+        &bare,
+        &["hash-object", "-t", "tree", "--literally", "-w", "--stdin"],
+        Some(&raw),
+    );
+    let commit = hostile_commit(
+        &bare,
+        &good,
+        &[("40000", b"wide", &wide)],
+        "200,000 entries",
+    );
+    c.wait(60, "the 200,000-entry revision rejected", |c| {
+        rejection(c, &commit).is_some()
+    });
     let r = rejection(&c, &commit).unwrap();
-    assert!(r["details"].to_string().contains("more than 50000 entries"), "{r}");
+    assert!(
+        r["details"].to_string().contains("more than 50000 entries"),
+        "{r}"
+    );
     assert_eq!(c.enforced().as_deref(), Some(good.as_str()));
     assert_eq!(files_outside_the_mirror(&c.data), before);
 }
@@ -224,19 +296,41 @@ fn a_branch_never_shadows_the_tracked_tag_and_an_ambiguous_name_is_refused() {
     repo.git(&["tag", "-a", "v3", "-m", "release v3"]);
     repo.git(&["push", "-q", "origin", "refs/tags/v3"]);
     // A branch named like the tag, and one literally named refs/tags/v3, elsewhere.
-    repo.edit("policies/aws/payments.yaml", "ports: [ tcp/8443 ]", "ports: [ tcp/8444 ]");
+    repo.edit(
+        "policies/aws/payments.yaml",
+        "ports: [ tcp/8443 ]",
+        "ports: [ tcp/8444 ]",
+    );
     let other = repo.commit("not the release", &[]);
     git_in(&bare, &["update-ref", "refs/heads/v3", &other], None);
-    git_in(&bare, &["update-ref", "refs/heads/refs/tags/v3", &other], None);
+    git_in(
+        &bare,
+        &["update-ref", "refs/heads/refs/tags/v3", &other],
+        None,
+    );
 
-    let c = Controller::source_only(&repo.url(), &["--git-path", "policies", "--git-ref", "refs/tags/v3"], None);
+    let c = Controller::source_only(
+        &repo.url(),
+        &["--git-path", "policies", "--git-ref", "refs/tags/v3"],
+        None,
+    );
     c.wait(60, "the tag enforced", |c| c.enforced().is_some());
-    assert_eq!(c.enforced().as_deref(), Some(tagged.as_str()), "the tag, not a branch");
+    assert_eq!(
+        c.enforced().as_deref(),
+        Some(tagged.as_str()),
+        "the tag, not a branch"
+    );
     drop(c);
 
-    let c = Controller::source_only(&repo.url(), &["--git-path", "policies", "--git-ref", "v3"], None);
+    let c = Controller::source_only(
+        &repo.url(),
+        &["--git-path", "policies", "--git-ref", "v3"],
+        None,
+    );
     c.wait(30, "the ambiguous name refused", |c| {
-        c.status()["sourceError"].as_str().is_some_and(|e| e.contains("names both the branch"))
+        c.status()["sourceError"]
+            .as_str()
+            .is_some_and(|e| e.contains("names both the branch"))
     });
     assert!(c.enforced().is_none());
     assert!(c.metric("palisade_source_fetch_errors_total{reason=\"reference\"}") >= 1.0);
@@ -246,14 +340,27 @@ fn signing_repo() -> (GitRepo, PathBuf) {
     let repo = GitRepo::with_example();
     let key = repo.dir.path().join("signing");
     let ok = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "platform@example.com", "-f"])
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "platform@example.com",
+            "-f",
+        ])
         .arg(&key)
         .status()
         .unwrap();
     assert!(ok.success());
     let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
     let signers = repo.dir.path().join("allowed_signers");
-    std::fs::write(&signers, format!("platform@example.com namespaces=\"git\" {public}")).unwrap();
+    std::fs::write(
+        &signers,
+        format!("platform@example.com namespaces=\"git\" {public}"),
+    )
+    .unwrap();
     repo.git(&["config", "gpg.format", "ssh"]);
     repo.git(&["config", "user.signingkey", key.to_str().unwrap()]);
     (repo, signers)
@@ -263,24 +370,42 @@ fn signing_repo() -> (GitRepo, PathBuf) {
 fn with_signatures_required_a_rollback_to_an_older_signed_commit_is_rejected() {
     let (repo, signers) = signing_repo();
     let old = repo.commit("signed, before the rule was tightened", &["-S"]);
-    repo.edit("policies/aws/payments.yaml", "ports: [ tcp/8443 ]", "ports: [ tcp/8444 ]");
+    repo.edit(
+        "policies/aws/payments.yaml",
+        "ports: [ tcp/8443 ]",
+        "ports: [ tcp/8444 ]",
+    );
     let new = repo.commit("signed, tightened", &["-S"]);
     let keep = tempfile::tempdir().unwrap();
     let data = keep.path().to_path_buf();
     let c = Controller::source_only(
         &repo.url(),
-        &["--git-path", "policies", "--allowed-signers", signers.to_str().unwrap()],
+        &[
+            "--git-path",
+            "policies",
+            "--allowed-signers",
+            signers.to_str().unwrap(),
+        ],
         Some(data.clone()),
     );
-    c.wait(60, "the signed tip enforced", |c| c.enforced().as_deref() == Some(new.as_str()));
-    git_in(&remote(&repo), &["update-ref", "refs/heads/main", &old], None);
+    c.wait(60, "the signed tip enforced", |c| {
+        c.enforced().as_deref() == Some(new.as_str())
+    });
+    git_in(
+        &remote(&repo),
+        &["update-ref", "refs/heads/main", &old],
+        None,
+    );
     c.wait(30, "the rollback rejected", |c| {
         rejection(c, &old).is_some_and(|r| r["reason"] == "not-a-descendant")
     });
     assert_eq!(c.enforced().as_deref(), Some(new.as_str()));
     assert!(c.metric("palisade_revisions_rejected_total{reason=\"not-a-descendant\"}") >= 1.0);
     let events = c.status()["recentEvents"].to_string();
-    assert!(events.contains("not-a-descendant"), "recorded in the history: {events}");
+    assert!(
+        events.contains("not-a-descendant"),
+        "recorded in the history: {events}"
+    );
     let mut c = c;
     assert_eq!(c.terminate(), Some(0));
     drop(c);
@@ -288,7 +413,12 @@ fn with_signatures_required_a_rollback_to_an_older_signed_commit_is_rejected() {
     // The enforced commit is persisted: a restart still refuses the rollback...
     let c = Controller::source_only(
         &repo.url(),
-        &["--git-path", "policies", "--allowed-signers", signers.to_str().unwrap()],
+        &[
+            "--git-path",
+            "policies",
+            "--allowed-signers",
+            signers.to_str().unwrap(),
+        ],
         Some(data.clone()),
     );
     c.wait(30, "the rollback rejected after a restart", |c| {
@@ -310,21 +440,43 @@ fn with_signatures_required_a_rollback_to_an_older_signed_commit_is_rejected() {
         ],
         Some(data),
     );
-    c.wait(30, "the rewrite accepted", |c| c.enforced().as_deref() == Some(old.as_str()));
-    assert!(c.status()["recentEvents"].to_string().contains("history-rewritten"));
+    c.wait(30, "the rewrite accepted", |c| {
+        c.enforced().as_deref() == Some(old.as_str())
+    });
+    assert!(
+        c.status()["recentEvents"]
+            .to_string()
+            .contains("history-rewritten")
+    );
 }
 
 #[test]
 fn without_signatures_a_force_push_is_followed_and_recorded() {
     let repo = GitRepo::with_example();
     let first = repo.git(&["rev-parse", "HEAD"]);
-    repo.edit("policies/aws/payments.yaml", "ports: [ tcp/8443 ]", "ports: [ tcp/8444 ]");
+    repo.edit(
+        "policies/aws/payments.yaml",
+        "ports: [ tcp/8443 ]",
+        "ports: [ tcp/8444 ]",
+    );
     let second = repo.commit("second", &[]);
     let c = Controller::source_only(&repo.url(), &["--git-path", "policies"], None);
-    c.wait(60, "the tip enforced", |c| c.enforced().as_deref() == Some(second.as_str()));
-    git_in(&remote(&repo), &["update-ref", "refs/heads/main", &first], None);
-    c.wait(30, "the force-push followed", |c| c.enforced().as_deref() == Some(first.as_str()));
-    assert!(c.status()["recentEvents"].to_string().contains("history-rewritten"));
+    c.wait(60, "the tip enforced", |c| {
+        c.enforced().as_deref() == Some(second.as_str())
+    });
+    git_in(
+        &remote(&repo),
+        &["update-ref", "refs/heads/main", &first],
+        None,
+    );
+    c.wait(30, "the force-push followed", |c| {
+        c.enforced().as_deref() == Some(first.as_str())
+    });
+    assert!(
+        c.status()["recentEvents"]
+            .to_string()
+            .contains("history-rewritten")
+    );
     assert!(c.metric("palisade_source_history_rewrites_total") >= 1.0);
 }
 
@@ -335,14 +487,20 @@ fn a_restart_with_an_unreachable_remote_enforces_the_persisted_revision() {
     let keep = tempfile::tempdir().unwrap();
     let data = keep.path().to_path_buf();
     let c = Controller::source_only(&repo.url(), &["--git-path", "policies"], Some(data.clone()));
-    c.wait(60, "enforced", |c| c.enforced().as_deref() == Some(head.as_str()));
+    c.wait(60, "enforced", |c| {
+        c.enforced().as_deref() == Some(head.as_str())
+    });
     let mut c = c;
     assert_eq!(c.terminate(), Some(0));
     drop(c);
     std::fs::rename(remote(&repo), repo.dir.path().join("gone.git")).unwrap();
     let c = Controller::source_only(&repo.url(), &["--git-path", "policies"], Some(data));
-    c.wait(30, "the persisted revision enforced", |c| c.enforced().as_deref() == Some(head.as_str()));
-    c.wait(30, "the fetch error shown", |c| c.status()["sourceError"].is_string());
+    c.wait(30, "the persisted revision enforced", |c| {
+        c.enforced().as_deref() == Some(head.as_str())
+    });
+    c.wait(30, "the fetch error shown", |c| {
+        c.status()["sourceError"].is_string()
+    });
     assert!(c.metric("palisade_source_fetch_errors_total") >= 1.0);
     assert_eq!(c.status()["lastFetchSuccessAt"], Value::Null);
 }
@@ -372,25 +530,57 @@ fn a_stalled_remote_times_out_and_sigterm_still_exits_in_time() {
     // The socket timeout is long: only the fetch deadline can end the wait.
     let mut c = Controller::source_only(
         &url,
-        &["--git-fetch-timeout", "2s", "--git-io-timeout", "1h", "--git-connect-timeout", "5s", "--poll-interval", "1s"],
+        &[
+            "--git-fetch-timeout",
+            "2s",
+            "--git-io-timeout",
+            "1h",
+            "--git-connect-timeout",
+            "5s",
+            "--poll-interval",
+            "1s",
+        ],
         None,
     );
     c.wait(30, "the fetch deadline reported", |c| {
         c.metric("palisade_source_fetch_errors_total{reason=\"timeout\"}") >= 1.0
     });
-    let err = c.status()["sourceError"].as_str().unwrap_or_default().to_string();
-    assert!(err.contains("deadline") || err.contains("still running"), "{err}");
-    assert_eq!(c.http("GET", "/healthz", &[], "").0, 200, "the loop is alive");
-    assert_eq!(c.metric("palisade_source_last_fetch_success_timestamp_seconds"), 0.0);
+    let err = c.status()["sourceError"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        err.contains("deadline") || err.contains("still running"),
+        "{err}"
+    );
+    assert_eq!(
+        c.http("GET", "/healthz", &[], "").0,
+        200,
+        "the loop is alive"
+    );
+    assert_eq!(
+        c.metric("palisade_source_last_fetch_success_timestamp_seconds"),
+        0.0
+    );
     assert!(c.status()["sourceStaleSeconds"].as_u64().is_some());
     let started = Instant::now();
     assert_eq!(c.terminate(), Some(0), "{}", c.logs());
-    assert!(started.elapsed() < Duration::from_secs(45), "SIGTERM waited for the stalled fetch");
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "SIGTERM waited for the stalled fetch"
+    );
 
     // With a short socket timeout libgit2 itself gives up.
     let c = Controller::source_only(
         &url,
-        &["--git-fetch-timeout", "1h", "--git-io-timeout", "1s", "--poll-interval", "1s"],
+        &[
+            "--git-fetch-timeout",
+            "1h",
+            "--git-io-timeout",
+            "1s",
+            "--poll-interval",
+            "1s",
+        ],
         None,
     );
     c.wait(30, "the socket timeout reported", |c| {
@@ -413,7 +603,10 @@ fn credentials_in_the_url_and_empty_webhook_secrets_fail_start_up() {
     let out = run(&["--git-url", "https://user:hunter2@git.example.com/p.git"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("holds credentials") && !err.contains("hunter2"), "{err}");
+    assert!(
+        err.contains("holds credentials") && !err.contains("hunter2"),
+        "{err}"
+    );
     for flag in ["--github-webhook-secret", "--gitlab-webhook-token"] {
         let out = run(&["--git-url", "file:///nonexistent", flag, ""]);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -422,7 +615,12 @@ fn credentials_in_the_url_and_empty_webhook_secrets_fail_start_up() {
     }
     let token = data.path().join("token");
     std::fs::write(&token, "t").unwrap();
-    let out = run(&["--git-url", "http://git.example.com/p.git", "--git-token-file", token.to_str().unwrap()]);
+    let out = run(&[
+        "--git-url",
+        "http://git.example.com/p.git",
+        "--git-token-file",
+        token.to_str().unwrap(),
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("in clear over http://"), "{err}");
 }
@@ -451,7 +649,14 @@ fn webhooks_act_once_per_delivery_and_bursts_are_coalesced() {
     let repo = GitRepo::with_example();
     let c = Controller::source_only(
         &repo.url(),
-        &["--git-path", "policies", "--poll-interval", "1h", "--webhook-min-interval", "5s"],
+        &[
+            "--git-path",
+            "policies",
+            "--poll-interval",
+            "1h",
+            "--webhook-min-interval",
+            "5s",
+        ],
         None,
     );
     c.wait(60, "enforced", |c| c.enforced().is_some());
@@ -470,27 +675,56 @@ fn webhooks_act_once_per_delivery_and_bursts_are_coalesced() {
     // 100 signed pushes within about a second: coalesced into one more fetch.
     let started = Instant::now();
     for i in 0..100 {
-        assert_eq!(github_push(&c, &format!("burst-{i}"), "refs/heads/main"), 202);
+        assert_eq!(
+            github_push(&c, &format!("burst-{i}"), "refs/heads/main"),
+            202
+        );
     }
-    assert!(started.elapsed() < Duration::from_secs(5), "the burst itself took too long to send");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the burst itself took too long to send"
+    );
     std::thread::sleep(Duration::from_secs(8));
     assert_eq!(fetches(&c), 2.0, "one fetch for the burst");
 
     // Refusals are counted, and logged at most once a minute.
     for _ in 0..20 {
         assert_eq!(
-            c.http("POST", "/webhook/github", &[("X-Hub-Signature-256", "sha256=00")], "{}").0,
+            c.http(
+                "POST",
+                "/webhook/github",
+                &[("X-Hub-Signature-256", "sha256=00")],
+                "{}"
+            )
+            .0,
             401
         );
     }
-    assert_eq!(c.metric("palisade_webhooks_refused_total{reason=\"bad-signature\"}"), 20.0);
-    assert_eq!(c.logs().matches("webhook refused").count(), 1, "{}", c.logs());
+    assert_eq!(
+        c.metric("palisade_webhooks_refused_total{reason=\"bad-signature\"}"),
+        20.0
+    );
+    assert_eq!(
+        c.logs().matches("webhook refused").count(),
+        1,
+        "{}",
+        c.logs()
+    );
 
     // Every response carries the security headers.
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
     let r = agent.get(&format!("{}/", c.base)).call().unwrap();
     let h = r.headers();
-    assert!(h.get("content-security-policy").unwrap().to_str().unwrap().contains("default-src 'none'"));
+    assert!(
+        h.get("content-security-policy")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'")
+    );
     assert_eq!(h.get("x-content-type-options").unwrap(), "nosniff");
     assert_eq!(h.get("x-frame-options").unwrap(), "DENY");
 }
@@ -500,14 +734,20 @@ fn a_client_that_never_finishes_its_headers_is_disconnected() {
     use std::io::{Read as _, Write as _};
     let repo = GitRepo::with_example();
     let c = Controller::source_only(&repo.url(), &["--git-path", "policies"], None);
-    c.wait(60, "serving", |c| c.http("GET", "/healthz", &[], "").0 == 200);
+    c.wait(60, "serving", |c| {
+        c.http("GET", "/healthz", &[], "").0 == 200
+    });
     let addr = c.base.trim_start_matches("http://").to_string();
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let started = Instant::now();
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
     // The server closed the connection (possibly with a 408) instead of waiting forever.
-    assert!(started.elapsed() < Duration::from_secs(25), "the connection was held");
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "the connection was held"
+    );
 }

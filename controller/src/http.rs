@@ -101,8 +101,15 @@ impl Throttled {
     fn warn(&self, why: &str) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        if st.0.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60)) {
-            tracing::warn!(why, suppressed = st.1, "webhook refused (further refusals are logged at most once a minute; all are counted in palisade_webhooks_refused_total)");
+        if st
+            .0
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))
+        {
+            tracing::warn!(
+                why,
+                suppressed = st.1,
+                "webhook refused (further refusals are logged at most once a minute; all are counted in palisade_webhooks_refused_total)"
+            );
             *st = (Some(now), 0);
         } else {
             st.1 += 1;
@@ -314,7 +321,10 @@ impl App {
             return self.ignore("bad-body", "the push event names no ref");
         };
         if reference != *self.tracked_ref {
-            return self.ignore("other-ref", "a push to a ref this controller does not track");
+            return self.ignore(
+                "other-ref",
+                "a push to a ref this controller does not track",
+            );
         }
         if let Some(id) = delivery {
             let id: String = id.chars().take(128).collect();

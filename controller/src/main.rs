@@ -953,7 +953,10 @@ fn secret(
 }
 
 /// libgit2's process-wide options: socket timeouts and extra CA certificates.
-#[allow(unsafe_code, reason = "git2 exposes libgit2's global options only as unsafe fns")]
+#[allow(
+    unsafe_code,
+    reason = "git2 exposes libgit2's global options only as unsafe fns"
+)]
 fn set_libgit2_options(connect: Duration, io: Duration, ca_file: Option<&Path>) -> Result<()> {
     let ms = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: called from main() before the async runtime, the HTTP server or any fetch

@@ -33,7 +33,7 @@ use crate::metrics::{KindL, Metrics, ReasonL, ResultL, TargetL, TriggerL, Trigge
 use crate::plan::{Cause, Settings};
 use crate::policy::{Diagnostic, PolicySet};
 use crate::reconcile::{PlanError, Providers, observe_and_plan};
-use crate::source::{Abort, Examined, GitSource, RejectReason, Refusal, Revision, SourceError};
+use crate::source::{Abort, Examined, GitSource, Refusal, RejectReason, Revision, SourceError};
 
 /// Settings of `palisade run`.
 #[derive(Debug, Clone)]
@@ -249,7 +249,8 @@ impl Shared {
             }
             None => false,
         };
-        s.source_stale_seconds = now().saturating_sub(s.last_fetch_success_at.unwrap_or(self.started));
+        s.source_stale_seconds =
+            now().saturating_sub(s.last_fetch_success_at.unwrap_or(self.started));
         s
     }
 
@@ -257,7 +258,8 @@ impl Shared {
     /// interval plus twice the fetch deadline (plus a minute of slack).
     pub fn live(&self) -> bool {
         let s = &self.settings;
-        let bound = s.poll_interval.max(s.webhook_min_interval) + s.fetch_timeout * 2
+        let bound = s.poll_interval.max(s.webhook_min_interval)
+            + s.fetch_timeout * 2
             + Duration::from_secs(60);
         now().saturating_sub(self.heartbeat.load(Ordering::Relaxed)) <= bound.as_secs()
     }
@@ -441,7 +443,9 @@ async fn accept(shared: &Shared, source: &Arc<GitSource>, examined: Examined) ->
     let c = commit.clone();
     match tokio::task::spawn_blocking(move || src.persist(&c)).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "could not persist the enforced revision; a restart will wait for the first fetch"),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "could not persist the enforced revision; a restart will wait for the first fetch")
+        }
         Err(e) => tracing::error!(error = %e, "could not persist the enforced revision"),
     }
     Some(commit)

@@ -7,7 +7,9 @@ pub struct Secret(String);
 
 /// A secret was configured but is empty.
 #[derive(Debug, thiserror::Error)]
-#[error("{0} is empty; an empty secret would accept anything (remove the setting, or give it a value)")]
+#[error(
+    "{0} is empty; an empty secret would accept anything (remove the setting, or give it a value)"
+)]
 pub struct EmptySecret(pub String);
 
 impl Secret {

@@ -119,8 +119,7 @@ impl GitSettings {
                 "--git-ref {r:?}: expected a branch name, refs/heads/NAME or refs/tags/NAME"
             ));
         }
-        if r.starts_with("refs/") && !r.starts_with("refs/heads/") && !r.starts_with("refs/tags/")
-        {
+        if r.starts_with("refs/") && !r.starts_with("refs/heads/") && !r.starts_with("refs/tags/") {
             return bad(format!(
                 "--git-ref {r:?}: only refs/heads/… and refs/tags/… can be tracked"
             ));
@@ -438,7 +437,8 @@ const FETCHED_REF: &str = "refs/palisade/fetched";
 const ENFORCED_REF: &str = "refs/palisade/enforced";
 /// The mirror's whole configuration, rewritten at every start: nothing a fetched
 /// repository or an earlier version could have put there survives.
-const MIRROR_CONFIG: &str = "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = true\n";
+const MIRROR_CONFIG: &str =
+    "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = true\n";
 /// Largest tree object read (a tree of 50,000 entries is about 2 MB).
 const MAX_TREE_BYTES: usize = 16 * 1024 * 1024;
 /// Largest symlink target read.
@@ -692,9 +692,8 @@ impl GitSource {
     pub fn persisted(&self) -> Option<String> {
         let p = self.read_persisted()?;
         let s = &self.settings;
-        let same = p.url == s.url
-            && p.reference == s.reference
-            && p.path == s.path.to_string_lossy();
+        let same =
+            p.url == s.url && p.reference == s.reference && p.path == s.path.to_string_lossy();
         let repo = self.repo().ok()?;
         let oid = Oid::from_str(&p.commit).ok()?;
         (same && repo.find_commit(oid).is_ok()).then_some(p.commit)
