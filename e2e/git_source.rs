@@ -751,3 +751,78 @@ fn a_client_that_never_finishes_its_headers_is_disconnected() {
         "the connection was held"
     );
 }
+
+#[test]
+fn a_burst_of_webhooks_reconciles_each_target_once_per_interval() {
+    let repo = GitRepo::with_example();
+    // prod-aws is reconciled against a closed loopback port: each reconcile fails fast,
+    // which is enough to count what triggered it.
+    let c = Controller::source_only(
+        &repo.url(),
+        &[
+            "--git-path",
+            "policies",
+            "--target",
+            "prod-aws",
+            "--aws-max-attempts",
+            "1",
+            "--poll-interval",
+            "1h",
+            "--resync",
+            "1h",
+            "--webhook-min-interval",
+            "5s",
+        ],
+        None,
+    );
+    c.wait(60, "prod-aws reconciled once", |c| {
+        c.status()["targets"]["prod-aws"]["lastReconcile"].is_object()
+    });
+    let kicked = |c: &Controller| {
+        c.metric("palisade_reconcile_triggers_total{target=\"prod-aws\",trigger=\"webhook\"}")
+    };
+    for i in 0..100 {
+        assert_eq!(github_push(&c, &format!("a-{i}"), "refs/heads/main"), 202);
+    }
+    c.wait(10, "one webhook reconcile", |c| kicked(c) == 1.0);
+    std::thread::sleep(Duration::from_secs(2));
+    for i in 0..100 {
+        assert_eq!(github_push(&c, &format!("b-{i}"), "refs/heads/main"), 202);
+    }
+    // The second burst came within the interval: one more reconcile, when it allows.
+    c.wait(15, "the second burst's reconcile", |c| kicked(c) == 2.0);
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(kicked(&c), 2.0, "bursts coalesced");
+}
+
+#[test]
+fn a_changed_policy_path_never_reuses_what_was_loaded_for_the_old_one() {
+    let repo = GitRepo::with_example();
+    // The same commit holds a second, broken policy directory.
+    std::fs::create_dir_all(repo.work().join("other")).unwrap();
+    std::fs::write(
+        repo.work().join("other/broken.yaml"),
+        "apiVersion: palisade.dev/v1alpha1\nkind: FunctionPolicy\nmetadata: { name: broken }\nspec:\n  target: nowhere\n  functions: { names: [x] }\n",
+    )
+    .unwrap();
+    let head = repo.commit("a second directory", &[]);
+    let keep = tempfile::tempdir().unwrap();
+    let data = keep.path().to_path_buf();
+    let mut c =
+        Controller::source_only(&repo.url(), &["--git-path", "policies"], Some(data.clone()));
+    c.wait(60, "policies/ enforced", |c| {
+        c.enforced().as_deref() == Some(head.as_str())
+    });
+    assert_eq!(c.terminate(), Some(0));
+    drop(c);
+    let c = Controller::source_only(&repo.url(), &["--git-path", "other"], Some(data));
+    c.wait(30, "the same commit under other/ rejected", |c| {
+        rejection(c, &head).is_some_and(|r| {
+            r["reason"] == "invalid" && r["details"].to_string().contains("broken.yaml")
+        })
+    });
+    assert!(
+        c.enforced().is_none(),
+        "nothing loaded for policies/ is enforced for other/"
+    );
+}

@@ -1115,7 +1115,10 @@ impl TreeWalk<'_, '_> {
                 }
                 let entry = (|| {
                     let mut tree = self.files.root.clone();
-                    let (last, init) = parts.split_last()?;
+                    let Some((last, init)) = parts.split_last() else {
+                        // The policy root itself.
+                        return Some((tree.id(), 0o040000));
+                    };
                     for p in init {
                         let id = tree.get_name(p)?.id();
                         tree = read_tree(self.files.repo, id).ok()?;
@@ -1248,6 +1251,198 @@ pub fn verify_ssh(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unsafe_tree_entry_names_are_named() {
+        let cases: &[(&[u8], Option<&str>)] = &[
+            (b"payments.yaml", None),
+            (b".github", None),
+            (b"", Some("is empty")),
+            (b".", Some("is . or ..")),
+            (b"..", Some("is . or ..")),
+            (b"a/b", Some("contains /")),
+            (b"/abs", Some("contains /")),
+            (b"a\\b", Some("contains \\")),
+            (b"a\0b", Some("contains NUL")),
+            (b".git", Some("is .git")),
+            (b".GIT", Some("is .git")),
+            (b"\xff", Some("is not UTF-8")),
+        ];
+        for (name, want) in cases {
+            assert_eq!(
+                unsafe_name(name),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(name)
+            );
+        }
+    }
+
+    #[test]
+    fn settings_refuse_credentials_in_urls_clear_text_tokens_and_loose_refs() {
+        let base = |url: &str, reference: &str| {
+            GitSettings::new(url, reference, Path::new("policies"), Path::new("/tmp/x"))
+        };
+        let token = || Some(Secret::new("t", "tok").unwrap());
+        let bad = |s: GitSettings| matches!(s.check(), Err(SourceError::Settings(_)));
+        assert!(
+            base("https://git.example.com/p.git", "main")
+                .check()
+                .is_ok()
+        );
+        assert!(
+            base("git@github.com:org/p.git", "refs/tags/v3")
+                .check()
+                .is_ok()
+        );
+        assert!(bad(base("https://u:p@git.example.com/p.git", "main")));
+        assert!(bad(base("https://u@git.example.com/p.git", "main")));
+        let mut s = base("http://git.example.com/p.git", "main");
+        s.token = token();
+        assert!(bad(s), "a token over plain http to a remote host");
+        for loopback in [
+            "http://127.0.0.1:8080/p.git",
+            "http://localhost/p.git",
+            "http://[::1]/p.git",
+        ] {
+            let mut s = base(loopback, "main");
+            s.token = token();
+            assert!(s.check().is_ok(), "{loopback}");
+        }
+        for r in [
+            "",
+            "refs/remotes/origin/main",
+            "refs/heads/",
+            "a..b",
+            "a b",
+            "a:b",
+            "refs/pull/1/head",
+        ] {
+            assert!(bad(base("https://h/p.git", r)), "{r:?}");
+        }
+        let mut s = base("https://h/p.git", "main");
+        s.path = PathBuf::from("../elsewhere");
+        assert!(bad(s));
+        let mut s = base("https://h/p.git", "main");
+        s.path = PathBuf::from("/abs");
+        assert!(bad(s));
+        assert_eq!(
+            base("https://h/p.git", "main").tracked_ref(),
+            "refs/heads/main"
+        );
+        assert_eq!(
+            base("https://h/p.git", "refs/tags/v3").tracked_ref(),
+            "refs/tags/v3"
+        );
+        assert!(
+            !base("https://u:hunter2@h/p.git", "main")
+                .display_url()
+                .contains("hunter2")
+        );
+    }
+
+    #[test]
+    fn the_token_origin_is_scheme_host_and_port() {
+        let o = |u: &str| Origin::of(u).unwrap().unwrap();
+        let configured = o("https://git.example.com/org/p.git");
+        assert!(configured.same(&o("https://git.example.com:443/org/p.git/info/refs")));
+        assert!(configured.same(&o("https://GIT.example.com/other")));
+        assert!(!configured.same(&o("http://git.example.com/org/p.git")));
+        assert!(!configured.same(&o("https://git.example.com:8443/org/p.git")));
+        assert!(!configured.same(&o("https://evil.example.com/org/p.git")));
+        assert!(Origin::of("ssh://git@h/p.git").unwrap().is_none());
+        assert!(Origin::of("git@h:p.git").unwrap().is_none());
+    }
+
+    /// A bare repository holding `files` (path → (mode, content)) as one tree.
+    fn tree_of(dir: &Path, files: &[(&str, i32, &str)]) -> (Repository, Oid) {
+        fn build(repo: &Repository, files: &[(Vec<&str>, i32, &str)]) -> Oid {
+            let mut tb = repo.treebuilder(None).unwrap();
+            let mut subdirs: std::collections::BTreeMap<&str, Vec<(Vec<&str>, i32, &str)>> =
+                Default::default();
+            for (parts, mode, content) in files {
+                if parts.len() == 1 {
+                    let blob = repo.blob(content.as_bytes()).unwrap();
+                    tb.insert(parts[0], blob, *mode).unwrap();
+                } else {
+                    subdirs.entry(parts[0]).or_default().push((
+                        parts[1..].to_vec(),
+                        *mode,
+                        content,
+                    ));
+                }
+            }
+            for (name, inner) in subdirs {
+                let id = build(repo, &inner);
+                tb.insert(name, id, 0o040000).unwrap();
+            }
+            tb.write().unwrap()
+        }
+        let repo = Repository::init_bare(dir).unwrap();
+        let split: Vec<(Vec<&str>, i32, &str)> = files
+            .iter()
+            .map(|(p, m, c)| (p.split('/').collect(), *m, *c))
+            .collect();
+        let id = build(&repo, &split);
+        (repo, id)
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_the_tree_and_never_out_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo, root) = tree_of(
+            dir.path(),
+            &[
+                ("aws/payments.yaml", 0o100644, "a: 1\n"),
+                ("link.yaml", 0o120000, "aws/payments.yaml"),
+                ("chain.yaml", 0o120000, "./link.yaml"),
+                ("dirlink", 0o120000, "aws"),
+                ("aws/up.yaml", 0o120000, "../link.yaml"),
+                ("out.yaml", 0o120000, "../outside.yaml"),
+                ("abs.yaml", 0o120000, "/etc/passwd"),
+                ("dangling.yaml", 0o120000, "nowhere.yaml"),
+                ("loop.yaml", 0o120000, "loop.yaml"),
+                ("aws/self", 0o120000, ".."),
+            ],
+        );
+        let files = TreeFiles {
+            repo: &repo,
+            root: repo.find_tree(root).unwrap(),
+        };
+        let mut diags = Vec::new();
+        let mut listed: Vec<String> = files
+            .list(&Limits::default(), &mut diags)
+            .iter()
+            .map(|f| f.path.display().to_string())
+            .collect();
+        listed.sort();
+        assert_eq!(
+            listed,
+            [
+                "aws/payments.yaml",
+                "aws/up.yaml",
+                "chain.yaml",
+                "dirlink/payments.yaml",
+                "dirlink/up.yaml",
+                "link.yaml"
+            ]
+        );
+        let mut escapes: Vec<String> = diags
+            .iter()
+            .map(|d| d.location.as_ref().unwrap().file.display().to_string())
+            .collect();
+        escapes.sort();
+        assert_eq!(
+            escapes,
+            ["abs.yaml", "dangling.yaml", "loop.yaml", "out.yaml"],
+            "{diags:?}"
+        );
+        assert!(
+            diags
+                .iter()
+                .all(|d| d.kind == DiagnosticKind::SymlinkEscape)
+        );
+    }
 
     #[test]
     fn known_hosts_matches_plain_and_bracketed_entries() {
