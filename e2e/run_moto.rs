@@ -378,3 +378,47 @@ fn sigterm_mid_reconcile_exits_cleanly_and_a_restart_finishes_the_job() {
         .unwrap() as usize;
     assert_eq!(applied, left, "nothing applied twice");
 }
+
+/// End to end: the source loop spaces webhook fetches (and the reconcile kicks that
+/// follow an unchanged commit) by --webhook-min-interval, so a burst of deliveries
+/// reconciles each target once per interval.
+#[test]
+fn a_burst_of_webhooks_reconciles_each_target_once_per_interval() {
+    let Some(moto) = Moto::start() else { return };
+    moto.seed(8);
+    let repo = GitRepo::with_example();
+    let first = repo.git(&["rev-parse", "HEAD"]);
+    let c = Controller::start(
+        &moto,
+        &repo,
+        &[
+            "--poll-interval",
+            "1h",
+            "--resync",
+            "1h",
+            "--webhook-min-interval",
+            "5s",
+        ],
+    );
+    c.wait(120, "first revision", |c| c.ready_at(&first));
+    let kicked = |c: &Controller| {
+        c.metric("palisade_reconcile_triggers_total{target=\"prod-aws\",trigger=\"webhook\"}")
+    };
+    for i in 0..100 {
+        assert_eq!(c.github_push(&format!("a-{i}"), "refs/heads/main"), 202);
+    }
+    c.wait(10, "one webhook reconcile", |c| kicked(c) == 1.0);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    for i in 0..100 {
+        assert_eq!(c.github_push(&format!("b-{i}"), "refs/heads/main"), 202);
+    }
+    // The second burst came within the interval: one more reconcile, when it allows.
+    c.wait(15, "the second burst's reconcile", |c| kicked(c) == 2.0);
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    assert_eq!(kicked(&c), 2.0, "bursts coalesced");
+    assert_eq!(
+        c.metric("palisade_source_fetches_total{trigger=\"webhook\"}"),
+        2.0,
+        "one fetch per burst"
+    );
+}

@@ -51,6 +51,9 @@ pub struct ServerLimits {
     pub max_in_flight: usize,
     /// Largest request body (webhook payloads).
     pub max_body_bytes: usize,
+    /// Longest a connection may stay open (keep-alive included): a client that stops
+    /// reading its responses cannot hold a connection slot for ever.
+    pub max_connection_age: Duration,
 }
 
 impl Default for ServerLimits {
@@ -61,6 +64,7 @@ impl Default for ServerLimits {
             max_connections: 256,
             max_in_flight: 64,
             max_body_bytes: 1024 * 1024,
+            max_connection_age: Duration::from_secs(120),
         }
     }
 }
@@ -150,7 +154,9 @@ pub fn router(
             refusals: Arc::default(),
         })
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(tower::limit::ConcurrencyLimitLayer::new(
+        // Global: `Router::layer` applies a layer per route, and a plain
+        // ConcurrencyLimitLayer would get a semaphore of its own in each.
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             limits.max_in_flight.max(1),
         ))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -218,8 +224,10 @@ pub async fn serve(
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let age = limits.max_connection_age;
         tokio::spawn(async move {
-            let _ = conn.await;
+            // Past its age the connection is dropped (closed), whatever it is doing.
+            let _ = tokio::time::timeout(age, conn).await;
             drop(permit);
         });
     }

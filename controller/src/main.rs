@@ -17,7 +17,9 @@ use palisade_providers::{ApiCallCount, CallKind, Inventory, OutcomeStatus, total
 use serde::Serialize;
 
 /// GitOps controller for the network perimeter of serverless functions.
-#[derive(Parser, Debug)]
+// No `Debug`: the flags hold the Git token and webhook secrets as plain strings until
+// they are wrapped in `Secret`.
+#[derive(Parser)]
 #[command(name = "palisade", version, about)]
 struct Cli {
     /// Log format on stderr; the level comes from PALISADE_LOG (e.g. `info`, `palisade=debug`).
@@ -64,7 +66,7 @@ enum LogFormat {
     Json,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand)]
 enum Command {
     /// Check a policy directory: syntax, references, quotas, guardrails. Exit 1 on any error.
     Validate {
@@ -166,7 +168,7 @@ enum Command {
     },
 }
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args)]
 struct RunArgs {
     /// Git repository of the policies: https://, ssh://, git@host:path, file:// or a path.
     /// Never with credentials in it (refused): use --git-token-file or an SSH key.
@@ -214,9 +216,13 @@ struct RunArgs {
     #[arg(long, env = "PALISADE_GIT_IO_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     git_io_timeout: Duration,
     /// Most bytes one fetch may receive.
-    #[arg(long, env = "PALISADE_GIT_MAX_FETCH_BYTES", default_value_t = 256 * 1024 * 1024)]
+    #[arg(long, env = "PALISADE_GIT_MAX_FETCH_BYTES", default_value_t = 64 * 1024 * 1024)]
     git_max_fetch_bytes: u64,
-    /// Most entries (files and directories of any name) in the policy tree.
+    /// Most YAML files in the policy tree.
+    #[arg(long, env = "PALISADE_GIT_MAX_FILES", default_value_t = Limits::default().max_files)]
+    git_max_files: usize,
+    /// Most entries (files and directories of any name, and symlink path lookups) in
+    /// the policy tree.
     #[arg(long, env = "PALISADE_GIT_MAX_ENTRIES", default_value_t = Limits::default().max_entries)]
     git_max_entries: usize,
     /// Most bytes of all policy files of a revision together.
@@ -1008,6 +1014,7 @@ fn run_controller(args: RunArgs) -> Result<ExitCode> {
     git.allow_history_rewrite = args.allow_history_rewrite;
     git.max_fetch_bytes = args.git_max_fetch_bytes;
     git.limits.max_entries = args.git_max_entries;
+    git.limits.max_files = args.git_max_files;
     git.limits.max_total_bytes = args.git_max_total_bytes;
     let tracked_ref = git.tracked_ref();
     let display_url = git.display_url();

@@ -199,6 +199,10 @@ pub struct Shared {
     started: u64,
     /// When the source loop last finished an iteration (Unix seconds): `/healthz`.
     heartbeat: AtomicU64,
+    /// When the poll now running on a blocking thread started (Unix seconds; 0: none).
+    /// An abandoned poll still running long after its deadline means a fetch stuck
+    /// inside libgit2: `/healthz` fails, so that a restart clears it.
+    fetch_running_since: Arc<AtomicU64>,
 }
 
 fn now_ms() -> i64 {
@@ -228,6 +232,7 @@ impl Shared {
             history,
             started: now(),
             heartbeat: AtomicU64::new(now()),
+            fetch_running_since: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -255,13 +260,19 @@ impl Shared {
     }
 
     /// Whether the source loop is alive: it finished an iteration within one poll
-    /// interval plus twice the fetch deadline (plus a minute of slack).
+    /// interval plus twice the fetch deadline (plus a minute of slack), and no poll has
+    /// been running for longer than twice its deadline plus that minute (a fetch stuck
+    /// inside libgit2 that the deadline could not abort).
     pub fn live(&self) -> bool {
         let s = &self.settings;
-        let bound = s.poll_interval.max(s.webhook_min_interval)
-            + s.fetch_timeout * 2
-            + Duration::from_secs(60);
-        now().saturating_sub(self.heartbeat.load(Ordering::Relaxed)) <= bound.as_secs()
+        let slack = s.fetch_timeout * 2 + Duration::from_secs(60);
+        let bound = s.poll_interval.max(s.webhook_min_interval) + slack;
+        let now = now();
+        let loop_turns =
+            now.saturating_sub(self.heartbeat.load(Ordering::Relaxed)) <= bound.as_secs();
+        let since = self.fetch_running_since.load(Ordering::Relaxed);
+        let not_stuck = since == 0 || now.saturating_sub(since) <= slack.as_secs();
+        loop_turns && not_stuck
     }
 
     /// [`Shared::status`] plus the newest events of the history (one query): for
@@ -410,14 +421,15 @@ async fn poll_source(
     let abort = Arc::new(Abort::default());
     let task = {
         let (source, abort) = (source.clone(), abort.clone());
+        let running = shared.fetch_running_since.clone();
         tokio::task::spawn_blocking(move || -> Result<Polled, SourceError> {
-            let commit = source.fetch(&abort)?;
-            if last_seen.as_deref() == Some(commit.as_str()) {
-                return Ok(Polled::Same);
-            }
-            Ok(Polled::New(Box::new(
-                source.examine(&commit, base.as_deref())?,
-            )))
+            running.store(now(), Ordering::Relaxed);
+            let polled = source.poll(&abort, last_seen.as_deref(), base.as_deref());
+            running.store(0, Ordering::Relaxed);
+            Ok(match polled? {
+                None => Polled::Same,
+                Some(examined) => Polled::New(Box::new(examined)),
+            })
         })
     };
     tokio::select! {
@@ -467,7 +479,8 @@ pub async fn run(shared: Arc<Shared>, source: GitSource, grace: Duration) {
     if let Some(commit) = source.persisted() {
         let src = source.clone();
         let c = commit.clone();
-        match tokio::task::spawn_blocking(move || src.examine(&c, Some(&c))).await {
+        let abort = Abort::default();
+        match tokio::task::spawn_blocking(move || src.examine(&c, Some(&c), &abort)).await {
             Ok(Ok(examined)) => {
                 tracing::info!(commit = %commit, "enforcing the persisted last good revision before the first fetch");
                 if accept(&shared, &source, examined).await.is_some() {
@@ -514,7 +527,7 @@ pub async fn run(shared: Arc<Shared>, source: GitSource, grace: Duration) {
                     Polled::Same => {
                         if trigger == "webhook" {
                             // Nothing new to fetch: the webhook still asks for a reconcile
-                            // (each worker rate-limits these).
+                            // (at most one per interval: this loop spaces webhook fetches).
                             shared.reconcile_kick.send_modify(|n| *n += 1);
                         }
                     }
@@ -630,39 +643,23 @@ async fn worker(shared: Arc<Shared>, target: String, semaphore: Arc<Semaphore>) 
     let mut backoff = None;
     let mut delay = Duration::ZERO;
     let mut trigger = "revision";
-    // When the next reconcile is due, and why; webhook kicks may bring it forward, at
-    // most once per `webhook_min_interval`.
-    let mut due;
-    let mut last_kicked: Option<Instant> = None;
     loop {
         if delay > Duration::ZERO {
-            due = Instant::now() + delay;
+            let due = tokio::time::Instant::now() + delay;
             let timer = if backoff.is_some() { "retry" } else { "resync" };
             trigger = loop {
                 tokio::select! {
                     biased;
                     _ = shared.cancel.cancelled() => break "cancel",
-                    r = enforced_rx.changed() => { if r.is_err() { break "cancel" } break "revision" }
-                    _ = kick_rx.changed() => {
-                        let earliest = last_kicked.map_or_else(Instant::now, |t| t + shared.settings.webhook_min_interval);
-                        if earliest <= Instant::now() {
-                            break "webhook";
-                        }
-                        // Coalesced: one reconcile when the interval allows.
-                        if earliest < due {
-                            due = earliest;
-                        }
-                    }
-                    _ = tokio::time::sleep_until(due.into()) => {
-                        break if last_kicked.is_some_and(|t| due == t + shared.settings.webhook_min_interval) { "webhook" } else { timer };
-                    }
+                    r = enforced_rx.changed() => break if r.is_err() { "cancel" } else { "revision" },
+                    // Webhook kicks come at most once per --webhook-min-interval (the
+                    // source loop spaces them); a failing target keeps its backoff.
+                    _ = kick_rx.changed() => if backoff.is_none() { break "webhook" },
+                    _ = tokio::time::sleep_until(due) => break timer,
                 }
             };
             if trigger == "cancel" {
                 break;
-            }
-            if trigger == "webhook" {
-                last_kicked = Some(Instant::now());
             }
         }
         if shared.cancel.is_cancelled() {
@@ -1194,5 +1191,34 @@ fn write_evidence(
     };
     if let Err(e) = result {
         tracing::error!(error = %e, target, "could not write the reconcile to the history");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_poll_stuck_past_twice_its_deadline_fails_liveness() {
+        let settings = RunSettings {
+            fetch_timeout: Duration::from_secs(10),
+            ..RunSettings::default()
+        };
+        let shared = Shared::new(settings, Providers::new(Default::default()), None);
+        assert!(shared.live());
+        // Running, but within twice the deadline plus a minute: alive.
+        shared
+            .fetch_running_since
+            .store(now() - 70, Ordering::Relaxed);
+        assert!(shared.live());
+        shared
+            .fetch_running_since
+            .store(now() - 100, Ordering::Relaxed);
+        assert!(!shared.live(), "stuck for 100 s > 2 × 10 s + 60 s");
+        shared.fetch_running_since.store(0, Ordering::Relaxed);
+        assert!(shared.live());
+        // The loop itself stopped turning.
+        shared.heartbeat.store(now() - 10_000, Ordering::Relaxed);
+        assert!(!shared.live());
     }
 }

@@ -12,8 +12,8 @@
 //! here ([`GitSource::persist`]) and enforced again at start-up.
 //!
 //! Credentials: the token is offered only to the scheme, host and port of the
-//! configured URL, never over plain `http://` except to loopback, and redirects are not
-//! followed; URLs with embedded credentials are refused; `url.*.insteadOf` rewrites are
+//! configured URL (a redirect elsewhere gets no credentials), never over plain `http://`
+//! except to loopback; URLs with embedded credentials are refused; `url.*.insteadOf` rewrites are
 //! refused; the mirror's own configuration is rewritten at every start.
 
 use std::cell::{Cell, RefCell};
@@ -89,7 +89,7 @@ impl GitSettings {
             known_hosts: None,
             signatures: SignaturePolicy::Off,
             allow_history_rewrite: false,
-            max_fetch_bytes: 256 * 1024 * 1024,
+            max_fetch_bytes: 64 * 1024 * 1024,
             limits: Limits::default(),
         }
     }
@@ -133,6 +133,9 @@ impl GitSettings {
                 "--git-path {:?}: expected a relative path inside the repository, without . or ..",
                 self.path.display().to_string()
             ));
+        }
+        if url::Url::parse(&self.url).is_ok_and(|u| u.password().is_some()) {
+            return bad("--git-url holds a password; remove it from the URL and use --git-token-file (or an SSH key)".into());
         }
         if let Some(origin) = Origin::of(&self.url)? {
             if origin.has_credentials {
@@ -343,6 +346,10 @@ pub enum SourceError {
     /// A setting cannot work.
     #[error("{0}")]
     Settings(String),
+    /// A Git object is not what a policy repository holds (an oversized commit or tag,
+    /// a ref naming a tree or blob).
+    #[error("{0}")]
+    Object(String),
     /// The tracked reference does not exist in the remote.
     #[error("reference {reference} not found in the remote{hint}")]
     NoSuchRef {
@@ -381,6 +388,7 @@ impl SourceError {
             SourceError::Refused { kind, .. } => kind,
             SourceError::Io { .. } => "io",
             SourceError::Settings(_) => "settings",
+            SourceError::Object(_) => "object",
             SourceError::NoSuchRef { .. } | SourceError::AmbiguousRef(_) => "reference",
             SourceError::TooLarge { .. } => "too-large",
             SourceError::Aborted(_) | SourceError::Busy => "timeout",
@@ -582,7 +590,7 @@ impl GitSource {
             };
             let text = std::fs::read_to_string(path)
                 .map_err(|e| refuse("certificate", format!("{}: {e}", path.display())))?;
-            if known_host(&text, host, key) {
+            if known_host(&text, host, ssh_port(&s.url), key) {
                 Ok(CertificateCheckStatus::CertificateOk)
             } else {
                 Err(refuse("certificate", format!(
@@ -603,15 +611,32 @@ impl GitSource {
         Ok(cb)
     }
 
-    /// Fetch the tracked ref (and nothing else) and resolve it exactly to a commit.
+    /// One turn of the source: fetch the tracked ref and, when it points at a commit
+    /// other than `last_seen`, examine that commit ([`GitSource::examine`]). `None`: the
+    /// ref still points at `last_seen`. Only one poll runs at a time: while an abandoned
+    /// one is still stuck, the next fails fast with [`SourceError::Busy`].
     ///
     /// # Errors
     /// [`SourceError`] when the remote cannot be read, the ref does not exist or is
     /// ambiguous, a bound is exceeded, or `abort` fired.
-    pub fn fetch(&self, abort: &Abort) -> Result<String, SourceError> {
+    pub fn poll(
+        &self,
+        abort: &Abort,
+        last_seen: Option<&str>,
+        enforced: Option<&str>,
+    ) -> Result<Option<Examined>, SourceError> {
         let Ok(_guard) = self.fetching.try_lock() else {
             return Err(SourceError::Busy);
         };
+        let commit = self.fetch(abort)?;
+        if last_seen == Some(commit.as_str()) {
+            return Ok(None);
+        }
+        self.examine(&commit, enforced, abort).map(Some)
+    }
+
+    /// Fetch the tracked ref (and nothing else) and resolve it exactly to a commit.
+    fn fetch(&self, abort: &Abort) -> Result<String, SourceError> {
         let repo = self.repo()?;
         let url = &self.settings.url;
         let mut remote = repo.remote_anonymous(url)?;
@@ -683,7 +708,7 @@ impl GitSource {
         {
             return Err(SourceError::AmbiguousRef(name.clone()));
         }
-        let commit = repo.find_object(oid, None)?.peel_to_commit()?.id();
+        let commit = peel_to_commit(&repo, oid)?;
         Ok(commit.to_string())
     }
 
@@ -696,7 +721,7 @@ impl GitSource {
             p.url == s.url && p.reference == s.reference && p.path == s.path.to_string_lossy();
         let repo = self.repo().ok()?;
         let oid = Oid::from_str(&p.commit).ok()?;
-        (same && repo.find_commit(oid).is_ok()).then_some(p.commit)
+        (same && read_commit(&repo, oid).is_ok()).then_some(p.commit)
     }
 
     fn read_persisted(&self) -> Option<Persisted> {
@@ -749,11 +774,16 @@ impl GitSource {
     ///
     /// # Errors
     /// The commit is not in the mirror.
-    pub fn examine(&self, commit: &str, enforced: Option<&str>) -> Result<Examined, SourceError> {
+    pub fn examine(
+        &self,
+        commit: &str,
+        enforced: Option<&str>,
+        abort: &Abort,
+    ) -> Result<Examined, SourceError> {
         let repo = self.repo()?;
         let oid = Oid::from_str(commit)?;
-        let c = repo.find_commit(oid)?;
-        let signature = self.verify(&repo, &c);
+        let c = read_commit(&repo, oid)?;
+        let signature = self.verify(&repo, &c)?;
         let author = c.author();
         let revision = Revision {
             commit: commit.to_string(),
@@ -787,10 +817,10 @@ impl GitSource {
         if let Some(base) = enforced
             && base != commit
         {
-            let descends = Oid::from_str(base)
-                .ok()
-                .and_then(|b| repo.graph_descendant_of(oid, b).ok())
-                .unwrap_or(false);
+            let descends = match Oid::from_str(base) {
+                Ok(b) => descends_from(&repo, oid, b, abort)?,
+                Err(_) => false,
+            };
             if !descends {
                 let required = self.settings.signatures != SignaturePolicy::Off;
                 if required && !self.settings.allow_history_rewrite {
@@ -816,13 +846,20 @@ impl GitSource {
                     self.settings.path.display().to_string()
                 )],
             )),
-            Some(tree) => Ok(policy::load(
-                &TreeFiles {
-                    repo: &repo,
-                    root: tree,
-                },
-                &self.settings.limits,
-            )),
+            Some(tree) => {
+                let loaded = policy::load(
+                    &TreeFiles {
+                        repo: &repo,
+                        root: tree,
+                        abort,
+                    },
+                    &self.settings.limits,
+                );
+                if let Some(why) = abort.aborted() {
+                    return Err(SourceError::Aborted(why));
+                }
+                Ok(loaded)
+            }
         };
         Ok(Examined {
             revision,
@@ -858,34 +895,36 @@ impl GitSource {
         Ok(Some(tree))
     }
 
-    fn verify(&self, repo: &Repository, commit: &git2::Commit<'_>) -> SignatureStatus {
+    /// The signature status of `commit`. An allowed-signers file that cannot be read is
+    /// an error of the source (retried at the next poll), not a verdict on the commit.
+    fn verify(
+        &self,
+        repo: &Repository,
+        commit: &git2::Commit<'_>,
+    ) -> Result<SignatureStatus, SourceError> {
         let SignaturePolicy::Ssh { allowed_signers } = &self.settings.signatures else {
-            return SignatureStatus::NotChecked;
+            return Ok(SignatureStatus::NotChecked);
         };
+        let signers = std::fs::read_to_string(allowed_signers).map_err(io(allowed_signers))?;
         let (sig, data) = match repo.extract_signature(&commit.id(), None) {
             Ok(s) => s,
-            Err(e) if e.code() == git2::ErrorCode::NotFound => return SignatureStatus::Unsigned,
-            Err(e) => {
-                return SignatureStatus::Untrusted {
-                    reason: format!("cannot read the signature: {e}"),
-                };
+            Err(e) if e.code() == git2::ErrorCode::NotFound => {
+                return Ok(SignatureStatus::Unsigned);
             }
-        };
-        let signers = match std::fs::read_to_string(allowed_signers) {
-            Ok(t) => t,
             Err(e) => {
-                return SignatureStatus::Untrusted {
-                    reason: format!("{}: {e}", allowed_signers.display()),
-                };
+                return Ok(SignatureStatus::Untrusted {
+                    reason: format!("cannot read the signature: {e}"),
+                });
             }
         };
         let committer = commit.committer().email().unwrap_or_default().to_string();
-        verify_ssh(
+        Ok(verify_ssh(
             sig.as_str().unwrap_or_default(),
             &data,
             &signers,
             &committer,
-        )
+            commit.time().seconds(),
+        ))
     }
 }
 
@@ -904,6 +943,85 @@ fn read_tree(repo: &Repository, id: Oid) -> Result<git2::Tree<'_>, String> {
         ));
     }
     repo.find_tree(id).map_err(|e| e.to_string())
+}
+
+/// Largest commit or tag object read (a commit message of a megabyte is no commit a
+/// person wrote; a hostile one of a gigabyte compresses to a few kilobytes).
+const MAX_COMMIT_BYTES: usize = 1024 * 1024;
+/// Most commits walked to decide ancestry.
+const MAX_ANCESTRY_COMMITS: usize = 200_000;
+
+/// Check an object's kind and size from its header before it is read.
+fn checked_header(repo: &Repository, id: Oid) -> Result<ObjectType, SourceError> {
+    let (size, kind) = repo.odb()?.read_header(id)?;
+    if size > MAX_COMMIT_BYTES {
+        return Err(SourceError::Object(format!(
+            "the {kind} object {id} is {size} bytes; at most {MAX_COMMIT_BYTES} are read"
+        )));
+    }
+    Ok(kind)
+}
+
+/// A commit read after its size was checked.
+fn read_commit(repo: &Repository, id: Oid) -> Result<git2::Commit<'_>, SourceError> {
+    match checked_header(repo, id)? {
+        ObjectType::Commit => Ok(repo.find_commit(id)?),
+        kind => Err(SourceError::Object(format!(
+            "{id} is a {kind}, not a commit"
+        ))),
+    }
+}
+
+/// The commit a ref's object (a commit, or an annotated tag of one) names.
+fn peel_to_commit(repo: &Repository, mut id: Oid) -> Result<Oid, SourceError> {
+    for _ in 0..8 {
+        match checked_header(repo, id)? {
+            ObjectType::Commit => return Ok(id),
+            ObjectType::Tag => id = repo.find_tag(id)?.target_id(),
+            kind => {
+                return Err(SourceError::Object(format!(
+                    "the tracked ref names a {kind}, not a commit"
+                )));
+            }
+        }
+    }
+    Err(SourceError::Object(
+        "the tracked ref names a chain of more than 8 tags".into(),
+    ))
+}
+
+/// Whether `tip` descends from `base`: a walk of the tip's history, every commit
+/// size-checked before it is read, at most [`MAX_ANCESTRY_COMMITS`] of them (beyond
+/// that: not proven, so not a descendant).
+fn descends_from(
+    repo: &Repository,
+    tip: Oid,
+    base: Oid,
+    abort: &Abort,
+) -> Result<bool, SourceError> {
+    let mut queue = std::collections::VecDeque::from([tip]);
+    let mut seen = std::collections::HashSet::from([tip]);
+    while let Some(id) = queue.pop_front() {
+        if id == base {
+            return Ok(true);
+        }
+        if seen.len() > MAX_ANCESTRY_COMMITS {
+            return Ok(false);
+        }
+        if let Some(why) = abort.aborted() {
+            return Err(SourceError::Aborted(why));
+        }
+        // A commit missing from the mirror (a shallow remote) ends that line.
+        let Ok(commit) = read_commit(repo, id) else {
+            continue;
+        };
+        for parent in commit.parent_ids() {
+            if seen.insert(parent) {
+                queue.push_back(parent);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// Why a tree entry name cannot be a policy file name, if it cannot.
@@ -933,6 +1051,8 @@ pub fn unsafe_name(name: &[u8]) -> Option<&'static str> {
 pub struct TreeFiles<'r> {
     repo: &'r Repository,
     root: git2::Tree<'r>,
+    /// Checked while walking: a deadline or shutdown stops the walk.
+    abort: &'r Abort,
 }
 
 impl std::fmt::Debug for TreeFiles<'_> {
@@ -956,7 +1076,7 @@ impl PolicyFiles for TreeFiles<'_> {
             limits,
             diags,
         };
-        walk.tree(&self.root, Path::new(""), 0);
+        walk.tree(&self.root, Path::new(""), &[], 0);
         walk.out
     }
 
@@ -971,6 +1091,8 @@ impl PolicyFiles for TreeFiles<'_> {
 struct TreeWalk<'a, 'r> {
     files: &'a TreeFiles<'r>,
     out: Vec<FileEntry<Oid>>,
+    /// Entries walked and path components looked up for symlinks: both count against
+    /// `max_entries`, so links cannot buy unbounded work.
     entries: usize,
     /// Trees being walked (a link back to one of them is a loop, skipped).
     stack: Vec<Oid>,
@@ -998,7 +1120,24 @@ impl TreeWalk<'_, '_> {
         Ok(size as u64)
     }
 
-    fn tree(&mut self, tree: &git2::Tree<'_>, rel: &Path, depth: usize) {
+    /// Count `n` units of work; false (and the walk stops) past the budget or on abort.
+    fn spend(&mut self, n: usize, at: &Path) -> bool {
+        self.entries += n;
+        if self.entries > self.limits.max_entries {
+            if !self.stopped {
+                self.diags.push(policy::too_many_entries(at, self.limits));
+            }
+            self.stopped = true;
+        }
+        if self.files.abort.aborted().is_some() {
+            self.stopped = true;
+        }
+        !self.stopped
+    }
+
+    /// Walk `tree`, shown as `rel`, which is at `phys` (its real path from the policy
+    /// root: symlinks inside it resolve from there, as they would in a checkout).
+    fn tree(&mut self, tree: &git2::Tree<'_>, rel: &Path, phys: &[String], depth: usize) {
         if self.stopped || self.stack.contains(&tree.id()) {
             return;
         }
@@ -1007,10 +1146,7 @@ impl TreeWalk<'_, '_> {
             self.error(DiagnosticKind::SourceTooLarge, rel, msg);
             return;
         }
-        self.entries += tree.len();
-        if self.entries > self.limits.max_entries {
-            self.diags.push(policy::too_many_entries(rel, self.limits));
-            self.stopped = true;
+        if !self.spend(tree.len(), rel) {
             return;
         }
         self.stack.push(tree.id());
@@ -1031,7 +1167,11 @@ impl TreeWalk<'_, '_> {
             let path = rel.join(&lossy);
             match entry.filemode() {
                 0o040000 => match read_tree(self.files.repo, entry.id()) {
-                    Ok(t) => self.tree(&t, &path, depth + 1),
+                    Ok(t) => {
+                        let mut inner = phys.to_vec();
+                        inner.push(lossy.clone());
+                        self.tree(&t, &path, &inner, depth + 1);
+                    }
                     Err(e) => self.error(DiagnosticKind::SourceTooLarge, &path, e),
                 },
                 0o100644 | 0o100755 | 0o100664 => {
@@ -1039,7 +1179,7 @@ impl TreeWalk<'_, '_> {
                         self.file(entry.id(), path);
                     }
                 }
-                0o120000 => self.link(entry.id(), rel, &path, &lossy, depth),
+                0o120000 => self.link(entry.id(), phys, &path, &lossy, depth),
                 0o160000 => {} // submodules are not part of a policy tree
                 mode => self.error(
                     DiagnosticKind::Io,
@@ -1065,116 +1205,154 @@ impl TreeWalk<'_, '_> {
         }
     }
 
-    /// Resolve the link at `path` (in directory `dir`) inside the policy tree.
-    fn link(&mut self, mut blob: Oid, dir: &Path, path: &Path, name: &str, depth: usize) {
-        let escape = |m: String| (DiagnosticKind::SymlinkEscape, m);
-        let mut dir: Vec<String> = dir
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .collect();
-        let resolved = (|| {
-            for _ in 0..MAX_LINK_HOPS {
-                let size = self.size(blob).map_err(|e| escape(e.to_string()))?;
-                if size > MAX_LINK_BYTES as u64 {
-                    return Err(escape(format!("symlink target of {size} bytes")));
-                }
-                let bytes = self
-                    .files
-                    .repo
-                    .find_blob(blob)
-                    .map(|b| b.content().to_vec())
-                    .map_err(|e| escape(e.to_string()))?;
-                let target = String::from_utf8(bytes)
-                    .map_err(|_| escape("symlink target is not UTF-8".into()))?;
-                if target.starts_with('/') {
-                    return Err(escape(format!(
-                        "symlink points to the absolute path {target:?}; expected a path inside the policy tree"
-                    )));
-                }
-                let mut parts = dir.clone();
-                for part in target.split('/') {
-                    match part {
-                        "" | "." => {}
-                        ".." => {
-                            if parts.pop().is_none() {
-                                return Err(escape(format!(
-                                    "symlink points outside the policy tree (to {target:?}); expected a file or directory inside it"
-                                )));
-                            }
-                        }
-                        p => {
-                            if let Some(why) = unsafe_name(p.as_bytes()) {
-                                return Err((
-                                    DiagnosticKind::UnsafeName,
-                                    format!("symlink target component {p:?} {why}"),
-                                ));
-                            }
-                            parts.push(p.to_string());
-                        }
-                    }
-                }
-                let entry = (|| {
-                    let mut tree = self.files.root.clone();
-                    let Some((last, init)) = parts.split_last() else {
-                        // The policy root itself.
-                        return Some((tree.id(), 0o040000));
-                    };
-                    for p in init {
-                        let id = tree.get_name(p)?.id();
-                        tree = read_tree(self.files.repo, id).ok()?;
-                    }
-                    let e = tree.get_name(last)?;
-                    Some((e.id(), e.filemode()))
-                })();
-                let Some((id, mode)) = entry else {
-                    return Err(escape(format!(
-                        "symlink target {target:?} does not exist in the policy tree"
-                    )));
-                };
-                if mode == 0o120000 {
-                    blob = id;
-                    parts.pop();
-                    dir = parts;
-                    continue;
-                }
-                return Ok((id, mode));
-            }
-            Err(escape(format!(
-                "more than {MAX_LINK_HOPS} symlinks in a row"
-            )))
-        })();
-        match resolved {
-            Ok((id, 0o040000)) => match read_tree(self.files.repo, id) {
-                Ok(t) => self.tree(&t, path, depth + 1),
+    /// Resolve the link shown at `path`, which is in the directory `dir` (real path),
+    /// inside the policy tree.
+    fn link(&mut self, blob: Oid, dir: &[String], path: &Path, name: &str, depth: usize) {
+        match self.resolve(blob, dir.to_vec(), path) {
+            Ok(Some((id, 0o040000, real))) => match read_tree(self.files.repo, id) {
+                Ok(t) => self.tree(&t, path, &real, depth + 1),
                 Err(e) => self.error(DiagnosticKind::SourceTooLarge, path, e),
             },
-            Ok((id, _)) => {
+            Ok(Some((id, _, _))) => {
                 if policy::is_yaml(name) {
                     self.file(id, path.to_path_buf());
                 }
             }
+            Ok(None) => {} // the budget ran out (reported once) or the walk was aborted
             Err((kind, message)) => self.error(kind, path, message),
         }
     }
+
+    /// Follow the link `blob` from directory `dir`: the target's (id, mode, real path).
+    #[allow(clippy::type_complexity, reason = "private, one caller")]
+    fn resolve(
+        &mut self,
+        mut blob: Oid,
+        mut dir: Vec<String>,
+        path: &Path,
+    ) -> Result<Option<(Oid, i32, Vec<String>)>, (DiagnosticKind, String)> {
+        let escape = |m: String| (DiagnosticKind::SymlinkEscape, m);
+        for _ in 0..MAX_LINK_HOPS {
+            let size = self.size(blob).map_err(escape)?;
+            if size > MAX_LINK_BYTES as u64 {
+                return Err(escape(format!("symlink target of {size} bytes")));
+            }
+            let bytes = self
+                .files
+                .repo
+                .find_blob(blob)
+                .map(|b| b.content().to_vec())
+                .map_err(|e| escape(e.to_string()))?;
+            let target = String::from_utf8(bytes)
+                .map_err(|_| escape("symlink target is not UTF-8".into()))?;
+            if target.starts_with('/') {
+                return Err(escape(format!(
+                    "symlink points to the absolute path {target:?}; expected a path inside the policy tree"
+                )));
+            }
+            let mut parts = dir.clone();
+            for part in target.split('/') {
+                match part {
+                    "" | "." => {}
+                    ".." => {
+                        if parts.pop().is_none() {
+                            return Err(escape(format!(
+                                "symlink points outside the policy tree (to {target:?}); expected a file or directory inside it"
+                            )));
+                        }
+                    }
+                    p => {
+                        if let Some(why) = unsafe_name(p.as_bytes()) {
+                            return Err((
+                                DiagnosticKind::UnsafeName,
+                                format!("symlink target component {p:?} {why}"),
+                            ));
+                        }
+                        parts.push(p.to_string());
+                    }
+                }
+            }
+            if !self.spend(parts.len().max(1), path) {
+                return Ok(None);
+            }
+            let entry = (|| {
+                let mut tree = self.files.root.clone();
+                let Some((last, init)) = parts.split_last() else {
+                    // The policy root itself.
+                    return Some((tree.id(), 0o040000));
+                };
+                for p in init {
+                    let id = tree.get_name(p)?.id();
+                    tree = read_tree(self.files.repo, id).ok()?;
+                }
+                let e = tree.get_name(last)?;
+                Some((e.id(), e.filemode()))
+            })();
+            let Some((id, mode)) = entry else {
+                return Err(escape(format!(
+                    "symlink target {target:?} does not exist in the policy tree"
+                )));
+            };
+            if mode == 0o120000 {
+                blob = id;
+                parts.pop();
+                dir = parts;
+                continue;
+            }
+            return Ok(Some((id, mode, parts)));
+        }
+        Err(escape(format!(
+            "more than {MAX_LINK_HOPS} symlinks in a row"
+        )))
+    }
 }
 
-/// Whether `known_hosts` lists `key` (raw SSH wire bytes) for `host`.
-fn known_host(known_hosts: &str, host: &str, key: &[u8]) -> bool {
+/// Whether `known_hosts` lists `key` (raw SSH wire bytes) for `host` on `port`: a
+/// plain `host` entry means port 22, `[host]:port` that port. A `@revoked` line with the
+/// key refuses it whatever else the file says; `@cert-authority` lines are not used.
+fn known_host(known_hosts: &str, host: &str, port: u16, key: &[u8]) -> bool {
     use base64::Engine as _;
-    known_hosts.lines().any(|line| {
-        let mut parts = line.split_whitespace();
+    let mut trusted = false;
+    for line in known_hosts.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut parts = line.split_whitespace().peekable();
+        let marker = parts.next_if(|p| p.starts_with('@'));
         let (Some(hosts), Some(_kind), Some(blob)) = (parts.next(), parts.next(), parts.next())
         else {
-            return false;
+            continue;
         };
-        let host_match = hosts.split(',').any(|h| {
-            h == host || h.strip_prefix('[').and_then(|h| h.split(']').next()) == Some(host)
+        if !base64::engine::general_purpose::STANDARD
+            .decode(blob)
+            .is_ok_and(|b| b == key)
+        {
+            continue;
+        }
+        match marker {
+            Some("@revoked") => return false,
+            Some(_) => continue,
+            None => {}
+        }
+        trusted |= hosts.split(',').any(|h| {
+            if let Some(rest) = h.strip_prefix('[') {
+                rest.split_once("]:")
+                    .is_some_and(|(n, p)| n == host && p.parse() == Ok(port))
+            } else {
+                h == host && port == 22
+            }
         });
-        host_match
-            && base64::engine::general_purpose::STANDARD
-                .decode(blob)
-                .is_ok_and(|b| b == key)
-    })
+    }
+    trusted
+}
+
+/// The SSH port of a remote URL (`ssh://host:2222/…`; 22 otherwise).
+fn ssh_port(url: &str) -> u16 {
+    url::Url::parse(url)
+        .ok()
+        .filter(|u| u.scheme() == "ssh")
+        .and_then(|u| u.port())
+        .unwrap_or(22)
 }
 
 /// Verify an SSH signature (`-----BEGIN SSH SIGNATURE-----`, namespace `git`) over
@@ -1185,6 +1363,7 @@ pub fn verify_ssh(
     data: &[u8],
     allowed_signers: &str,
     committer: &str,
+    signed_at: i64,
 ) -> SignatureStatus {
     let untrusted = |reason: String| SignatureStatus::Untrusted { reason };
     if signature.contains("BEGIN PGP SIGNATURE") {
@@ -1229,6 +1408,30 @@ pub fn verify_ssh(
         if namespaces.is_some_and(|ns| !ns.split(',').any(|n| n == "git")) {
             continue;
         }
+        if options.split(',').any(|o| o == "cert-authority") {
+            continue; // certificate authorities: not supported, never trusted
+        }
+        // valid-after / valid-before bound when the key may sign (checked against the
+        // commit's time, as `git verify-commit` does); unreadable bounds fail closed.
+        for (opt, after) in [("valid-after=", true), ("valid-before=", false)] {
+            let Some(v) = options.split(',').find_map(|o| o.strip_prefix(opt)) else {
+                continue;
+            };
+            match key_time(v.trim_matches('"')) {
+                Some(t) if after && signed_at < t => {
+                    return untrusted(format!("the key is valid only after {v} ({principals})"));
+                }
+                Some(t) if !after && signed_at >= t => {
+                    return untrusted(format!("the key expired at {v} ({principals})"));
+                }
+                Some(_) => {}
+                None => {
+                    return untrusted(format!(
+                        "cannot read {opt}{v} in the allowed signers file; expected YYYYMMDD[HHMM[SS]][Z]"
+                    ));
+                }
+            }
+        }
         if let Err(e) = key.verify("git", data, &sig) {
             return untrusted(format!("the signature does not verify: {e}"));
         }
@@ -1248,9 +1451,42 @@ pub fn verify_ssh(
     untrusted("the signing key is not in the allowed signers file".into())
 }
 
+/// `YYYYMMDD[HHMM[SS]][Z]` (ssh-keygen's time format; read as UTC) in Unix seconds.
+fn key_time(v: &str) -> Option<i64> {
+    let v = v.strip_suffix('Z').unwrap_or(v);
+    if !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| v.get(r).map(|x| x.parse::<i16>().ok());
+    let (y, mo, d) = (n(0..4)??, n(4..6)?? as i8, n(6..8)?? as i8);
+    let (h, mi, sec) = match v.len() {
+        8 => (0, 0, 0),
+        12 => (n(8..10)?? as i8, n(10..12)?? as i8, 0),
+        14 => (n(8..10)?? as i8, n(10..12)?? as i8, n(12..14)?? as i8),
+        _ => return None,
+    };
+    let dt = jiff::civil::DateTime::new(y, mo, d, h, mi, sec, 0).ok()?;
+    Some(
+        dt.to_zoned(jiff::tz::TimeZone::UTC)
+            .ok()?
+            .timestamp()
+            .as_second(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_validity_times_read_like_ssh_keygen() {
+        assert_eq!(key_time("19700102"), Some(86_400));
+        assert_eq!(key_time("197001020001Z"), Some(86_460));
+        assert_eq!(key_time("19700102000001"), Some(86_401));
+        for bad in ["", "2026", "20261301", "2026-01-01", "+1d", "20260101x"] {
+            assert_eq!(key_time(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn unsafe_tree_entry_names_are_named() {
@@ -1356,10 +1592,11 @@ mod tests {
 
     /// A bare repository holding `files` (path → (mode, content)) as one tree.
     fn tree_of(dir: &Path, files: &[(&str, i32, &str)]) -> (Repository, Oid) {
-        fn build(repo: &Repository, files: &[(Vec<&str>, i32, &str)]) -> Oid {
+        /// (path components, mode, content)
+        type Entry<'a> = (Vec<&'a str>, i32, &'a str);
+        fn build(repo: &Repository, files: &[Entry<'_>]) -> Oid {
             let mut tb = repo.treebuilder(None).unwrap();
-            let mut subdirs: std::collections::BTreeMap<&str, Vec<(Vec<&str>, i32, &str)>> =
-                Default::default();
+            let mut subdirs: std::collections::BTreeMap<&str, Vec<Entry<'_>>> = Default::default();
             for (parts, mode, content) in files {
                 if parts.len() == 1 {
                     let blob = repo.blob(content.as_bytes()).unwrap();
@@ -1379,7 +1616,7 @@ mod tests {
             tb.write().unwrap()
         }
         let repo = Repository::init_bare(dir).unwrap();
-        let split: Vec<(Vec<&str>, i32, &str)> = files
+        let split: Vec<Entry<'_>> = files
             .iter()
             .map(|(p, m, c)| (p.split('/').collect(), *m, *c))
             .collect();
@@ -1403,11 +1640,17 @@ mod tests {
                 ("dangling.yaml", 0o120000, "nowhere.yaml"),
                 ("loop.yaml", 0o120000, "loop.yaml"),
                 ("aws/self", 0o120000, ".."),
+                // Resolved from the link's real directory, also when reached through
+                // the directory link (as in a checkout).
+                ("aws/y.yaml", 0o100644, "b: 2\n"),
+                ("aws/x.yaml", 0o120000, "y.yaml"),
             ],
         );
+        let abort = Abort::default();
         let files = TreeFiles {
             repo: &repo,
             root: repo.find_tree(root).unwrap(),
+            abort: &abort,
         };
         let mut diags = Vec::new();
         let mut listed: Vec<String> = files
@@ -1421,9 +1664,13 @@ mod tests {
             [
                 "aws/payments.yaml",
                 "aws/up.yaml",
+                "aws/x.yaml",
+                "aws/y.yaml",
                 "chain.yaml",
                 "dirlink/payments.yaml",
                 "dirlink/up.yaml",
+                "dirlink/x.yaml",
+                "dirlink/y.yaml",
                 "link.yaml"
             ]
         );
@@ -1452,10 +1699,22 @@ mod tests {
         let text = format!(
             "# comment\ngit.example.com,10.0.0.1 ssh-ed25519 {b64}\n[other]:2222 ssh-ed25519 {b64}\n"
         );
-        assert!(known_host(&text, "git.example.com", key));
-        assert!(known_host(&text, "other", key));
-        assert!(!known_host(&text, "evil.example.com", key));
-        assert!(!known_host(&text, "git.example.com", b"different"));
+        assert!(known_host(&text, "git.example.com", 22, key));
+        assert!(known_host(&text, "other", 2222, key));
+        assert!(
+            !known_host(&text, "other", 22, key),
+            "a bracketed entry is for its port only"
+        );
+        assert!(
+            !known_host(&text, "git.example.com", 2222, key),
+            "a plain entry is port 22"
+        );
+        assert!(!known_host(&text, "evil.example.com", 22, key));
+        assert!(!known_host(&text, "git.example.com", 22, b"different"));
+        let revoked = format!("{text}@revoked * ssh-ed25519 {b64}\n");
+        assert!(!known_host(&revoked, "git.example.com", 22, key));
+        assert_eq!(ssh_port("ssh://git@h:2222/p.git"), 2222);
+        assert_eq!(ssh_port("git@h:p.git"), 22);
     }
 
     #[test]
@@ -1465,7 +1724,7 @@ mod tests {
             "-----BEGIN PGP SIGNATURE-----\nxx\n-----END PGP SIGNATURE-----",
         ] {
             assert!(matches!(
-                verify_ssh(sig, b"data", "", "a@b"),
+                verify_ssh(sig, b"data", "", "a@b", 0),
                 SignatureStatus::Untrusted { .. }
             ));
         }

@@ -203,6 +203,15 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// The binary under test; `PALISADE_E2E_BIN` runs the source tests against another
+/// build (e.g. an older one, to see a regression test fail there).
+pub fn bin() -> PathBuf {
+    std::env::var_os("PALISADE_E2E_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_palisade")),
+        PathBuf::from,
+    )
+}
+
 /// A free loopback port (the kernel's choice; released before the controller binds it).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -232,7 +241,7 @@ impl Controller {
     /// the clouds' endpoints point at a closed loopback port, so nothing leaves the
     /// machine. `data` keeps the data directory across restarts when given.
     pub fn source_only(url: &str, extra: &[&str], data: Option<PathBuf>) -> Controller {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_palisade"));
+        let mut cmd = Command::new(bin());
         cmd.env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
@@ -276,6 +285,26 @@ impl Controller {
             data: dir,
             _data: owned,
         }
+    }
+
+    /// A GitHub push webhook for `reference`, signed with the tests' secret; the status.
+    pub fn github_push(&self, delivery: &str, reference: &str) -> u16 {
+        use hmac::Mac as _;
+        let body = format!(r#"{{"ref":"{reference}"}}"#);
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s3cr3t").unwrap();
+        mac.update(body.as_bytes());
+        let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        self.http(
+            "POST",
+            "/webhook/github",
+            &[
+                ("X-Hub-Signature-256", &sig),
+                ("X-GitHub-Event", "push"),
+                ("X-GitHub-Delivery", delivery),
+            ],
+            &body,
+        )
+        .0
     }
 
     /// Peak resident memory of the process so far (VmHWM), in bytes.
