@@ -140,56 +140,49 @@ fn fetches_over_ssh_with_a_deploy_key_and_refuses_an_unknown_host_key() {
     )
     .unwrap();
     let key = deploy.to_str().unwrap();
-    let c = Controller::source_only(
-        &url,
-        &[
-            "--git-path",
-            "policies",
-            "--git-ssh-key",
-            key,
-            "--git-known-hosts",
-            known.to_str().unwrap(),
-        ],
-        None,
-    );
+    let start = |known_hosts: &Path| {
+        Controller::source_only(
+            &url,
+            &[
+                "--git-path",
+                "policies",
+                "--git-ssh-key",
+                key,
+                "--git-known-hosts",
+                known_hosts.to_str().unwrap(),
+            ],
+            None,
+        )
+    };
+    let c = start(&known);
     c.wait(60, "enforced over ssh", |c| {
         c.enforced().as_deref() == Some(head.as_str())
     });
     drop(c);
 
-    // A known_hosts file that lists another key for this host: refused, nothing enforced.
+    // Refused, nothing enforced: another key for this host and port, and the right key
+    // listed for the host without a port (that is port 22, not this one).
     let other = dir.path().join("other_host");
     let other_pub = ssh_keygen(&other);
     let mut p = other_pub.split_whitespace();
-    let wrong = dir.path().join("known_hosts_wrong");
-    std::fs::write(
-        &wrong,
-        format!(
-            "[127.0.0.1]:{} {} {}\n",
-            sshd.port,
-            p.next().unwrap(),
-            p.next().unwrap()
+    let other_key = format!("{} {}", p.next().unwrap(), p.next().unwrap());
+    for (name, line) in [
+        (
+            "wrong_key",
+            format!("[127.0.0.1]:{} {other_key}\n", sshd.port),
         ),
-    )
-    .unwrap();
-    let c = Controller::source_only(
-        &url,
-        &[
-            "--git-path",
-            "policies",
-            "--git-ssh-key",
-            key,
-            "--git-known-hosts",
-            wrong.to_str().unwrap(),
-        ],
-        None,
-    );
-    c.wait(30, "the unknown host key refused", |c| {
-        c.status()["sourceError"]
-            .as_str()
-            .is_some_and(|e| e.contains("host key of 127.0.0.1 is not in"))
-    });
-    assert!(c.enforced().is_none());
+        ("wrong_port", format!("127.0.0.1 {}\n", sshd.host_key)),
+    ] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, line).unwrap();
+        let c = start(&file);
+        c.wait(30, &format!("{name}: the host key refused"), |c| {
+            c.status()["sourceError"]
+                .as_str()
+                .is_some_and(|e| e.contains("host key of 127.0.0.1 is not in"))
+        });
+        assert!(c.enforced().is_none(), "{name}");
+    }
 }
 
 struct Https {

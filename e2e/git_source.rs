@@ -336,39 +336,9 @@ fn a_branch_never_shadows_the_tracked_tag_and_an_ambiguous_name_is_refused() {
     assert!(c.metric("palisade_source_fetch_errors_total{reason=\"reference\"}") >= 1.0);
 }
 
-fn signing_repo() -> (GitRepo, PathBuf) {
-    let repo = GitRepo::with_example();
-    let key = repo.dir.path().join("signing");
-    let ok = Command::new("ssh-keygen")
-        .args([
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "platform@example.com",
-            "-f",
-        ])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-    let signers = repo.dir.path().join("allowed_signers");
-    std::fs::write(
-        &signers,
-        format!("platform@example.com namespaces=\"git\" {public}"),
-    )
-    .unwrap();
-    repo.git(&["config", "gpg.format", "ssh"]);
-    repo.git(&["config", "user.signingkey", key.to_str().unwrap()]);
-    (repo, signers)
-}
-
 #[test]
 fn with_signatures_required_a_rollback_to_an_older_signed_commit_is_rejected() {
-    let (repo, signers) = signing_repo();
+    let (repo, signers) = GitRepo::with_signing();
     let old = repo.commit("signed, before the rule was tightened", &["-S"]);
     repo.edit(
         "policies/aws/payments.yaml",
@@ -378,16 +348,17 @@ fn with_signatures_required_a_rollback_to_an_older_signed_commit_is_rejected() {
     let new = repo.commit("signed, tightened", &["-S"]);
     let keep = tempfile::tempdir().unwrap();
     let data = keep.path().to_path_buf();
-    let c = Controller::source_only(
-        &repo.url(),
-        &[
+    let start = |extra: &[&str]| {
+        let mut args = vec![
             "--git-path",
             "policies",
             "--allowed-signers",
             signers.to_str().unwrap(),
-        ],
-        Some(data.clone()),
-    );
+        ];
+        args.extend_from_slice(extra);
+        Controller::source_only(&repo.url(), &args, Some(data.clone()))
+    };
+    let c = start(&[]);
     c.wait(60, "the signed tip enforced", |c| {
         c.enforced().as_deref() == Some(new.as_str())
     });
@@ -411,16 +382,7 @@ fn with_signatures_required_a_rollback_to_an_older_signed_commit_is_rejected() {
     drop(c);
 
     // The enforced commit is persisted: a restart still refuses the rollback...
-    let c = Controller::source_only(
-        &repo.url(),
-        &[
-            "--git-path",
-            "policies",
-            "--allowed-signers",
-            signers.to_str().unwrap(),
-        ],
-        Some(data.clone()),
-    );
+    let c = start(&[]);
     c.wait(30, "the rollback rejected after a restart", |c| {
         rejection(c, &old).is_some_and(|r| r["reason"] == "not-a-descendant")
     });
@@ -429,17 +391,7 @@ fn with_signatures_required_a_rollback_to_an_older_signed_commit_is_rejected() {
     assert_eq!(c.terminate(), Some(0));
     drop(c);
     // ...unless the operator says the rewrite is deliberate.
-    let c = Controller::source_only(
-        &repo.url(),
-        &[
-            "--git-path",
-            "policies",
-            "--allowed-signers",
-            signers.to_str().unwrap(),
-            "--allow-history-rewrite",
-        ],
-        Some(data),
-    );
+    let c = start(&["--allow-history-rewrite"]);
     c.wait(30, "the rewrite accepted", |c| {
         c.enforced().as_deref() == Some(old.as_str())
     });

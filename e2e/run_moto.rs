@@ -255,32 +255,7 @@ fn webhooks_fetch_at_once_and_bad_signatures_trigger_nothing() {
 fn with_signatures_required_only_signed_commits_are_enforced() {
     let Some(moto) = Moto::start() else { return };
     moto.seed(8);
-    let repo = GitRepo::with_example();
-    let key = repo.dir.path().join("signing");
-    let status = std::process::Command::new("ssh-keygen")
-        .args([
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "platform@example.com",
-            "-f",
-        ])
-        .arg(&key)
-        .status()
-        .expect("ssh-keygen runs");
-    assert!(status.success());
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-    let signers = repo.dir.path().join("allowed_signers");
-    std::fs::write(
-        &signers,
-        format!("platform@example.com namespaces=\"git\" {public}"),
-    )
-    .unwrap();
-    repo.git(&["config", "gpg.format", "ssh"]);
-    repo.git(&["config", "user.signingkey", key.to_str().unwrap()]);
+    let (repo, signers) = GitRepo::with_signing();
     let signed = repo.commit("signed", &["-S"]);
 
     let c = Controller::start(

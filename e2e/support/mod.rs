@@ -172,6 +172,38 @@ impl GitRepo {
         repo
     }
 
+    /// [`GitRepo::with_example`] whose commits can be SSH-signed (`commit(…, &["-S"])`)
+    /// by a fresh key of platform@example.com; returns the allowed-signers file too.
+    pub fn with_signing() -> (GitRepo, PathBuf) {
+        let repo = GitRepo::with_example();
+        let key = repo.dir.path().join("signing");
+        let ok = Command::new("ssh-keygen")
+            .args([
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "platform@example.com",
+                "-f",
+            ])
+            .arg(&key)
+            .status()
+            .expect("ssh-keygen runs");
+        assert!(ok.success());
+        let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        let signers = repo.dir.path().join("allowed_signers");
+        std::fs::write(
+            &signers,
+            format!("platform@example.com namespaces=\"git\" {public}"),
+        )
+        .unwrap();
+        repo.git(&["config", "gpg.format", "ssh"]);
+        repo.git(&["config", "user.signingkey", key.to_str().unwrap()]);
+        (repo, signers)
+    }
+
     /// Commit everything and push; returns the commit id.
     pub fn commit(&self, message: &str, extra: &[&str]) -> String {
         self.git(&["add", "-A"]);
