@@ -6,9 +6,9 @@
 //! validated as a whole before it replaces the enforced one; a bad, unsigned, rolled-back
 //! or empty revision is rejected and the last good one stays. The last good commit is
 //! persisted and enforced again at start-up, before the first fetch. Fetches are bounded
-//! (deadline, bytes, libgit2 socket timeouts) and abandoned on shutdown. One worker per target reconciles (observe → plan → apply) on
-//! every trigger — new revision, periodic jittered resync, webhook, retry — with bounded
-//! concurrency across targets. Triggers are logged and counted, never used in decisions:
+//! (deadline, bytes, libgit2 socket timeouts) and abandoned on shutdown. One worker per
+//! target reconciles (observe → plan → apply) on every trigger — new revision, periodic
+//! jittered resync, webhook, retry — with bounded concurrency across targets. Triggers are logged and counted, never used in decisions:
 //! each reconcile compares the whole desired state with the whole observed state.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
