@@ -397,3 +397,49 @@ fn a_burst_of_webhooks_reconciles_each_target_once_per_interval() {
         "one fetch per burst"
     );
 }
+
+/// A revision that moves a target to another account gets its caller identity verified
+/// again before any call: the session is not carried over by the target's name.
+#[test]
+fn a_changed_account_is_verified_again_and_refused_before_any_write() {
+    let Some(moto) = Moto::start() else { return };
+    moto.seed(8);
+    let repo = GitRepo::with_example();
+    let first = repo.git(&["rev-parse", "HEAD"]);
+    let c = Controller::start(&moto, &repo, &[]);
+    c.wait(120, "first revision", |c| c.ready_at(&first));
+    let writes = |c: &Controller| {
+        let (_, body) = c.http("GET", "/metrics", &[], "");
+        body.lines()
+            .filter(|l| l.starts_with("palisade_cloud_api_calls_total"))
+            .filter(|l| {
+                [
+                    "Authorize",
+                    "Revoke",
+                    "Create",
+                    "Delete",
+                    "Update",
+                    "Modify",
+                ]
+                .iter()
+                .any(|w| l.contains(&format!("operation=\"{w}")))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let before = writes(&c);
+    repo.edit(
+        "policies/targets/targets.yaml",
+        "accountId: \"123456789012\"",
+        "accountId: \"210987654321\"",
+    );
+    let moved = repo.commit("prod-aws is another account now", &[]);
+    c.wait(60, "the new account refused", |c| {
+        let s = c.status();
+        s["revision"]["commit"] == moved.as_str()
+            && s["targets"]["prod-aws"]["lastReconcile"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("210987654321") && e.contains("refusing"))
+    });
+    assert_eq!(writes(&c), before, "nothing written with the old session");
+}

@@ -155,6 +155,9 @@ struct EndpointState {
 #[derive(Debug)]
 struct Session {
     scope: Scope,
+    /// The target's scope as declared when the caller identity was verified: a revision
+    /// that changes the account, region or role gets a new, re-verified session.
+    declared: TargetScope,
     clients: Clients,
     owned: Mutex<Owned>,
 }
@@ -231,6 +234,7 @@ impl AwsProvider {
         tracing::info!(target = %target.name, account = actual, identity = who.arn().unwrap_or("-"), "AWS caller identity verified");
         Ok(Session {
             scope,
+            declared: target.scope.clone(),
             clients,
             owned: Mutex::new(Owned::default()),
         })
@@ -238,8 +242,14 @@ impl AwsProvider {
 
     async fn session(&self, target: &Target) -> Result<Arc<Session>, ProviderError> {
         let mut sessions = self.sessions.lock().await;
-        if let Some(s) = sessions.get(&target.name) {
-            return Ok(s.clone());
+        match sessions.get(&target.name) {
+            Some(s) if s.declared == target.scope => return Ok(s.clone()),
+            Some(_) => {
+                // Never carry a verified identity over to another account, region or role.
+                tracing::info!(target = %target.name, "the target's account, region or role changed; verifying the caller identity again");
+                sessions.remove(&target.name);
+            }
+            None => {}
         }
         let TargetScope::Aws {
             region,
