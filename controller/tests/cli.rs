@@ -97,3 +97,64 @@ fn plan_on_snapshot_prints_and_json_round_trips() {
         plan
     );
 }
+
+#[test]
+fn two_targets_in_one_scope_are_refused_naming_both_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = |name: &str, scope: &str| {
+        format!(
+            "apiVersion: palisade.dev/v1alpha1\nkind: Target\nmetadata: {{ name: {name} }}\nspec:\n  {scope}\n"
+        )
+    };
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        target(
+            "prod",
+            "aws: { region: us-east-1, accountId: \"123456789012\" }",
+        ) + "---\n"
+            + &target(
+                "prod-eu",
+                "azure: { subscriptionId: S-1, resourceGroup: RG, location: westeurope }",
+            ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("b.yaml"),
+        target(
+            "prod-copy",
+            "aws: { region: US-EAST-1, accountId: \"123456789012\" }",
+        ) + "---\n"
+            + &target(
+                "other-region",
+                "aws: { region: eu-west-1, accountId: \"123456789012\" }",
+            )
+            + "---\n"
+            + &target(
+                "eu-copy",
+                "azure: { subscriptionId: s-1, resourceGroup: rg, location: westeurope }",
+            ),
+    )
+    .unwrap();
+    let out = bin().arg("validate").arg(dir.path()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let errors: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("error[overlapping-targets]"))
+        .collect();
+    assert_eq!(errors.len(), 2, "{stdout}");
+    // Each error names both targets and both files (targets are checked in name order).
+    for (x, y) in [("\"prod\"", "prod-copy"), ("eu-copy", "prod-eu")] {
+        assert!(
+            errors.iter().any(|l| l.contains(x)
+                && l.contains(y)
+                && l.contains("a.yaml:")
+                && l.contains("b.yaml:")),
+            "{x} / {y}: {stdout}"
+        );
+    }
+    assert!(
+        !stdout.contains("other-region\" covers"),
+        "another region is another scope"
+    );
+}

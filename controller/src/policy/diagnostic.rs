@@ -105,6 +105,9 @@ pub enum DiagnosticKind {
     RuleQuota,
     /// One function selected by two policies.
     OverlappingSelection,
+    /// Two Targets cover the same cloud scope (AWS account and region, Azure
+    /// subscription and resource group): they would prune each other's resources.
+    OverlappingTargets,
     /// A selector selects nothing (no function, no VPC, no subnet).
     EmptySelection,
     /// A selector that must pick exactly one thing picked several.

@@ -74,9 +74,50 @@ pub fn validate(set: &PolicySet) -> Vec<Diagnostic> {
         check_name(&p.metadata.name, p, "FunctionPolicy", &mut d);
         check_policy(set, p, &mut d);
     }
+    check_colliding_targets(set, &mut d);
     check_overlaps(set, &mut d);
     check_one_sided(set, &mut d);
     d
+}
+
+/// Two Targets in one cloud scope see each other's `palisade-*` resources as unwanted,
+/// prune them and release each other's functions, for ever: refused. (Partitioning one
+/// scope between targets, e.g. by VPC, is not in the language yet.)
+fn check_colliding_targets(set: &PolicySet, d: &mut Vec<Diagnostic>) {
+    let scope = |t: &TargetDoc| -> Option<String> {
+        match (&t.spec.aws, &t.spec.azure) {
+            (Some(a), None) => Some(format!(
+                "the AWS account {} in region {}",
+                a.account_id.value,
+                a.region.to_ascii_lowercase()
+            )),
+            (None, Some(z)) => Some(format!(
+                "the Azure subscription {} and resource group {}",
+                z.subscription_id.to_ascii_lowercase(),
+                z.resource_group.to_ascii_lowercase()
+            )),
+            _ => None,
+        }
+    };
+    let mut seen: BTreeMap<String, &TargetDoc> = BTreeMap::new();
+    for t in &set.targets {
+        let Some(key) = scope(t) else { continue };
+        match seen.get(&key) {
+            Some(first) => d.push(Diagnostic::error(
+                K::OverlappingTargets,
+                Some(t.here()),
+                format!(
+                    "Target {:?} covers {key}, as Target {:?} at {} does; two targets in one scope would delete each other's managed groups and release each other's functions — use one target",
+                    t.name(),
+                    first.name(),
+                    first.here()
+                ),
+            )),
+            None => {
+                seen.insert(key, t);
+            }
+        }
+    }
 }
 
 fn check_name<S>(name: &Located<String>, doc: &super::Doc<S>, kind: &str, d: &mut Vec<Diagnostic>) {
