@@ -378,6 +378,11 @@ struct SettingsArgs {
     /// Let a source that defines nothing for a target delete what is managed there.
     #[arg(long, env = "PALISADE_ALLOW_EMPTY")]
     allow_empty: bool,
+    /// Release managed groups from functions no policy selects any more (default: they
+    /// keep their placement and groups, and the groups are retained and reported). A
+    /// release never leaves a function without any group.
+    #[arg(long, env = "PALISADE_RELEASE_UNSELECTED")]
+    release_unselected: bool,
 }
 
 impl SettingsArgs {
@@ -387,6 +392,7 @@ impl SettingsArgs {
             max_delete_percent: self.max_delete_percent,
             prune: !self.no_prune,
             allow_empty: self.allow_empty,
+            release_unselected: self.release_unselected,
             ..Settings::default()
         }
     }

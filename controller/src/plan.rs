@@ -36,6 +36,12 @@ pub struct Settings {
     pub prune: bool,
     /// Let a source that defines nothing for a target delete everything managed there.
     pub allow_empty: bool,
+    /// Release managed groups from functions no policy selects any more. Off by default
+    /// (fail closed): such a function keeps its placement and groups, and a group it
+    /// still holds is retained and reported. Even when on, a release never leaves a
+    /// function without a group (which would take it out of its VPC).
+    #[serde(default)]
+    pub release_unselected: bool,
 }
 
 impl Default for Settings {
@@ -46,6 +52,7 @@ impl Default for Settings {
             delete_percent_floor: 20,
             prune: true,
             allow_empty: false,
+            release_unselected: false,
         }
     }
 }
@@ -209,7 +216,24 @@ pub fn plan(
     for gs in observed_groups.values_mut() {
         gs.sort_by(|a, b| a.id.cmp(&b.id));
     }
-    plan_groups(&mut b, desired, &observed_groups, settings);
+    // Managed groups held by functions no policy selects: kept while they hold them
+    // (unless releasing is switched on).
+    let mut held: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    if !settings.release_unselected {
+        for f in &observed.functions {
+            if desired.placements.contains_key(&f.id) {
+                continue;
+            }
+            for g in f.placement.iter().flat_map(|p| &p.groups) {
+                if let GroupRef::Managed(owner) = g {
+                    held.entry(owner.as_str())
+                        .or_default()
+                        .push(f.name.as_str());
+                }
+            }
+        }
+    }
+    plan_groups(&mut b, desired, &observed_groups, &held, settings);
     plan_placements(&mut b, desired, observed, settings);
     plan_endpoints(&mut b, desired, observed, settings);
 
@@ -232,6 +256,7 @@ fn plan_groups(
     b: &mut Builder<'_>,
     desired: &DesiredState,
     observed: &BTreeMap<&str, Vec<&SecurityGroup>>,
+    held: &BTreeMap<&str, Vec<&str>>,
     settings: &Settings,
 ) {
     for (owner, dg) in &desired.groups {
@@ -377,6 +402,17 @@ fn plan_groups(
         }
         for g in gs {
             let resource = format!("group {owner} ({})", g.id);
+            if let Some(functions) = held.get(*owner) {
+                b.finding(
+                    FindingKind::Orphaned,
+                    &resource,
+                    format!(
+                        "no policy wants this managed group any more, but {} still hold it and no policy selects them; retained (rules unchanged) until they are selected again or moved",
+                        functions.join(", ")
+                    ),
+                );
+                continue;
+            }
             if settings.prune {
                 let drift = b.previous.is_some_and(|p| !p.groups.contains_key(*owner));
                 b.push(
@@ -465,35 +501,48 @@ fn plan_placements(
         if managed.is_empty() {
             continue;
         }
-        let release: Vec<&GroupRef> = managed
-            .iter()
-            .copied()
-            .filter(|g| was_ours || matches!(g, GroupRef::Managed(o) if !desired.groups.contains_key(o) && settings.prune))
-            .collect();
-        let resource = format!("function {}", f.name);
-        for g in managed.iter().filter(|g| !release.contains(g)) {
-            b.finding(
-                FindingKind::ForeignAttachment,
-                &resource,
-                format!("holds {g}, but no policy selects this function"),
-            );
-        }
-        if release.is_empty() {
-            continue;
-        }
+        let mut release: Vec<&GroupRef> = if settings.release_unselected {
+            managed
+                .iter()
+                .copied()
+                .filter(|g| was_ours || matches!(g, GroupRef::Managed(o) if !desired.groups.contains_key(o) && settings.prune))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let groups: Vec<GroupRef> = p
             .groups
             .iter()
             .filter(|g| !release.contains(g))
             .cloned()
             .collect();
-        let after = (!groups.is_empty()).then(|| {
+        let resource = format!("function {}", f.name);
+        if groups.is_empty() && !release.is_empty() {
+            // Releasing every group would take the function out of its VPC: never.
+            b.finding(
+                FindingKind::ForeignAttachment,
+                &resource,
+                "no policy selects this function; its managed groups are not released, because that would leave it without any group (out of its VPC)".into(),
+            );
+            release.clear();
+        }
+        for g in managed.iter().filter(|g| !release.contains(g)) {
+            b.finding(
+                FindingKind::ForeignAttachment,
+                &resource,
+                format!("holds {g}, but no policy selects this function; it keeps its placement and groups"),
+            );
+        }
+        if release.is_empty() {
+            continue;
+        }
+        let after = Some(
             Placement {
                 groups,
                 ..p.clone()
             }
-            .normalised()
-        });
+            .normalised(),
+        );
         b.push(
             Phase::Placement,
             Cause::Intended,

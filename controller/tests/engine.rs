@@ -485,3 +485,83 @@ proptest! {
         prop_assert!(second.changes.is_empty(), "{}", palisade::plan::render_text(&second));
     }
 }
+
+/// The example converged on the fake, then `ledger-worker` removed from the policies
+/// (with `report-export`, an audit policy that uses its endpoint): the plan for what is
+/// left.
+fn without_ledger_worker(settings: &Settings) -> Plan {
+    let set = example();
+    let fake = FakeProvider::new(fixture("inventory-prod-aws.json"));
+    let (_, second) = converge(&set, &fake, "prod-aws", settings);
+    assert!(second.changes.is_empty());
+    let t = target(&set, "prod-aws");
+    let inv = rt().block_on(fake.observe(&t)).unwrap();
+    let before = desired(&set, &inv);
+    let mut smaller = set.clone();
+    smaller
+        .policies
+        .retain(|p| p.name() != "ledger-worker" && p.name() != "report-export");
+    let after = desired(&smaller, &inv);
+    plan(&after, &inv, Some(&before), settings, None)
+}
+
+/// Whether `c` takes anything away from the ledger workers or their group.
+fn touches_ledger_workers(c: &Change) -> bool {
+    match c {
+        Change::SetPlacement { name, .. } => name.starts_with("ledger-worker"),
+        Change::DeleteGroup { owner, .. } => owner == "ledger-worker",
+        Change::RemoveRules { group, .. } => *group == GroupRef::Managed("ledger-worker".into()),
+        _ => false,
+    }
+}
+
+#[test]
+fn a_function_no_policy_selects_keeps_its_placement_and_its_group_is_retained() {
+    let p = without_ledger_worker(&Settings::default());
+    assert!(
+        !p.changes.iter().any(|c| touches_ledger_workers(&c.change)),
+        "nothing released, deleted or revoked:\n{}",
+        palisade::plan::render_text(&p)
+    );
+    let orphaned: Vec<&str> = p
+        .findings
+        .iter()
+        .filter(|f| f.resource.starts_with("group ledger-worker"))
+        .map(|f| f.message.as_str())
+        .collect();
+    assert!(
+        !orphaned.is_empty()
+            && orphaned
+                .iter()
+                .all(|m| m.contains("ledger-worker-1, ledger-worker-2 still hold it")),
+        "{:?}",
+        p.findings
+    );
+}
+
+#[test]
+fn releasing_unselected_functions_never_takes_them_out_of_their_vpc() {
+    let settings = Settings {
+        release_unselected: true,
+        ..Settings::default()
+    };
+    let p = without_ledger_worker(&settings);
+    // The ledger workers hold only the ledger-worker group: releasing it would take them
+    // out of their VPC, so nothing is released (and the group is deleted only as a
+    // pending deletion the cloud refuses while they hold it).
+    assert!(
+        !p.changes
+            .iter()
+            .any(|c| matches!(&c.change, Change::SetPlacement { name, .. } if name.starts_with("ledger-worker"))),
+        "{}",
+        palisade::plan::render_text(&p)
+    );
+    assert!(
+        p.findings
+            .iter()
+            .any(|f| f.resource.starts_with("function ledger-worker")
+                && f.message.contains("out of its VPC")),
+        "{:?}",
+        p.findings
+    );
+}
