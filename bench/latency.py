@@ -199,6 +199,11 @@ def main():
                                   "--target", cloud.target, "--listen", f"127.0.0.1:{port}",
                                   "--data-dir", os.path.join(work, f"data-{port}"), "--resync", args.resync,
                                   "--poll-interval", poll, "--github-webhook-secret", SECRET.decode(),
+                                  # Each push is one measured merge, sent as soon as the
+                                  # previous one is enforced: the default 5 s spacing of
+                                  # webhook fetches (burst coalescing, tested in e2e) would
+                                  # be measured instead.
+                                  "--webhook-min-interval", "0s",
                                   # The same drift is made again and again on purpose: flap
                                   # detection would (rightly) stop reverting it after 5.
                                   "--flap-threshold", "1000"],
