@@ -200,8 +200,8 @@ pub async fn serve(
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(address = ?addr, "HTTP server listening");
     let app = router(shared, secrets, &tracked_ref, &limits);
-    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let max = limits.max_connections.clamp(1, u32::MAX as usize);
+    let connections = Arc::new(tokio::sync::Semaphore::new(max));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -223,16 +223,29 @@ pub async fn serve(
             },
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let http = http.clone();
+        let cancel = cancel.clone();
         let age = limits.max_connection_age;
         tokio::spawn(async move {
-            // Past its age the connection is dropped (closed), whatever it is doing.
-            let _ = tokio::time::timeout(age, conn).await;
+            let conn = http.serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            // Past its age, or on shutdown, the connection finishes the request in flight
+            // and closes; a client that does not read gets 5 s more, then is dropped.
+            let ended = tokio::select! {
+                _ = conn.as_mut() => true,
+                _ = tokio::time::sleep(age) => false,
+                _ = cancel.cancelled() => false,
+            };
+            if !ended {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(Duration::from_secs(5), conn.as_mut()).await;
+            }
             drop(permit);
         });
     }
-    // In-flight requests get a moment; idle keep-alive connections are closed.
-    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+    // Connections close gracefully (see above); wait for them, at most 6 s.
+    let _ =
+        tokio::time::timeout(Duration::from_secs(6), connections.acquire_many(max as u32)).await;
     Ok(())
 }
 

@@ -216,25 +216,35 @@ pub fn plan(
     for gs in observed_groups.values_mut() {
         gs.sort_by(|a, b| a.id.cmp(&b.id));
     }
-    // Managed groups held by functions no policy selects: kept while they hold them
-    // (unless releasing is switched on).
-    let mut held: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    if !settings.release_unselected {
-        for f in &observed.functions {
-            if desired.placements.contains_key(&f.id) {
-                continue;
-            }
-            for g in f.placement.iter().flat_map(|p| &p.groups) {
-                if let GroupRef::Managed(owner) = g {
-                    held.entry(owner.as_str())
-                        .or_default()
-                        .push(f.name.as_str());
-                }
+    plan_placements(&mut b, desired, observed, settings);
+    // Managed groups that functions will still hold once this plan's placement changes
+    // are done (functions no policy selects, audit-mode ones, releases refused), and
+    // managed NSGs kept on subnets that host functions: never deleted from under them.
+    let mut moved: BTreeMap<&str, Option<&Placement>> = BTreeMap::new();
+    for c in b.changes.values().flatten() {
+        if let Change::SetPlacement {
+            function, after, ..
+        } = &c.change
+        {
+            moved.insert(function.as_str(), after.as_ref());
+        }
+    }
+    let mut held: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for f in &observed.functions {
+        let placement = moved
+            .get(f.id.as_str())
+            .copied()
+            .unwrap_or(f.placement.as_ref());
+        for g in placement.iter().flat_map(|p| &p.groups) {
+            if let GroupRef::Managed(owner) = g {
+                held.entry(owner.clone()).or_default().push(f.name.as_str());
             }
         }
     }
+    for (_, owner, functions) in kept_subnet_groups(desired, observed) {
+        held.entry(owner.to_string()).or_default().extend(functions);
+    }
     plan_groups(&mut b, desired, &observed_groups, &held, settings);
-    plan_placements(&mut b, desired, observed, settings);
     plan_endpoints(&mut b, desired, observed, settings);
 
     let changes: Vec<PlannedChange> = b.changes.into_values().flatten().collect();
@@ -256,7 +266,7 @@ fn plan_groups(
     b: &mut Builder<'_>,
     desired: &DesiredState,
     observed: &BTreeMap<&str, Vec<&SecurityGroup>>,
-    held: &BTreeMap<&str, Vec<&str>>,
+    held: &BTreeMap<String, Vec<&str>>,
     settings: &Settings,
 ) {
     for (owner, dg) in &desired.groups {
@@ -407,7 +417,7 @@ fn plan_groups(
                     FindingKind::Orphaned,
                     &resource,
                     format!(
-                        "no policy wants this managed group any more, but {} still hold it and no policy selects them; retained (rules unchanged) until they are selected again or moved",
+                        "no policy wants this managed group any more, but {} still hold it (no policy moves them); retained (rules unchanged) until they are selected again or moved",
                         functions.join(", ")
                     ),
                 );
@@ -596,6 +606,10 @@ fn plan_placements(
             },
         );
     }
+    let kept: Vec<String> = kept_subnet_groups(desired, observed)
+        .iter()
+        .map(|(s, _, _)| s.id.clone())
+        .collect();
     for s in &observed.subnets {
         let Some(GroupRef::Managed(owner)) = &s.group else {
             continue;
@@ -607,6 +621,18 @@ fn plan_placements(
             continue;
         }
         let resource = format!("subnet {}", s.name);
+        if kept.contains(&s.id) {
+            // Detaching would leave functions in a subnet without any NSG.
+            b.finding(
+                FindingKind::Orphaned,
+                &resource,
+                format!(
+                    "no policy wants {} on this subnet any more, but functions run in it; the NSG stays attached until they leave",
+                    GroupRef::Managed(owner.clone())
+                ),
+            );
+            continue;
+        }
         if settings.prune || !desired.groups.contains_key(owner) {
             b.push(
                 Phase::Placement,
@@ -620,6 +646,40 @@ fn plan_placements(
             );
         }
     }
+}
+
+/// Subnets holding a managed NSG no policy wants there any more while functions run in
+/// them: (subnet, the NSG's owner, those functions). Fail closed: the NSG stays.
+fn kept_subnet_groups<'a>(
+    desired: &DesiredState,
+    observed: &'a Inventory,
+) -> Vec<(&'a palisade_providers::Subnet, &'a str, Vec<&'a str>)> {
+    let mut out = Vec::new();
+    for s in &observed.subnets {
+        let Some(GroupRef::Managed(owner)) = &s.group else {
+            continue;
+        };
+        if desired
+            .subnet_groups
+            .contains_key(&s.id.to_ascii_lowercase())
+        {
+            continue;
+        }
+        let functions: Vec<&str> = observed
+            .functions
+            .iter()
+            .filter(|f| {
+                f.placement
+                    .as_ref()
+                    .is_some_and(|p| p.subnets.iter().any(|x| x.eq_ignore_ascii_case(&s.id)))
+            })
+            .map(|f| f.name.as_str())
+            .collect();
+        if !functions.is_empty() {
+            out.push((s, owner.as_str(), functions));
+        }
+    }
+    out
 }
 
 fn plan_endpoints(

@@ -423,9 +423,9 @@ async fn poll_source(
         let (source, abort) = (source.clone(), abort.clone());
         let running = shared.fetch_running_since.clone();
         tokio::task::spawn_blocking(move || -> Result<Polled, SourceError> {
-            running.store(now(), Ordering::Relaxed);
-            let polled = source.poll(&abort, last_seen.as_deref(), base.as_deref());
-            running.store(0, Ordering::Relaxed);
+            // Set by the poll that holds the source's lock only: a poll refused as busy
+            // must not hide how long the stuck one has been running.
+            let polled = source.poll(&abort, last_seen.as_deref(), base.as_deref(), &running);
             Ok(match polled? {
                 None => Polled::Same,
                 Some(examined) => Polled::New(Box::new(examined)),

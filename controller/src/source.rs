@@ -20,7 +20,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use git2::{
     AutotagOption, CertificateCheckStatus, Cred, CredentialType, FetchOptions, ObjectType, Oid,
@@ -619,15 +619,30 @@ impl GitSource {
     /// # Errors
     /// [`SourceError`] when the remote cannot be read, the ref does not exist or is
     /// ambiguous, a bound is exceeded, or `abort` fired.
+    ///
+    /// `running` holds the Unix second the poll took the lock while it runs (0 after):
+    /// a value far in the past is a fetch stuck inside libgit2.
     pub fn poll(
         &self,
         abort: &Abort,
         last_seen: Option<&str>,
         enforced: Option<&str>,
+        running: &AtomicU64,
     ) -> Result<Option<Examined>, SourceError> {
         let Ok(_guard) = self.fetching.try_lock() else {
             return Err(SourceError::Busy);
         };
+        struct Running<'a>(&'a AtomicU64);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                self.0.store(0, Ordering::Relaxed);
+            }
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        running.store(now.max(1), Ordering::Relaxed);
+        let _running = Running(running);
         let commit = self.fetch(abort)?;
         if last_seen == Some(commit.as_str()) {
             return Ok(None);
@@ -1376,7 +1391,8 @@ pub fn verify_ssh(
         Ok(s) => s,
         Err(e) => return untrusted(format!("not an SSH signature: {e}")),
     };
-    for line in allowed_signers.lines().map(str::trim) {
+    let mut why = "the signing key is not in the allowed signers file".to_string();
+    'lines: for line in allowed_signers.lines().map(str::trim) {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
@@ -1417,18 +1433,23 @@ pub fn verify_ssh(
             let Some(v) = options.split(',').find_map(|o| o.strip_prefix(opt)) else {
                 continue;
             };
+            // As OpenSSH: a line whose bounds exclude the signing time does not apply
+            // (a later line may list the same key for another period).
             match key_time(v.trim_matches('"')) {
                 Some(t) if after && signed_at < t => {
-                    return untrusted(format!("the key is valid only after {v} ({principals})"));
+                    why = format!("the key is valid only after {v} ({principals})");
+                    continue 'lines;
                 }
-                Some(t) if !after && signed_at >= t => {
-                    return untrusted(format!("the key expired at {v} ({principals})"));
+                Some(t) if !after && signed_at > t => {
+                    why = format!("the key expired at {v} ({principals})");
+                    continue 'lines;
                 }
                 Some(_) => {}
                 None => {
-                    return untrusted(format!(
+                    why = format!(
                         "cannot read {opt}{v} in the allowed signers file; expected YYYYMMDD[HHMM[SS]][Z]"
-                    ));
+                    );
+                    continue 'lines;
                 }
             }
         }
@@ -1438,17 +1459,15 @@ pub fn verify_ssh(
         let allowed = principals
             .split(',')
             .any(|p| p == "*" || p.eq_ignore_ascii_case(committer));
-        return if allowed {
-            SignatureStatus::Verified {
+        if allowed {
+            return SignatureStatus::Verified {
                 signer: principals.to_string(),
-            }
-        } else {
-            untrusted(format!(
-                "signed by a key of {principals}, but committed by {committer}"
-            ))
-        };
+            };
+        }
+        // Another line may list the same key for the committer.
+        why = format!("signed by a key of {principals}, but committed by {committer}");
     }
-    untrusted("the signing key is not in the allowed signers file".into())
+    untrusted(why)
 }
 
 /// `YYYYMMDD[HHMM[SS]][Z]` (ssh-keygen's time format; read as UTC) in Unix seconds.

@@ -547,12 +547,9 @@ fn releasing_unselected_functions_never_takes_them_out_of_their_vpc() {
     };
     let p = without_ledger_worker(&settings);
     // The ledger workers hold only the ledger-worker group: releasing it would take them
-    // out of their VPC, so nothing is released (and the group is deleted only as a
-    // pending deletion the cloud refuses while they hold it).
+    // out of their VPC, so nothing is released, and the group they keep is not deleted.
     assert!(
-        !p.changes
-            .iter()
-            .any(|c| matches!(&c.change, Change::SetPlacement { name, .. } if name.starts_with("ledger-worker"))),
+        !p.changes.iter().any(|c| touches_ledger_workers(&c.change)),
         "{}",
         palisade::plan::render_text(&p)
     );
@@ -561,6 +558,83 @@ fn releasing_unselected_functions_never_takes_them_out_of_their_vpc() {
             .iter()
             .any(|f| f.resource.starts_with("function ledger-worker")
                 && f.message.contains("out of its VPC")),
+        "{:?}",
+        p.findings
+    );
+}
+
+/// Copy `policies-example` to a temporary directory, editing one file on the way.
+fn example_edited(file: &str, edit: impl Fn(&str) -> String) -> (tempfile::TempDir, PolicySet) {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                copy(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy(&root().join("policies-example"), dir.path());
+    let path = dir.path().join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, edit(&text)).unwrap();
+    let (set, d) = load_dir(dir.path(), &Limits::default());
+    assert!(d.iter().all(|x| !x.is_error()), "{d:?}");
+    (dir, set)
+}
+
+#[test]
+fn an_nsg_stays_on_a_subnet_functions_run_in_when_its_policy_goes() {
+    let set = example();
+    let fake = FakeProvider::new(fixture("inventory-prod-azure.json"));
+    let (_, second) = converge(&set, &fake, "prod-azure", &Settings::default());
+    assert!(second.changes.is_empty());
+    let t = target(&set, "prod-azure");
+    let inv = rt().block_on(fake.observe(&t)).unwrap();
+    let before = desired(&set, &inv);
+    // orders-func removed (and the ingress rule of reports-func that names it: `ingress: []`).
+    let (_dir, smaller) = example_edited("azure/functions.yaml", |text| {
+        text.split("\n---\n")
+            .filter(|doc| !doc.contains("name: orders-func"))
+            .map(|doc| {
+                doc.lines()
+                    .map(|l| {
+                        if l.contains("from-orders") {
+                            "    []".to_string()
+                        } else {
+                            l.to_string()
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    });
+    let after = desired(&smaller, &inv);
+    let p = plan(&after, &inv, Some(&before), &Settings::default(), None);
+    assert!(
+        !p.changes.iter().any(
+            |c| matches!(&c.change, Change::SetSubnetGroup { after: None, .. })
+                || matches!(&c.change, Change::DeleteGroup { owner, .. } if owner == "orders-func")
+        ),
+        "the orders subnet keeps its NSG and the NSG stays:\n{}",
+        palisade::plan::render_text(&p)
+    );
+    assert!(
+        p.findings
+            .iter()
+            .any(|f| f.resource.starts_with("subnet") && f.message.contains("functions run in it")),
+        "{:?}",
+        p.findings
+    );
+    assert!(
+        p.findings
+            .iter()
+            .any(|f| f.resource.starts_with("group orders-func") && f.message.contains("retained")),
         "{:?}",
         p.findings
     );

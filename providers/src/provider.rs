@@ -150,6 +150,16 @@ impl Change {
             Change::DeleteGroup { .. } | Change::DeleteEndpoint { .. } => 1,
             Change::RemoveRules { rules, .. } => rules.len(),
             Change::SetPlacement { after: None, .. } => 1,
+            // A release: every managed group taken away from the function removes access.
+            Change::SetPlacement {
+                before: Some(b),
+                after: Some(a),
+                ..
+            } => b
+                .groups
+                .iter()
+                .filter(|g| matches!(g, GroupRef::Managed(_)) && !a.groups.contains(g))
+                .count(),
             Change::SetSubnetGroup { after: None, .. } => 1,
             _ => 0,
         }
