@@ -241,8 +241,10 @@ pub fn plan(
             }
         }
     }
-    for (_, owner, functions) in kept_subnet_groups(desired, observed) {
-        held.entry(owner.to_string()).or_default().extend(functions);
+    for (_, owner, functions) in unwanted_subnet_groups(desired, observed) {
+        if !functions.is_empty() {
+            held.entry(owner.to_string()).or_default().extend(functions);
+        }
     }
     plan_groups(&mut b, desired, &observed_groups, &held, settings);
     plan_endpoints(&mut b, desired, observed, settings);
@@ -606,29 +608,16 @@ fn plan_placements(
             },
         );
     }
-    let kept: Vec<String> = kept_subnet_groups(desired, observed)
-        .iter()
-        .map(|(s, _, _)| s.id.clone())
-        .collect();
-    for s in &observed.subnets {
-        let Some(GroupRef::Managed(owner)) = &s.group else {
-            continue;
-        };
-        if desired
-            .subnet_groups
-            .contains_key(&s.id.to_ascii_lowercase())
-        {
-            continue;
-        }
+    for (s, owner, functions) in unwanted_subnet_groups(desired, observed) {
         let resource = format!("subnet {}", s.name);
-        if kept.contains(&s.id) {
+        if !functions.is_empty() {
             // Detaching would leave functions in a subnet without any NSG.
             b.finding(
                 FindingKind::Orphaned,
                 &resource,
                 format!(
                     "no policy wants {} on this subnet any more, but functions run in it; the NSG stays attached until they leave",
-                    GroupRef::Managed(owner.clone())
+                    GroupRef::Managed(owner.to_string())
                 ),
             );
             continue;
@@ -648,9 +637,10 @@ fn plan_placements(
     }
 }
 
-/// Subnets holding a managed NSG no policy wants there any more while functions run in
-/// them: (subnet, the NSG's owner, those functions). Fail closed: the NSG stays.
-fn kept_subnet_groups<'a>(
+/// Subnets holding a managed NSG no policy wants there any more: (subnet, the NSG's
+/// owner, the functions running in the subnet). While functions run in it the NSG stays
+/// (fail closed).
+fn unwanted_subnet_groups<'a>(
     desired: &DesiredState,
     observed: &'a Inventory,
 ) -> Vec<(&'a palisade_providers::Subnet, &'a str, Vec<&'a str>)> {
@@ -675,9 +665,7 @@ fn kept_subnet_groups<'a>(
             })
             .map(|f| f.name.as_str())
             .collect();
-        if !functions.is_empty() {
-            out.push((s, owner.as_str(), functions));
-        }
+        out.push((s, owner.as_str(), functions));
     }
     out
 }
