@@ -400,36 +400,26 @@ impl Shared {
     }
 }
 
-/// What one turn of the source loop found.
-#[derive(Debug)]
-enum Polled {
-    /// The tracked ref still points at the commit seen last.
-    Same,
-    /// A new commit, examined.
-    New(Box<Examined>),
-}
-
-/// Fetch (and examine a new commit) on a blocking thread, within `deadline`; on
-/// shutdown or deadline the fetch is told to abort and is not waited for (libgit2's
-/// socket timeouts end it; the next fetch fails fast while it runs).
+/// Fetch (and examine a new commit) on a blocking thread, within `deadline`: `None`
+/// when the ref still points at `last_seen`. On shutdown or deadline the fetch is told
+/// to abort and is not waited for (libgit2's socket timeouts end it; the next fetch
+/// fails fast while it runs).
 async fn poll_source(
     shared: &Shared,
     source: &Arc<GitSource>,
     last_seen: Option<String>,
     base: Option<String>,
-) -> Result<Polled, SourceError> {
+) -> Result<Option<Box<Examined>>, SourceError> {
     let abort = Arc::new(Abort::default());
     let task = {
         let (source, abort) = (source.clone(), abort.clone());
         let running = shared.fetch_running_since.clone();
-        tokio::task::spawn_blocking(move || -> Result<Polled, SourceError> {
+        tokio::task::spawn_blocking(move || {
             // Set by the poll that holds the source's lock only: a poll refused as busy
             // must not hide how long the stuck one has been running.
-            let polled = source.poll(&abort, last_seen.as_deref(), base.as_deref(), &running);
-            Ok(match polled? {
-                None => Polled::Same,
-                Some(examined) => Polled::New(Box::new(examined)),
-            })
+            source
+                .poll(&abort, last_seen.as_deref(), base.as_deref(), &running)
+                .map(|examined| examined.map(Box::new))
         })
     };
     tokio::select! {
@@ -524,14 +514,14 @@ pub async fn run(shared: Arc<Shared>, source: GitSource, grace: Duration) {
                     s.last_fetch_success_at = Some(at);
                 });
                 match polled {
-                    Polled::Same => {
+                    None => {
                         if trigger == "webhook" {
                             // Nothing new to fetch: the webhook still asks for a reconcile
                             // (at most one per interval: this loop spaces webhook fetches).
                             shared.reconcile_kick.send_modify(|n| *n += 1);
                         }
                     }
-                    Polled::New(examined) => {
+                    Some(examined) => {
                         let commit = examined.revision.commit.clone();
                         shared.update(|s| s.fetched = Some(commit.clone()));
                         last_seen = Some(commit);

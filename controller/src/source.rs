@@ -661,12 +661,9 @@ impl GitSource {
                     .into(),
             ));
         }
-        let (bare, wanted) = if self.settings.reference.starts_with("refs/") {
-            (None, self.settings.reference.clone())
-        } else {
-            let name = &self.settings.reference;
-            (Some(name.clone()), format!("refs/heads/{name}"))
-        };
+        let wanted = self.settings.tracked_ref();
+        let bare = (!self.settings.reference.starts_with("refs/"))
+            .then_some(self.settings.reference.as_str());
         // A bare name is a branch; the tag of the same name is fetched too, only to
         // refuse the ambiguity.
         let mut specs = vec![format!("+{wanted}:{FETCHED_REF}")];
@@ -679,6 +676,8 @@ impl GitSource {
         opts.remote_callbacks(self.callbacks(abort, &too_large, &refused)?);
         opts.download_tags(AutotagOption::None);
         opts.prune(git2::FetchPrune::Off);
+        // libgit2 (1.9) still follows the first redirect of the ref listing; the origin
+        // check in the credentials callback is what keeps the token from other hosts.
         opts.follow_redirects(RemoteRedirect::None);
         let fetched = remote.fetch(&specs, Some(&mut opts), Some("palisade fetch"));
         if too_large.get() {
@@ -699,29 +698,25 @@ impl GitSource {
                 None => SourceError::Git(source),
             });
         }
-        drop(opts);
         let heads: Vec<(String, Oid)> = remote
             .list()?
             .iter()
             .map(|h| (h.name().to_string(), h.oid()))
             .collect();
         let find = |name: &str| heads.iter().find(|(n, _)| n == name).map(|(_, o)| *o);
+        // The bare name, when a tag of that name exists too.
+        let shadowed = bare.filter(|name| find(&format!("refs/tags/{name}")).is_some());
         let Some(oid) = find(&wanted) else {
-            let hint = match &bare {
-                Some(name) if find(&format!("refs/tags/{name}")).is_some() => format!(
-                    " (a tag refs/tags/{name} exists: a bare name means a branch; track the tag with --git-ref refs/tags/{name})"
-                ),
-                _ => String::new(),
-            };
+            let hint = shadowed.map_or_else(String::new, |name| format!(
+                " (a tag refs/tags/{name} exists: a bare name means a branch; track the tag with --git-ref refs/tags/{name})"
+            ));
             return Err(SourceError::NoSuchRef {
                 reference: wanted,
                 hint,
             });
         };
-        if let Some(name) = &bare
-            && find(&format!("refs/tags/{name}")).is_some()
-        {
-            return Err(SourceError::AmbiguousRef(name.clone()));
+        if let Some(name) = shadowed {
+            return Err(SourceError::AmbiguousRef(name.to_string()));
         }
         let commit = peel_to_commit(&repo, oid)?;
         Ok(commit.to_string())
