@@ -14,7 +14,7 @@ use palisade::policy::{Limits, load_dir};
 use palisade::reconcile::observe_and_plan;
 use palisade_armfake::{Config, Fake};
 use palisade_providers::azure::{AzureProvider, AzureSettings};
-use palisade_providers::{CallKind, CallOutcome, Provider, total_calls};
+use palisade_providers::{CallKind, CallOutcome, Ownership, Provider, total_calls};
 
 mod support;
 use support::{cpu_seconds, peak_rss};
@@ -91,14 +91,20 @@ fn main() {
         );
         // First enforcement.
         let started = Instant::now();
+        // Ownership from a record, as the controller decides it (the vetting is measured).
+        let mut own = Ownership::recorded(&t.name, "bench-installation");
         let planned = rt
             .block_on(observe_and_plan(
-                &set, &target, &provider, None, &settings, None,
+                &set, &target, &provider, &own, None, &settings, None,
             ))
             .unwrap();
         let changes = planned.plan.changes.len();
-        rt.block_on(palisade::apply::apply(&planned.plan, &t, &provider))
+        let report = rt
+            .block_on(palisade::apply::apply(&planned.plan, &t, &provider))
             .expect("first apply");
+        for e in palisade::ownership::applied(&report).add {
+            own.insert(e.kind, &e.id, &e.owner);
+        }
         let first_wall = started.elapsed();
         let (r0, w0, _) = calls(&provider);
         let mut previous = planned.desired;
@@ -115,6 +121,7 @@ fn main() {
                     &set,
                     &target,
                     &provider,
+                    &own,
                     Some(&previous),
                     &settings,
                     None,
@@ -138,7 +145,7 @@ fn main() {
         let mut observes: Vec<Duration> = (0..5)
             .map(|_| {
                 let w = Instant::now();
-                rt.block_on(provider.observe(&t)).unwrap();
+                rt.block_on(provider.observe(&t, &own)).unwrap();
                 w.elapsed()
             })
             .collect();

@@ -112,7 +112,9 @@ fn main() {
     let mut cpu = Vec::new();
     for _ in 0..7 {
         let (w, c) = (Instant::now(), cpu_seconds());
-        let observed = rt.block_on(fake.observe(&t)).unwrap();
+        let observed = rt
+            .block_on(fake.observe(&t, &palisade_providers::Ownership::default()))
+            .unwrap();
         let desired = compile(&set, target, Some(&observed)).desired;
         let p = plan(
             &desired,

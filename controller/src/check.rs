@@ -23,6 +23,12 @@ pub enum FindingKind {
     ForeignAttachment,
     /// The same drift came back too often; the controller stopped reverting it.
     Flapping,
+    /// A resource carries Palisade's ownership tags but is not in the ownership record:
+    /// someone claimed it (Palisade never writes it).
+    ClaimedOwnership,
+    /// The name a policy's managed group needs is taken by a resource Palisade does not
+    /// own; that policy's group is not created (and nothing that needs it is planned).
+    NameTaken,
 }
 
 /// One finding: deterministic text, no timestamps, so reports never flap.

@@ -924,8 +924,9 @@ fn resolve_peer(
 }
 
 /// The Palisade ownership tags plus a Name, for what compile asks providers to create.
-pub fn create_tags(owner: &str, name: &str) -> Tags {
-    let mut t = ownership_tags(owner);
+pub fn create_tags(owner: &str, name: &str, stamp: &Tags) -> Tags {
+    let mut t = stamp.clone();
+    t.extend(ownership_tags(owner));
     t.insert("Name".into(), name.into());
     t
 }

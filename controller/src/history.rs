@@ -48,6 +48,26 @@ const MIGRATIONS: &[&str] = &[
         report TEXT NOT NULL
      );
      CREATE INDEX reports_target_at ON reports(target, at);",
+    // 2: the ownership record (see `crate::ownership`).
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+     CREATE TABLE owned (
+        target TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        id TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        revision TEXT,
+        how TEXT NOT NULL,
+        PRIMARY KEY (target, kind, id)
+     );
+     CREATE TABLE owned_pending (
+        target TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        PRIMARY KEY (target, kind, owner)
+     );
+     CREATE TABLE ownership_bootstrap (target TEXT PRIMARY KEY, at INTEGER NOT NULL);",
 ];
 
 /// Kinds of events.
@@ -72,6 +92,12 @@ pub mod kind {
     pub const RECONCILED: &str = "reconciled";
     /// Old rows were deleted by the retention setting.
     pub const RETENTION: &str = "retention";
+    /// A resource entered the ownership record (created, adopted or recovered).
+    pub const OWNERSHIP_RECORDED: &str = "ownership-recorded";
+    /// A resource left the ownership record (deleted by Palisade, or vanished).
+    pub const OWNERSHIP_RELEASED: &str = "ownership-released";
+    /// A target's record was started from the tags of an earlier version (once).
+    pub const OWNERSHIP_BOOTSTRAPPED: &str = "ownership-bootstrapped";
 }
 
 /// A history failure.
@@ -85,6 +111,18 @@ pub enum HistoryError {
         /// Cause.
         #[source]
         source: rusqlite::Error,
+    },
+    /// The database belongs to another installation than the one configured.
+    #[error(
+        "history database {path} belongs to installation {stored}, but --installation-id says {pinned}; refusing to mix two installations' ownership records"
+    )]
+    Installation {
+        /// Database file.
+        path: PathBuf,
+        /// The id kept in the database.
+        stored: String,
+        /// The id configured.
+        pinned: String,
     },
     /// The database is newer than this binary.
     #[error(
@@ -329,14 +367,39 @@ impl Store {
         })
     }
 
-    fn err(&self, source: rusqlite::Error) -> HistoryError {
+    /// Open an existing database read-only (a `plan` that must write nothing). A
+    /// database older than this binary is read as it is.
+    ///
+    /// # Errors
+    /// The file does not exist or cannot be opened.
+    pub fn open_read_only(path: &Path) -> Result<Store, HistoryError> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| HistoryError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Store {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn err(&self, source: rusqlite::Error) -> HistoryError {
         HistoryError::Sqlite {
             path: self.path.clone(),
             source,
         }
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -630,7 +693,7 @@ fn row_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
     })
 }
 
-fn insert_events(
+pub(crate) fn insert_events(
     tx: &rusqlite::Transaction<'_>,
     at: i64,
     events: &[NewEvent],

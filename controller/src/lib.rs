@@ -12,6 +12,7 @@ pub mod compile;
 pub mod history;
 pub mod http;
 pub mod metrics;
+pub mod ownership;
 pub mod plan;
 pub mod policy;
 pub mod reconcile;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use palisade::apply::{ApplyError, ApplyReport};
+use palisade::ownership::OwnershipStore;
 use palisade::plan::{Settings, render_text};
 use palisade::policy::{self, Diagnostic, Limits, PolicySet, TargetDoc};
 use palisade::reconcile::{
@@ -139,6 +140,11 @@ enum Command {
         /// Exit 2 when the plan has changes (0: none, 1: error or refused).
         #[arg(long)]
         detailed_exitcode: bool,
+        /// The controller's history database, read-only, for its ownership record. Without
+        /// it (a pull-request plan in CI) ownership is decided on tags alone and the plan
+        /// says so ("ownership: unverified"); nothing is ever written.
+        #[arg(long, env = "PALISADE_HISTORY")]
+        history: Option<PathBuf>,
         #[command(flatten)]
         settings: SettingsArgs,
         #[command(flatten)]
@@ -161,6 +167,19 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        /// History database holding the ownership record: the one `palisade run` uses
+        /// (default `palisade-data/history.db`, the controller's default), so that the
+        /// one-shot CLI and the controller agree on what Palisade owns.
+        #[arg(
+            long,
+            env = "PALISADE_HISTORY",
+            default_value = "palisade-data/history.db"
+        )]
+        history: PathBuf,
+        /// This installation's id (the `palisade:installation` tag): generated once and
+        /// kept in the history when not given. Pin it to recover from a lost history.
+        #[arg(long, env = "PALISADE_INSTALLATION_ID", value_parser = installation_id)]
+        installation_id: Option<String>,
         #[command(flatten)]
         settings: SettingsArgs,
         #[command(flatten)]
@@ -272,9 +291,16 @@ struct RunArgs {
     /// See --flap-threshold.
     #[arg(long, env = "PALISADE_FLAP_WINDOW", default_value = "1h", value_parser = parse_duration)]
     flap_window: Duration,
-    /// History database (SQLite); default `<data-dir>/history.db`.
+    /// History database (SQLite); default `<data-dir>/history.db`. It holds the
+    /// ownership record too.
     #[arg(long, env = "PALISADE_HISTORY")]
     history: Option<PathBuf>,
+    /// This installation's id (the `palisade:installation` tag on everything Palisade
+    /// creates): generated once and kept in the history when not given. Pin it (e.g. in
+    /// the Deployment) so that a lost data volume is recovered by the bootstrap, which
+    /// adopts what carries this installation's tags.
+    #[arg(long, env = "PALISADE_INSTALLATION_ID", value_parser = installation_id)]
+    installation_id: Option<String>,
     /// Keep history events this long (`400d`); older ones are deleted — and that is
     /// recorded — at start and daily. Default: keep everything.
     #[arg(long, env = "PALISADE_HISTORY_RETENTION", value_parser = parse_duration)]
@@ -558,7 +584,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .with_context(|| format!("target {} names no cloud", set.targets[index].name()))?;
             let providers = cloud.providers()?;
             let provider = providers.get(t.scope.cloud())?;
-            let inv = runtime()?.block_on(provider.observe(&t))?;
+            // Read-only, without the record: ownership as the tags claim it.
+            let own = palisade_providers::Ownership::unverified(&t.name);
+            let inv = runtime()?.block_on(provider.observe(&t, &own))?;
             println!("{}", serde_json::to_string_pretty(&inv)?);
             let calls = providers.api_calls();
             eprintln!(
@@ -578,6 +606,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             revision,
             format,
             detailed_exitcode,
+            history,
             settings,
             cloud,
         } => {
@@ -598,7 +627,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     &settings.settings(),
                     revision.as_deref(),
                 ),
-                None => live_plan(&set, target, &providers, &settings, revision.as_deref()),
+                None => {
+                    let own = match &history {
+                        Some(path) if path.exists() => read_ownership(path, target.name())?,
+                        Some(path) => {
+                            eprintln!(
+                                "warning: no history database at {}; ownership is decided on tags alone (unverified)",
+                                path.display()
+                            );
+                            palisade_providers::Ownership::unverified(target.name())
+                        }
+                        None => palisade_providers::Ownership::unverified(target.name()),
+                    };
+                    live_plan(
+                        &set,
+                        target,
+                        &providers,
+                        &own,
+                        &settings,
+                        revision.as_deref(),
+                    )
+                }
             };
             let planned = match planned {
                 Ok(p) => p,
@@ -609,6 +658,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Format::Text => {
                     print!("{}", render_text(&planned.plan));
                     print_warnings(&planned.warnings);
+                    print_ownership(&planned);
                     print_calls(&calls);
                 }
                 Format::Json => println!(
@@ -642,6 +692,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             auto_approve,
             revision,
             format,
+            history,
+            installation_id,
             settings,
             cloud,
         } => {
@@ -651,12 +703,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let (set, index) = load_target(&policies, target.as_deref(), None)?;
             let target = &set.targets[index];
             let providers = cloud.providers()?;
-            let planned = match live_plan(&set, target, &providers, &settings, revision.as_deref())
-            {
+            let store = palisade::history::Store::open(&history)?;
+            if let Some(id) = &installation_id {
+                store.pin_installation(id)?;
+            }
+            let own = store
+                .ownership(target.name())
+                .context("the ownership record cannot be read")?;
+            let planned = match live_plan(
+                &set,
+                target,
+                &providers,
+                &own,
+                &settings,
+                revision.as_deref(),
+            ) {
                 Ok(p) => p,
                 Err(e) => return plan_failed(e, format),
             };
-            apply_planned(&planned, target, &providers, auto_approve, format)
+            let record = Record {
+                store: &store,
+                ownership: &own,
+                revision: revision.as_deref(),
+            };
+            apply_planned(&planned, target, &providers, &record, auto_approve, format)
         }
     }
 }
@@ -719,10 +789,50 @@ fn load_target(
     Ok((set, index))
 }
 
+/// The ownership record of `target` from the controller's history, read-only.
+fn read_ownership(path: &Path, target: &str) -> Result<palisade_providers::Ownership> {
+    let store = palisade::history::Store::open_read_only(path)?;
+    store.ownership(target).with_context(|| {
+        format!(
+            "{} holds no ownership record palisade can read (written by palisade run or apply of this version)",
+            path.display()
+        )
+    })
+}
+
+fn print_ownership(planned: &Planned) {
+    if planned.ownership == palisade_providers::OwnershipBasis::Tags {
+        println!(
+            "\nownership: unverified — decided on tags alone (no --history); the controller decides on its ownership record"
+        );
+    }
+}
+
+/// Where `apply` keeps the ownership record up to date.
+struct Record<'a> {
+    store: &'a palisade::history::Store,
+    ownership: &'a palisade_providers::Ownership,
+    revision: Option<&'a str>,
+}
+
+impl Record<'_> {
+    fn write(&self, target: &str, update: &palisade::ownership::RecordUpdate) -> Result<()> {
+        let now = jiff::Timestamp::now().as_millisecond();
+        self.store
+            .update_ownership(target, self.revision, now, update)
+            .context("the ownership record cannot be written; nothing more is changed")
+    }
+}
+
+fn installation_id(s: &str) -> Result<String, String> {
+    palisade::ownership::check_installation_id(s).map(|()| s.to_string())
+}
+
 fn live_plan(
     set: &PolicySet,
     target: &TargetDoc,
     providers: &Providers,
+    ownership: &palisade_providers::Ownership,
     settings: &SettingsArgs,
     revision: Option<&str>,
 ) -> Result<Planned, PlanError> {
@@ -736,6 +846,7 @@ fn live_plan(
         set,
         target,
         provider.as_ref(),
+        ownership,
         None,
         &settings.settings(),
         revision,
@@ -803,10 +914,16 @@ fn apply_planned(
     planned: &Planned,
     target: &TargetDoc,
     providers: &Providers,
+    record: &Record<'_>,
     auto_approve: bool,
     format: Format,
 ) -> Result<ExitCode> {
     let plan = &planned.plan;
+    // What this observation adopted is recorded whatever is decided below.
+    record.write(
+        &plan.target,
+        &palisade::ownership::observed(record.ownership, &planned.inventory),
+    )?;
     if format == Format::Text {
         print!("{}", render_text(plan));
         print_warnings(&planned.warnings);
@@ -858,7 +975,16 @@ fn apply_planned(
         .to_target()
         .with_context(|| format!("target {} names no cloud", target.name()))?;
     let provider = providers.get(t.scope.cloud())?;
+    record.write(&plan.target, &palisade::ownership::intents(plan))?;
     let result = runtime()?.block_on(palisade::apply::apply(plan, &t, provider.as_ref()));
+    let done = match &result {
+        Ok(r) => Some(r),
+        Err(ApplyError::Change { report, .. }) => Some(report.as_ref()),
+        Err(_) => None,
+    };
+    if let Some(r) = done {
+        record.write(&plan.target, &palisade::ownership::applied(r))?;
+    }
     let (report, error) = match &result {
         Ok(r) => (Some(r), None),
         Err(ApplyError::Change {
@@ -1045,6 +1171,10 @@ fn run_controller(args: RunArgs) -> Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| args.data_dir.join("history.db"));
     let history = palisade::history::Store::open(&history_path)?;
+    if let Some(id) = &args.installation_id {
+        history.pin_installation(id)?;
+    }
+    let installation = history.installation()?;
     let retention = args.history_retention;
     let rt = runtime()?;
     let result = rt.block_on(async move {
@@ -1074,6 +1204,7 @@ fn run_controller(args: RunArgs) -> Result<ExitCode> {
             git = %display_url, reference = %tracked_ref, path = %args.git_path.as_deref().unwrap_or(Path::new("")).display(),
             listen = %args.listen, resync = ?args.resync, poll = ?args.poll_interval,
             history = %history_path.display(),
+            installation = %installation,
             signatures = args.allowed_signers.is_some(), "palisade run starting"
         );
         let server = tokio::spawn(palisade::http::serve(

@@ -15,7 +15,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use palisade_providers::{Change, Function, GroupRef, Inventory, Placement, Rule, SecurityGroup};
+use palisade_providers::model::TAG_OWNER;
+use palisade_providers::{
+    Change, Function, GroupRef, Inventory, OwnedKind, OwnershipVerdict, Peer, Placement, Rule,
+    SecurityGroup,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::check::{Finding, FindingKind};
@@ -49,7 +53,7 @@ impl Default for Settings {
         Settings {
             max_deletes: 500,
             max_delete_percent: 30,
-            delete_percent_floor: 20,
+            delete_percent_floor: 5,
             prune: true,
             allow_empty: false,
             release_unselected: false,
@@ -61,6 +65,8 @@ impl Default for Settings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
+    /// Ownership tags put back on recorded resources (every later write checks them).
+    Ownership,
     /// New managed groups.
     CreateGroups,
     /// New rules (and, on Azure, removal of a rule whose priority a new rule takes).
@@ -161,6 +167,9 @@ struct Builder<'a> {
     previous: Option<&'a DesiredState>,
     changes: BTreeMap<Phase, Vec<PlannedChange>>,
     findings: Vec<Finding>,
+    /// Owners whose managed group cannot be created (its name is taken): (owner, name,
+    /// id of the resource holding the name).
+    name_taken: Vec<(String, String, String)>,
 }
 
 impl Builder<'_> {
@@ -206,7 +215,9 @@ pub fn plan(
         previous,
         changes: BTreeMap::new(),
         findings: Vec::new(),
+        name_taken: Vec::new(),
     };
+    plan_ownership(&mut b, observed);
     let mut observed_groups: BTreeMap<&str, Vec<&SecurityGroup>> = BTreeMap::new();
     for g in &observed.groups {
         if let Some(owner) = g.owner() {
@@ -246,8 +257,9 @@ pub fn plan(
             held.entry(owner.to_string()).or_default().extend(functions);
         }
     }
-    plan_groups(&mut b, desired, &observed_groups, &held, settings);
+    plan_groups(&mut b, desired, observed, &observed_groups, &held, settings);
     plan_endpoints(&mut b, desired, observed, settings);
+    hold_back_name_taken(&mut b);
 
     let changes: Vec<PlannedChange> = b.changes.into_values().flatten().collect();
     let mut findings = b.findings;
@@ -264,9 +276,98 @@ pub fn plan(
     }
 }
 
+/// Ownership decided while observing: recorded resources whose tags were stripped or
+/// changed get them back (the first thing done); claims are findings, nothing more.
+fn plan_ownership(b: &mut Builder<'_>, observed: &Inventory) {
+    for n in &observed.ownership {
+        let resource = match n.kind {
+            OwnedKind::Group => observed
+                .group_by_id(&n.id)
+                .map(|g| format!("group {} ({})", n.owner, g.id)),
+            OwnedKind::Endpoint => Some(format!("endpoint {} ({})", n.owner, n.id)),
+        }
+        .unwrap_or_else(|| format!("{} {}", n.kind, n.id));
+        match n.verdict {
+            OwnershipVerdict::Claimed => {
+                let name = match n.kind {
+                    OwnedKind::Group => observed.group_by_id(&n.id).map(|g| g.name.as_str()),
+                    OwnedKind::Endpoint => None,
+                };
+                b.finding(
+                    FindingKind::ClaimedOwnership,
+                    &format!("{} {}", n.kind, name.unwrap_or(&n.id)),
+                    format!(
+                        "{} {} carries Palisade's ownership tags (palisade:policy={}) but Palisade never created or adopted it; it is never changed or deleted. Whoever can write palisade:* tags could hijack resources: deny it to everyone but Palisade (README: ownership)",
+                        n.kind, n.id, n.owner
+                    ),
+                );
+            }
+            OwnershipVerdict::Foreign => {}
+            OwnershipVerdict::TagsChanged
+            | OwnershipVerdict::Adopted
+            | OwnershipVerdict::Recovered => {
+                let mut want = observed.stamp.clone();
+                want.insert(TAG_OWNER.into(), n.owner.clone());
+                if n.found == want {
+                    continue;
+                }
+                let cause = cause(n.verdict == OwnershipVerdict::TagsChanged);
+                b.push(
+                    Phase::Ownership,
+                    cause,
+                    &resource,
+                    Change::SetOwnershipTags {
+                        kind: n.kind,
+                        id: n.id.clone(),
+                        owner: n.owner.clone(),
+                        tags: want,
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Whether `change` needs the managed group of `owner` to exist.
+fn needs_group(change: &Change, owner: &str) -> bool {
+    let is = |g: &GroupRef| matches!(g, GroupRef::Managed(o) if o == owner);
+    let peer = |r: &Rule| matches!(&r.peer, Peer::Group(g) if is(g));
+    match change {
+        Change::CreateGroup { owner: o, .. } => o == owner,
+        Change::AddRules { group, rules } => is(group) || rules.iter().any(peer),
+        Change::SetPlacement { after, .. } => after.iter().flat_map(|p| &p.groups).any(is),
+        Change::SetSubnetGroup { after, .. } => after.as_ref().is_some_and(is),
+        Change::CreateEndpoint { groups, .. } | Change::UpdateEndpoint { groups, .. } => {
+            groups.iter().any(is)
+        }
+        _ => false,
+    }
+}
+
+/// A group that cannot be created blocks only what needs it: those changes are left out
+/// of the plan (the functions keep what they have), and one finding per policy says so.
+fn hold_back_name_taken(b: &mut Builder<'_>) {
+    for (owner, name, holder) in std::mem::take(&mut b.name_taken) {
+        let mut held = 0;
+        for changes in b.changes.values_mut() {
+            let before = changes.len();
+            changes.retain(|c| !needs_group(&c.change, &owner));
+            held += before - changes.len();
+        }
+        b.finding(
+            FindingKind::NameTaken,
+            &format!("group {owner}"),
+            format!(
+                "the name {name} is taken by {holder}, which Palisade does not own; the managed group of {owner} is not created and {held} change(s) that need it are held back (functions keep their current placement). Rename or delete {holder}, or tag nothing: Palisade never takes over a resource by name"
+            ),
+        );
+    }
+}
+
 fn plan_groups(
     b: &mut Builder<'_>,
     desired: &DesiredState,
+    inventory: &Inventory,
     observed: &BTreeMap<&str, Vec<&SecurityGroup>>,
     held: &BTreeMap<String, Vec<&str>>,
     settings: &Settings,
@@ -290,6 +391,16 @@ fn plan_groups(
                 );
                 continue;
             }
+            let squatter = inventory.groups.iter().find(|g| {
+                g.owner().is_none()
+                    && g.network.eq_ignore_ascii_case(&dg.network)
+                    && g.name.eq_ignore_ascii_case(&dg.name)
+            });
+            if let Some(s) = squatter {
+                b.name_taken
+                    .push((owner.clone(), dg.name.clone(), s.id.clone()));
+                continue;
+            }
             let c = cause(prev.is_some());
             b.push(
                 Phase::CreateGroups,
@@ -300,7 +411,7 @@ fn plan_groups(
                     name: dg.name.clone(),
                     network: dg.network.clone(),
                     description: dg.description.clone(),
-                    tags: create_tags(owner, &dg.name),
+                    tags: create_tags(owner, &dg.name, &inventory.stamp),
                 },
             );
             if !dg.rules.is_empty() {
@@ -694,7 +805,11 @@ fn plan_endpoints(
             groups: de.groups.clone(),
             route_tables: de.route_tables.clone(),
             private_dns: de.private_dns,
-            tags: create_tags(owner, &format!("palisade-{}", owner.replace('.', "-"))),
+            tags: create_tags(
+                owner,
+                &format!("palisade-{}", owner.replace('.', "-")),
+                &observed.stamp,
+            ),
         };
         let Some(found) = have.get(owner.as_str()).and_then(|v| v.first()) else {
             if de.mode == Mode::Audit {
@@ -847,13 +962,25 @@ fn managed_count(observed: &Inventory) -> usize {
     groups + endpoints + placements + subnets
 }
 
+/// What counts against the blast-radius budget: every change that removes access —
+/// deleted groups and endpoints, revoked rules, releases, detached NSGs — except the
+/// revocation of rules added out of band (drift). Reverting those restores what the
+/// policies declare; refusing it would keep access nobody declared (fail open).
+pub fn budgeted_deletes(changes: &[PlannedChange]) -> usize {
+    changes
+        .iter()
+        .filter(|c| !(c.cause == Cause::Drift && matches!(c.change, Change::RemoveRules { .. })))
+        .map(|c| c.change.deletes())
+        .sum()
+}
+
 fn refuse(
     desired: &DesiredState,
     observed: &Inventory,
     changes: &[PlannedChange],
     settings: &Settings,
 ) -> Option<Refusal> {
-    let deletes: usize = changes.iter().map(|c| c.change.deletes()).sum();
+    let deletes = budgeted_deletes(changes);
     let managed = managed_count(observed);
     let nothing_desired =
         desired.groups.is_empty() && desired.placements.is_empty() && desired.endpoints.is_empty();
@@ -1024,5 +1151,10 @@ fn change_lines(c: &Change) -> Vec<String> {
             route_tables.join(", ")
         )],
         Change::DeleteEndpoint { id, .. } => vec![format!("- delete endpoint {id}")],
+        Change::SetOwnershipTags { kind, id, .. } => {
+            vec![format!(
+                "~ restore the ownership tags of {kind} {id} (recorded by id)"
+            )]
+        }
     }
 }

@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use palisade_providers::{ApiCallCount, Cloud, Inventory, Provider, ProviderError};
+use palisade_providers::{
+    ApiCallCount, Cloud, Inventory, Ownership, OwnershipBasis, Provider, ProviderError,
+};
 use serde::Serialize;
 
 use crate::compile::{DesiredState, compile};
@@ -28,6 +30,8 @@ pub struct Planned {
     /// Warnings from validation and compilation.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<Diagnostic>,
+    /// What ownership was decided on: the record, or tags alone (unverified).
+    pub ownership: OwnershipBasis,
 }
 
 /// Why a target could not be planned.
@@ -81,6 +85,7 @@ pub fn plan_with(
         desired: compiled.desired,
         plan: p,
         warnings: diags,
+        ownership: OwnershipBasis::Tags,
     })
 }
 
@@ -92,6 +97,7 @@ pub async fn observe_and_plan(
     set: &PolicySet,
     target: &TargetDoc,
     provider: &dyn Provider,
+    ownership: &Ownership,
     previous: Option<&DesiredState>,
     settings: &Settings,
     revision: Option<&str>,
@@ -100,13 +106,15 @@ pub async fn observe_and_plan(
         .to_target()
         .ok_or_else(|| PlanError::NoProvider(format!("target {} names no cloud", target.name())))?;
     let inventory = provider
-        .observe(&t)
+        .observe(&t, ownership)
         .await
         .map_err(|source| PlanError::Observe {
             target: t.name.clone(),
             source: Box::new(source),
         })?;
-    plan_with(set, target, inventory, previous, settings, revision)
+    let mut planned = plan_with(set, target, inventory, previous, settings, revision)?;
+    planned.ownership = ownership.basis;
+    Ok(planned)
 }
 
 /// Provider settings, per cloud.

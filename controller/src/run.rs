@@ -17,7 +17,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use palisade_providers::OutcomeStatus;
+use palisade_providers::{OutcomeStatus, Ownership};
 use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -30,6 +30,7 @@ use crate::history::{
     ChangeRecord, NewEvent, Report, ResourceState, ResourceStatus, RevisionRef, Store, kind as ev,
 };
 use crate::metrics::{KindL, Metrics, ReasonL, ResultL, TargetL, TriggerL, TriggerOnlyL};
+use crate::ownership::{self, OwnershipStore};
 use crate::plan::{Cause, Settings};
 use crate::policy::{Diagnostic, PolicySet};
 use crate::reconcile::{PlanError, Providers, observe_and_plan};
@@ -802,10 +803,21 @@ async fn reconcile(
         .providers
         .get(t.scope.cloud())
         .map_err(|e| ("error", e.to_string(), 0))?;
+    let ownership = match &shared.history {
+        Some(h) => h.ownership(name).map_err(|e| {
+            (
+                "error",
+                format!("the ownership record cannot be read: {e}"),
+                0,
+            )
+        })?,
+        None => Ownership::unverified(name),
+    };
     let mut planned = match observe_and_plan(
         set,
         target,
         provider.as_ref(),
+        &ownership,
         previous.as_ref(),
         &shared.settings.plan,
         Some(&enforced.revision.commit),
@@ -897,6 +909,13 @@ async fn reconcile(
         });
     }
     evidence.findings = planned.plan.findings.clone();
+    // The record first: what this observation adopted, and the creations about to start
+    // (so that a crash between the cloud's answer and the record loses nothing).
+    let mut before = ownership::observed(&ownership, &planned.inventory);
+    if planned.plan.refusal.is_none() {
+        before = ownership::merge([before, ownership::intents(&planned.plan)]);
+    }
+    record_ownership(shared, name, &enforced.revision.commit, &before)?;
     let result = apply_until(&planned.plan, &t, provider.as_ref(), &|| {
         shared.cancel.is_cancelled()
     })
@@ -915,6 +934,12 @@ async fn reconcile(
             return Err(("refused", reason, 0));
         }
     };
+    record_ownership(
+        shared,
+        name,
+        &enforced.revision.commit,
+        &ownership::applied(&report),
+    )?;
     for r in &report.results {
         let action = r.planned.change.action().to_string();
         let cause = if r.planned.cause == Cause::Drift {
@@ -1000,6 +1025,27 @@ async fn reconcile(
     }
     *previous = Some(planned.desired);
     Ok((applied, reverted))
+}
+
+/// Write an ownership record update; a failure stops the reconcile (fail closed: never
+/// change the cloud with a record that cannot keep up).
+fn record_ownership(
+    shared: &Shared,
+    name: &str,
+    revision: &str,
+    update: &ownership::RecordUpdate,
+) -> Result<(), Failure> {
+    let Some(h) = &shared.history else {
+        return Ok(());
+    };
+    h.update_ownership(name, Some(revision), now_ms(), update)
+        .map_err(|e| {
+            (
+                "error",
+                format!("the ownership record cannot be written: {e}"),
+                0,
+            )
+        })
 }
 
 fn source_text(e: &PlanError) -> String {

@@ -54,12 +54,16 @@ fn rt() -> tokio::runtime::Runtime {
 fn converge(set: &PolicySet, fake: &FakeProvider, name: &str, settings: &Settings) -> (Plan, Plan) {
     let t = target(set, name);
     let rt = rt();
-    let inv = rt.block_on(fake.observe(&t)).unwrap();
+    let inv = rt
+        .block_on(fake.observe(&t, &palisade_providers::Ownership::default()))
+        .unwrap();
     let want = desired(set, &inv);
     let first = plan(&want, &inv, None, settings, Some("rev1"));
     rt.block_on(palisade::apply::apply(&first, &t, fake))
         .unwrap();
-    let inv = rt.block_on(fake.observe(&t)).unwrap();
+    let inv = rt
+        .block_on(fake.observe(&t, &palisade_providers::Ownership::default()))
+        .unwrap();
     let want = desired(set, &inv);
     let second = plan(&want, &inv, Some(&want), settings, Some("rev1"));
     (first, second)
@@ -87,7 +91,9 @@ fn example_converges_in_one_apply_on_both_clouds() {
         // Re-planning a converged target again and again makes no write.
         let t = target(&set, name);
         for _ in 0..3 {
-            let inv = rt().block_on(fake.observe(&t)).unwrap();
+            let inv = rt()
+                .block_on(fake.observe(&t, &palisade_providers::Ownership::default()))
+                .unwrap();
             let want = desired(&set, &inv);
             let p = plan(&want, &inv, Some(&want), &Settings::default(), None);
             rt().block_on(palisade::apply::apply(&p, &t, &fake))
@@ -495,7 +501,9 @@ fn without_ledger_worker(settings: &Settings) -> Plan {
     let (_, second) = converge(&set, &fake, "prod-aws", settings);
     assert!(second.changes.is_empty());
     let t = target(&set, "prod-aws");
-    let inv = rt().block_on(fake.observe(&t)).unwrap();
+    let inv = rt()
+        .block_on(fake.observe(&t, &palisade_providers::Ownership::default()))
+        .unwrap();
     let before = desired(&set, &inv);
     let mut smaller = set.clone();
     smaller
@@ -593,7 +601,9 @@ fn an_nsg_stays_on_a_subnet_functions_run_in_when_its_policy_goes() {
     let (_, second) = converge(&set, &fake, "prod-azure", &Settings::default());
     assert!(second.changes.is_empty());
     let t = target(&set, "prod-azure");
-    let inv = rt().block_on(fake.observe(&t)).unwrap();
+    let inv = rt()
+        .block_on(fake.observe(&t, &palisade_providers::Ownership::default()))
+        .unwrap();
     let before = desired(&set, &inv);
     // orders-func removed (and the ingress rule of reports-func that names it: `ingress: []`).
     let (_dir, smaller) = example_edited("azure/functions.yaml", |text| {

@@ -16,6 +16,9 @@ pub struct Moto {
     pub endpoint: String,
     pid: u32,
     python: PathBuf,
+    /// The history (and ownership record) every `palisade` of this test shares, as the
+    /// CLI and the controller share one in a deployment.
+    pub state: tempfile::TempDir,
 }
 
 impl Moto {
@@ -51,6 +54,7 @@ impl Moto {
             endpoint: field("endpoint"),
             pid: field("pid").parse().expect("pid"),
             python: venv.join("bin/python"),
+            state: tempfile::tempdir().unwrap(),
         })
     }
 
@@ -93,6 +97,7 @@ impl Moto {
                 "PALISADE_AWS_RATE_LIMITS",
                 "ec2-read=500/500,ec2-write=500/500,lambda-read=500/500,lambda-write=500/500,tagging=500/500",
             );
+        shared_state(&mut c, self.state.path());
         c
     }
 }
@@ -251,6 +256,14 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// One history (ownership record) and one pinned installation id for every `palisade`
+/// started against one emulator: `apply`, `plan` and `run` agree on what they own, and a
+/// controller restarted with a fresh data directory is the same installation.
+fn shared_state(c: &mut Command, dir: &std::path::Path) {
+    c.env("PALISADE_HISTORY", dir.join("history.db"))
+        .env("PALISADE_INSTALLATION_ID", "e2e");
 }
 
 /// `palisade run` as a child process; killed when dropped.
@@ -466,6 +479,8 @@ impl Drop for Controller {
 pub struct ArmFake {
     pub endpoint: String,
     pub fake: palisade_armfake::Fake,
+    /// See [`Moto::state`].
+    pub state: tempfile::TempDir,
     _running: palisade_armfake::Running,
     _runtime: tokio::runtime::Runtime,
 }
@@ -492,6 +507,7 @@ impl ArmFake {
         ArmFake {
             endpoint: running.endpoint.clone(),
             fake,
+            state: tempfile::tempdir().unwrap(),
             _running: running,
             _runtime: runtime,
         }
@@ -508,6 +524,7 @@ impl ArmFake {
             .env("AZURE_CLIENT_SECRET", "not-a-secret")
             .env("PALISADE_AZURE_POLL_INTERVAL", "50ms")
             .env_remove("AZURE_CREDENTIAL_KIND");
+        shared_state(&mut c, self.state.path());
         c
     }
 

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::model::{Endpoint, GroupRef, Inventory, SecurityGroup, Target};
+use crate::model::{Endpoint, GroupRef, Inventory, OwnedKind, Ownership, SecurityGroup, Target};
 use crate::provider::{Change, Outcome, Provider, ProviderError};
 
 type Matcher = Box<dyn Fn(&Change) -> bool + Send + Sync>;
@@ -326,6 +326,28 @@ fn apply_to(
             e.private_dns = *private_dns;
             Ok(Outcome::applied())
         }
+        Change::SetOwnershipTags { kind, id, tags, .. } => {
+            let found = match kind {
+                OwnedKind::Group => inv
+                    .groups
+                    .iter_mut()
+                    .find(|g| g.id.eq_ignore_ascii_case(id))
+                    .map(|g| &mut g.tags),
+                OwnedKind::Endpoint => inv
+                    .endpoints
+                    .iter_mut()
+                    .find(|e| e.id.eq_ignore_ascii_case(id))
+                    .map(|e| &mut e.tags),
+            };
+            let Some(have) = found else {
+                return Ok(Outcome::already_done());
+            };
+            if tags.iter().all(|(k, v)| have.get(k) == Some(v)) {
+                return Ok(Outcome::already_done());
+            }
+            have.extend(tags.clone());
+            Ok(Outcome::applied())
+        }
         Change::DeleteEndpoint { owner, id } => {
             let before = inv.endpoints.len();
             inv.endpoints
@@ -347,9 +369,15 @@ fn unresolved(group: &GroupRef) -> ProviderError {
 
 #[async_trait::async_trait]
 impl Provider for FakeProvider {
-    async fn observe(&self, target: &Target) -> Result<Inventory, ProviderError> {
+    async fn observe(
+        &self,
+        target: &Target,
+        ownership: &Ownership,
+    ) -> Result<Inventory, ProviderError> {
         self.reads.fetch_add(1, Ordering::Relaxed);
-        Ok(self.inventory(&target.name))
+        let mut inv = self.inventory(&target.name);
+        ownership.vet_inventory(&mut inv);
+        Ok(inv)
     }
 
     async fn apply(&self, target: &Target, change: &Change) -> Result<Outcome, ProviderError> {

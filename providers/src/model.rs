@@ -6,7 +6,7 @@
 //! references to Palisade-managed groups as [`GroupRef::Managed`]. The planner compares
 //! these values and never sees an SDK type.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use ipnet::IpNet;
@@ -18,6 +18,10 @@ pub const TAG_MANAGED_BY: &str = "palisade:managed-by";
 pub const MANAGED_BY_VALUE: &str = "palisade";
 /// Tag key naming the owner key (policy name or endpoint key) of a managed resource.
 pub const TAG_OWNER: &str = "palisade:policy";
+/// Tag key naming the target a managed resource belongs to.
+pub const TAG_TARGET: &str = "palisade:target";
+/// Tag key naming the installation (the ownership record) a managed resource belongs to.
+pub const TAG_INSTALLATION: &str = "palisade:installation";
 
 /// Which cloud a target lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -109,6 +113,14 @@ pub struct Inventory {
     /// AWS-managed prefix lists (gateway endpoint services), by name.
     #[serde(default)]
     pub prefix_lists: Vec<PrefixList>,
+    /// Ownership decisions that need attention (restored tags, claims, adoptions), made
+    /// while observing; see [`Ownership::vet`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ownership: Vec<OwnershipNote>,
+    /// Tags that make a resource Palisade's in this target (ownership, target and
+    /// installation), without the owner key: what creations carry.
+    #[serde(default, skip_serializing_if = "Tags::is_empty")]
+    pub stamp: Tags,
 }
 
 impl Inventory {
@@ -269,12 +281,258 @@ pub fn owner_of(tags: &Tags) -> Option<&str> {
     }
 }
 
-/// The ownership tags Palisade puts on what it creates.
+/// The ownership tags Palisade puts on what it creates (without the target and
+/// installation stamp; see [`Ownership::tags`]).
 pub fn ownership_tags(owner: &str) -> Tags {
     Tags::from([
         (TAG_MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string()),
         (TAG_OWNER.to_string(), owner.to_string()),
     ])
+}
+
+/// What kind of resource an ownership record entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OwnedKind {
+    /// A security group (AWS) or NSG (Azure).
+    Group,
+    /// A VPC endpoint (AWS) or private endpoint (Azure).
+    Endpoint,
+}
+
+impl fmt::Display for OwnedKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OwnedKind::Group => "group",
+            OwnedKind::Endpoint => "endpoint",
+        })
+    }
+}
+
+/// On what a provider decides that a resource is Palisade's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OwnershipBasis {
+    /// Tags alone (a read-only plan without the record, unit tests): *unverified*.
+    #[default]
+    Tags,
+    /// The ownership record: a resource is Palisade's when its id is recorded; tags
+    /// without a record entry are a claim, never obeyed.
+    Record,
+}
+
+/// What Palisade knows it owns in one target; handed to `observe`, which normalises
+/// every resource's ownership tags through [`Ownership::vet`] before anything else
+/// reads them ("normalise, then diff": the planner sees recorded resources as managed
+/// whatever their tags say, and claimed ones as not managed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ownership {
+    /// Decision basis.
+    pub basis: OwnershipBasis,
+    /// The target's name (`palisade:target`); empty: not checked.
+    pub target: String,
+    /// This installation's id (`palisade:installation`); empty: not checked.
+    pub installation: String,
+    /// Recorded resources: (kind, lower-cased cloud id) → owner key.
+    recorded: BTreeMap<(OwnedKind, String), String>,
+    /// Bootstrap: adopt what carries Palisade's tags and no other target or installation
+    /// (an estate converged by a version without the record). Set once per target.
+    pub adopt_tagged: bool,
+    /// Creations that were started but whose ids were never recorded (a crash between
+    /// the cloud's answer and the record): a resource with this owner and exactly this
+    /// target's and installation's stamp is recovered.
+    pending: BTreeSet<(OwnedKind, String)>,
+}
+
+/// What [`Ownership::vet`] decided about one resource that carries or needs ownership tags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OwnershipVerdict {
+    /// Recorded, but its tags are missing or changed: recognised by id, tags to restore.
+    TagsChanged,
+    /// Adopted once by the bootstrap of an estate that predates the record.
+    Adopted,
+    /// A creation of this installation whose id was never recorded (crash), recovered.
+    Recovered,
+    /// Carries Palisade's tags but is not in the record: never written.
+    Claimed,
+    /// Carries another target's or installation's stamp: not this target's, left alone.
+    Foreign,
+}
+
+/// One resource whose ownership was not simply "recorded and tagged as recorded".
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnershipNote {
+    /// Kind.
+    pub kind: OwnedKind,
+    /// Cloud id.
+    pub id: String,
+    /// Owner key: the recorded one, or the one the tags claim.
+    pub owner: String,
+    /// What was decided.
+    pub verdict: OwnershipVerdict,
+    /// The `palisade:*` tags as found.
+    #[serde(default)]
+    pub found: Tags,
+}
+
+impl OwnershipNote {
+    /// Whether the resource is Palisade's after this decision.
+    pub fn owned(&self) -> bool {
+        matches!(
+            self.verdict,
+            OwnershipVerdict::TagsChanged | OwnershipVerdict::Adopted | OwnershipVerdict::Recovered
+        )
+    }
+}
+
+fn palisade_tags(tags: &Tags) -> Tags {
+    tags.iter()
+        .filter(|(k, _)| k.starts_with("palisade:"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+impl Ownership {
+    /// Ownership on tags alone, unverified, for `target` (empty: any).
+    pub fn unverified(target: &str) -> Ownership {
+        Ownership {
+            target: target.to_string(),
+            ..Ownership::default()
+        }
+    }
+
+    /// Ownership from the record of `installation` for `target`.
+    pub fn recorded(target: &str, installation: &str) -> Ownership {
+        Ownership {
+            basis: OwnershipBasis::Record,
+            target: target.to_string(),
+            installation: installation.to_string(),
+            ..Ownership::default()
+        }
+    }
+
+    /// Record `id` (of `kind`) as owned by `owner`.
+    pub fn insert(&mut self, kind: OwnedKind, id: &str, owner: &str) {
+        self.recorded
+            .insert((kind, id.to_ascii_lowercase()), owner.to_string());
+    }
+
+    /// Mark a creation of `owner`'s `kind` as started and not recorded.
+    pub fn insert_pending(&mut self, kind: OwnedKind, owner: &str) {
+        self.pending.insert((kind, owner.to_string()));
+    }
+
+    /// The recorded owner of `id`, if any.
+    pub fn owner_of(&self, kind: OwnedKind, id: &str) -> Option<&str> {
+        self.recorded
+            .get(&(kind, id.to_ascii_lowercase()))
+            .map(String::as_str)
+    }
+
+    /// Number of recorded resources.
+    pub fn len(&self) -> usize {
+        self.recorded.len()
+    }
+
+    /// Whether nothing is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.recorded.is_empty()
+    }
+
+    /// Every recorded resource: (kind, lower-cased id, owner).
+    pub fn entries(&self) -> impl Iterator<Item = (OwnedKind, &str, &str)> {
+        self.recorded
+            .iter()
+            .map(|((k, id), o)| (*k, id.as_str(), o.as_str()))
+    }
+
+    /// The full ownership tags of a resource owned by `owner` in this target.
+    pub fn tags(&self, owner: &str) -> Tags {
+        let mut t = ownership_tags(owner);
+        if !self.target.is_empty() {
+            t.insert(TAG_TARGET.into(), self.target.clone());
+        }
+        if !self.installation.is_empty() {
+            t.insert(TAG_INSTALLATION.into(), self.installation.clone());
+        }
+        t
+    }
+
+    /// [`Ownership::vet`] every group and endpoint of `inv`, keep the notes in
+    /// [`Inventory::ownership`] and the creation stamp in [`Inventory::stamp`].
+    /// Idempotent: vetting a vetted inventory changes nothing and notes nothing new.
+    pub fn vet_inventory(&self, inv: &mut Inventory) {
+        let mut notes = Vec::new();
+        for g in &mut inv.groups {
+            notes.extend(self.vet(OwnedKind::Group, &g.id, &mut g.tags));
+        }
+        for e in &mut inv.endpoints {
+            notes.extend(self.vet(OwnedKind::Endpoint, &e.id, &mut e.tags));
+        }
+        notes.sort();
+        inv.ownership.extend(notes);
+        inv.stamp = self.tags("");
+        inv.stamp.remove(TAG_OWNER);
+    }
+
+    fn foreign(&self, tags: &Tags) -> bool {
+        let other =
+            |key: &str, ours: &str| !ours.is_empty() && tags.get(key).is_some_and(|v| v != ours);
+        other(TAG_TARGET, &self.target) || other(TAG_INSTALLATION, &self.installation)
+    }
+
+    /// Decide whether the resource `id` of `kind` with `tags` is Palisade's, and rewrite
+    /// `tags` so that [`owner_of`] answers accordingly: a recorded resource gets its full
+    /// ownership tags (whatever was found), anything else that claims ownership without
+    /// being owned loses `palisade:managed-by`. Returns a note for everything that is
+    /// not plainly "recorded and tagged as recorded" (or, on [`OwnershipBasis::Tags`],
+    /// "tagged").
+    pub fn vet(&self, kind: OwnedKind, id: &str, tags: &mut Tags) -> Option<OwnershipNote> {
+        let found = palisade_tags(tags);
+        let note = |owner: &str, verdict| OwnershipNote {
+            kind,
+            id: id.to_string(),
+            owner: owner.to_string(),
+            verdict,
+            found: found.clone(),
+        };
+        if let Some(owner) = self.owner_of(kind, id) {
+            let want = self.tags(owner);
+            let same = want.iter().all(|(k, v)| tags.get(k) == Some(v))
+                && found.keys().all(|k| want.contains_key(k));
+            let owner = owner.to_string();
+            tags.retain(|k, _| !k.starts_with("palisade:"));
+            tags.extend(want);
+            return (!same).then(|| note(&owner, OwnershipVerdict::TagsChanged));
+        }
+        let claimed = owner_of(tags)?.to_string();
+        let verdict = if self.foreign(tags) {
+            OwnershipVerdict::Foreign
+        } else {
+            match self.basis {
+                OwnershipBasis::Tags => return None,
+                OwnershipBasis::Record if self.adopt_tagged => OwnershipVerdict::Adopted,
+                OwnershipBasis::Record
+                    if self.pending.contains(&(kind, claimed.clone()))
+                        && tags.get(TAG_TARGET) == Some(&self.target)
+                        && tags.get(TAG_INSTALLATION) == Some(&self.installation) =>
+                {
+                    OwnershipVerdict::Recovered
+                }
+                OwnershipBasis::Record => OwnershipVerdict::Claimed,
+            }
+        };
+        let n = note(&claimed, verdict);
+        if n.owned() {
+            tags.retain(|k, _| !k.starts_with("palisade:"));
+            tags.extend(self.tags(&claimed));
+        } else {
+            tags.remove(TAG_MANAGED_BY);
+        }
+        Some(n)
+    }
 }
 
 /// Traffic direction, seen from the group's members.

@@ -10,7 +10,9 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{EndpointKind, GroupRef, Inventory, Placement, Rule, Tags, Target};
+use crate::model::{
+    EndpointKind, GroupRef, Inventory, OwnedKind, Ownership, Placement, Rule, Tags, Target,
+};
 
 /// One idempotent change to the cloud, as planned by the engine.
 ///
@@ -126,6 +128,19 @@ pub enum Change {
         /// Cloud id.
         id: String,
     },
+    /// Put the ownership tags back on a recorded resource whose tags were stripped or
+    /// changed (recognised by its id, which the ownership record holds).
+    #[serde(rename_all = "camelCase")]
+    SetOwnershipTags {
+        /// Group or endpoint.
+        kind: OwnedKind,
+        /// Cloud id.
+        id: String,
+        /// Owner key (the recorded one).
+        owner: String,
+        /// The full ownership tags to set.
+        tags: Tags,
+    },
 }
 
 impl Change {
@@ -141,6 +156,7 @@ impl Change {
             Change::CreateEndpoint { .. } => "createEndpoint",
             Change::UpdateEndpoint { .. } => "updateEndpoint",
             Change::DeleteEndpoint { .. } => "deleteEndpoint",
+            Change::SetOwnershipTags { .. } => "setOwnershipTags",
         }
     }
 
@@ -300,11 +316,17 @@ impl ProviderError {
 ///   ownership tags, except a function's network placement.
 #[async_trait::async_trait]
 pub trait Provider: Send + Sync {
-    /// Observe everything in `target` that the engine needs.
+    /// Observe everything in `target` that the engine needs. Every group's and endpoint's
+    /// tags go through [`Ownership::vet`] before anything reads them, and the notes it
+    /// returns are in [`Inventory::ownership`].
     ///
     /// # Errors
     /// Any [`ProviderError`]; nothing has been changed.
-    async fn observe(&self, target: &Target) -> Result<Inventory, ProviderError>;
+    async fn observe(
+        &self,
+        target: &Target,
+        ownership: &Ownership,
+    ) -> Result<Inventory, ProviderError>;
 
     /// Apply one change.
     ///

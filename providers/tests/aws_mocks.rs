@@ -302,7 +302,10 @@ async fn observe_estate(FUNCTIONS: usize, GROUPS: usize) -> (usize, usize) {
         &[&get_resources],
     )
     .await;
-    let inv = p.observe(&target()).await.unwrap();
+    let inv = p
+        .observe(&target(), &palisade_providers::Ownership::default())
+        .await
+        .unwrap();
 
     assert_eq!(inv.functions.len(), FUNCTIONS);
     assert!(
@@ -390,7 +393,7 @@ async fn throttling_is_retried_by_the_sdk_then_reported_and_counted() {
     let tags = mock!(aws_sdk_resourcegroupstagging::Client::get_resources)
         .then_output(|| GetResourcesOutput::builder().build());
     let p = provider(&ec2_rules, &[&functions], &[&tags]).await;
-    p.observe(&target())
+    p.observe(&target(), &palisade_providers::Ownership::default())
         .await
         .expect("retries absorb two throttles");
     assert_eq!(vpcs.num_calls(), 3);
@@ -408,7 +411,10 @@ async fn throttling_is_retried_by_the_sdk_then_reported_and_counted() {
         )
     });
     let p = provider(&ec2_rules, &[&lambda_throttle], &[&tags]).await;
-    let err = p.observe(&target()).await.unwrap_err();
+    let err = p
+        .observe(&target(), &palisade_providers::Ownership::default())
+        .await
+        .unwrap_err();
     assert!(matches!(err, ProviderError::Throttled { .. }), "{err:?}");
     assert!(err.is_retryable());
     let throttles: u64 = p

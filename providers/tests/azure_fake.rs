@@ -108,7 +108,10 @@ async fn create_nsg(p: &AzureProvider, owner: &str) -> String {
 #[tokio::test]
 async fn observe_reads_one_list_per_collection_page() {
     let (fake, p) = start(Config::default(), 250).await;
-    let inv = p.observe(&target()).await.unwrap();
+    let inv = p
+        .observe(&target(), &palisade_providers::Ownership::default())
+        .await
+        .unwrap();
     assert_eq!(inv.functions.len(), 250);
     assert_eq!(inv.networks.len(), 1);
     assert_eq!(inv.subnets.len(), 4);
@@ -272,7 +275,10 @@ async fn the_full_lifecycle_polls_each_operation_and_preserves_the_subnet() {
     .unwrap();
 
     // Everything reads back as asked.
-    let inv = p.observe(&t).await.unwrap();
+    let inv = p
+        .observe(&t, &palisade_providers::Ownership::default())
+        .await
+        .unwrap();
     let g = inv.managed_group("reports-func").unwrap();
     let got: BTreeSet<Rule> = g.rules.iter().cloned().collect();
     let want: BTreeSet<Rule> = rules.iter().cloned().collect();
@@ -416,7 +422,10 @@ async fn throttling_and_busy_resources_are_retried_and_counted() {
         20,
     )
     .await;
-    let inv = p.observe(&target()).await.unwrap();
+    let inv = p
+        .observe(&target(), &palisade_providers::Ownership::default())
+        .await
+        .unwrap();
     assert_eq!(inv.functions.len(), 20);
     create_nsg(&p, "orders-func").await;
     fake.fake.configure(|c| c.busy_writes = 2);
@@ -511,7 +520,10 @@ async fn a_rule_replaced_since_it_was_observed_is_not_deleted_and_hand_made_rule
         "protocol": "Tcp", "sourcePortRange": "*", "destinationPortRange": "22", "sourceAddressPrefix": "0.0.0.0/0",
         "destinationAddressPrefix": "*", "access": "Allow", "priority": 100, "direction": "Inbound" } }] });
     fake.fake.seed(&hand).unwrap();
-    let observed = p.observe(&t).await.unwrap();
+    let observed = p
+        .observe(&t, &palisade_providers::Ownership::default())
+        .await
+        .unwrap();
     let drift = observed.managed_group("orders-func").unwrap().rules.clone();
     assert_eq!(drift.len(), 1);
     // The desired rule takes slot 100: the hand-made rule holding it goes first.
@@ -558,7 +570,10 @@ async fn a_rule_replaced_since_it_was_observed_is_not_deleted_and_hand_made_rule
         .await
         .unwrap();
     assert_eq!(out.status, OutcomeStatus::AlreadyDone);
-    let inv = p.observe(&t).await.unwrap();
+    let inv = p
+        .observe(&t, &palisade_providers::Ownership::default())
+        .await
+        .unwrap();
     assert_eq!(
         inv.managed_group("orders-func").unwrap().rules,
         vec![Rule {
@@ -872,7 +887,10 @@ async fn an_endpoint_moving_subnet_is_replaced() {
             .unwrap()
             .eq_ignore_ascii_case(&subnet("snet-reports"))
     );
-    let inv = p.observe(&t).await.unwrap();
+    let inv = p
+        .observe(&t, &palisade_providers::Ownership::default())
+        .await
+        .unwrap();
     let ep = inv
         .endpoints
         .iter()

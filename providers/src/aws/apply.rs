@@ -10,8 +10,8 @@ use aws_sdk_lambda::types as lambda;
 use backon::{ExponentialBuilder, Retryable};
 
 use crate::model::{
-    Direction, EndpointKind, GroupRef, MANAGED_BY_VALUE, Placement, Rule, TAG_MANAGED_BY,
-    TAG_OWNER, Tags, owner_of,
+    Direction, EndpointKind, GroupRef, MANAGED_BY_VALUE, OwnedKind, Placement, Rule,
+    TAG_MANAGED_BY, TAG_OWNER, Tags, owner_of,
 };
 use crate::provider::{Change, Outcome, OutcomeStatus, ProviderError};
 
@@ -113,6 +113,9 @@ impl AwsProvider {
                     .await
             }
             Change::DeleteEndpoint { owner, id } => self.delete_endpoint(s, owner, id).await,
+            Change::SetOwnershipTags { kind, id, tags, .. } => {
+                self.set_ownership_tags(s, *kind, id, tags).await
+            }
             Change::SetSubnetGroup { .. } => Err(refuse(
                 "SetSubnetGroup",
                 "Palisade.Unsupported",
@@ -151,10 +154,12 @@ impl AwsProvider {
                             .send(),
                     )
                     .await?;
+                let rejected = s.owned().rejected.clone();
                 let id = out
                     .security_groups()
                     .iter()
                     .filter(|g| owner_of(&translate::tags(g.tags())) == Some(owner))
+                    .filter(|g| g.group_id().is_some_and(|id| !rejected.contains(id)))
                     .filter_map(|g| g.group_id())
                     .min()
                     .map(str::to_string)
@@ -174,6 +179,15 @@ impl AwsProvider {
         let id = self.group_id(s, r).await?;
         if s.owned().group_ids.contains(&id) {
             return Ok(id);
+        }
+        if s.owned().rejected.contains(&id) {
+            return Err(refuse(
+                "ModifySecurityGroup",
+                "Palisade.NotOwned",
+                format!(
+                    "security group {id} carries Palisade's tags but is not in the ownership record; Palisade never changes it"
+                ),
+            ));
         }
         let out = self
             .budget
@@ -204,6 +218,50 @@ impl AwsProvider {
         }
         s.owned().group_ids.insert(id.clone());
         Ok(id)
+    }
+
+    /// Put the ownership tags back on a group or endpoint the last observation
+    /// recognised as recorded (never on anything else).
+    async fn set_ownership_tags(
+        &self,
+        s: &Session,
+        kind: OwnedKind,
+        id: &str,
+        tags: &Tags,
+    ) -> Result<Outcome, ProviderError> {
+        let known = match kind {
+            OwnedKind::Group => s.owned().group_ids.contains(id),
+            OwnedKind::Endpoint => s.owned().endpoints.contains_key(id),
+        };
+        if !known {
+            return Err(refuse(
+                "CreateTags",
+                "Palisade.NotOwned",
+                format!(
+                    "{kind} {id} is not a recorded Palisade resource; its tags are not Palisade's to set"
+                ),
+            ));
+        }
+        let out = self
+            .budget
+            .call(
+                &s.scope,
+                F::Ec2Write,
+                "ec2",
+                "CreateTags",
+                s.clients
+                    .ec2
+                    .create_tags()
+                    .resources(id)
+                    .set_tags(Some(
+                        tags.iter()
+                            .map(|(k, v)| ec2::Tag::builder().key(k).value(v).build())
+                            .collect(),
+                    ))
+                    .send(),
+            )
+            .await?;
+        Ok(outcome(true, request_id(&out)))
     }
 
     async fn create_group(

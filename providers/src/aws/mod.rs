@@ -142,6 +142,10 @@ struct Owned {
     group_ids: BTreeSet<String>,
     /// Endpoint id → what it looked like.
     endpoints: BTreeMap<String, EndpointState>,
+    /// Ids that carry Palisade's tags but that the ownership record does not hold
+    /// (claimed, or another target's): never resolved or written, whatever a later
+    /// lookup by tag says.
+    rejected: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -280,9 +284,13 @@ fn not_aws(target: &Target) -> ProviderError {
 
 #[async_trait::async_trait]
 impl Provider for AwsProvider {
-    async fn observe(&self, target: &Target) -> Result<crate::Inventory, ProviderError> {
+    async fn observe(
+        &self,
+        target: &Target,
+        ownership: &crate::Ownership,
+    ) -> Result<crate::Inventory, ProviderError> {
         let s = self.session(target).await?;
-        self.observe_with(&s, &target.name).await
+        self.observe_with(&s, &target.name, ownership).await
     }
 
     async fn apply(&self, target: &Target, change: &Change) -> Result<Outcome, ProviderError> {

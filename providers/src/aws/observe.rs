@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 
-use crate::model::{Inventory, Tags, owner_of};
+use crate::model::{Inventory, Ownership, Tags, owner_of};
 use crate::provider::ProviderError;
 
 use super::call::Family as F;
@@ -47,6 +47,7 @@ impl AwsProvider {
         &self,
         s: &Session,
         target: &str,
+        ownership: &Ownership,
     ) -> Result<Inventory, ProviderError> {
         let (b, sc, ec2) = (&self.budget, &s.scope, &s.clients.ec2);
         let lambda = &s.clients.lambda;
@@ -233,7 +234,7 @@ impl AwsProvider {
             functions,
             function_tags: function_tags.into_iter().collect::<HashMap<_, _>>(),
         };
-        let inventory = translate::inventory(target, &raw);
+        let inventory = translate::inventory(target, &raw, ownership);
         *s.owned() = owned(&inventory);
         Ok(inventory)
     }
@@ -241,7 +242,15 @@ impl AwsProvider {
 
 /// What is Palisade's in an inventory, for [`super::Session`].
 fn owned(inv: &Inventory) -> Owned {
-    let mut o = Owned::default();
+    let mut o = Owned {
+        rejected: inv
+            .ownership
+            .iter()
+            .filter(|n| !n.owned())
+            .map(|n| n.id.clone())
+            .collect(),
+        ..Owned::default()
+    };
     for g in &inv.groups {
         if let Some(owner) = g.owner() {
             o.group_ids.insert(g.id.clone());

@@ -8,8 +8,9 @@ use aws_sdk_lambda::types as lambda;
 use ipnet::IpNet;
 
 use crate::model::{
-    Direction, Endpoint, EndpointKind, Function, GroupRef, Inventory, Network, Peer, Placement,
-    PortRange, Ports, PrefixList, Protocol, Rule, SecurityGroup, Subnet, Tags, owner_of,
+    Direction, Endpoint, EndpointKind, Function, GroupRef, Inventory, Network, OwnedKind,
+    Ownership, Peer, Placement, PortRange, Ports, PrefixList, Protocol, Rule, SecurityGroup,
+    Subnet, Tags, owner_of,
 };
 use crate::provider::ProviderError;
 
@@ -217,11 +218,17 @@ pub fn endpoint_is_live(state: &ec2::State) -> bool {
 }
 
 /// Translate one observation into the model.
-pub fn inventory(target: &str, raw: &Raw) -> Inventory {
+pub fn inventory(target: &str, raw: &Raw, ownership: &Ownership) -> Inventory {
+    // References name a managed group by owner only when ownership says it is one.
     let group_tags: Vec<(String, Tags)> = raw
         .groups
         .iter()
-        .filter_map(|g| Some((g.group_id()?.to_string(), tags(g.tags()))))
+        .filter_map(|g| {
+            let id = g.group_id()?;
+            let mut t = tags(g.tags());
+            ownership.vet(OwnedKind::Group, id, &mut t);
+            Some((id.to_string(), t))
+        })
         .collect();
     let refs = GroupRefs::new(group_tags.iter().map(|(id, t)| (id.as_str(), t)));
 
@@ -412,7 +419,7 @@ pub fn inventory(target: &str, raw: &Raw) -> Inventory {
         })
         .collect();
 
-    Inventory {
+    let mut inv = Inventory {
         target: target.to_string(),
         networks,
         subnets,
@@ -420,7 +427,10 @@ pub fn inventory(target: &str, raw: &Raw) -> Inventory {
         groups,
         endpoints,
         prefix_lists,
-    }
+        ..Inventory::default()
+    };
+    ownership.vet_inventory(&mut inv);
+    inv
 }
 
 #[cfg(test)]
@@ -774,7 +784,7 @@ mod tests {
             ],
             ..Raw::default()
         };
-        let inv = inventory("t", &raw);
+        let inv = inventory("t", &raw, &Ownership::default());
         let f = &inv.functions[0];
         assert_eq!(f.tags.get("app").map(String::as_str), Some("x"));
         let p = f.placement.as_ref().unwrap();

@@ -90,6 +90,7 @@ pub(crate) fn operation_name(method: &Method, path: &str) -> &'static str {
         ("GET", "privateendpoints", true) => "GET privateEndpoints (list)",
         ("GET", "privateendpoints", false) => "GET privateEndpoints",
         ("PUT", "privateendpoints", _) => "PUT privateEndpoints",
+        ("PATCH", "privateendpoints", _) => "PATCH privateEndpoints",
         ("DELETE", "privateendpoints", _) => "DELETE privateEndpoints",
         ("GET", "sites", true) => "GET sites (list)",
         ("GET", "sites", false) => "GET sites",

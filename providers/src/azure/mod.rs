@@ -34,7 +34,9 @@ use azure_mgmt_network::package_2024_03::models as m;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::model::{EndpointKind, GroupRef, Inventory, Rule, Target, TargetScope, owner_of};
+use crate::model::{
+    EndpointKind, GroupRef, Inventory, OwnedKind, Ownership, Rule, Target, TargetScope, owner_of,
+};
 use crate::provider::{
     ApiCallCount, CallCounter, Change, Outcome, OutcomeStatus, Provider, ProviderError,
 };
@@ -164,7 +166,16 @@ pub struct AzureProvider {
     arm: Mutex<Option<Arm>>,
     /// (target, owner) → NSG id of managed NSGs, from the last observe and from creates.
     owners: Mutex<HashMap<(String, String), String>>,
+    /// Target → what its last observation decided: lower-cased ids Palisade owns, and
+    /// ids that carry its tags without being owned (never resolved or written).
+    vetted: Mutex<HashMap<String, Vetted>>,
     credential: Mutex<Option<Arc<dyn azure_core::auth::TokenCredential>>>,
+}
+
+#[derive(Debug, Default)]
+struct Vetted {
+    owned: std::collections::BTreeSet<String>,
+    rejected: std::collections::BTreeSet<String>,
 }
 
 impl std::fmt::Debug for AzureProvider {
@@ -274,6 +285,7 @@ impl AzureProvider {
             counter: Arc::new(CallCounter::default()),
             arm: Mutex::new(None),
             owners: Mutex::new(HashMap::new()),
+            vetted: Mutex::new(HashMap::new()),
             credential: Mutex::new(None),
         }
     }
@@ -367,7 +379,7 @@ impl AzureProvider {
         let groups = translate::groups(&nsgs);
         let found = groups
             .iter()
-            .filter(|g| g.owner() == Some(owner))
+            .filter(|g| g.owner() == Some(owner) && !self.rejected(&target.name, &g.id))
             .map(|g| g.id.clone())
             .min();
         if let Some(id) = &found {
@@ -409,7 +421,11 @@ impl AzureProvider {
         Ok(rg_and_name(&id))
     }
 
-    async fn observe_inner(&self, target: &Target) -> Result<Inventory, ProviderError> {
+    async fn observe_inner(
+        &self,
+        target: &Target,
+        ownership: &Ownership,
+    ) -> Result<Inventory, ProviderError> {
         let s = scope(target)?;
         let arm = self.arm()?;
         let (rg, sub) = (s.resource_group, s.subscription);
@@ -444,7 +460,13 @@ impl AzureProvider {
             ),
             arm.list_all(sites_url),
         )?;
-        let groups = translate::groups(&nsgs);
+        let mut groups = translate::groups(&nsgs);
+        // Ownership first: every later step (owners, subnet references, the cache)
+        // sees recorded NSGs as managed and claimed ones as not.
+        let mut notes = Vec::new();
+        for g in &mut groups {
+            notes.extend(ownership.vet(OwnedKind::Group, &g.id, &mut g.tags));
+        }
         let owners = translate::owners(&groups);
         let mut ids = translate::Ids::default();
         for v in &vnets {
@@ -474,14 +496,89 @@ impl AzureProvider {
                 }
             }
         }
-        Ok(Inventory {
+        let mut inv = Inventory {
             target: target.name.clone(),
             networks,
             subnets,
             functions: translate::functions(&sites, &ids),
             groups,
             endpoints: translate::endpoints(&pes, &ids),
-            prefix_lists: Vec::new(),
+            ownership: notes,
+            ..Inventory::default()
+        };
+        ownership.vet_inventory(&mut inv);
+        inv.ownership.sort();
+        let vetted = Vetted {
+            owned: inv
+                .groups
+                .iter()
+                .filter(|g| g.owner().is_some())
+                .map(|g| g.id.to_ascii_lowercase())
+                .chain(
+                    inv.endpoints
+                        .iter()
+                        .filter(|e| e.owner().is_some())
+                        .map(|e| e.id.to_ascii_lowercase()),
+                )
+                .collect(),
+            rejected: inv
+                .ownership
+                .iter()
+                .filter(|n| !n.owned())
+                .map(|n| n.id.to_ascii_lowercase())
+                .collect(),
+        };
+        self.vetted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(target.name.clone(), vetted);
+        Ok(inv)
+    }
+
+    fn rejected(&self, target: &str, id: &str) -> bool {
+        self.vetted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(target)
+            .is_some_and(|v| v.rejected.contains(&id.to_ascii_lowercase()))
+    }
+
+    /// Put the ownership tags back on an NSG or private endpoint that the last
+    /// observation recognised as recorded (never on anything else). ARM's PATCH replaces
+    /// the whole tag set, so the other tags are read and kept.
+    async fn set_ownership_tags(
+        &self,
+        arm: &Arm,
+        target: &Target,
+        id: &str,
+        tags: &crate::Tags,
+    ) -> Result<Outcome, ProviderError> {
+        let what = "PATCH tags";
+        let known = self
+            .vetted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&target.name)
+            .is_some_and(|v| v.owned.contains(&id.to_ascii_lowercase()));
+        if !known {
+            return Err(not_owned(what, id));
+        }
+        let url = arm.url(id, NETWORK_API_VERSION)?;
+        let current = arm.call(Method::Get, url.clone(), None).await?.body;
+        let mut merged = translate::tags(current.get("tags"));
+        if tags.iter().all(|(k, v)| merged.get(k) == Some(v)) {
+            return Ok(Outcome::already_done());
+        }
+        merged.extend(tags.clone());
+        let answer = arm
+            .call(Method::Patch, url, Some(&json!({ "tags": merged })))
+            .await?;
+        if answer.status == StatusCode::Accepted {
+            arm.wait(what, &answer.headers).await?;
+        }
+        Ok(Outcome {
+            request_ids: answer.request_id().into_iter().collect(),
+            ..Outcome::applied()
         })
     }
 
@@ -564,7 +661,9 @@ impl AzureProvider {
             }
             Err(e) => return Err(map_error("GET networkSecurityGroups", e)),
         };
-        if owner_of(&translate::tags(g.resource.tags.as_ref())) != Some(owner) {
+        if owner_of(&translate::tags(g.resource.tags.as_ref())) != Some(owner)
+            || self.rejected(&target.name, id)
+        {
             return Err(not_owned("DELETE networkSecurityGroups", id));
         }
         let users = g.properties.as_ref().map(|p| p.subnets.len()).unwrap_or(0);
@@ -982,7 +1081,9 @@ impl AzureProvider {
         let Some(pe) = self.get_endpoint(arm, s.subscription, &rg, &name).await? else {
             return Ok(Outcome::already_done());
         };
-        if owner_of(&translate::tags(pe.resource.tags.as_ref())) != Some(owner) {
+        if owner_of(&translate::tags(pe.resource.tags.as_ref())) != Some(owner)
+            || self.rejected(&target.name, id)
+        {
             return Err(not_owned(what, id));
         }
         let request_id = self
@@ -1061,8 +1162,12 @@ impl AzureProvider {
 
 #[async_trait::async_trait]
 impl Provider for AzureProvider {
-    async fn observe(&self, target: &Target) -> Result<Inventory, ProviderError> {
-        self.observe_inner(target)
+    async fn observe(
+        &self,
+        target: &Target,
+        ownership: &Ownership,
+    ) -> Result<Inventory, ProviderError> {
+        self.observe_inner(target, ownership)
             .await
             .map_err(|e| named(e, &target.name))
     }
@@ -1160,6 +1265,9 @@ impl AzureProvider {
             }
             Change::DeleteEndpoint { owner, id } => {
                 self.delete_endpoint(&arm, target, owner, id).await
+            }
+            Change::SetOwnershipTags { id, tags, .. } => {
+                self.set_ownership_tags(&arm, target, id, tags).await
             }
         }
     }

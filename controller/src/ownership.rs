@@ -1,0 +1,665 @@
+//! The ownership record: every cloud resource Palisade created or adopted, per target,
+//! with the installation id that goes on its tags. A resource is Palisade's only when
+//! its id is recorded here (tags alone are a claim: whoever can tag could hijack).
+//!
+//! The record is kept in the history database (one transaction per update, each entry
+//! added or removed also written as an event, so the audit trail says when and why).
+//! This module owns the rules — what an observation, a plan and an apply report mean
+//! for the record ([`observed`], [`intents`], [`applied`]) — and the narrow
+//! [`OwnershipStore`] interface the controller and the CLI use; the SQL is below it.
+//!
+//! # Bootstrap
+//! A target that has never been recorded (an estate converged by a version without the
+//! record) adopts, once, what carries Palisade's tags and no other target's or
+//! installation's stamp; the adoption is an `ownership-bootstrapped` event listing every
+//! id. From then on, nothing is adopted silently.
+//!
+//! # Crash between create and record
+//! Before a plan with creations is applied, each creation is recorded as *pending*. A
+//! resource that appears with that owner and exactly this target's and installation's
+//! stamp while the creation is pending is recovered (event); the pending mark is cleared
+//! once the creation's outcome is recorded.
+
+use palisade_providers::{
+    Change, Inventory, OutcomeStatus, OwnedKind, Ownership, OwnershipBasis, OwnershipVerdict,
+};
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::apply::ApplyReport;
+use crate::history::{HistoryError, NewEvent, Store, kind};
+use crate::plan::Plan;
+
+/// How a resource came into the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum How {
+    /// Palisade created it.
+    Created,
+    /// The bootstrap of a target adopted it (tags of an earlier version).
+    Adopted,
+    /// A creation whose id was never recorded (crash), recognised by its stamp.
+    Recovered,
+}
+
+impl How {
+    fn as_str(self) -> &'static str {
+        match self {
+            How::Created => "created",
+            How::Adopted => "adopted",
+            How::Recovered => "recovered",
+        }
+    }
+}
+
+/// Why a resource left the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Removed {
+    /// Palisade deleted it.
+    Deleted,
+    /// It is gone from the cloud (deleted by someone else).
+    Vanished,
+}
+
+/// One record entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Entry {
+    /// Kind.
+    pub kind: OwnedKind,
+    /// Cloud id.
+    pub id: String,
+    /// Owner key (policy name or endpoint key).
+    pub owner: String,
+    /// How it came in.
+    pub how: How,
+}
+
+/// A change to one target's record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordUpdate {
+    /// Entries to add.
+    pub add: Vec<Entry>,
+    /// Entries to remove: (kind, id, owner, why).
+    pub remove: Vec<(OwnedKind, String, String, Removed)>,
+    /// Creations about to start: (kind, owner).
+    pub pending: Vec<(OwnedKind, String)>,
+    /// Creations whose outcome is known: (kind, owner).
+    pub settled: Vec<(OwnedKind, String)>,
+    /// The target's bootstrap happened with this observation.
+    pub bootstrapped: bool,
+}
+
+impl RecordUpdate {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty()
+            && self.remove.is_empty()
+            && self.pending.is_empty()
+            && self.settled.is_empty()
+            && !self.bootstrapped
+    }
+
+    fn extend(&mut self, other: RecordUpdate) {
+        self.add.extend(other.add);
+        self.remove.extend(other.remove);
+        self.pending.extend(other.pending);
+        self.settled.extend(other.settled);
+        self.bootstrapped |= other.bootstrapped;
+    }
+}
+
+/// What an observation made under `ownership` means for the record: adoptions (bootstrap)
+/// and recoveries are added, recorded resources no longer observed are removed.
+pub fn observed(ownership: &Ownership, inv: &Inventory) -> RecordUpdate {
+    let mut u = RecordUpdate {
+        bootstrapped: ownership.basis == OwnershipBasis::Record && ownership.adopt_tagged,
+        ..RecordUpdate::default()
+    };
+    if ownership.basis != OwnershipBasis::Record {
+        return u;
+    }
+    for n in &inv.ownership {
+        let how = match n.verdict {
+            OwnershipVerdict::Adopted => How::Adopted,
+            OwnershipVerdict::Recovered => {
+                u.settled.push((n.kind, n.owner.clone()));
+                How::Recovered
+            }
+            _ => continue,
+        };
+        u.add.push(Entry {
+            kind: n.kind,
+            id: n.id.clone(),
+            owner: n.owner.clone(),
+            how,
+        });
+    }
+    for (kind, id, owner) in ownership.entries() {
+        let seen = match kind {
+            OwnedKind::Group => inv.groups.iter().any(|g| g.id.eq_ignore_ascii_case(id)),
+            OwnedKind::Endpoint => inv.endpoints.iter().any(|e| e.id.eq_ignore_ascii_case(id)),
+        };
+        if !seen {
+            u.remove
+                .push((kind, id.to_string(), owner.to_string(), Removed::Vanished));
+        }
+    }
+    u
+}
+
+/// The creations a plan is about to start, marked pending before the first call.
+pub fn intents(plan: &Plan) -> RecordUpdate {
+    let mut u = RecordUpdate::default();
+    for c in &plan.changes {
+        match &c.change {
+            Change::CreateGroup { owner, .. } => u.pending.push((OwnedKind::Group, owner.clone())),
+            Change::CreateEndpoint { owner, .. } => {
+                u.pending.push((OwnedKind::Endpoint, owner.clone()))
+            }
+            _ => {}
+        }
+    }
+    u
+}
+
+/// What an apply did to the record: created ids added, deleted ones removed, and every
+/// creation that was attempted settled (done or failed; a creation never attempted
+/// stays pending until the next plan's intents replace it).
+pub fn applied(report: &ApplyReport) -> RecordUpdate {
+    let mut u = RecordUpdate::default();
+    for r in &report.results {
+        let done = r
+            .outcome
+            .as_ref()
+            .filter(|o| o.status != OutcomeStatus::Pending);
+        match &r.planned.change {
+            Change::CreateGroup { owner, .. } | Change::CreateEndpoint { owner, .. } => {
+                let kind = if matches!(r.planned.change, Change::CreateGroup { .. }) {
+                    OwnedKind::Group
+                } else {
+                    OwnedKind::Endpoint
+                };
+                if let Some(id) = done.and_then(|o| o.created_id.clone()) {
+                    u.add.push(Entry {
+                        kind,
+                        id,
+                        owner: owner.clone(),
+                        how: How::Created,
+                    });
+                }
+                u.settled.push((kind, owner.clone()));
+            }
+            Change::DeleteGroup { owner, id } if done.is_some() => {
+                u.remove.push((
+                    OwnedKind::Group,
+                    id.clone(),
+                    owner.clone(),
+                    Removed::Deleted,
+                ));
+            }
+            Change::DeleteEndpoint { owner, id } if done.is_some() => u.remove.push((
+                OwnedKind::Endpoint,
+                id.clone(),
+                owner.clone(),
+                Removed::Deleted,
+            )),
+            _ => {}
+        }
+    }
+    u
+}
+
+/// Where the record lives. The SQLite history implements it; a server database will
+/// later, when several replicas share one record.
+pub trait OwnershipStore: Send + Sync {
+    /// This installation's id, generated once (random, 128 bits) and kept.
+    ///
+    /// # Errors
+    /// The store failed.
+    fn installation(&self) -> Result<String, HistoryError>;
+
+    /// Use `id` as this installation's id: kept when the store has none yet (a new or
+    /// lost data directory), an error when the store holds another.
+    ///
+    /// # Errors
+    /// [`HistoryError::Installation`] on a mismatch; the store failed.
+    fn pin_installation(&self, id: &str) -> Result<(), HistoryError>;
+
+    /// The record of `target` as an [`Ownership`] for `observe` (bootstrap on when the
+    /// target was never recorded).
+    ///
+    /// # Errors
+    /// The store failed.
+    fn ownership(&self, target: &str) -> Result<Ownership, HistoryError>;
+
+    /// Write `update` for `target` and its events, in one durable transaction.
+    ///
+    /// # Errors
+    /// The store failed; nothing was written.
+    fn update_ownership(
+        &self,
+        target: &str,
+        revision: Option<&str>,
+        at: i64,
+        update: &RecordUpdate,
+    ) -> Result<(), HistoryError>;
+}
+
+/// Apply several updates in order (observation, then apply) as one.
+pub fn merge(updates: impl IntoIterator<Item = RecordUpdate>) -> RecordUpdate {
+    let mut all = RecordUpdate::default();
+    for u in updates {
+        all.extend(u);
+    }
+    all
+}
+
+fn kind_str(k: OwnedKind) -> &'static str {
+    match k {
+        OwnedKind::Group => "group",
+        OwnedKind::Endpoint => "endpoint",
+    }
+}
+
+fn parse_kind(s: &str) -> Option<OwnedKind> {
+    match s {
+        "group" => Some(OwnedKind::Group),
+        "endpoint" => Some(OwnedKind::Endpoint),
+        _ => None,
+    }
+}
+
+impl OwnershipStore for Store {
+    fn installation(&self) -> Result<String, HistoryError> {
+        let conn = self.conn();
+        let read = |conn: &rusqlite::Connection| {
+            conn.query_row(
+                "SELECT value FROM meta WHERE key = 'installation'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+        };
+        if let Some(id) = read(&conn).map_err(|e| self.err(e))? {
+            return Ok(id);
+        }
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('installation', lower(hex(randomblob(16))))",
+            [],
+        )
+        .map_err(|e| self.err(e))?;
+        read(&conn)
+            .map_err(|e| self.err(e))?
+            .ok_or_else(|| self.err(rusqlite::Error::QueryReturnedNoRows))
+    }
+
+    fn pin_installation(&self, id: &str) -> Result<(), HistoryError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('installation', ?1)",
+            params![id],
+        )
+        .map_err(|e| self.err(e))?;
+        let stored: String = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'installation'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        if stored != id {
+            return Err(HistoryError::Installation {
+                path: self.path().to_path_buf(),
+                stored,
+                pinned: id.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn ownership(&self, target: &str) -> Result<Ownership, HistoryError> {
+        let installation = self.installation()?;
+        let conn = self.conn();
+        let mut o = Ownership::recorded(target, &installation);
+        let bootstrapped: Option<i64> = conn
+            .query_row(
+                "SELECT at FROM ownership_bootstrap WHERE target = ?1",
+                params![target],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        o.adopt_tagged = bootstrapped.is_none();
+        let mut stmt = conn
+            .prepare("SELECT kind, id, owner FROM owned WHERE target = ?1")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![target], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        for row in rows {
+            let (k, id, owner) = row.map_err(|e| self.err(e))?;
+            if let Some(k) = parse_kind(&k) {
+                o.insert(k, &id, &owner);
+            }
+        }
+        let mut stmt = conn
+            .prepare("SELECT kind, owner FROM owned_pending WHERE target = ?1")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![target], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(|e| self.err(e))?;
+        for row in rows {
+            let (k, owner) = row.map_err(|e| self.err(e))?;
+            if let Some(k) = parse_kind(&k) {
+                o.insert_pending(k, &owner);
+            }
+        }
+        Ok(o)
+    }
+
+    fn update_ownership(
+        &self,
+        target: &str,
+        revision: Option<&str>,
+        at: i64,
+        u: &RecordUpdate,
+    ) -> Result<(), HistoryError> {
+        if u.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let mut events = Vec::new();
+        let e = |e| self.err(e);
+        for (k, owner) in &u.settled {
+            tx.execute(
+                "DELETE FROM owned_pending WHERE target = ?1 AND kind = ?2 AND owner = ?3",
+                params![target, kind_str(*k), owner],
+            )
+            .map_err(e)?;
+        }
+        for (k, owner) in &u.pending {
+            tx.execute(
+                "INSERT OR REPLACE INTO owned_pending (target, kind, owner, at) VALUES (?1, ?2, ?3, ?4)",
+                params![target, kind_str(*k), owner, at],
+            )
+            .map_err(e)?;
+        }
+        for entry in &u.add {
+            let n = tx
+                .execute(
+                    "INSERT OR IGNORE INTO owned (target, kind, id, owner, created_at, revision, how) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        target,
+                        kind_str(entry.kind),
+                        entry.id.to_ascii_lowercase(),
+                        entry.owner,
+                        at,
+                        revision,
+                        entry.how.as_str()
+                    ],
+                )
+                .map_err(e)?;
+            if n > 0 {
+                events.push(
+                    NewEvent::new(kind::OWNERSHIP_RECORDED, json!(entry))
+                        .target(target)
+                        .revision(revision)
+                        .resource(&format!("{} {} ({})", entry.kind, entry.owner, entry.id)),
+                );
+            }
+        }
+        for (k, id, owner, why) in &u.remove {
+            let n = tx
+                .execute(
+                    "DELETE FROM owned WHERE target = ?1 AND kind = ?2 AND id = ?3",
+                    params![target, kind_str(*k), id.to_ascii_lowercase()],
+                )
+                .map_err(e)?;
+            if n > 0 {
+                events.push(
+                    NewEvent::new(
+                        kind::OWNERSHIP_RELEASED,
+                        json!({"kind": k, "id": id, "owner": owner, "why": why}),
+                    )
+                    .target(target)
+                    .revision(revision)
+                    .resource(&format!("{k} {owner} ({id})")),
+                );
+            }
+        }
+        if u.bootstrapped {
+            let n = tx
+                .execute(
+                    "INSERT OR IGNORE INTO ownership_bootstrap (target, at) VALUES (?1, ?2)",
+                    params![target, at],
+                )
+                .map_err(e)?;
+            if n > 0 {
+                let adopted: Vec<&Entry> = u.add.iter().filter(|a| a.how == How::Adopted).collect();
+                events.push(
+                    NewEvent::new(
+                        kind::OWNERSHIP_BOOTSTRAPPED,
+                        json!({"adopted": adopted, "count": adopted.len()}),
+                    )
+                    .target(target)
+                    .revision(revision),
+                );
+            }
+        }
+        crate::history::insert_events(&tx, at, &events).map_err(e)?;
+        tx.commit().map_err(e)
+    }
+}
+
+/// Check an `--installation-id`: it goes on every managed resource as a tag value.
+///
+/// # Errors
+/// A message naming what is wrong.
+pub fn check_installation_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "installation id {id:?}: expected 1 to 64 characters of A-Z a-z 0-9 . _ -"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_providers::model::{TAG_INSTALLATION, TAG_MANAGED_BY, TAG_TARGET, ownership_tags};
+    use palisade_providers::{SecurityGroup, Tags};
+
+    fn group(id: &str, tags: Tags) -> SecurityGroup {
+        SecurityGroup {
+            id: id.into(),
+            name: format!("n-{id}"),
+            network: "vpc-1".into(),
+            tags,
+            rules: Vec::new(),
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("h.db")).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn a_pinned_installation_is_kept_and_a_different_one_refused() {
+        let (_d, s) = store();
+        s.pin_installation("prod-eu").unwrap();
+        assert_eq!(s.installation().unwrap(), "prod-eu");
+        s.pin_installation("prod-eu").unwrap();
+        let err = s.pin_installation("other").unwrap_err().to_string();
+        assert!(err.contains("prod-eu") && err.contains("other"), "{err}");
+    }
+
+    #[test]
+    fn installation_is_generated_once() {
+        let (_d, s) = store();
+        let a = s.installation().unwrap();
+        assert_eq!(a.len(), 32);
+        assert_eq!(s.installation().unwrap(), a);
+    }
+
+    #[test]
+    fn bootstrap_adopts_once_then_claims_are_refused() {
+        let (_d, s) = store();
+        let own = s.ownership("t").unwrap();
+        assert!(own.adopt_tagged);
+        let mut inv = Inventory {
+            target: "t".into(),
+            groups: vec![group("sg-legacy", ownership_tags("api"))],
+            ..Inventory::default()
+        };
+        own.vet_inventory(&mut inv);
+        let u = observed(&own, &inv);
+        assert!(u.bootstrapped);
+        assert_eq!(u.add.len(), 1);
+        s.update_ownership("t", None, 1, &u).unwrap();
+        let events = s.recent(10).unwrap();
+        assert!(
+            events
+                .iter()
+                .any(|e| e.event.kind == kind::OWNERSHIP_BOOTSTRAPPED)
+        );
+
+        let own = s.ownership("t").unwrap();
+        assert!(!own.adopt_tagged);
+        assert_eq!(own.owner_of(OwnedKind::Group, "SG-LEGACY"), Some("api"));
+        // A group tagged afterwards is a claim, not an adoption.
+        let mut inv = Inventory {
+            target: "t".into(),
+            groups: vec![
+                group("sg-legacy", ownership_tags("api")),
+                group("sg-spoof", ownership_tags("api")),
+            ],
+            ..Inventory::default()
+        };
+        own.vet_inventory(&mut inv);
+        assert_eq!(inv.groups[1].owner(), None);
+        assert!(
+            inv.ownership
+                .iter()
+                .any(|n| n.id == "sg-spoof" && n.verdict == OwnershipVerdict::Claimed)
+        );
+        // The legacy group gets its stamp: its tags are to be completed.
+        assert!(
+            inv.ownership
+                .iter()
+                .any(|n| n.id == "sg-legacy" && n.verdict == OwnershipVerdict::TagsChanged)
+        );
+        assert!(observed(&own, &inv).add.is_empty());
+    }
+
+    #[test]
+    fn a_pending_creation_is_recovered_only_with_our_stamp() {
+        let (_d, s) = store();
+        s.update_ownership(
+            "t",
+            None,
+            1,
+            &RecordUpdate {
+                bootstrapped: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        s.update_ownership(
+            "t",
+            None,
+            2,
+            &RecordUpdate {
+                pending: vec![(OwnedKind::Group, "api".into())],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let own = s.ownership("t").unwrap();
+        let mut ours = ownership_tags("api");
+        ours.insert(TAG_TARGET.into(), "t".into());
+        ours.insert(TAG_INSTALLATION.into(), s.installation().unwrap());
+        let mut inv = Inventory {
+            target: "t".into(),
+            groups: vec![group("sg-1", ownership_tags("api")), group("sg-2", ours)],
+            ..Inventory::default()
+        };
+        own.vet_inventory(&mut inv);
+        let u = observed(&own, &inv);
+        assert_eq!(u.add.len(), 1, "{u:?}");
+        assert_eq!(u.add[0].id, "sg-2");
+        assert_eq!(u.add[0].how, How::Recovered);
+        s.update_ownership("t", None, 3, &u).unwrap();
+        let own = s.ownership("t").unwrap();
+        assert_eq!(own.owner_of(OwnedKind::Group, "sg-2"), Some("api"));
+        assert_eq!(own.owner_of(OwnedKind::Group, "sg-1"), None);
+    }
+
+    #[test]
+    fn stripped_tags_are_recognised_by_id_and_vanished_ids_leave() {
+        let mut own = Ownership::recorded("t", "inst");
+        own.insert(OwnedKind::Group, "sg-1", "api");
+        own.insert(OwnedKind::Group, "sg-gone", "db");
+        let mut stripped = ownership_tags("api");
+        stripped.remove(TAG_MANAGED_BY);
+        let mut inv = Inventory {
+            target: "t".into(),
+            groups: vec![group("sg-1", stripped)],
+            ..Inventory::default()
+        };
+        own.vet_inventory(&mut inv);
+        assert_eq!(inv.groups[0].owner(), Some("api"));
+        assert_eq!(inv.ownership[0].verdict, OwnershipVerdict::TagsChanged);
+        let u = observed(&own, &inv);
+        assert_eq!(
+            u.remove,
+            vec![(
+                OwnedKind::Group,
+                "sg-gone".into(),
+                "db".into(),
+                Removed::Vanished
+            )]
+        );
+    }
+
+    #[test]
+    fn another_targets_or_installations_resources_are_foreign() {
+        let own = Ownership::recorded("t", "inst");
+        let mut other = ownership_tags("api");
+        other.insert(TAG_TARGET.into(), "other".into());
+        let mut tags = other.clone();
+        let n = own.vet(OwnedKind::Group, "sg-9", &mut tags).unwrap();
+        assert_eq!(n.verdict, OwnershipVerdict::Foreign);
+        assert_eq!(palisade_providers::model::owner_of(&tags), None);
+        // Even during the bootstrap.
+        let mut boot = Ownership::recorded("t", "inst");
+        boot.adopt_tagged = true;
+        let mut tags = other;
+        assert_eq!(
+            boot.vet(OwnedKind::Group, "sg-9", &mut tags)
+                .unwrap()
+                .verdict,
+            OwnershipVerdict::Foreign
+        );
+    }
+}
