@@ -64,6 +64,9 @@ pub struct Config {
     /// The next write's async operation ends `Failed` with this code and message (and
     /// the write is not applied).
     pub fail_next: Option<(String, String)>,
+    /// The next DELETE's async operation ends `Failed` with this code and message (and
+    /// nothing is deleted); other writes are not affected.
+    pub fail_next_delete: Option<(String, String)>,
     /// A token that is always accepted besides issued ones (for scripts and curl).
     pub static_token: Option<String>,
 }
@@ -77,6 +80,7 @@ impl Default for Config {
             page_size: 100,
             busy_writes: 0,
             fail_next: None,
+            fail_next_delete: None,
             static_token: None,
         }
     }
@@ -1381,7 +1385,11 @@ fn delete(inner: &mut Inner, path: &ArmPath, base: &str) -> Response {
         }
         _ => {}
     }
-    let failure = inner.config.fail_next.take();
+    let failure = inner
+        .config
+        .fail_next_delete
+        .take()
+        .or_else(|| inner.config.fail_next.take());
     if failure.is_none() {
         let prefix = format!("{key}/");
         let doomed: Vec<String> = inner

@@ -156,7 +156,8 @@ pub fn intents(plan: &Plan) -> RecordUpdate {
     for c in &plan.changes {
         match &c.change {
             Change::CreateGroup { owner, .. } => u.pending.push((OwnedKind::Group, owner.clone())),
-            Change::CreateEndpoint { owner, .. } => {
+            // An update may be a replacement that creates (Azure private endpoints).
+            Change::CreateEndpoint { owner, .. } | Change::UpdateEndpoint { owner, .. } => {
                 u.pending.push((OwnedKind::Endpoint, owner.clone()))
             }
             _ => {}
@@ -191,6 +192,30 @@ pub fn applied(report: &ApplyReport) -> RecordUpdate {
                     });
                 }
                 u.settled.push((kind, owner.clone()));
+            }
+            // A replacement (Azure private endpoint moving subnet): the new endpoint is
+            // recorded even when the old one's delete is still pending.
+            Change::UpdateEndpoint { owner, id, .. } => {
+                let new_id = r.outcome.as_ref().and_then(|o| o.created_id.clone());
+                if let Some(new_id) = new_id.filter(|n| !n.eq_ignore_ascii_case(id)) {
+                    u.add.push(Entry {
+                        kind: OwnedKind::Endpoint,
+                        id: new_id,
+                        owner: owner.clone(),
+                        how: How::Created,
+                    });
+                    if done.is_some() {
+                        u.remove.push((
+                            OwnedKind::Endpoint,
+                            id.clone(),
+                            owner.clone(),
+                            Removed::Deleted,
+                        ));
+                    }
+                }
+                if r.outcome.is_some() || r.error.is_some() {
+                    u.settled.push((OwnedKind::Endpoint, owner.clone()));
+                }
             }
             Change::DeleteGroup { owner, id } if done.is_some() => {
                 u.remove.push((

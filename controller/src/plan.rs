@@ -793,6 +793,21 @@ fn plan_endpoints(
             have.entry(o).or_default().push(e);
         }
     }
+    // Of two endpoints of one owner (a replacement cut short), the one closest to what
+    // is desired is the endpoint; the others are extras. Closest: same service, kind and
+    // network first, then same subnets, then the lowest id.
+    for (owner, es) in have.iter_mut() {
+        if let Some(de) = desired.endpoints.get(*owner) {
+            es.sort_by_key(|e| {
+                let mut subnets = e.subnets.clone();
+                subnets.sort();
+                let shape = e.service == de.service
+                    && e.kind == de.kind
+                    && e.network.eq_ignore_ascii_case(&de.network);
+                (!shape, subnets != de.subnets, e.id.clone())
+            });
+        }
+    }
     for (owner, de) in &desired.endpoints {
         let resource = format!("endpoint {owner}");
         let prev = b.previous.and_then(|p| p.endpoints.get(owner));
@@ -876,9 +891,11 @@ fn plan_endpoints(
                 },
             );
         } else {
-            // Service, kind or network cannot change in place: replace.
+            // Service, kind or network cannot change in place: replace, make before
+            // break — the new one with the creations, the old one with the deletions.
+            b.push(Phase::CreateEndpoints, cause(drift), &resource, create);
             b.push(
-                Phase::UpdateEndpoints,
+                Phase::DeleteEndpoints,
                 cause(drift),
                 &resource,
                 Change::DeleteEndpoint {
@@ -886,7 +903,6 @@ fn plan_endpoints(
                     id: found.id.clone(),
                 },
             );
-            b.push(Phase::UpdateEndpoints, cause(drift), &resource, create);
         }
     }
     for (owner, es) in &have {

@@ -236,6 +236,50 @@ fn blast_radius_refuses_mass_deletion_and_apply_writes_nothing() {
     assert!(p.refusal.is_some());
 }
 
+/// Rules added out of band are reverted whatever their number (refusing would keep
+/// access nobody declared); the same rules dropped by a policy change count, and the
+/// percentage applies from 5 removals.
+#[test]
+fn drift_reverts_are_outside_the_budget_and_intended_removals_inside() {
+    let set = example();
+    let fake = FakeProvider::new(fixture("inventory-prod-aws.json"));
+    converge(&set, &fake, "prod-aws", &Settings::default());
+    let added: Vec<Rule> = (2000..2006)
+        .map(|p| {
+            Rule::allow(
+                Direction::Ingress,
+                tcp(p),
+                Peer::cidr("0.0.0.0/0".parse().unwrap()),
+            )
+        })
+        .collect();
+    fake.mutate("prod-aws", |inv| {
+        let g = inv
+            .groups
+            .iter_mut()
+            .find(|g| g.owner() == Some("payments-api"))
+            .unwrap();
+        g.rules.extend(added.iter().cloned());
+    });
+    let inv = fake.inventory("prod-aws");
+    let want = desired(&set, &inv);
+    let settings = Settings {
+        max_delete_percent: 1,
+        ..Settings::default()
+    };
+    // Drift (the previous desired state is the same): reverted, not refused.
+    let drift = plan(&want, &inv, Some(&want), &settings, None);
+    assert!(drift.refusal.is_none(), "{:?}", drift.refusal);
+    assert_eq!(palisade::plan::budgeted_deletes(&drift.changes), 0);
+    // The same six as an intended removal (no previous state: the policy changed).
+    let intended = plan(&want, &inv, None, &settings, None);
+    assert_eq!(palisade::plan::budgeted_deletes(&intended.changes), 6);
+    assert!(
+        intended.refusal.is_some(),
+        "6 ≥ the floor of 5 and above 1 %"
+    );
+}
+
 #[test]
 fn empty_source_never_means_delete_everything() {
     let set = example();
@@ -647,5 +691,69 @@ fn an_nsg_stays_on_a_subnet_functions_run_in_when_its_policy_goes() {
             .any(|f| f.resource.starts_with("group orders-func") && f.message.contains("retained")),
         "{:?}",
         p.findings
+    );
+}
+
+/// An endpoint that must be replaced (its service changed under it) is replaced make
+/// before break: the new one is created with the creations, the old one deleted with
+/// the deletions. A replacement cut between the two leaves two endpoints of one owner;
+/// the next plan keeps the one that fits and deletes the other — never a third.
+#[test]
+fn an_endpoint_replacement_creates_before_it_deletes_and_survives_a_cut() {
+    let set = example();
+    let fake = FakeProvider::new(fixture("inventory-prod-aws.json"));
+    let (_, second) = converge(&set, &fake, "prod-aws", &Settings::default());
+    assert!(second.changes.is_empty());
+    let t = target(&set, "prod-aws");
+    let own = palisade_providers::Ownership::default();
+    // The interface endpoint's service changed by hand (only a replacement fixes that).
+    fake.mutate("prod-aws", |inv| {
+        let e = inv
+            .endpoints
+            .iter_mut()
+            .find(|e| e.kind == palisade_providers::EndpointKind::Interface && e.owner().is_some())
+            .unwrap();
+        e.service = "com.amazonaws.us-east-1.something-else".into();
+    });
+    let inv = rt().block_on(fake.observe(&t, &own)).unwrap();
+    let want = desired(&set, &inv);
+    let p = plan(&want, &inv, Some(&want), &Settings::default(), None);
+    let create = p
+        .changes
+        .iter()
+        .position(|c| matches!(c.change, Change::CreateEndpoint { .. }))
+        .expect("a create");
+    let delete = p
+        .changes
+        .iter()
+        .position(|c| matches!(c.change, Change::DeleteEndpoint { .. }))
+        .expect("a delete");
+    assert!(create < delete, "{}", palisade::plan::render_text(&p));
+    assert_eq!(p.changes[create].phase, Phase::CreateEndpoints);
+    assert_eq!(p.changes[delete].phase, Phase::DeleteEndpoints);
+
+    // Cut after the create: only the creations ran.
+    let mut cut = p.clone();
+    cut.changes.truncate(create + 1);
+    rt().block_on(palisade::apply::apply(&cut, &t, &fake))
+        .unwrap();
+    let inv = rt().block_on(fake.observe(&t, &own)).unwrap();
+    let want = desired(&set, &inv);
+    let next = plan(&want, &inv, Some(&want), &Settings::default(), None);
+    let kinds: Vec<&str> = next.changes.iter().map(|c| c.change.action()).collect();
+    assert_eq!(
+        kinds,
+        ["deleteEndpoint"],
+        "{}",
+        palisade::plan::render_text(&next)
+    );
+    rt().block_on(palisade::apply::apply(&next, &t, &fake))
+        .unwrap();
+    let inv = rt().block_on(fake.observe(&t, &own)).unwrap();
+    let want = desired(&set, &inv);
+    assert!(
+        plan(&want, &inv, Some(&want), &Settings::default(), None)
+            .changes
+            .is_empty()
     );
 }

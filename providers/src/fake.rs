@@ -277,7 +277,14 @@ fn apply_to(
             private_dns,
             tags,
         } => {
-            if let Some(e) = inv.endpoints.iter().find(|e| e.owner() == Some(owner)) {
+            // The same endpoint exists already (an owner's endpoint of another service,
+            // kind or network is the one being replaced, not this one).
+            if let Some(e) = inv.endpoints.iter().find(|e| {
+                e.owner() == Some(owner)
+                    && e.service == *service
+                    && e.kind == *kind
+                    && e.network == *network
+            }) {
                 return Ok(Outcome {
                     created_id: Some(e.id.clone()),
                     ..Outcome::already_done()

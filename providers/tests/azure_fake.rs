@@ -836,20 +836,73 @@ async fn a_stale_etag_is_refused_and_a_fresh_one_accepted() {
     assert_eq!(out.status, OutcomeStatus::Applied);
 }
 
-/// A private endpoint whose subnet must change is replaced: one read, the delete, the
-/// create — and the new one sits in the new subnet with the same target and tags.
+/// A private endpoint whose subnet changes is replaced make-before-break: one GET, the
+/// new endpoint created under a new name and settled, then the old one deleted — and
+/// the new one sits in the new subnet with the same service and tags.
 #[tokio::test]
-async fn an_endpoint_moving_subnet_is_replaced() {
+async fn an_endpoint_moving_subnet_is_replaced_make_before_break() {
     let (fake, p) = start(Config::default(), 2).await;
     let t = target();
+    let (owner, id) = endpoint_in_snet_endpoints(&p).await;
+    let gets = count(&p, "GET privateEndpoints", CallOutcome::Ok);
+    let puts = count(&p, "PUT privateEndpoints", CallOutcome::Ok);
+    let out = p.apply(&t, &move_to_reports(owner, &id)).await.unwrap();
+    assert_eq!(out.status, OutcomeStatus::Applied);
+    assert_eq!(out.request_ids.len(), 2, "the create's and the delete's");
+    assert_eq!(count(&p, "GET privateEndpoints", CallOutcome::Ok), gets + 1);
+    assert_eq!(count(&p, "PUT privateEndpoints", CallOutcome::Ok), puts + 1);
+    let new_id = out.created_id.expect("the replacement's id");
+    assert!(!new_id.eq_ignore_ascii_case(&id), "a new name: {new_id}");
+    assert!(fake.fake.get(&id).is_none(), "the old endpoint is gone");
+    let pe = fake.fake.get(&new_id).unwrap();
+    assert!(
+        pe["properties"]["subnet"]["id"]
+            .as_str()
+            .unwrap()
+            .eq_ignore_ascii_case(&subnet("snet-reports"))
+    );
+    let inv = p
+        .observe(&t, &palisade_providers::Ownership::default())
+        .await
+        .unwrap();
+    let eps: Vec<_> = inv
+        .endpoints
+        .iter()
+        .filter(|e| e.owner() == Some(owner))
+        .collect();
+    assert_eq!(eps.len(), 1);
+    assert_eq!(eps[0].service, format!("{KV}#vault"));
+}
+
+/// The ARM fake fails the delete of the old endpoint: the new one is in place and
+/// recorded as created, the outcome is pending, and the old one is still there for the
+/// next plan to delete — at no moment is there no endpoint.
+#[tokio::test]
+async fn a_replacement_whose_delete_fails_keeps_the_new_endpoint() {
+    let (fake, p) = start(Config::default(), 2).await;
+    let t = target();
+    let (owner, id) = endpoint_in_snet_endpoints(&p).await;
+    fake.fake.configure(|c| {
+        c.fail_next_delete = Some(("InternalServerError".into(), "delete failed".into()));
+    });
+    let out = p.apply(&t, &move_to_reports(owner, &id)).await.unwrap();
+    assert_eq!(out.status, OutcomeStatus::Pending, "{out:?}");
+    let new_id = out.created_id.expect("the replacement's id");
+    assert!(fake.fake.get(&id).is_some(), "the old endpoint stays");
+    assert!(fake.fake.get(&new_id).is_some(), "the new endpoint exists");
+    assert!(out.detail.unwrap().contains("not deleted yet"));
+}
+
+const KV: &str = "/subscriptions/00000000-0000-0000-0000-000000000001/resourcegroups/rg-prod/providers/microsoft.keyvault/vaults/kv-reports";
+
+async fn endpoint_in_snet_endpoints(p: &AzureProvider) -> (&'static str, String) {
     let owner = "endpoint.kv-reports.vault";
-    let kv = "/subscriptions/00000000-0000-0000-0000-000000000001/resourcegroups/rg-prod/providers/microsoft.keyvault/vaults/kv-reports";
     let created = p
         .apply(
-            &t,
+            &target(),
             &Change::CreateEndpoint {
                 owner: owner.into(),
-                service: format!("{kv}#vault"),
+                service: format!("{KV}#vault"),
                 kind: palisade_providers::EndpointKind::Private,
                 network: VNET.into(),
                 subnets: vec![subnet("snet-endpoints")],
@@ -861,40 +914,16 @@ async fn an_endpoint_moving_subnet_is_replaced() {
         )
         .await
         .unwrap();
-    let id = created.created_id.unwrap();
-    let gets = count(&p, "GET privateEndpoints", CallOutcome::Ok);
-    let out = p
-        .apply(
-            &t,
-            &Change::UpdateEndpoint {
-                owner: owner.into(),
-                id: id.clone(),
-                subnets: vec![subnet("snet-reports")],
-                groups: vec![],
-                route_tables: vec![],
-                private_dns: false,
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(out.status, OutcomeStatus::Applied);
-    assert_eq!(out.request_ids.len(), 2, "the delete's and the create's");
-    assert_eq!(count(&p, "GET privateEndpoints", CallOutcome::Ok), gets + 1);
-    let pe = fake.fake.get(&id).unwrap();
-    assert!(
-        pe["properties"]["subnet"]["id"]
-            .as_str()
-            .unwrap()
-            .eq_ignore_ascii_case(&subnet("snet-reports"))
-    );
-    let inv = p
-        .observe(&t, &palisade_providers::Ownership::default())
-        .await
-        .unwrap();
-    let ep = inv
-        .endpoints
-        .iter()
-        .find(|e| e.owner() == Some(owner))
-        .unwrap();
-    assert_eq!(ep.service, format!("{kv}#vault"));
+    (owner, created.created_id.unwrap())
+}
+
+fn move_to_reports(owner: &str, id: &str) -> Change {
+    Change::UpdateEndpoint {
+        owner: owner.into(),
+        id: id.to_string(),
+        subnets: vec![subnet("snet-reports")],
+        groups: vec![],
+        route_tables: vec![],
+        private_dns: false,
+    }
 }

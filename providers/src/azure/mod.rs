@@ -1014,22 +1014,23 @@ impl AzureProvider {
             }
             return Err(not_owned(what, &id));
         }
-        self.put_endpoint(arm, &s, owner, service, subnets, tags)
+        self.put_endpoint(arm, &s, &name, owner, service, subnets, tags)
             .await
     }
 
-    /// Create the private endpoint of `owner` (known not to exist).
+    /// Create the private endpoint `name` of `owner` (known not to exist).
+    #[allow(clippy::too_many_arguments)]
     async fn put_endpoint(
         &self,
         arm: &Arm,
         s: &Scope<'_>,
+        name: &str,
         owner: &str,
         service: &str,
         subnets: &[String],
         tags: &crate::model::Tags,
     ) -> Result<Outcome, ProviderError> {
         let what = "PUT privateEndpoints";
-        let name = endpoint_name(owner);
         let (resource, group) = service.split_once('#').ok_or_else(|| {
             internal(
                 what,
@@ -1054,7 +1055,7 @@ impl AzureProvider {
         let r = arm
             .network
             .private_endpoints_client()
-            .create_or_update(s.resource_group, &name, body, s.subscription)
+            .create_or_update(s.resource_group, name, body, s.subscription)
             .send()
             .await
             .map_err(|e| map_error(what, e))?;
@@ -1114,8 +1115,11 @@ impl AzureProvider {
         arm.settle(what, r.as_raw_response().headers()).await
     }
 
-    /// A private endpoint's subnet cannot change in place: replace it — one GET, the
-    /// delete, the create (no second existence check).
+    /// A private endpoint's subnet cannot change in place: replace it, make before break
+    /// — one GET, the new endpoint created under a new name (in the resource group of
+    /// the old one) and settled, then the old one deleted. If the delete fails, the new
+    /// endpoint is kept and the outcome is pending: the next plan sees the old one as an
+    /// extra and deletes it; no moment passes without an endpoint.
     async fn replace_endpoint(
         &self,
         arm: &Arm,
@@ -1137,7 +1141,7 @@ impl AzureProvider {
         let Some(ep) = observed.first() else {
             return Err(internal(what, format!("endpoint {id} is unreadable")));
         };
-        if ep.owner() != Some(owner) {
+        if ep.owner() != Some(owner) || self.rejected(&target.name, id) {
             return Err(not_owned(what, id));
         }
         let same = ep.subnets.len() == subnets.len()
@@ -1149,14 +1153,39 @@ impl AzureProvider {
         if same {
             return Ok(Outcome::already_done());
         }
-        let deleted = self
-            .send_delete_endpoint(arm, s.subscription, &rg, &name)
-            .await?;
+        let new_name = replacement_name(owner, &name, subnets);
         let mut created = self
-            .put_endpoint(arm, &s, owner, &ep.service, subnets, &ep.tags)
+            .put_endpoint(arm, &s, &new_name, owner, &ep.service, subnets, &ep.tags)
             .await?;
-        created.request_ids.splice(0..0, deleted);
+        match self
+            .send_delete_endpoint(arm, s.subscription, &rg, &name)
+            .await
+        {
+            Ok(deleted) => created.request_ids.extend(deleted),
+            Err(e) => {
+                tracing::warn!(endpoint = %id, error = %e, "the replaced private endpoint could not be deleted yet; the new one is in place");
+                created.status = OutcomeStatus::Pending;
+                created.detail = Some(format!(
+                    "replacement {new_name} created; the old endpoint {name} is not deleted yet ({e})"
+                ));
+            }
+        }
         Ok(created)
+    }
+}
+
+/// The name of a replacement private endpoint: the owner's name with a suffix from the
+/// new subnet, never the name being replaced.
+fn replacement_name(owner: &str, old: &str, subnets: &[String]) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in subnets.join(",").to_ascii_lowercase().bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    let name = format!("{}-{h:08x}", endpoint_name(owner));
+    if name.eq_ignore_ascii_case(old) {
+        format!("{name}-2")
+    } else {
+        name
     }
 }
 
