@@ -286,6 +286,56 @@ fn with_signatures_required_only_signed_commits_are_enforced() {
     });
 }
 
+/// A reconcile that reaches its deadline stops between two changes, never inside one:
+/// it reports the timeout with what is left, and the next reconciles carry on until the
+/// target converges — nothing half-done, nothing applied twice.
+#[test]
+fn a_reconcile_deadline_stops_between_changes_and_the_next_one_carries_on() {
+    let Some(moto) = Moto::start() else { return };
+    moto.seed(40);
+    let repo = GitRepo::with_example();
+    let head = repo.git(&["rev-parse", "HEAD"]);
+    let c = Controller::start(
+        &moto,
+        &repo,
+        &[
+            "--reconcile-timeout",
+            "2s",
+            "--aws-rate-limits",
+            "lambda-write=2/1",
+        ],
+    );
+    c.wait(90, "a reconcile stopped at its deadline", |c| {
+        let last = &c.status()["targets"]["prod-aws"]["lastReconcile"];
+        last["result"] == "timeout"
+            && last["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("between changes"))
+    });
+    c.wait(240, "converged by the following reconciles", |c| {
+        c.ready_at(&head)
+    });
+    assert!(converged(&moto, &repo));
+    // No change was cut in the middle: none failed, and none ran twice.
+    let store = palisade::history::Store::open(&moto.state.path().join("history.db")).unwrap();
+    let events = store.events(&palisade::history::Filter::default()).unwrap();
+    let failed = events
+        .iter()
+        .filter(|e| e.event.kind == "change-failed")
+        .count();
+    assert_eq!(failed, 0, "{}", c.logs());
+    let mut applied = std::collections::BTreeSet::new();
+    for e in events.iter().filter(|e| e.event.kind == "change-applied") {
+        if e.event.data["status"] == "applied" {
+            let key = format!("{} {}", e.event.data["action"], e.event.data["resource"]);
+            if e.event.data["action"] == "setPlacement" {
+                assert!(applied.insert(key.clone()), "applied twice: {key}");
+            }
+        }
+    }
+    assert!(!applied.is_empty());
+}
+
 #[test]
 fn sigterm_mid_reconcile_exits_cleanly_and_a_restart_finishes_the_job() {
     let Some(moto) = Moto::start() else { return };

@@ -673,12 +673,17 @@ async fn worker(shared: Arc<Shared>, target: String, semaphore: Arc<Semaphore>) 
         };
         let started = Instant::now();
         let mut evidence = Evidence::default();
+        // The deadline stops the reconcile between changes (observing and planning are
+        // cut at it; the apply starts no change past it). The outer timeout, at twice
+        // the deadline, is only a backstop for a cloud call that never returns.
+        let deadline = tokio::time::Instant::now() + shared.settings.reconcile_timeout;
         let result = tokio::time::timeout(
-            shared.settings.reconcile_timeout,
+            shared.settings.reconcile_timeout * 2,
             reconcile(
                 &shared,
                 &target,
                 &enforced,
+                deadline,
                 &mut previous,
                 &mut flaps,
                 &mut evidence,
@@ -781,6 +786,7 @@ async fn reconcile(
     shared: &Shared,
     name: &str,
     enforced: &Enforced,
+    deadline: tokio::time::Instant,
     previous: &mut Option<DesiredState>,
     flaps: &mut Flaps,
     evidence: &mut Evidence,
@@ -813,17 +819,30 @@ async fn reconcile(
         })?,
         None => Ownership::unverified(name),
     };
-    let mut planned = match observe_and_plan(
-        set,
-        target,
-        provider.as_ref(),
-        &ownership,
-        previous.as_ref(),
-        &shared.settings.plan,
-        Some(&enforced.revision.commit),
+    let planning = tokio::time::timeout_at(
+        deadline,
+        observe_and_plan(
+            set,
+            target,
+            provider.as_ref(),
+            &ownership,
+            previous.as_ref(),
+            &shared.settings.plan,
+            Some(&enforced.revision.commit),
+        ),
     )
     .await
-    {
+    .map_err(|_| {
+        (
+            "timeout",
+            format!(
+                "observing and planning took longer than {:?}; nothing was changed",
+                shared.settings.reconcile_timeout
+            ),
+            0,
+        )
+    })?;
+    let mut planned = match planning {
         Ok(p) => p,
         Err(PlanError::Invalid(diags)) => {
             let text: Vec<String> = diags
@@ -917,7 +936,7 @@ async fn reconcile(
     }
     record_ownership(shared, name, &enforced.revision.commit, &before)?;
     let result = apply_until(&planned.plan, &t, provider.as_ref(), &|| {
-        shared.cancel.is_cancelled()
+        shared.cancel.is_cancelled() || tokio::time::Instant::now() >= deadline
     })
     .await;
     let applied_at = now_ms();
@@ -1014,11 +1033,21 @@ async fn reconcile(
         return Err(("error", f, applied));
     }
     if report.skipped > 0 {
+        if shared.cancel.is_cancelled() {
+            return Err((
+                "error",
+                format!(
+                    "shutting down: {} change(s) left for the next start",
+                    report.skipped
+                ),
+                applied,
+            ));
+        }
         return Err((
-            "error",
+            "timeout",
             format!(
-                "shutting down: {} change(s) left for the next start",
-                report.skipped
+                "the reconcile reached its deadline ({:?}) between changes: {} change(s) left for the next reconcile",
+                shared.settings.reconcile_timeout, report.skipped
             ),
             applied,
         ));
