@@ -253,3 +253,69 @@ fn a_throttling_arm_still_converges_and_the_retries_are_counted() {
     let (code, p) = plan(&arm);
     assert_eq!(code, Some(0), "plan after apply: {}", p["changes"]);
 }
+
+/// Ownership on Azure through the binary: an NSG someone tagged as Palisade's is a
+/// claim (never detached, changed or deleted); a managed NSG whose tags were stripped
+/// is recognised by its id and gets them back (ARM's PATCH of the tag set).
+#[test]
+fn azure_claims_are_never_obeyed_and_stripped_tags_are_restored() {
+    let arm = ArmFake::start(palisade_armfake::Config::default(), 10);
+    let first = apply(&arm);
+    assert!(first["error"].is_null(), "{}", first["error"]);
+    assert_eq!(plan(&arm).0, Some(0));
+
+    let legacy = net("networkSecurityGroups/nsg-legacy");
+    let tags = json!({"tags": {"palisade:managed-by": "palisade", "palisade:policy": "ghost"}});
+    assert_eq!(arm.call("PATCH", &legacy, Some(&tags)).0, 200);
+    let before = arm.fake.get(&legacy).unwrap();
+    let (code, p) = plan(&arm);
+    assert_eq!(
+        code,
+        Some(0),
+        "nothing planned for a claim: {}",
+        p["changes"]
+    );
+    let claims: Vec<&Value> = p["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "claimed-ownership")
+        .collect();
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    assert!(
+        claims[0]["resource"]
+            .as_str()
+            .unwrap()
+            .contains("nsg-legacy")
+    );
+    let again = apply(&arm);
+    assert_eq!(calls(&again, |c| c["kind"] == "write"), 0);
+    assert_eq!(arm.fake.get(&legacy).unwrap(), before, "untouched");
+    assert!(nsg_of(&arm, "snet-legacy").unwrap().ends_with("nsg-legacy"));
+
+    let reports = net("networkSecurityGroups/palisade-reports-func");
+    let rules_before = arm.fake.get(&reports).unwrap()["properties"]["securityRules"].clone();
+    assert_eq!(
+        arm.call("PATCH", &reports, Some(&json!({"tags": {"team": "x"}})))
+            .0,
+        200
+    );
+    let (code, p) = plan(&arm);
+    assert_eq!(code, Some(2));
+    let actions: Vec<&str> = p["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["change"]["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["setOwnershipTags"], "no twin, no detach: {p}");
+    let fixed = apply(&arm);
+    assert!(fixed["error"].is_null(), "{}", fixed["error"]);
+    let nsg = arm.fake.get(&reports).unwrap();
+    assert_eq!(nsg["tags"]["palisade:managed-by"], "palisade");
+    assert_eq!(nsg["tags"]["palisade:policy"], "reports-func");
+    assert_eq!(nsg["tags"]["palisade:installation"], "e2e");
+    assert_eq!(nsg["tags"]["team"], "x", "other tags are kept");
+    assert_eq!(nsg["properties"]["securityRules"], rules_before);
+    assert_eq!(plan(&arm).0, Some(0));
+}

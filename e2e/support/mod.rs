@@ -549,6 +549,11 @@ impl ArmFake {
                 .header("authorization", &auth)
                 .header("content-type", "application/json")
                 .send(b.to_string()),
+            ("PATCH", Some(b)) => agent
+                .patch(&url)
+                .header("authorization", &auth)
+                .header("content-type", "application/json")
+                .send(b.to_string()),
             other => panic!("unsupported call {other:?}"),
         };
         let mut r = result.expect("ARM fake reachable");
