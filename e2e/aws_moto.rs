@@ -4,13 +4,9 @@
 mod support;
 
 use serde_json::{Value, json};
-use support::{Moto, json as as_json, root, text};
+use support::{Moto, function, root, text};
 
 const TARGET: &str = "prod-aws";
-
-fn policies() -> String {
-    root().join("policies-example").display().to_string()
-}
 
 fn apply(moto: &Moto) -> Value {
     support::apply(moto.palisade(), TARGET)
@@ -21,13 +17,7 @@ fn plan(moto: &Moto) -> (Option<i32>, Value) {
 }
 
 fn observe(moto: &Moto) -> Value {
-    let out = moto
-        .palisade()
-        .args(["observe", "--policies", &policies(), "--target", TARGET])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    as_json(&out)
+    support::observe(moto.palisade(), TARGET)
 }
 
 fn calls(v: &Value, kind: &str) -> u64 {
@@ -47,15 +37,6 @@ fn group<'a>(inv: &'a Value, name: &str) -> &'a Value {
         .iter()
         .find(|g| g["name"] == name)
         .unwrap_or_else(|| panic!("no group {name}"))
-}
-
-fn function<'a>(inv: &'a Value, name: &str) -> &'a Value {
-    inv["functions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["name"] == name)
-        .unwrap_or_else(|| panic!("no function {name}"))
 }
 
 fn causes(plan: &Value) -> Vec<(String, String)> {

@@ -7,7 +7,7 @@ mod support;
 
 use palisade::history::{Filter, Store};
 use serde_json::{Value, json};
-use support::{Moto, json as as_json, root, text};
+use support::{Moto, function};
 
 const TARGET: &str = "prod-aws";
 
@@ -20,14 +20,7 @@ fn plan(moto: &Moto) -> (Option<i32>, Value) {
 }
 
 fn observe(moto: &Moto) -> Value {
-    let out = moto
-        .palisade()
-        .args(["observe", "--target", TARGET, "--policies"])
-        .arg(root().join("policies-example"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    as_json(&out)
+    support::observe(moto.palisade(), TARGET)
 }
 
 fn groups_named<'a>(inv: &'a Value, name: &str) -> Vec<&'a Value> {
@@ -43,15 +36,6 @@ fn group<'a>(inv: &'a Value, name: &str) -> &'a Value {
     let found = groups_named(inv, name);
     assert_eq!(found.len(), 1, "groups named {name}: {found:?}");
     found[0]
-}
-
-fn function<'a>(inv: &'a Value, name: &str) -> &'a Value {
-    inv["functions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["name"] == name)
-        .unwrap_or_else(|| panic!("no function {name}"))
 }
 
 fn findings<'a>(plan: &'a Value, kind: &str) -> Vec<&'a Value> {

@@ -577,6 +577,27 @@ pub fn apply(mut cmd: Command, target: &str) -> Value {
     json(&out)
 }
 
+/// `palisade observe` of `target` (policies-example): the inventory snapshot.
+pub fn observe(mut cmd: Command, target: &str) -> Value {
+    let out = cmd
+        .args(["observe", "--target", target, "--policies"])
+        .arg(root().join("policies-example"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    json(&out)
+}
+
+/// The function `name` of an inventory snapshot.
+pub fn function<'a>(inv: &'a Value, name: &str) -> &'a Value {
+    inv["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == name)
+        .unwrap_or_else(|| panic!("no function {name}"))
+}
+
 /// `palisade plan --format json --detailed-exitcode` of `target`: (exit code, plan).
 pub fn plan(mut cmd: Command, target: &str) -> (Option<i32>, Value) {
     let policies = root().join("policies-example");
