@@ -255,3 +255,79 @@ fn wrong_account_is_refused_before_any_change() {
         "{groups}"
     );
 }
+
+/// Failure isolation through the binary: a managed group filled by hand to its rule
+/// quota (moto enforces AWS's 60 ingress rules), with one declared rule revoked and
+/// 0.0.0.0/0:22 added. Adding the declared rule back fails on the quota, yet the world
+/// rule and the other hand-made rules are revoked in the same apply (drift-reducing
+/// steps never wait for a constructive one); the next apply adds the rule and converges.
+#[test]
+fn a_group_at_its_quota_still_loses_the_world_open_rule() {
+    let Some(moto) = Moto::start() else { return };
+    moto.seed(24);
+    assert!(apply(&moto)["error"].is_null());
+    let inv = observe(&moto);
+    let api = group(&inv, "palisade-payments-api");
+    let id = api["id"].as_str().unwrap().to_string();
+    let ingress: Vec<&Value> = api["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["direction"] == "ingress")
+        .collect();
+    assert!(!ingress.is_empty());
+    let declared = ingress[0]["id"].as_str().unwrap();
+    moto.call(
+        "ec2",
+        "revoke_security_group_ingress",
+        json!({"GroupId": id, "SecurityGroupRuleIds": [declared]}),
+    );
+    let free = 60 - (ingress.len() - 1);
+    let mut ranges = vec![json!({"CidrIp": "0.0.0.0/0"})];
+    ranges.extend((1..free).map(|i| json!({"CidrIp": format!("10.99.{i}.0/24")})));
+    moto.call("ec2", "authorize_security_group_ingress", json!({
+        "GroupId": id,
+        "IpPermissions": [{ "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": ranges }]
+    }));
+
+    let out = moto
+        .palisade()
+        .args([
+            "apply",
+            "--target",
+            TARGET,
+            "--auto-approve",
+            "--format",
+            "json",
+            "--policies",
+        ])
+        .arg(root().join("policies-example"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "the add fails: {}", text(&out));
+    let report = support::json(&out);
+    let results = report["apply"]["results"].as_array().unwrap();
+    let failed: Vec<&Value> = results.iter().filter(|r| r["result"] == "failed").collect();
+    assert_eq!(failed.len(), 1, "{results:?}");
+    assert_eq!(failed[0]["planned"]["change"]["action"], "addRules");
+    let revoked = results
+        .iter()
+        .find(|r| {
+            r["planned"]["change"]["action"] == "removeRules" && r["planned"]["cause"] == "drift"
+        })
+        .expect("the drift revoke ran");
+    assert_eq!(revoked["result"], "done", "{revoked}");
+    let after = observe(&moto);
+    let world = group(&after, "palisade-payments-api")["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["peer"]["cidr"] == "0.0.0.0/0" && r["direction"] == "ingress");
+    assert!(!world, "0.0.0.0/0:22 is revoked although the add failed");
+
+    assert!(
+        apply(&moto)["error"].is_null(),
+        "the next apply adds the rule"
+    );
+    assert_eq!(plan(&moto).0, Some(0));
+}

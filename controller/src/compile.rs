@@ -16,7 +16,7 @@ use palisade_providers::{
     Access, Cloud, Direction, EndpointKind, Function, GroupRef, Inventory, Peer, Placement, Rule,
     Subnet, Tags, model::ownership_tags,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::policy::validate::{
     AWS_MAX_RULES_PER_DIRECTION, AZURE_MAX_RULES, LAMBDA_MAX_SUBNETS, NSG_PRIORITY,
@@ -28,7 +28,7 @@ use crate::policy::{
 };
 
 /// Where a desired rule comes from, for findings and reports.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleOrigin {
     /// Policy name (or endpoint owner key for endpoint groups).
     pub policy: String,
@@ -39,7 +39,7 @@ pub struct RuleOrigin {
 }
 
 /// A managed security group / NSG as it should be.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredGroup {
     /// Owner key: the policy name, or `endpoint.SERVICE.VPC` for an endpoint's group.
     pub owner: String,
@@ -52,11 +52,12 @@ pub struct DesiredGroup {
     /// Enforce or audit.
     pub mode: Mode,
     /// The rules, each with where it was declared.
+    #[serde(with = "rule_pairs")]
     pub rules: BTreeMap<Rule, RuleOrigin>,
 }
 
 /// A selected function's placement as it should be.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredPlacement {
     /// Function id.
     pub function: String,
@@ -71,7 +72,7 @@ pub struct DesiredPlacement {
 }
 
 /// A managed endpoint as it should be.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredEndpoint {
     /// Owner key.
     pub owner: String,
@@ -96,7 +97,7 @@ pub struct DesiredEndpoint {
 }
 
 /// An Azure subnet's NSG association as it should be.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredSubnetGroup {
     /// Subnet id.
     pub subnet: String,
@@ -109,7 +110,7 @@ pub struct DesiredSubnetGroup {
 }
 
 /// The desired state of one target.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct DesiredState {
     /// Target name.
     pub target: String,
@@ -123,6 +124,27 @@ pub struct DesiredState {
     pub subnet_groups: BTreeMap<String, DesiredSubnetGroup>,
     /// Function ids selected by each policy.
     pub selected: BTreeMap<String, Vec<String>>,
+}
+
+/// A map keyed by [`Rule`] as a list of pairs (JSON keys must be strings).
+mod rule_pairs {
+    use std::collections::BTreeMap;
+
+    use palisade_providers::Rule;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer, V: Serialize>(
+        m: &BTreeMap<Rule, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(m.iter())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, V: Deserialize<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<Rule, V>, D::Error> {
+        Ok(Vec::<(Rule, V)>::deserialize(d)?.into_iter().collect())
+    }
 }
 
 /// The result of compiling one target.

@@ -68,6 +68,13 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (target, kind, owner)
      );
      CREATE TABLE ownership_bootstrap (target TEXT PRIMARY KEY, at INTEGER NOT NULL);",
+    // 3: durable loop state (see `crate::state`).
+    "CREATE TABLE target_state (
+        target TEXT PRIMARY KEY,
+        revision TEXT,
+        desired TEXT NOT NULL,
+        at INTEGER NOT NULL
+     );",
 ];
 
 /// Kinds of events.

@@ -20,6 +20,7 @@ pub mod report;
 pub mod run;
 pub mod secret;
 pub mod source;
+pub mod state;
 
 use std::collections::BTreeMap;
 

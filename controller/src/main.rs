@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use palisade::apply::{ApplyError, ApplyReport};
+use palisade::apply::{ApplyError, ApplyReport, ChangeOutcome};
 use palisade::ownership::OwnershipStore;
 use palisade::plan::{Settings, render_text};
 use palisade::policy::{self, Diagnostic, Limits, PolicySet, TargetDoc};
 use palisade::reconcile::{
     PlanError, Planned, ProviderSettings, Providers, observe_and_plan, plan_with,
 };
+use palisade::state::StateStore;
 use palisade_providers::{ApiCallCount, CallKind, Inventory, OutcomeStatus, total_calls};
 use serde::Serialize;
 
@@ -628,22 +629,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     revision.as_deref(),
                 ),
                 None => {
-                    let own = match &history {
-                        Some(path) if path.exists() => read_ownership(path, target.name())?,
+                    let (own, previous) = match &history {
+                        Some(path) if path.exists() => read_record(path, target.name())?,
                         Some(path) => {
                             eprintln!(
                                 "warning: no history database at {}; ownership is decided on tags alone (unverified)",
                                 path.display()
                             );
-                            palisade_providers::Ownership::unverified(target.name())
+                            (
+                                palisade_providers::Ownership::unverified(target.name()),
+                                None,
+                            )
                         }
-                        None => palisade_providers::Ownership::unverified(target.name()),
+                        None => (
+                            palisade_providers::Ownership::unverified(target.name()),
+                            None,
+                        ),
                     };
                     live_plan(
                         &set,
                         target,
                         &providers,
                         &own,
+                        previous.as_ref(),
                         &settings,
                         revision.as_deref(),
                     )
@@ -710,11 +718,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let own = store
                 .ownership(target.name())
                 .context("the ownership record cannot be read")?;
+            let previous = store.enforced_desired(target.name())?;
             let planned = match live_plan(
                 &set,
                 target,
                 &providers,
                 &own,
+                previous.as_ref(),
                 &settings,
                 revision.as_deref(),
             ) {
@@ -789,15 +799,23 @@ fn load_target(
     Ok((set, index))
 }
 
-/// The ownership record of `target` from the controller's history, read-only.
-fn read_ownership(path: &Path, target: &str) -> Result<palisade_providers::Ownership> {
+/// The ownership record and the last enforced desired state of `target` from the
+/// controller's history, read-only.
+fn read_record(
+    path: &Path,
+    target: &str,
+) -> Result<(
+    palisade_providers::Ownership,
+    Option<palisade::compile::DesiredState>,
+)> {
     let store = palisade::history::Store::open_read_only(path)?;
-    store.ownership(target).with_context(|| {
+    let own = store.ownership(target).with_context(|| {
         format!(
             "{} holds no ownership record palisade can read (written by palisade run or apply of this version)",
             path.display()
         )
-    })
+    })?;
+    Ok((own, store.enforced_desired(target)?))
 }
 
 fn print_ownership(planned: &Planned) {
@@ -816,6 +834,14 @@ struct Record<'a> {
 }
 
 impl Record<'_> {
+    /// `desired` is fully enforced: the next plan tells drift from intent against it.
+    fn enforced(&self, target: &str, desired: &palisade::compile::DesiredState) -> Result<()> {
+        let now = jiff::Timestamp::now().as_millisecond();
+        self.store
+            .save_enforced_desired(target, self.revision, now, desired)
+            .context("the enforced desired state cannot be written")
+    }
+
     fn write(&self, target: &str, update: &palisade::ownership::RecordUpdate) -> Result<()> {
         let now = jiff::Timestamp::now().as_millisecond();
         self.store
@@ -833,6 +859,7 @@ fn live_plan(
     target: &TargetDoc,
     providers: &Providers,
     ownership: &palisade_providers::Ownership,
+    previous: Option<&palisade::compile::DesiredState>,
     settings: &SettingsArgs,
     revision: Option<&str>,
 ) -> Result<Planned, PlanError> {
@@ -847,7 +874,7 @@ fn live_plan(
         target,
         provider.as_ref(),
         ownership,
-        None,
+        previous,
         &settings.settings(),
         revision,
     ))
@@ -947,6 +974,7 @@ fn apply_planned(
         return Ok(ExitCode::from(1));
     }
     if plan.is_empty() {
+        record.enforced(&plan.target, &planned.desired)?;
         plan_only()?;
         if format == Format::Text {
             print_calls(&providers.api_calls());
@@ -985,6 +1013,11 @@ fn apply_planned(
     if let Some(r) = done {
         record.write(&plan.target, &palisade::ownership::applied(r))?;
     }
+    if let Ok(r) = &result
+        && r.skipped == 0
+    {
+        record.enforced(&plan.target, &planned.desired)?;
+    }
     let (report, error) = match &result {
         Ok(r) => (Some(r), None),
         Err(ApplyError::Change {
@@ -1016,8 +1049,8 @@ fn apply_planned(
             println!();
             if let Some(r) = report {
                 for res in &r.results {
-                    let (mark, what) = match (&res.outcome, &res.error) {
-                        (Some(o), _) => match o.status {
+                    let (mark, what) = match &res.result {
+                        ChangeOutcome::Done { outcome: o } => match o.status {
                             OutcomeStatus::Applied => ("done", String::new()),
                             OutcomeStatus::AlreadyDone => ("already so", String::new()),
                             OutcomeStatus::Pending => (
@@ -1025,12 +1058,14 @@ fn apply_planned(
                                 format!(" — {}", o.detail.clone().unwrap_or_default()),
                             ),
                         },
-                        (None, Some(e)) => ("FAILED", format!(" — {e}")),
-                        (None, None) => ("?", String::new()),
+                        ChangeOutcome::Failed { error } => ("FAILED", format!(" — {error}")),
+                        ChangeOutcome::Blocked { by, by_resource } => (
+                            "blocked",
+                            format!(" — needs change {} ({by_resource}), which failed", by + 1),
+                        ),
                     };
                     let ids = res
-                        .outcome
-                        .as_ref()
+                        .outcome()
                         .map(|o| {
                             let mut v = Vec::new();
                             if let Some(id) = &o.created_id {
@@ -1049,14 +1084,16 @@ fn apply_planned(
                     println!("  {mark:>10}  {}{ids}{what}", res.planned.resource);
                 }
                 println!(
-                    "Apply {}: {} change(s) attempted, {} pending, {} not attempted.",
+                    "Apply {}: {} change(s) done, {} pending, {} failed, {} blocked by a failure, {} not attempted.",
                     if error.is_some() {
-                        "stopped"
+                        "incomplete"
                     } else {
                         "complete"
                     },
-                    r.results.len(),
+                    r.results.len() - r.failed - r.blocked,
                     r.pending,
+                    r.failed,
+                    r.blocked,
                     r.skipped
                 );
             }

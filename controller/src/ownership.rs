@@ -27,7 +27,7 @@ use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::apply::ApplyReport;
+use crate::apply::{ApplyReport, ChangeOutcome};
 use crate::history::{HistoryError, NewEvent, Store, kind};
 use crate::plan::Plan;
 
@@ -172,10 +172,7 @@ pub fn intents(plan: &Plan) -> RecordUpdate {
 pub fn applied(report: &ApplyReport) -> RecordUpdate {
     let mut u = RecordUpdate::default();
     for r in &report.results {
-        let done = r
-            .outcome
-            .as_ref()
-            .filter(|o| o.status != OutcomeStatus::Pending);
+        let done = r.outcome().filter(|o| o.status != OutcomeStatus::Pending);
         match &r.planned.change {
             Change::CreateGroup { owner, .. } | Change::CreateEndpoint { owner, .. } => {
                 let kind = if matches!(r.planned.change, Change::CreateGroup { .. }) {
@@ -196,7 +193,7 @@ pub fn applied(report: &ApplyReport) -> RecordUpdate {
             // A replacement (Azure private endpoint moving subnet): the new endpoint is
             // recorded even when the old one's delete is still pending.
             Change::UpdateEndpoint { owner, id, .. } => {
-                let new_id = r.outcome.as_ref().and_then(|o| o.created_id.clone());
+                let new_id = r.outcome().and_then(|o| o.created_id.clone());
                 if let Some(new_id) = new_id.filter(|n| !n.eq_ignore_ascii_case(id)) {
                     u.add.push(Entry {
                         kind: OwnedKind::Endpoint,
@@ -213,7 +210,7 @@ pub fn applied(report: &ApplyReport) -> RecordUpdate {
                         ));
                     }
                 }
-                if r.outcome.is_some() || r.error.is_some() {
+                if !matches!(r.result, ChangeOutcome::Blocked { .. }) {
                     u.settled.push((OwnedKind::Endpoint, owner.clone()));
                 }
             }

@@ -23,7 +23,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{ApplyError, apply_until};
+use crate::apply::{ApplyError, ChangeOutcome, apply_until};
 use crate::check::{Finding, FindingKind};
 use crate::compile::DesiredState;
 use crate::history::{
@@ -35,6 +35,7 @@ use crate::plan::{Cause, Settings};
 use crate::policy::{Diagnostic, PolicySet};
 use crate::reconcile::{PlanError, Providers, observe_and_plan};
 use crate::source::{Abort, Examined, GitSource, Refusal, RejectReason, Revision, SourceError};
+use crate::state::StateStore;
 
 /// Settings of `palisade run`.
 #[derive(Debug, Clone)]
@@ -809,6 +810,15 @@ async fn reconcile(
         .providers
         .get(t.scope.cloud())
         .map_err(|e| ("error", e.to_string(), 0))?;
+    // After a restart the previous desired state comes from the store, so that drift
+    // made while the controller was down is still drift.
+    if previous.is_none()
+        && let Some(h) = &shared.history
+    {
+        *previous = h
+            .enforced_desired(name)
+            .map_err(|e| ("error", format!("the loop state cannot be read: {e}"), 0))?;
+    }
     let ownership = match &shared.history {
         Some(h) => h.ownership(name).map_err(|e| {
             (
@@ -966,8 +976,8 @@ async fn reconcile(
         } else {
             "intended"
         };
-        let (status, request_ids, detail) = match (&r.outcome, &r.error) {
-            (Some(o), _) => (
+        let (status, request_ids, detail) = match &r.result {
+            ChangeOutcome::Done { outcome: o } => (
                 serde_json::to_value(o.status)
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_string))
@@ -975,7 +985,14 @@ async fn reconcile(
                 o.request_ids.clone(),
                 o.detail.clone(),
             ),
-            (None, e) => ("failed".to_string(), Vec::new(), e.clone()),
+            ChangeOutcome::Failed { error } => {
+                ("failed".to_string(), Vec::new(), Some(error.clone()))
+            }
+            ChangeOutcome::Blocked { by_resource, .. } => (
+                "blocked".to_string(),
+                Vec::new(),
+                Some(format!("blocked by the failed change of {by_resource}")),
+            ),
         };
         let key = resource_key(&r.planned.resource);
         let record = ChangeRecord {
@@ -986,7 +1003,7 @@ async fn reconcile(
             request_ids,
             detail,
         };
-        let kind = if status == "failed" {
+        let kind = if status == "failed" || status == "blocked" {
             ev::CHANGE_FAILED
         } else {
             ev::CHANGE_APPLIED
@@ -1003,7 +1020,7 @@ async fn reconcile(
     let mut reverted = 0;
     let mut pending = Vec::new();
     for r in &report.results {
-        let Some(o) = &r.outcome else { continue };
+        let Some(o) = r.outcome() else { continue };
         if o.status == OutcomeStatus::Pending {
             pending.push(format!(
                 "{}: {}",
@@ -1027,7 +1044,7 @@ async fn reconcile(
     let applied = report
         .results
         .iter()
-        .filter(|r| r.outcome.is_some())
+        .filter(|r| r.outcome().is_some())
         .count();
     if let Some(f) = failure {
         return Err(("error", f, applied));
@@ -1051,6 +1068,17 @@ async fn reconcile(
             ),
             applied,
         ));
+    }
+    if previous.as_ref() != Some(&planned.desired)
+        && let Some(h) = &shared.history
+        && let Err(e) = h.save_enforced_desired(
+            name,
+            Some(&enforced.revision.commit),
+            now_ms(),
+            &planned.desired,
+        )
+    {
+        tracing::error!(target = %name, error = %e, "the loop state cannot be written; drift and intent are told apart from memory until it can");
     }
     *previous = Some(planned.desired);
     Ok((applied, reverted))

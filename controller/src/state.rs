@@ -1,0 +1,114 @@
+//! Durable loop state: the desired state last enforced per target, so that the next
+//! reconcile — after a restart, or a one-shot `palisade apply` — tells drift (the cloud
+//! changed under an unchanged policy) from intended change (the policy changed). Without
+//! it every difference would be "intended" after a restart: drift made while the
+//! controller was down would be classified wrongly and counted against the
+//! blast-radius budget.
+//!
+//! Kept in the history database beside the ownership record, behind the narrow
+//! [`StateStore`] interface. Unlike events, a target's row is replaced: it is state,
+//! not evidence (the evidence is the `revision-enforced` and `change-applied` events).
+
+use rusqlite::{OptionalExtension, params};
+
+use crate::compile::DesiredState;
+use crate::history::{HistoryError, Store};
+
+/// Where the loop keeps its state between runs.
+pub trait StateStore: Send + Sync {
+    /// The desired state last enforced on `target`, if any (an unreadable one — written
+    /// by another version — is treated as none and logged).
+    ///
+    /// # Errors
+    /// The store failed.
+    fn enforced_desired(&self, target: &str) -> Result<Option<DesiredState>, HistoryError>;
+
+    /// Remember `desired` as enforced on `target` at `revision`.
+    ///
+    /// # Errors
+    /// The store failed; nothing was written.
+    fn save_enforced_desired(
+        &self,
+        target: &str,
+        revision: Option<&str>,
+        at: i64,
+        desired: &DesiredState,
+    ) -> Result<(), HistoryError>;
+}
+
+impl StateStore for Store {
+    fn enforced_desired(&self, target: &str) -> Result<Option<DesiredState>, HistoryError> {
+        let conn = self.conn();
+        let text: Option<String> = match conn
+            .query_row(
+                "SELECT desired FROM target_state WHERE target = ?1",
+                params![target],
+                |r| r.get(0),
+            )
+            .optional()
+        {
+            Ok(t) => t,
+            // A read-only database of an older schema has no such table: no state.
+            Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("no such table") => None,
+            Err(e) => return Err(self.err(e)),
+        };
+        Ok(text.and_then(|t| match serde_json::from_str(&t) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!(target = %target, error = %e, "the stored desired state is unreadable; every difference counts as intended until the next enforcement");
+                None
+            }
+        }))
+    }
+
+    fn save_enforced_desired(
+        &self,
+        target: &str,
+        revision: Option<&str>,
+        at: i64,
+        desired: &DesiredState,
+    ) -> Result<(), HistoryError> {
+        let text = serde_json::to_string(desired)
+            .map_err(|e| self.err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        self.conn()
+            .execute(
+                "INSERT INTO target_state (target, revision, desired, at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(target) DO UPDATE SET revision = ?2, desired = ?3, at = ?4",
+                params![target, revision, text, at],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_enforced_desired_state_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.db");
+        let set = crate::policy::load_dir(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies-example"),
+            &crate::policy::Limits::default(),
+        )
+        .0;
+        let target = set.target("prod-aws").unwrap();
+        let desired = crate::compile::compile(&set, target, None).desired;
+        assert!(!desired.groups.is_empty());
+        {
+            let s = Store::open(&path).unwrap();
+            assert_eq!(s.enforced_desired("prod-aws").unwrap(), None);
+            s.save_enforced_desired("prod-aws", Some("abc"), 1, &desired)
+                .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(
+            s.enforced_desired("prod-aws").unwrap(),
+            Some(desired.clone())
+        );
+        let ro = Store::open_read_only(&path).unwrap();
+        assert_eq!(ro.enforced_desired("prod-aws").unwrap(), Some(desired));
+    }
+}
