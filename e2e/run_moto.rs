@@ -493,3 +493,46 @@ fn a_changed_account_is_verified_again_and_refused_before_any_write() {
     });
     assert_eq!(writes(&c), before, "nothing written with the old session");
 }
+
+/// The loop's state is durable: drift made while the controller is down is reported
+/// and reverted as drift after the restart (not taken for an intended change), because
+/// the previous desired state comes from the store.
+#[test]
+fn drift_made_while_the_controller_is_down_is_drift_after_restart() {
+    let Some(moto) = Moto::start() else { return };
+    moto.seed(24);
+    let repo = GitRepo::with_example();
+    let head = repo.git(&["rev-parse", "HEAD"]);
+    let mut c = Controller::start(&moto, &repo, &["--resync", "1h"]);
+    c.wait(120, "converged", |c| c.ready_at(&head));
+    assert_eq!(c.terminate(), Some(0));
+    drop(c);
+
+    let api = group(&moto, "palisade-payments-api").unwrap();
+    let id = api["GroupId"].as_str().unwrap();
+    moto.call("ec2", "authorize_security_group_ingress", json!({
+        "GroupId": id,
+        "IpPermissions": [{ "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{ "CidrIp": "0.0.0.0/0" }] }]
+    }));
+
+    let c = Controller::start(&moto, &repo, &["--resync", "1h"]);
+    c.wait(120, "reverted after restart", |_| {
+        !ingress_ports(&moto, id).contains(&22)
+    });
+    let store = palisade::history::Store::open(&moto.state.path().join("history.db")).unwrap();
+    let drift: Vec<_> = store
+        .events(&palisade::history::Filter::default())
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.event.kind == "drift-detected")
+        .collect();
+    assert!(
+        drift.iter().any(|e| e
+            .event
+            .resource
+            .as_deref()
+            .is_some_and(|r| r.contains("payments-api"))),
+        "the revert is recorded as drift: {drift:?}\n{}",
+        c.logs()
+    );
+}
