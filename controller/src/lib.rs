@@ -9,6 +9,7 @@
 pub mod apply;
 pub mod check;
 pub mod compile;
+pub mod flaps;
 pub mod history;
 pub mod http;
 pub mod metrics;

@@ -11,7 +11,7 @@
 //! jittered resync, webhook, retry — with bounded concurrency across targets. Triggers are logged and counted, never used in decisions:
 //! each reconcile compares the whole desired state with the whole observed state.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::apply::{ApplyError, ChangeOutcome, apply_until};
 use crate::check::{Finding, FindingKind};
 use crate::compile::DesiredState;
+use crate::flaps::Flaps;
 use crate::history::{
     ChangeRecord, NewEvent, Report, ResourceState, ResourceStatus, RevisionRef, Store, kind as ev,
 };
@@ -591,33 +592,6 @@ fn jittered(d: Duration) -> Duration {
 }
 
 /// Reverts of the same field of the same resource, for flap detection.
-#[derive(Debug, Default)]
-struct Flaps {
-    reverts: HashMap<String, VecDeque<Instant>>,
-}
-
-impl Flaps {
-    fn recent(&mut self, key: &str, window: Duration) -> usize {
-        let q = self.reverts.entry(key.to_string()).or_default();
-        while q.front().is_some_and(|t| t.elapsed() > window) {
-            q.pop_front();
-        }
-        q.len()
-    }
-
-    fn record(&mut self, key: String) {
-        self.reverts
-            .entry(key)
-            .or_default()
-            .push_back(Instant::now());
-    }
-}
-
-/// The field a planned change touches: resource plus kind of change.
-fn field(c: &crate::plan::PlannedChange) -> String {
-    format!("{}#{}", c.resource, c.change.action())
-}
-
 /// The kind of resource a planned change is about (`group`, `function`, `endpoint`…).
 fn kind(c: &crate::plan::PlannedChange) -> String {
     c.resource
@@ -899,11 +873,12 @@ async fn reconcile(
             .resource(&resource_key(&c.resource)),
         ));
     }
-    let mut flapping = Vec::new();
-    planned.plan.changes.retain(|c| {
-        if c.cause != Cause::Drift {
-            return true;
-        }
+    for c in planned
+        .plan
+        .changes
+        .iter()
+        .filter(|c| c.cause == Cause::Drift)
+    {
         shared
             .metrics
             .drift_detected
@@ -912,13 +887,13 @@ async fn reconcile(
                 kind: kind(c),
             })
             .inc();
-        let key = field(c);
-        if flaps.recent(&key, settings.flap_window) >= settings.flap_threshold {
-            flapping.push(c.resource.clone());
-            return false;
-        }
-        true
-    });
+    }
+    let flapping = flaps.filter(
+        name,
+        &mut planned.plan.changes,
+        settings.flap_threshold,
+        settings.flap_window,
+    );
     shared
         .metrics
         .flapping
@@ -926,17 +901,7 @@ async fn reconcile(
             target: name.into(),
         })
         .set(flapping.len() as i64);
-    for r in &flapping {
-        planned.plan.findings.push(Finding {
-            kind: FindingKind::Flapping,
-            target: name.into(),
-            resource: r.clone(),
-            message: format!("reverted {} times within {:?} and changed back each time; no longer reverted until it stops changing", settings.flap_threshold, settings.flap_window),
-            guardrail: None,
-            controls: Vec::new(),
-            location: None,
-        });
-    }
+    planned.plan.findings.extend(flapping);
     evidence.findings = planned.plan.findings.clone();
     // The record first: what this observation adopted, and the creations about to start
     // (so that a crash between the cloud's answer and the record loses nothing).
@@ -1029,7 +994,7 @@ async fn reconcile(
             ));
         } else if r.planned.cause == Cause::Drift {
             reverted += 1;
-            flaps.record(field(&r.planned));
+            flaps.record(&r.planned);
             shared
                 .metrics
                 .drift_reverted
