@@ -927,3 +927,36 @@ fn move_to_reports(owner: &str, id: &str) -> Change {
         private_dns: false,
     }
 }
+
+/// A private endpoint named as Palisade would name it and tagged as Palisade's, but not
+/// in the ownership record, is a claim: creating the owner's endpoint refuses it
+/// instead of taking it over as "already done".
+#[tokio::test]
+async fn a_claimed_endpoint_of_the_same_name_is_never_taken_over() {
+    let (_fake, p) = start(Config::default(), 2).await;
+    let t = target();
+    let (owner, id) = endpoint_in_snet_endpoints(&p).await;
+    // Observed under a record that does not hold it.
+    let record = palisade_providers::Ownership::recorded("prod-azure", "inst");
+    let inv = p.observe(&t, &record).await.unwrap();
+    assert!(inv.ownership.iter().any(|n| n.id.eq_ignore_ascii_case(&id)
+        && n.verdict == palisade_providers::OwnershipVerdict::Claimed));
+    let err = p
+        .apply(
+            &t,
+            &Change::CreateEndpoint {
+                owner: owner.into(),
+                service: format!("{KV}#vault"),
+                kind: palisade_providers::EndpointKind::Private,
+                network: VNET.into(),
+                subnets: vec![subnet("snet-endpoints")],
+                groups: vec![],
+                route_tables: vec![],
+                private_dns: false,
+                tags: ownership_tags(owner),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("NotOwned"), "{err}");
+}

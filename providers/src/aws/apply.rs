@@ -320,9 +320,12 @@ impl AwsProvider {
                     )
                     .await?;
                 let existing = out.security_groups().first();
-                let Some(g) =
-                    existing.filter(|g| owner_of(&translate::tags(g.tags())) == Some(owner))
-                else {
+                let rejected = s.owned().rejected.clone();
+                // Tags alone never make it ours: a claimed group of this name is refused.
+                let Some(g) = existing.filter(|g| {
+                    owner_of(&translate::tags(g.tags())) == Some(owner)
+                        && g.group_id().is_some_and(|id| !rejected.contains(id))
+                }) else {
                     return Err(refuse(
                         "CreateSecurityGroup",
                         "Palisade.NameTaken",

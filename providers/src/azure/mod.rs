@@ -604,7 +604,7 @@ impl AzureProvider {
                     .map_err(|e| map_error("GET networkSecurityGroups", e))?;
                 let observed = translate::tags(g.resource.tags.as_ref());
                 let id = g.resource.id.unwrap_or_default();
-                if owner_of(&observed) == Some(owner) {
+                if owner_of(&observed) == Some(owner) && !self.rejected(&target.name, &id) {
                     self.remember(&target.name, owner, &id);
                     return Ok(Outcome {
                         created_id: Some(id),
@@ -1006,7 +1006,10 @@ impl AzureProvider {
             .await?
         {
             let id = pe.resource.id.clone().unwrap_or_default();
-            if owner_of(&translate::tags(pe.resource.tags.as_ref())) == Some(owner) {
+            // Tags alone never make it ours: a claimed endpoint of this name is refused.
+            if owner_of(&translate::tags(pe.resource.tags.as_ref())) == Some(owner)
+                && !self.rejected(&target.name, &id)
+            {
                 return Ok(Outcome {
                     created_id: Some(id),
                     ..Outcome::already_done()
