@@ -331,3 +331,68 @@ fn a_group_at_its_quota_still_loses_the_world_open_rule() {
     );
     assert_eq!(plan(&moto).0, Some(0));
 }
+
+/// An inventory conflict is a finding, not a halt: tagging a function so that two
+/// policies select it leaves that function as it is (with an `inventory-conflict`
+/// finding), and drift elsewhere in the target is still reverted.
+#[test]
+fn a_function_tagged_into_two_policies_is_left_alone_and_the_rest_is_enforced() {
+    let Some(moto) = Moto::start() else { return };
+    moto.seed(24);
+    assert!(apply(&moto)["error"].is_null());
+    let inv = observe(&moto);
+    let report = function(&inv, "report-export-daily").clone();
+    // Selected by name by report-export, and now by tags by ledger-worker too.
+    moto.call(
+        "lambda",
+        "tag_resource",
+        json!({"Resource": report["id"], "Tags": {"app": "ledger", "tier": "worker"}}),
+    );
+    // Drift elsewhere: a world-open rule on payments-api.
+    let api_id = group(&inv, "palisade-payments-api")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    moto.call("ec2", "authorize_security_group_ingress", json!({
+        "GroupId": api_id,
+        "IpPermissions": [{ "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{ "CidrIp": "0.0.0.0/0" }] }]
+    }));
+
+    let (code, p) = plan(&moto);
+    assert_eq!(code, Some(2), "planned, not invalid: {p}");
+    let conflicts: Vec<&Value> = p["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "inventory-conflict")
+        .collect();
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert!(
+        conflicts[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("report-export-daily")
+    );
+    let touched: Vec<&str> = p["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["resource"].as_str().unwrap())
+        .collect();
+    assert!(
+        !touched.iter().any(|r| r.contains("report-export-daily")),
+        "{touched:?}"
+    );
+    assert!(apply(&moto)["error"].is_null());
+    let after = observe(&moto);
+    assert_eq!(
+        function(&after, "report-export-daily")["placement"],
+        report["placement"]
+    );
+    let world = group(&after, "palisade-payments-api")["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["peer"]["cidr"] == "0.0.0.0/0" && r["direction"] == "ingress");
+    assert!(!world, "drift elsewhere reverted");
+}

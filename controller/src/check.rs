@@ -29,6 +29,10 @@ pub enum FindingKind {
     /// The name a policy's managed group needs is taken by a resource Palisade does not
     /// own; that policy's group is not created (and nothing that needs it is planned).
     NameTaken,
+    /// What is observed conflicts with the policies (a function tagged into two
+    /// policies, a network that matches twice or not at all): the function or policy is
+    /// left as it is, the rest of the target is enforced.
+    InventoryConflict,
 }
 
 /// One finding: deterministic text, no timestamps, so reports never flap.
@@ -168,7 +172,17 @@ pub fn check_desired(
             .iter()
             .filter(|f| g.spec.scope.functions.matches(&f.name, &f.tags))
         {
-            if selected.contains(f.id.as_str()) && !desired.placements.contains_key(&f.id) {
+            // Functions in conflict with what is observed (or of a policy whose network
+            // does not resolve) are left as they are: `check_inventory` judges them.
+            let left_alone = desired.conflicted.contains(&f.id)
+                || desired
+                    .frozen
+                    .iter()
+                    .any(|p| desired.selected.get(p).is_some_and(|s| s.contains(&f.id)));
+            if selected.contains(f.id.as_str())
+                && !desired.placements.contains_key(&f.id)
+                && !left_alone
+            {
                 out.push(violation(
                     g,
                     target,

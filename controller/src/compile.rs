@@ -124,6 +124,14 @@ pub struct DesiredState {
     pub subnet_groups: BTreeMap<String, DesiredSubnetGroup>,
     /// Function ids selected by each policy.
     pub selected: BTreeMap<String, Vec<String>>,
+    /// Policies whose network could not be resolved against what is observed: their
+    /// group and the functions they select are left as they are.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub frozen: BTreeSet<String>,
+    /// Functions in conflict (selected by two policies through their tags): left as
+    /// they are.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub conflicted: BTreeSet<String>,
 }
 
 /// A map keyed by [`Rule`] as a list of pairs (JSON keys must be strings).
@@ -154,6 +162,12 @@ pub struct Compiled {
     pub desired: DesiredState,
     /// Problems found while resolving against the inventory.
     pub diagnostics: Vec<Diagnostic>,
+    /// Errors that come from what is observed, not from Git alone (a function tagged
+    /// into two policies, a network that matches twice or not at all, a 17th subnet).
+    /// The affected function or policy is left alone ([`DesiredState::frozen`],
+    /// [`DesiredState::conflicted`]); `validate --inventory` shows them as errors, the
+    /// controller as findings, and enforces the rest of the target.
+    pub conflicts: Vec<Diagnostic>,
 }
 
 /// Functions indexed by name and by tag, so selection does not scan every function for
@@ -237,6 +251,7 @@ pub fn compile(set: &PolicySet, target: &TargetDoc, inventory: Option<&Inventory
                 Some(target.here()),
                 "a Target's spec needs exactly one of `aws` or `azure`",
             )],
+            conflicts: Vec::new(),
         };
     };
     let region = match &t.scope {
@@ -255,8 +270,19 @@ pub fn compile(set: &PolicySet, target: &TargetDoc, inventory: Option<&Inventory
         target: target.name().to_string(),
         ..DesiredState::default()
     };
+    let mut conflicts = Vec::new();
     for p in &policies {
+        let before = cx.diags.len();
         let net = resolve_network(&mut cx, p);
+        // Against an inventory, a network that does not resolve is a conflict of this
+        // policy with what is observed: the policy is left alone.
+        if inventory.is_some() && cx.diags[before..].iter().any(Diagnostic::is_error) {
+            desired.frozen.insert(p.name().to_string());
+            let (errors, rest): (Vec<_>, Vec<_>) =
+                cx.diags.drain(before..).partition(Diagnostic::is_error);
+            conflicts.extend(errors);
+            cx.diags.extend(rest);
+        }
         cx.nets.insert(p.name().to_string(), net);
     }
     // Functions and placements.
@@ -281,7 +307,8 @@ pub fn compile(set: &PolicySet, target: &TargetDoc, inventory: Option<&Inventory
             for i in picked {
                 let f = &inv.functions[i];
                 if let Some(first) = owner_of.insert(i, p) {
-                    cx.diags.push(Diagnostic::error(
+                    desired.conflicted.insert(f.id.clone());
+                    conflicts.push(Diagnostic::error(
                         K::OverlappingSelection,
                         Some(p.at(&p.spec.functions)),
                         format!(
@@ -368,6 +395,11 @@ pub fn compile(set: &PolicySet, target: &TargetDoc, inventory: Option<&Inventory
         }
     }
     for (owner, ep) in endpoints {
+        // An endpoint whose network does not resolve (its policies are frozen) is not
+        // desired, and neither is its group.
+        if inventory.is_some() && ep.network.is_empty() {
+            continue;
+        }
         if ep.kind == EndpointKind::Interface {
             let group = endpoint_group(&ep, &policies);
             desired.groups.insert(group.owner.clone(), group);
@@ -376,9 +408,13 @@ pub fn compile(set: &PolicySet, target: &TargetDoc, inventory: Option<&Inventory
             desired.endpoints.insert(owner, ep);
         }
     }
+    for f in &desired.conflicted {
+        desired.placements.remove(f);
+    }
     Compiled {
         desired,
         diagnostics: cx.diags,
+        conflicts,
     }
 }
 

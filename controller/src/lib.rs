@@ -46,6 +46,7 @@ pub fn validate_set(
         let inv = inventories.get(t.name());
         let compiled = compile::compile(set, t, inv);
         diags.extend(compiled.diagnostics);
+        diags.extend(compiled.conflicts);
         diags.extend(
             check::check_desired(set, &compiled.desired, inv)
                 .iter()

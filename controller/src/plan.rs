@@ -210,6 +210,19 @@ pub fn plan(
     settings: &Settings,
     revision: Option<&str>,
 ) -> Plan {
+    // While policies are in conflict with what is observed, what they would have wanted
+    // is unknown: nothing unwanted is deleted (kept as `orphaned` findings) until the
+    // conflict is resolved.
+    let held_settings;
+    let settings = if desired.frozen.is_empty() {
+        settings
+    } else {
+        held_settings = Settings {
+            prune: false,
+            ..settings.clone()
+        };
+        &held_settings
+    };
     let mut b = Builder {
         target: &desired.target,
         previous,
@@ -373,6 +386,9 @@ fn plan_groups(
     settings: &Settings,
 ) {
     for (owner, dg) in &desired.groups {
+        if desired.frozen.contains(owner) {
+            continue;
+        }
         let resource = format!("group {owner}");
         let prev = b.previous.and_then(|p| p.groups.get(owner));
         let found = observed
@@ -520,7 +536,7 @@ fn plan_groups(
         }
     }
     for (owner, gs) in observed {
-        if desired.groups.contains_key(*owner) {
+        if desired.groups.contains_key(*owner) || desired.frozen.contains(*owner) {
             continue;
         }
         for g in gs {
@@ -607,9 +623,24 @@ fn plan_placements(
             },
         );
     }
+    // Functions in conflict with what is observed, or selected by a policy whose
+    // network does not resolve: left exactly as they are (the finding says why).
+    let left_alone: BTreeSet<&str> = desired
+        .conflicted
+        .iter()
+        .map(String::as_str)
+        .chain(
+            desired
+                .frozen
+                .iter()
+                .filter_map(|p| desired.selected.get(p))
+                .flatten()
+                .map(String::as_str),
+        )
+        .collect();
     // Functions no policy selects that still hold managed groups.
     for f in &observed.functions {
-        if desired.placements.contains_key(&f.id) {
+        if desired.placements.contains_key(&f.id) || left_alone.contains(f.id.as_str()) {
             continue;
         }
         let Some(p) = &f.placement else { continue };
@@ -763,6 +794,7 @@ fn unwanted_subnet_groups<'a>(
         if desired
             .subnet_groups
             .contains_key(&s.id.to_ascii_lowercase())
+            || desired.frozen.contains(owner)
         {
             continue;
         }

@@ -10,6 +10,7 @@ use palisade_providers::{
 };
 use serde::Serialize;
 
+use crate::check::{Finding, FindingKind};
 use crate::compile::{DesiredState, compile};
 use crate::plan::{Plan, Settings, plan};
 use crate::policy::{Diagnostic, PolicySet, TargetDoc};
@@ -67,15 +68,34 @@ pub fn plan_with(
     settings: &Settings,
     revision: Option<&str>,
 ) -> Result<Planned, PlanError> {
-    let diags = crate::validate_set(
+    let compiled = compile(set, target, Some(&inventory));
+    let mut diags = crate::validate_set(
         set,
         &BTreeMap::from([(target.name().to_string(), inventory.clone())]),
     );
+    // Conflicts with what is observed are findings: the function or policy concerned is
+    // left alone and the rest of the target is enforced. Errors from Git alone stop.
+    diags.retain(|d| !compiled.conflicts.contains(d));
     if diags.iter().any(Diagnostic::is_error) {
         return Err(PlanError::Invalid(diags));
     }
-    let compiled = compile(set, target, Some(&inventory));
     let mut p = plan(&compiled.desired, &inventory, previous, settings, revision);
+    p.findings
+        .extend(compiled.conflicts.iter().map(|d| Finding {
+            kind: FindingKind::InventoryConflict,
+            target: target.name().to_string(),
+            resource: d.location.as_ref().map_or_else(
+                || format!("target {}", target.name()),
+                |l| format!("policy at {l}"),
+            ),
+            message: format!(
+                "{}; left as it is until the conflict is resolved",
+                d.message
+            ),
+            guardrail: None,
+            controls: Vec::new(),
+            location: d.location.clone(),
+        }));
     p.findings
         .extend(crate::check::check_inventory(set, &inventory));
     p.findings.sort();

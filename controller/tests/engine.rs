@@ -757,3 +757,45 @@ fn an_endpoint_replacement_creates_before_it_deletes_and_survives_a_cut() {
             .is_empty()
     );
 }
+
+/// A second VPC tagged like the one the policies name makes their network ambiguous:
+/// that is a conflict with what is observed, not an invalid revision. The policies
+/// concerned are left alone (no group deleted, no function moved) with findings.
+#[test]
+fn an_ambiguous_network_freezes_its_policies_instead_of_halting_the_target() {
+    let set = example();
+    let fake = FakeProvider::new(fixture("inventory-prod-aws.json"));
+    converge(&set, &fake, "prod-aws", &Settings::default());
+    fake.mutate("prod-aws", |inv| {
+        let mut twin = inv
+            .networks
+            .iter()
+            .find(|n| n.tags.get("Name").map(String::as_str) == Some("prod"))
+            .unwrap()
+            .clone();
+        twin.id = "vpc-0twin".into();
+        inv.networks.push(twin);
+    });
+    let inv = fake.inventory("prod-aws");
+    let target = set.target("prod-aws").unwrap();
+    let planned =
+        palisade::reconcile::plan_with(&set, target, inv, None, &Settings::default(), None)
+            .expect("a conflict with the inventory is not an invalid revision");
+    assert!(
+        planned
+            .plan
+            .findings
+            .iter()
+            .any(|f| f.kind == palisade::check::FindingKind::InventoryConflict),
+        "{:?}",
+        planned.plan.findings
+    );
+    assert!(
+        !planned.plan.changes.iter().any(|c| matches!(
+            c.change,
+            Change::DeleteGroup { .. } | Change::SetPlacement { .. } | Change::RemoveRules { .. }
+        )),
+        "{}",
+        palisade::plan::render_text(&planned.plan)
+    );
+}
