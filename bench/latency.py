@@ -214,7 +214,7 @@ def main():
             while time.time() < deadline:
                 try:
                     s = json.loads(http(base + "/api/status"))
-                    if s.get("ready"):
+                    if s.get("converged"):
                         return p, base
                 except Exception:
                     pass

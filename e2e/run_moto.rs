@@ -492,6 +492,31 @@ fn a_changed_account_is_verified_again_and_refused_before_any_write() {
                 .is_some_and(|e| e.contains("210987654321") && e.contains("refusing"))
     });
     assert_eq!(writes(&c), before, "nothing written with the old session");
+    // A failing target is a per-target matter: the pod stays ready (webhooks keep
+    // reaching it), the target is unhealthy in the status and the metrics.
+    assert_eq!(c.http("GET", "/readyz", &[], "").0, 200);
+    let s = c.status();
+    assert_eq!(s["converged"], false);
+    assert_eq!(s["targets"]["prod-aws"]["healthy"], false);
+    assert_eq!(
+        c.metric("palisade_target_healthy{target=\"prod-aws\"}"),
+        0.0
+    );
+
+    // The target removed from the source (its Target and its policies): its worker
+    // stops, nothing more is tried there, and it leaves the status.
+    std::fs::remove_dir_all(repo.work().join("policies/aws")).unwrap();
+    let targets = repo.work().join("policies/targets/targets.yaml");
+    let text = std::fs::read_to_string(&targets).unwrap();
+    let azure_only = text.split("\n---\n").nth(1).unwrap().to_string();
+    std::fs::write(&targets, azure_only).unwrap();
+    let removed = repo.commit("prod-aws moves to another controller", &[]);
+    c.wait(60, "the target left the status", |c| {
+        let s = c.status();
+        s["revision"]["commit"] == removed.as_str() && s["targets"].get("prod-aws").is_none()
+    });
+    assert!(c.logs().contains("no longer defines this target"));
+    assert_eq!(c.http("GET", "/readyz", &[], "").0, 200);
 }
 
 /// The loop's state is durable: drift made while the controller is down is reported

@@ -265,6 +265,7 @@ async fn readyz(State(app): State<App>) -> Response {
     let s = app.shared.status();
     let body = serde_json::json!({
         "ready": s.ready,
+        "converged": s.converged,
         "revision": s.revision.as_ref().map(|r| r.commit.clone()),
         "targets": s.targets.iter().map(|(n, t)| (n.clone(), t.last_reconcile.as_ref().map(|r| format!("{} at {}", r.result, r.revision)))).collect::<std::collections::BTreeMap<_, _>>(),
     });
@@ -435,7 +436,13 @@ pub fn render_page(s: &Status) -> String {
     } else {
         "<span class=bad>not ready</span>"
     };
-    h.push_str(&format!("<p>Status: {ready}</p>"));
+    let failing = s.targets.values().filter(|t| !t.healthy).count();
+    let converged = if s.converged {
+        "<span class=ok>every target converged on the enforced revision</span>".to_string()
+    } else {
+        format!("<span class=bad>{failing} target(s) not converged on the enforced revision</span>")
+    };
+    h.push_str(&format!("<p>Status: {ready}; {converged}</p>"));
     match &s.revision {
         Some(r) => h.push_str(&format!(
             "<p>Enforced revision <code>{}</code> — {} — by {}; signature: {}</p>",

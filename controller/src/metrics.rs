@@ -69,6 +69,7 @@ pub struct Metrics {
     pub drift_detected: Family<KindL, Counter>,
     pub drift_reverted: Family<KindL, Counter>,
     pub flapping: Family<TargetL, Gauge>,
+    pub target_healthy: Family<TargetL, Gauge>,
     pub pending_deletions: Family<TargetL, Gauge>,
     pub api_calls: Family<CallL, Counter>,
     pub revision_info: Family<RevisionL, Gauge>,
@@ -102,6 +103,7 @@ impl Metrics {
             drift_detected: Family::default(),
             drift_reverted: Family::default(),
             flapping: Family::default(),
+            target_healthy: Family::default(),
             pending_deletions: Family::default(),
             api_calls: Family::default(),
             revision_info: Family::default(),
@@ -145,6 +147,11 @@ impl Metrics {
             "flapping_resources",
             "Resources whose drift is no longer reverted because it keeps coming back",
             m.flapping.clone(),
+        );
+        registry.register(
+            "target_healthy",
+            "1 when the target's last reconcile succeeded on the enforced revision",
+            m.target_healthy.clone(),
         );
         registry.register(
             "pending_deletions",

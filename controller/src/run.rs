@@ -150,6 +150,8 @@ pub struct TargetStatus {
     pub pending_deletions: Vec<String>,
     /// Findings of the last reconcile (guardrails, audit drift, flapping…).
     pub findings: Vec<Finding>,
+    /// The last reconcile succeeded on the enforced revision.
+    pub healthy: bool,
 }
 
 /// Everything `/api/status` and the status page show.
@@ -175,8 +177,11 @@ pub struct Status {
     pub rejected: Vec<Rejection>,
     /// Targets by name.
     pub targets: BTreeMap<String, TargetStatus>,
-    /// Whether every target has reconciled the enforced revision successfully.
+    /// Ready to serve: a good revision is enforced and the source loop is alive
+    /// (`/readyz`). A failing target does not make the pod unready.
     pub ready: bool,
+    /// Every target has reconciled the enforced revision successfully.
+    pub converged: bool,
     /// The newest events of the history (newest first), read from the store.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub recent_events: Vec<crate::history::Event>,
@@ -246,17 +251,19 @@ impl Shared {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        s.ready = match &s.revision {
-            Some(rev) => {
-                !s.targets.is_empty()
-                    && s.targets.values().all(|t| {
-                        t.last_reconcile
-                            .as_ref()
-                            .is_some_and(|r| r.revision == rev.commit && r.result == "ok")
-                    })
-            }
-            None => false,
-        };
+        let enforced = s.revision.as_ref().map(|r| r.commit.clone());
+        for t in s.targets.values_mut() {
+            t.healthy = t
+                .last_reconcile
+                .as_ref()
+                .is_some_and(|r| Some(&r.revision) == enforced.as_ref() && r.result == "ok");
+        }
+        s.converged =
+            enforced.is_some() && !s.targets.is_empty() && s.targets.values().all(|t| t.healthy);
+        // Ready: serving, with a good revision enforced and the source loop alive. A
+        // failing target is a per-target matter (status, metrics), not a reason to stop
+        // routing webhooks to the pod.
+        s.ready = enforced.is_some() && self.live();
         s.source_stale_seconds =
             now().saturating_sub(s.last_fetch_success_at.unwrap_or(self.started));
         s
@@ -635,6 +642,23 @@ async fn worker(shared: Arc<Shared>, target: String, semaphore: Arc<Semaphore>) 
             delay = shared.settings.resync;
             continue;
         };
+        if enforced.set.target(&target).is_none() {
+            // Removed from the source: nothing is changed there any more, and the target
+            // leaves the status (and readiness). The source loop starts a new worker if a
+            // later revision defines it again.
+            tracing::info!(target = %target, revision = %enforced.revision.commit, "the enforced revision no longer defines this target; its worker stops and nothing there is changed");
+            shared.update(|s| {
+                s.targets.remove(&target);
+            });
+            shared
+                .metrics
+                .target_healthy
+                .get_or_create(&TargetL {
+                    target: target.clone(),
+                })
+                .set(0);
+            break;
+        }
         shared
             .metrics
             .triggers
@@ -729,6 +753,13 @@ async fn worker(shared: Arc<Shared>, target: String, semaphore: Arc<Semaphore>) 
             }
             t.last_reconcile = Some(record);
         });
+        shared
+            .metrics
+            .target_healthy
+            .get_or_create(&TargetL {
+                target: target.clone(),
+            })
+            .set(i64::from(error.is_none()));
         if error.is_none() {
             shared
                 .metrics

@@ -446,7 +446,7 @@ impl Controller {
 
     pub fn ready_at(&self, commit: &str) -> bool {
         let s = self.status();
-        s["ready"] == true && s["revision"]["commit"] == commit
+        s["converged"] == true && s["revision"]["commit"] == commit
     }
 
     pub fn terminate(&mut self) -> Option<i32> {
