@@ -267,7 +267,7 @@ async fn readyz(State(app): State<App>) -> Response {
         "ready": s.ready,
         "converged": s.converged,
         "revision": s.revision.as_ref().map(|r| r.commit.clone()),
-        "targets": s.targets.iter().map(|(n, t)| (n.clone(), t.last_reconcile.as_ref().map(|r| format!("{} at {}", r.result, r.revision)))).collect::<std::collections::BTreeMap<_, _>>(),
+        "targets": s.targets.iter().map(|(n, t)| (n.clone(), t.last_reconcile.as_ref().map(|r| format!("{} at {}", r.result.as_str(), r.revision)))).collect::<std::collections::BTreeMap<_, _>>(),
     });
     let code = if s.ready {
         StatusCode::OK
@@ -466,13 +466,17 @@ pub fn render_page(s: &Status) -> String {
     h.push_str("<h2>Targets</h2><table><tr><th>target</th><th>cloud</th><th>last reconcile</th><th>applied</th><th>drift reverted</th><th>pending deletions</th><th>findings</th></tr>");
     for (name, t) in &s.targets {
         let last = t.last_reconcile.as_ref().map_or("never".to_string(), |r| {
-            let class = if r.result == "ok" { "ok" } else { "bad" };
+            let class = if r.result == crate::run::ReconcileResult::Ok {
+                "ok"
+            } else {
+                "bad"
+            };
             format!(
                 "<span class={class}>{}</span> at {} ({} ms, trigger {}){}",
-                esc(&r.result),
+                esc(r.result.as_str()),
                 r.at,
                 r.duration_ms,
-                esc(&r.trigger),
+                esc(r.trigger.as_str()),
                 r.error
                     .as_ref()
                     .map(|e| format!("<br>{}", esc(e)))

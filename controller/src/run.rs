@@ -111,6 +111,88 @@ pub struct Rejection {
     pub at: u64,
 }
 
+/// What woke a reconcile (or a fetch). Logged and counted, never used in decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    /// The controller started (the source loop's first fetch).
+    Start,
+    /// The source's poll interval.
+    Poll,
+    /// A webhook.
+    Webhook,
+    /// A new revision was enforced.
+    Revision,
+    /// The periodic resync.
+    Resync,
+    /// A retry after a failed reconcile (with backoff).
+    Retry,
+}
+
+impl Trigger {
+    /// The metrics label and log value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Start => "start",
+            Trigger::Poll => "poll",
+            Trigger::Webhook => "webhook",
+            Trigger::Revision => "revision",
+            Trigger::Resync => "resync",
+            Trigger::Retry => "retry",
+        }
+    }
+}
+
+/// How a reconcile ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReconcileResult {
+    /// Everything planned was applied (or is pending in the cloud).
+    Ok,
+    /// Something failed (observe, plan, a change, the record).
+    Error,
+    /// The plan was refused (blast radius, empty source).
+    Refused,
+    /// The deadline came first (between changes).
+    Timeout,
+}
+
+impl ReconcileResult {
+    /// The metrics label and log value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReconcileResult::Ok => "ok",
+            ReconcileResult::Error => "error",
+            ReconcileResult::Refused => "refused",
+            ReconcileResult::Timeout => "timeout",
+        }
+    }
+}
+
+/// Why a reconcile did not end `ok`, and how far it got.
+#[derive(Debug)]
+struct Failure {
+    result: ReconcileResult,
+    message: String,
+    /// Changes the provider answered before it stopped.
+    applied: usize,
+}
+
+impl Failure {
+    fn error(message: impl Into<String>) -> Failure {
+        Failure {
+            result: ReconcileResult::Error,
+            message: message.into(),
+            applied: 0,
+        }
+    }
+
+    fn applied(mut self, n: usize) -> Failure {
+        self.applied = n;
+        self
+    }
+}
+
 /// The last reconcile of a target.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -118,11 +200,11 @@ pub struct ReconcileRecord {
     /// When it ended (Unix seconds).
     pub at: u64,
     /// What woke it.
-    pub trigger: String,
+    pub trigger: Trigger,
     /// Revision reconciled against.
     pub revision: String,
-    /// `ok`, `error`, `refused`, `timeout`.
-    pub result: String,
+    /// How it ended.
+    pub result: ReconcileResult,
     /// Error text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -253,10 +335,9 @@ impl Shared {
             .clone();
         let enforced = s.revision.as_ref().map(|r| r.commit.clone());
         for t in s.targets.values_mut() {
-            t.healthy = t
-                .last_reconcile
-                .as_ref()
-                .is_some_and(|r| Some(&r.revision) == enforced.as_ref() && r.result == "ok");
+            t.healthy = t.last_reconcile.as_ref().is_some_and(|r| {
+                Some(&r.revision) == enforced.as_ref() && r.result == ReconcileResult::Ok
+            });
         }
         s.converged =
             enforced.is_some() && !s.targets.is_empty() && s.targets.values().all(|t| t.healthy);
@@ -493,20 +574,20 @@ pub async fn run(shared: Arc<Shared>, source: GitSource, grace: Duration) {
             Err(e) => tracing::error!(error = %e, "reading the persisted revision failed"),
         }
     }
-    let mut trigger = "start";
+    let mut trigger = Trigger::Start;
     let mut last_webhook_fetch: Option<Instant> = None;
     loop {
         shared
             .metrics
             .fetches
             .get_or_create(&TriggerOnlyL {
-                trigger: trigger.into(),
+                trigger: trigger.as_str().into(),
             })
             .inc();
         let polled = poll_source(&shared, &source, last_seen.clone(), base.clone()).await;
         match polled {
             Err(e) => {
-                tracing::warn!(error = %e, trigger, "fetching the policy source failed; the enforced revision stays");
+                tracing::warn!(error = %e, trigger = trigger.as_str(), "fetching the policy source failed; the enforced revision stays");
                 shared
                     .metrics
                     .fetch_errors
@@ -525,7 +606,7 @@ pub async fn run(shared: Arc<Shared>, source: GitSource, grace: Duration) {
                 });
                 match polled {
                     None => {
-                        if trigger == "webhook" {
+                        if trigger == Trigger::Webhook {
                             // Nothing new to fetch: the webhook still asks for a reconcile
                             // (at most one per interval: this loop spaces webhook fetches).
                             shared.reconcile_kick.send_modify(|n| *n += 1);
@@ -564,10 +645,10 @@ pub async fn run(shared: Arc<Shared>, source: GitSource, grace: Duration) {
         }
         tokio::select! {
             _ = shared.cancel.cancelled() => break,
-            _ = tokio::time::sleep(shared.settings.poll_interval) => trigger = "poll",
-            _ = fetch_rx.changed() => trigger = "webhook",
+            _ = tokio::time::sleep(shared.settings.poll_interval) => trigger = Trigger::Poll,
+            _ = fetch_rx.changed() => trigger = Trigger::Webhook,
         }
-        if trigger == "webhook" {
+        if trigger == Trigger::Webhook {
             // At most one webhook-triggered fetch per interval: deliveries arriving
             // meanwhile are coalesced into this one.
             if let Some(last) = last_webhook_fetch {
@@ -615,25 +696,28 @@ async fn worker(shared: Arc<Shared>, target: String, semaphore: Arc<Semaphore>) 
     let mut flaps = Flaps::default();
     let mut backoff = None;
     let mut delay = Duration::ZERO;
-    let mut trigger = "revision";
+    let mut trigger = Trigger::Revision;
     loop {
         if delay > Duration::ZERO {
             let due = tokio::time::Instant::now() + delay;
-            let timer = if backoff.is_some() { "retry" } else { "resync" };
-            trigger = loop {
+            let timer = if backoff.is_some() {
+                Trigger::Retry
+            } else {
+                Trigger::Resync
+            };
+            let woke = loop {
                 tokio::select! {
                     biased;
-                    _ = shared.cancel.cancelled() => break "cancel",
-                    r = enforced_rx.changed() => break if r.is_err() { "cancel" } else { "revision" },
+                    _ = shared.cancel.cancelled() => break None,
+                    r = enforced_rx.changed() => break r.is_ok().then_some(Trigger::Revision),
                     // Webhook kicks come at most once per --webhook-min-interval (the
                     // source loop spaces them); a failing target keeps its backoff.
-                    _ = kick_rx.changed() => if backoff.is_none() { break "webhook" },
-                    _ = tokio::time::sleep_until(due) => break timer,
+                    _ = kick_rx.changed() => if backoff.is_none() { break Some(Trigger::Webhook) },
+                    _ = tokio::time::sleep_until(due) => break Some(timer),
                 }
             };
-            if trigger == "cancel" {
-                break;
-            }
+            let Some(woke) = woke else { break };
+            trigger = woke;
         }
         if shared.cancel.is_cancelled() {
             break;
@@ -664,7 +748,7 @@ async fn worker(shared: Arc<Shared>, target: String, semaphore: Arc<Semaphore>) 
             .triggers
             .get_or_create(&TriggerL {
                 target: target.clone(),
-                trigger: trigger.into(),
+                trigger: trigger.as_str().into(),
             })
             .inc();
         let Ok(_permit) = semaphore.acquire().await else {
@@ -690,19 +774,20 @@ async fn worker(shared: Arc<Shared>, target: String, semaphore: Arc<Semaphore>) 
         )
         .await;
         let elapsed = started.elapsed();
-        let (label, error, applied, reverted) = match result {
-            Ok(Ok((applied, reverted))) => ("ok", None, applied, reverted),
-            Ok(Err((label, e, applied))) => (label, Some(e), applied, 0),
+        let (outcome, error, applied, reverted) = match result {
+            Ok(Ok((applied, reverted))) => (ReconcileResult::Ok, None, applied, reverted),
+            Ok(Err(f)) => (f.result, Some(f.message), f.applied, 0),
             Err(_) => (
-                "timeout",
+                ReconcileResult::Timeout,
                 Some(format!(
                     "the reconcile took longer than {:?}",
-                    shared.settings.reconcile_timeout
+                    shared.settings.reconcile_timeout * 2
                 )),
                 0,
                 0,
             ),
         };
+        let label = outcome.as_str();
         shared
             .metrics
             .reconcile_duration
@@ -721,10 +806,10 @@ async fn worker(shared: Arc<Shared>, target: String, semaphore: Arc<Semaphore>) 
         shared.metrics.sync_api_calls(&shared.providers.api_calls());
         match &error {
             None => {
-                tracing::info!(target = %target, trigger, revision = %enforced.revision.commit, applied, drift_reverted = reverted, ms = elapsed.as_millis() as u64, "reconciled")
+                tracing::info!(target = %target, trigger = trigger.as_str(), revision = %enforced.revision.commit, applied, drift_reverted = reverted, ms = elapsed.as_millis() as u64, "reconciled")
             }
             Some(e) => {
-                tracing::warn!(target = %target, trigger, result = label, error = %e, "reconcile failed; retrying with backoff")
+                tracing::warn!(target = %target, trigger = trigger.as_str(), result = label, error = %e, "reconcile failed; retrying with backoff")
             }
         }
         write_evidence(
@@ -733,14 +818,14 @@ async fn worker(shared: Arc<Shared>, target: String, semaphore: Arc<Semaphore>) 
             &enforced.revision,
             label,
             error.as_deref(),
-            trigger,
+            trigger.as_str(),
             evidence,
         );
         let record = ReconcileRecord {
             at: now(),
-            trigger: trigger.to_string(),
+            trigger,
             revision: enforced.revision.commit.clone(),
-            result: label.to_string(),
+            result: outcome,
             error: error.clone(),
             duration_ms: elapsed.as_millis() as u64,
             applied,
@@ -785,8 +870,6 @@ async fn worker(shared: Arc<Shared>, target: String, semaphore: Arc<Semaphore>) 
     tracing::debug!(target = %target, "worker stopped");
 }
 
-type Failure = (&'static str, String, usize);
-
 /// One reconcile of one target. Ok: (changes applied, drift reverted).
 async fn reconcile(
     shared: &Shared,
@@ -799,22 +882,18 @@ async fn reconcile(
 ) -> Result<(usize, usize), Failure> {
     let set = &enforced.set;
     let Some(target) = set.target(name) else {
-        return Err((
-            "error",
-            format!(
-                "revision {} no longer defines target {name}; nothing is changed there",
-                enforced.revision.commit
-            ),
-            0,
-        ));
+        return Err(Failure::error(format!(
+            "revision {} no longer defines target {name}; nothing is changed there",
+            enforced.revision.commit
+        )));
     };
     let t = target
         .to_target()
-        .ok_or(("error", format!("target {name} names no cloud"), 0))?;
+        .ok_or(Failure::error(format!("target {name} names no cloud")))?;
     let provider = shared
         .providers
         .get(t.scope.cloud())
-        .map_err(|e| ("error", e.to_string(), 0))?;
+        .map_err(|e| Failure::error(e.to_string()))?;
     // After a restart the previous desired state comes from the store, so that drift
     // made while the controller was down is still drift.
     if previous.is_none()
@@ -822,16 +901,12 @@ async fn reconcile(
     {
         *previous = h
             .enforced_desired(name)
-            .map_err(|e| ("error", format!("the loop state cannot be read: {e}"), 0))?;
+            .map_err(|e| Failure::error(format!("the loop state cannot be read: {e}")))?;
     }
     let ownership = match &shared.history {
-        Some(h) => h.ownership(name).map_err(|e| {
-            (
-                "error",
-                format!("the ownership record cannot be read: {e}"),
-                0,
-            )
-        })?,
+        Some(h) => h
+            .ownership(name)
+            .map_err(|e| Failure::error(format!("the ownership record cannot be read: {e}")))?,
         None => Ownership::unverified(name),
     };
     let planning = tokio::time::timeout_at(
@@ -847,15 +922,13 @@ async fn reconcile(
         ),
     )
     .await
-    .map_err(|_| {
-        (
-            "timeout",
-            format!(
-                "observing and planning took longer than {:?}; nothing was changed",
-                shared.settings.reconcile_timeout
-            ),
-            0,
-        )
+    .map_err(|_| Failure {
+        result: ReconcileResult::Timeout,
+        message: format!(
+            "observing and planning took longer than {:?}; nothing was changed",
+            shared.settings.reconcile_timeout
+        ),
+        applied: 0,
     })?;
     let mut planned = match planning {
         Ok(p) => p,
@@ -865,16 +938,12 @@ async fn reconcile(
                 .filter(|d| d.is_error())
                 .map(Diagnostic::to_string)
                 .collect();
-            return Err((
-                "error",
-                format!(
-                    "the revision does not fit what is observed: {}",
-                    text.join("; ")
-                ),
-                0,
-            ));
+            return Err(Failure::error(format!(
+                "the revision does not fit what is observed: {}",
+                text.join("; ")
+            )));
         }
-        Err(e) => return Err(("error", format!("{e}: {}", source_text(&e)), 0)),
+        Err(e) => return Err(Failure::error(format!("{e}: {}", source_text(&e)))),
     };
 
     evidence.observed = true;
@@ -956,7 +1025,11 @@ async fn reconcile(
         }) => (*report, Some(format!("{resource}: {source}"))),
         Err(ApplyError::Refused { reason }) => {
             record_findings(shared, name, &planned.plan.findings, &[]);
-            return Err(("refused", reason, 0));
+            return Err(Failure {
+                result: ReconcileResult::Refused,
+                message: reason,
+                applied: 0,
+            });
         }
     };
     record_ownership(
@@ -1043,27 +1116,24 @@ async fn reconcile(
         .filter(|r| r.outcome().is_some())
         .count();
     if let Some(f) = failure {
-        return Err(("error", f, applied));
+        return Err(Failure::error(f).applied(applied));
     }
     if report.skipped > 0 {
         if shared.cancel.is_cancelled() {
-            return Err((
-                "error",
-                format!(
-                    "shutting down: {} change(s) left for the next start",
-                    report.skipped
-                ),
-                applied,
-            ));
+            return Err(Failure::error(format!(
+                "shutting down: {} change(s) left for the next start",
+                report.skipped
+            ))
+            .applied(applied));
         }
-        return Err((
-            "timeout",
-            format!(
+        return Err(Failure {
+            result: ReconcileResult::Timeout,
+            message: format!(
                 "the reconcile reached its deadline ({:?}) between changes: {} change(s) left for the next reconcile",
                 shared.settings.reconcile_timeout, report.skipped
             ),
             applied,
-        ));
+        });
     }
     if previous.as_ref() != Some(&planned.desired)
         && let Some(h) = &shared.history
@@ -1092,13 +1162,7 @@ fn record_ownership(
         return Ok(());
     };
     h.update_ownership(name, Some(revision), now_ms(), update)
-        .map_err(|e| {
-            (
-                "error",
-                format!("the ownership record cannot be written: {e}"),
-                0,
-            )
-        })
+        .map_err(|e| Failure::error(format!("the ownership record cannot be written: {e}")))
 }
 
 fn source_text(e: &PlanError) -> String {

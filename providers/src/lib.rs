@@ -18,7 +18,7 @@ pub use model::{
 };
 pub use provider::{
     ApiCallCount, CallCounter, CallKind, CallOutcome, Change, Outcome, OutcomeStatus, Provider,
-    ProviderError, total_calls,
+    ProviderError, RefusalKind, total_calls,
 };
 
 #[cfg(any(feature = "aws", feature = "azure"))]

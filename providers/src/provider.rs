@@ -6,6 +6,7 @@
 //! be added without breaking callers.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -270,6 +271,16 @@ pub enum ProviderError {
         /// Whether retrying the same request later may succeed.
         retryable: bool,
     },
+    /// Palisade itself refused the change, or gave up on it: no cloud error is behind it.
+    #[error("{operation} failed: {kind}: {message}")]
+    Refused {
+        /// Why, as a kind to match on.
+        kind: RefusalKind,
+        /// The operation that was not sent (or whose result was not waited for).
+        operation: String,
+        /// What was wrong, for people.
+        message: String,
+    },
     /// A managed group the change refers to does not exist (and was not created first).
     #[error("managed group {owner:?} not found")]
     UnresolvedGroup {
@@ -295,12 +306,64 @@ pub enum ProviderError {
     },
 }
 
+/// Why Palisade refused a change on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RefusalKind {
+    /// The resource is not Palisade's (not in the ownership record, or its tags say
+    /// another owner): never changed.
+    NotOwned,
+    /// The name Palisade needs is held by a resource it does not own.
+    NameTaken,
+    /// The cloud cannot express the change (e.g. a service tag on AWS).
+    Unsupported,
+    /// The resource changed between Palisade's read and its write: re-plan.
+    Conflict,
+    /// The cloud did not finish in time: re-plan.
+    Timeout,
+    /// The change or the cloud's answer makes no sense (a bug, or a hostile answer).
+    Invalid,
+}
+
+impl fmt::Display for RefusalKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RefusalKind::NotOwned => "Palisade.NotOwned",
+            RefusalKind::NameTaken => "Palisade.NameTaken",
+            RefusalKind::Unsupported => "Palisade.Unsupported",
+            RefusalKind::Conflict => "Palisade.Conflict",
+            RefusalKind::Timeout => "Palisade.Timeout",
+            RefusalKind::Invalid => "Palisade.Invalid",
+        })
+    }
+}
+
 impl ProviderError {
+    /// A refusal of Palisade's own.
+    pub fn refused(kind: RefusalKind, operation: &str, message: impl Into<String>) -> Self {
+        ProviderError::Refused {
+            kind,
+            operation: operation.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// The kind of refusal, when Palisade refused on its own.
+    pub fn refusal(&self) -> Option<RefusalKind> {
+        match self {
+            ProviderError::Refused { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+
     /// Whether a later attempt may succeed (throttling, conflicts, transport errors).
     pub fn is_retryable(&self) -> bool {
         match self {
             ProviderError::Throttled { .. } | ProviderError::Transport { .. } => true,
             ProviderError::Api { retryable, .. } => *retryable,
+            ProviderError::Refused { kind, .. } => {
+                matches!(kind, RefusalKind::Conflict | RefusalKind::Timeout)
+            }
             ProviderError::UnresolvedGroup { .. } | ProviderError::Identity { .. } => false,
         }
     }

@@ -690,7 +690,11 @@ async fn a_group_without_the_ownership_tag_is_never_written() {
         )],
     };
     let err = p.apply(&target(), &add).await.unwrap_err();
-    assert!(err.to_string().contains("Palisade.NotOwned"), "{err}");
+    assert_eq!(
+        err.refusal(),
+        Some(palisade_providers::RefusalKind::NotOwned),
+        "{err}"
+    );
     let del = Change::DeleteGroup {
         owner: "x".into(),
         id: "sg-theirs".into(),
@@ -759,7 +763,11 @@ async fn created_group_loses_its_default_egress_and_a_taken_name_is_refused() {
     assert_eq!(out.created_id.as_deref(), Some("sg-new"));
     assert_eq!(revoke.num_calls(), 1, "default egress revoked");
     let err = p.apply(&target(), &change).await.unwrap_err();
-    assert!(err.to_string().contains("Palisade.NameTaken"), "{err}");
+    assert_eq!(
+        err.refusal(),
+        Some(palisade_providers::RefusalKind::NameTaken),
+        "{err}"
+    );
 }
 
 #[tokio::test]

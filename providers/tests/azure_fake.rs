@@ -473,7 +473,11 @@ async fn ownership_is_checked_before_any_write() {
         )
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("Palisade.NotOwned"), "{err}");
+    assert_eq!(
+        err.refusal(),
+        Some(palisade_providers::RefusalKind::NotOwned),
+        "{err}"
+    );
     let legacy = format!("{RG}/providers/Microsoft.Network/networkSecurityGroups/nsg-legacy");
     let err = p
         .apply(
@@ -485,7 +489,11 @@ async fn ownership_is_checked_before_any_write() {
         )
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("Palisade.NotOwned"), "{err}");
+    assert_eq!(
+        err.refusal(),
+        Some(palisade_providers::RefusalKind::NotOwned),
+        "{err}"
+    );
     let err = p
         .apply(
             &target(),
@@ -496,7 +504,11 @@ async fn ownership_is_checked_before_any_write() {
         )
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("Palisade.NotOwned"), "{err}");
+    assert_eq!(
+        err.refusal(),
+        Some(palisade_providers::RefusalKind::NotOwned),
+        "{err}"
+    );
     assert_eq!(
         fake.fake.get(&legacy).unwrap()["properties"]["securityRules"]
             .as_array()
@@ -958,5 +970,9 @@ async fn a_claimed_endpoint_of_the_same_name_is_never_taken_over() {
         )
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("NotOwned"), "{err}");
+    assert_eq!(
+        err.refusal(),
+        Some(palisade_providers::RefusalKind::NotOwned),
+        "{err}"
+    );
 }

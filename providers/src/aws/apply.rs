@@ -13,21 +13,14 @@ use crate::model::{
     Direction, EndpointKind, GroupRef, MANAGED_BY_VALUE, OwnedKind, Placement, Rule,
     TAG_MANAGED_BY, TAG_OWNER, Tags, owner_of,
 };
-use crate::provider::{Change, Outcome, OutcomeStatus, ProviderError};
+use crate::provider::{Change, Outcome, OutcomeStatus, ProviderError, RefusalKind};
 
 use super::call::{Family as F, code_of, request_id};
 use super::translate::{self, ip_permission};
 use super::{AwsProvider, EndpointState, Session};
 
-fn refuse(operation: &str, code: &str, message: String) -> ProviderError {
-    ProviderError::Api {
-        service: "palisade".into(),
-        operation: operation.into(),
-        code: code.into(),
-        message,
-        request_id: None,
-        retryable: false,
-    }
+fn refuse(operation: &str, kind: RefusalKind, message: String) -> ProviderError {
+    ProviderError::refused(kind, operation, message)
 }
 
 fn ec2_tags(tags: &Tags, kind: ec2::ResourceType) -> ec2::TagSpecification {
@@ -118,7 +111,7 @@ impl AwsProvider {
             }
             Change::SetSubnetGroup { .. } => Err(refuse(
                 "SetSubnetGroup",
-                "Palisade.Unsupported",
+                RefusalKind::Unsupported,
                 "subnet-level security groups exist on Azure only".into(),
             )),
         }
@@ -183,7 +176,7 @@ impl AwsProvider {
         if s.owned().rejected.contains(&id) {
             return Err(refuse(
                 "ModifySecurityGroup",
-                "Palisade.NotOwned",
+                RefusalKind::NotOwned,
                 format!(
                     "security group {id} carries Palisade's tags but is not in the ownership record; Palisade never changes it"
                 ),
@@ -210,7 +203,7 @@ impl AwsProvider {
         if !owned {
             return Err(refuse(
                 "ModifySecurityGroup",
-                "Palisade.NotOwned",
+                RefusalKind::NotOwned,
                 format!(
                     "security group {id} does not carry {TAG_MANAGED_BY}={MANAGED_BY_VALUE}; Palisade never changes a group it does not own"
                 ),
@@ -236,7 +229,7 @@ impl AwsProvider {
         if !known {
             return Err(refuse(
                 "CreateTags",
-                "Palisade.NotOwned",
+                RefusalKind::NotOwned,
                 format!(
                     "{kind} {id} is not a recorded Palisade resource; its tags are not Palisade's to set"
                 ),
@@ -328,7 +321,7 @@ impl AwsProvider {
                 }) else {
                     return Err(refuse(
                         "CreateSecurityGroup",
-                        "Palisade.NameTaken",
+                        RefusalKind::NameTaken,
                         format!(
                             "a security group named {name:?} already exists in {network} and is not Palisade's (no {TAG_MANAGED_BY}={MANAGED_BY_VALUE}, {TAG_OWNER}={owner}); rename it or remove it"
                         ),
@@ -682,17 +675,15 @@ impl AwsProvider {
         let mut delay = self.settings.poll_interval;
         while status == Some(lambda::LastUpdateStatus::InProgress) {
             if tokio::time::Instant::now() + delay > deadline {
-                return Err(ProviderError::Api {
-                    service: "lambda".into(),
-                    operation: "UpdateFunctionConfiguration".into(),
-                    code: "Palisade.UpdateTimeout".into(),
-                    message: format!(
-                        "{name}: the VPC update was still InProgress after {:?}",
-                        self.settings.update_wait
+                return Err(ProviderError::refused(
+                    RefusalKind::Timeout,
+                    "UpdateFunctionConfiguration",
+                    format!(
+                        "{name}: the VPC update was still InProgress after {:?} (request {})",
+                        self.settings.update_wait,
+                        request_ids.first().map_or("-", String::as_str)
                     ),
-                    request_id: request_ids.first().cloned(),
-                    retryable: true,
-                });
+                ));
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(10));
@@ -769,7 +760,7 @@ impl AwsProvider {
             EndpointKind::Private => {
                 return Err(refuse(
                     "CreateVpcEndpoint",
-                    "Palisade.Unsupported",
+                    RefusalKind::Unsupported,
                     format!("{owner}: private endpoints exist on Azure only"),
                 ));
             }
@@ -848,7 +839,7 @@ impl AwsProvider {
         if owner_of(&translate::tags(e.tags())).is_none() {
             return Err(refuse(
                 "ModifyVpcEndpoint",
-                "Palisade.NotOwned",
+                RefusalKind::NotOwned,
                 format!(
                     "VPC endpoint {id} does not carry {TAG_MANAGED_BY}={MANAGED_BY_VALUE}; Palisade never changes an endpoint it does not own"
                 ),
@@ -883,7 +874,7 @@ impl AwsProvider {
         let Some(before) = self.owned_endpoint(s, id).await? else {
             return Err(refuse(
                 "ModifyVpcEndpoint",
-                "InvalidVpcEndpointId.NotFound",
+                RefusalKind::Conflict,
                 format!(
                     "{owner}: endpoint {id} no longer exists; it is recreated on the next reconcile"
                 ),

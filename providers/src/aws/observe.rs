@@ -32,14 +32,11 @@ where
             None => return Ok(items),
         }
     }
-    Err(ProviderError::Api {
-        service: "aws".into(),
-        operation: operation.into(),
-        code: "Palisade.EndlessPagination".into(),
-        message: format!("more than {MAX_PAGES} pages; the paginator does not end"),
-        request_id: None,
-        retryable: true,
-    })
+    Err(ProviderError::refused(
+        crate::RefusalKind::Invalid,
+        operation,
+        format!("more than {MAX_PAGES} pages; the paginator does not end"),
+    ))
 }
 
 impl AwsProvider {

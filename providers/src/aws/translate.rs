@@ -186,14 +186,11 @@ pub fn ip_permission(
                 .build(),
         ),
         Peer::ServiceTag(_) | Peer::Any => {
-            return Err(ProviderError::Api {
-                service: "ec2".into(),
-                operation: "AuthorizeSecurityGroupRules".into(),
-                code: "Palisade.UnsupportedPeer".into(),
-                message: format!("{rule}: AWS security groups have no service tags or `*` peer"),
-                request_id: None,
-                retryable: false,
-            });
+            return Err(ProviderError::refused(
+                crate::RefusalKind::Unsupported,
+                "AuthorizeSecurityGroupRules",
+                format!("{rule}: AWS security groups have no service tags or `*` peer"),
+            ));
         }
     };
     Ok(p.build())

@@ -38,7 +38,7 @@ use crate::model::{
     EndpointKind, GroupRef, Inventory, OwnedKind, Ownership, Rule, Target, TargetScope, owner_of,
 };
 use crate::provider::{
-    ApiCallCount, CallCounter, Change, Outcome, OutcomeStatus, Provider, ProviderError,
+    ApiCallCount, CallCounter, Change, Outcome, OutcomeStatus, Provider, ProviderError, RefusalKind,
 };
 
 pub use call::ANOTHER_OPERATION;
@@ -187,27 +187,17 @@ impl std::fmt::Debug for AzureProvider {
 }
 
 fn not_owned(what: &str, id: &str) -> ProviderError {
-    ProviderError::Api {
-        service: "arm".into(),
-        operation: what.into(),
-        code: "Palisade.NotOwned".into(),
-        message: format!(
-            "{id} exists but does not carry Palisade's ownership tags for this owner; refusing to change it"
+    ProviderError::refused(
+        RefusalKind::NotOwned,
+        what,
+        format!(
+            "{id} is not Palisade's (not recorded, or its ownership tags name another owner); refusing to change it"
         ),
-        request_id: None,
-        retryable: false,
-    }
+    )
 }
 
 fn internal(what: &str, message: String) -> ProviderError {
-    ProviderError::Api {
-        service: "arm".into(),
-        operation: what.into(),
-        code: "Palisade.InvalidChange".into(),
-        message,
-        request_id: None,
-        retryable: false,
-    }
+    ProviderError::refused(RefusalKind::Invalid, what, message)
 }
 
 /// A read-modify-write lost the race: retry on the next reconcile, with a fresh read.
@@ -887,16 +877,13 @@ impl AzureProvider {
         // Change only what was observed; an unresolvable managed `before` (its NSG is
         // gone) cannot be compared.
         if before.is_some() == was.is_some() && !same(&now, &was) {
-            return Err(ProviderError::Api {
-                service: "arm".into(),
-                operation: what.into(),
-                code: "Palisade.SubnetChanged".into(),
-                message: format!(
+            return Err(ProviderError::refused(
+                RefusalKind::Conflict,
+                what,
+                format!(
                     "subnet {subnet} changed since it was observed (NSG now {now:?}); re-planning"
                 ),
-                request_id: None,
-                retryable: true,
-            });
+            ));
         }
         let props = current["properties"]
             .as_object_mut()
