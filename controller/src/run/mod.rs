@@ -1,0 +1,533 @@
+//! `palisade run`: the long-running controller.
+//!
+//! One task follows the Git source and decides which revision is enforced: every new
+//! revision goes through the source's fixed order (fetch the tracked ref → resolve
+//! exactly → verify the signature → check ancestry → load from the Git tree) and is then
+//! validated as a whole before it replaces the enforced one; a bad, unsigned, rolled-back
+//! or empty revision is rejected and the last good one stays. The last good commit is
+//! persisted and enforced again at start-up, before the first fetch. Fetches are bounded
+//! (deadline, bytes, libgit2 socket timeouts) and abandoned on shutdown. One worker per
+//! target reconciles (observe → plan → apply) on every trigger — new revision, periodic
+//! jittered resync, webhook, retry — with bounded concurrency across targets. Triggers are logged and counted, never used in decisions:
+//! each reconcile compares the whole desired state with the whole observed state.
+
+//!
+//! Modules: this one owns the shared state ([`Shared`]) and the source loop; `target`
+//! the per-target worker and reconcile; `status` what the status endpoints show;
+//! `evidence` what a reconcile writes to the history.
+
+mod evidence;
+mod status;
+mod target;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use status::{ReconcileRecord, ReconcileResult, Rejection, Status, TargetStatus, Trigger};
+
+use crate::history::{NewEvent, Store, kind as ev};
+use crate::metrics::{Metrics, ReasonL, TriggerOnlyL};
+use crate::plan::Settings;
+use crate::policy::{Diagnostic, PolicySet};
+use crate::reconcile::Providers;
+use crate::source::{Abort, Examined, GitSource, Refusal, RejectReason, Revision, SourceError};
+
+/// Settings of `palisade run`.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    /// How often the source is fetched without a webhook.
+    pub poll_interval: Duration,
+    /// How often every target is reconciled without a trigger (jittered ±10 %).
+    pub resync: Duration,
+    /// Longest a single reconcile may take.
+    pub reconcile_timeout: Duration,
+    /// Targets reconciled at the same time.
+    pub max_concurrent: usize,
+    /// Plan settings (blast radius, pruning, empty source).
+    pub plan: Settings,
+    /// Only these targets (all when empty).
+    pub targets: Vec<String>,
+    /// Reverts of the same field of the same resource within `flap_window` after which
+    /// Palisade stops reverting it and reports it as flapping.
+    pub flap_threshold: usize,
+    /// See `flap_threshold`.
+    pub flap_window: Duration,
+    /// First and longest delay between retries of a failing target.
+    pub retry_min: Duration,
+    /// See `retry_min`.
+    pub retry_max: Duration,
+    /// Longest one fetch of the source may take before it is abandoned.
+    pub fetch_timeout: Duration,
+    /// Webhooks trigger at most one fetch, and one reconcile per target, per this
+    /// interval; extra deliveries are coalesced into the next one.
+    pub webhook_min_interval: Duration,
+}
+
+impl Default for RunSettings {
+    fn default() -> Self {
+        RunSettings {
+            poll_interval: Duration::from_secs(30),
+            resync: Duration::from_secs(300),
+            reconcile_timeout: Duration::from_secs(600),
+            max_concurrent: 4,
+            plan: Settings::default(),
+            targets: Vec::new(),
+            flap_threshold: 5,
+            flap_window: Duration::from_secs(3600),
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+            fetch_timeout: Duration::from_secs(60),
+            webhook_min_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The revision being enforced.
+#[derive(Debug)]
+pub struct Enforced {
+    /// Where it came from.
+    pub revision: Revision,
+    /// What it says.
+    pub set: Arc<PolicySet>,
+}
+
+/// State shared by the source task, the workers and the HTTP server.
+#[derive(Debug)]
+pub struct Shared {
+    /// Settings.
+    pub settings: RunSettings,
+    /// Cloud providers.
+    pub providers: Providers,
+    /// Metrics.
+    pub metrics: Metrics,
+    status: RwLock<Status>,
+    enforced: watch::Sender<Option<Arc<Enforced>>>,
+    fetch_kick: watch::Sender<u64>,
+    reconcile_kick: watch::Sender<u64>,
+    /// Cancelled on shutdown: no new work is taken.
+    pub cancel: CancellationToken,
+    /// The history store, when configured.
+    pub history: Option<Store>,
+    started: u64,
+    /// When the source loop last finished an iteration (Unix seconds): `/healthz`.
+    heartbeat: AtomicU64,
+    /// When the poll now running on a blocking thread started (Unix seconds; 0: none).
+    /// An abandoned poll still running long after its deadline means a fetch stuck
+    /// inside libgit2: `/healthz` fails, so that a restart clears it.
+    fetch_running_since: Arc<AtomicU64>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Shared {
+    /// New shared state.
+    pub fn new(settings: RunSettings, providers: Providers, history: Option<Store>) -> Arc<Shared> {
+        Arc::new(Shared {
+            settings,
+            providers,
+            metrics: Metrics::new(),
+            status: RwLock::new(Status::default()),
+            enforced: watch::channel(None).0,
+            fetch_kick: watch::channel(0).0,
+            reconcile_kick: watch::channel(0).0,
+            cancel: CancellationToken::new(),
+            history,
+            started: now(),
+            heartbeat: AtomicU64::new(now()),
+            fetch_running_since: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// A snapshot of the status, with readiness computed.
+    pub fn status(&self) -> Status {
+        let mut s = self
+            .status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let enforced = s.revision.as_ref().map(|r| r.commit.clone());
+        for t in s.targets.values_mut() {
+            t.healthy = t.last_reconcile.as_ref().is_some_and(|r| {
+                Some(&r.revision) == enforced.as_ref() && r.result == ReconcileResult::Ok
+            });
+        }
+        s.converged =
+            enforced.is_some() && !s.targets.is_empty() && s.targets.values().all(|t| t.healthy);
+        // Ready: serving, with a good revision enforced and the source loop alive. A
+        // failing target is a per-target matter (status, metrics), not a reason to stop
+        // routing webhooks to the pod.
+        s.ready = enforced.is_some() && self.live();
+        s.source_stale_seconds =
+            now().saturating_sub(s.last_fetch_success_at.unwrap_or(self.started));
+        s
+    }
+
+    /// Whether the source loop is alive: it finished an iteration within one poll
+    /// interval plus twice the fetch deadline (plus a minute of slack), and no poll has
+    /// been running for longer than twice its deadline plus that minute (a fetch stuck
+    /// inside libgit2 that the deadline could not abort).
+    pub fn live(&self) -> bool {
+        let s = &self.settings;
+        let slack = s.fetch_timeout * 2 + Duration::from_secs(60);
+        let bound = s.poll_interval.max(s.webhook_min_interval) + slack;
+        let now = now();
+        let loop_turns =
+            now.saturating_sub(self.heartbeat.load(Ordering::Relaxed)) <= bound.as_secs();
+        let since = self.fetch_running_since.load(Ordering::Relaxed);
+        let not_stuck = since == 0 || now.saturating_sub(since) <= slack.as_secs();
+        loop_turns && not_stuck
+    }
+
+    /// [`Shared::status`] plus the newest events of the history (one query): for
+    /// `/api/status` and the status page, not for probes.
+    pub fn status_with_history(&self) -> Status {
+        let mut s = self.status();
+        if let Some(h) = &self.history {
+            match h.recent(50) {
+                Ok(events) => s.recent_events = events,
+                Err(e) => tracing::warn!(error = %e, "could not read the history for the status"),
+            }
+        }
+        s
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Status)) {
+        f(&mut self.status.write().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Fetch the source now and reconcile every target (a webhook said so).
+    pub fn kick(&self) {
+        self.fetch_kick.send_modify(|n| *n += 1);
+    }
+
+    /// Append to the history (durably) before anything is reported; a failure is logged
+    /// and counted, and the controller goes on enforcing.
+    fn record(&self, events: &[NewEvent]) {
+        if let Some(h) = &self.history
+            && let Err(e) = h.append(now_ms(), events)
+        {
+            tracing::error!(error = %e, "could not write to the history");
+        }
+    }
+
+    fn reject(&self, revision: &Revision, reason: RejectReason, details: Vec<String>) {
+        self.record(&[NewEvent::new(
+            ev::REVISION_REJECTED,
+            serde_json::json!({ "reason": reason, "details": details, "author": revision.author, "summary": revision.summary, "signature": revision.signature }),
+        )
+        .revision(Some(&revision.commit))]);
+        tracing::warn!(commit = %revision.commit, reason = %reason, details = %details.join("; "), "revision rejected; the previous revision stays enforced");
+        self.metrics
+            .revisions_rejected
+            .get_or_create(&ReasonL {
+                reason: reason.to_string(),
+            })
+            .inc();
+        self.update(|s| {
+            s.rejected.push(Rejection {
+                commit: revision.commit.clone(),
+                reason: reason.to_string(),
+                details,
+                at: now(),
+            });
+            let excess = s.rejected.len().saturating_sub(20);
+            s.rejected.drain(..excess);
+        });
+    }
+
+    /// Decide whether an examined revision replaces the enforced one; true when it does.
+    fn evaluate(&self, examined: Examined) -> bool {
+        let Examined {
+            revision,
+            rewritten_from,
+            loaded,
+        } = examined;
+        let (set, mut diags) = match loaded {
+            Ok(x) => x,
+            Err(Refusal { reason, details }) => {
+                self.reject(&revision, reason, details);
+                return false;
+            }
+        };
+        diags.extend(crate::validate_set(&set, &BTreeMap::new()));
+        let errors: Vec<String> = diags
+            .iter()
+            .filter(|d| d.is_error())
+            .map(Diagnostic::to_string)
+            .collect();
+        if !errors.is_empty() {
+            self.reject(&revision, RejectReason::Invalid, errors);
+            return false;
+        }
+        if set.policies.is_empty() && !self.settings.plan.allow_empty {
+            self.reject(
+                &revision,
+                RejectReason::Empty,
+                vec!["the revision defines no FunctionPolicy; refusing to delete everything (--allow-empty to permit)".into()],
+            );
+            return false;
+        }
+        let controls: std::collections::BTreeSet<&str> = set
+            .guardrails
+            .iter()
+            .flat_map(|g| g.spec.controls.iter().map(|c| c.as_str()))
+            .collect();
+        let mut events = Vec::new();
+        if let Some(from) = &rewritten_from {
+            tracing::warn!(commit = %revision.commit, previous = %from, "history rewritten: the new revision does not descend from the enforced one (force-push)");
+            self.metrics.history_rewrites.inc();
+            events.push(
+                NewEvent::new(
+                    ev::HISTORY_REWRITTEN,
+                    serde_json::json!({ "previous": from, "author": revision.author, "summary": revision.summary, "signature": revision.signature }),
+                )
+                .revision(Some(&revision.commit)),
+            );
+        }
+        events.push(
+            NewEvent::new(
+                ev::REVISION_ENFORCED,
+                serde_json::json!({ "author": revision.author, "summary": revision.summary, "signature": revision.signature, "time": revision.time, "controls": controls, "policies": set.policies.len() }),
+            )
+            .revision(Some(&revision.commit)),
+        );
+        self.record(&events);
+        tracing::info!(commit = %revision.commit, author = %revision.author, summary = %revision.summary, policies = set.policies.len(), "revision enforced");
+        self.metrics.set_revision(&revision.commit);
+        self.update(|s| s.revision = Some(revision.clone()));
+        self.enforced.send_replace(Some(Arc::new(Enforced {
+            revision,
+            set: Arc::new(set),
+        })));
+        true
+    }
+}
+
+/// Fetch (and examine a new commit) on a blocking thread, within `deadline`: `None`
+/// when the ref still points at `last_seen`. On shutdown or deadline the fetch is told
+/// to abort and is not waited for (libgit2's socket timeouts end it; the next fetch
+/// fails fast while it runs).
+async fn poll_source(
+    shared: &Shared,
+    source: &Arc<GitSource>,
+    last_seen: Option<String>,
+    base: Option<String>,
+) -> Result<Option<Box<Examined>>, SourceError> {
+    let abort = Arc::new(Abort::default());
+    let task = {
+        let (source, abort) = (source.clone(), abort.clone());
+        let running = shared.fetch_running_since.clone();
+        tokio::task::spawn_blocking(move || {
+            // Set by the poll that holds the source's lock only: a poll refused as busy
+            // must not hide how long the stuck one has been running.
+            source
+                .poll(&abort, last_seen.as_deref(), base.as_deref(), &running)
+                .map(|examined| examined.map(Box::new))
+        })
+    };
+    tokio::select! {
+        r = task => r.unwrap_or(Err(SourceError::Aborted("the fetch task panicked"))),
+        _ = shared.cancel.cancelled() => {
+            abort.abort("shutting down");
+            Err(SourceError::Aborted("shutting down"))
+        }
+        _ = tokio::time::sleep(shared.settings.fetch_timeout) => {
+            abort.abort("the fetch deadline passed (--git-fetch-timeout)");
+            Err(SourceError::Aborted("the fetch deadline passed (--git-fetch-timeout)"))
+        }
+    }
+}
+
+/// Accept `examined` if it is good, and persist it when accepted.
+async fn accept(shared: &Shared, source: &Arc<GitSource>, examined: Examined) -> Option<String> {
+    let commit = examined.revision.commit.clone();
+    if !shared.evaluate(examined) {
+        return None;
+    }
+    let src = source.clone();
+    let c = commit.clone();
+    match tokio::task::spawn_blocking(move || src.persist(&c)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "could not persist the enforced revision; a restart will wait for the first fetch")
+        }
+        Err(e) => tracing::error!(error = %e, "could not persist the enforced revision"),
+    }
+    Some(commit)
+}
+
+/// Follow the source until cancelled; spawn a worker for each target as revisions name
+/// them; on cancellation wait (at most `grace`) for the workers' in-flight reconciles.
+pub async fn run(shared: Arc<Shared>, source: GitSource, grace: Duration) {
+    let source = Arc::new(source);
+    let mut fetch_rx = shared.fetch_kick.subscribe();
+    let mut workers: JoinSet<()> = JoinSet::new();
+    let mut spawned: BTreeMap<String, ()> = BTreeMap::new();
+    let semaphore = Arc::new(Semaphore::new(shared.settings.max_concurrent.max(1)));
+    // The commit ancestry is checked against: the enforced one, persisted across restarts.
+    let mut base: Option<String> = source.ancestry_base();
+    let mut last_seen: Option<String> = None;
+    // Start-up: the last good revision is enforced from the mirror before any fetch, so
+    // an unreachable remote does not leave the targets unenforced.
+    if let Some(commit) = source.persisted() {
+        let src = source.clone();
+        let c = commit.clone();
+        let abort = Abort::default();
+        match tokio::task::spawn_blocking(move || src.examine(&c, Some(&c), &abort)).await {
+            Ok(Ok(examined)) => {
+                tracing::info!(commit = %commit, "enforcing the persisted last good revision before the first fetch");
+                if accept(&shared, &source, examined).await.is_some() {
+                    last_seen = Some(commit);
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, commit = %commit, "the persisted revision cannot be read from the mirror; waiting for the first fetch")
+            }
+            Err(e) => tracing::error!(error = %e, "reading the persisted revision failed"),
+        }
+    }
+    let mut trigger = Trigger::Start;
+    let mut last_webhook_fetch: Option<Instant> = None;
+    loop {
+        shared
+            .metrics
+            .fetches
+            .get_or_create(&TriggerOnlyL {
+                trigger: trigger.as_str().into(),
+            })
+            .inc();
+        let polled = poll_source(&shared, &source, last_seen.clone(), base.clone()).await;
+        match polled {
+            Err(e) => {
+                tracing::warn!(error = %e, trigger = trigger.as_str(), "fetching the policy source failed; the enforced revision stays");
+                shared
+                    .metrics
+                    .fetch_errors
+                    .get_or_create(&ReasonL {
+                        reason: e.label().to_string(),
+                    })
+                    .inc();
+                shared.update(|s| s.source_error = Some(e.to_string()));
+            }
+            Ok(polled) => {
+                let at = now();
+                shared.metrics.last_fetch_success.set(at as f64);
+                shared.update(|s| {
+                    s.source_error = None;
+                    s.last_fetch_success_at = Some(at);
+                });
+                match polled {
+                    None => {
+                        if trigger == Trigger::Webhook {
+                            // Nothing new to fetch: the webhook still asks for a reconcile
+                            // (at most one per interval: this loop spaces webhook fetches).
+                            shared.reconcile_kick.send_modify(|n| *n += 1);
+                        }
+                    }
+                    Some(examined) => {
+                        let commit = examined.revision.commit.clone();
+                        shared.update(|s| s.fetched = Some(commit.clone()));
+                        last_seen = Some(commit);
+                        if let Some(accepted) = accept(&shared, &source, *examined).await {
+                            base = Some(accepted);
+                        }
+                    }
+                }
+            }
+        }
+        shared.heartbeat.store(now(), Ordering::Relaxed);
+        // Workers for the targets the enforced revision defines.
+        if let Some(e) = shared.enforced.borrow().clone() {
+            for t in &e.set.targets {
+                let name = t.name().to_string();
+                let wanted =
+                    shared.settings.targets.is_empty() || shared.settings.targets.contains(&name);
+                if wanted && !spawned.contains_key(&name) {
+                    spawned.insert(name.clone(), ());
+                    let cloud = t
+                        .to_target()
+                        .map(|t| t.scope.cloud().to_string())
+                        .unwrap_or_default();
+                    shared.update(|s| {
+                        s.targets.entry(name.clone()).or_default().cloud = cloud;
+                    });
+                    workers.spawn(target::worker(shared.clone(), name, semaphore.clone()));
+                }
+            }
+        }
+        tokio::select! {
+            _ = shared.cancel.cancelled() => break,
+            _ = tokio::time::sleep(shared.settings.poll_interval) => trigger = Trigger::Poll,
+            _ = fetch_rx.changed() => trigger = Trigger::Webhook,
+        }
+        if trigger == Trigger::Webhook {
+            // At most one webhook-triggered fetch per interval: deliveries arriving
+            // meanwhile are coalesced into this one.
+            if let Some(last) = last_webhook_fetch {
+                let ready = last + shared.settings.webhook_min_interval;
+                tokio::select! {
+                    _ = shared.cancel.cancelled() => break,
+                    _ = tokio::time::sleep_until(ready.into()) => {}
+                }
+            }
+            fetch_rx.borrow_and_update();
+            last_webhook_fetch = Some(Instant::now());
+        }
+    }
+    tracing::info!(grace = ?grace, "shutting down: no new work; waiting for in-flight reconciles");
+    let drained = tokio::time::timeout(grace, async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await;
+    match drained {
+        Ok(()) => tracing::info!("all workers stopped"),
+        Err(_) => tracing::warn!(
+            "grace period over; abandoning in-flight work (every change is idempotent and is re-planned at the next start)"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_poll_stuck_past_twice_its_deadline_fails_liveness() {
+        let settings = RunSettings {
+            fetch_timeout: Duration::from_secs(10),
+            ..RunSettings::default()
+        };
+        let shared = Shared::new(settings, Providers::new(Default::default()), None);
+        assert!(shared.live());
+        // Running, but within twice the deadline plus a minute: alive.
+        shared
+            .fetch_running_since
+            .store(now() - 70, Ordering::Relaxed);
+        assert!(shared.live());
+        shared
+            .fetch_running_since
+            .store(now() - 100, Ordering::Relaxed);
+        assert!(!shared.live(), "stuck for 100 s > 2 × 10 s + 60 s");
+        shared.fetch_running_since.store(0, Ordering::Relaxed);
+        assert!(shared.live());
+        // The loop itself stopped turning.
+        shared.heartbeat.store(now() - 10_000, Ordering::Relaxed);
+        assert!(!shared.live());
+    }
+}

@@ -1,0 +1,157 @@
+//! What `/api/status`, `/readyz` and the status page show: the enforced revision, the
+//! rejected ones, and per target the last reconcile (with typed trigger and result).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::check::Finding;
+use crate::source::Revision;
+
+/// A revision that was refused.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rejection {
+    /// Commit id.
+    pub commit: String,
+    /// Short reason (`invalid`, `empty`, `unsigned`, `path-missing`).
+    pub reason: String,
+    /// What is wrong, with `file:line` where it applies.
+    pub details: Vec<String>,
+    /// When (Unix seconds).
+    pub at: u64,
+}
+
+/// What woke a reconcile (or a fetch). Logged and counted, never used in decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    /// The controller started (the source loop's first fetch).
+    Start,
+    /// The source's poll interval.
+    Poll,
+    /// A webhook.
+    Webhook,
+    /// A new revision was enforced.
+    Revision,
+    /// The periodic resync.
+    Resync,
+    /// A retry after a failed reconcile (with backoff).
+    Retry,
+}
+
+impl Trigger {
+    /// The metrics label and log value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Start => "start",
+            Trigger::Poll => "poll",
+            Trigger::Webhook => "webhook",
+            Trigger::Revision => "revision",
+            Trigger::Resync => "resync",
+            Trigger::Retry => "retry",
+        }
+    }
+}
+
+/// How a reconcile ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReconcileResult {
+    /// Everything planned was applied (or is pending in the cloud).
+    Ok,
+    /// Something failed (observe, plan, a change, the record).
+    Error,
+    /// The plan was refused (blast radius, empty source).
+    Refused,
+    /// The deadline came first (between changes).
+    Timeout,
+}
+
+impl ReconcileResult {
+    /// The metrics label and log value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReconcileResult::Ok => "ok",
+            ReconcileResult::Error => "error",
+            ReconcileResult::Refused => "refused",
+            ReconcileResult::Timeout => "timeout",
+        }
+    }
+}
+
+/// The last reconcile of a target.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReconcileRecord {
+    /// When it ended (Unix seconds).
+    pub at: u64,
+    /// What woke it.
+    pub trigger: Trigger,
+    /// Revision reconciled against.
+    pub revision: String,
+    /// How it ended.
+    pub result: ReconcileResult,
+    /// Error text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Milliseconds.
+    pub duration_ms: u64,
+    /// Changes applied (or already so).
+    pub applied: usize,
+    /// Of which drift reverted.
+    pub drift_reverted: usize,
+}
+
+/// What `/api/status` shows for a target.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetStatus {
+    /// Cloud.
+    pub cloud: String,
+    /// Last reconcile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_reconcile: Option<ReconcileRecord>,
+    /// Last successful reconcile (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_success_at: Option<u64>,
+    /// Deletions the cloud could not do yet.
+    pub pending_deletions: Vec<String>,
+    /// Findings of the last reconcile (guardrails, audit drift, flapping…).
+    pub findings: Vec<Finding>,
+    /// The last reconcile succeeded on the enforced revision.
+    pub healthy: bool,
+}
+
+/// Everything `/api/status` and the status page show.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// The enforced revision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<Revision>,
+    /// The newest commit fetched (may be a rejected one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetched: Option<String>,
+    /// The last fetch error, cleared by the next good fetch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_error: Option<String>,
+    /// When the source was last fetched successfully (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_fetch_success_at: Option<u64>,
+    /// Seconds since the last successful fetch (since start-up when there was none):
+    /// how stale the enforced revision may be.
+    pub source_stale_seconds: u64,
+    /// Rejected revisions, newest last (at most 20).
+    pub rejected: Vec<Rejection>,
+    /// Targets by name.
+    pub targets: BTreeMap<String, TargetStatus>,
+    /// Ready to serve: a good revision is enforced and the source loop is alive
+    /// (`/readyz`). A failing target does not make the pod unready.
+    pub ready: bool,
+    /// Every target has reconciled the enforced revision successfully.
+    pub converged: bool,
+    /// The newest events of the history (newest first), read from the store.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub recent_events: Vec<crate::history::Event>,
+}

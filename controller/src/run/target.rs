@@ -1,0 +1,567 @@
+//! One worker per target: scheduling (new revision, jittered resync, webhook kick,
+//! retry with exponential backoff and jitter), the deadline, and the reconcile itself —
+//! the ownership record and the loop state read, observe → plan (conflicts and flapping
+//! as findings) → record intents → apply (failure-isolated, stopping between changes at
+//! the deadline or on shutdown) → record outcomes, metrics and evidence.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use palisade_providers::{OutcomeStatus, Ownership};
+use tokio::sync::Semaphore;
+
+use super::evidence::{Evidence, describe, managed_resources, resource_key, write_evidence};
+use super::status::{ReconcileRecord, ReconcileResult, Trigger};
+use super::{Enforced, Shared, now, now_ms};
+use crate::apply::{ApplyError, ChangeOutcome, apply_until};
+use crate::check::Finding;
+use crate::compile::DesiredState;
+use crate::flaps::Flaps;
+use crate::history::{ChangeRecord, NewEvent, kind as ev};
+use crate::metrics::{KindL, ResultL, TargetL, TriggerL};
+use crate::ownership::{self, OwnershipStore};
+use crate::plan::Cause;
+use crate::policy::Diagnostic;
+use crate::reconcile::{PlanError, observe_and_plan};
+use crate::state::StateStore;
+
+/// Why a reconcile did not end `ok`, and how far it got.
+#[derive(Debug)]
+struct Failure {
+    result: ReconcileResult,
+    message: String,
+    /// Changes the provider answered before it stopped.
+    applied: usize,
+}
+
+impl Failure {
+    fn error(message: impl Into<String>) -> Failure {
+        Failure {
+            result: ReconcileResult::Error,
+            message: message.into(),
+            applied: 0,
+        }
+    }
+
+    fn applied(mut self, n: usize) -> Failure {
+        self.applied = n;
+        self
+    }
+}
+
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(0.9 + fastrand::f64() * 0.2)
+}
+
+/// Reverts of the same field of the same resource, for flap detection.
+/// The kind of resource a planned change is about (`group`, `function`, `endpoint`…).
+fn kind(c: &crate::plan::PlannedChange) -> String {
+    c.resource
+        .split_whitespace()
+        .next()
+        .unwrap_or("resource")
+        .to_string()
+}
+
+pub(super) async fn worker(shared: Arc<Shared>, target: String, semaphore: Arc<Semaphore>) {
+    let mut enforced_rx = shared.enforced.subscribe();
+    let mut kick_rx = shared.reconcile_kick.subscribe();
+    let mut previous: Option<DesiredState> = None;
+    let mut flaps = Flaps::default();
+    let mut backoff = None;
+    let mut delay = Duration::ZERO;
+    let mut trigger = Trigger::Revision;
+    loop {
+        if delay > Duration::ZERO {
+            let due = tokio::time::Instant::now() + delay;
+            let timer = if backoff.is_some() {
+                Trigger::Retry
+            } else {
+                Trigger::Resync
+            };
+            let woke = loop {
+                tokio::select! {
+                    biased;
+                    _ = shared.cancel.cancelled() => break None,
+                    r = enforced_rx.changed() => break r.is_ok().then_some(Trigger::Revision),
+                    // Webhook kicks come at most once per --webhook-min-interval (the
+                    // source loop spaces them); a failing target keeps its backoff.
+                    _ = kick_rx.changed() => if backoff.is_none() { break Some(Trigger::Webhook) },
+                    _ = tokio::time::sleep_until(due) => break Some(timer),
+                }
+            };
+            let Some(woke) = woke else { break };
+            trigger = woke;
+        }
+        if shared.cancel.is_cancelled() {
+            break;
+        }
+        let Some(enforced) = enforced_rx.borrow_and_update().clone() else {
+            delay = shared.settings.resync;
+            continue;
+        };
+        if enforced.set.target(&target).is_none() {
+            // Removed from the source: nothing is changed there any more, and the target
+            // leaves the status (and readiness). The source loop starts a new worker if a
+            // later revision defines it again.
+            tracing::info!(target = %target, revision = %enforced.revision.commit, "the enforced revision no longer defines this target; its worker stops and nothing there is changed");
+            shared.update(|s| {
+                s.targets.remove(&target);
+            });
+            shared
+                .metrics
+                .target_healthy
+                .get_or_create(&TargetL {
+                    target: target.clone(),
+                })
+                .set(0);
+            break;
+        }
+        shared
+            .metrics
+            .triggers
+            .get_or_create(&TriggerL {
+                target: target.clone(),
+                trigger: trigger.as_str().into(),
+            })
+            .inc();
+        let Ok(_permit) = semaphore.acquire().await else {
+            break;
+        };
+        let started = Instant::now();
+        let mut evidence = Evidence::default();
+        // The deadline stops the reconcile between changes (observing and planning are
+        // cut at it; the apply starts no change past it). The outer timeout, at twice
+        // the deadline, is only a backstop for a cloud call that never returns.
+        let deadline = tokio::time::Instant::now() + shared.settings.reconcile_timeout;
+        let result = tokio::time::timeout(
+            shared.settings.reconcile_timeout * 2,
+            reconcile(
+                &shared,
+                &target,
+                &enforced,
+                deadline,
+                &mut previous,
+                &mut flaps,
+                &mut evidence,
+            ),
+        )
+        .await;
+        let elapsed = started.elapsed();
+        let (outcome, error, applied, reverted) = match result {
+            Ok(Ok((applied, reverted))) => (ReconcileResult::Ok, None, applied, reverted),
+            Ok(Err(f)) => (f.result, Some(f.message), f.applied, 0),
+            Err(_) => (
+                ReconcileResult::Timeout,
+                Some(format!(
+                    "the reconcile took longer than {:?}",
+                    shared.settings.reconcile_timeout * 2
+                )),
+                0,
+                0,
+            ),
+        };
+        let label = outcome.as_str();
+        shared
+            .metrics
+            .reconcile_duration
+            .get_or_create(&TargetL {
+                target: target.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+        shared
+            .metrics
+            .reconciles
+            .get_or_create(&ResultL {
+                target: target.clone(),
+                result: label.into(),
+            })
+            .inc();
+        shared.metrics.sync_api_calls(&shared.providers.api_calls());
+        match &error {
+            None => {
+                tracing::info!(target = %target, trigger = trigger.as_str(), revision = %enforced.revision.commit, applied, drift_reverted = reverted, ms = elapsed.as_millis() as u64, "reconciled")
+            }
+            Some(e) => {
+                tracing::warn!(target = %target, trigger = trigger.as_str(), result = label, error = %e, "reconcile failed; retrying with backoff")
+            }
+        }
+        write_evidence(
+            &shared,
+            &target,
+            &enforced.revision,
+            label,
+            error.as_deref(),
+            trigger.as_str(),
+            evidence,
+        );
+        let record = ReconcileRecord {
+            at: now(),
+            trigger,
+            revision: enforced.revision.commit.clone(),
+            result: outcome,
+            error: error.clone(),
+            duration_ms: elapsed.as_millis() as u64,
+            applied,
+            drift_reverted: reverted,
+        };
+        shared.update(|s| {
+            let t = s.targets.entry(target.clone()).or_default();
+            if error.is_none() {
+                t.last_success_at = Some(record.at);
+            }
+            t.last_reconcile = Some(record);
+        });
+        shared
+            .metrics
+            .target_healthy
+            .get_or_create(&TargetL {
+                target: target.clone(),
+            })
+            .set(i64::from(error.is_none()));
+        if error.is_none() {
+            shared
+                .metrics
+                .last_success
+                .get_or_create(&TargetL {
+                    target: target.clone(),
+                })
+                .set(now() as f64);
+            backoff = None;
+            delay = jittered(shared.settings.resync);
+        } else {
+            let b = backoff.get_or_insert_with(|| {
+                ExponentialBuilder::default()
+                    .with_min_delay(shared.settings.retry_min)
+                    .with_max_delay(shared.settings.retry_max)
+                    .with_jitter()
+                    .without_max_times()
+                    .build()
+            });
+            delay = b.next().unwrap_or(shared.settings.retry_max);
+        }
+    }
+    tracing::debug!(target = %target, "worker stopped");
+}
+
+/// One reconcile of one target. Ok: (changes applied, drift reverted).
+async fn reconcile(
+    shared: &Shared,
+    name: &str,
+    enforced: &Enforced,
+    deadline: tokio::time::Instant,
+    previous: &mut Option<DesiredState>,
+    flaps: &mut Flaps,
+    evidence: &mut Evidence,
+) -> Result<(usize, usize), Failure> {
+    let set = &enforced.set;
+    let Some(target) = set.target(name) else {
+        return Err(Failure::error(format!(
+            "revision {} no longer defines target {name}; nothing is changed there",
+            enforced.revision.commit
+        )));
+    };
+    let t = target
+        .to_target()
+        .ok_or(Failure::error(format!("target {name} names no cloud")))?;
+    let provider = shared
+        .providers
+        .get(t.scope.cloud())
+        .map_err(|e| Failure::error(e.to_string()))?;
+    // After a restart the previous desired state comes from the store, so that drift
+    // made while the controller was down is still drift.
+    if previous.is_none()
+        && let Some(h) = &shared.history
+    {
+        *previous = h
+            .enforced_desired(name)
+            .map_err(|e| Failure::error(format!("the loop state cannot be read: {e}")))?;
+    }
+    let ownership = match &shared.history {
+        Some(h) => h
+            .ownership(name)
+            .map_err(|e| Failure::error(format!("the ownership record cannot be read: {e}")))?,
+        None => Ownership::unverified(name),
+    };
+    let planning = tokio::time::timeout_at(
+        deadline,
+        observe_and_plan(
+            set,
+            target,
+            provider.as_ref(),
+            &ownership,
+            previous.as_ref(),
+            &shared.settings.plan,
+            Some(&enforced.revision.commit),
+        ),
+    )
+    .await
+    .map_err(|_| Failure {
+        result: ReconcileResult::Timeout,
+        message: format!(
+            "observing and planning took longer than {:?}; nothing was changed",
+            shared.settings.reconcile_timeout
+        ),
+        applied: 0,
+    })?;
+    let mut planned = match planning {
+        Ok(p) => p,
+        Err(PlanError::Invalid(diags)) => {
+            let text: Vec<String> = diags
+                .iter()
+                .filter(|d| d.is_error())
+                .map(Diagnostic::to_string)
+                .collect();
+            return Err(Failure::error(format!(
+                "the revision does not fit what is observed: {}",
+                text.join("; ")
+            )));
+        }
+        Err(e) => return Err(Failure::error(format!("{e}: {}", source_text(&e)))),
+    };
+
+    evidence.observed = true;
+    evidence.resources = managed_resources(&planned.desired);
+    // Drift: count it; stop reverting what keeps coming back.
+    let settings = &shared.settings;
+    let observed_at = now_ms();
+    for c in planned
+        .plan
+        .changes
+        .iter()
+        .filter(|c| c.cause == Cause::Drift)
+    {
+        evidence.events.push((
+            observed_at,
+            NewEvent::new(
+                ev::DRIFT_DETECTED,
+                serde_json::json!({
+                    "change": describe(c),
+                    // CloudTrail / Activity Log are not queried: who changed it is unknown here.
+                    "actor": null,
+                    "correction": c.change,
+                }),
+            )
+            .target(name)
+            .revision(Some(&enforced.revision.commit))
+            .resource(&resource_key(&c.resource)),
+        ));
+    }
+    for c in planned
+        .plan
+        .changes
+        .iter()
+        .filter(|c| c.cause == Cause::Drift)
+    {
+        shared
+            .metrics
+            .drift_detected
+            .get_or_create(&KindL {
+                target: name.into(),
+                kind: kind(c),
+            })
+            .inc();
+    }
+    let flapping = flaps.filter(
+        name,
+        &mut planned.plan.changes,
+        settings.flap_threshold,
+        settings.flap_window,
+    );
+    shared
+        .metrics
+        .flapping
+        .get_or_create(&TargetL {
+            target: name.into(),
+        })
+        .set(flapping.len() as i64);
+    planned.plan.findings.extend(flapping);
+    evidence.findings = planned.plan.findings.clone();
+    // The record first: what this observation adopted, and the creations about to start
+    // (so that a crash between the cloud's answer and the record loses nothing).
+    let mut before = ownership::observed(&ownership, &planned.inventory);
+    if planned.plan.refusal.is_none() {
+        before = ownership::merge([before, ownership::intents(&planned.plan)]);
+    }
+    record_ownership(shared, name, &enforced.revision.commit, &before)?;
+    let result = apply_until(&planned.plan, &t, provider.as_ref(), &|| {
+        shared.cancel.is_cancelled() || tokio::time::Instant::now() >= deadline
+    })
+    .await;
+    let applied_at = now_ms();
+    let (report, failure) = match result {
+        Ok(r) => (r, None),
+        Err(ApplyError::Change {
+            report,
+            source,
+            resource,
+            ..
+        }) => (*report, Some(format!("{resource}: {source}"))),
+        Err(ApplyError::Refused { reason }) => {
+            record_findings(shared, name, &planned.plan.findings, &[]);
+            return Err(Failure {
+                result: ReconcileResult::Refused,
+                message: reason,
+                applied: 0,
+            });
+        }
+    };
+    record_ownership(
+        shared,
+        name,
+        &enforced.revision.commit,
+        &ownership::applied(&report),
+    )?;
+    for r in &report.results {
+        let action = r.planned.change.action().to_string();
+        let cause = if r.planned.cause == Cause::Drift {
+            "drift"
+        } else {
+            "intended"
+        };
+        let (status, request_ids, detail) = match &r.result {
+            ChangeOutcome::Done { outcome: o } => (
+                serde_json::to_value(o.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                o.request_ids.clone(),
+                o.detail.clone(),
+            ),
+            ChangeOutcome::Failed { error } => {
+                ("failed".to_string(), Vec::new(), Some(error.clone()))
+            }
+            ChangeOutcome::Blocked { by_resource, .. } => (
+                "blocked".to_string(),
+                Vec::new(),
+                Some(format!("blocked by the failed change of {by_resource}")),
+            ),
+        };
+        let key = resource_key(&r.planned.resource);
+        let record = ChangeRecord {
+            resource: key.clone(),
+            cause: cause.into(),
+            action,
+            status: status.clone(),
+            request_ids,
+            detail,
+        };
+        let kind = if status == "failed" || status == "blocked" {
+            ev::CHANGE_FAILED
+        } else {
+            ev::CHANGE_APPLIED
+        };
+        evidence.events.push((
+            applied_at,
+            NewEvent::new(kind, serde_json::to_value(&record).unwrap_or_default())
+                .target(name)
+                .revision(Some(&enforced.revision.commit))
+                .resource(&key),
+        ));
+        evidence.changes.push(record);
+    }
+    let mut reverted = 0;
+    let mut pending = Vec::new();
+    for r in &report.results {
+        let Some(o) = r.outcome() else { continue };
+        if o.status == OutcomeStatus::Pending {
+            pending.push(format!(
+                "{}: {}",
+                r.planned.resource,
+                o.detail.clone().unwrap_or_default()
+            ));
+        } else if r.planned.cause == Cause::Drift {
+            reverted += 1;
+            flaps.record(&r.planned);
+            shared
+                .metrics
+                .drift_reverted
+                .get_or_create(&KindL {
+                    target: name.into(),
+                    kind: kind(&r.planned),
+                })
+                .inc();
+        }
+    }
+    record_findings(shared, name, &planned.plan.findings, &pending);
+    let applied = report
+        .results
+        .iter()
+        .filter(|r| r.outcome().is_some())
+        .count();
+    if let Some(f) = failure {
+        return Err(Failure::error(f).applied(applied));
+    }
+    if report.skipped > 0 {
+        if shared.cancel.is_cancelled() {
+            return Err(Failure::error(format!(
+                "shutting down: {} change(s) left for the next start",
+                report.skipped
+            ))
+            .applied(applied));
+        }
+        return Err(Failure {
+            result: ReconcileResult::Timeout,
+            message: format!(
+                "the reconcile reached its deadline ({:?}) between changes: {} change(s) left for the next reconcile",
+                shared.settings.reconcile_timeout, report.skipped
+            ),
+            applied,
+        });
+    }
+    if previous.as_ref() != Some(&planned.desired)
+        && let Some(h) = &shared.history
+        && let Err(e) = h.save_enforced_desired(
+            name,
+            Some(&enforced.revision.commit),
+            now_ms(),
+            &planned.desired,
+        )
+    {
+        tracing::error!(target = %name, error = %e, "the loop state cannot be written; drift and intent are told apart from memory until it can");
+    }
+    *previous = Some(planned.desired);
+    Ok((applied, reverted))
+}
+
+/// Write an ownership record update; a failure stops the reconcile (fail closed: never
+/// change the cloud with a record that cannot keep up).
+fn record_ownership(
+    shared: &Shared,
+    name: &str,
+    revision: &str,
+    update: &ownership::RecordUpdate,
+) -> Result<(), Failure> {
+    let Some(h) = &shared.history else {
+        return Ok(());
+    };
+    h.update_ownership(name, Some(revision), now_ms(), update)
+        .map_err(|e| Failure::error(format!("the ownership record cannot be written: {e}")))
+}
+
+fn source_text(e: &PlanError) -> String {
+    use std::error::Error as _;
+    let mut parts = Vec::new();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        parts.push(s.to_string());
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+fn record_findings(shared: &Shared, name: &str, findings: &[Finding], pending: &[String]) {
+    shared
+        .metrics
+        .pending_deletions
+        .get_or_create(&TargetL {
+            target: name.into(),
+        })
+        .set(pending.len() as i64);
+    shared.update(|s| {
+        let t = s.targets.entry(name.to_string()).or_default();
+        t.findings = findings.to_vec();
+        t.pending_deletions = pending.to_vec();
+    });
+}
