@@ -1,0 +1,43 @@
+//! `palisade observe`: one target's cloud as an inventory snapshot (read-only).
+
+use super::*;
+
+#[derive(clap::Args)]
+pub(crate) struct ObserveArgs {
+    /// Policy directory (for the target's account, region and role).
+    #[arg(long, env = "PALISADE_POLICIES")]
+    pub(crate) policies: PathBuf,
+    /// Target name; optional when the source defines one target.
+    #[arg(long)]
+    pub(crate) target: Option<String>,
+    #[command(flatten)]
+    pub(crate) cloud: CloudArgs,
+}
+
+pub(crate) fn run(args: ObserveArgs) -> Result<ExitCode> {
+    let ObserveArgs {
+        policies,
+        target,
+        cloud,
+    } = args;
+    let (set, index) = load_target(&policies, target.as_deref(), None)?;
+    let t = set.targets[index]
+        .to_target()
+        .with_context(|| format!("target {} names no cloud", set.targets[index].name()))?;
+    let providers = cloud.providers()?;
+    let provider = providers.get(t.scope.cloud())?;
+    // Read-only, without the record: ownership as the tags claim it.
+    let own = palisade_providers::Ownership::unverified(&t.name);
+    let inv = runtime()?.block_on(provider.observe(&t, &own))?;
+    println!("{}", serde_json::to_string_pretty(&inv)?);
+    let calls = providers.api_calls();
+    eprintln!(
+        "observed {}: {} functions, {} groups, {} endpoints in {} read call(s)",
+        t.name,
+        inv.functions.len(),
+        inv.groups.len(),
+        inv.endpoints.len(),
+        total_calls(&calls, CallKind::Read)
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,327 @@
+//! `palisade run`: the controller's flags, secrets and start-up.
+
+use super::*;
+
+#[derive(clap::Args)]
+pub(crate) struct RunArgs {
+    /// Git repository of the policies: https://, ssh://, git@host:path, file:// or a path.
+    /// Never with credentials in it (refused): use --git-token-file or an SSH key.
+    #[arg(long, env = "PALISADE_GIT_URL")]
+    pub(crate) git_url: String,
+    /// What to track: refs/heads/NAME, refs/tags/NAME, or a bare branch name (refused
+    /// when a tag of the same name exists too).
+    #[arg(long, env = "PALISADE_GIT_REF", default_value = "main")]
+    pub(crate) git_ref: String,
+    /// Directory inside the repository that holds the policies.
+    /// (Default: the repository's root. An empty default value would be refused by clap's
+    /// path parser, so the flag is optional instead.)
+    #[arg(long, env = "PALISADE_GIT_PATH")]
+    pub(crate) git_path: Option<PathBuf>,
+    /// HTTPS token (prefer --git-token-file or the environment over a flag).
+    #[arg(long, env = "PALISADE_GIT_TOKEN", hide_env_values = true)]
+    pub(crate) git_token: Option<String>,
+    /// File holding the HTTPS token (e.g. a mounted Secret).
+    #[arg(long, env = "PALISADE_GIT_TOKEN_FILE")]
+    pub(crate) git_token_file: Option<PathBuf>,
+    /// SSH private key for ssh remotes.
+    #[arg(long, env = "PALISADE_GIT_SSH_KEY")]
+    pub(crate) git_ssh_key: Option<PathBuf>,
+    /// known_hosts file for ssh remotes (required with them: host keys are verified).
+    #[arg(long, env = "PALISADE_GIT_KNOWN_HOSTS")]
+    pub(crate) git_known_hosts: Option<PathBuf>,
+    /// Require the tracked commit to be SSH-signed by a key in this allowed-signers file.
+    /// A new tip must then also descend from the enforced commit (no rollback).
+    #[arg(long, env = "PALISADE_ALLOWED_SIGNERS")]
+    pub(crate) allowed_signers: Option<PathBuf>,
+    /// With --allowed-signers: accept a signed tip that does not descend from the
+    /// enforced commit (a deliberate force-push); recorded as history-rewritten.
+    #[arg(long, env = "PALISADE_ALLOW_HISTORY_REWRITE")]
+    pub(crate) allow_history_rewrite: bool,
+    /// Extra CA certificates (PEM) trusted for https remotes, e.g. a private Git server's.
+    #[arg(long, env = "PALISADE_GIT_CA_FILE")]
+    pub(crate) git_ca_file: Option<PathBuf>,
+    /// Longest one fetch may take (connect, negotiate, download) before it is abandoned.
+    #[arg(long, env = "PALISADE_GIT_FETCH_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub(crate) git_fetch_timeout: Duration,
+    /// TCP connect timeout of Git remotes.
+    #[arg(long, env = "PALISADE_GIT_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) git_connect_timeout: Duration,
+    /// Longest a Git remote may stay silent during a fetch (socket read/write timeout).
+    #[arg(long, env = "PALISADE_GIT_IO_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub(crate) git_io_timeout: Duration,
+    /// Most bytes one fetch may receive.
+    #[arg(long, env = "PALISADE_GIT_MAX_FETCH_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub(crate) git_max_fetch_bytes: u64,
+    /// Most YAML files in the policy tree.
+    #[arg(long, env = "PALISADE_GIT_MAX_FILES", default_value_t = Limits::default().max_files)]
+    pub(crate) git_max_files: usize,
+    /// Most entries (files and directories of any name, and symlink path lookups) in
+    /// the policy tree.
+    #[arg(long, env = "PALISADE_GIT_MAX_ENTRIES", default_value_t = Limits::default().max_entries)]
+    pub(crate) git_max_entries: usize,
+    /// Most bytes of all policy files of a revision together.
+    #[arg(long, env = "PALISADE_GIT_MAX_TOTAL_BYTES", default_value_t = Limits::default().max_total_bytes)]
+    pub(crate) git_max_total_bytes: u64,
+    /// Where the Git mirror and checked-out revisions are kept.
+    #[arg(long, env = "PALISADE_DATA_DIR", default_value = "palisade-data")]
+    pub(crate) data_dir: PathBuf,
+    /// How often the repository is fetched (webhooks fetch at once).
+    #[arg(long, env = "PALISADE_POLL_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub(crate) poll_interval: Duration,
+    /// How often every target is reconciled without any trigger (jittered ±10 %).
+    #[arg(long, env = "PALISADE_RESYNC", default_value = "5m", value_parser = parse_duration)]
+    pub(crate) resync: Duration,
+    /// Longest one reconcile of one target may take.
+    #[arg(long, env = "PALISADE_RECONCILE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub(crate) reconcile_timeout: Duration,
+    /// Targets reconciled at the same time.
+    #[arg(long, env = "PALISADE_MAX_CONCURRENT", default_value_t = 4)]
+    pub(crate) max_concurrent: usize,
+    /// Reconcile only these targets (repeatable; default: every target of the source).
+    #[arg(long = "target", env = "PALISADE_TARGETS", value_delimiter = ',')]
+    pub(crate) targets: Vec<String>,
+    /// Address of the HTTP server (probes, metrics, webhooks, status).
+    #[arg(long, env = "PALISADE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub(crate) listen: std::net::SocketAddr,
+    /// Secret of GitHub webhooks (X-Hub-Signature-256); must not be empty.
+    #[arg(long, env = "PALISADE_GITHUB_WEBHOOK_SECRET", hide_env_values = true)]
+    pub(crate) github_webhook_secret: Option<String>,
+    /// File holding the GitHub webhook secret (e.g. a mounted Secret).
+    #[arg(long, env = "PALISADE_GITHUB_WEBHOOK_SECRET_FILE")]
+    pub(crate) github_webhook_secret_file: Option<PathBuf>,
+    /// Token of GitLab webhooks (X-Gitlab-Token); must not be empty.
+    #[arg(long, env = "PALISADE_GITLAB_WEBHOOK_TOKEN", hide_env_values = true)]
+    pub(crate) gitlab_webhook_token: Option<String>,
+    /// File holding the GitLab webhook token.
+    #[arg(long, env = "PALISADE_GITLAB_WEBHOOK_TOKEN_FILE")]
+    pub(crate) gitlab_webhook_token_file: Option<PathBuf>,
+    /// Webhooks trigger at most one fetch, and one reconcile per target, per interval;
+    /// deliveries in between are coalesced.
+    #[arg(long, env = "PALISADE_WEBHOOK_MIN_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub(crate) webhook_min_interval: Duration,
+    /// Reverts of the same field of the same resource within --flap-window after which
+    /// it is reported as flapping and no longer reverted.
+    #[arg(long, env = "PALISADE_FLAP_THRESHOLD", default_value_t = 5)]
+    pub(crate) flap_threshold: usize,
+    /// See --flap-threshold.
+    #[arg(long, env = "PALISADE_FLAP_WINDOW", default_value = "1h", value_parser = parse_duration)]
+    pub(crate) flap_window: Duration,
+    /// History database (SQLite); default `<data-dir>/history.db`. It holds the
+    /// ownership record too.
+    #[arg(long, env = "PALISADE_HISTORY")]
+    pub(crate) history: Option<PathBuf>,
+    /// This installation's id (the `palisade:installation` tag on everything Palisade
+    /// creates): generated once and kept in the history when not given. Pin it (e.g. in
+    /// the Deployment) so that a lost data volume is recovered by the bootstrap, which
+    /// adopts what carries this installation's tags.
+    #[arg(long, env = "PALISADE_INSTALLATION_ID", value_parser = installation_id)]
+    pub(crate) installation_id: Option<String>,
+    /// Keep history events this long (`400d`); older ones are deleted — and that is
+    /// recorded — at start and daily. Default: keep everything.
+    #[arg(long, env = "PALISADE_HISTORY_RETENTION", value_parser = parse_duration)]
+    pub(crate) history_retention: Option<Duration>,
+    /// On SIGTERM, how long in-flight reconciles may take to finish.
+    #[arg(long, env = "PALISADE_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub(crate) shutdown_grace: Duration,
+    #[command(flatten)]
+    pub(crate) settings: SettingsArgs,
+    #[command(flatten)]
+    pub(crate) cloud: CloudArgs,
+}
+
+/// A secret from a flag/env value or a file; empty is an error that names the setting.
+pub(crate) fn secret(
+    flag: &str,
+    value: &Option<String>,
+    file: &Option<PathBuf>,
+) -> Result<Option<palisade::secret::Secret>> {
+    use palisade::secret::Secret;
+    let text = match (value, file) {
+        (Some(_), Some(_)) => bail!("give {flag} or {flag}-file, not both"),
+        (Some(v), None) => v.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read {flag}-file {}", f.display()))?,
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(Secret::new(flag, &text)?))
+}
+
+/// libgit2's process-wide options: socket timeouts and extra CA certificates.
+#[allow(
+    unsafe_code,
+    reason = "git2 exposes libgit2's global options only as unsafe fns"
+)]
+pub(crate) fn set_libgit2_options(
+    connect: Duration,
+    io: Duration,
+    ca_file: Option<&Path>,
+) -> Result<()> {
+    let ms = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: called from main() before the async runtime, the HTTP server or any fetch
+    // exists, so no other thread reads these globals while they are written.
+    unsafe {
+        git2::opts::set_server_connect_timeout_in_milliseconds(ms(connect))?;
+        git2::opts::set_server_timeout_in_milliseconds(ms(io))?;
+        if let Some(ca) = ca_file {
+            git2::opts::set_ssl_cert_file(ca)
+                .with_context(|| format!("--git-ca-file {}", ca.display()))?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn run_controller(args: RunArgs) -> Result<ExitCode> {
+    use palisade::source::{GitSettings, GitSource, SignaturePolicy};
+    let token = secret("--git-token", &args.git_token, &args.git_token_file)?;
+    let github = secret(
+        "--github-webhook-secret",
+        &args.github_webhook_secret,
+        &args.github_webhook_secret_file,
+    )?;
+    let gitlab = secret(
+        "--gitlab-webhook-token",
+        &args.gitlab_webhook_token,
+        &args.gitlab_webhook_token_file,
+    )?;
+    set_libgit2_options(
+        args.git_connect_timeout,
+        args.git_io_timeout,
+        args.git_ca_file.as_deref(),
+    )?;
+    let mut git = GitSettings::new(
+        &args.git_url,
+        &args.git_ref,
+        args.git_path.as_deref().unwrap_or(Path::new("")),
+        &args.data_dir.join("git"),
+    );
+    git.token = token;
+    git.ssh_key = args.git_ssh_key.clone();
+    git.known_hosts = args.git_known_hosts.clone();
+    git.signatures = match &args.allowed_signers {
+        Some(f) => SignaturePolicy::Ssh {
+            allowed_signers: f.clone(),
+        },
+        None => SignaturePolicy::Off,
+    };
+    git.allow_history_rewrite = args.allow_history_rewrite;
+    git.max_fetch_bytes = args.git_max_fetch_bytes;
+    git.limits.max_entries = args.git_max_entries;
+    git.limits.max_files = args.git_max_files;
+    git.limits.max_total_bytes = args.git_max_total_bytes;
+    let tracked_ref = git.tracked_ref();
+    let display_url = git.display_url();
+    let source = GitSource::open(git).context("cannot open the Git cache")?;
+    let settings = palisade::run::RunSettings {
+        poll_interval: args.poll_interval,
+        resync: args.resync,
+        reconcile_timeout: args.reconcile_timeout,
+        max_concurrent: args.max_concurrent,
+        plan: args.settings.settings(),
+        targets: args.targets.clone(),
+        flap_threshold: args.flap_threshold,
+        flap_window: args.flap_window,
+        fetch_timeout: args.git_fetch_timeout,
+        webhook_min_interval: args.webhook_min_interval,
+        ..palisade::run::RunSettings::default()
+    };
+    let secrets = palisade::http::WebhookSecrets { github, gitlab };
+    let providers = args.cloud.providers()?;
+    let history_path = args
+        .history
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("history.db"));
+    let history = palisade::history::Store::open(&history_path)?;
+    if let Some(id) = &args.installation_id {
+        history.pin_installation(id)?;
+    }
+    let installation = history.installation()?;
+    let retention = args.history_retention;
+    let rt = runtime()?;
+    let result = rt.block_on(async move {
+        let shared = palisade::run::Shared::new(settings, providers, Some(history));
+        if let Some(keep) = retention {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                loop {
+                    if let Some(h) = &shared.history {
+                        let now = jiff::Timestamp::now().as_millisecond();
+                        match h.retain(now - keep.as_millis() as i64, now) {
+                            Ok(n) => tracing::info!(deleted = n, keep = ?keep, "history retention applied"),
+                            Err(e) => tracing::error!(error = %e, "history retention failed"),
+                        }
+                    }
+                    tokio::select! {
+                        _ = shared.cancel.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(86_400)) => {}
+                    }
+                }
+            });
+        }
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        tracing::info!(
+            git = %display_url, reference = %tracked_ref, path = %args.git_path.as_deref().unwrap_or(Path::new("")).display(),
+            listen = %args.listen, resync = ?args.resync, poll = ?args.poll_interval,
+            history = %history_path.display(),
+            installation = %installation,
+            signatures = args.allowed_signers.is_some(), "palisade run starting"
+        );
+        let server = tokio::spawn(palisade::http::serve(
+            listener,
+            shared.clone(),
+            secrets,
+            tracked_ref.clone(),
+            palisade::http::ServerLimits::default(),
+        ));
+        let cancel = shared.cancel.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!(
+                "signal received: finishing in-flight work (a second signal exits at once)"
+            );
+            cancel.cancel();
+            wait_for_signal().await;
+            tracing::warn!("second signal: exiting now");
+            std::process::exit(130);
+        });
+        palisade::run::run(shared.clone(), source, args.shutdown_grace).await;
+        shared.cancel.cancel();
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "HTTP server failed"),
+            Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
+        }
+        let s = shared.status();
+        tracing::info!(
+            revision = s
+                .revision
+                .as_ref()
+                .map(|r| r.commit.as_str())
+                .unwrap_or("-"),
+            targets = s.targets.len(),
+            "stopped cleanly"
+        );
+        Ok(ExitCode::SUCCESS)
+    });
+    // A fetch stuck in a stalled remote is abandoned, not waited for (the runtime would
+    // otherwise wait for its blocking thread).
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+pub(crate) async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers, never return: the process ends when it is killed.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
