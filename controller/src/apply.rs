@@ -199,6 +199,14 @@ fn keys(c: &PlannedChange) -> (Vec<Key>, Vec<Key>) {
     }
 }
 
+/// What a change that failed (or was blocked by the failure at `by`) would have
+/// provided is not there: everything needing it is blocked by `by`.
+fn poison(poisoned: &mut BTreeMap<Key, usize>, provides: Vec<Key>, by: usize) {
+    for k in provides {
+        poisoned.entry(k).or_insert(by);
+    }
+}
+
 /// Apply `plan` to `target` through `provider`.
 ///
 /// # Errors
@@ -241,9 +249,7 @@ pub async fn apply_until(
         }
         let (needs, provides) = keys(planned);
         if let Some(by) = needs.iter().find_map(|k| poisoned.get(k).copied()) {
-            for k in provides {
-                poisoned.entry(k).or_insert(by);
-            }
+            poison(&mut poisoned, provides, by);
             report.blocked += 1;
             report.results.push(ChangeResult {
                 planned: planned.clone(),
@@ -265,9 +271,7 @@ pub async fn apply_until(
                 });
             }
             Err(source) => {
-                for k in provides {
-                    poisoned.entry(k).or_insert(index);
-                }
+                poison(&mut poisoned, provides, index);
                 report.failed += 1;
                 report.results.push(ChangeResult {
                     planned: planned.clone(),

@@ -279,13 +279,6 @@ pub fn merge(updates: impl IntoIterator<Item = RecordUpdate>) -> RecordUpdate {
     all
 }
 
-fn kind_str(k: OwnedKind) -> &'static str {
-    match k {
-        OwnedKind::Group => "group",
-        OwnedKind::Endpoint => "endpoint",
-    }
-}
-
 fn parse_kind(s: &str) -> Option<OwnedKind> {
     match s {
         "group" => Some(OwnedKind::Group),
@@ -407,14 +400,14 @@ impl OwnershipStore for Store {
         for (k, owner) in &u.settled {
             tx.execute(
                 "DELETE FROM owned_pending WHERE target = ?1 AND kind = ?2 AND owner = ?3",
-                params![target, kind_str(*k), owner],
+                params![target, k.as_str(), owner],
             )
             .map_err(e)?;
         }
         for (k, owner) in &u.pending {
             tx.execute(
                 "INSERT OR REPLACE INTO owned_pending (target, kind, owner, at) VALUES (?1, ?2, ?3, ?4)",
-                params![target, kind_str(*k), owner, at],
+                params![target, k.as_str(), owner, at],
             )
             .map_err(e)?;
         }
@@ -424,7 +417,7 @@ impl OwnershipStore for Store {
                     "INSERT OR IGNORE INTO owned (target, kind, id, owner, created_at, revision, how) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     params![
                         target,
-                        kind_str(entry.kind),
+                        entry.kind.as_str(),
                         entry.id.to_ascii_lowercase(),
                         entry.owner,
                         at,
@@ -446,7 +439,7 @@ impl OwnershipStore for Store {
             let n = tx
                 .execute(
                     "DELETE FROM owned WHERE target = ?1 AND kind = ?2 AND id = ?3",
-                    params![target, kind_str(*k), id.to_ascii_lowercase()],
+                    params![target, k.as_str(), id.to_ascii_lowercase()],
                 )
                 .map_err(e)?;
             if n > 0 {

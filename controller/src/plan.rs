@@ -2,7 +2,7 @@
 //! clock, no randomness; a converged target yields an empty plan, every time.
 //!
 //! # Guarantees
-//! - Only resources carrying Palisade's ownership tags are changed, plus the network
+//! - Only resources Palisade owns (as vetted at observation) are changed, plus the network
 //!   placement of functions a policy selects (and the release of managed groups from
 //!   functions a policy let go of).
 //! - Changes are ordered make-before-break: create groups → authorise new rules →
@@ -88,7 +88,9 @@ pub enum Phase {
     DeleteGroups,
 }
 
-/// Why a change is in the plan (for display and reports; never used for decisions).
+/// Why a change is in the plan. Shown in plans and reports; it also decides two things:
+/// revoking a rule added out of band (drift) is outside the blast-radius budget, and only
+/// drift reverts are subject to flap detection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Cause {

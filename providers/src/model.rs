@@ -300,12 +300,19 @@ pub enum OwnedKind {
     Endpoint,
 }
 
-impl fmt::Display for OwnedKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl OwnedKind {
+    /// `group` or `endpoint`, as the record and the resource names spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
             OwnedKind::Group => "group",
             OwnedKind::Endpoint => "endpoint",
-        })
+        }
+    }
+}
+
+impl fmt::Display for OwnedKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -464,15 +471,22 @@ impl Ownership {
     /// [`Inventory::ownership`] and the creation stamp in [`Inventory::stamp`].
     /// Idempotent: vetting a vetted inventory changes nothing and notes nothing new.
     pub fn vet_inventory(&self, inv: &mut Inventory) {
-        let mut notes = Vec::new();
         for g in &mut inv.groups {
-            notes.extend(self.vet(OwnedKind::Group, &g.id, &mut g.tags));
+            let note = self.vet(OwnedKind::Group, &g.id, &mut g.tags);
+            inv.ownership.extend(note);
         }
+        self.vet_endpoints(inv);
+    }
+
+    /// The rest of [`Ownership::vet_inventory`] for a provider that vetted the groups
+    /// itself (before translating rule references) and put their notes in
+    /// [`Inventory::ownership`]: the endpoints, the stamp, the notes sorted.
+    pub fn vet_endpoints(&self, inv: &mut Inventory) {
         for e in &mut inv.endpoints {
-            notes.extend(self.vet(OwnedKind::Endpoint, &e.id, &mut e.tags));
+            let note = self.vet(OwnedKind::Endpoint, &e.id, &mut e.tags);
+            inv.ownership.extend(note);
         }
-        notes.sort();
-        inv.ownership.extend(notes);
+        inv.ownership.sort();
         inv.stamp = self.tags("");
         inv.stamp.remove(TAG_OWNER);
     }

@@ -375,8 +375,10 @@ impl ProviderError {
 /// - `observe` makes only read calls, in bulk (paged list calls, never one call per
 ///   resource), and returns the target's state translated into the shared model.
 /// - `apply` is idempotent: applying a change that is already in effect succeeds with
-///   [`OutcomeStatus::AlreadyDone`]. It never touches a resource without Palisade's
-///   ownership tags, except a function's network placement.
+///   [`OutcomeStatus::AlreadyDone`]. It never touches a resource the last observation
+///   did not find to be Palisade's (recorded, or on [`crate::OwnershipBasis::Tags`]
+///   tagged), nor one that carries another owner's tags, except a function's network
+///   placement.
 #[async_trait::async_trait]
 pub trait Provider: Send + Sync {
     /// Observe everything in `target` that the engine needs. Every group's and endpoint's

@@ -216,14 +216,16 @@ pub fn endpoint_is_live(state: &ec2::State) -> bool {
 
 /// Translate one observation into the model.
 pub fn inventory(target: &str, raw: &Raw, ownership: &Ownership) -> Inventory {
-    // References name a managed group by owner only when ownership says it is one.
-    let group_tags: Vec<(String, Tags)> = raw
+    // Ownership first: references name a managed group by owner only when ownership
+    // says it is one, and the groups below carry these vetted tags.
+    let mut notes = Vec::new();
+    let mut group_tags: HashMap<String, Tags> = raw
         .groups
         .iter()
         .filter_map(|g| {
             let id = g.group_id()?;
             let mut t = tags(g.tags());
-            ownership.vet(OwnedKind::Group, id, &mut t);
+            notes.extend(ownership.vet(OwnedKind::Group, id, &mut t));
             Some((id.to_string(), t))
         })
         .collect();
@@ -326,7 +328,7 @@ pub fn inventory(target: &str, raw: &Raw, ownership: &Ownership) -> Inventory {
                 id: id.to_string(),
                 name: g.group_name().unwrap_or_default().to_string(),
                 network: g.vpc_id().unwrap_or_default().to_string(),
-                tags: tags(g.tags()),
+                tags: group_tags.remove(id).unwrap_or_default(),
                 rules,
             })
         })
@@ -424,9 +426,10 @@ pub fn inventory(target: &str, raw: &Raw, ownership: &Ownership) -> Inventory {
         groups,
         endpoints,
         prefix_lists,
+        ownership: notes,
         ..Inventory::default()
     };
-    ownership.vet_inventory(&mut inv);
+    ownership.vet_endpoints(&mut inv);
     inv
 }
 

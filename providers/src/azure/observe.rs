@@ -90,8 +90,7 @@ impl AzureProvider {
             ownership: notes,
             ..Inventory::default()
         };
-        ownership.vet_inventory(&mut inv);
-        inv.ownership.sort();
+        ownership.vet_endpoints(&mut inv);
         let vetted = Vetted {
             owned: inv
                 .groups
