@@ -7,7 +7,8 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use palisade::history::Store;
+use palisade::history::{EventData, Store};
+use palisade::plan::Cause;
 use serde_json::json;
 use support::{Controller, GitRepo, Moto, text};
 
@@ -71,7 +72,11 @@ fn history_survives_kill_9_and_the_html_report_renders() {
                 kinds: vec!["change-applied".into()],
                 ..Default::default()
             })
-            .is_ok_and(|e| e.iter().any(|e| e.event.data["cause"] == "drift"))
+            .is_ok_and(|e| {
+                e.iter().any(|e| {
+                    matches!(e.event.data(), Some(EventData::ChangeApplied(c)) if c.cause == Cause::Drift)
+                })
+            })
     });
 
     // kill -9 while it keeps reconciling every ~2 s: whatever was recorded stays.

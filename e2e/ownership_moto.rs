@@ -99,8 +99,8 @@ fn events(moto: &Moto, kind: &str) -> Vec<Value> {
         .events(&Filter::default())
         .unwrap()
         .into_iter()
-        .filter(|e| e.event.kind == kind)
-        .map(|e| e.event.data)
+        .filter(|e| e.event.kind() == kind)
+        .map(|e| serde_json::to_value(&e.event).unwrap()["data"].take())
         .collect()
 }
 

@@ -3,6 +3,7 @@
 
 mod support;
 
+use palisade::history::{ChangeStatus, EventData};
 use serde_json::{Value, json};
 use support::{Controller, GitRepo, Moto, text};
 
@@ -321,14 +322,17 @@ fn a_reconcile_deadline_stops_between_changes_and_the_next_one_carries_on() {
     let events = store.events(&palisade::history::Filter::default()).unwrap();
     let failed = events
         .iter()
-        .filter(|e| e.event.kind == "change-failed")
+        .filter(|e| e.event.kind() == "change-failed")
         .count();
     assert_eq!(failed, 0, "{}", c.logs());
     let mut applied = std::collections::BTreeSet::new();
-    for e in events.iter().filter(|e| e.event.kind == "change-applied") {
-        if e.event.data["status"] == "applied" {
-            let key = format!("{} {}", e.event.data["action"], e.event.data["resource"]);
-            if e.event.data["action"] == "setPlacement" {
+    for e in &events {
+        let Some(EventData::ChangeApplied(c)) = e.event.data() else {
+            continue;
+        };
+        if c.status == ChangeStatus::Applied {
+            let key = format!("{} {}", c.action, c.resource);
+            if c.action == "setPlacement" {
                 assert!(applied.insert(key.clone()), "applied twice: {key}");
             }
         }
@@ -549,7 +553,7 @@ fn drift_made_while_the_controller_is_down_is_drift_after_restart() {
         .events(&palisade::history::Filter::default())
         .unwrap()
         .into_iter()
-        .filter(|e| e.event.kind == "drift-detected")
+        .filter(|e| e.event.kind() == "drift-detected")
         .collect();
     assert!(
         drift.iter().any(|e| e

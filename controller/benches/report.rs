@@ -8,9 +8,13 @@
 
 use std::time::Instant;
 
+use palisade::addr::ResourceAddr;
 use palisade::check::{Finding, FindingKind};
-use palisade::history::{NewEvent, Store, compliance, kind};
-use serde_json::json;
+use palisade::history::{
+    ChangeRecord, ChangeStatus, DriftDetected, EventData, NewEvent, ReconcileResult, Reconciled,
+    RevisionEnforced, Store, compliance,
+};
+use palisade::plan::Cause;
 
 const YEAR_MS: i64 = 365 * 86_400_000;
 const T0: i64 = 1_767_225_600_000; // 2026-01-01
@@ -30,27 +34,84 @@ fn main() {
     while n < events {
         let at = T0 + (n as i64) * (YEAR_MS / events as i64);
         let target = format!("target-{}", n % 5);
+        let group = |i: usize| ResourceAddr::group(format!("g{}", i % 300));
+        let change = |cause, status| ChangeRecord {
+            resource: group(n - 1),
+            cause,
+            action: "removeRules".into(),
+            status,
+            request_ids: vec!["r".into()],
+            detail: None,
+        };
         let ev = match n % 10 {
-            0 if n.is_multiple_of(1000) => NewEvent::new(kind::REVISION_ENFORCED, json!({ "author": "A", "controls": controls })).revision(Some("c")),
-            0..=3 => NewEvent::new(kind::RECONCILED, json!({ "result": if n.is_multiple_of(97) { "error" } else { "ok" } })).target(&target),
-            4 => NewEvent::new(kind::DRIFT_DETECTED, json!({ "change": "added out of band: ingress tcp/22 from 0.0.0.0/0" })).target(&target).resource(&format!("group g{}", n % 300)),
-            5 | 6 => NewEvent::new(kind::CHANGE_APPLIED, json!({ "cause": if n % 10 == 5 { "drift" } else { "intended" }, "requestIds": ["r"] })).target(&target).resource(&format!("group g{}", (n - 1) % 300)),
+            0 if n.is_multiple_of(1000) => {
+                NewEvent::new(EventData::RevisionEnforced(RevisionEnforced {
+                    author: "A".into(),
+                    summary: String::new(),
+                    signature: None,
+                    time: 0,
+                    controls: controls.clone(),
+                    policies: 1,
+                }))
+                .revision(Some("c"))
+            }
+            0..=3 => NewEvent::new(EventData::Reconciled(Reconciled {
+                result: if n.is_multiple_of(97) {
+                    ReconcileResult::Error
+                } else {
+                    ReconcileResult::Ok
+                },
+                error: None,
+                trigger: None,
+                changes: 0,
+            }))
+            .target(&target),
+            4 => NewEvent::new(EventData::DriftDetected(DriftDetected {
+                change: "added out of band: ingress tcp/22 from 0.0.0.0/0".into(),
+                actor: None,
+                correction: None,
+            }))
+            .target(&target)
+            .resource(&group(n)),
+            5 | 6 => {
+                let cause = if n % 10 == 5 {
+                    Cause::Drift
+                } else {
+                    Cause::Intended
+                };
+                NewEvent::new(EventData::ChangeApplied(change(
+                    cause,
+                    ChangeStatus::Applied,
+                )))
+                .target(&target)
+                .resource(&group(n - 1))
+            }
             7 | 8 => {
                 let f = Finding {
                     kind: FindingKind::GuardrailViolation,
                     target: target.clone(),
-                    resource: format!("group g{}", n % 300),
+                    resource: group(n),
                     message: "rule allows ingress tcp/22 from 0.0.0.0/0".into(),
                     guardrail: Some("no-world-ingress".into()),
                     controls: vec![controls[n % 12].clone()],
                     location: None,
                 };
-                let k = if n % 10 == 7 { kind::FINDING_OPENED } else { kind::FINDING_CLOSED };
-                let mut e = NewEvent::new(k, serde_json::to_value(&f).expect("json")).target(&target).resource(&f.resource);
-                e.controls = f.controls.clone();
-                e
+                let (resource, controls) = (f.resource.clone(), f.controls.clone());
+                let data = if n % 10 == 7 {
+                    EventData::FindingOpened(f)
+                } else {
+                    EventData::FindingClosed(f)
+                };
+                NewEvent::new(data)
+                    .target(&target)
+                    .resource(&resource)
+                    .controls(&controls)
             }
-            _ => NewEvent::new(kind::CHANGE_FAILED, json!({ "detail": "throttled" })).target(&target),
+            _ => NewEvent::new(EventData::ChangeFailed(ChangeRecord {
+                detail: Some("throttled".into()),
+                ..change(Cause::Intended, ChangeStatus::Failed)
+            }))
+            .target(&target),
         };
         batch.push((at, ev));
         n += 1;

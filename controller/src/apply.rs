@@ -14,6 +14,7 @@ use palisade_providers::{
 };
 use serde::Serialize;
 
+use crate::addr::ResourceAddr;
 use crate::plan::{Cause, Plan, PlannedChange};
 
 /// How one planned change ended.
@@ -36,7 +37,7 @@ pub enum ChangeOutcome {
         /// Position in the plan of the change that failed first in the chain.
         by: usize,
         /// That change's resource.
-        by_resource: String,
+        by_resource: ResourceAddr,
     },
 }
 
@@ -92,7 +93,7 @@ pub enum ApplyError {
         /// Position in the plan of the first failure.
         index: usize,
         /// Its resource.
-        resource: String,
+        resource: ResourceAddr,
         /// Everything that was done, failed or blocked.
         report: Box<ApplyReport>,
         /// The provider's error of the first failure.

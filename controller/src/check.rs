@@ -4,6 +4,7 @@
 use palisade_providers::{Access, Inventory, Peer, Rule};
 use serde::{Deserialize, Serialize};
 
+use crate::addr::ResourceAddr;
 use crate::compile::DesiredState;
 use crate::policy::{
     Diagnostic, DiagnosticKind, ForbidSpec, GuardrailDoc, PeerSpec, PolicySet, SourceLocation,
@@ -44,7 +45,7 @@ pub struct Finding {
     /// Target name.
     pub target: String,
     /// The resource (group id or owner, function name, endpoint).
-    pub resource: String,
+    pub resource: ResourceAddr,
     /// What is wrong.
     pub message: String,
     /// The guardrail, for violations.
@@ -112,7 +113,7 @@ pub fn violates(rule: &Rule, forbid: &ForbidSpec) -> bool {
 fn violation(
     g: &GuardrailDoc,
     target: &str,
-    resource: String,
+    resource: ResourceAddr,
     message: String,
     location: Option<SourceLocation>,
 ) -> Finding {
@@ -152,7 +153,7 @@ pub fn check_desired(
                         out.push(violation(
                             g,
                             target,
-                            format!("policy {}", origin.policy),
+                            ResourceAddr::policy(origin.policy.as_str()),
                             format!("rule {:?} allows {rule}", origin.rule),
                             origin.location.clone(),
                         ));
@@ -186,7 +187,7 @@ pub fn check_desired(
                 out.push(violation(
                     g,
                     target,
-                    format!("function {}", f.name),
+                    ResourceAddr::function(f.name.as_str()),
                     "would not run in a VPC / VNet".into(),
                     Some(g.here()),
                 ));
@@ -214,7 +215,7 @@ pub fn check_inventory(set: &PolicySet, inventory: &Inventory) -> Vec<Finding> {
                         out.push(violation(
                             g,
                             target,
-                            format!("group {}", group.id),
+                            ResourceAddr::group(group.id.as_str()),
                             format!("rule allows {rule}{owner}"),
                             Some(g.at(f)),
                         ));
@@ -232,7 +233,7 @@ pub fn check_inventory(set: &PolicySet, inventory: &Inventory) -> Vec<Finding> {
                 out.push(violation(
                     g,
                     target,
-                    format!("function {}", f.name),
+                    ResourceAddr::function(f.name.as_str()),
                     "does not run in a VPC / VNet".into(),
                     Some(g.here()),
                 ));
@@ -245,7 +246,7 @@ pub fn check_inventory(set: &PolicySet, inventory: &Inventory) -> Vec<Finding> {
                 out.push(violation(
                     g,
                     target,
-                    format!("function {}", f.name),
+                    ResourceAddr::function(f.name.as_str()),
                     "is not selected by any FunctionPolicy".into(),
                     Some(g.here()),
                 ));

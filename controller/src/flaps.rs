@@ -157,7 +157,7 @@ mod tests {
                 Phase::RemoveRules
             },
             cause: Cause::Drift,
-            resource: "group api (sg-1)".into(),
+            resource: "group api (sg-1)".parse().unwrap(),
             change: if add {
                 Change::AddRules {
                     group,

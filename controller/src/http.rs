@@ -500,7 +500,7 @@ pub fn render_page(s: &Status) -> String {
             h.push_str(&format!(
                 "<tr><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
                 esc(&r.commit),
-                esc(&r.reason),
+                esc(&r.reason.to_string()),
                 r.details
                     .iter()
                     .map(|d| esc(d))
@@ -518,7 +518,7 @@ pub fn render_page(s: &Status) -> String {
         for f in &t.findings {
             h.push_str(&format!(
                 "<li>{}: {}</li>",
-                esc(&f.resource),
+                esc(&f.resource.to_string()),
                 esc(&f.message)
             ));
         }
@@ -530,7 +530,7 @@ pub fn render_page(s: &Status) -> String {
             h.push_str(&format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
                 crate::report::time(e.at),
-                esc(&e.event.kind),
+                esc(e.event.kind()),
                 esc(e.event.target.as_deref().unwrap_or("")),
                 esc(e.event.resource.as_deref().unwrap_or("")),
                 esc(e

@@ -25,10 +25,11 @@ use palisade_providers::{
 };
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
+use crate::addr::ResourceAddr;
 use crate::apply::{ApplyReport, ChangeOutcome};
-use crate::history::{HistoryError, NewEvent, Store, kind};
+use crate::history::event::{OwnershipBootstrapped, OwnershipReleased};
+use crate::history::{EventData, HistoryError, NewEvent, Store};
 use crate::plan::Plan;
 
 /// How a resource came into the record.
@@ -428,10 +429,10 @@ impl OwnershipStore for Store {
                 .map_err(e)?;
             if n > 0 {
                 events.push(
-                    NewEvent::new(kind::OWNERSHIP_RECORDED, json!(entry))
+                    NewEvent::new(EventData::OwnershipRecorded(entry.clone()))
                         .target(target)
                         .revision(revision)
-                        .resource(&format!("{} {} ({})", entry.kind, entry.owner, entry.id)),
+                        .resource(&ResourceAddr::new(entry.kind.into(), entry.owner.as_str())),
                 );
             }
         }
@@ -444,13 +445,15 @@ impl OwnershipStore for Store {
                 .map_err(e)?;
             if n > 0 {
                 events.push(
-                    NewEvent::new(
-                        kind::OWNERSHIP_RELEASED,
-                        json!({"kind": k, "id": id, "owner": owner, "why": why}),
-                    )
+                    NewEvent::new(EventData::OwnershipReleased(OwnershipReleased {
+                        kind: *k,
+                        id: id.clone(),
+                        owner: owner.clone(),
+                        why: *why,
+                    }))
                     .target(target)
                     .revision(revision)
-                    .resource(&format!("{k} {owner} ({id})")),
+                    .resource(&ResourceAddr::new((*k).into(), owner.as_str())),
                 );
             }
         }
@@ -462,12 +465,17 @@ impl OwnershipStore for Store {
                 )
                 .map_err(e)?;
             if n > 0 {
-                let adopted: Vec<&Entry> = u.add.iter().filter(|a| a.how == How::Adopted).collect();
+                let adopted: Vec<Entry> = u
+                    .add
+                    .iter()
+                    .filter(|a| a.how == How::Adopted)
+                    .cloned()
+                    .collect();
                 events.push(
-                    NewEvent::new(
-                        kind::OWNERSHIP_BOOTSTRAPPED,
-                        json!({"adopted": adopted, "count": adopted.len()}),
-                    )
+                    NewEvent::new(EventData::OwnershipBootstrapped(OwnershipBootstrapped {
+                        count: adopted.len(),
+                        adopted,
+                    }))
                     .target(target)
                     .revision(revision),
                 );
@@ -556,7 +564,7 @@ mod tests {
         assert!(
             events
                 .iter()
-                .any(|e| e.event.kind == kind::OWNERSHIP_BOOTSTRAPPED)
+                .any(|e| e.event.kind() == crate::history::kind::OWNERSHIP_BOOTSTRAPPED)
         );
 
         let own = s.ownership("t").unwrap();

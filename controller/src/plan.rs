@@ -22,6 +22,7 @@ use palisade_providers::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::addr::ResourceAddr;
 use crate::check::{Finding, FindingKind};
 use crate::compile::{DesiredState, create_tags};
 use crate::policy::Mode;
@@ -108,8 +109,8 @@ pub struct PlannedChange {
     pub phase: Phase,
     /// Why.
     pub cause: Cause,
-    /// What it is about, for display: `group payments-api`, `function pay-1`.
-    pub resource: String,
+    /// What it is about: `group payments-api (sg-1)`, `function pay-1`.
+    pub resource: ResourceAddr,
     /// The change itself.
     pub change: Change,
 }
@@ -175,20 +176,20 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    fn push(&mut self, phase: Phase, cause: Cause, resource: &str, change: Change) {
+    fn push(&mut self, phase: Phase, cause: Cause, resource: &ResourceAddr, change: Change) {
         self.changes.entry(phase).or_default().push(PlannedChange {
             phase,
             cause,
-            resource: resource.to_string(),
+            resource: resource.clone(),
             change,
         });
     }
 
-    fn finding(&mut self, kind: FindingKind, resource: &str, message: String) {
+    fn finding(&mut self, kind: FindingKind, resource: &ResourceAddr, message: String) {
         self.findings.push(Finding {
             kind,
             target: self.target.to_string(),
-            resource: resource.to_string(),
+            resource: resource.clone(),
             message,
             guardrail: None,
             controls: Vec::new(),
@@ -295,13 +296,7 @@ pub fn plan(
 /// changed get them back (the first thing done); claims are findings, nothing more.
 fn plan_ownership(b: &mut Builder<'_>, observed: &Inventory) {
     for n in &observed.ownership {
-        let resource = match n.kind {
-            OwnedKind::Group => observed
-                .group_by_id(&n.id)
-                .map(|g| format!("group {} ({})", n.owner, g.id)),
-            OwnedKind::Endpoint => Some(format!("endpoint {} ({})", n.owner, n.id)),
-        }
-        .unwrap_or_else(|| format!("{} {}", n.kind, n.id));
+        let resource = ResourceAddr::new(n.kind.into(), n.owner.as_str()).with_id(n.id.as_str());
         match n.verdict {
             OwnershipVerdict::Claimed => {
                 let name = match n.kind {
@@ -310,7 +305,7 @@ fn plan_ownership(b: &mut Builder<'_>, observed: &Inventory) {
                 };
                 b.finding(
                     FindingKind::ClaimedOwnership,
-                    &format!("{} {}", n.kind, name.unwrap_or(&n.id)),
+                    &ResourceAddr::new(n.kind.into(), name.unwrap_or(&n.id)),
                     format!(
                         "{} {} carries Palisade's ownership tags (palisade:policy={}) but Palisade never created or adopted it; it is never changed or deleted. Whoever can write palisade:* tags could hijack resources: deny it to everyone but Palisade (README: ownership)",
                         n.kind, n.id, n.owner
@@ -371,7 +366,7 @@ fn hold_back_name_taken(b: &mut Builder<'_>) {
         }
         b.finding(
             FindingKind::NameTaken,
-            &format!("group {owner}"),
+            &ResourceAddr::group(owner.as_str()),
             format!(
                 "the name {name} is taken by {holder}, which Palisade does not own; the managed group of {owner} is not created and {held} change(s) that need it are held back (functions keep their current placement). Rename or delete {holder}, or tag nothing: Palisade never takes over a resource by name"
             ),
@@ -391,7 +386,7 @@ fn plan_groups(
         if desired.frozen.contains(owner) {
             continue;
         }
-        let resource = format!("group {owner}");
+        let resource = ResourceAddr::group(owner.as_str());
         let prev = b.previous.and_then(|p| p.groups.get(owner));
         let found = observed
             .get(owner.as_str())
@@ -451,7 +446,7 @@ fn plan_groups(
                 b.push(
                     Phase::DeleteGroups,
                     Cause::Drift,
-                    &format!("group {owner} ({})", extra.id),
+                    &ResourceAddr::group(owner.as_str()).with_id(extra.id.as_str()),
                     Change::DeleteGroup {
                         owner: owner.clone(),
                         id: extra.id.clone(),
@@ -467,7 +462,7 @@ fn plan_groups(
             .iter()
             .filter(|r| !dg.rules.contains_key(r) && seen.insert(*r))
             .collect();
-        let resource = format!("group {owner} ({})", primary.id);
+        let resource = ResourceAddr::group(owner.as_str()).with_id(primary.id.as_str());
         if dg.mode == Mode::Audit {
             for r in &to_add {
                 b.finding(
@@ -542,7 +537,7 @@ fn plan_groups(
             continue;
         }
         for g in gs {
-            let resource = format!("group {owner} ({})", g.id);
+            let resource = ResourceAddr::group(*owner).with_id(g.id.as_str());
             if let Some(functions) = held.get(*owner) {
                 b.finding(
                     FindingKind::Orphaned,
@@ -595,7 +590,7 @@ fn plan_placements(
         if have.as_ref() == Some(&dp.placement) {
             continue;
         }
-        let resource = format!("function {}", f.name);
+        let resource = ResourceAddr::function(f.name.as_str());
         if dp.mode == Mode::Audit {
             b.finding(
                 FindingKind::AuditDrift,
@@ -672,7 +667,7 @@ fn plan_placements(
             .filter(|g| !release.contains(g))
             .cloned()
             .collect();
-        let resource = format!("function {}", f.name);
+        let resource = ResourceAddr::function(f.name.as_str());
         if groups.is_empty() && !release.is_empty() {
             // Releasing every group would take the function out of its VPC: never.
             b.finding(
@@ -723,7 +718,7 @@ fn plan_placements(
         if s.group.as_ref() == Some(&sg.group) {
             continue;
         }
-        let resource = format!("subnet {}", s.name);
+        let resource = ResourceAddr::subnet(s.name.as_str());
         if sg.mode == Mode::Audit {
             b.finding(
                 FindingKind::AuditDrift,
@@ -753,7 +748,7 @@ fn plan_placements(
         );
     }
     for (s, owner, functions) in unwanted_subnet_groups(desired, observed) {
-        let resource = format!("subnet {}", s.name);
+        let resource = ResourceAddr::subnet(s.name.as_str());
         if !functions.is_empty() {
             // Detaching would leave functions in a subnet without any NSG.
             b.finding(
@@ -843,7 +838,7 @@ fn plan_endpoints(
         }
     }
     for (owner, de) in &desired.endpoints {
-        let resource = format!("endpoint {owner}");
+        let resource = ResourceAddr::endpoint(owner.as_str());
         let prev = b.previous.and_then(|p| p.endpoints.get(owner));
         let create = Change::CreateEndpoint {
             owner: owner.clone(),
@@ -897,7 +892,7 @@ fn plan_endpoints(
         if same_shape && same_detail {
             continue;
         }
-        let resource = format!("endpoint {owner} ({})", found.id);
+        let resource = ResourceAddr::endpoint(owner.as_str()).with_id(found.id.as_str());
         if de.mode == Mode::Audit {
             b.finding(
                 FindingKind::AuditDrift,
@@ -945,7 +940,7 @@ fn plan_endpoints(
             if wanted && i == 0 {
                 continue;
             }
-            let resource = format!("endpoint {owner} ({})", e.id);
+            let resource = ResourceAddr::endpoint(*owner).with_id(e.id.as_str());
             if settings.prune || wanted {
                 b.push(
                     Phase::DeleteEndpoints,
@@ -1102,11 +1097,11 @@ pub fn render_text(plan: &Plan) -> String {
         (Cause::Intended, "Changes from the policies"),
         (Cause::Drift, "Drift to revert"),
     ] {
-        let mut by_resource: BTreeMap<&str, Vec<&PlannedChange>> = BTreeMap::new();
+        let mut by_resource: BTreeMap<&ResourceAddr, Vec<&PlannedChange>> = BTreeMap::new();
         let mut order = Vec::new();
         for c in plan.changes.iter().filter(|c| c.cause == cause) {
-            if !by_resource.contains_key(c.resource.as_str()) {
-                order.push(c.resource.as_str());
+            if !by_resource.contains_key(&c.resource) {
+                order.push(&c.resource);
             }
             by_resource.entry(&c.resource).or_default().push(c);
         }

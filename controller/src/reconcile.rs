@@ -10,6 +10,7 @@ use palisade_providers::{
 };
 use serde::Serialize;
 
+use crate::addr::{ResourceAddr, ResourceKind};
 use crate::check::{Finding, FindingKind};
 use crate::compile::{DesiredState, compile};
 use crate::plan::{Plan, Settings, plan};
@@ -85,8 +86,8 @@ pub fn plan_with(
             kind: FindingKind::InventoryConflict,
             target: target.name().to_string(),
             resource: d.location.as_ref().map_or_else(
-                || format!("target {}", target.name()),
-                |l| format!("policy at {l}"),
+                || ResourceAddr::new(ResourceKind::Target, target.name()),
+                |l| ResourceAddr::new(ResourceKind::Source, l.to_string()),
             ),
             message: format!(
                 "{}; left as it is until the conflict is resolved",

@@ -56,7 +56,7 @@ pub fn csv(r: &ComplianceReport) -> String {
                     "closed"
                 },
                 csv_field(&s.target),
-                csv_field(&s.finding.resource),
+                csv_field(&s.finding.resource.to_string()),
                 csv_field(s.finding.guardrail.as_deref().unwrap_or("")),
                 csv_field(&s.finding.message),
                 time(s.opened_at),
@@ -156,7 +156,7 @@ pub fn junit(r: &ComplianceReport) -> String {
                 "    <testcase classname=\"{}\" name=\"{}: {}\"><failure message=\"{}\">{} (opened {}{})</failure></testcase>",
                 xml(&c.control),
                 xml(&s.target),
-                xml(&s.finding.resource),
+                xml(&s.finding.resource.to_string()),
                 xml(&s.finding.message),
                 xml(s.finding.guardrail.as_deref().unwrap_or("")),
                 time(s.opened_at),
@@ -320,7 +320,7 @@ pub fn junit_findings(target: &str, findings: &[Finding]) -> String {
             out,
             "    <testcase classname=\"{}\" name=\"{}\"><failure message=\"{}\">{}</failure></testcase>",
             xml(&f.controls.join(" ")),
-            xml(&f.resource),
+            xml(&f.resource.to_string()),
             xml(&f.message),
             xml(f.guardrail.as_deref().unwrap_or(""))
         );
@@ -470,7 +470,7 @@ pub fn html(r: &ComplianceReport) -> String {
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             xml(&s.target),
-            xml(&s.finding.resource),
+            xml(&s.finding.resource.to_string()),
             xml(&s.finding.controls.join(", ")),
             xml(s.finding.guardrail.as_deref().unwrap_or("")),
             xml(&s.finding.message),

@@ -216,7 +216,7 @@ impl Origin {
 }
 
 /// What the signature of a revision says.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "status")]
 pub enum SignatureStatus {
     /// Verification is off.

@@ -314,14 +314,14 @@ fn audit_mode_yields_findings_not_changes() {
     assert!(
         !p.changes
             .iter()
-            .any(|c| c.resource.contains("report-export")),
+            .any(|c| c.resource.to_string().contains("report-export")),
         "audit policy writes nothing"
     );
     assert!(
         p.findings
             .iter()
             .any(|f| f.kind == palisade::check::FindingKind::AuditDrift
-                && f.resource.contains("report-export"))
+                && f.resource.to_string().contains("report-export"))
     );
 }
 
@@ -400,7 +400,7 @@ fn unmanaged_group_is_never_changed_even_when_a_rule_would_match() {
     assert!(
         findings
             .iter()
-            .any(|f| f.resource == "group sg-0legacy"
+            .any(|f| f.resource.to_string() == "group sg-0legacy"
                 && f.controls.contains(&"CIS-AWS-5.2".to_string())),
         "but it is reported"
     );
@@ -578,7 +578,7 @@ fn a_function_no_policy_selects_keeps_its_placement_and_its_group_is_retained() 
     let orphaned: Vec<&str> = p
         .findings
         .iter()
-        .filter(|f| f.resource.starts_with("group ledger-worker"))
+        .filter(|f| f.resource.to_string().starts_with("group ledger-worker"))
         .map(|f| f.message.as_str())
         .collect();
     assert!(
@@ -606,10 +606,10 @@ fn releasing_unselected_functions_never_takes_them_out_of_their_vpc() {
         palisade::plan::render_text(&p)
     );
     assert!(
-        p.findings
-            .iter()
-            .any(|f| f.resource.starts_with("function ledger-worker")
-                && f.message.contains("out of its VPC")),
+        p.findings.iter().any(
+            |f| f.resource.to_string().starts_with("function ledger-worker")
+                && f.message.contains("out of its VPC")
+        ),
         "{:?}",
         p.findings
     );
@@ -681,14 +681,16 @@ fn an_nsg_stays_on_a_subnet_functions_run_in_when_its_policy_goes() {
     assert!(
         p.findings
             .iter()
-            .any(|f| f.resource.starts_with("subnet") && f.message.contains("functions run in it")),
+            .any(|f| f.resource.to_string().starts_with("subnet")
+                && f.message.contains("functions run in it")),
         "{:?}",
         p.findings
     );
     assert!(
         p.findings
             .iter()
-            .any(|f| f.resource.starts_with("group orders-func") && f.message.contains("retained")),
+            .any(|f| f.resource.to_string().starts_with("group orders-func")
+                && f.message.contains("retained")),
         "{:?}",
         p.findings
     );

@@ -3,10 +3,16 @@
 
 use palisade::check::{Finding, FindingKind};
 use palisade::history::{
-    ChangeRecord, Filter, NewEvent, Report, ResourceState, ResourceStatus, RevisionRef, Store,
-    compliance, kind,
+    ChangeRecord, ChangeStatus, EventData, Filter, NewEvent, ReconcileResult, Reconciled, Report,
+    ResourceState, ResourceStatus, RevisionRef, SignatureState, Store, compliance, kind,
 };
+use palisade::plan::Cause;
 use serde_json::json;
+
+/// An event of `kind` with `data`, read through the typed event (as the store does).
+fn ev(kind: &str, data: serde_json::Value) -> NewEvent {
+    NewEvent::new(serde_json::from_value(json!({ "kind": kind, "data": data })).unwrap())
+}
 
 const DAY: i64 = 86_400_000;
 const T0: i64 = 1_772_323_200_000; // 2026-03-01T00:00:00Z
@@ -15,7 +21,7 @@ fn finding(resource: &str, guardrail: &str, controls: &[&str]) -> Finding {
     Finding {
         kind: FindingKind::GuardrailViolation,
         target: "prod-aws".into(),
-        resource: resource.into(),
+        resource: resource.parse().unwrap(),
         message: format!("{resource} breaks {guardrail}"),
         guardrail: Some(guardrail.into()),
         controls: controls.iter().map(|c| c.to_string()).collect(),
@@ -30,11 +36,11 @@ fn report(at: i64, findings: Vec<Finding>, changes: Vec<ChangeRecord>) -> Report
         revision: Some(RevisionRef {
             commit: "c1".into(),
             author: "A <a@example.com>".into(),
-            signature: "verified".into(),
+            signature: SignatureState::Verified,
         }),
-        result: "ok".into(),
+        result: ReconcileResult::Ok,
         resources: vec![ResourceStatus {
-            resource: "group payments-api".into(),
+            resource: "group payments-api".parse().unwrap(),
             status: ResourceState::Compliant,
         }],
         changes,
@@ -42,12 +48,12 @@ fn report(at: i64, findings: Vec<Finding>, changes: Vec<ChangeRecord>) -> Report
     }
 }
 
-fn change(resource: &str, cause: &str, status: &str) -> ChangeRecord {
+fn change(resource: &str, cause: Cause, status: ChangeStatus) -> ChangeRecord {
     ChangeRecord {
-        resource: resource.into(),
-        cause: cause.into(),
+        resource: resource.parse().unwrap(),
+        cause,
         action: "removeRules".into(),
-        status: status.into(),
+        status,
         request_ids: vec!["req-1".into()],
         detail: None,
     }
@@ -58,20 +64,24 @@ fn events_for(r: &Report) -> Vec<(i64, NewEvent)> {
         .changes
         .iter()
         .map(|c| {
-            let k = if c.status == "failed" {
-                kind::CHANGE_FAILED
+            let data = if c.status == ChangeStatus::Failed {
+                EventData::ChangeFailed(c.clone())
             } else {
-                kind::CHANGE_APPLIED
+                EventData::ChangeApplied(c.clone())
             };
-            let e = NewEvent::new(k, serde_json::to_value(c).unwrap())
-                .target("prod-aws")
-                .resource(&c.resource);
+            let e = NewEvent::new(data).target("prod-aws").resource(&c.resource);
             (r.at, e)
         })
         .collect();
     v.push((
         r.at,
-        NewEvent::new(kind::RECONCILED, json!({ "result": r.result })).target("prod-aws"),
+        NewEvent::new(EventData::Reconciled(Reconciled {
+            result: r.result,
+            error: None,
+            trigger: None,
+            changes: r.changes.len(),
+        }))
+        .target("prod-aws"),
     ));
     v
 }
@@ -93,26 +103,30 @@ fn a_sequence_of_reconciles_gives_per_control_status_by_period() {
 
     // Day 0: revision enforced; the first reconcile sees both findings.
     store
-        .append(T0, &[NewEvent::new(kind::REVISION_ENFORCED, json!({ "author": "A", "controls": ["CIS-AWS-5.2", "NIST-800-53:SC-7", "NIST-800-53:SC-7(5)", "CIS-AWS-LAMBDA-3"] })).revision(Some("c1"))])
+        .append(T0, &[ev(kind::REVISION_ENFORCED, json!({ "author": "A", "controls": ["CIS-AWS-5.2", "NIST-800-53:SC-7", "NIST-800-53:SC-7(5)", "CIS-AWS-LAMBDA-3"] })).revision(Some("c1"))])
         .unwrap();
     let r = report(T0 + 1000, vec![ssh.clone(), egress.clone()], vec![]);
     let opened = store.record_reconcile(&r, &events_for(&r)).unwrap();
     assert_eq!(opened.len(), 2);
     // Day 2: someone opens 22 on a managed group; it is detected and reverted.
     store
-        .append(T0 + 2 * DAY, &[NewEvent::new(kind::DRIFT_DETECTED, json!({ "change": "added out of band: ingress tcp/22 from 0.0.0.0/0", "actor": null })).target("prod-aws").resource("group payments-api")])
+        .append(T0 + 2 * DAY, &[ev(kind::DRIFT_DETECTED, json!({ "change": "added out of band: ingress tcp/22 from 0.0.0.0/0", "actor": null })).target("prod-aws").resource(&"group payments-api".parse().unwrap())])
         .unwrap();
     let r = report(
         T0 + 2 * DAY + 2000,
         vec![ssh.clone(), egress.clone()],
-        vec![change("group payments-api", "drift", "applied")],
+        vec![change(
+            "group payments-api",
+            Cause::Drift,
+            ChangeStatus::Applied,
+        )],
     );
     store.record_reconcile(&r, &events_for(&r)).unwrap();
     // Day 3: a bad revision is rejected; a change fails.
     store
         .append(
             T0 + 3 * DAY,
-            &[NewEvent::new(
+            &[ev(
                 kind::REVISION_REJECTED,
                 json!({ "reason": "invalid", "details": ["aws/x.yaml:7:3: error[unknown-field]"] }),
             )
@@ -122,15 +136,19 @@ fn a_sequence_of_reconciles_gives_per_control_status_by_period() {
     let mut r = report(
         T0 + 3 * DAY + 10,
         vec![ssh.clone(), egress.clone()],
-        vec![change("function pay-1", "intended", "failed")],
+        vec![change(
+            "function pay-1",
+            Cause::Intended,
+            ChangeStatus::Failed,
+        )],
     );
-    r.result = "error".into();
+    r.result = ReconcileResult::Error;
     store.record_reconcile(&r, &events_for(&r)).unwrap();
     // Day 5: the hand-made SSH rule is removed by its owner: that finding closes.
     let r = report(T0 + 5 * DAY, vec![egress.clone()], vec![]);
     let closed = store.record_reconcile(&r, &events_for(&r)).unwrap();
     assert_eq!(closed.len(), 1);
-    assert_eq!(closed[0].kind, kind::FINDING_CLOSED);
+    assert_eq!(closed[0].kind(), kind::FINDING_CLOSED);
 
     // Period day 6–7: SC-7 compliant (closed before), SC-7(5) not (still open).
     let late = compliance(&store, T0 + 6 * DAY, T0 + 7 * DAY, None, None).unwrap();
@@ -220,7 +238,7 @@ fn the_log_is_append_only_survives_reopening_and_retention_is_recorded() {
             store
                 .append(
                     T0 + i * DAY,
-                    &[NewEvent::new(kind::RECONCILED, json!({ "result": "ok" })).target("t")],
+                    &[ev(kind::RECONCILED, json!({ "result": "ok" })).target("t")],
                 )
                 .unwrap();
         }
@@ -242,5 +260,8 @@ fn the_log_is_append_only_survives_reopening_and_retention_is_recorded() {
         })
         .unwrap();
     assert_eq!(retention.len(), 1);
-    assert_eq!(retention[0].event.data["eventsDeleted"], 5);
+    assert!(matches!(
+        retention[0].event.data(),
+        Some(EventData::Retention(r)) if r.events_deleted == 5
+    ));
 }

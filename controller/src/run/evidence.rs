@@ -1,11 +1,14 @@
 //! The compliance evidence of one reconcile: its events, the per-resource status of the
 //! report and the findings, written to the history in one transaction.
 
+use crate::addr::ResourceAddr;
 use crate::check::{Finding, FindingKind};
 use crate::compile::DesiredState;
 use crate::history::{
-    ChangeRecord, NewEvent, Report, ResourceState, ResourceStatus, RevisionRef, kind as ev,
+    ChangeRecord, ChangeStatus, EventData, NewEvent, ReconcileResult, Reconciled, Report,
+    ResourceState, ResourceStatus, Trigger,
 };
+use crate::plan::Cause;
 use crate::source::Revision;
 
 use super::{Shared, now_ms};
@@ -15,16 +18,11 @@ use super::{Shared, now_ms};
 pub(super) struct Evidence {
     /// Whether the target was observed (findings are only opened/closed then).
     pub(super) observed: bool,
-    pub(super) resources: Vec<String>,
+    pub(super) resources: Vec<ResourceAddr>,
     pub(super) changes: Vec<ChangeRecord>,
     pub(super) findings: Vec<Finding>,
     /// Events with their times: drift when it was observed, changes when applied.
     pub(super) events: Vec<(i64, NewEvent)>,
-}
-
-/// `group payments-api (sg-1)` → `group payments-api`.
-pub(super) fn resource_key(resource: &str) -> String {
-    resource.split(" (").next().unwrap_or(resource).to_string()
 }
 
 pub(super) fn describe(c: &crate::plan::PlannedChange) -> String {
@@ -62,21 +60,20 @@ pub(super) fn describe(c: &crate::plan::PlannedChange) -> String {
     format!("{action}: {detail}")
 }
 
-/// Every managed resource of a desired state, named as plans name them.
-pub(super) fn managed_resources(d: &DesiredState) -> Vec<String> {
-    let mut v: Vec<String> = d.groups.keys().map(|o| format!("group {o}")).collect();
+/// Every managed resource of a desired state, by key (no ids), as plans name them.
+pub(super) fn managed_resources(d: &DesiredState) -> Vec<ResourceAddr> {
+    let mut v: Vec<ResourceAddr> = d.groups.keys().map(ResourceAddr::group).collect();
     v.extend(
         d.placements
             .values()
-            .map(|p| format!("function {}", p.name)),
+            .map(|p| ResourceAddr::function(p.name.as_str())),
     );
-    v.extend(d.endpoints.keys().map(|o| format!("endpoint {o}")));
-    v.extend(d.subnet_groups.values().map(|s| {
-        format!(
-            "subnet {}",
-            s.subnet.rsplit('/').next().unwrap_or(&s.subnet)
-        )
-    }));
+    v.extend(d.endpoints.keys().map(ResourceAddr::endpoint));
+    v.extend(
+        d.subnet_groups
+            .values()
+            .map(|s| ResourceAddr::subnet(s.subnet.rsplit('/').next().unwrap_or(&s.subnet))),
+    );
     v.sort();
     v.dedup();
     v
@@ -86,9 +83,9 @@ pub(super) fn write_evidence(
     shared: &Shared,
     target: &str,
     revision: &Revision,
-    label: &str,
+    result: ReconcileResult,
     error: Option<&str>,
-    trigger: &str,
+    trigger: Trigger,
     mut evidence: Evidence,
 ) {
     let Some(history) = &shared.history else {
@@ -97,19 +94,21 @@ pub(super) fn write_evidence(
     let at = now_ms();
     evidence.events.push((
         at,
-        NewEvent::new(
-            ev::RECONCILED,
-            serde_json::json!({ "result": label, "error": error, "trigger": trigger, "changes": evidence.changes.len() }),
-        )
+        NewEvent::new(EventData::Reconciled(Reconciled {
+            result,
+            error: error.map(str::to_string),
+            trigger: Some(trigger),
+            changes: evidence.changes.len(),
+        }))
         .target(target)
         .revision(Some(&revision.commit)),
     ));
-    let result = if evidence.observed {
-        let audit: std::collections::BTreeSet<String> = evidence
+    let written = if evidence.observed {
+        let audit: std::collections::BTreeSet<ResourceAddr> = evidence
             .findings
             .iter()
             .filter(|f| f.kind == FindingKind::AuditDrift)
-            .map(|f| resource_key(&f.resource))
+            .map(|f| f.resource.without_id())
             .collect();
         let resources = evidence
             .resources
@@ -120,11 +119,14 @@ pub(super) fn write_evidence(
                     .iter()
                     .filter(|c| &c.resource == r)
                     .collect();
-                let status = if mine.iter().any(|c| c.status == "failed") {
+                let status = if mine
+                    .iter()
+                    .any(|c| matches!(c.status, ChangeStatus::Failed | ChangeStatus::Blocked))
+                {
                     ResourceState::Failed
-                } else if mine.iter().any(|c| c.status == "pending") {
+                } else if mine.iter().any(|c| c.status == ChangeStatus::Pending) {
                     ResourceState::Pending
-                } else if mine.iter().any(|c| c.cause == "drift") {
+                } else if mine.iter().any(|c| c.cause == Cause::Drift) {
                     ResourceState::DriftReverted
                 } else if !mine.is_empty() {
                     ResourceState::Changed
@@ -142,15 +144,8 @@ pub(super) fn write_evidence(
         let report = Report {
             at,
             target: target.to_string(),
-            revision: Some(RevisionRef {
-                commit: revision.commit.clone(),
-                author: revision.author.clone(),
-                signature: serde_json::to_value(&revision.signature)
-                    .ok()
-                    .and_then(|v| v["status"].as_str().map(str::to_string))
-                    .unwrap_or_default(),
-            }),
-            result: label.to_string(),
+            revision: Some(revision.into()),
+            result,
             resources,
             changes: evidence.changes,
             findings: evidence.findings,
@@ -161,7 +156,7 @@ pub(super) fn write_evidence(
     } else {
         history.append_many(&evidence.events)
     };
-    if let Err(e) = result {
+    if let Err(e) = written {
         tracing::error!(error = %e, target, "could not write the reconcile to the history");
     }
 }

@@ -31,7 +31,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use status::{ReconcileRecord, ReconcileResult, Rejection, Status, TargetStatus, Trigger};
 
-use crate::history::{NewEvent, Store, kind as ev};
+use crate::history::{
+    EventData, HistoryRewritten, NewEvent, RevisionEnforced, RevisionRejected, Store,
+};
 use crate::metrics::{Metrics, ReasonL, TriggerOnlyL};
 use crate::plan::Settings;
 use crate::policy::{Diagnostic, PolicySet};
@@ -227,11 +229,16 @@ impl Shared {
     }
 
     fn reject(&self, revision: &Revision, reason: RejectReason, details: Vec<String>) {
-        self.record(&[NewEvent::new(
-            ev::REVISION_REJECTED,
-            serde_json::json!({ "reason": reason, "details": details, "author": revision.author, "summary": revision.summary, "signature": revision.signature }),
-        )
-        .revision(Some(&revision.commit))]);
+        self.record(
+            &[NewEvent::new(EventData::RevisionRejected(RevisionRejected {
+                reason,
+                details: details.clone(),
+                author: revision.author.clone(),
+                summary: revision.summary.clone(),
+                signature: Some(revision.signature.clone()),
+            }))
+            .revision(Some(&revision.commit))],
+        );
         tracing::warn!(commit = %revision.commit, reason = %reason, details = %details.join("; "), "revision rejected; the previous revision stays enforced");
         self.metrics
             .revisions_rejected
@@ -242,7 +249,7 @@ impl Shared {
         self.update(|s| {
             s.rejected.push(Rejection {
                 commit: revision.commit.clone(),
-                reason: reason.to_string(),
+                reason,
                 details,
                 at: now(),
             });
@@ -293,18 +300,24 @@ impl Shared {
             tracing::warn!(commit = %revision.commit, previous = %from, "history rewritten: the new revision does not descend from the enforced one (force-push)");
             self.metrics.history_rewrites.inc();
             events.push(
-                NewEvent::new(
-                    ev::HISTORY_REWRITTEN,
-                    serde_json::json!({ "previous": from, "author": revision.author, "summary": revision.summary, "signature": revision.signature }),
-                )
+                NewEvent::new(EventData::HistoryRewritten(HistoryRewritten {
+                    previous: from.clone(),
+                    author: revision.author.clone(),
+                    summary: revision.summary.clone(),
+                    signature: Some(revision.signature.clone()),
+                }))
                 .revision(Some(&revision.commit)),
             );
         }
         events.push(
-            NewEvent::new(
-                ev::REVISION_ENFORCED,
-                serde_json::json!({ "author": revision.author, "summary": revision.summary, "signature": revision.signature, "time": revision.time, "controls": controls, "policies": set.policies.len() }),
-            )
+            NewEvent::new(EventData::RevisionEnforced(RevisionEnforced {
+                author: revision.author.clone(),
+                summary: revision.summary.clone(),
+                signature: Some(revision.signature.clone()),
+                time: revision.time,
+                controls: controls.into_iter().map(str::to_string).collect(),
+                policies: set.policies.len(),
+            }))
             .revision(Some(&revision.commit)),
         );
         self.record(&events);

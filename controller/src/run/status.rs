@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::check::Finding;
-use crate::source::Revision;
+pub use crate::history::{ReconcileResult, Trigger};
+use crate::source::{RejectReason, Revision};
 
 /// A revision that was refused.
 #[derive(Debug, Clone, Serialize)]
@@ -15,69 +16,11 @@ pub struct Rejection {
     /// Commit id.
     pub commit: String,
     /// Short reason (`invalid`, `empty`, `unsigned`, `path-missing`).
-    pub reason: String,
+    pub reason: RejectReason,
     /// What is wrong, with `file:line` where it applies.
     pub details: Vec<String>,
     /// When (Unix seconds).
     pub at: u64,
-}
-
-/// What woke a reconcile (or a fetch). Logged and counted, never used in decisions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Trigger {
-    /// The controller started (the source loop's first fetch).
-    Start,
-    /// The source's poll interval.
-    Poll,
-    /// A webhook.
-    Webhook,
-    /// A new revision was enforced.
-    Revision,
-    /// The periodic resync.
-    Resync,
-    /// A retry after a failed reconcile (with backoff).
-    Retry,
-}
-
-impl Trigger {
-    /// The metrics label and log value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Start => "start",
-            Trigger::Poll => "poll",
-            Trigger::Webhook => "webhook",
-            Trigger::Revision => "revision",
-            Trigger::Resync => "resync",
-            Trigger::Retry => "retry",
-        }
-    }
-}
-
-/// How a reconcile ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReconcileResult {
-    /// Everything planned was applied (or is pending in the cloud).
-    Ok,
-    /// Something failed (observe, plan, a change, the record).
-    Error,
-    /// The plan was refused (blast radius, empty source).
-    Refused,
-    /// The deadline came first (between changes).
-    Timeout,
-}
-
-impl ReconcileResult {
-    /// The metrics label and log value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReconcileResult::Ok => "ok",
-            ReconcileResult::Error => "error",
-            ReconcileResult::Refused => "refused",
-            ReconcileResult::Timeout => "timeout",
-        }
-    }
 }
 
 /// The last reconcile of a target.

@@ -11,14 +11,14 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use palisade_providers::{OutcomeStatus, Ownership};
 use tokio::sync::Semaphore;
 
-use super::evidence::{Evidence, describe, managed_resources, resource_key, write_evidence};
+use super::evidence::{Evidence, describe, managed_resources, write_evidence};
 use super::status::{ReconcileRecord, ReconcileResult, Trigger};
 use super::{Enforced, Shared, now, now_ms};
 use crate::apply::{ApplyError, ChangeOutcome, apply_until};
 use crate::check::Finding;
 use crate::compile::DesiredState;
 use crate::flaps::Flaps;
-use crate::history::{ChangeRecord, NewEvent, kind as ev};
+use crate::history::{ChangeRecord, ChangeStatus, DriftDetected, EventData, NewEvent};
 use crate::metrics::{KindL, ResultL, TargetL, TriggerL};
 use crate::ownership::{self, OwnershipStore};
 use crate::plan::Cause;
@@ -54,14 +54,9 @@ fn jittered(d: Duration) -> Duration {
     d.mul_f64(0.9 + fastrand::f64() * 0.2)
 }
 
-/// Reverts of the same field of the same resource, for flap detection.
 /// The kind of resource a planned change is about (`group`, `function`, `endpoint`…).
 fn kind(c: &crate::plan::PlannedChange) -> String {
-    c.resource
-        .split_whitespace()
-        .next()
-        .unwrap_or("resource")
-        .to_string()
+    c.resource.kind.as_str().to_string()
 }
 
 pub(super) async fn worker(shared: Arc<Shared>, target: String, semaphore: Arc<Semaphore>) {
@@ -191,9 +186,9 @@ pub(super) async fn worker(shared: Arc<Shared>, target: String, semaphore: Arc<S
             &shared,
             &target,
             &enforced.revision,
-            label,
+            outcome,
             error.as_deref(),
-            trigger.as_str(),
+            trigger,
             evidence,
         );
         let record = ReconcileRecord {
@@ -334,18 +329,15 @@ async fn reconcile(
     {
         evidence.events.push((
             observed_at,
-            NewEvent::new(
-                ev::DRIFT_DETECTED,
-                serde_json::json!({
-                    "change": describe(c),
-                    // CloudTrail / Activity Log are not queried: who changed it is unknown here.
-                    "actor": null,
-                    "correction": c.change,
-                }),
-            )
+            NewEvent::new(EventData::DriftDetected(DriftDetected {
+                change: describe(c),
+                // CloudTrail / Activity Log are not queried: who changed it is unknown here.
+                actor: None,
+                correction: Some(c.change.clone()),
+            }))
             .target(name)
             .revision(Some(&enforced.revision.commit))
-            .resource(&resource_key(&c.resource)),
+            .resource(&c.resource),
         ));
     }
     for c in planned
@@ -414,50 +406,38 @@ async fn reconcile(
         &ownership::applied(&report),
     )?;
     for r in &report.results {
-        let action = r.planned.change.action().to_string();
-        let cause = if r.planned.cause == Cause::Drift {
-            "drift"
-        } else {
-            "intended"
-        };
         let (status, request_ids, detail) = match &r.result {
-            ChangeOutcome::Done { outcome: o } => (
-                serde_json::to_value(o.status)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default(),
-                o.request_ids.clone(),
-                o.detail.clone(),
-            ),
+            ChangeOutcome::Done { outcome: o } => {
+                (o.status.into(), o.request_ids.clone(), o.detail.clone())
+            }
             ChangeOutcome::Failed { error } => {
-                ("failed".to_string(), Vec::new(), Some(error.clone()))
+                (ChangeStatus::Failed, Vec::new(), Some(error.clone()))
             }
             ChangeOutcome::Blocked { by_resource, .. } => (
-                "blocked".to_string(),
+                ChangeStatus::Blocked,
                 Vec::new(),
                 Some(format!("blocked by the failed change of {by_resource}")),
             ),
         };
-        let key = resource_key(&r.planned.resource);
         let record = ChangeRecord {
-            resource: key.clone(),
-            cause: cause.into(),
-            action,
-            status: status.clone(),
+            resource: r.planned.resource.without_id(),
+            cause: r.planned.cause,
+            action: r.planned.change.action().to_string(),
+            status,
             request_ids,
             detail,
         };
-        let kind = if status == "failed" || status == "blocked" {
-            ev::CHANGE_FAILED
+        let data = if matches!(status, ChangeStatus::Failed | ChangeStatus::Blocked) {
+            EventData::ChangeFailed(record.clone())
         } else {
-            ev::CHANGE_APPLIED
+            EventData::ChangeApplied(record.clone())
         };
         evidence.events.push((
             applied_at,
-            NewEvent::new(kind, serde_json::to_value(&record).unwrap_or_default())
+            NewEvent::new(data)
                 .target(name)
                 .revision(Some(&enforced.revision.commit))
-                .resource(&key),
+                .resource(&r.planned.resource),
         ));
         evidence.changes.push(record);
     }

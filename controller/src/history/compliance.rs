@@ -1,0 +1,335 @@
+//! The compliance report behind `palisade report`: controls, per-target activity,
+//! finding lifetimes, the drift timeline and compliance over time, rebuilt from the
+//! typed events of the history in one pass.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Serialize;
+
+use super::event::{EventData, ReconcileResult};
+use super::{Filter, HistoryError, Store, finding_key};
+use crate::check::Finding;
+use crate::plan::Cause;
+
+/// Status of a control over a period.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlStatus {
+    /// Control id.
+    pub control: String,
+    /// `compliant` when no finding naming it was open at any time in the period.
+    pub status: String,
+    /// Resources with a finding open during the period.
+    pub resources: Vec<String>,
+    /// Findings open at the end of the period.
+    pub open_at_end: usize,
+}
+
+/// Per target activity over a period.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetSummary {
+    /// Target.
+    pub target: String,
+    /// Reconciles.
+    pub reconciles: usize,
+    /// Failed reconciles.
+    pub failed_reconciles: usize,
+    /// Drift found.
+    pub drift_detected: usize,
+    /// Drift put back.
+    pub drift_reverted: usize,
+    /// Changes applied.
+    pub changes_applied: usize,
+    /// Changes failed.
+    pub changes_failed: usize,
+    /// Findings open at the end of the period.
+    pub open_findings: usize,
+}
+
+/// A finding with its lifetime.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FindingSpan {
+    /// Target.
+    pub target: String,
+    /// The finding.
+    pub finding: Finding,
+    /// Opened (Unix ms).
+    pub opened_at: i64,
+    /// Closed (Unix ms), if it was.
+    pub closed_at: Option<i64>,
+}
+
+/// One line of the drift timeline.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftItem {
+    /// When (Unix ms).
+    pub at: i64,
+    /// Target.
+    pub target: String,
+    /// Resource.
+    pub resource: String,
+    /// What changed out of band.
+    pub detail: String,
+    /// Who changed it, when the cloud said.
+    pub actor: Option<String>,
+    /// When it was put back (Unix ms).
+    pub reverted_at: Option<i64>,
+    /// Request ids of the revert.
+    pub request_ids: Vec<String>,
+}
+
+/// A revision event.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionItem {
+    /// When (Unix ms).
+    pub at: i64,
+    /// Commit.
+    pub commit: String,
+    /// `enforced` or `rejected`.
+    pub outcome: String,
+    /// Author, reason.
+    pub detail: String,
+}
+
+/// One point of the compliance-over-time series.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Point {
+    /// Start of the bucket (Unix ms).
+    pub at: i64,
+    /// Controls without an open finding in the bucket.
+    pub compliant: usize,
+    /// Controls known.
+    pub total: usize,
+}
+
+/// What `palisade report` prints.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ComplianceReport {
+    /// Period start (Unix ms).
+    pub since: i64,
+    /// Period end (Unix ms).
+    pub until: i64,
+    /// Target filter.
+    pub target: Option<String>,
+    /// Control filter.
+    pub control: Option<String>,
+    /// Per control.
+    pub controls: Vec<ControlStatus>,
+    /// Per target.
+    pub targets: Vec<TargetSummary>,
+    /// Findings open at some time in the period.
+    pub findings: Vec<FindingSpan>,
+    /// Drift in the period and when it was reverted.
+    pub drift: Vec<DriftItem>,
+    /// Revisions enforced or rejected in the period.
+    pub revisions: Vec<RevisionItem>,
+    /// Compliance over time.
+    pub series: Vec<Point>,
+    /// Events read.
+    pub events_read: usize,
+}
+
+/// Build the compliance report of `[since, until]` from the history (every event up to
+/// `until` is read once, so that findings opened before the period count).
+///
+/// # Errors
+/// SQLite failed.
+pub fn compliance(
+    store: &Store,
+    since: i64,
+    until: i64,
+    target: Option<&str>,
+    control: Option<&str>,
+) -> Result<ComplianceReport, HistoryError> {
+    let filter = Filter {
+        until: Some(until),
+        target: target.map(str::to_string),
+        ..Filter::default()
+    };
+    let mut known_controls: BTreeSet<String> = BTreeSet::new();
+    let mut open: HashMap<(String, String), FindingSpan> = HashMap::new();
+    let mut spans: Vec<FindingSpan> = Vec::new();
+    let mut targets: BTreeMap<String, TargetSummary> = BTreeMap::new();
+    let mut drift: Vec<DriftItem> = Vec::new();
+    let mut drift_open: HashMap<(String, String), usize> = HashMap::new();
+    let mut revisions = Vec::new();
+    let mut read = 0usize;
+    store.for_each(&filter, |e| {
+        read += 1;
+        let ev = &e.event;
+        let in_period = e.at >= since;
+        let t = ev.target.clone().unwrap_or_default();
+        let Some(data) = ev.data() else {
+            return;
+        };
+        match data {
+            EventData::RevisionEnforced(r) => {
+                known_controls.extend(r.controls.iter().cloned());
+                if in_period {
+                    revisions.push(RevisionItem {
+                        at: e.at,
+                        commit: ev.revision.clone().unwrap_or_default(),
+                        outcome: "enforced".into(),
+                        detail: r.author.clone(),
+                    });
+                }
+            }
+            EventData::RevisionRejected(r) if in_period => {
+                revisions.push(RevisionItem {
+                    at: e.at,
+                    commit: ev.revision.clone().unwrap_or_default(),
+                    outcome: "rejected".into(),
+                    detail: format!("{}: {}", r.reason, r.details.join("; ")),
+                });
+            }
+            EventData::FindingOpened(f) => {
+                known_controls.extend(ev.controls.iter().cloned());
+                open.insert(
+                    (t.clone(), finding_key(f)),
+                    FindingSpan {
+                        target: t.clone(),
+                        finding: f.clone(),
+                        opened_at: e.at,
+                        closed_at: None,
+                    },
+                );
+            }
+            EventData::FindingClosed(f) => {
+                if let Some(mut span) = open.remove(&(t.clone(), finding_key(f))) {
+                    span.closed_at = Some(e.at);
+                    if e.at >= since {
+                        spans.push(span);
+                    }
+                }
+            }
+            _ if !in_period => {}
+            EventData::Reconciled(r) => {
+                let s = summary(&mut targets, &t);
+                s.reconciles += 1;
+                if r.result != ReconcileResult::Ok {
+                    s.failed_reconciles += 1;
+                }
+            }
+            EventData::DriftDetected(d) => {
+                summary(&mut targets, &t).drift_detected += 1;
+                let resource = ev.resource.clone().unwrap_or_default();
+                drift_open.insert((t.clone(), resource.clone()), drift.len());
+                drift.push(DriftItem {
+                    at: e.at,
+                    target: t.clone(),
+                    resource,
+                    detail: d.change.clone(),
+                    actor: d.actor.clone(),
+                    reverted_at: None,
+                    request_ids: Vec::new(),
+                });
+            }
+            EventData::ChangeApplied(c) => {
+                let s = summary(&mut targets, &t);
+                s.changes_applied += 1;
+                if c.cause == Cause::Drift {
+                    s.drift_reverted += 1;
+                    if let Some(i) =
+                        drift_open.remove(&(t.clone(), ev.resource.clone().unwrap_or_default()))
+                    {
+                        drift[i].reverted_at = Some(e.at);
+                        drift[i].request_ids = c.request_ids.clone();
+                    }
+                }
+            }
+            EventData::ChangeFailed(_) => summary(&mut targets, &t).changes_failed += 1,
+            _ => {}
+        }
+    })?;
+    // Findings still open at the end of the period.
+    let still_open: Vec<FindingSpan> = open.into_values().collect();
+    for span in &still_open {
+        summary(&mut targets, &span.target).open_findings += 1;
+    }
+    spans.extend(still_open);
+    spans.sort_by(|a, b| {
+        (a.opened_at, &a.target, &a.finding.resource).cmp(&(
+            b.opened_at,
+            &b.target,
+            &b.finding.resource,
+        ))
+    });
+    if let Some(c) = control {
+        known_controls.retain(|k| k == c);
+        known_controls.insert(c.to_string());
+        spans.retain(|s| s.finding.controls.iter().any(|x| x == c));
+    }
+    let controls: Vec<ControlStatus> = known_controls
+        .iter()
+        .map(|c| {
+            let mine: Vec<&FindingSpan> = spans
+                .iter()
+                .filter(|s| s.finding.controls.contains(c))
+                .collect();
+            let resources: BTreeSet<String> = mine
+                .iter()
+                .map(|s| format!("{}: {}", s.target, s.finding.resource))
+                .collect();
+            ControlStatus {
+                control: c.clone(),
+                status: if mine.is_empty() {
+                    "compliant".into()
+                } else {
+                    "non-compliant".into()
+                },
+                resources: resources.into_iter().collect(),
+                open_at_end: mine.iter().filter(|s| s.closed_at.is_none()).count(),
+            }
+        })
+        .collect();
+    let buckets = 24i64;
+    let width = ((until - since) / buckets).max(1);
+    let series = (0..buckets)
+        .map(|i| {
+            let (from, to) = (since + i * width, since + (i + 1) * width);
+            let bad = known_controls
+                .iter()
+                .filter(|c| {
+                    spans.iter().any(|s| {
+                        s.finding.controls.contains(c)
+                            && s.opened_at < to
+                            && s.closed_at.is_none_or(|x| x >= from)
+                    })
+                })
+                .count();
+            Point {
+                at: from,
+                compliant: known_controls.len() - bad,
+                total: known_controls.len(),
+            }
+        })
+        .collect();
+    Ok(ComplianceReport {
+        since,
+        until,
+        target: target.map(str::to_string),
+        control: control.map(str::to_string),
+        controls,
+        targets: targets.into_values().collect(),
+        findings: spans,
+        drift,
+        revisions,
+        series,
+        events_read: read,
+    })
+}
+
+fn summary<'a>(targets: &'a mut BTreeMap<String, TargetSummary>, t: &str) -> &'a mut TargetSummary {
+    targets
+        .entry(t.to_string())
+        .or_insert_with(|| TargetSummary {
+            target: t.to_string(),
+            ..Default::default()
+        })
+}
