@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use palisade::plan::Settings;
+use palisade::planning::observe_and_plan;
 use palisade::policy::{Limits, load_dir};
-use palisade::reconcile::observe_and_plan;
 use palisade_armfake::{Config, Fake};
 use palisade_providers::azure::{AzureProvider, AzureSettings};
 use palisade_providers::{CallKind, CallOutcome, Ownership, Provider, total_calls};

@@ -4,49 +4,69 @@
 //! longer reverted for the window. A revert that *removes* access nobody declared
 //! (revoking an out-of-band rule, putting a function back into its VPC, re-attaching an
 //! NSG) is never suppressed: it is reported as flapping with its count, and reverted.
+//!
+//! Times are wall-clock milliseconds given by the caller (the loop's injected clock), so
+//! that the history can be kept with the loop state and survive a restart.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use palisade_providers::{Change, Rule};
-use tokio::time::Instant;
+use serde::{Deserialize, Serialize};
 
 use crate::check::{Finding, FindingKind};
 use crate::plan::{Cause, PlannedChange};
 
-/// Recent reverts per exact field.
-#[derive(Debug, Default)]
+/// Recent reverts per exact field (Unix ms).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Flaps {
-    reverts: HashMap<String, VecDeque<Instant>>,
+    reverts: BTreeMap<String, VecDeque<i64>>,
 }
 
 impl Flaps {
-    fn recent(&mut self, key: &str, window: Duration) -> usize {
-        let q = self.reverts.entry(key.to_string()).or_default();
-        while q.front().is_some_and(|t| t.elapsed() > window) {
+    fn recent(&mut self, key: &str, window: Duration, now: i64) -> usize {
+        let Some(q) = self.reverts.get_mut(key) else {
+            return 0;
+        };
+        let since = now - window.as_millis() as i64;
+        while q.front().is_some_and(|t| *t < since) {
             q.pop_front();
         }
         q.len()
     }
 
-    /// A drift revert of `c` was applied.
-    pub fn record(&mut self, c: &PlannedChange) {
+    /// A drift revert of `c` was applied at `now` (Unix ms).
+    pub fn record(&mut self, c: &PlannedChange, now: i64) {
         for key in fields(c) {
-            self.reverts
-                .entry(key)
-                .or_default()
-                .push_back(Instant::now());
+            self.reverts.entry(key).or_default().push_back(now);
         }
     }
 
-    /// Split out of `changes` the drift reverts that flap: those that may be suppressed
-    /// are removed; every flapping one gets a finding with its count.
+    /// Forget reverts older than `window` before `now` (what is kept between runs).
+    pub fn prune(&mut self, window: Duration, now: i64) {
+        let since = now - window.as_millis() as i64;
+        self.reverts.retain(|_, q| {
+            while q.front().is_some_and(|t| *t < since) {
+                q.pop_front();
+            }
+            !q.is_empty()
+        });
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.reverts.is_empty()
+    }
+
+    /// Split out of `changes` the drift reverts that flap at `now` (Unix ms): those that
+    /// may be suppressed are removed; every flapping one gets a finding with its count.
     pub fn filter(
         &mut self,
         target: &str,
         changes: &mut Vec<PlannedChange>,
         threshold: usize,
         window: Duration,
+        now: i64,
     ) -> Vec<Finding> {
         let mut findings = Vec::new();
         changes.retain(|c| {
@@ -55,7 +75,7 @@ impl Flaps {
             }
             let count = fields(c)
                 .iter()
-                .map(|k| self.recent(k, window))
+                .map(|k| self.recent(k, window, now))
                 .max()
                 .unwrap_or(0);
             if count < threshold {
@@ -172,19 +192,21 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_flapping_field_is_suppressed_only_for_itself_and_only_when_it_restores_access() {
+    const T: i64 = 1_780_000_000_000;
+
+    #[test]
+    fn a_flapping_field_is_suppressed_only_for_itself_and_only_when_it_restores_access() {
         let mut flaps = Flaps::default();
         let window = Duration::from_secs(3600);
         // Someone keeps revoking a declared rule: re-adding it flaps.
         let harmless = change(true, rule(443, "10.0.0.0/16"));
-        for _ in 0..5 {
-            flaps.record(&harmless);
+        for i in 0..5 {
+            flaps.record(&harmless, T + i);
         }
         let world = change(false, rule(22, "0.0.0.0/0"));
         let other = change(true, rule(8443, "10.0.0.0/16"));
         let mut changes = vec![harmless.clone(), world.clone(), other.clone()];
-        let findings = flaps.filter("t", &mut changes, 5, window);
+        let findings = flaps.filter("t", &mut changes, 5, window, T + 10);
         assert_eq!(
             changes,
             vec![world.clone(), other],
@@ -198,34 +220,44 @@ mod tests {
         );
 
         // A world-open rule that keeps coming back is revoked every time, and reported.
-        for _ in 0..7 {
-            flaps.record(&world);
+        for i in 0..7 {
+            flaps.record(&world, T + i);
         }
         let mut changes = vec![world.clone()];
-        let findings = flaps.filter("t", &mut changes, 5, window);
+        let findings = flaps.filter("t", &mut changes, 5, window, T + 10);
         assert_eq!(changes, vec![world]);
         assert!(findings[0].message.contains("reverted 7 times"));
         assert!(findings[0].message.contains("still reverted"));
 
-        // After the window, the held field is reverted again.
-        tokio::time::advance(window + Duration::from_secs(1)).await;
+        // The history survives a round trip through the store's JSON.
+        let mut flaps: Flaps =
+            serde_json::from_str(&serde_json::to_string(&flaps).unwrap()).unwrap();
         let mut changes = vec![harmless.clone()];
-        assert!(flaps.filter("t", &mut changes, 5, window).is_empty());
+        assert!(
+            flaps.filter("t", &mut changes, 5, window, T + 20).len() == 1 && changes.is_empty()
+        );
+
+        // After the window, the held field is reverted again, and pruning forgets it.
+        let later = T + window.as_millis() as i64 + 1_000;
+        let mut changes = vec![harmless.clone()];
+        assert!(flaps.filter("t", &mut changes, 5, window, later).is_empty());
         assert_eq!(changes, vec![harmless]);
+        flaps.prune(window, later);
+        assert!(flaps.is_empty());
     }
 
     #[test]
     fn intended_changes_are_never_held() {
         let mut flaps = Flaps::default();
         let mut c = change(true, rule(443, "10.0.0.0/16"));
-        for _ in 0..9 {
-            flaps.record(&c);
+        for i in 0..9 {
+            flaps.record(&c, T + i);
         }
         c.cause = Cause::Intended;
         let mut changes = vec![c];
         assert!(
             flaps
-                .filter("t", &mut changes, 5, Duration::from_secs(60))
+                .filter("t", &mut changes, 5, Duration::from_secs(60), T + 10)
                 .is_empty()
         );
         assert_eq!(changes.len(), 1);

@@ -25,8 +25,8 @@ use subtle::ConstantTimeEq;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::metrics::ReasonL;
+use crate::reconcile::{Shared, Status};
 use crate::report::xml as esc;
-use crate::run::{Shared, Status};
 use crate::secret::Secret;
 
 /// Webhook secrets (never empty: [`Secret`] refuses that).
@@ -466,7 +466,7 @@ pub fn render_page(s: &Status) -> String {
     h.push_str("<h2>Targets</h2><table><tr><th>target</th><th>cloud</th><th>last reconcile</th><th>applied</th><th>drift reverted</th><th>pending deletions</th><th>findings</th></tr>");
     for (name, t) in &s.targets {
         let last = t.last_reconcile.as_ref().map_or("never".to_string(), |r| {
-            let class = if r.result == crate::run::ReconcileResult::Ok {
+            let class = if r.result == crate::reconcile::ReconcileResult::Ok {
                 "ok"
             } else {
                 "bad"

@@ -7,7 +7,7 @@
 //! of a revision is written to disk: tree entry names are never used as paths, and a
 //! rejected revision leaves only objects in the mirror's object store. Every budget
 //! (bytes fetched, entries walked, file sizes, total bytes) is checked before the data
-//! is inflated. The controller ([`crate::run`]) validates what was loaded and decides
+//! is inflated. The controller ([`crate::reconcile`]) validates what was loaded and decides
 //! whether it replaces the enforced revision; the last accepted commit is persisted
 //! here ([`GitSource::persist`]) and enforced again at start-up.
 //!

@@ -3,7 +3,8 @@
 //! changed under an unchanged policy) from intended change (the policy changed). Without
 //! it every difference would be "intended" after a restart: drift made while the
 //! controller was down would be classified wrongly and counted against the
-//! blast-radius budget.
+//! blast-radius budget. The flap history (recent reverts per exact field) is kept
+//! too, so that a restart does not reset what keeps coming back.
 //!
 //! Kept in the history database beside the ownership record, behind the narrow
 //! [`StateStore`] interface. Unlike events, a target's row is replaced: it is state,
@@ -12,6 +13,7 @@
 use rusqlite::{OptionalExtension, params};
 
 use crate::compile::DesiredState;
+use crate::flaps::Flaps;
 use crate::history::{HistoryError, Store};
 
 /// Where the loop keeps its state between runs.
@@ -34,6 +36,22 @@ pub trait StateStore: Send + Sync {
         at: i64,
         desired: &DesiredState,
     ) -> Result<(), HistoryError>;
+
+    /// The flap history of `target` (empty when none, or unreadable — logged).
+    ///
+    /// # Errors
+    /// The store failed.
+    fn flaps(&self, target: &str) -> Result<Flaps, HistoryError>;
+
+    /// Replace the flap history of `target`.
+    ///
+    /// # Errors
+    /// The store failed; nothing was written.
+    fn save_flaps(&self, target: &str, at: i64, flaps: &Flaps) -> Result<(), HistoryError>;
+}
+
+fn missing_table(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(_, Some(m)) if m.contains("no such table"))
 }
 
 impl StateStore for Store {
@@ -49,7 +67,7 @@ impl StateStore for Store {
         {
             Ok(t) => t,
             // A read-only database of an older schema has no such table: no state.
-            Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("no such table") => None,
+            Err(e) if missing_table(&e) => None,
             Err(e) => return Err(self.err(e)),
         };
         Ok(text.and_then(|t| match serde_json::from_str(&t) {
@@ -75,6 +93,44 @@ impl StateStore for Store {
                 "INSERT INTO target_state (target, revision, desired, at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(target) DO UPDATE SET revision = ?2, desired = ?3, at = ?4",
                 params![target, revision, text, at],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn flaps(&self, target: &str) -> Result<Flaps, HistoryError> {
+        let text: Option<String> = match self
+            .conn()
+            .query_row(
+                "SELECT flaps FROM flap_state WHERE target = ?1",
+                params![target],
+                |r| r.get(0),
+            )
+            .optional()
+        {
+            Ok(t) => t,
+            Err(e) if missing_table(&e) => None,
+            Err(e) => return Err(self.err(e)),
+        };
+        Ok(text
+            .and_then(|t| match serde_json::from_str(&t) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::warn!(target = %target, error = %e, "the stored flap history is unreadable; flap counts start again");
+                    None
+                }
+            })
+            .unwrap_or_default())
+    }
+
+    fn save_flaps(&self, target: &str, at: i64, flaps: &Flaps) -> Result<(), HistoryError> {
+        let text = serde_json::to_string(flaps)
+            .map_err(|e| self.err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        self.conn()
+            .execute(
+                "INSERT INTO flap_state (target, flaps, at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(target) DO UPDATE SET flaps = ?2, at = ?3",
+                params![target, text, at],
             )
             .map_err(|e| self.err(e))?;
         Ok(())

@@ -781,7 +781,7 @@ fn an_ambiguous_network_freezes_its_policies_instead_of_halting_the_target() {
     let inv = fake.inventory("prod-aws");
     let target = set.target("prod-aws").unwrap();
     let planned =
-        palisade::reconcile::plan_with(&set, target, inv, None, &Settings::default(), None)
+        palisade::planning::plan_with(&set, target, inv, None, &Settings::default(), None)
             .expect("a conflict with the inventory is not an invalid revision");
     assert!(
         planned

@@ -14,12 +14,12 @@ use crate::model::{Endpoint, GroupRef, Inventory, OwnedKind, Ownership, Security
 use crate::provider::{Change, Outcome, Provider, ProviderError};
 
 type Matcher = Box<dyn Fn(&Change) -> bool + Send + Sync>;
-type ErrorFactory = Box<dyn Fn() -> ProviderError + Send + Sync>;
+type AnswerFactory = Box<dyn Fn() -> Result<Outcome, ProviderError> + Send + Sync>;
 
 struct Injection {
     matches: Matcher,
     remaining: usize,
-    error: ErrorFactory,
+    answer: AnswerFactory,
 }
 
 /// In-memory [`Provider`]. Cheap to clone the state out of with [`FakeProvider::inventory`].
@@ -27,6 +27,7 @@ struct Injection {
 pub struct FakeProvider {
     state: Mutex<HashMap<String, Inventory>>,
     injections: Mutex<Vec<Injection>>,
+    latency: Mutex<std::time::Duration>,
     next_id: AtomicU64,
     reads: AtomicU64,
     writes: AtomicU64,
@@ -84,13 +85,45 @@ impl FakeProvider {
         times: usize,
         error: impl Fn() -> ProviderError + Send + Sync + 'static,
     ) {
+        self.inject(matches, times, move || Err(error()));
+    }
+
+    /// Answer the next `times` changes matching `matches` as *pending* with `detail`
+    /// (the cloud cannot do it yet), changing nothing.
+    pub fn pending_when(
+        &self,
+        matches: impl Fn(&Change) -> bool + Send + Sync + 'static,
+        times: usize,
+        detail: &str,
+    ) {
+        let detail = detail.to_string();
+        self.inject(matches, times, move || {
+            Ok(Outcome {
+                status: crate::provider::OutcomeStatus::Pending,
+                detail: Some(detail.clone()),
+                ..Outcome::applied()
+            })
+        });
+    }
+
+    /// Take `latency` (tokio time) for every change from now on.
+    pub fn set_apply_latency(&self, latency: std::time::Duration) {
+        *self.latency.lock().unwrap_or_else(|e| e.into_inner()) = latency;
+    }
+
+    fn inject(
+        &self,
+        matches: impl Fn(&Change) -> bool + Send + Sync + 'static,
+        times: usize,
+        answer: impl Fn() -> Result<Outcome, ProviderError> + Send + Sync + 'static,
+    ) {
         self.injections
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(Injection {
                 matches: Box::new(matches),
                 remaining: times,
-                error: Box::new(error),
+                answer: Box::new(answer),
             });
     }
 
@@ -108,13 +141,13 @@ impl FakeProvider {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn injected(&self, change: &Change) -> Option<ProviderError> {
+    fn injected(&self, change: &Change) -> Option<Result<Outcome, ProviderError>> {
         let mut injections = self.injections.lock().unwrap_or_else(|e| e.into_inner());
         let hit = injections
             .iter_mut()
             .find(|i| i.remaining > 0 && (i.matches)(change))?;
         hit.remaining -= 1;
-        Some((hit.error)())
+        Some((hit.answer)())
     }
 
     fn new_id(&self, prefix: &str) -> String {
@@ -389,8 +422,12 @@ impl Provider for FakeProvider {
 
     async fn apply(&self, target: &Target, change: &Change) -> Result<Outcome, ProviderError> {
         self.writes.fetch_add(1, Ordering::Relaxed);
-        if let Some(err) = self.injected(change) {
-            return Err(err);
+        let latency = *self.latency.lock().unwrap_or_else(|e| e.into_inner());
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        if let Some(answer) = self.injected(change) {
+            return answer;
         }
         let mut state = self.lock();
         let inv = state

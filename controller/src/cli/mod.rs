@@ -14,10 +14,10 @@ use clap::ValueEnum;
 use palisade::apply::{ApplyError, ApplyReport, ChangeOutcome};
 use palisade::ownership::OwnershipStore;
 use palisade::plan::{Settings, render_text};
-use palisade::policy::{self, Diagnostic, Limits, PolicySet, TargetDoc};
-use palisade::reconcile::{
+use palisade::planning::{
     PlanError, Planned, ProviderSettings, Providers, observe_and_plan, plan_with,
 };
+use palisade::policy::{self, Diagnostic, Limits, PolicySet, TargetDoc};
 use palisade::state::StateStore;
 use palisade_providers::{ApiCallCount, CallKind, Inventory, OutcomeStatus, total_calls};
 use serde::Serialize;

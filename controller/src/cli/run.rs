@@ -211,7 +211,7 @@ pub(crate) fn run_controller(args: RunArgs) -> Result<ExitCode> {
     let tracked_ref = git.tracked_ref();
     let display_url = git.display_url();
     let source = GitSource::open(git).context("cannot open the Git cache")?;
-    let settings = palisade::run::RunSettings {
+    let settings = palisade::reconcile::RunSettings {
         poll_interval: args.poll_interval,
         resync: args.resync,
         reconcile_timeout: args.reconcile_timeout,
@@ -222,7 +222,7 @@ pub(crate) fn run_controller(args: RunArgs) -> Result<ExitCode> {
         flap_window: args.flap_window,
         fetch_timeout: args.git_fetch_timeout,
         webhook_min_interval: args.webhook_min_interval,
-        ..palisade::run::RunSettings::default()
+        ..palisade::reconcile::RunSettings::default()
     };
     let secrets = palisade::http::WebhookSecrets { github, gitlab };
     let providers = args.cloud.providers()?;
@@ -238,7 +238,7 @@ pub(crate) fn run_controller(args: RunArgs) -> Result<ExitCode> {
     let retention = args.history_retention;
     let rt = runtime()?;
     let result = rt.block_on(async move {
-        let shared = palisade::run::Shared::new(settings, providers, Some(history));
+        let shared = palisade::reconcile::Shared::new(settings, providers, Some(history));
         if let Some(keep) = retention {
             let shared = shared.clone();
             tokio::spawn(async move {
@@ -285,7 +285,7 @@ pub(crate) fn run_controller(args: RunArgs) -> Result<ExitCode> {
             tracing::warn!("second signal: exiting now");
             std::process::exit(130);
         });
-        palisade::run::run(shared.clone(), source, args.shutdown_grace).await;
+        palisade::reconcile::run(shared.clone(), source, args.shutdown_grace).await;
         shared.cancel.cancel();
         match server.await {
             Ok(Ok(())) => {}

@@ -90,6 +90,12 @@ const MIGRATIONS: &[&str] = &[
         desired TEXT NOT NULL,
         at INTEGER NOT NULL
      );",
+    // 4: flap history per target (see `crate::state`).
+    "CREATE TABLE flap_state (
+        target TEXT PRIMARY KEY,
+        flaps TEXT NOT NULL,
+        at INTEGER NOT NULL
+     );",
 ];
 
 /// A history failure.
@@ -184,11 +190,33 @@ impl Store {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             let _ = std::fs::create_dir_all(dir);
         }
-        let mut conn = Connection::open(path).map_err(e)?;
+        let conn = Connection::open(path).map_err(e)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(e)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(e)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(e)?;
+        Store::migrated(conn, path)
+    }
+
+    /// A database in memory, migrated like a file (unit tests of the loop; nothing
+    /// survives the process).
+    ///
+    /// # Errors
+    /// SQLite failed.
+    pub fn in_memory() -> Result<Store, HistoryError> {
+        let path = Path::new(":memory:");
+        let conn = Connection::open_in_memory().map_err(|source| HistoryError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Store::migrated(conn, path)
+    }
+
+    fn migrated(mut conn: Connection, path: &Path) -> Result<Store, HistoryError> {
+        let e = |source| HistoryError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(e)?;

@@ -19,6 +19,9 @@
 mod evidence;
 mod status;
 mod target;
+#[cfg(test)]
+mod tests;
+mod worker;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,14 +33,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use status::{ReconcileRecord, ReconcileResult, Rejection, Status, TargetStatus, Trigger};
+pub use target::{ReconcileError, Reconciled, TargetState, reconcile_once};
 
 use crate::history::{
     EventData, HistoryRewritten, NewEvent, RevisionEnforced, RevisionRejected, Store,
 };
 use crate::metrics::{Metrics, ReasonL, TriggerOnlyL};
 use crate::plan::Settings;
+use crate::planning::Providers;
 use crate::policy::{Diagnostic, PolicySet};
-use crate::reconcile::Providers;
 use crate::source::{Abort, Examined, GitSource, Refusal, RejectReason, Revision, SourceError};
 
 /// Settings of `palisade run`.
@@ -119,16 +123,30 @@ pub struct Shared {
     started: u64,
     /// When the source loop last finished an iteration (Unix seconds): `/healthz`.
     heartbeat: AtomicU64,
+    /// Wall-clock time of the reconciles (evidence, loop state, flap history).
+    pub clock: Arc<dyn Clock>,
     /// When the poll now running on a blocking thread started (Unix seconds; 0: none).
     /// An abandoned poll still running long after its deadline means a fetch stuck
     /// inside libgit2: `/healthz` fails, so that a restart clears it.
     fetch_running_since: Arc<AtomicU64>,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+/// Wall-clock time for the reconciles: injected, so that tests can move it.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Now, in Unix milliseconds.
+    fn now_ms(&self) -> i64;
+}
+
+/// The system's clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    }
 }
 
 fn now() -> u64 {
@@ -140,7 +158,18 @@ fn now() -> u64 {
 impl Shared {
     /// New shared state.
     pub fn new(settings: RunSettings, providers: Providers, history: Option<Store>) -> Arc<Shared> {
+        Shared::with_clock(settings, providers, history, Arc::new(SystemClock))
+    }
+
+    /// New shared state with its own clock (tests).
+    pub fn with_clock(
+        settings: RunSettings,
+        providers: Providers,
+        history: Option<Store>,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<Shared> {
         Arc::new(Shared {
+            clock,
             settings,
             providers,
             metrics: Metrics::new(),
@@ -222,7 +251,7 @@ impl Shared {
     /// and counted, and the controller goes on enforcing.
     fn record(&self, events: &[NewEvent]) {
         if let Some(h) = &self.history
-            && let Err(e) = h.append(now_ms(), events)
+            && let Err(e) = h.append(self.clock.now_ms(), events)
         {
             tracing::error!(error = %e, "could not write to the history");
         }
@@ -480,7 +509,7 @@ pub async fn run(shared: Arc<Shared>, source: GitSource, grace: Duration) {
                     shared.update(|s| {
                         s.targets.entry(name.clone()).or_default().cloud = cloud;
                     });
-                    workers.spawn(target::worker(shared.clone(), name, semaphore.clone()));
+                    workers.spawn(worker::worker(shared.clone(), name, semaphore.clone()));
                 }
             }
         }
@@ -513,34 +542,5 @@ pub async fn run(shared: Arc<Shared>, source: GitSource, grace: Duration) {
         Err(_) => tracing::warn!(
             "grace period over; abandoning in-flight work (every change is idempotent and is re-planned at the next start)"
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_poll_stuck_past_twice_its_deadline_fails_liveness() {
-        let settings = RunSettings {
-            fetch_timeout: Duration::from_secs(10),
-            ..RunSettings::default()
-        };
-        let shared = Shared::new(settings, Providers::new(Default::default()), None);
-        assert!(shared.live());
-        // Running, but within twice the deadline plus a minute: alive.
-        shared
-            .fetch_running_since
-            .store(now() - 70, Ordering::Relaxed);
-        assert!(shared.live());
-        shared
-            .fetch_running_since
-            .store(now() - 100, Ordering::Relaxed);
-        assert!(!shared.live(), "stuck for 100 s > 2 × 10 s + 60 s");
-        shared.fetch_running_since.store(0, Ordering::Relaxed);
-        assert!(shared.live());
-        // The loop itself stopped turning.
-        shared.heartbeat.store(now() - 10_000, Ordering::Relaxed);
-        assert!(!shared.live());
     }
 }

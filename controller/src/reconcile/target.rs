@@ -1,19 +1,18 @@
-//! One worker per target: scheduling (new revision, jittered resync, webhook kick,
-//! retry with exponential backoff and jitter), the deadline, and the reconcile itself —
-//! the ownership record and the loop state read, observe → plan (conflicts and flapping
-//! as findings) → record intents → apply (failure-isolated, stopping between changes at
-//! the deadline or on shutdown) → record outcomes, metrics and evidence.
+//! One reconcile of one target, and what it leaves behind: the ownership record and
+//! the loop state read (once per worker, then kept), observe → plan (conflicts and
+//! flapping as findings) → record intents → apply (failure-isolated, stopping between
+//! changes at the deadline or on shutdown) → record outcomes; then metrics, evidence and
+//! status. Its collaborators come from [`Shared`]: the providers, the history store
+//! (ownership record, loop state, evidence), the status sink, the metrics and the clock
+//! — so that it is unit-tested with the fake provider and an in-memory store.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use palisade_providers::{OutcomeStatus, Ownership};
-use tokio::sync::Semaphore;
 
 use super::evidence::{Evidence, describe, managed_resources, write_evidence};
 use super::status::{ReconcileRecord, ReconcileResult, Trigger};
-use super::{Enforced, Shared, now, now_ms};
+use super::{Enforced, Shared};
 use crate::apply::{ApplyError, ChangeOutcome, apply_until};
 use crate::check::Finding;
 use crate::compile::DesiredState;
@@ -22,36 +21,55 @@ use crate::history::{ChangeRecord, ChangeStatus, DriftDetected, EventData, NewEv
 use crate::metrics::{KindL, ResultL, TargetL, TriggerL};
 use crate::ownership::{self, OwnershipStore};
 use crate::plan::Cause;
+use crate::planning::{PlanError, observe_and_plan};
 use crate::policy::Diagnostic;
-use crate::reconcile::{PlanError, observe_and_plan};
 use crate::state::StateStore;
+
+/// What a worker keeps between the reconciles of its target (and the store keeps
+/// between runs): the desired state last enforced and the flap history.
+#[derive(Debug, Default)]
+pub struct TargetState {
+    /// Read from the store on the first reconcile.
+    loaded: bool,
+    /// The desired state last enforced: drift vs intended change.
+    previous: Option<DesiredState>,
+    /// Recent drift reverts per exact field.
+    flaps: Flaps,
+}
+
+/// A reconcile that ended `ok`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Changes the provider answered.
+    pub applied: usize,
+    /// Of those, drift put back.
+    pub reverted: usize,
+}
 
 /// Why a reconcile did not end `ok`, and how far it got.
 #[derive(Debug)]
-struct Failure {
-    result: ReconcileResult,
-    message: String,
+pub struct ReconcileError {
+    /// Error, refused or timeout.
+    pub result: ReconcileResult,
+    /// What happened, for people.
+    pub message: String,
     /// Changes the provider answered before it stopped.
-    applied: usize,
+    pub applied: usize,
 }
 
-impl Failure {
-    fn error(message: impl Into<String>) -> Failure {
-        Failure {
+impl ReconcileError {
+    fn error(message: impl Into<String>) -> ReconcileError {
+        ReconcileError {
             result: ReconcileResult::Error,
             message: message.into(),
             applied: 0,
         }
     }
 
-    fn applied(mut self, n: usize) -> Failure {
+    fn applied(mut self, n: usize) -> ReconcileError {
         self.applied = n;
         self
     }
-}
-
-fn jittered(d: Duration) -> Duration {
-    d.mul_f64(0.9 + fastrand::f64() * 0.2)
 }
 
 /// The kind of resource a planned change is about (`group`, `function`, `endpoint`…).
@@ -59,224 +77,154 @@ fn kind(c: &crate::plan::PlannedChange) -> String {
     c.resource.kind.as_str().to_string()
 }
 
-pub(super) async fn worker(shared: Arc<Shared>, target: String, semaphore: Arc<Semaphore>) {
-    let mut enforced_rx = shared.enforced.subscribe();
-    let mut kick_rx = shared.reconcile_kick.subscribe();
-    let mut previous: Option<DesiredState> = None;
-    let mut flaps = Flaps::default();
-    let mut backoff = None;
-    let mut delay = Duration::ZERO;
-    let mut trigger = Trigger::Revision;
-    loop {
-        if delay > Duration::ZERO {
-            let due = tokio::time::Instant::now() + delay;
-            let timer = if backoff.is_some() {
-                Trigger::Retry
-            } else {
-                Trigger::Resync
-            };
-            let woke = loop {
-                tokio::select! {
-                    biased;
-                    _ = shared.cancel.cancelled() => break None,
-                    r = enforced_rx.changed() => break r.is_ok().then_some(Trigger::Revision),
-                    // Webhook kicks come at most once per --webhook-min-interval (the
-                    // source loop spaces them); a failing target keeps its backoff.
-                    _ = kick_rx.changed() => if backoff.is_none() { break Some(Trigger::Webhook) },
-                    _ = tokio::time::sleep_until(due) => break Some(timer),
-                }
-            };
-            let Some(woke) = woke else { break };
-            trigger = woke;
+/// Reconcile `target` once at `enforced`, within the reconcile deadline, and record
+/// the result: metrics, evidence (history), status. Returns what the status shows.
+pub async fn reconcile_once(
+    shared: &Shared,
+    target: &str,
+    enforced: &Enforced,
+    trigger: Trigger,
+    state: &mut TargetState,
+) -> ReconcileRecord {
+    shared
+        .metrics
+        .triggers
+        .get_or_create(&TriggerL {
+            target: target.to_string(),
+            trigger: trigger.as_str().into(),
+        })
+        .inc();
+    let started = Instant::now();
+    let mut evidence = Evidence::default();
+    // The deadline stops the reconcile between changes (observing and planning are cut
+    // at it; the apply starts no change past it). The outer timeout, at twice the
+    // deadline, is only a backstop for a cloud call that never returns.
+    let deadline = tokio::time::Instant::now() + shared.settings.reconcile_timeout;
+    let result = tokio::time::timeout(
+        shared.settings.reconcile_timeout * 2,
+        reconcile(shared, target, enforced, deadline, state, &mut evidence),
+    )
+    .await;
+    let elapsed = started.elapsed();
+    let (outcome, error, applied, reverted) = match result {
+        Ok(Ok(r)) => (ReconcileResult::Ok, None, r.applied, r.reverted),
+        Ok(Err(f)) => (f.result, Some(f.message), f.applied, 0),
+        Err(_) => (
+            ReconcileResult::Timeout,
+            Some(format!(
+                "the reconcile took longer than {:?}",
+                shared.settings.reconcile_timeout * 2
+            )),
+            0,
+            0,
+        ),
+    };
+    let label = outcome.as_str();
+    let t = TargetL {
+        target: target.to_string(),
+    };
+    shared
+        .metrics
+        .reconcile_duration
+        .get_or_create(&t)
+        .observe(elapsed.as_secs_f64());
+    shared
+        .metrics
+        .reconciles
+        .get_or_create(&ResultL {
+            target: target.to_string(),
+            result: label.into(),
+        })
+        .inc();
+    shared.metrics.sync_api_calls(&shared.providers.api_calls());
+    match &error {
+        None => {
+            tracing::info!(target = %target, trigger = trigger.as_str(), revision = %enforced.revision.commit, applied, drift_reverted = reverted, ms = elapsed.as_millis() as u64, "reconciled")
         }
-        if shared.cancel.is_cancelled() {
-            break;
-        }
-        let Some(enforced) = enforced_rx.borrow_and_update().clone() else {
-            delay = shared.settings.resync;
-            continue;
-        };
-        if enforced.set.target(&target).is_none() {
-            // Removed from the source: nothing is changed there any more, and the target
-            // leaves the status (and readiness). The source loop starts a new worker if a
-            // later revision defines it again.
-            tracing::info!(target = %target, revision = %enforced.revision.commit, "the enforced revision no longer defines this target; its worker stops and nothing there is changed");
-            shared.update(|s| {
-                s.targets.remove(&target);
-            });
-            shared
-                .metrics
-                .target_healthy
-                .get_or_create(&TargetL {
-                    target: target.clone(),
-                })
-                .set(0);
-            break;
-        }
-        shared
-            .metrics
-            .triggers
-            .get_or_create(&TriggerL {
-                target: target.clone(),
-                trigger: trigger.as_str().into(),
-            })
-            .inc();
-        let Ok(_permit) = semaphore.acquire().await else {
-            break;
-        };
-        let started = Instant::now();
-        let mut evidence = Evidence::default();
-        // The deadline stops the reconcile between changes (observing and planning are
-        // cut at it; the apply starts no change past it). The outer timeout, at twice
-        // the deadline, is only a backstop for a cloud call that never returns.
-        let deadline = tokio::time::Instant::now() + shared.settings.reconcile_timeout;
-        let result = tokio::time::timeout(
-            shared.settings.reconcile_timeout * 2,
-            reconcile(
-                &shared,
-                &target,
-                &enforced,
-                deadline,
-                &mut previous,
-                &mut flaps,
-                &mut evidence,
-            ),
-        )
-        .await;
-        let elapsed = started.elapsed();
-        let (outcome, error, applied, reverted) = match result {
-            Ok(Ok((applied, reverted))) => (ReconcileResult::Ok, None, applied, reverted),
-            Ok(Err(f)) => (f.result, Some(f.message), f.applied, 0),
-            Err(_) => (
-                ReconcileResult::Timeout,
-                Some(format!(
-                    "the reconcile took longer than {:?}",
-                    shared.settings.reconcile_timeout * 2
-                )),
-                0,
-                0,
-            ),
-        };
-        let label = outcome.as_str();
-        shared
-            .metrics
-            .reconcile_duration
-            .get_or_create(&TargetL {
-                target: target.clone(),
-            })
-            .observe(elapsed.as_secs_f64());
-        shared
-            .metrics
-            .reconciles
-            .get_or_create(&ResultL {
-                target: target.clone(),
-                result: label.into(),
-            })
-            .inc();
-        shared.metrics.sync_api_calls(&shared.providers.api_calls());
-        match &error {
-            None => {
-                tracing::info!(target = %target, trigger = trigger.as_str(), revision = %enforced.revision.commit, applied, drift_reverted = reverted, ms = elapsed.as_millis() as u64, "reconciled")
-            }
-            Some(e) => {
-                tracing::warn!(target = %target, trigger = trigger.as_str(), result = label, error = %e, "reconcile failed; retrying with backoff")
-            }
-        }
-        write_evidence(
-            &shared,
-            &target,
-            &enforced.revision,
-            outcome,
-            error.as_deref(),
-            trigger,
-            evidence,
-        );
-        let record = ReconcileRecord {
-            at: now(),
-            trigger,
-            revision: enforced.revision.commit.clone(),
-            result: outcome,
-            error: error.clone(),
-            duration_ms: elapsed.as_millis() as u64,
-            applied,
-            drift_reverted: reverted,
-        };
-        shared.update(|s| {
-            let t = s.targets.entry(target.clone()).or_default();
-            if error.is_none() {
-                t.last_success_at = Some(record.at);
-            }
-            t.last_reconcile = Some(record);
-        });
-        shared
-            .metrics
-            .target_healthy
-            .get_or_create(&TargetL {
-                target: target.clone(),
-            })
-            .set(i64::from(error.is_none()));
-        if error.is_none() {
-            shared
-                .metrics
-                .last_success
-                .get_or_create(&TargetL {
-                    target: target.clone(),
-                })
-                .set(now() as f64);
-            backoff = None;
-            delay = jittered(shared.settings.resync);
-        } else {
-            let b = backoff.get_or_insert_with(|| {
-                ExponentialBuilder::default()
-                    .with_min_delay(shared.settings.retry_min)
-                    .with_max_delay(shared.settings.retry_max)
-                    .with_jitter()
-                    .without_max_times()
-                    .build()
-            });
-            delay = b.next().unwrap_or(shared.settings.retry_max);
+        Some(e) => {
+            tracing::warn!(target = %target, trigger = trigger.as_str(), result = label, error = %e, "reconcile failed; retrying with backoff")
         }
     }
-    tracing::debug!(target = %target, "worker stopped");
+    write_evidence(
+        shared,
+        target,
+        &enforced.revision,
+        outcome,
+        error.as_deref(),
+        trigger,
+        evidence,
+    );
+    let now = (shared.clock.now_ms() / 1000) as u64;
+    let record = ReconcileRecord {
+        at: now,
+        trigger,
+        revision: enforced.revision.commit.clone(),
+        result: outcome,
+        error,
+        duration_ms: elapsed.as_millis() as u64,
+        applied,
+        drift_reverted: reverted,
+    };
+    shared.update(|s| {
+        let t = s.targets.entry(target.to_string()).or_default();
+        if record.error.is_none() {
+            t.last_success_at = Some(record.at);
+        }
+        t.last_reconcile = Some(record.clone());
+    });
+    shared
+        .metrics
+        .target_healthy
+        .get_or_create(&t)
+        .set(i64::from(record.error.is_none()));
+    if record.error.is_none() {
+        shared
+            .metrics
+            .last_success
+            .get_or_create(&t)
+            .set(now as f64);
+    }
+    record
 }
 
-/// One reconcile of one target. Ok: (changes applied, drift reverted).
+/// One reconcile of one target.
 async fn reconcile(
     shared: &Shared,
     name: &str,
     enforced: &Enforced,
     deadline: tokio::time::Instant,
-    previous: &mut Option<DesiredState>,
-    flaps: &mut Flaps,
+    state: &mut TargetState,
     evidence: &mut Evidence,
-) -> Result<(usize, usize), Failure> {
+) -> Result<Reconciled, ReconcileError> {
     let set = &enforced.set;
     let Some(target) = set.target(name) else {
-        return Err(Failure::error(format!(
+        return Err(ReconcileError::error(format!(
             "revision {} no longer defines target {name}; nothing is changed there",
             enforced.revision.commit
         )));
     };
-    let t = target
-        .to_target()
-        .ok_or(Failure::error(format!("target {name} names no cloud")))?;
+    let t = target.to_target().ok_or(ReconcileError::error(format!(
+        "target {name} names no cloud"
+    )))?;
     let provider = shared
         .providers
         .get(t.scope.cloud())
-        .map_err(|e| Failure::error(e.to_string()))?;
-    // After a restart the previous desired state comes from the store, so that drift
-    // made while the controller was down is still drift.
-    if previous.is_none()
-        && let Some(h) = &shared.history
-    {
-        *previous = h
-            .enforced_desired(name)
-            .map_err(|e| Failure::error(format!("the loop state cannot be read: {e}")))?;
+        .map_err(|e| ReconcileError::error(e.to_string()))?;
+    // After a restart the previous desired state and the flap history come from the
+    // store, so that drift made while the controller was down is still drift and what
+    // kept coming back is still counted.
+    if !state.loaded {
+        if let Some(h) = &shared.history {
+            let read = |e| ReconcileError::error(format!("the loop state cannot be read: {e}"));
+            state.previous = h.enforced_desired(name).map_err(read)?;
+            state.flaps = h.flaps(name).map_err(read)?;
+        }
+        state.loaded = true;
     }
     let ownership = match &shared.history {
-        Some(h) => h
-            .ownership(name)
-            .map_err(|e| Failure::error(format!("the ownership record cannot be read: {e}")))?,
+        Some(h) => h.ownership(name).map_err(|e| {
+            ReconcileError::error(format!("the ownership record cannot be read: {e}"))
+        })?,
         None => Ownership::unverified(name),
     };
     let planning = tokio::time::timeout_at(
@@ -286,13 +234,13 @@ async fn reconcile(
             target,
             provider.as_ref(),
             &ownership,
-            previous.as_ref(),
+            state.previous.as_ref(),
             &shared.settings.plan,
             Some(&enforced.revision.commit),
         ),
     )
     .await
-    .map_err(|_| Failure {
+    .map_err(|_| ReconcileError {
         result: ReconcileResult::Timeout,
         message: format!(
             "observing and planning took longer than {:?}; nothing was changed",
@@ -308,19 +256,19 @@ async fn reconcile(
                 .filter(|d| d.is_error())
                 .map(Diagnostic::to_string)
                 .collect();
-            return Err(Failure::error(format!(
+            return Err(ReconcileError::error(format!(
                 "the revision does not fit what is observed: {}",
                 text.join("; ")
             )));
         }
-        Err(e) => return Err(Failure::error(format!("{e}: {}", source_text(&e)))),
+        Err(e) => return Err(ReconcileError::error(format!("{e}: {}", source_text(&e)))),
     };
 
     evidence.observed = true;
     evidence.resources = managed_resources(&planned.desired);
     // Drift: count it; stop reverting what keeps coming back.
     let settings = &shared.settings;
-    let observed_at = now_ms();
+    let observed_at = shared.clock.now_ms();
     for c in planned
         .plan
         .changes
@@ -355,11 +303,12 @@ async fn reconcile(
             })
             .inc();
     }
-    let flapping = flaps.filter(
+    let flapping = state.flaps.filter(
         name,
         &mut planned.plan.changes,
         settings.flap_threshold,
         settings.flap_window,
+        observed_at,
     );
     shared
         .metrics
@@ -381,7 +330,7 @@ async fn reconcile(
         shared.cancel.is_cancelled() || tokio::time::Instant::now() >= deadline
     })
     .await;
-    let applied_at = now_ms();
+    let applied_at = shared.clock.now_ms();
     let (report, failure) = match result {
         Ok(r) => (r, None),
         Err(ApplyError::Change {
@@ -392,7 +341,7 @@ async fn reconcile(
         }) => (*report, Some(format!("{resource}: {source}"))),
         Err(ApplyError::Refused { reason }) => {
             record_findings(shared, name, &planned.plan.findings, &[]);
-            return Err(Failure {
+            return Err(ReconcileError {
                 result: ReconcileResult::Refused,
                 message: reason,
                 applied: 0,
@@ -453,7 +402,7 @@ async fn reconcile(
             ));
         } else if r.planned.cause == Cause::Drift {
             reverted += 1;
-            flaps.record(&r.planned);
+            state.flaps.record(&r.planned, applied_at);
             shared
                 .metrics
                 .drift_reverted
@@ -464,6 +413,14 @@ async fn reconcile(
                 .inc();
         }
     }
+    if reverted > 0 {
+        state.flaps.prune(settings.flap_window, applied_at);
+        if let Some(h) = &shared.history
+            && let Err(e) = h.save_flaps(name, applied_at, &state.flaps)
+        {
+            tracing::error!(target = %name, error = %e, "the flap history cannot be written; it is counted in memory until it can");
+        }
+    }
     record_findings(shared, name, &planned.plan.findings, &pending);
     let applied = report
         .results
@@ -471,17 +428,17 @@ async fn reconcile(
         .filter(|r| r.outcome().is_some())
         .count();
     if let Some(f) = failure {
-        return Err(Failure::error(f).applied(applied));
+        return Err(ReconcileError::error(f).applied(applied));
     }
     if report.skipped > 0 {
         if shared.cancel.is_cancelled() {
-            return Err(Failure::error(format!(
+            return Err(ReconcileError::error(format!(
                 "shutting down: {} change(s) left for the next start",
                 report.skipped
             ))
             .applied(applied));
         }
-        return Err(Failure {
+        return Err(ReconcileError {
             result: ReconcileResult::Timeout,
             message: format!(
                 "the reconcile reached its deadline ({:?}) between changes: {} change(s) left for the next reconcile",
@@ -490,19 +447,19 @@ async fn reconcile(
             applied,
         });
     }
-    if previous.as_ref() != Some(&planned.desired)
+    if state.previous.as_ref() != Some(&planned.desired)
         && let Some(h) = &shared.history
         && let Err(e) = h.save_enforced_desired(
             name,
             Some(&enforced.revision.commit),
-            now_ms(),
+            shared.clock.now_ms(),
             &planned.desired,
         )
     {
         tracing::error!(target = %name, error = %e, "the loop state cannot be written; drift and intent are told apart from memory until it can");
     }
-    *previous = Some(planned.desired);
-    Ok((applied, reverted))
+    state.previous = Some(planned.desired);
+    Ok(Reconciled { applied, reverted })
 }
 
 /// Write an ownership record update; a failure stops the reconcile (fail closed: never
@@ -512,12 +469,12 @@ fn record_ownership(
     name: &str,
     revision: &str,
     update: &ownership::RecordUpdate,
-) -> Result<(), Failure> {
+) -> Result<(), ReconcileError> {
     let Some(h) = &shared.history else {
         return Ok(());
     };
-    h.update_ownership(name, Some(revision), now_ms(), update)
-        .map_err(|e| Failure::error(format!("the ownership record cannot be written: {e}")))
+    h.update_ownership(name, Some(revision), shared.clock.now_ms(), update)
+        .map_err(|e| ReconcileError::error(format!("the ownership record cannot be written: {e}")))
 }
 
 fn source_text(e: &PlanError) -> String {

@@ -11,7 +11,7 @@ use crate::history::{
 use crate::plan::Cause;
 use crate::source::Revision;
 
-use super::{Shared, now_ms};
+use super::Shared;
 
 /// What one reconcile leaves for the history.
 #[derive(Debug, Default)]
@@ -91,7 +91,7 @@ pub(super) fn write_evidence(
     let Some(history) = &shared.history else {
         return;
     };
-    let at = now_ms();
+    let at = shared.clock.now_ms();
     evidence.events.push((
         at,
         NewEvent::new(EventData::Reconciled(Reconciled {

@@ -1,0 +1,476 @@
+//! The reconcile, one test per branch, with its collaborators injected: the fake
+//! provider, an in-memory history store (ownership record, loop state, evidence), the
+//! status sink and metrics of a `Shared`, and a clock the test moves.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use palisade_providers::fake::FakeProvider;
+use palisade_providers::{
+    Change, Cloud, Direction, Inventory, Peer, PortRange, Ports, Protocol, ProviderError, Rule,
+};
+
+use super::worker::worker;
+use super::*;
+use crate::check::FindingKind;
+use crate::history::{ChangeStatus, EventData, ResourceState};
+use crate::plan::Cause;
+use crate::policy::{Limits, Mode, load_dir};
+use crate::source::SignatureStatus;
+
+const TARGET: &str = "prod-aws";
+const T0: i64 = 1_780_000_000_000;
+
+#[derive(Debug)]
+struct ManualClock(AtomicI64);
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl ManualClock {
+    fn advance(&self, d: Duration) {
+        self.0.fetch_add(d.as_millis() as i64, Ordering::Relaxed);
+    }
+}
+
+struct Fixture {
+    shared: Arc<Shared>,
+    fake: Arc<FakeProvider>,
+    clock: Arc<ManualClock>,
+    enforced: Enforced,
+}
+
+fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn enforced(set: PolicySet) -> Enforced {
+    Enforced {
+        revision: Revision {
+            commit: "c1".into(),
+            author: "A <a@example.com>".into(),
+            committer: "a@example.com".into(),
+            time: 0,
+            summary: "policies".into(),
+            signature: SignatureStatus::NotChecked,
+        },
+        set: Arc::new(set),
+    }
+}
+
+fn fixture(settings: RunSettings) -> Fixture {
+    let (set, diags) = load_dir(&root().join("policies-example"), &Limits::default());
+    assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");
+    let text = std::fs::read_to_string(root().join("tests/fixtures/inventory-prod-aws.json"))
+        .expect("fixture");
+    let inventory: Inventory = serde_json::from_str(&text).expect("fixture json");
+    let fake = Arc::new(FakeProvider::new(inventory));
+    let providers = Providers::new(Default::default());
+    providers.insert(Cloud::Aws, fake.clone());
+    let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
+    let shared = Shared::with_clock(
+        settings,
+        providers,
+        Some(Store::in_memory().expect("store")),
+        clock.clone(),
+    );
+    let enforced = enforced(set);
+    shared.update(|s| s.revision = Some(enforced.revision.clone()));
+    Fixture {
+        shared,
+        fake,
+        clock,
+        enforced,
+    }
+}
+
+impl Fixture {
+    async fn once(&self, state: &mut TargetState) -> ReconcileRecord {
+        reconcile_once(&self.shared, TARGET, &self.enforced, Trigger::Resync, state).await
+    }
+
+    fn history(&self) -> &Store {
+        self.shared.history.as_ref().expect("store")
+    }
+
+    fn events(&self) -> Vec<EventData> {
+        self.history()
+            .events(&Default::default())
+            .expect("events")
+            .into_iter()
+            .filter_map(|e| e.event.data().cloned())
+            .collect()
+    }
+
+    /// The managed group of the `payments-api` policy (enforced) in the fake cloud.
+    fn managed_group(&self) -> String {
+        self.fake
+            .inventory(TARGET)
+            .groups
+            .iter()
+            .find(|g| g.owner() == Some("payments-api"))
+            .expect("a managed group")
+            .id
+            .clone()
+    }
+
+    fn rules_of(&self, id: &str) -> Vec<Rule> {
+        self.fake
+            .inventory(TARGET)
+            .groups
+            .iter()
+            .find(|g| g.id == id)
+            .map(|g| g.rules.clone())
+            .unwrap_or_default()
+    }
+
+    fn mutate_group(&self, id: &str, f: impl FnOnce(&mut Vec<Rule>)) {
+        self.fake.mutate(TARGET, |inv| {
+            let g = inv.groups.iter_mut().find(|g| g.id == id).expect("group");
+            f(&mut g.rules);
+        });
+    }
+
+    async fn converged(&self) -> TargetState {
+        let mut state = TargetState::default();
+        let first = self.once(&mut state).await;
+        assert_eq!(first.result, ReconcileResult::Ok, "{:?}", first.error);
+        assert!(first.applied > 0);
+        state
+    }
+}
+
+fn world_ssh() -> Rule {
+    Rule::allow(
+        Direction::Ingress,
+        Ports {
+            protocol: Protocol::Tcp,
+            range: Some(PortRange { from: 22, to: 22 }),
+        },
+        Peer::cidr("0.0.0.0/0".parse().expect("cidr")),
+    )
+}
+
+#[tokio::test]
+async fn converged_after_one_apply_and_healthy() {
+    let f = fixture(RunSettings::default());
+    let mut state = f.converged().await;
+    let again = f.once(&mut state).await;
+    assert_eq!(again.result, ReconcileResult::Ok);
+    assert_eq!((again.applied, again.drift_reverted), (0, 0));
+    let status = f.shared.status();
+    assert!(status.targets[TARGET].healthy);
+    assert!(status.converged);
+    let report = f.history().last_report(TARGET).unwrap().expect("report");
+    assert!(!report.resources.is_empty());
+    // Everything is as declared, except what the example's audit policy
+    // (report-export) only reports.
+    assert!(
+        report.resources.iter().all(|r| {
+            r.status == ResourceState::Compliant
+                || (r.status == ResourceState::DriftReported
+                    && r.resource.name.starts_with("report-export"))
+        }),
+        "{:?}",
+        report.resources
+    );
+    assert_eq!(report.at, T0, "evidence times come from the injected clock");
+}
+
+#[tokio::test]
+async fn drift_is_reverted_and_recorded_as_drift() {
+    let f = fixture(RunSettings::default());
+    let mut state = f.converged().await;
+    let sg = f.managed_group();
+    f.mutate_group(&sg, |rules| rules.push(world_ssh()));
+    let r = f.once(&mut state).await;
+    assert_eq!(r.result, ReconcileResult::Ok, "{:?}", r.error);
+    assert_eq!(r.drift_reverted, 1);
+    assert!(!f.rules_of(&sg).contains(&world_ssh()));
+    let events = f.events();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, EventData::DriftDetected(d) if d.change.contains("0.0.0.0/0")))
+    );
+    assert!(events.iter().any(|e| matches!(e,
+        EventData::ChangeApplied(c) if c.cause == Cause::Drift && c.action == "removeRules")));
+    let report = f.history().last_report(TARGET).unwrap().expect("report");
+    assert!(
+        report
+            .resources
+            .iter()
+            .any(|r| r.status == ResourceState::DriftReverted)
+    );
+}
+
+#[tokio::test]
+async fn after_a_restart_drift_is_still_drift() {
+    let f = fixture(RunSettings::default());
+    let _before_restart = f.converged().await;
+    let sg = f.managed_group();
+    f.mutate_group(&sg, |rules| rules.push(world_ssh()));
+    // A new worker (a restart): the previous desired state comes from the store.
+    let mut fresh = TargetState::default();
+    let r = f.once(&mut fresh).await;
+    assert_eq!(r.drift_reverted, 1, "{r:?}");
+}
+
+#[tokio::test]
+async fn audit_mode_reports_and_changes_nothing() {
+    let mut f = fixture(RunSettings::default());
+    let mut state = f.converged().await;
+    let sg = f.managed_group();
+    let mut set = (*f.enforced.set).clone();
+    for p in set
+        .policies
+        .iter_mut()
+        .filter(|p| p.name() == "payments-api")
+    {
+        p.spec.mode = Mode::Audit;
+    }
+    f.enforced = enforced(set);
+    f.mutate_group(&sg, |rules| rules.push(world_ssh()));
+    let writes = f.fake.writes();
+    let r = f.once(&mut state).await;
+    assert_eq!(r.result, ReconcileResult::Ok, "{:?}", r.error);
+    assert_eq!(
+        f.fake.writes(),
+        writes,
+        "audit writes nothing: {:?}",
+        f.history().last_report(TARGET).unwrap().map(|r| r.changes)
+    );
+    assert!(f.rules_of(&sg).contains(&world_ssh()));
+    let status = f.shared.status();
+    assert!(
+        status.targets[TARGET]
+            .findings
+            .iter()
+            .any(|x| x.kind == FindingKind::AuditDrift)
+    );
+    let report = f.history().last_report(TARGET).unwrap().expect("report");
+    assert!(
+        report
+            .resources
+            .iter()
+            .any(|r| r.status == ResourceState::DriftReported)
+    );
+}
+
+#[tokio::test]
+async fn an_empty_source_is_refused_and_nothing_is_deleted() {
+    let mut f = fixture(RunSettings::default());
+    let mut state = f.converged().await;
+    let before = f.fake.inventory(TARGET);
+    let mut set = (*f.enforced.set).clone();
+    set.policies.retain(|p| p.spec.target.value != TARGET);
+    f.enforced = enforced(set);
+    let r = f.once(&mut state).await;
+    assert_eq!(r.result, ReconcileResult::Refused, "{r:?}");
+    assert_eq!(f.fake.inventory(TARGET), before);
+    assert!(!f.shared.status().targets[TARGET].healthy);
+}
+
+#[tokio::test]
+async fn a_failed_change_fails_only_itself_and_what_needs_it() {
+    let f = fixture(RunSettings::default());
+    f.fake.fail_when(
+        |c| matches!(c, Change::SetPlacement { .. }),
+        1,
+        || ProviderError::Api {
+            service: "lambda".into(),
+            operation: "UpdateFunctionConfiguration".into(),
+            code: "ResourceConflictException".into(),
+            message: "an update is in progress".into(),
+            request_id: Some("req-1".into()),
+            retryable: true,
+        },
+    );
+    let mut state = TargetState::default();
+    let r = f.once(&mut state).await;
+    assert_eq!(r.result, ReconcileResult::Error);
+    assert!(
+        r.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("ResourceConflict")
+    );
+    assert!(r.applied > 1, "independent changes went ahead: {r:?}");
+    let failed: Vec<_> = f
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            EventData::ChangeFailed(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].status, ChangeStatus::Failed);
+    // The next reconcile (the retry) converges.
+    let r = f.once(&mut state).await;
+    assert_eq!(r.result, ReconcileResult::Ok, "{:?}", r.error);
+}
+
+#[tokio::test]
+async fn a_pending_change_is_reported_and_the_reconcile_succeeds() {
+    let f = fixture(RunSettings::default());
+    f.fake.pending_when(
+        |c| matches!(c, Change::SetPlacement { .. }),
+        1,
+        "ENIs still attached",
+    );
+    let mut state = TargetState::default();
+    let r = f.once(&mut state).await;
+    assert_eq!(r.result, ReconcileResult::Ok, "{:?}", r.error);
+    let status = f.shared.status();
+    assert_eq!(status.targets[TARGET].pending_deletions.len(), 1);
+    assert!(status.targets[TARGET].pending_deletions[0].contains("ENIs still attached"));
+    let report = f.history().last_report(TARGET).unwrap().expect("report");
+    assert!(
+        report
+            .changes
+            .iter()
+            .any(|c| c.status == ChangeStatus::Pending)
+    );
+    assert!(
+        report
+            .resources
+            .iter()
+            .any(|r| r.status == ResourceState::Pending)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_stops_between_changes() {
+    let f = fixture(RunSettings {
+        reconcile_timeout: Duration::from_secs(5),
+        ..RunSettings::default()
+    });
+    f.fake.set_apply_latency(Duration::from_secs(2));
+    let mut state = TargetState::default();
+    let r = f.once(&mut state).await;
+    assert_eq!(r.result, ReconcileResult::Timeout, "{r:?}");
+    assert!(
+        r.error.as_deref().unwrap_or("").contains("between changes"),
+        "{r:?}"
+    );
+    assert!((1..=3).contains(&r.applied), "{r:?}");
+    // Nothing was cut in the middle: no change failed.
+    assert!(
+        !f.events()
+            .iter()
+            .any(|e| matches!(e, EventData::ChangeFailed(_)))
+    );
+    // The next reconciles finish the work.
+    f.fake.set_apply_latency(Duration::ZERO);
+    let r = f.once(&mut state).await;
+    assert_eq!(r.result, ReconcileResult::Ok, "{:?}", r.error);
+}
+
+#[tokio::test]
+async fn on_shutdown_no_change_is_started() {
+    let f = fixture(RunSettings::default());
+    f.shared.cancel.cancel();
+    let mut state = TargetState::default();
+    let r = f.once(&mut state).await;
+    assert_eq!(r.result, ReconcileResult::Error);
+    assert!(r.error.as_deref().unwrap_or("").contains("shutting down"));
+    assert_eq!(f.fake.writes(), 0);
+}
+
+#[tokio::test]
+async fn a_field_that_keeps_flapping_is_held_and_reported_across_a_restart() {
+    let f = fixture(RunSettings {
+        flap_threshold: 3,
+        flap_window: Duration::from_secs(3600),
+        ..RunSettings::default()
+    });
+    let mut state = f.converged().await;
+    let sg = f.managed_group();
+    let declared = f.rules_of(&sg)[0].clone();
+    // Someone keeps revoking a declared rule; Palisade puts it back three times.
+    for _ in 0..3 {
+        f.mutate_group(&sg, |rules| rules.retain(|r| r != &declared));
+        f.clock.advance(Duration::from_secs(60));
+        let r = f.once(&mut state).await;
+        assert_eq!(r.drift_reverted, 1, "{r:?}");
+    }
+    // A restart: the flap history comes back from the store.
+    let mut state = TargetState::default();
+    f.mutate_group(&sg, |rules| rules.retain(|r| r != &declared));
+    // And a world-open rule added at the same time is still revoked.
+    f.mutate_group(&sg, |rules| rules.push(world_ssh()));
+    f.clock.advance(Duration::from_secs(60));
+    let r = f.once(&mut state).await;
+    assert_eq!(r.result, ReconcileResult::Ok, "{:?}", r.error);
+    assert_eq!(r.drift_reverted, 1, "only the world rule: {r:?}");
+    assert!(!f.rules_of(&sg).iter().any(|r| r == &declared));
+    assert!(!f.rules_of(&sg).contains(&world_ssh()));
+    let flapping: Vec<_> = f.shared.status().targets[TARGET]
+        .findings
+        .iter()
+        .filter(|x| x.kind == FindingKind::Flapping)
+        .cloned()
+        .collect();
+    assert_eq!(flapping.len(), 1, "{flapping:?}");
+    assert!(flapping[0].message.contains("reverted 3 times"));
+    // After the window it is reverted again.
+    f.clock.advance(Duration::from_secs(3700));
+    let r = f.once(&mut state).await;
+    assert_eq!(r.drift_reverted, 1, "{r:?}");
+    assert!(f.rules_of(&sg).contains(&declared));
+}
+
+#[tokio::test]
+async fn the_worker_of_a_removed_target_stops_and_leaves_the_status() {
+    let f = fixture(RunSettings::default());
+    let _ = f.converged().await;
+    assert!(f.shared.status().targets.contains_key(TARGET));
+    let mut set = (*f.enforced.set).clone();
+    set.targets.retain(|t| t.name() != TARGET);
+    set.policies.retain(|p| p.spec.target.value != TARGET);
+    f.shared
+        .enforced
+        .send_replace(Some(Arc::new(enforced(set))));
+    let writes = f.fake.writes();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        worker(
+            f.shared.clone(),
+            TARGET.into(),
+            Arc::new(tokio::sync::Semaphore::new(1)),
+        ),
+    )
+    .await
+    .expect("the worker stops");
+    assert!(!f.shared.status().targets.contains_key(TARGET));
+    assert_eq!(f.fake.writes(), writes, "nothing is changed there");
+}
+
+#[test]
+fn a_poll_stuck_past_twice_its_deadline_fails_liveness() {
+    let settings = RunSettings {
+        fetch_timeout: Duration::from_secs(10),
+        ..RunSettings::default()
+    };
+    let shared = Shared::new(settings, Providers::new(Default::default()), None);
+    assert!(shared.live());
+    // Running, but within twice the deadline plus a minute: alive.
+    shared
+        .fetch_running_since
+        .store(now() - 70, Ordering::Relaxed);
+    assert!(shared.live());
+    shared
+        .fetch_running_since
+        .store(now() - 100, Ordering::Relaxed);
+    assert!(!shared.live(), "stuck for 100 s > 2 × 10 s + 60 s");
+    shared.fetch_running_since.store(0, Ordering::Relaxed);
+    assert!(shared.live());
+    // The loop itself stopped turning.
+    shared.heartbeat.store(now() - 10_000, Ordering::Relaxed);
+    assert!(!shared.live());
+}
