@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use palisade::plan::Settings;
-use palisade::planning::observe_and_plan;
+use palisade::planning::{PlanTarget, observe_and_plan};
 use palisade::policy::{Limits, load_dir};
 use palisade_armfake::{Config, Fake};
 use palisade_providers::azure::{AzureProvider, AzureSettings};
@@ -52,6 +52,11 @@ fn main() {
         .expect("prod-azure")
         .clone();
     let t = target.to_target().unwrap();
+    let at = PlanTarget {
+        set: &set,
+        doc: &target,
+        scope: &t,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -94,9 +99,7 @@ fn main() {
         // Ownership from a record, as the controller decides it (the vetting is measured).
         let mut own = Ownership::recorded(&t.name, "bench-installation");
         let planned = rt
-            .block_on(observe_and_plan(
-                &set, &target, &provider, &own, None, &settings, None,
-            ))
+            .block_on(observe_and_plan(at, &provider, &own, None, &settings, None))
             .unwrap();
         let changes = planned.plan.changes.len();
         let report = rt
@@ -118,8 +121,7 @@ fn main() {
             let (wall, cpu) = (Instant::now(), cpu_seconds());
             let p = rt
                 .block_on(observe_and_plan(
-                    &set,
-                    &target,
+                    at,
                     &provider,
                     &own,
                     Some(&previous),

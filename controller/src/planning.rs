@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use palisade_providers::{
-    ApiCallCount, Cloud, Inventory, Ownership, OwnershipBasis, Provider, ProviderError,
+    ApiCallCount, Cloud, Inventory, Ownership, OwnershipBasis, Provider, ProviderError, Target,
 };
 use serde::Serialize;
 
@@ -110,30 +110,38 @@ pub fn plan_with(
     })
 }
 
-/// Observe `target` through `provider`, then [`plan_with`].
+/// What a plan is made against: the revision's policies and one of its targets, with
+/// the target's cloud scope resolved once after validation.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanTarget<'a> {
+    /// Every document of the revision.
+    pub set: &'a PolicySet,
+    /// The target's document.
+    pub doc: &'a TargetDoc,
+    /// Its cloud scope.
+    pub scope: &'a Target,
+}
+
+/// Observe the target through `provider`, then [`plan_with`].
 ///
 /// # Errors
 /// [`PlanError::Observe`] when the cloud could not be read; [`PlanError::Invalid`].
 pub async fn observe_and_plan(
-    set: &PolicySet,
-    target: &TargetDoc,
+    at: PlanTarget<'_>,
     provider: &dyn Provider,
     ownership: &Ownership,
     previous: Option<&DesiredState>,
     settings: &Settings,
     revision: Option<&str>,
 ) -> Result<Planned, PlanError> {
-    let t = target
-        .to_target()
-        .ok_or_else(|| PlanError::NoProvider(format!("target {} names no cloud", target.name())))?;
     let inventory = provider
-        .observe(&t, ownership)
+        .observe(at.scope, ownership)
         .await
         .map_err(|source| PlanError::Observe {
-            target: t.name.clone(),
+            target: at.scope.name.clone(),
             source: Box::new(source),
         })?;
-    let mut planned = plan_with(set, target, inventory, previous, settings, revision)?;
+    let mut planned = plan_with(at.set, at.doc, inventory, previous, settings, revision)?;
     planned.ownership = ownership.basis;
     Ok(planned)
 }

@@ -54,7 +54,7 @@ pub(crate) fn run(args: ApplyArgs) -> Result<ExitCode> {
     if matches!(format, Format::Sarif | Format::Junit) {
         bail!("apply prints text or json; use `plan --format sarif|junit` for CI reports");
     }
-    let (set, index) = load_target(&policies, target.as_deref(), None)?;
+    let (set, index, scope) = load_target(&policies, target.as_deref(), None)?;
     let target = &set.targets[index];
     let providers = cloud.providers()?;
     let store = palisade::history::Store::open(&history)?;
@@ -66,8 +66,11 @@ pub(crate) fn run(args: ApplyArgs) -> Result<ExitCode> {
         .context("the ownership record cannot be read")?;
     let previous = store.enforced_desired(target.name())?;
     let planned = match live_plan(
-        &set,
-        target,
+        PlanTarget {
+            set: &set,
+            doc: target,
+            scope: &scope,
+        },
         &providers,
         &own,
         previous.as_ref(),
@@ -82,7 +85,7 @@ pub(crate) fn run(args: ApplyArgs) -> Result<ExitCode> {
         ownership: &own,
         revision: revision.as_deref(),
     };
-    apply_planned(&planned, target, &providers, &record, auto_approve, format)
+    apply_planned(&planned, &scope, &providers, &record, auto_approve, format)
 }
 
 /// Where `apply` keeps the ownership record up to date.
@@ -111,7 +114,7 @@ impl Record<'_> {
 
 pub(crate) fn apply_planned(
     planned: &Planned,
-    target: &TargetDoc,
+    t: &palisade_providers::Target,
     providers: &Providers,
     record: &Record<'_>,
     auto_approve: bool,
@@ -171,12 +174,9 @@ pub(crate) fn apply_planned(
             return Ok(ExitCode::from(1));
         }
     }
-    let t = target
-        .to_target()
-        .with_context(|| format!("target {} names no cloud", target.name()))?;
     let provider = providers.get(t.scope.cloud())?;
     record.write(&plan.target, &palisade::ownership::intents(plan))?;
-    let result = runtime()?.block_on(palisade::apply::apply(plan, &t, provider.as_ref()));
+    let result = runtime()?.block_on(palisade::apply::apply(plan, t, provider.as_ref()));
     let done = match &result {
         Ok(r) => Some(r),
         Err(ApplyError::Change { report, .. }) => Some(report.as_ref()),

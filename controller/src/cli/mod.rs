@@ -15,9 +15,9 @@ use palisade::apply::{ApplyError, ApplyReport, ChangeOutcome};
 use palisade::ownership::OwnershipStore;
 use palisade::plan::{Settings, render_text};
 use palisade::planning::{
-    PlanError, Planned, ProviderSettings, Providers, observe_and_plan, plan_with,
+    PlanError, PlanTarget, Planned, ProviderSettings, Providers, observe_and_plan, plan_with,
 };
-use palisade::policy::{self, Diagnostic, Limits, PolicySet, TargetDoc};
+use palisade::policy::{self, Diagnostic, Limits, PolicySet};
 use palisade::state::StateStore;
 use palisade_providers::{ApiCallCount, CallKind, Inventory, OutcomeStatus, total_calls};
 use serde::Serialize;
@@ -177,12 +177,14 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Load the source and pick the target: by name, by the snapshot's target, or the only one.
+/// Load and validate the source and pick the target — by name, by the snapshot's
+/// target, or the only one — with its cloud scope resolved (once, here: validation
+/// guarantees every target names exactly one cloud).
 pub(crate) fn load_target(
     policies: &Path,
     name: Option<&str>,
     snapshot_target: Option<&str>,
-) -> Result<(PolicySet, usize)> {
+) -> Result<(PolicySet, usize, palisade_providers::Target)> {
     let (set, diags) = policy::load_dir(policies, &Limits::default());
     if diags.iter().any(Diagnostic::is_error) {
         print_diagnostics(&diags, Format::Text)?;
@@ -225,7 +227,10 @@ pub(crate) fn load_target(
                     .join(", ")
             )
         })?;
-    Ok((set, index))
+    let scope = set.targets[index]
+        .to_target()
+        .with_context(|| format!("target {wanted} names no cloud"))?;
+    Ok((set, index, scope))
 }
 
 pub(crate) fn installation_id(s: &str) -> Result<String, String> {
@@ -233,23 +238,17 @@ pub(crate) fn installation_id(s: &str) -> Result<String, String> {
 }
 
 pub(crate) fn live_plan(
-    set: &PolicySet,
-    target: &TargetDoc,
+    at: PlanTarget<'_>,
     providers: &Providers,
     ownership: &palisade_providers::Ownership,
     previous: Option<&palisade::compile::DesiredState>,
     settings: &SettingsArgs,
     revision: Option<&str>,
 ) -> Result<Planned, PlanError> {
-    let cloud = target
-        .to_target()
-        .map(|t| t.scope.cloud())
-        .ok_or_else(|| PlanError::NoProvider(format!("target {} names no cloud", target.name())))?;
-    let provider = providers.get(cloud)?;
+    let provider = providers.get(at.scope.scope.cloud())?;
     let rt = runtime().map_err(|e| PlanError::NoProvider(format!("{e:#}")))?;
     rt.block_on(observe_and_plan(
-        set,
-        target,
+        at,
         provider.as_ref(),
         ownership,
         previous,

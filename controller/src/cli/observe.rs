@@ -20,10 +20,7 @@ pub(crate) fn run(args: ObserveArgs) -> Result<ExitCode> {
         target,
         cloud,
     } = args;
-    let (set, index) = load_target(&policies, target.as_deref(), None)?;
-    let t = set.targets[index]
-        .to_target()
-        .with_context(|| format!("target {} names no cloud", set.targets[index].name()))?;
+    let (_, _, t) = load_target(&policies, target.as_deref(), None)?;
     let providers = cloud.providers()?;
     let provider = providers.get(t.scope.cloud())?;
     // Read-only, without the record: ownership as the tags claim it.

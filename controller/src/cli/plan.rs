@@ -46,7 +46,7 @@ pub(crate) fn run(args: PlanArgs) -> Result<ExitCode> {
         cloud,
     } = args;
     let snapshot = inventory.as_deref().map(read_inventory).transpose()?;
-    let (set, index) = load_target(
+    let (set, index, scope) = load_target(
         &policies,
         target.as_deref(),
         snapshot.as_ref().map(|i| i.target.as_str()),
@@ -81,8 +81,11 @@ pub(crate) fn run(args: PlanArgs) -> Result<ExitCode> {
                 ),
             };
             live_plan(
-                &set,
-                target,
+                PlanTarget {
+                    set: &set,
+                    doc: target,
+                    scope: &scope,
+                },
                 &providers,
                 &own,
                 previous.as_ref(),

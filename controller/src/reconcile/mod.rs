@@ -101,6 +101,25 @@ pub struct Enforced {
     pub revision: Revision,
     /// What it says.
     pub set: Arc<PolicySet>,
+    /// Its targets' cloud scopes, resolved once when it was accepted (validation
+    /// guarantees each names exactly one cloud).
+    pub targets: BTreeMap<String, palisade_providers::Target>,
+}
+
+impl Enforced {
+    /// A validated revision.
+    pub fn new(revision: Revision, set: PolicySet) -> Enforced {
+        let targets = set
+            .targets
+            .iter()
+            .filter_map(|t| t.to_target().map(|x| (t.name().to_string(), x)))
+            .collect();
+        Enforced {
+            revision,
+            set: Arc::new(set),
+            targets,
+        }
+    }
 }
 
 /// State shared by the source task, the workers and the HTTP server.
@@ -353,10 +372,8 @@ impl Shared {
         tracing::info!(commit = %revision.commit, author = %revision.author, summary = %revision.summary, policies = set.policies.len(), "revision enforced");
         self.metrics.set_revision(&revision.commit);
         self.update(|s| s.revision = Some(revision.clone()));
-        self.enforced.send_replace(Some(Arc::new(Enforced {
-            revision,
-            set: Arc::new(set),
-        })));
+        self.enforced
+            .send_replace(Some(Arc::new(Enforced::new(revision, set))));
         true
     }
 }
@@ -502,8 +519,9 @@ pub async fn run(shared: Arc<Shared>, source: GitSource, grace: Duration) {
                     shared.settings.targets.is_empty() || shared.settings.targets.contains(&name);
                 if wanted && !spawned.contains_key(&name) {
                     spawned.insert(name.clone(), ());
-                    let cloud = t
-                        .to_target()
+                    let cloud = e
+                        .targets
+                        .get(&name)
                         .map(|t| t.scope.cloud().to_string())
                         .unwrap_or_default();
                     shared.update(|s| {

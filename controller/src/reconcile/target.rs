@@ -21,7 +21,7 @@ use crate::history::{ChangeRecord, ChangeStatus, DriftDetected, EventData, NewEv
 use crate::metrics::{KindL, ResultL, TargetL, TriggerL};
 use crate::ownership::{self, OwnershipStore};
 use crate::plan::Cause;
-use crate::planning::{PlanError, observe_and_plan};
+use crate::planning::{PlanError, PlanTarget, observe_and_plan};
 use crate::policy::Diagnostic;
 use crate::state::StateStore;
 
@@ -197,15 +197,12 @@ async fn reconcile(
     evidence: &mut Evidence,
 ) -> Result<Reconciled, ReconcileError> {
     let set = &enforced.set;
-    let Some(target) = set.target(name) else {
+    let (Some(target), Some(t)) = (set.target(name), enforced.targets.get(name)) else {
         return Err(ReconcileError::error(format!(
             "revision {} no longer defines target {name}; nothing is changed there",
             enforced.revision.commit
         )));
     };
-    let t = target.to_target().ok_or(ReconcileError::error(format!(
-        "target {name} names no cloud"
-    )))?;
     let provider = shared
         .providers
         .get(t.scope.cloud())
@@ -230,8 +227,11 @@ async fn reconcile(
     let planning = tokio::time::timeout_at(
         deadline,
         observe_and_plan(
-            set,
-            target,
+            PlanTarget {
+                set,
+                doc: target,
+                scope: t,
+            },
             provider.as_ref(),
             &ownership,
             state.previous.as_ref(),
@@ -326,7 +326,7 @@ async fn reconcile(
         before = ownership::merge([before, ownership::intents(&planned.plan)]);
     }
     record_ownership(shared, name, &enforced.revision.commit, &before)?;
-    let result = apply_until(&planned.plan, &t, provider.as_ref(), &|| {
+    let result = apply_until(&planned.plan, t, provider.as_ref(), &|| {
         shared.cancel.is_cancelled() || tokio::time::Instant::now() >= deadline
     })
     .await;

@@ -49,8 +49,8 @@ fn root() -> std::path::PathBuf {
 }
 
 fn enforced(set: PolicySet) -> Enforced {
-    Enforced {
-        revision: Revision {
+    Enforced::new(
+        Revision {
             commit: "c1".into(),
             author: "A <a@example.com>".into(),
             committer: "a@example.com".into(),
@@ -58,8 +58,8 @@ fn enforced(set: PolicySet) -> Enforced {
             summary: "policies".into(),
             signature: SignatureStatus::NotChecked,
         },
-        set: Arc::new(set),
-    }
+        set,
+    )
 }
 
 fn fixture(settings: RunSettings) -> Fixture {
