@@ -1,5 +1,6 @@
 //! Client-side rate limits shared by the cloud providers: a sustained rate and a burst per
-//! API bucket, written `NAME=PER_SECOND/BURST` in settings, enforced with governor's GCRA.
+//! API bucket, written `NAME=PER_SECOND/BURST` in settings, enforced with governor's GCRA;
+//! and the one backoff both clouds' call layers wait by between attempts.
 
 use std::fmt;
 use std::num::NonZeroU32;
@@ -32,6 +33,19 @@ impl Rate {
             .allow_burst(burst);
         RateLimiter::direct(quota)
     }
+}
+
+/// Delays between the attempts of one call: exponential from `first`, at most 30 s,
+/// with jitter (backon's), at most `retries` of them. A delay the cloud asked for
+/// (`Retry-After`) is used instead when there is one.
+pub fn backoff(first: Duration, retries: usize) -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(first)
+        .with_max_delay(Duration::from_secs(30).max(first))
+        .with_max_times(retries)
+        .with_jitter()
+        .build()
 }
 
 /// Parse `a=20/50,b=2/4` where every name is one of `names`.

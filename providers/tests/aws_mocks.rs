@@ -42,16 +42,15 @@ fn fast() -> AwsSettings {
         poll_interval: Duration::from_millis(1),
         conflict_delay: Duration::from_millis(1),
         update_wait: Duration::from_secs(5),
+        retry_delay: Duration::from_millis(1),
+        max_attempts: 3,
         ..AwsSettings::default()
     }
 }
 
-fn retry(c: aws_sdk_ec2::config::Builder) -> aws_sdk_ec2::config::Builder {
-    c.retry_config(
-        aws_sdk_ec2::config::retry::RetryConfig::standard()
-            .with_max_attempts(3)
-            .with_initial_backoff(Duration::from_millis(1)),
-    )
+/// As in production: the SDK does not retry; Palisade's call layer does.
+fn no_sdk_retries(c: aws_sdk_ec2::config::Builder) -> aws_sdk_ec2::config::Builder {
+    c.retry_config(aws_sdk_ec2::config::retry::RetryConfig::disabled())
 }
 
 fn sts(account: &'static str) -> MockRule {
@@ -74,7 +73,7 @@ async fn provider(
             aws_sdk_ec2,
             RuleMode::MatchAny,
             ec2_rules.iter().copied(),
-            retry
+            no_sdk_retries
         ),
         lambda: mock_client!(
             aws_sdk_lambda,
@@ -378,7 +377,8 @@ async fn throttling_is_retried_by_the_sdk_then_reported_and_counted() {
             "Request limit exceeded.",
         ))
     };
-    // Twice throttled, then served: the SDK's standard retries absorb it.
+    // Twice throttled, then served: Palisade's retries absorb it, and every attempt is
+    // counted (the SDK's own retries used to be invisible here).
     let vpcs = mock!(aws_sdk_ec2::Client::describe_vpcs)
         .sequence()
         .error(throttled)
@@ -397,8 +397,19 @@ async fn throttling_is_retried_by_the_sdk_then_reported_and_counted() {
         .await
         .expect("retries absorb two throttles");
     assert_eq!(vpcs.num_calls(), 3);
+    let vpc_calls: Vec<(CallOutcome, u64)> = p
+        .api_calls()
+        .iter()
+        .filter(|c| c.operation == "DescribeVpcs")
+        .map(|c| (c.outcome, c.count))
+        .collect();
+    assert!(
+        vpc_calls.contains(&(CallOutcome::Throttled, 2))
+            && vpc_calls.contains(&(CallOutcome::Ok, 1)),
+        "{vpc_calls:?}"
+    );
 
-    // Throttled beyond the SDK's attempts: a Throttled error, counted as such.
+    // Throttled beyond the attempts: a Throttled error, each attempt counted as such.
     let always = mock!(aws_sdk_ec2::Client::describe_vpcs).then_error(throttled);
     let mut ec2_rules: Vec<&MockRule> = rest.iter().collect();
     ec2_rules.push(&always);
@@ -423,7 +434,8 @@ async fn throttling_is_retried_by_the_sdk_then_reported_and_counted() {
         .filter(|c| c.outcome == CallOutcome::Throttled)
         .map(|c| c.count)
         .sum();
-    assert!(throttles >= 1, "{:?}", p.api_calls());
+    assert!(throttles >= 3, "{:?}", p.api_calls());
+    assert_eq!(always.num_calls(), 3, "max_attempts bounds the retries");
 }
 
 fn update_output(

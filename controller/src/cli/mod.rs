@@ -49,7 +49,8 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct CloudArgs {
-    /// Attempts per AWS request (the SDK's standard retry mode; 1 = no retries).
+    /// Attempts per AWS request on throttling, 5xx, timeouts and connection failures
+    /// (each attempt paced by the rate limits and counted; 1 = no retries).
     #[arg(long, env = "PALISADE_AWS_MAX_ATTEMPTS", default_value_t = 5)]
     pub(crate) aws_max_attempts: u32,
     /// Client-side AWS rate limits per account, region and API family, as

@@ -139,12 +139,14 @@ impl AwsProvider {
                         F::Ec2Read,
                         "ec2",
                         "DescribeSecurityGroups",
-                        s.clients
-                            .ec2
-                            .describe_security_groups()
-                            .filters(filter(TAG_MANAGED_BY, MANAGED_BY_VALUE))
-                            .filters(filter(TAG_OWNER, owner))
-                            .send(),
+                        || {
+                            s.clients
+                                .ec2
+                                .describe_security_groups()
+                                .filters(filter(TAG_MANAGED_BY, MANAGED_BY_VALUE))
+                                .filters(filter(TAG_OWNER, owner))
+                                .send()
+                        },
                     )
                     .await?;
                 let rejected = s.owned().rejected.clone();
@@ -189,11 +191,13 @@ impl AwsProvider {
                 F::Ec2Read,
                 "ec2",
                 "DescribeSecurityGroups",
-                s.clients
-                    .ec2
-                    .describe_security_groups()
-                    .group_ids(&id)
-                    .send(),
+                || {
+                    s.clients
+                        .ec2
+                        .describe_security_groups()
+                        .group_ids(&id)
+                        .send()
+                },
             )
             .await?;
         let owned = out
@@ -237,11 +241,7 @@ impl AwsProvider {
         }
         let out = self
             .budget
-            .call(
-                &s.scope,
-                F::Ec2Write,
-                "ec2",
-                "CreateTags",
+            .call(&s.scope, F::Ec2Write, "ec2", "CreateTags", || {
                 s.clients
                     .ec2
                     .create_tags()
@@ -251,8 +251,8 @@ impl AwsProvider {
                             .map(|(k, v)| ec2::Tag::builder().key(k).value(v).build())
                             .collect(),
                     ))
-                    .send(),
-            )
+                    .send()
+            })
             .await?;
         Ok(outcome(true, request_id(&out)))
     }
@@ -269,18 +269,14 @@ impl AwsProvider {
         let ec2c = &s.clients.ec2;
         let created = self
             .budget
-            .call(
-                &s.scope,
-                F::Ec2Write,
-                "ec2",
-                "CreateSecurityGroup",
+            .call(&s.scope, F::Ec2Write, "ec2", "CreateSecurityGroup", || {
                 ec2c.create_security_group()
                     .group_name(name)
                     .description(description)
                     .vpc_id(network)
                     .tag_specifications(ec2_tags(tags, ec2::ResourceType::SecurityGroup))
-                    .send(),
-            )
+                    .send()
+            })
             .await;
         let (id, mut request_ids) = match created {
             Ok(out) => {
@@ -296,20 +292,22 @@ impl AwsProvider {
                         F::Ec2Read,
                         "ec2",
                         "DescribeSecurityGroups",
-                        ec2c.describe_security_groups()
-                            .filters(
-                                ec2::Filter::builder()
-                                    .name("vpc-id")
-                                    .values(network)
-                                    .build(),
-                            )
-                            .filters(
-                                ec2::Filter::builder()
-                                    .name("group-name")
-                                    .values(name)
-                                    .build(),
-                            )
-                            .send(),
+                        || {
+                            ec2c.describe_security_groups()
+                                .filters(
+                                    ec2::Filter::builder()
+                                        .name("vpc-id")
+                                        .values(network)
+                                        .build(),
+                                )
+                                .filters(
+                                    ec2::Filter::builder()
+                                        .name("group-name")
+                                        .values(name)
+                                        .build(),
+                                )
+                                .send()
+                        },
                     )
                     .await?;
                 let existing = out.security_groups().first();
@@ -338,6 +336,7 @@ impl AwsProvider {
         };
         self.remember_group(s, owner, &id);
         // A new group comes with "all traffic to 0.0.0.0/0"; the contract is an empty group.
+        let default_egress = ip_permission(&Rule::aws_default_egress(), |_| Ok(String::new()))?;
         let revoke = self
             .budget
             .call(
@@ -345,12 +344,12 @@ impl AwsProvider {
                 F::Ec2Write,
                 "ec2",
                 "RevokeSecurityGroupEgress",
-                ec2c.revoke_security_group_egress()
-                    .group_id(&id)
-                    .ip_permissions(ip_permission(&Rule::aws_default_egress(), |_| {
-                        Ok(String::new())
-                    })?)
-                    .send(),
+                || {
+                    ec2c.revoke_security_group_egress()
+                        .group_id(&id)
+                        .ip_permissions(default_egress.clone())
+                        .send()
+                },
             )
             .await;
         match revoke {
@@ -386,13 +385,9 @@ impl AwsProvider {
         };
         let res = self
             .budget
-            .call(
-                &s.scope,
-                F::Ec2Write,
-                "ec2",
-                "DeleteSecurityGroup",
-                s.clients.ec2.delete_security_group().group_id(&id).send(),
-            )
+            .call(&s.scope, F::Ec2Write, "ec2", "DeleteSecurityGroup", || {
+                s.clients.ec2.delete_security_group().group_id(&id).send()
+            })
             .await;
         match res {
             Ok(out) => {
@@ -454,10 +449,12 @@ impl AwsProvider {
                     F::Ec2Write,
                     "ec2",
                     "AuthorizeSecurityGroupIngress",
-                    c.authorize_security_group_ingress()
-                        .group_id(group)
-                        .set_ip_permissions(Some(perms))
-                        .send(),
+                    || {
+                        c.authorize_security_group_ingress()
+                            .group_id(group)
+                            .set_ip_permissions(Some(perms.clone()))
+                            .send()
+                    },
                 )
                 .await
                 .map(|o| request_id(&o)),
@@ -467,10 +464,12 @@ impl AwsProvider {
                     F::Ec2Write,
                     "ec2",
                     "AuthorizeSecurityGroupEgress",
-                    c.authorize_security_group_egress()
-                        .group_id(group)
-                        .set_ip_permissions(Some(perms))
-                        .send(),
+                    || {
+                        c.authorize_security_group_egress()
+                            .group_id(group)
+                            .set_ip_permissions(Some(perms.clone()))
+                            .send()
+                    },
                 )
                 .await
                 .map(|o| request_id(&o)),
@@ -530,31 +529,23 @@ impl AwsProvider {
         let perms = (!perms.is_empty()).then_some(perms);
         match direction {
             Direction::Ingress => b
-                .call(
-                    sc,
-                    F::Ec2Write,
-                    "ec2",
-                    "RevokeSecurityGroupIngress",
+                .call(sc, F::Ec2Write, "ec2", "RevokeSecurityGroupIngress", || {
                     c.revoke_security_group_ingress()
                         .group_id(group)
-                        .set_security_group_rule_ids(ids)
-                        .set_ip_permissions(perms)
-                        .send(),
-                )
+                        .set_security_group_rule_ids(ids.clone())
+                        .set_ip_permissions(perms.clone())
+                        .send()
+                })
                 .await
                 .map(|o| request_id(&o)),
             Direction::Egress => b
-                .call(
-                    sc,
-                    F::Ec2Write,
-                    "ec2",
-                    "RevokeSecurityGroupEgress",
+                .call(sc, F::Ec2Write, "ec2", "RevokeSecurityGroupEgress", || {
                     c.revoke_security_group_egress()
                         .group_id(group)
-                        .set_security_group_rule_ids(ids)
-                        .set_ip_permissions(perms)
-                        .send(),
-                )
+                        .set_security_group_rule_ids(ids.clone())
+                        .set_ip_permissions(perms.clone())
+                        .send()
+                })
                 .await
                 .map(|o| request_id(&o)),
         }
@@ -643,12 +634,14 @@ impl AwsProvider {
                     F::LambdaWrite,
                     "lambda",
                     "UpdateFunctionConfiguration",
-                    s.clients
-                        .lambda
-                        .update_function_configuration()
-                        .function_name(name)
-                        .vpc_config(vpc.clone())
-                        .send(),
+                    || {
+                        s.clients
+                            .lambda
+                            .update_function_configuration()
+                            .function_name(name)
+                            .vpc_config(vpc.clone())
+                            .send()
+                    },
                 )
                 .await
         };
@@ -694,11 +687,13 @@ impl AwsProvider {
                     F::LambdaRead,
                     "lambda",
                     "GetFunctionConfiguration",
-                    s.clients
-                        .lambda
-                        .get_function_configuration()
-                        .function_name(name)
-                        .send(),
+                    || {
+                        s.clients
+                            .lambda
+                            .get_function_configuration()
+                            .function_name(name)
+                            .send()
+                    },
                 )
                 .await?;
             status = cfg.last_update_status().cloned();
@@ -767,13 +762,9 @@ impl AwsProvider {
         };
         let out = self
             .budget
-            .call(
-                &s.scope,
-                F::Ec2Write,
-                "ec2",
-                "CreateVpcEndpoint",
-                req.send(),
-            )
+            .call(&s.scope, F::Ec2Write, "ec2", "CreateVpcEndpoint", || {
+                req.clone().send()
+            })
             .await?;
         let id = out
             .vpc_endpoint()
@@ -807,17 +798,13 @@ impl AwsProvider {
         }
         let out = self
             .budget
-            .call(
-                &s.scope,
-                F::Ec2Read,
-                "ec2",
-                "DescribeVpcEndpoints",
+            .call(&s.scope, F::Ec2Read, "ec2", "DescribeVpcEndpoints", || {
                 s.clients
                     .ec2
                     .describe_vpc_endpoints()
                     .vpc_endpoint_ids(id)
-                    .send(),
-            )
+                    .send()
+            })
             .await;
         let out = match out {
             Ok(o) => o,
@@ -913,13 +900,9 @@ impl AwsProvider {
         }
         let out = self
             .budget
-            .call(
-                &s.scope,
-                F::Ec2Write,
-                "ec2",
-                "ModifyVpcEndpoint",
-                req.send(),
-            )
+            .call(&s.scope, F::Ec2Write, "ec2", "ModifyVpcEndpoint", || {
+                req.clone().send()
+            })
             .await?;
         s.owned().endpoints.insert(id.to_string(), after);
         Ok(outcome(true, request_id(&out)))
@@ -936,17 +919,13 @@ impl AwsProvider {
         }
         let out = self
             .budget
-            .call(
-                &s.scope,
-                F::Ec2Write,
-                "ec2",
-                "DeleteVpcEndpoints",
+            .call(&s.scope, F::Ec2Write, "ec2", "DeleteVpcEndpoints", || {
                 s.clients
                     .ec2
                     .delete_vpc_endpoints()
                     .vpc_endpoint_ids(id)
-                    .send(),
-            )
+                    .send()
+            })
             .await?;
         s.owned().endpoints.remove(id);
         // Failures come back per endpoint inside a successful response.

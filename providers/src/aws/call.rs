@@ -1,9 +1,13 @@
-//! Every AWS call goes through [`Budget::call`]: it waits for the rate limiter of its API
-//! family, counts the call by service, operation and outcome, and turns the SDK's error
-//! into a [`ProviderError`] that keeps the AWS error code, message and request id.
+//! Every AWS call goes through [`Budget::call`]: each *attempt* waits for the rate limiter
+//! of its API family and is counted by service, operation and outcome, and the SDK's
+//! error becomes a [`ProviderError`] that keeps the AWS error code, message and request
+//! id.
 //!
-//! Retries of transient failures are the SDK's (standard mode, see
-//! [`super::AwsSettings::max_attempts`]); nothing here retries.
+//! Retries of transient failures (throttling, 5xx, timeouts and connection errors) are
+//! made here, not by the SDK (whose retries are off): so that every retry is paced by
+//! the same budget and visible in `api_calls`, like Azure's. Up to
+//! [`super::AwsSettings::max_attempts`] attempts, waiting `Retry-After` when AWS sends
+//! one, else the shared backoff ([`crate::rate::backoff`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -121,6 +125,10 @@ type Key = (String, String, Family);
 /// account and region, and the call counter.
 pub struct Budget {
     limits: RateLimits,
+    /// Attempts per call (1: no retries).
+    max_attempts: u32,
+    /// First delay between attempts.
+    retry_delay: std::time::Duration,
     limiters: Mutex<HashMap<Key, Arc<DefaultDirectRateLimiter>>>,
     pub(crate) counter: CallCounter,
 }
@@ -142,9 +150,11 @@ pub struct Scope {
 }
 
 impl Budget {
-    pub fn new(limits: RateLimits) -> Budget {
+    pub fn new(limits: RateLimits, max_attempts: u32, retry_delay: std::time::Duration) -> Budget {
         Budget {
             limits,
+            max_attempts: max_attempts.max(1),
+            retry_delay,
             limiters: Mutex::new(HashMap::new()),
             counter: CallCounter::default(),
         }
@@ -158,37 +168,73 @@ impl Budget {
             .clone()
     }
 
-    /// Wait for the family's budget, make the call, count it, map its error.
+    /// Make the call `attempt` builds: each attempt waits for the family's budget and
+    /// is counted; transient failures are retried (see the module doc).
     pub async fn call<T, E, F>(
         &self,
         scope: &Scope,
         family: Family,
         service: &'static str,
         operation: &'static str,
-        call: F,
+        attempt: impl Fn() -> F,
     ) -> Result<T, ProviderError>
     where
         F: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        self.limiter(scope, family).until_ready().await;
-        match call.await {
-            Ok(out) => {
-                self.counter.record(service, operation, CallOutcome::Ok);
-                Ok(out)
+        let limiter = self.limiter(scope, family);
+        let mut delays = crate::rate::backoff(self.retry_delay, usize::MAX);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            limiter.until_ready().await;
+            let e = match attempt().await {
+                Ok(out) => {
+                    self.counter.record(service, operation, CallOutcome::Ok);
+                    return Ok(out);
+                }
+                Err(e) => e,
+            };
+            let again = transient(&e) && attempts < self.max_attempts;
+            let err = map_error(service, operation, e);
+            let outcome = if matches!(err, ProviderError::Throttled { .. }) {
+                CallOutcome::Throttled
+            } else {
+                CallOutcome::Error
+            };
+            self.counter.record(service, operation, outcome);
+            if !again {
+                tracing::debug!(service, operation, attempts, error = %err, "AWS call failed");
+                return Err(err);
             }
-            Err(e) => {
-                let err = map_error(service, operation, e);
-                let outcome = if matches!(err, ProviderError::Throttled { .. }) {
-                    CallOutcome::Throttled
-                } else {
-                    CallOutcome::Error
-                };
-                self.counter.record(service, operation, outcome);
-                tracing::debug!(service, operation, error = %err, "AWS call failed");
-                Err(err)
-            }
+            let wait = match &err {
+                ProviderError::Throttled {
+                    retry_after_secs: Some(s),
+                    ..
+                } => std::time::Duration::from_secs(*s).min(std::time::Duration::from_secs(30)),
+                _ => delays.next().unwrap_or(std::time::Duration::from_secs(30)),
+            };
+            tracing::debug!(service, operation, attempts, error = %err, wait_ms = wait.as_millis() as u64, "AWS call failed; retrying");
+            tokio::time::sleep(wait).await;
         }
+    }
+}
+
+/// Whether the same request may succeed if sent again soon: throttling, a 5xx, a
+/// timeout or a connection that failed (what the SDK's standard mode retries).
+fn transient<E>(err: &SdkError<E, HttpResponse>) -> bool
+where
+    E: ProvideErrorMetadata,
+{
+    match err {
+        SdkError::ServiceError(_) => {
+            let status = err.raw_response().map(|r| r.status().as_u16());
+            status.is_some_and(|s| s == 429 || s >= 500)
+                || err.code().is_some_and(|c| THROTTLING.contains(&c))
+        }
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
+        SdkError::DispatchFailure(d) => d.is_io() || d.is_timeout(),
+        _ => false,
     }
 }
 
@@ -307,7 +353,11 @@ mod tests {
 
     #[test]
     fn limiter_is_per_account_region_and_family() {
-        let budget = Budget::new("ec2-read=0.01/2".parse().unwrap());
+        let budget = Budget::new(
+            "ec2-read=0.01/2".parse().unwrap(),
+            1,
+            std::time::Duration::ZERO,
+        );
         let scope = |a: &str, r: &str| Scope {
             account: a.into(),
             region: r.into(),

@@ -36,8 +36,11 @@ use call::{Budget, Family as F, Scope};
 /// Settings of the AWS provider.
 #[derive(Debug, Clone)]
 pub struct AwsSettings {
-    /// Attempts per request in the SDK's standard retry mode (1 = no retries).
+    /// Attempts per request (1 = no retries) of a transient failure, each one paced and
+    /// counted by Palisade's call layer (the SDK's own retries are off).
     pub max_attempts: u32,
+    /// First delay between those attempts (exponential with jitter, at most 30 s).
+    pub retry_delay: Duration,
     /// Client-side rate limits per API family.
     pub rates: RateLimits,
     /// How long to wait for a function's VPC update to leave `InProgress`.
@@ -54,6 +57,7 @@ impl Default for AwsSettings {
     fn default() -> Self {
         AwsSettings {
             max_attempts: 5,
+            retry_delay: Duration::from_millis(500),
             rates: RateLimits::default(),
             update_wait: Duration::from_secs(300),
             poll_interval: Duration::from_secs(1),
@@ -87,14 +91,12 @@ const ENDPOINT_VARS: [&str; 5] = [
 
 impl Clients {
     /// Clients from the standard credential chain for `region`, then `assume_role_arn`.
-    pub async fn from_env(
-        region: &str,
-        assume_role_arn: Option<&str>,
-        max_attempts: u32,
-    ) -> Clients {
+    pub async fn from_env(region: &str, assume_role_arn: Option<&str>) -> Clients {
         let base = aws_config::defaults(BehaviorVersion::latest())
             .region(aws_config::Region::new(region.to_string()))
-            .retry_config(RetryConfig::standard().with_max_attempts(max_attempts.max(1)))
+            // Retries are Palisade's (`call::Budget`), so that each attempt is paced and
+            // counted.
+            .retry_config(RetryConfig::disabled())
             .load()
             .await;
         let conf = match assume_role_arn {
@@ -119,7 +121,6 @@ impl Clients {
             assume_role = assume_role_arn.unwrap_or("-"),
             endpoint = conf.endpoint_url().unwrap_or("default"),
             overrides = %overrides.join(" "),
-            max_attempts,
             "AWS clients configured"
         );
         Clients {
@@ -184,7 +185,11 @@ impl AwsProvider {
     /// A provider that builds each target's clients from the environment on first use.
     pub fn new(settings: AwsSettings) -> AwsProvider {
         AwsProvider {
-            budget: Budget::new(settings.rates.clone()),
+            budget: Budget::new(
+                settings.rates.clone(),
+                settings.max_attempts,
+                settings.retry_delay,
+            ),
             settings,
             sessions: tokio::sync::Mutex::new(HashMap::new()),
         }
@@ -217,13 +222,9 @@ impl AwsProvider {
         };
         let who = self
             .budget
-            .call(
-                &scope,
-                F::Sts,
-                "sts",
-                "GetCallerIdentity",
-                clients.sts.get_caller_identity().send(),
-            )
+            .call(&scope, F::Sts, "sts", "GetCallerIdentity", || {
+                clients.sts.get_caller_identity().send()
+            })
             .await?;
         let actual = who.account().unwrap_or_default();
         if actual != account_id {
@@ -263,12 +264,7 @@ impl AwsProvider {
         else {
             return Err(not_aws(target));
         };
-        let clients = Clients::from_env(
-            region,
-            assume_role_arn.as_deref(),
-            self.settings.max_attempts,
-        )
-        .await;
+        let clients = Clients::from_env(region, assume_role_arn.as_deref()).await;
         let session = Arc::new(self.verify(target, clients).await?);
         sessions.insert(target.name.clone(), session.clone());
         Ok(session)

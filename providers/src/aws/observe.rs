@@ -52,136 +52,104 @@ impl AwsProvider {
 
         let vpcs = pages("DescribeVpcs", |t| async move {
             let o = b
-                .call(
-                    sc,
-                    F::Ec2Read,
-                    "ec2",
-                    "DescribeVpcs",
+                .call(sc, F::Ec2Read, "ec2", "DescribeVpcs", || {
                     ec2.describe_vpcs()
                         .max_results(1000)
-                        .set_next_token(t)
-                        .send(),
-                )
+                        .set_next_token(t.clone())
+                        .send()
+                })
                 .await?;
             Ok((o.vpcs.unwrap_or_default(), o.next_token))
         });
         let subnets = pages("DescribeSubnets", |t| async move {
             let o = b
-                .call(
-                    sc,
-                    F::Ec2Read,
-                    "ec2",
-                    "DescribeSubnets",
+                .call(sc, F::Ec2Read, "ec2", "DescribeSubnets", || {
                     ec2.describe_subnets()
                         .max_results(1000)
-                        .set_next_token(t)
-                        .send(),
-                )
+                        .set_next_token(t.clone())
+                        .send()
+                })
                 .await?;
             Ok((o.subnets.unwrap_or_default(), o.next_token))
         });
         let route_tables = pages("DescribeRouteTables", |t| async move {
             let o = b
-                .call(
-                    sc,
-                    F::Ec2Read,
-                    "ec2",
-                    "DescribeRouteTables",
+                .call(sc, F::Ec2Read, "ec2", "DescribeRouteTables", || {
                     ec2.describe_route_tables()
                         .max_results(100)
-                        .set_next_token(t)
-                        .send(),
-                )
+                        .set_next_token(t.clone())
+                        .send()
+                })
                 .await?;
             Ok((o.route_tables.unwrap_or_default(), o.next_token))
         });
         let groups = pages("DescribeSecurityGroups", |t| async move {
             let o = b
-                .call(
-                    sc,
-                    F::Ec2Read,
-                    "ec2",
-                    "DescribeSecurityGroups",
+                .call(sc, F::Ec2Read, "ec2", "DescribeSecurityGroups", || {
                     ec2.describe_security_groups()
                         .max_results(1000)
-                        .set_next_token(t)
-                        .send(),
-                )
+                        .set_next_token(t.clone())
+                        .send()
+                })
                 .await?;
             Ok((o.security_groups.unwrap_or_default(), o.next_token))
         });
         let rules = pages("DescribeSecurityGroupRules", |t| async move {
             let o = b
-                .call(
-                    sc,
-                    F::Ec2Read,
-                    "ec2",
-                    "DescribeSecurityGroupRules",
+                .call(sc, F::Ec2Read, "ec2", "DescribeSecurityGroupRules", || {
                     ec2.describe_security_group_rules()
                         .max_results(1000)
-                        .set_next_token(t)
-                        .send(),
-                )
+                        .set_next_token(t.clone())
+                        .send()
+                })
                 .await?;
             Ok((o.security_group_rules.unwrap_or_default(), o.next_token))
         });
         let endpoints = pages("DescribeVpcEndpoints", |t| async move {
             let o = b
-                .call(
-                    sc,
-                    F::Ec2Read,
-                    "ec2",
-                    "DescribeVpcEndpoints",
+                .call(sc, F::Ec2Read, "ec2", "DescribeVpcEndpoints", || {
                     ec2.describe_vpc_endpoints()
                         .max_results(1000)
-                        .set_next_token(t)
-                        .send(),
-                )
+                        .set_next_token(t.clone())
+                        .send()
+                })
                 .await?;
             Ok((o.vpc_endpoints.unwrap_or_default(), o.next_token))
         });
         let prefix_lists = pages("DescribePrefixLists", |t| async move {
             let o = b
-                .call(
-                    sc,
-                    F::Ec2Read,
-                    "ec2",
-                    "DescribePrefixLists",
+                .call(sc, F::Ec2Read, "ec2", "DescribePrefixLists", || {
                     ec2.describe_prefix_lists()
                         .max_results(1000)
-                        .set_next_token(t)
-                        .send(),
-                )
+                        .set_next_token(t.clone())
+                        .send()
+                })
                 .await?;
             Ok((o.prefix_lists.unwrap_or_default(), o.next_token))
         });
         let functions = pages("ListFunctions", |t| async move {
             let o = b
-                .call(
-                    sc,
-                    F::LambdaRead,
-                    "lambda",
-                    "ListFunctions",
-                    lambda.list_functions().max_items(50).set_marker(t).send(),
-                )
+                .call(sc, F::LambdaRead, "lambda", "ListFunctions", || {
+                    lambda
+                        .list_functions()
+                        .max_items(50)
+                        .set_marker(t.clone())
+                        .send()
+                })
                 .await?;
             Ok((o.functions.unwrap_or_default(), o.next_marker))
         });
         // One paged call for every function's tags, instead of one ListTags per function.
         let function_tags = pages("GetResources", |t| async move {
             let o = b
-                .call(
-                    sc,
-                    F::Tagging,
-                    "tagging",
-                    "GetResources",
+                .call(sc, F::Tagging, "tagging", "GetResources", || {
                     tagging
                         .get_resources()
                         .resource_type_filters("lambda:function")
                         .resources_per_page(100)
-                        .set_pagination_token(t)
-                        .send(),
-                )
+                        .set_pagination_token(t.clone())
+                        .send()
+                })
                 .await?;
             let items = o
                 .resource_tag_mapping_list

@@ -122,6 +122,8 @@ impl Policy for ArmPolicy {
         let op = operation_name(request.method(), request.url().path());
         let limiter = self.limiter(request.method(), request.url().path());
         let mut attempt = 0usize;
+        let mut delays = crate::rate::backoff(self.settings.conflict_delay, usize::MAX);
+        let mut backoff = move || delays.next().unwrap_or(Duration::from_secs(30));
         loop {
             limiter.until_ready().await;
             let result = next[0].send(ctx, request, &next[1..]).await;
@@ -133,7 +135,7 @@ impl Policy for ArmPolicy {
                         && attempt < self.settings.transport_retries
                     {
                         attempt += 1;
-                        tokio::time::sleep(self.backoff(attempt)).await;
+                        tokio::time::sleep(backoff()).await;
                         continue;
                     }
                     return Err(e);
@@ -168,7 +170,7 @@ impl Policy for ArmPolicy {
                     && attempt < self.settings.conflict_retries
                 {
                     attempt += 1;
-                    let wait = retry_after(&headers).unwrap_or_else(|| self.backoff(attempt));
+                    let wait = retry_after(&headers).unwrap_or_else(&mut backoff);
                     tracing::debug!(
                         operation = op,
                         "another operation runs on the resource; retrying"
@@ -185,7 +187,7 @@ impl Policy for ArmPolicy {
             if matches!(status as u16, 500..=599) && attempt < self.settings.transport_retries {
                 self.counter.record("arm", op, CallOutcome::Error);
                 attempt += 1;
-                tokio::time::sleep(self.backoff(attempt)).await;
+                tokio::time::sleep(backoff()).await;
                 continue;
             }
             let outcome = if (status as u16) < 400 {
@@ -223,12 +225,6 @@ impl ArmPolicy {
                 Arc::new(if write { rates.write } else { rates.read }.limiter())
             })
             .clone()
-    }
-
-    fn backoff(&self, attempt: usize) -> Duration {
-        let base = self.settings.conflict_delay;
-        base.saturating_mul(1u32 << attempt.min(6))
-            .min(Duration::from_secs(30))
     }
 }
 
