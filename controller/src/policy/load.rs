@@ -10,6 +10,9 @@
 //! (`apiVersion`, `kind`), then every document into the spec type of its kind. The
 //! second pass deserializes straight from the parser, so every value keeps its
 //! line and column (buffering through an internally tagged enum would lose them).
+//!
+//! About 700 lines: the walk, the budgets and the two YAML passes share the diagnostics
+//! and limits, and are read together when a loading guarantee is checked.
 
 use std::cell::RefCell;
 use std::collections::{HashSet, VecDeque};

@@ -1,5 +1,7 @@
 //! The Rust types of the language. They are the single source of truth: the loader
 //! deserializes into them and `palisade schema` generates the JSON Schema from them.
+//! Kept in one file (about 800 lines, most of it field docs that become the schema's
+//! descriptions) so that the whole language reads in one place.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

@@ -1,5 +1,7 @@
 //! Checks that need nothing but the policy files: references, cloud fit, quotas that can
 //! be counted from the text, NSG priorities, overlapping selectors, one-sided rules.
+//! One file (about 650 lines) because it is a flat list of independent checks, each a
+//! function, and the quotas they share are its public constants.
 
 use std::collections::{BTreeMap, HashSet};
 
