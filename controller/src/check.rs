@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use crate::addr::ResourceAddr;
 use crate::compile::DesiredState;
 use crate::policy::{
-    Diagnostic, DiagnosticKind, ForbidSpec, GuardrailDoc, PeerSpec, PolicySet, SourceLocation,
+    Diagnostic, DiagnosticKind, ForbidSpec, GuardrailDoc, Located, PeerSpec, PolicySet,
+    SourceLocation,
 };
 
 /// What a finding is about.
@@ -34,6 +35,9 @@ pub enum FindingKind {
     /// policies, a network that matches twice or not at all): the function or policy is
     /// left as it is, the rest of the target is enforced.
     InventoryConflict,
+    /// A rule references a group across a VPC peering connection that is no longer
+    /// active (AWS's stale security group reference): left as it is, reported.
+    StaleReference,
 }
 
 /// One finding: deterministic text, no timestamps, so reports never flap.
@@ -128,6 +132,41 @@ fn violation(
     }
 }
 
+/// The clauses of `g` that `rule` breaks, as one message suffix: empty for one clause
+/// (the rule says it all), else the clauses listed — one finding per (rule, guardrail).
+fn broken_clauses<'g>(g: &'g GuardrailDoc, rule: &Rule) -> Vec<&'g Located<ForbidSpec>> {
+    g.spec.forbid.iter().filter(|f| violates(rule, f)).collect()
+}
+
+fn clauses_suffix(broken: &[&Located<ForbidSpec>]) -> String {
+    if broken.len() < 2 {
+        return String::new();
+    }
+    let each: Vec<String> = broken
+        .iter()
+        .map(|f| {
+            let dir = match f.direction {
+                crate::policy::RuleDirection::Ingress => "ingress from",
+                crate::policy::RuleDirection::Egress => "egress to",
+            };
+            let ports = if f.ports.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " on {}",
+                    f.ports
+                        .iter()
+                        .map(|p| p.0.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            format!("{dir} {}{ports}", f.peer)
+        })
+        .collect();
+    format!("; breaks {} clauses: {}", broken.len(), each.join("; "))
+}
+
 /// Guardrails against a compiled desired state. With `inventory`, the `require`
 /// clauses are checked on the functions compile selected.
 pub fn check_desired(
@@ -148,16 +187,19 @@ pub fn check_desired(
     for g in set.guardrails.iter().filter(|g| in_scope(g, target)) {
         for group in desired.groups.values() {
             for (rule, origin) in &group.rules {
-                for f in &g.spec.forbid {
-                    if violates(rule, f) {
-                        out.push(violation(
-                            g,
-                            target,
-                            ResourceAddr::policy(origin.policy.as_str()),
-                            format!("rule {:?} allows {rule}", origin.rule),
-                            origin.location.clone(),
-                        ));
-                    }
+                let broken = broken_clauses(g, rule);
+                if !broken.is_empty() {
+                    out.push(violation(
+                        g,
+                        target,
+                        ResourceAddr::policy(origin.policy.as_str()),
+                        format!(
+                            "rule {:?} allows {rule}{}",
+                            origin.rule,
+                            clauses_suffix(&broken)
+                        ),
+                        origin.location.clone(),
+                    ));
                 }
             }
         }
@@ -199,28 +241,29 @@ pub fn check_desired(
     out
 }
 
-/// Guardrails against everything observed in a target, managed or not.
+/// Guardrails against everything observed in a target, managed or not; and stale group
+/// references (whatever the guardrails say).
 pub fn check_inventory(set: &PolicySet, inventory: &Inventory) -> Vec<Finding> {
     let target = inventory.target.as_str();
-    let mut out = Vec::new();
+    let mut out = stale_references(inventory);
     for g in set.guardrails.iter().filter(|g| in_scope(g, target)) {
         for group in &inventory.groups {
             for rule in &group.rules {
-                for f in &g.spec.forbid {
-                    if violates(rule, f) {
-                        let owner = match group.owner() {
-                            Some(o) => format!(" (managed by policy {o})"),
-                            None => " (not managed by Palisade)".to_string(),
-                        };
-                        out.push(violation(
-                            g,
-                            target,
-                            ResourceAddr::group(group.id.as_str()),
-                            format!("rule allows {rule}{owner}"),
-                            Some(g.at(f)),
-                        ));
-                    }
-                }
+                let broken = broken_clauses(g, rule);
+                let Some(first) = broken.first() else {
+                    continue;
+                };
+                let owner = match group.owner() {
+                    Some(o) => format!(" (managed by policy {o})"),
+                    None => " (not managed by Palisade)".to_string(),
+                };
+                out.push(violation(
+                    g,
+                    target,
+                    ResourceAddr::group(group.id.as_str()),
+                    format!("rule allows {rule}{owner}{}", clauses_suffix(&broken)),
+                    Some(g.at(*first)),
+                ));
             }
         }
         let req = &g.spec.require;
@@ -258,6 +301,41 @@ pub fn check_inventory(set: &PolicySet, inventory: &Inventory) -> Vec<Finding> {
     out
 }
 
+/// Rules that reference a group across a peering connection that is not active.
+fn stale_references(inventory: &Inventory) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for group in &inventory.groups {
+        for rule in &group.rules {
+            let Some(r) = rule.reference.as_ref().filter(|r| r.is_stale()) else {
+                continue;
+            };
+            let whose = match group.owner() {
+                Some(o) => format!("managed by policy {o}: the rule is revoked unless declared"),
+                None => "not managed by Palisade: left as it is".to_string(),
+            };
+            out.push(Finding {
+                kind: FindingKind::StaleReference,
+                target: inventory.target.clone(),
+                resource: ResourceAddr::group(group.id.as_str()),
+                message: format!(
+                    "rule {rule} references {}{} across peering connection {} whose status is {}: a stale reference (it admits nothing now, and would admit whatever holds that id if the peering were re-established); group {whose}",
+                    rule.peer,
+                    r.account
+                        .as_deref()
+                        .map(|a| format!(" of account {a}"))
+                        .unwrap_or_default(),
+                    r.peering_connection.as_deref().unwrap_or("(unnamed)"),
+                    r.peering_status.as_deref().unwrap_or("unknown"),
+                ),
+                guardrail: None,
+                controls: Vec::new(),
+                location: None,
+            });
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,6 +358,7 @@ mod tests {
         Ports {
             protocol: Protocol::Tcp,
             range: Some(PortRange { from: p, to: p }),
+            icmp: None,
         }
     }
 
@@ -386,5 +465,100 @@ mod tests {
         for (name, rule, f, want) in cases {
             assert_eq!(violates(&rule, &f), want, "{name}");
         }
+    }
+
+    #[test]
+    fn icmp_types_are_judged_exactly() {
+        let world = || PeerSpec::Cidr(crate::policy::Cidr("0.0.0.0/0".parse().unwrap()));
+        let icmp = |s: &str| -> Ports { s.parse::<crate::policy::PortSpec>().unwrap().0 };
+        let rule = |p: &str| {
+            Rule::allow(
+                Direction::Ingress,
+                icmp(p),
+                Peer::cidr("0.0.0.0/0".parse().unwrap()),
+            )
+        };
+        let echo = forbid("ingress", world(), &["icmp/8"], &[]);
+        assert!(violates(&rule("icmp"), &echo), "every type includes echo");
+        assert!(violates(&rule("icmp/8"), &echo));
+        assert!(violates(&rule("icmp/8/0"), &echo));
+        assert!(!violates(&rule("icmp/3/4"), &echo), "PMTU is not echo");
+        assert!(!violates(&rule("icmpv6/128"), &echo), "ICMPv6 is not ICMP");
+        let all_but_pmtu = forbid("ingress", world(), &["icmp"], &["icmp/3/4"]);
+        assert!(!violates(&rule("icmp/3/4"), &all_but_pmtu));
+        assert!(
+            violates(&rule("icmp/3"), &all_but_pmtu),
+            "every code of 3 is wider"
+        );
+    }
+
+    fn example() -> PolicySet {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies-example");
+        crate::policy::load_dir(&root, &crate::policy::Limits::default()).0
+    }
+
+    fn inventory(target: &str, rules: Vec<Rule>) -> Inventory {
+        Inventory {
+            target: target.into(),
+            groups: vec![palisade_providers::SecurityGroup {
+                id: "nsg-legacy".into(),
+                name: "nsg-legacy".into(),
+                network: String::new(),
+                tags: Default::default(),
+                rules,
+            }],
+            ..Inventory::default()
+        }
+    }
+
+    #[test]
+    fn one_breach_is_one_finding_per_guardrail_with_its_clauses() {
+        let set = example();
+        for peer in [Peer::Any, Peer::ServiceTag("Internet".into())] {
+            let inv = inventory(
+                "prod-azure",
+                vec![Rule::allow(Direction::Ingress, tcp(3389), peer.clone())],
+            );
+            let findings: Vec<Finding> = check_inventory(&set, &inv)
+                .into_iter()
+                .filter(|f| f.guardrail.as_deref() == Some("no-world-ingress"))
+                .collect();
+            assert_eq!(findings.len(), 1, "{peer}: {findings:#?}");
+            if peer == Peer::Any {
+                assert!(
+                    findings[0].message.contains("breaks 3 clauses"),
+                    "{}",
+                    findings[0].message
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_reference_across_a_dead_peering_is_a_stale_reference_finding() {
+        let set = example();
+        let mut stale = Rule::allow(
+            Direction::Ingress,
+            tcp(5432),
+            Peer::Group(palisade_providers::GroupRef::Id("sg-0peer".into())),
+        );
+        stale.reference = Some(palisade_providers::GroupReference {
+            account: Some("210987654321".into()),
+            vpc: Some("vpc-0peer".into()),
+            peering_connection: Some("pcx-0dead".into()),
+            peering_status: Some("deleted".into()),
+        });
+        let mut live = stale.clone();
+        live.ports = tcp(5433);
+        live.reference.as_mut().unwrap().peering_status = Some("active".into());
+        let inv = inventory("prod-aws", vec![stale, live]);
+        let found: Vec<Finding> = check_inventory(&set, &inv)
+            .into_iter()
+            .filter(|f| f.kind == FindingKind::StaleReference)
+            .collect();
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert!(found[0].message.contains("pcx-0dead"));
+        assert!(found[0].message.contains("210987654321"));
+        assert!(found[0].message.contains("left as it is"));
     }
 }

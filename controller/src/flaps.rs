@@ -163,6 +163,7 @@ mod tests {
                     from: port,
                     to: port,
                 }),
+                icmp: None,
             },
             Peer::cidr(cidr.parse().unwrap()),
         )

@@ -140,6 +140,7 @@ fn tcp(p: u16) -> Ports {
     Ports {
         protocol: Protocol::Tcp,
         range: Some(PortRange { from: p, to: p }),
+        icmp: None,
     }
 }
 

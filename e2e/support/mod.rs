@@ -565,11 +565,15 @@ impl ArmFake {
 
 /// `palisade apply --auto-approve --format json` of `target` in policies-example, with
 /// `cmd` (the binary, set up for an emulator); panics with the output when it fails.
-pub fn apply(mut cmd: Command, target: &str) -> Value {
-    let policies = root().join("policies-example");
+pub fn apply(cmd: Command, target: &str) -> Value {
+    apply_in(cmd, &root().join("policies-example"), target)
+}
+
+/// [`apply`] with the policies at `policies`.
+pub fn apply_in(mut cmd: Command, policies: &Path, target: &str) -> Value {
     let out = cmd
         .args(["apply", "--policies"])
-        .arg(&policies)
+        .arg(policies)
         .args(["--target", target, "--auto-approve", "--format", "json"])
         .output()
         .unwrap();
@@ -599,11 +603,15 @@ pub fn function<'a>(inv: &'a Value, name: &str) -> &'a Value {
 }
 
 /// `palisade plan --format json --detailed-exitcode` of `target`: (exit code, plan).
-pub fn plan(mut cmd: Command, target: &str) -> (Option<i32>, Value) {
-    let policies = root().join("policies-example");
+pub fn plan(cmd: Command, target: &str) -> (Option<i32>, Value) {
+    plan_in(cmd, &root().join("policies-example"), target)
+}
+
+/// [`plan`] with the policies at `policies`.
+pub fn plan_in(mut cmd: Command, policies: &Path, target: &str) -> (Option<i32>, Value) {
     let out = cmd
         .args(["plan", "--policies"])
-        .arg(&policies)
+        .arg(policies)
         .args([
             "--target",
             target,

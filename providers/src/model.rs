@@ -576,13 +576,22 @@ pub enum Protocol {
     Tcp,
     /// UDP.
     Udp,
-    /// ICMP (all types).
+    /// ICMP (IPv4); which types is [`Ports::icmp`].
     Icmp,
+    /// ICMPv6 (IP protocol 58); which types is [`Ports::icmp`].
+    Icmpv6,
     /// Every protocol (AWS `-1`, Azure `*`).
     All,
-    /// Any other IP protocol by number (ESP is 50, ICMPv6 58), as AWS allows. Policies
-    /// cannot ask for these; providers observe them so that they are seen and revoked.
+    /// Any other IP protocol by number (ESP is 50), as AWS allows. Policies cannot ask
+    /// for these; providers observe them so that they are seen and revoked.
     Number(u8),
+}
+
+impl Protocol {
+    /// ICMP or ICMPv6: a rule of it has types and codes, not ports.
+    pub fn is_icmp(self) -> bool {
+        matches!(self, Protocol::Icmp | Protocol::Icmpv6)
+    }
 }
 
 impl fmt::Display for Protocol {
@@ -591,6 +600,7 @@ impl fmt::Display for Protocol {
             Protocol::Tcp => f.write_str("tcp"),
             Protocol::Udp => f.write_str("udp"),
             Protocol::Icmp => f.write_str("icmp"),
+            Protocol::Icmpv6 => f.write_str("icmpv6"),
             Protocol::All => f.write_str("all"),
             Protocol::Number(n) => write!(f, "proto-{n}"),
         }
@@ -631,15 +641,52 @@ impl fmt::Display for PortRange {
     }
 }
 
-/// Protocol plus optional port range: what `tcp/5432` parses into.
+/// One ICMP (or ICMPv6) type, with one code or every code: `icmp/8`, `icmp/3/4`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct IcmpType {
+    /// The type (0–255).
+    #[serde(rename = "type")]
+    pub kind: u8,
+    /// The code (0–255); `None`: every code of the type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<u8>,
+}
+
+impl IcmpType {
+    /// Whether some packet matches both.
+    fn overlaps(&self, other: &IcmpType) -> bool {
+        self.kind == other.kind
+            && (self.code.is_none() || other.code.is_none() || self.code == other.code)
+    }
+
+    /// Whether every packet `other` matches, `self` matches.
+    fn contains(&self, other: &IcmpType) -> bool {
+        self.kind == other.kind && (self.code.is_none() || self.code == other.code)
+    }
+}
+
+impl fmt::Display for IcmpType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.code {
+            Some(c) => write!(f, "{}/{c}", self.kind),
+            None => write!(f, "{}", self.kind),
+        }
+    }
+}
+
+/// Protocol plus what of it: a port range (`tcp/5432`) or an ICMP type (`icmp/3/4`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Ports {
     /// Protocol.
     pub protocol: Protocol,
-    /// Port range; `None` for `icmp` and `all` (and means "every port" for tcp/udp only
-    /// if written so by a provider; policies always give a range for tcp/udp).
+    /// Port range of tcp/udp; `None` for the other protocols (and means "every port"
+    /// for tcp/udp only if written so by a provider; policies always give a range).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub range: Option<PortRange>,
+    /// ICMP / ICMPv6 type (and code); `None`: every type. Always `None` for other
+    /// protocols.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp: Option<IcmpType>,
 }
 
 impl Ports {
@@ -647,13 +694,36 @@ impl Ports {
     pub const ALL: Ports = Ports {
         protocol: Protocol::All,
         range: None,
+        icmp: None,
     };
+
+    /// `protocol` with every port (or type).
+    pub const fn any(protocol: Protocol) -> Ports {
+        Ports {
+            protocol,
+            range: None,
+            icmp: None,
+        }
+    }
+
+    /// tcp/udp `from`–`to`.
+    pub const fn range(protocol: Protocol, from: u16, to: u16) -> Ports {
+        Ports {
+            protocol,
+            range: Some(PortRange { from, to }),
+            icmp: None,
+        }
+    }
 
     /// Whether some traffic matches both.
     pub fn overlaps(&self, other: &Ports) -> bool {
         match (self.protocol, other.protocol) {
             (Protocol::All, _) | (_, Protocol::All) => true,
             (a, b) if a != b => false,
+            (p, _) if p.is_icmp() => match (self.icmp, other.icmp) {
+                (Some(a), Some(b)) => a.overlaps(&b),
+                _ => true,
+            },
             _ => {
                 let a = self.range.unwrap_or(PortRange::ALL);
                 let b = other.range.unwrap_or(PortRange::ALL);
@@ -668,6 +738,11 @@ impl Ports {
             (Protocol::All, _) => true,
             (_, Protocol::All) => false,
             (a, b) if a != b => false,
+            (p, _) if p.is_icmp() => match (self.icmp, other.icmp) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(a), Some(b)) => a.contains(&b),
+            },
             _ => {
                 let a = self.range.unwrap_or(PortRange::ALL);
                 let b = other.range.unwrap_or(PortRange::ALL);
@@ -679,9 +754,10 @@ impl Ports {
 
 impl fmt::Display for Ports {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.range {
-            Some(r) => write!(f, "{}/{}", self.protocol, r),
-            None => write!(f, "{}", self.protocol),
+        match (self.range, self.icmp) {
+            (Some(r), _) => write!(f, "{}/{}", self.protocol, r),
+            (None, Some(t)) => write!(f, "{}/{}", self.protocol, t),
+            (None, None) => write!(f, "{}", self.protocol),
         }
     }
 }
@@ -760,6 +836,39 @@ pub struct Rule {
     /// The cloud's id of an observed rule (`sgr-…`, Azure rule name). `None` when desired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// Where the group a [`Peer::Group`] names lives, as the cloud reports it (another
+    /// account, across a VPC peering connection). Not part of the rule's identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<GroupReference>,
+}
+
+/// Where a referenced security group lives, as AWS reports it on a rule
+/// (`ReferencedGroupInfo`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupReference {
+    /// The account that owns the group (`UserId`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// The group's VPC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc: Option<String>,
+    /// The VPC peering connection the reference crosses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peering_connection: Option<String>,
+    /// That connection's status (`active`, `deleted`, `failed`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peering_status: Option<String>,
+}
+
+impl GroupReference {
+    /// A reference across a peering connection that is not active: it admits nothing
+    /// and points at a group that may be gone or reused (AWS calls it stale).
+    pub fn is_stale(&self) -> bool {
+        self.peering_status
+            .as_deref()
+            .is_some_and(|s| !s.eq_ignore_ascii_case("active"))
+    }
 }
 
 fn is_allow(a: &Access) -> bool {
@@ -777,6 +886,7 @@ impl Rule {
             priority: None,
             description: None,
             id: None,
+            reference: None,
         }
     }
 
@@ -911,6 +1021,7 @@ mod tests {
         Ports {
             protocol: Protocol::Tcp,
             range: Some(PortRange { from, to }),
+            icmp: None,
         }
     }
 
@@ -941,6 +1052,7 @@ mod tests {
                 Ports {
                     protocol: Protocol::Udp,
                     range: Some(PortRange { from: 53, to: 53 }),
+                    icmp: None,
                 },
                 tcp(53, 53),
                 false,

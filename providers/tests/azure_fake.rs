@@ -69,6 +69,7 @@ fn tcp(port: u16) -> Ports {
             from: port,
             to: port,
         }),
+        icmp: None,
     }
 }
 

@@ -176,6 +176,7 @@ pub(super) fn endpoint_group(ep: &DesiredEndpoint, policies: &[&PolicyDoc]) -> D
                 palisade_providers::Ports {
                     protocol: palisade_providers::Protocol::Tcp,
                     range: Some(palisade_providers::PortRange { from: 443, to: 443 }),
+                    icmp: None,
                 },
                 Peer::Group(GroupRef::Managed(user.to_string())),
             )

@@ -106,6 +106,7 @@ pub(super) fn compile_group(
                     priority,
                     description: Some(format!("{}/{}", p.name(), fr.name)),
                     id: None,
+                    reference: None,
                 };
                 rules.entry(rule).or_insert_with(|| RuleOrigin {
                     policy: p.name().to_string(),

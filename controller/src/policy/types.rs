@@ -389,7 +389,9 @@ impl From<Cidr> for String {
     }
 }
 
-/// A port specification: `tcp/443`, `tcp/8000-8100`, `udp/53`, `icmp`, `all`.
+/// A port specification: `tcp/443`, `tcp/8000-8100`, `udp/53`, `icmp` (every type),
+/// `icmp/8` (type 8, every code), `icmp/3/4` (type 3, code 4), `icmpv6`, `icmpv6/128`,
+/// `all`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct PortSpec(pub Ports);
@@ -401,9 +403,9 @@ impl JsonSchema for PortSpec {
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         schemars::json_schema!({
             "type": "string",
-            "description": "tcp/PORT, tcp/FROM-TO, udp/PORT, udp/FROM-TO, icmp or all",
-            "pattern": "^((tcp|udp)/[0-9]{1,5}(-[0-9]{1,5})?|icmp|all)$",
-            "examples": ["tcp/443", "tcp/8000-8100", "udp/53", "icmp", "all"]
+            "description": "tcp/PORT, tcp/FROM-TO, udp/PORT, udp/FROM-TO, icmp, icmp/TYPE, icmp/TYPE/CODE, icmpv6, icmpv6/TYPE, icmpv6/TYPE/CODE or all (ICMP types and codes 0-255)",
+            "pattern": "^((tcp|udp)/[0-9]{1,5}(-[0-9]{1,5})?|icmp(v6)?(/[0-9]{1,3}(/[0-9]{1,3})?)?|all)$",
+            "examples": ["tcp/443", "tcp/8000-8100", "udp/53", "icmp", "icmp/3/4", "icmpv6/128", "all"]
         })
     }
 }
@@ -411,16 +413,34 @@ impl JsonSchema for PortSpec {
 impl FromStr for PortSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let expected = "expected tcp/PORT, tcp/FROM-TO, udp/PORT, udp/FROM-TO, icmp or all";
-        match s {
-            "all" => return Ok(PortSpec(Ports::ALL)),
-            "icmp" => {
-                return Ok(PortSpec(Ports {
-                    protocol: Protocol::Icmp,
-                    range: None,
-                }));
+        let expected = "expected tcp/PORT, tcp/FROM-TO, udp/PORT, udp/FROM-TO, icmp, icmp/TYPE, icmp/TYPE/CODE, icmpv6[/TYPE[/CODE]] or all";
+        if s == "all" {
+            return Ok(PortSpec(Ports::ALL));
+        }
+        let mut parts = s.splitn(2, '/');
+        let head = parts.next().unwrap_or_default();
+        if head == "icmp" || head == "icmpv6" {
+            let protocol = if head == "icmp" {
+                Protocol::Icmp
+            } else {
+                Protocol::Icmpv6
+            };
+            let mut ports = Ports::any(protocol);
+            if let Some(rest) = parts.next() {
+                let number = |what: &str, v: &str| {
+                    v.parse::<u8>().map_err(|_| {
+                        format!(
+                            "invalid ICMP {what} {v:?} in {s:?}: ICMP types and codes are 0-255"
+                        )
+                    })
+                };
+                let (kind, code) = match rest.split_once('/') {
+                    Some((t, c)) => (number("type", t)?, Some(number("code", c)?)),
+                    None => (number("type", rest)?, None),
+                };
+                ports.icmp = Some(palisade_providers::IcmpType { kind, code });
             }
-            _ => {}
+            return Ok(PortSpec(ports));
         }
         let (proto, range) = s
             .split_once('/')
@@ -449,6 +469,7 @@ impl FromStr for PortSpec {
         Ok(PortSpec(Ports {
             protocol,
             range: Some(PortRange { from, to }),
+            icmp: None,
         }))
     }
 }
@@ -750,10 +771,45 @@ mod tests {
             "sctp/1",
             "TCP/1",
             "tcp/a-b",
+            "icmp/",
+            "icmp/256",
+            "icmp/3/256",
+            "icmp/3/4/5",
+            "icmp/-1",
+            "icmpv6/x",
         ] {
             let err = bad.parse::<PortSpec>().unwrap_err();
             assert!(err.contains(bad), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn icmp_types_and_codes_parse_round_trip_and_nest() {
+        let t = |kind, code| Some(palisade_providers::IcmpType { kind, code });
+        for (s, proto, icmp) in [
+            ("icmp", Protocol::Icmp, None),
+            ("icmp/8", Protocol::Icmp, t(8, None)),
+            ("icmp/3/4", Protocol::Icmp, t(3, Some(4))),
+            ("icmpv6", Protocol::Icmpv6, None),
+            ("icmpv6/128", Protocol::Icmpv6, t(128, None)),
+            ("icmpv6/1/4", Protocol::Icmpv6, t(1, Some(4))),
+        ] {
+            let p: PortSpec = s.parse().unwrap();
+            assert_eq!(
+                (p.0.protocol, p.0.icmp, p.0.range),
+                (proto, icmp, None),
+                "{s}"
+            );
+            assert_eq!(String::from(p), s, "round trip {s}");
+        }
+        let p = |s: &str| s.parse::<PortSpec>().unwrap().0;
+        assert!(p("icmp").contains(&p("icmp/3/4")));
+        assert!(p("icmp/3").contains(&p("icmp/3/4")));
+        assert!(!p("icmp/3/4").contains(&p("icmp/3")));
+        assert!(p("icmp/3/4").overlaps(&p("icmp/3")));
+        assert!(!p("icmp/8").overlaps(&p("icmp/3/4")));
+        assert!(!p("icmp").overlaps(&p("icmpv6")), "ICMP is not ICMPv6");
+        assert!(p("all").contains(&p("icmpv6/128")));
     }
 
     #[test]

@@ -346,9 +346,29 @@ fn check_policy(set: &PolicySet, p: &PolicyDoc, d: &mut Vec<Diagnostic>) {
                     d.push(wrong_cloud(p, e, "an Azure endpoint takes `resourceId`, `groupId` and `subnet`, not `service`/`type`".to_string()));
                 }
             }
+            for port in all_ports(p) {
+                let v = port.value.0;
+                if v.icmp.is_some() || v.protocol == palisade_providers::Protocol::Icmpv6 {
+                    d.push(wrong_cloud(
+                        p,
+                        port,
+                        format!("`{v}`: NSG rules cannot restrict ICMP types or codes, nor name ICMPv6 (Azure's `Icmp` admits every ICMP type); use `icmp`"),
+                    ));
+                }
+            }
             check_priorities(p, d);
         }
     }
+}
+
+/// Every port specification a policy names, with its position.
+fn all_ports(p: &PolicyDoc) -> impl Iterator<Item = &Located<PortSpec>> {
+    let s = &p.spec;
+    s.ingress
+        .iter()
+        .flat_map(|r| r.ports.iter())
+        .chain(s.egress.iter().flat_map(|r| r.ports.iter()))
+        .chain(s.deny.iter().flat_map(|r| r.ports.iter()))
 }
 
 fn wrong_cloud<T>(p: &PolicyDoc, at: &Located<T>, msg: String) -> Diagnostic {

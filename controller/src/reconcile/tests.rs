@@ -150,6 +150,7 @@ fn world_ssh() -> Rule {
         Ports {
             protocol: Protocol::Tcp,
             range: Some(PortRange { from: 22, to: 22 }),
+            icmp: None,
         },
         Peer::cidr("0.0.0.0/0".parse().expect("cidr")),
     )

@@ -8,9 +8,9 @@ use aws_sdk_lambda::types as lambda;
 use ipnet::IpNet;
 
 use crate::model::{
-    Direction, Endpoint, EndpointKind, Function, GroupRef, Inventory, Network, OwnedKind,
-    Ownership, Peer, Placement, PortRange, Ports, PrefixList, Protocol, Rule, SecurityGroup,
-    Subnet, Tags, owner_of,
+    Direction, Endpoint, EndpointKind, Function, GroupRef, GroupReference, IcmpType, Inventory,
+    Network, OwnedKind, Ownership, Peer, Placement, PortRange, Ports, PrefixList, Protocol, Rule,
+    SecurityGroup, Subnet, Tags, owner_of,
 };
 use crate::provider::ProviderError;
 
@@ -89,7 +89,7 @@ pub fn protocol(p: &str) -> Protocol {
         "tcp" | "6" => Protocol::Tcp,
         "udp" | "17" => Protocol::Udp,
         "icmp" | "1" => Protocol::Icmp,
-        "icmpv6" => Protocol::Number(58),
+        "icmpv6" | "58" => Protocol::Icmpv6,
         other => other.parse().map(Protocol::Number).unwrap_or(Protocol::All),
     }
 }
@@ -109,9 +109,20 @@ fn ports(proto: Protocol, from: Option<i32>, to: Option<i32>) -> Ports {
         }
         _ => None,
     };
+    // ICMP: FromPort is the type, ToPort the code; -1 means every type / every code. A
+    // type or code AWS cannot send (beyond 255) is read as "every type" — wider, never
+    // narrower, so that a guardrail judges the worst case.
+    let icmp = match (proto.is_icmp(), from) {
+        (true, Some(t)) if t >= 0 => u8::try_from(t).ok().map(|kind| IcmpType {
+            kind,
+            code: to.filter(|c| *c >= 0).and_then(|c| u8::try_from(c).ok()),
+        }),
+        _ => None,
+    };
     Ports {
         protocol: proto,
         range,
+        icmp,
     }
 }
 
@@ -139,6 +150,15 @@ pub fn rule(r: &ec2::SecurityGroupRule, refs: &GroupRefs) -> Option<Rule> {
         .filter(|d| !d.is_empty())
         .map(str::to_string);
     rule.id = r.security_group_rule_id().map(str::to_string);
+    rule.reference = r.referenced_group_info().and_then(|g| {
+        let reference = GroupReference {
+            account: g.user_id().map(str::to_string),
+            vpc: g.vpc_id().map(str::to_string),
+            peering_connection: g.vpc_peering_connection_id().map(str::to_string),
+            peering_status: g.peering_status().map(str::to_string),
+        };
+        (reference != GroupReference::default()).then_some(reference)
+    });
     Some(rule)
 }
 
@@ -156,7 +176,18 @@ pub fn ip_permission(
                 .from_port(i32::from(r.from))
                 .to_port(i32::from(r.to))
         }
-        Protocol::Icmp => p.ip_protocol("icmp").from_port(-1).to_port(-1),
+        Protocol::Icmp | Protocol::Icmpv6 => {
+            let (kind, code) = match rule.ports.icmp {
+                Some(t) => (i32::from(t.kind), t.code.map_or(-1, i32::from)),
+                None => (-1, -1),
+            };
+            let name = if rule.ports.protocol == Protocol::Icmp {
+                "icmp"
+            } else {
+                "icmpv6"
+            };
+            p.ip_protocol(name).from_port(kind).to_port(code)
+        }
         Protocol::Number(n) => p.ip_protocol(n.to_string()),
     };
     let desc = rule.description.clone();
@@ -454,6 +485,7 @@ mod tests {
         Ports {
             protocol: Protocol::Tcp,
             range: Some(PortRange { from, to }),
+            icmp: None,
         }
     }
 
@@ -497,6 +529,7 @@ mod tests {
                 Ports {
                     protocol: Protocol::Udp,
                     range: Some(PortRange { from: 53, to: 53 }),
+                    icmp: None,
                 },
                 cidr("2001:db8::/64"),
             ),
@@ -553,6 +586,7 @@ mod tests {
                 Ports {
                     protocol: Protocol::Icmp,
                     range: None,
+                    icmp: None,
                 },
                 cidr("10.0.0.0/8"),
             ),
@@ -562,6 +596,7 @@ mod tests {
                 Ports {
                     protocol: Protocol::Number(50),
                     range: None,
+                    icmp: None,
                 },
                 cidr("10.0.0.0/8"),
             ),
@@ -589,6 +624,81 @@ mod tests {
             )
             .is_none()
         );
+    }
+
+    #[test]
+    fn every_icmp_shape_aws_returns_reads_exactly_and_writes_back_the_same() {
+        let refs = GroupRefs::default();
+        let t = |kind, code| Some(IcmpType { kind, code });
+        let cases = [
+            ("icmp", -1, -1, Protocol::Icmp, None),
+            ("1", -1, -1, Protocol::Icmp, None),
+            ("icmp", 15, -1, Protocol::Icmp, t(15, None)),
+            ("icmp", 8, 0, Protocol::Icmp, t(8, Some(0))),
+            ("icmp", 3, 4, Protocol::Icmp, t(3, Some(4))),
+            ("1", 3, 4, Protocol::Icmp, t(3, Some(4))),
+            ("icmpv6", -1, -1, Protocol::Icmpv6, None),
+            ("58", 128, -1, Protocol::Icmpv6, t(128, None)),
+            ("icmpv6", 1, 4, Protocol::Icmpv6, t(1, Some(4))),
+            // What AWS cannot send is read wide (every type), never narrow.
+            ("icmp", 300, 0, Protocol::Icmp, None),
+        ];
+        for (proto, from, to, protocol, icmp) in cases {
+            let raw = sgr(|b| {
+                b.ip_protocol(proto)
+                    .from_port(from)
+                    .to_port(to)
+                    .cidr_ipv4("10.0.0.0/8")
+            });
+            let r = rule(&raw, &refs).unwrap();
+            let want = Ports {
+                protocol,
+                range: None,
+                icmp,
+            };
+            assert_eq!(r.ports, want, "{proto} {from}/{to}");
+            if from <= 255 {
+                let p = ip_permission(&r, |_| Ok(String::new())).unwrap();
+                let name = if protocol == Protocol::Icmp {
+                    "icmp"
+                } else {
+                    "icmpv6"
+                };
+                assert_eq!(
+                    (p.ip_protocol(), p.from_port(), p.to_port()),
+                    (Some(name), Some(from), Some(to)),
+                    "{proto} {from}/{to} written back"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_peered_reference_keeps_its_account_and_peering() {
+        let refs = GroupRefs::default();
+        let raw = sgr(|b| {
+            b.ip_protocol("tcp")
+                .from_port(5432)
+                .to_port(5432)
+                .referenced_group_info(
+                    ec2::ReferencedSecurityGroup::builder()
+                        .group_id("sg-0peer")
+                        .user_id("210987654321")
+                        .vpc_id("vpc-0peer")
+                        .vpc_peering_connection_id("pcx-0dead")
+                        .peering_status("deleted")
+                        .build(),
+                )
+        });
+        let r = rule(&raw, &refs).unwrap();
+        let reference = r.reference.clone().unwrap();
+        assert_eq!(reference.account.as_deref(), Some("210987654321"));
+        assert_eq!(reference.peering_connection.as_deref(), Some("pcx-0dead"));
+        assert!(reference.is_stale());
+        // Not part of the rule's identity.
+        let mut plain = r.clone();
+        plain.reference = None;
+        assert_eq!(r, plain);
     }
 
     #[test]
@@ -648,6 +758,7 @@ mod tests {
                 Ports {
                     protocol: Protocol::Icmp,
                     range: None,
+                    icmp: None,
                 },
                 Peer::Cidr("10.0.0.0/8".parse().unwrap()),
             ),

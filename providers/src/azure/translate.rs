@@ -211,10 +211,14 @@ fn ports(protocol: Protocol, range: &str) -> Ports {
     let range = port_range(range);
     let range = match protocol {
         Protocol::Tcp | Protocol::Udp => Some(range.unwrap_or(PortRange::ALL)),
-        Protocol::Icmp | Protocol::Number(_) => None,
+        Protocol::Icmp | Protocol::Icmpv6 | Protocol::Number(_) => None,
         Protocol::All => range.filter(|r| *r != PortRange::ALL),
     };
-    Ports { protocol, range }
+    Ports {
+        protocol,
+        range,
+        icmp: None,
+    }
 }
 
 /// One ARM security rule as atomic model rules.
@@ -292,6 +296,7 @@ pub fn rules_of(r: &m::SecurityRule) -> Vec<Rule> {
                 priority,
                 description: p.description.clone(),
                 id: name.clone(),
+                reference: None,
             });
         }
     }
@@ -332,7 +337,14 @@ pub fn rule_body(rule: &Rule) -> Result<Value, String> {
     let protocol = match rule.ports.protocol {
         Protocol::Tcp => "Tcp",
         Protocol::Udp => "Udp",
-        Protocol::Icmp => "Icmp",
+        // NSG rules cannot restrict ICMP types (validation refuses policies that ask).
+        Protocol::Icmp if rule.ports.icmp.is_none() => "Icmp",
+        Protocol::Icmp | Protocol::Icmpv6 => {
+            return Err(format!(
+                "NSG rules cannot carry {}: Azure's Icmp protocol admits every ICMP type",
+                rule.ports
+            ));
+        }
         Protocol::All => "*",
         Protocol::Number(50) => "Esp",
         Protocol::Number(51) => "Ah",
@@ -452,6 +464,7 @@ mod tests {
         Ports {
             protocol: Protocol::Tcp,
             range: Some(PortRange { from, to }),
+            icmp: None,
         }
     }
 
@@ -487,6 +500,7 @@ mod tests {
                     Ports {
                         protocol: Protocol::Icmp,
                         range: None,
+                        icmp: None,
                     },
                     Peer::ServiceTag("Sql.WestEurope".into()),
                 )
