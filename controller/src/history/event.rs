@@ -448,13 +448,14 @@ pub enum Body {
 }
 
 impl Body {
-    /// Read a stored row's kind and data.
+    /// Read a stored row's kind and data (one parse, straight into the kind's type).
     pub fn read(kind: String, data: &str) -> Body {
-        let data: Value = serde_json::from_str(data).unwrap_or(Value::String(data.to_string()));
-        let tagged = serde_json::json!({ "kind": kind, "data": data });
-        match serde_json::from_value::<EventData>(tagged) {
-            Ok(d) => Body::Typed(d),
-            Err(_) => Body::Unrecognized { kind, data },
+        match typed(&kind, data) {
+            Some(d) => Body::Typed(d),
+            None => Body::Unrecognized {
+                data: serde_json::from_str(data).unwrap_or(Value::String(data.to_string())),
+                kind,
+            },
         }
     }
 
@@ -465,6 +466,29 @@ impl Body {
             Body::Unrecognized { kind, .. } => kind,
         }
     }
+}
+
+/// The data of a row of `kind`, when this version knows the kind and the data fits.
+fn typed(kind: &str, data: &str) -> Option<EventData> {
+    fn of<T: serde::de::DeserializeOwned>(data: &str) -> Option<T> {
+        serde_json::from_str(data).ok()
+    }
+    Some(match kind {
+        kind::REVISION_ENFORCED => EventData::RevisionEnforced(of(data)?),
+        kind::REVISION_REJECTED => EventData::RevisionRejected(of(data)?),
+        kind::HISTORY_REWRITTEN => EventData::HistoryRewritten(of(data)?),
+        kind::DRIFT_DETECTED => EventData::DriftDetected(of(data)?),
+        kind::CHANGE_APPLIED => EventData::ChangeApplied(of(data)?),
+        kind::CHANGE_FAILED => EventData::ChangeFailed(of(data)?),
+        kind::FINDING_OPENED => EventData::FindingOpened(of(data)?),
+        kind::FINDING_CLOSED => EventData::FindingClosed(of(data)?),
+        kind::RECONCILED => EventData::Reconciled(of(data)?),
+        kind::RETENTION => EventData::Retention(of(data)?),
+        kind::OWNERSHIP_RECORDED => EventData::OwnershipRecorded(of(data)?),
+        kind::OWNERSHIP_RELEASED => EventData::OwnershipReleased(of(data)?),
+        kind::OWNERSHIP_BOOTSTRAPPED => EventData::OwnershipBootstrapped(of(data)?),
+        _ => return None,
+    })
 }
 
 /// An event to append.
@@ -561,6 +585,22 @@ mod tests {
 
     #[test]
     fn every_kind_is_written_and_read_by_the_same_type() {
+        let mut seen = std::collections::BTreeSet::new();
+        let finding = Finding {
+            kind: crate::check::FindingKind::GuardrailViolation,
+            target: "t".into(),
+            resource: ResourceAddr::group("sg-1"),
+            message: "m".into(),
+            guardrail: Some("g".into()),
+            controls: vec!["C-1".into()],
+            location: None,
+        };
+        let entry = Entry {
+            kind: OwnedKind::Endpoint,
+            id: "vpce-1".into(),
+            owner: "endpoint.s3".into(),
+            how: crate::ownership::How::Created,
+        };
         let record = ChangeRecord {
             resource: ResourceAddr::group("payments-api"),
             cause: Cause::Drift,
@@ -586,11 +626,54 @@ mod tests {
                 trigger: Some(Trigger::Resync),
                 changes: 3,
             }),
+            EventData::RevisionEnforced(RevisionEnforced {
+                author: "A".into(),
+                summary: "s".into(),
+                signature: Some(SignatureStatus::Unsigned),
+                time: 1,
+                controls: vec!["C-1".into()],
+                policies: 2,
+            }),
+            EventData::RevisionRejected(RevisionRejected {
+                reason: RejectReason::Invalid,
+                details: vec!["x.yaml:1:1: bad".into()],
+                author: "A".into(),
+                summary: "s".into(),
+                signature: None,
+            }),
+            EventData::HistoryRewritten(HistoryRewritten {
+                previous: "c0".into(),
+                author: "A".into(),
+                summary: "s".into(),
+                signature: Some(SignatureStatus::Verified {
+                    signer: "ops".into(),
+                }),
+            }),
+            EventData::FindingOpened(finding.clone()),
+            EventData::FindingClosed(finding),
+            EventData::Retention(Retention {
+                before: 5,
+                events_deleted: 6,
+                reports_deleted: 7,
+            }),
+            EventData::OwnershipRecorded(entry.clone()),
+            EventData::OwnershipReleased(OwnershipReleased {
+                kind: OwnedKind::Group,
+                id: "sg-1".into(),
+                owner: "api".into(),
+                why: Removed::Deleted,
+            }),
+            EventData::OwnershipBootstrapped(OwnershipBootstrapped {
+                adopted: vec![entry],
+                count: 1,
+            }),
         ] {
             let kind = data.kind().to_string();
+            seen.insert(kind.clone());
             let back = Body::read(kind.clone(), &data.data_json());
             assert_eq!(back, Body::Typed(data), "{kind}");
         }
+        assert_eq!(seen.len(), 13, "one sample of every kind: {seen:?}");
     }
 
     #[test]
