@@ -131,6 +131,38 @@ fn the_azure_target_converges_and_drift_is_reverted() {
             .all(|n| n.starts_with("palisade-in-") || n.starts_with("palisade-out-")),
         "{names:?}"
     );
+    // Default deny: each direction ends with a deny-all below every declared rule, so
+    // Azure's default rules (AllowVnetInBound, AllowInternetOutBound…) never apply.
+    for (name, direction) in [
+        ("palisade-in-4096", "Inbound"),
+        ("palisade-out-4096", "Outbound"),
+    ] {
+        let r = rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("no {name}: {names:?}"));
+        let p = &r["properties"];
+        assert_eq!(
+            (
+                p["access"].as_str(),
+                p["direction"].as_str(),
+                p["protocol"].as_str()
+            ),
+            (Some("Deny"), Some(direction), Some("*")),
+            "{r}"
+        );
+        assert_eq!(p["sourceAddressPrefix"], "*");
+        assert_eq!(p["destinationAddressPrefix"], "*");
+    }
+    // Integrated apps send all traffic through the VNet (route-all).
+    let (_, st) = arm.call(
+        "GET",
+        &format!("{RG}/providers/Microsoft.Web/sites/func-orders-003"),
+        None,
+    );
+    assert_eq!(st["properties"]["vnetRouteAllEnabled"], true, "{st}");
     // The NSG Palisade does not own is untouched.
     let legacy = arm
         .fake
@@ -170,9 +202,22 @@ fn the_azure_target_converges_and_drift_is_reverted() {
     let (_, mut st) = arm.call("GET", &site, None);
     st["properties"]["virtualNetworkSubnetId"] = Value::Null;
     assert_eq!(arm.call("PUT", &site, Some(&st)).0, 200);
+    // Route-all switched off by hand: egress rules would stop applying to internet-bound
+    // traffic.
+    let orders3 = format!("{RG}/providers/Microsoft.Web/sites/func-orders-003");
+    let (_, mut st) = arm.call("GET", &orders3, None);
+    st["properties"]["vnetRouteAllEnabled"] = json!(false);
+    assert_eq!(arm.call("PUT", &orders3, Some(&st)).0, 200);
 
     let (code, p) = plan(&arm);
     assert_eq!(code, Some(2), "drift is planned: {p}");
+    let route = p["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["resource"] == "function func-orders-003")
+        .expect("route-all off is planned");
+    assert_eq!(route["cause"], "drift", "{route}");
     let third = apply(&arm);
     assert!(
         third["apply"]["results"]
@@ -203,6 +248,11 @@ fn the_azure_target_converges_and_drift_is_reverted() {
             .unwrap()
             .eq_ignore_ascii_case(&subnet("snet-reports")),
         "VNet integration restored"
+    );
+    let (_, st) = arm.call("GET", &orders3, None);
+    assert_eq!(
+        st["properties"]["vnetRouteAllEnabled"], true,
+        "route-all restored"
     );
 
     // Through every association change the subnet kept what Palisade does not manage.

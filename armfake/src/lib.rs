@@ -193,6 +193,15 @@ impl Fake {
             .map(|v| inner.compose(v))
     }
 
+    /// Store `resource` as it is (its `id` says where), as someone changing it by hand
+    /// would leave it (tests: drift behind the client's back).
+    ///
+    /// # Errors
+    /// The resource has no ARM id.
+    pub fn put(&self, resource: Value) -> Result<(), String> {
+        self.lock().insert_seed(resource)
+    }
+
     /// Change the configuration while serving.
     pub fn configure(&self, change: impl FnOnce(&mut Config)) {
         change(&mut self.lock().config);

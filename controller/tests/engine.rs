@@ -167,6 +167,7 @@ fn moving_a_function_to_a_new_policy_detaches_before_deleting_the_old_group() {
         network: "vpc-0prod".into(),
         subnets: vec!["subnet-0priva".into()],
         groups: vec![GroupRef::Managed("old-payments".into())],
+        route_all: false,
     });
     let p = plan(&desired(&set, &inv), &inv, None, &Settings::default(), None);
     let pos = |f: &dyn Fn(&Change) -> bool| p.changes.iter().position(|c| f(&c.change)).unwrap();
@@ -522,7 +523,7 @@ proptest! {
         for f in 0..6 {
             let placement = match placed[f] {
                 0 => None,
-                g => Some(palisade_providers::Placement { network: "vpc-1".into(), subnets: vec!["subnet-3".into()], groups: vec![GroupRef::Managed(format!("p{}", g - 1))] }),
+                g => Some(palisade_providers::Placement { network: "vpc-1".into(), subnets: vec!["subnet-3".into()], groups: vec![GroupRef::Managed(format!("p{}", g - 1))], route_all: false }),
             };
             inv.functions.push(palisade_providers::Function { id: format!("arn:f{f}"), name: format!("f{f}"), tags: Default::default(), placement });
         }

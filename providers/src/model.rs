@@ -214,6 +214,12 @@ pub struct Placement {
     /// Security groups, sorted.
     #[serde(default)]
     pub groups: Vec<GroupRef>,
+    /// Azure: all outbound traffic goes through the VNet (route-all:
+    /// `vnetRouteAllEnabled`), not only RFC 1918 traffic — without it egress rules do not
+    /// apply to internet-bound traffic. Always `false` on AWS, where a function in a VPC
+    /// sends everything through it anyway.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub route_all: bool,
 }
 
 impl Placement {

@@ -524,6 +524,7 @@ mod tests {
                     network: "n".into(),
                     subnets: vec![],
                     groups: vec![],
+                    route_all: false,
                 }),
             },
             Change::SetSubnetGroup {

@@ -452,6 +452,7 @@ fn placement() -> Placement {
         network: "vpc-1".into(),
         subnets: vec!["subnet-a".into(), "subnet-b".into()],
         groups: vec![GroupRef::Id("sg-1".into())],
+        route_all: false,
     }
 }
 

@@ -236,6 +236,7 @@ async fn the_full_lifecycle_polls_each_operation_and_preserves_the_subnet() {
         network: VNET.into(),
         subnets: vec![subnet("snet-reports")],
         groups: vec![],
+        route_all: true,
     };
     p.apply(
         &t,
@@ -253,6 +254,42 @@ async fn the_full_lifecycle_polls_each_operation_and_preserves_the_subnet() {
     expected["properties"]["virtualNetworkSubnetId"] = json!(subnet("snet-reports"));
     expected["etag"] = site_after["etag"].clone();
     assert_eq!(site_after, expected, "only virtualNetworkSubnetId changed");
+
+    // Route-all switched off by hand: the same placement puts it back, and only it.
+    let mut off = site_after.clone();
+    off["properties"]["vnetRouteAllEnabled"] = json!(false);
+    fake.fake.put(off.clone()).unwrap();
+    let seen = p
+        .observe(&t, &palisade_providers::Ownership::default())
+        .await
+        .unwrap();
+    let reports = seen
+        .functions
+        .iter()
+        .find(|f| f.name == "func-reports")
+        .unwrap();
+    assert!(
+        !reports.placement.as_ref().unwrap().route_all,
+        "observed off"
+    );
+    let again = p
+        .apply(
+            &t,
+            &Change::SetPlacement {
+                function: site.clone(),
+                name: "func-reports".into(),
+                before: reports.placement.clone(),
+                after: Some(placement.clone()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.status, OutcomeStatus::Applied);
+    let restored = fake.fake.get(&site).unwrap();
+    let mut expected = off.clone();
+    expected["properties"]["vnetRouteAllEnabled"] = json!(true);
+    expected["etag"] = restored["etag"].clone();
+    assert_eq!(restored, expected, "only route-all changed");
 
     let kv = "/subscriptions/00000000-0000-0000-0000-000000000001/resourcegroups/rg-prod/providers/microsoft.keyvault/vaults/kv-reports";
     let owner = "endpoint.kv-reports.vault";

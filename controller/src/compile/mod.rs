@@ -23,8 +23,8 @@ use palisade_providers::{
 use serde::{Deserialize, Serialize};
 
 use crate::policy::validate::{
-    AWS_MAX_RULES_PER_DIRECTION, AZURE_MAX_RULES, LAMBDA_MAX_SUBNETS, NSG_PRIORITY,
-    default_allow_priority, default_deny_priority,
+    AWS_MAX_RULES_PER_DIRECTION, AZURE_MAX_RULES, LAMBDA_MAX_SUBNETS, NSG_DEFAULT_DENY_PRIORITY,
+    NSG_PRIORITY, default_allow_priority, default_deny_priority,
 };
 use crate::policy::{
     Diagnostic, DiagnosticKind as K, EndpointType, Located, Mode, PeerSpec, PolicyDoc, PolicySet,
@@ -362,6 +362,9 @@ pub fn compile(set: &PolicySet, target: &TargetDoc, inventory: Option<&Inventory
                             network,
                             subnets: net.subnets.clone(),
                             groups,
+                            // Azure: all outbound traffic through the VNet, so that the
+                            // policy's egress rules also hold for internet-bound traffic.
+                            route_all: cx.cloud == Cloud::Azure,
                         }
                         .normalised(),
                     },

@@ -130,6 +130,27 @@ pub(super) fn compile_group(
             }
         }
         Cloud::Azure => {
+            // Default deny: Azure's default rules admit the whole VNet (and every peered
+            // one) inbound and outbound, and the Internet outbound. A deny-all at the
+            // lowest custom priority ends each direction, so only declared rules admit
+            // traffic; declaring `VirtualNetwork` or `AzureLoadBalancer` opts back in.
+            for direction in [Direction::Ingress, Direction::Egress] {
+                let rule = Rule {
+                    direction,
+                    ports: palisade_providers::Ports::ALL,
+                    peer: Peer::Any,
+                    access: Access::Deny,
+                    priority: Some(NSG_DEFAULT_DENY_PRIORITY),
+                    description: Some(format!("{}/default-deny", p.name())),
+                    id: None,
+                    reference: None,
+                };
+                rules.entry(rule).or_insert_with(|| RuleOrigin {
+                    policy: p.name().to_string(),
+                    rule: "default-deny".to_string(),
+                    location: Some(p.here()),
+                });
+            }
             if rules.len() > AZURE_MAX_RULES {
                 cx.diags.push(Diagnostic::error(
                     K::RuleQuota,

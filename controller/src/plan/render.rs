@@ -9,10 +9,11 @@ pub(super) fn show_placement(p: Option<&Placement>) -> String {
         Some(p) => {
             let groups: Vec<String> = p.groups.iter().map(ToString::to_string).collect();
             format!(
-                "{} subnets [{}] groups [{}]",
+                "{} subnets [{}] groups [{}]{}",
                 p.network,
                 p.subnets.join(", "),
-                groups.join(", ")
+                groups.join(", "),
+                if p.route_all { " route-all" } else { "" }
             )
         }
     }

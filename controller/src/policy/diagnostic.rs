@@ -99,7 +99,8 @@ pub enum DiagnosticKind {
     WrongCloud,
     /// A function would get more than 5 security groups or 16 subnets (Lambda quotas).
     LambdaQuota,
-    /// An NSG priority outside 100–4096, or two rules with the same priority.
+    /// An NSG priority outside 100–4095 (4096 ends every managed NSG), or two rules with
+    /// the same priority.
     NsgPriority,
     /// A managed group would hold more rules than the cloud allows.
     RuleQuota,

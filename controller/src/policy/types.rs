@@ -259,7 +259,8 @@ pub struct IngressRule {
     pub from: Vec<Located<PeerSpec>>,
     /// Ports, e.g. `tcp/443`, `tcp/8000-8100`, `udp/53`, `icmp`, `all`.
     pub ports: Vec<Located<PortSpec>>,
-    /// Azure: NSG priority of the first atomic rule (100–4096). Default: from rule order.
+    /// Azure: NSG priority of the first atomic rule (100–4095; 4096 is the deny-all that
+    /// ends every managed NSG). Default: from rule order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<Located<u16>>,
 }
@@ -274,7 +275,8 @@ pub struct EgressRule {
     pub to: Vec<Located<PeerSpec>>,
     /// Ports, e.g. `tcp/443`.
     pub ports: Vec<Located<PortSpec>>,
-    /// Azure: NSG priority of the first atomic rule (100–4096). Default: from rule order.
+    /// Azure: NSG priority of the first atomic rule (100–4095; 4096 is the deny-all that
+    /// ends every managed NSG). Default: from rule order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<Located<u16>>,
 }

@@ -19,7 +19,12 @@ pub const AWS_MAX_RULES_PER_DIRECTION: usize = 60;
 /// Azure: rules per NSG.
 pub const AZURE_MAX_RULES: usize = 1000;
 /// Azure NSG priority range.
-pub const NSG_PRIORITY: std::ops::RangeInclusive<u16> = 100..=4096;
+pub const NSG_PRIORITY: std::ops::RangeInclusive<u16> = 100..=4095;
+
+/// The priority of the deny-all rules that end every managed NSG (inbound and outbound),
+/// the lowest custom priority: only declared rules admit traffic, Azure's default rules
+/// (`AllowVnetInBound`, `AllowInternetOutBound`, …) never get to.
+pub const NSG_DEFAULT_DENY_PRIORITY: u16 = 4096;
 
 /// Default NSG priority of the `index`-th allow rule of a direction: 100, 110, 120, …
 /// Each atomic rule it expands into takes the next number, so a rule may expand into at
@@ -454,7 +459,7 @@ fn check_priorities(p: &PolicyDoc, d: &mut Vec<Diagnostic>) {
             d.push(Diagnostic::error(
                 K::NsgPriority,
                 Some(loc),
-                format!("rule {name:?} needs NSG priorities {base}-{last}; Azure allows 100-4096"),
+                format!("rule {name:?} needs NSG priorities {base}-{last}; declared rules take 100-4095 (4096 is the deny-all that ends every managed NSG)"),
             ));
             return;
         }

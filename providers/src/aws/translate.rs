@@ -385,6 +385,7 @@ pub fn inventory(target: &str, raw: &Raw, ownership: &Ownership) -> Inventory {
                         network,
                         subnets,
                         groups: v.security_group_ids().iter().map(|g| refs.of(g)).collect(),
+                        route_all: false,
                     }
                     .normalised(),
                 )

@@ -40,7 +40,8 @@ impl AzureProvider {
                     .as_ref()
                     .and_then(|p| p.subnets.first())
                     .map(String::as_str);
-                self.set_placement(&arm, function, subnet).await
+                let route_all = after.as_ref().is_some_and(|p| p.route_all);
+                self.set_placement(&arm, function, subnet, route_all).await
             }
             Change::SetSubnetGroup {
                 subnet,
@@ -463,6 +464,7 @@ impl AzureProvider {
         arm: &Arm,
         site: &str,
         subnet: Option<&str>,
+        route_all: bool,
     ) -> Result<Outcome, ProviderError> {
         let what = "PUT sites";
         let url = arm.url(site, WEB_API_VERSION)?;
@@ -476,16 +478,36 @@ impl AzureProvider {
             (None, None) => true,
             _ => false,
         };
-        if equal {
+        if equal
+            && (subnet.is_none()
+                || route_all == super::translate::route_all(&current["properties"]))
+        {
             return Ok(Outcome::already_done());
         }
-        if !current["properties"].is_object() {
+        let Some(props) = current["properties"].as_object_mut() else {
             return Err(internal(what, format!("site {site} has no properties")));
-        }
-        current["properties"]["virtualNetworkSubnetId"] = match subnet {
-            Some(s) => json!(s),
-            None => Value::Null,
         };
+        props.insert(
+            "virtualNetworkSubnetId".into(),
+            subnet.map_or(Value::Null, |s| json!(s)),
+        );
+        if subnet.is_some() {
+            // Route-all, on every spelling the site carries, so that egress rules apply
+            // to internet-bound traffic too (not only RFC 1918).
+            props.insert("vnetRouteAllEnabled".into(), json!(route_all));
+            if let Some(sc) = props.get_mut("siteConfig").and_then(Value::as_object_mut)
+                && sc.contains_key("vnetRouteAllEnabled")
+            {
+                sc.insert("vnetRouteAllEnabled".into(), json!(route_all));
+            }
+            if let Some(r) = props
+                .get_mut("outboundVnetRouting")
+                .and_then(Value::as_object_mut)
+            {
+                r.insert("applicationTraffic".into(), json!(route_all));
+                r.insert("allTraffic".into(), json!(route_all));
+            }
+        }
         let etag = current["etag"].as_str().map(str::to_string);
         let answer = arm
             .put_if_match(url, &current, etag.as_deref())

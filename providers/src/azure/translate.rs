@@ -417,6 +417,21 @@ pub fn endpoints(pes: &[m::PrivateEndpoint], ids: &Ids) -> Vec<Endpoint> {
         .collect()
 }
 
+/// Whether a site sends all outbound traffic through its VNet: `vnetRouteAllEnabled`
+/// (on the site, else in `siteConfig`), else the newer
+/// `outboundVnetRouting.applicationTraffic` / `allTraffic`. Absent everywhere: off.
+pub fn route_all(props: &Value) -> bool {
+    if let Some(b) = props["vnetRouteAllEnabled"].as_bool() {
+        return b;
+    }
+    if let Some(b) = props["siteConfig"]["vnetRouteAllEnabled"].as_bool() {
+        return b;
+    }
+    let routing = &props["outboundVnetRouting"];
+    routing["applicationTraffic"].as_bool().unwrap_or(false)
+        || routing["allTraffic"].as_bool().unwrap_or(false)
+}
+
 /// Function apps (sites whose `kind` names `functionapp`) and their VNet integration.
 pub fn functions(sites: &[Value], ids: &Ids) -> Vec<Function> {
     sites
@@ -437,6 +452,7 @@ pub fn functions(sites: &[Value], ids: &Ids) -> Vec<Function> {
                         network: ids.canonical(&vnet_of(&subnet)),
                         subnets: vec![subnet],
                         groups: Vec::new(),
+                        route_all: route_all(&s["properties"]),
                     }
                 });
             Some(Function {
