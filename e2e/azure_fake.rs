@@ -85,6 +85,31 @@ fn the_azure_target_converges_and_drift_is_reverted() {
     assert!(last_attach < first_join, "{actions:?}");
     let (code, p) = plan(&arm);
     assert_eq!(code, Some(0), "plan after apply: {}", p["changes"]);
+    // Guardrails judge what each NSG lets through in effect, Azure's default rules
+    // included: the unmanaged NSG sends everything to the internet through
+    // AllowInternetOutBound; the managed ones' deny-all takes it back.
+    let egress: Vec<&Value> = p["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["guardrail"] == "internet-egress-https-only")
+        .collect();
+    assert!(
+        egress
+            .iter()
+            .any(|f| f["resource"].as_str().unwrap().ends_with("nsg-legacy")
+                && f["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("AllowInternetOutBound")),
+        "{egress:#?}"
+    );
+    assert!(
+        !egress
+            .iter()
+            .any(|f| f["resource"].as_str().unwrap().contains("palisade-")),
+        "a managed NSG's default deny holds: {egress:#?}"
+    );
 
     // What the policies say is what ARM holds.
     let reports_nsg = net("networkSecurityGroups/palisade-reports-func");

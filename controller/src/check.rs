@@ -132,10 +132,38 @@ fn violation(
     }
 }
 
-/// The clauses of `g` that `rule` breaks, as one message suffix: empty for one clause
-/// (the rule says it all), else the clauses listed — one finding per (rule, guardrail).
-fn broken_clauses<'g>(g: &'g GuardrailDoc, rule: &Rule) -> Vec<&'g Located<ForbidSpec>> {
-    g.spec.forbid.iter().filter(|f| violates(rule, f)).collect()
+/// The clauses of `g` that `rule` breaks in effect: not those a deny of higher priority
+/// in the same NSG (`group`, default rules included) takes back entirely.
+fn broken_clauses<'g>(
+    g: &'g GuardrailDoc,
+    rule: &Rule,
+    group: &[&Rule],
+) -> Vec<&'g Located<ForbidSpec>> {
+    g.spec
+        .forbid
+        .iter()
+        .filter(|f| violates(rule, f) && !shadowed(rule, f, group))
+        .collect()
+}
+
+/// Whether an NSG deny evaluated before `rule` (a lower priority number) drops every
+/// packet of `rule` that `forbid` is about: same direction, a peer that covers the
+/// forbidden one, every port of the rule, and nothing narrowing the deny (a deny limited
+/// to some destinations or source ports takes back only part). One deny must cover it
+/// alone; allows carved up by several denies are still reported (fail closed). AWS
+/// rules have no priorities and no denies: never shadowed.
+fn shadowed(rule: &Rule, forbid: &ForbidSpec, group: &[&Rule]) -> bool {
+    let Some(at) = rule.effective_priority() else {
+        return false;
+    };
+    group.iter().any(|d| {
+        d.access == Access::Deny
+            && d.direction == rule.direction
+            && d.is_full()
+            && d.effective_priority().is_some_and(|p| p < at)
+            && peer_covers(&d.peer, &forbid.peer)
+            && d.ports.contains(&rule.ports)
+    })
 }
 
 fn clauses_suffix(broken: &[&Located<ForbidSpec>]) -> String {
@@ -186,8 +214,9 @@ pub fn check_desired(
         .collect();
     for g in set.guardrails.iter().filter(|g| in_scope(g, target)) {
         for group in desired.groups.values() {
+            let all: Vec<&Rule> = group.rules.keys().collect();
             for (rule, origin) in &group.rules {
-                let broken = broken_clauses(g, rule);
+                let broken = broken_clauses(g, rule, &all);
                 if !broken.is_empty() {
                     out.push(violation(
                         g,
@@ -248,8 +277,11 @@ pub fn check_inventory(set: &PolicySet, inventory: &Inventory) -> Vec<Finding> {
     let mut out = stale_references(inventory);
     for g in set.guardrails.iter().filter(|g| in_scope(g, target)) {
         for group in &inventory.groups {
-            for rule in &group.rules {
-                let broken = broken_clauses(g, rule);
+            // What the NSG lets through in effect: its rules and Azure's default rules,
+            // in priority order, denies taking back what they cover.
+            let all: Vec<&Rule> = group.rules.iter().chain(&group.default_rules).collect();
+            for rule in &all {
+                let broken = broken_clauses(g, rule, &all);
                 let Some(first) = broken.first() else {
                     continue;
                 };
@@ -257,11 +289,23 @@ pub fn check_inventory(set: &PolicySet, inventory: &Inventory) -> Vec<Finding> {
                     Some(o) => format!(" (managed by policy {o})"),
                     None => " (not managed by Palisade)".to_string(),
                 };
+                let default = if group.default_rules.iter().any(|d| std::ptr::eq(d, *rule)) {
+                    format!(
+                        "; Azure's default rule {} at {}, not taken back by any deny before it",
+                        rule.id.as_deref().unwrap_or("?"),
+                        rule.effective_priority().unwrap_or_default()
+                    )
+                } else {
+                    String::new()
+                };
                 out.push(violation(
                     g,
                     target,
                     ResourceAddr::group(group.id.as_str()),
-                    format!("rule allows {rule}{owner}{}", clauses_suffix(&broken)),
+                    format!(
+                        "rule allows {rule}{owner}{default}{}",
+                        clauses_suffix(&broken)
+                    ),
                     Some(g.at(*first)),
                 ));
             }
@@ -506,6 +550,7 @@ mod tests {
                 network: String::new(),
                 tags: Default::default(),
                 rules,
+                default_rules: Vec::new(),
             }],
             ..Inventory::default()
         }
@@ -532,6 +577,116 @@ mod tests {
                 );
             }
         }
+    }
+
+    fn nsg_rule(direction: Direction, access: Access, prio: u16, ports: Ports, peer: Peer) -> Rule {
+        Rule {
+            access,
+            priority: Some(prio),
+            ..Rule::allow(direction, ports, peer)
+        }
+    }
+
+    fn guardrail_findings(set: &PolicySet, inv: &Inventory, name: &str) -> Vec<Finding> {
+        check_inventory(set, inv)
+            .into_iter()
+            .filter(|f| f.guardrail.as_deref() == Some(name))
+            .collect()
+    }
+
+    #[test]
+    fn azure_default_rules_count_and_higher_priority_denies_take_back_what_they_cover() {
+        let set = example();
+        let internet = || Peer::ServiceTag("Internet".into());
+        let mut allow_internet = nsg_rule(
+            Direction::Egress,
+            Access::Allow,
+            65001,
+            Ports::ALL,
+            internet(),
+        );
+        allow_internet.id = Some("AllowInternetOutBound".into());
+        let deny_all_out = nsg_rule(
+            Direction::Egress,
+            Access::Deny,
+            65500,
+            Ports::ALL,
+            Peer::Any,
+        );
+        let mut inv = inventory("prod-azure", vec![]);
+        inv.groups[0].default_rules = vec![allow_internet, deny_all_out];
+        let found = guardrail_findings(&set, &inv, "internet-egress-https-only");
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert!(
+            found[0].message.contains("AllowInternetOutBound"),
+            "{}",
+            found[0].message
+        );
+
+        // A deny of everything outbound before it: nothing leaves for the internet.
+        inv.groups[0].rules = vec![nsg_rule(
+            Direction::Egress,
+            Access::Deny,
+            4000,
+            Ports::ALL,
+            Peer::Any,
+        )];
+        assert!(guardrail_findings(&set, &inv, "internet-egress-https-only").is_empty());
+
+        // A deny narrowed to some source ports takes back only part: still a finding.
+        let mut narrowed = nsg_rule(Direction::Egress, Access::Deny, 4000, Ports::ALL, Peer::Any);
+        narrowed.narrowing = Some(palisade_providers::Narrowing {
+            priority: None,
+            near: Vec::new(),
+            source_ports: vec!["88-90".into()],
+        });
+        inv.groups[0].rules = vec![narrowed];
+        assert_eq!(
+            guardrail_findings(&set, &inv, "internet-egress-https-only").len(),
+            1
+        );
+    }
+
+    #[test]
+    fn an_allow_shadowed_by_a_deny_before_it_is_not_a_breach() {
+        let set = example();
+        let range = |from, to| Ports {
+            protocol: Protocol::Tcp,
+            range: Some(PortRange { from, to }),
+            icmp: None,
+        };
+        // A real NSG: allow 8080-8084 and 8086 from anywhere at 310, behind a deny of 8086
+        // at 290.
+        let inv = inventory(
+            "prod-azure",
+            vec![
+                nsg_rule(Direction::Ingress, Access::Deny, 290, tcp(8086), Peer::Any),
+                nsg_rule(
+                    Direction::Ingress,
+                    Access::Allow,
+                    310,
+                    range(8080, 8084),
+                    Peer::Any,
+                ),
+                nsg_rule(Direction::Ingress, Access::Allow, 311, tcp(8086), Peer::Any),
+            ],
+        );
+        let found = guardrail_findings(&set, &inv, "no-world-ingress");
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert!(
+            found[0].message.contains("8080-8084"),
+            "{}",
+            found[0].message
+        );
+        // A deny after the allow takes nothing back.
+        let inv = inventory(
+            "prod-azure",
+            vec![
+                nsg_rule(Direction::Ingress, Access::Allow, 200, tcp(8086), Peer::Any),
+                nsg_rule(Direction::Ingress, Access::Deny, 290, tcp(8086), Peer::Any),
+            ],
+        );
+        assert_eq!(guardrail_findings(&set, &inv, "no-world-ingress").len(), 1);
     }
 
     #[test]

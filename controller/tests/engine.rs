@@ -133,6 +133,7 @@ fn managed_group(owner: &str, id: &str, rules: Vec<Rule>) -> SecurityGroup {
         network: "vpc-0prod".into(),
         tags: ownership_tags(owner),
         rules,
+        default_rules: Vec::new(),
     }
 }
 

@@ -198,6 +198,7 @@ fn apply_to(
                 network: network.clone(),
                 tags: tags.clone(),
                 rules: Vec::new(),
+                default_rules: Vec::new(),
             });
             Ok(Outcome {
                 created_id: Some(id),
@@ -486,6 +487,7 @@ mod tests {
                 network: "vpc-1".into(),
                 tags: Default::default(),
                 rules: vec![],
+                default_rules: Vec::new(),
             }],
             ..Inventory::default()
         });

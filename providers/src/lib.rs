@@ -13,9 +13,9 @@ pub mod fake;
 
 pub use model::{
     Access, Cloud, Direction, Endpoint, EndpointKind, Function, GroupRef, GroupReference, IcmpType,
-    Inventory, Network, OwnedKind, Ownership, OwnershipBasis, OwnershipNote, OwnershipVerdict,
-    Peer, Placement, PortRange, Ports, PrefixList, Protocol, Rule, SecurityGroup, Subnet, Tags,
-    Target, TargetScope,
+    Inventory, Narrowing, Network, OwnedKind, Ownership, OwnershipBasis, OwnershipNote,
+    OwnershipVerdict, Peer, Placement, PortRange, Ports, PrefixList, Protocol, Rule, SecurityGroup,
+    Subnet, Tags, Target, TargetScope,
 };
 pub use provider::{
     ApiCallCount, CallCounter, CallKind, CallOutcome, Change, Outcome, OutcomeStatus, Provider,

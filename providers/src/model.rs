@@ -270,6 +270,11 @@ pub struct SecurityGroup {
     /// Rules as atomic tuples.
     #[serde(default)]
     pub rules: Vec<Rule>,
+    /// Azure's default rules of an NSG (`AllowVnetInBound` … `DenyAllOutBound`, 65000
+    /// and up): they cannot be changed, are never planned, and count when guardrails
+    /// judge what the NSG lets through.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub default_rules: Vec<Rule>,
 }
 
 impl SecurityGroup {
@@ -782,6 +787,9 @@ pub enum Peer {
     ServiceTag(String),
     /// Azure `*`: any address.
     Any,
+    /// An Azure application security group, by ARM id (observed only: function apps
+    /// cannot join one, so policies never name them).
+    Asg(String),
 }
 
 impl Peer {
@@ -799,6 +807,7 @@ impl fmt::Display for Peer {
             Peer::PrefixList(p) => write!(f, "prefix-list {p}"),
             Peer::ServiceTag(t) => write!(f, "service-tag {t}"),
             Peer::Any => f.write_str("*"),
+            Peer::Asg(id) => write!(f, "asg {id}"),
         }
     }
 }
@@ -846,6 +855,34 @@ pub struct Rule {
     /// account, across a VPC peering connection). Not part of the rule's identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<GroupReference>,
+    /// What an observed NSG rule says beyond the tuple: its priority when it is not one
+    /// Palisade could have written (several prefixes or ports in one rule), and limits
+    /// on the near side (destination prefixes inbound, source outbound) or on source
+    /// ports. Part of the rule's identity: a narrowed rule is not the declared one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub narrowing: Option<Narrowing>,
+}
+
+/// See [`Rule::narrowing`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Narrowing {
+    /// The NSG priority, when [`Rule::priority`] is not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u16>,
+    /// The near side's prefixes, service tags or ASGs, when not `*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub near: Vec<String>,
+    /// Source port ranges, when not `*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_ports: Vec<String>,
+}
+
+impl Narrowing {
+    /// Whether the rule matches every packet its tuple names (nothing narrows it).
+    pub fn is_full(&self) -> bool {
+        self.near.is_empty() && self.source_ports.is_empty()
+    }
 }
 
 /// Where a referenced security group lives, as AWS reports it on a rule
@@ -893,6 +930,7 @@ impl Rule {
             description: None,
             id: None,
             reference: None,
+            narrowing: None,
         }
     }
 
@@ -905,14 +943,36 @@ impl Rule {
         )
     }
 
-    fn key(&self) -> (Direction, Access, Option<u16>, Ports, &Peer) {
+    fn key(
+        &self,
+    ) -> (
+        Direction,
+        Access,
+        Option<u16>,
+        Ports,
+        &Peer,
+        Option<&Narrowing>,
+    ) {
         (
             self.direction,
             self.access,
             self.priority,
             self.ports,
             &self.peer,
+            self.narrowing.as_ref(),
         )
+    }
+
+    /// The NSG priority it is evaluated at (Azure), whether or not Palisade could have
+    /// written it.
+    pub fn effective_priority(&self) -> Option<u16> {
+        self.priority
+            .or_else(|| self.narrowing.as_ref().and_then(|n| n.priority))
+    }
+
+    /// Whether it matches every packet of its tuple (no near-side or source-port limit).
+    pub fn is_full(&self) -> bool {
+        self.narrowing.as_ref().is_none_or(Narrowing::is_full)
     }
 }
 
@@ -1089,6 +1149,7 @@ mod tests {
                 network: "vpc-1".into(),
                 tags: ownership_tags("a"),
                 rules: vec![Rule::aws_default_egress()],
+                default_rules: Vec::new(),
             }],
             ..Inventory::default()
         };

@@ -107,6 +107,7 @@ pub(super) fn compile_group(
                     description: Some(format!("{}/{}", p.name(), fr.name)),
                     id: None,
                     reference: None,
+                    narrowing: None,
                 };
                 rules.entry(rule).or_insert_with(|| RuleOrigin {
                     policy: p.name().to_string(),
@@ -144,6 +145,7 @@ pub(super) fn compile_group(
                     description: Some(format!("{}/default-deny", p.name())),
                     id: None,
                     reference: None,
+                    narrowing: None,
                 };
                 rules.entry(rule).or_insert_with(|| RuleOrigin {
                     policy: p.name().to_string(),

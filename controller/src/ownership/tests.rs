@@ -11,6 +11,7 @@ fn group(id: &str, tags: Tags) -> SecurityGroup {
         network: "vpc-1".into(),
         tags,
         rules: Vec::new(),
+        default_rules: Vec::new(),
     }
 }
 

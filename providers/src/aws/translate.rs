@@ -216,11 +216,13 @@ pub fn ip_permission(
                 .set_description(desc)
                 .build(),
         ),
-        Peer::ServiceTag(_) | Peer::Any => {
+        Peer::ServiceTag(_) | Peer::Any | Peer::Asg(_) => {
             return Err(ProviderError::refused(
                 crate::RefusalKind::Unsupported,
                 "AuthorizeSecurityGroupRules",
-                format!("{rule}: AWS security groups have no service tags or `*` peer"),
+                format!(
+                    "{rule}: AWS security groups have no service tags, application security groups or `*` peer"
+                ),
             ));
         }
     };
@@ -361,6 +363,7 @@ pub fn inventory(target: &str, raw: &Raw, ownership: &Ownership) -> Inventory {
                 network: g.vpc_id().unwrap_or_default().to_string(),
                 tags: group_tags.remove(id).unwrap_or_default(),
                 rules,
+                default_rules: Vec::new(),
             })
         })
         .collect();

@@ -16,8 +16,8 @@ use ipnet::IpNet;
 use serde_json::{Value, json};
 
 use crate::model::{
-    Access, Direction, Endpoint, EndpointKind, Function, GroupRef, Network, Peer, Placement,
-    PortRange, Ports, Protocol, Rule, SecurityGroup, Subnet, Tags, owner_of,
+    Access, Direction, Endpoint, EndpointKind, Function, GroupRef, Narrowing, Network, Peer,
+    Placement, PortRange, Ports, Protocol, Rule, SecurityGroup, Subnet, Tags, owner_of,
 };
 
 /// Tags from ARM's `tags` object.
@@ -130,7 +130,8 @@ pub fn group_ref(id: &str, owners: &HashMap<String, String>, ids: &Ids) -> Group
     }
 }
 
-/// NSGs with their rules (default rules are implicit and not listed).
+/// NSGs with their rules, and Azure's default rules apart (never planned; judged by
+/// the guardrails).
 pub fn groups(nsgs: &[m::NetworkSecurityGroup]) -> Vec<SecurityGroup> {
     nsgs.iter()
         .filter_map(|g| {
@@ -139,6 +140,11 @@ pub fn groups(nsgs: &[m::NetworkSecurityGroup]) -> Vec<SecurityGroup> {
                 .properties
                 .as_ref()
                 .map(|p| p.security_rules.iter().flat_map(rules_of).collect())
+                .unwrap_or_default();
+            let default_rules = g
+                .properties
+                .as_ref()
+                .map(|p| p.default_security_rules.iter().flat_map(rules_of).collect())
                 .unwrap_or_default();
             Some(SecurityGroup {
                 name: g
@@ -150,6 +156,7 @@ pub fn groups(nsgs: &[m::NetworkSecurityGroup]) -> Vec<SecurityGroup> {
                 network: String::new(),
                 tags: tags(g.resource.tags.as_ref()),
                 rules,
+                default_rules,
             })
         })
         .collect()
@@ -256,12 +263,18 @@ pub fn rules_of(r: &m::SecurityRule) -> Vec<Rule> {
             &p.source_application_security_groups,
         ),
     };
-    let mut peers: Vec<Peer> = far.iter().chain(far_many.iter()).map(|s| peer(s)).collect();
+    // Empty prefix strings (ARM returns `""` beside a list) name nothing.
+    let mut peers: Vec<Peer> = far
+        .iter()
+        .chain(far_many.iter())
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| peer(s))
+        .collect();
     peers.extend(
         far_asgs
             .iter()
             .filter_map(|a| a.resource.id.as_deref())
-            .map(|id| Peer::ServiceTag(format!("asg:{id}"))),
+            .map(|id| Peer::Asg(id.to_string())),
     );
     let port_specs: Vec<&String> = p
         .destination_port_range
@@ -269,15 +282,39 @@ pub fn rules_of(r: &m::SecurityRule) -> Vec<Rule> {
         .chain(p.destination_port_ranges.iter())
         .collect();
     let proto = protocol(&p.protocol);
-    let near_is_any = near.as_deref() == Some("*") && near_many.is_empty() && near_asgs.is_empty();
-    let source_ports_any = p.source_port_range.as_deref().unwrap_or("*") == "*"
-        && p.source_port_ranges.iter().all(|s| s == "*");
-    let canonical = near_is_any
-        && source_ports_any
+    // The near side (what the NSG protects) and source ports: `*` or absent is "any";
+    // anything else narrows the rule, and is kept so that it is judged as it is.
+    let mut near_list: Vec<String> = near
+        .iter()
+        .chain(near_many.iter())
+        .filter(|s| !s.trim().is_empty() && s.as_str() != "*")
+        .cloned()
+        .collect();
+    near_list.extend(
+        near_asgs
+            .iter()
+            .filter_map(|a| a.resource.id.clone())
+            .map(|id| format!("asg:{id}")),
+    );
+    let source_ports: Vec<String> = p
+        .source_port_range
+        .iter()
+        .chain(p.source_port_ranges.iter())
+        .filter(|s| !s.trim().is_empty() && s.as_str() != "*")
+        .cloned()
+        .collect();
+    let canonical = near_list.is_empty()
+        && source_ports.is_empty()
         && peers.len() == 1
         && port_specs.len() <= 1
         && far_asgs.is_empty();
-    let priority = u16::try_from(p.priority).ok().filter(|_| canonical);
+    let observed_priority = u16::try_from(p.priority).ok();
+    let priority = observed_priority.filter(|_| canonical);
+    let narrowing = (!canonical).then_some(Narrowing {
+        priority: observed_priority,
+        near: near_list,
+        source_ports,
+    });
     let name = r.name.clone();
     let mut out = Vec::new();
     let all = "*".to_string();
@@ -297,6 +334,7 @@ pub fn rules_of(r: &m::SecurityRule) -> Vec<Rule> {
                 description: p.description.clone(),
                 id: name.clone(),
                 reference: None,
+                narrowing: narrowing.clone(),
             });
         }
     }
@@ -332,6 +370,11 @@ pub fn rule_body(rule: &Rule) -> Result<Value, String> {
         }
         Peer::PrefixList(p) => {
             return Err(format!("an NSG rule cannot name an AWS prefix list ({p})"));
+        }
+        Peer::Asg(id) => {
+            return Err(format!(
+                "Palisade never writes application security groups ({id}); function apps cannot join them"
+            ));
         }
     };
     let protocol = match rule.ports.protocol {
@@ -568,6 +611,73 @@ mod tests {
         })));
         assert_eq!(r[0].ports, tcp(0, 65535));
         assert_eq!(r[0].peer, Peer::ServiceTag("Internet".into()));
+    }
+
+    #[test]
+    fn what_narrows_a_rule_is_kept_with_its_priority() {
+        let asg = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/applicationSecurityGroups/asg-web";
+        // Near side, source ports and the priority of a rule Palisade could not have
+        // written are kept (and make it differ from anything declared).
+        let r = rules_of(&rule(json!({
+            "protocol": "Tcp", "sourcePortRanges": ["88-90"], "destinationPortRange": "8086",
+            "sourceAddressPrefix": "*", "destinationAddressPrefixes": ["10.0.0.4", "10.0.0.5"],
+            "access": "Deny", "priority": 290, "direction": "Inbound"
+        })));
+        assert_eq!(r.len(), 1);
+        let n = r[0].narrowing.clone().expect("narrowed");
+        assert_eq!(n.priority, Some(290));
+        assert_eq!(n.near, vec!["10.0.0.4".to_string(), "10.0.0.5".to_string()]);
+        assert_eq!(n.source_ports, vec!["88-90".to_string()]);
+        assert!(!r[0].is_full());
+        assert_eq!(r[0].effective_priority(), Some(290));
+        // ASGs are their own peer kind; empty prefix strings name nothing.
+        let r = rules_of(&rule(json!({
+            "protocol": "Tcp", "sourcePortRange": "*", "destinationPortRange": "443",
+            "sourceAddressPrefix": "", "sourceApplicationSecurityGroups": [ { "id": asg } ],
+            "destinationAddressPrefix": "*",
+            "access": "Allow", "priority": 310, "direction": "Inbound"
+        })));
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0].peer, Peer::Asg(asg.into()));
+        assert_eq!(r[0].effective_priority(), Some(310));
+        // A canonical rule keeps its priority as part of its identity, and nothing else.
+        let r = rules_of(&rule(json!({
+            "protocol": "*", "sourcePortRange": "*", "destinationPortRange": "*",
+            "sourceAddressPrefix": "*", "destinationAddressPrefix": "*",
+            "access": "Deny", "priority": 4096, "direction": "Outbound"
+        })));
+        assert_eq!((r[0].priority, r[0].narrowing.clone()), (Some(4096), None));
+        assert!(r[0].is_full());
+    }
+
+    #[test]
+    fn default_rules_are_kept_apart() {
+        let nsg: m::NetworkSecurityGroup = serde_json::from_value(json!({
+            "id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/networkSecurityGroups/n",
+            "name": "n",
+            "properties": {
+                "securityRules": [],
+                "defaultSecurityRules": [
+                    { "name": "AllowInternetOutBound", "properties": {
+                        "protocol": "*", "sourcePortRange": "*", "destinationPortRange": "*",
+                        "sourceAddressPrefix": "*", "destinationAddressPrefix": "Internet",
+                        "access": "Allow", "priority": 65001, "direction": "Outbound" } },
+                    { "name": "AllowVnetInBound", "properties": {
+                        "protocol": "*", "sourcePortRange": "*", "destinationPortRange": "*",
+                        "sourceAddressPrefix": "VirtualNetwork", "destinationAddressPrefix": "VirtualNetwork",
+                        "access": "Allow", "priority": 65000, "direction": "Inbound" } }
+                ]
+            }
+        }))
+        .unwrap();
+        let g = &groups(&[nsg])[0];
+        assert!(g.rules.is_empty(), "never planned");
+        assert_eq!(g.default_rules.len(), 2);
+        let internet = &g.default_rules[0];
+        assert_eq!(internet.peer, Peer::ServiceTag("Internet".into()));
+        assert_eq!(internet.effective_priority(), Some(65001));
+        assert_eq!(internet.id.as_deref(), Some("AllowInternetOutBound"));
+        assert_eq!(g.default_rules[1].effective_priority(), Some(65000));
     }
 
     #[test]
