@@ -143,6 +143,22 @@ fn the_azure_target_converges_and_drift_is_reverted() {
         arm.fake.get(&pe).is_some(),
         "private endpoint to kv-reports"
     );
+    // A private endpoint whose connection waits for approval is a finding, not compliance.
+    let approved = arm.fake.get(&pe).unwrap();
+    let mut pending = approved.clone();
+    pending["properties"]["privateLinkServiceConnections"][0]["properties"]["privateLinkServiceConnectionState"]
+        ["status"] = json!("Pending");
+    arm.fake.put(pending).unwrap();
+    let (_, p) = plan(&arm);
+    let waiting: Vec<&Value> = p["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "endpoint-not-approved")
+        .collect();
+    assert_eq!(waiting.len(), 1, "{:#}", p["findings"]);
+    assert!(waiting[0]["message"].as_str().unwrap().contains("Pending"));
+    arm.fake.put(approved).unwrap();
     let rules = arm.fake.get(&reports_nsg).unwrap()["properties"]["securityRules"].clone();
     let names: Vec<&str> = rules
         .as_array()

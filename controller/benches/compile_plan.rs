@@ -53,6 +53,7 @@ fn main() {
             zone: Some(format!("z{s}")),
             route_table: None,
             group: None,
+            delegations: Vec::new(),
         });
     }
     for f in 0..FUNCTIONS {

@@ -38,6 +38,9 @@ pub enum FindingKind {
     /// A rule references a group across a VPC peering connection that is no longer
     /// active (AWS's stale security group reference): left as it is, reported.
     StaleReference,
+    /// An Azure private endpoint whose connection is not approved (pending the target
+    /// owner's approval, rejected, disconnected): it exists, but no traffic flows.
+    EndpointNotApproved,
 }
 
 /// One finding: deterministic text, no timestamps, so reports never flap.
@@ -275,6 +278,7 @@ pub fn check_desired(
 pub fn check_inventory(set: &PolicySet, inventory: &Inventory) -> Vec<Finding> {
     let target = inventory.target.as_str();
     let mut out = stale_references(inventory);
+    out.extend(unapproved_endpoints(inventory));
     for g in set.guardrails.iter().filter(|g| in_scope(g, target)) {
         for group in &inventory.groups {
             // What the NSG lets through in effect: its rules and Azure's default rules,
@@ -343,6 +347,39 @@ pub fn check_inventory(set: &PolicySet, inventory: &Inventory) -> Vec<Finding> {
     out.sort();
     out.dedup();
     out
+}
+
+/// Private endpoints whose connection is not approved.
+fn unapproved_endpoints(inventory: &Inventory) -> Vec<Finding> {
+    inventory
+        .endpoints
+        .iter()
+        .filter(|e| !e.connected())
+        .map(|e| {
+            let state = e.connection.as_deref().unwrap_or("unknown");
+            let what = match state.to_ascii_lowercase().as_str() {
+                "pending" => "awaits approval by the owner of the resource it connects to",
+                "rejected" => "was rejected by the owner of the resource it connects to",
+                "disconnected" => "was disconnected by the owner of the resource it connects to",
+                _ => "is not approved",
+            };
+            Finding {
+                kind: FindingKind::EndpointNotApproved,
+                target: inventory.target.clone(),
+                resource: match e.owner() {
+                    Some(o) => ResourceAddr::endpoint(o).with_id(e.id.as_str()),
+                    None => ResourceAddr::endpoint(e.id.as_str()),
+                },
+                message: format!(
+                    "private endpoint to {}: its connection is {state} — it {what}; no traffic flows through it until it is Approved",
+                    e.service
+                ),
+                guardrail: None,
+                controls: Vec::new(),
+                location: None,
+            }
+        })
+        .collect()
 }
 
 /// Rules that reference a group across a peering connection that is not active.

@@ -441,6 +441,7 @@ fn pending_group_deletion_is_not_a_failure() {
         route_tables: vec![],
         private_dns: false,
         tags: Default::default(),
+        connection: None,
     });
     p.changes
         .retain(|c| matches!(c.change, Change::DeleteGroup { .. }));
@@ -519,7 +520,7 @@ proptest! {
         let mut inv = Inventory { target: "t".into(), ..Inventory::default() };
         inv.networks.push(palisade_providers::Network { id: "vpc-1".into(), name: String::new(), cidrs: vec![], tags: Default::default() });
         for s in ["subnet-1", "subnet-2", "subnet-3"] {
-            inv.subnets.push(palisade_providers::Subnet { id: s.into(), name: String::new(), network: "vpc-1".into(), cidrs: vec![], tags: Default::default(), zone: None, route_table: None, group: None });
+            inv.subnets.push(palisade_providers::Subnet { id: s.into(), name: String::new(), network: "vpc-1".into(), cidrs: vec![], tags: Default::default(), zone: None, route_table: None, group: None, delegations: Vec::new() });
         }
         for f in 0..6 {
             let placement = match placed[f] {
@@ -799,6 +800,49 @@ fn an_ambiguous_network_freezes_its_policies_instead_of_halting_the_target() {
         !planned.plan.changes.iter().any(|c| matches!(
             c.change,
             Change::DeleteGroup { .. } | Change::SetPlacement { .. } | Change::RemoveRules { .. }
+        )),
+        "{}",
+        palisade::plan::render_text(&planned.plan)
+    );
+}
+
+#[test]
+fn an_integration_subnet_without_the_delegation_is_reported_not_attempted() {
+    let set = example();
+    let mut inv = fixture("inventory-prod-azure.json");
+    for s in inv.subnets.iter_mut().filter(|s| s.name == "snet-orders") {
+        s.delegations.clear();
+    }
+    let target = set.target("prod-azure").unwrap();
+    let planned =
+        palisade::planning::plan_with(&set, target, inv, None, &Settings::default(), None).expect(
+            "a missing delegation is a conflict with what is observed, not an invalid revision",
+        );
+    let conflict = planned
+        .plan
+        .findings
+        .iter()
+        .find(|f| f.kind == palisade::check::FindingKind::InventoryConflict)
+        .unwrap_or_else(|| panic!("{:?}", planned.plan.findings));
+    assert!(
+        conflict.message.contains("Microsoft.Web/serverFarms"),
+        "{}",
+        conflict.message
+    );
+    // No function is integrated into the undelegated subnet…
+    assert!(
+        !planned.plan.changes.iter().any(|c| matches!(
+            &c.change,
+            Change::SetPlacement { after: Some(p), .. } if p.subnets.iter().any(|s| s.ends_with("snet-orders"))
+        )),
+        "{}",
+        palisade::plan::render_text(&planned.plan)
+    );
+    // …and the other policy is enforced as usual, with route-all.
+    assert!(
+        planned.plan.changes.iter().any(|c| matches!(
+            &c.change,
+            Change::SetPlacement { after: Some(p), .. } if p.route_all && p.subnets.iter().any(|s| s.ends_with("snet-reports"))
         )),
         "{}",
         palisade::plan::render_text(&planned.plan)

@@ -335,6 +335,7 @@ fn apply_to(
                 route_tables: route_tables.clone(),
                 private_dns: *private_dns,
                 tags: tags.clone(),
+                connection: None,
             });
             Ok(Outcome {
                 created_id: Some(id),

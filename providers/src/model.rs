@@ -182,6 +182,11 @@ pub struct Subnet {
     /// Azure only: the NSG associated with this subnet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<GroupRef>,
+    /// Azure only: the services the subnet is delegated to (`Microsoft.Web/serverFarms`
+    /// for function-app VNet integration, `Microsoft.App/environments` for Flex
+    /// Consumption).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delegations: Vec<String>,
 }
 
 /// A function and where it runs.
@@ -1060,9 +1065,21 @@ pub struct Endpoint {
     /// Tags, including ownership tags when managed.
     #[serde(default)]
     pub tags: Tags,
+    /// Azure: the state of the private endpoint's connection as the target resource's
+    /// owner decided it (`Approved`, `Pending`, `Rejected`, `Disconnected`); traffic
+    /// flows only when `Approved`. `None` on AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<String>,
 }
 
 impl Endpoint {
+    /// Whether traffic can flow: no connection state (AWS) or an approved connection.
+    pub fn connected(&self) -> bool {
+        self.connection
+            .as_deref()
+            .is_none_or(|c| c.eq_ignore_ascii_case("Approved"))
+    }
+
     /// The owner key if Palisade manages this endpoint.
     pub fn owner(&self) -> Option<&str> {
         owner_of(&self.tags)

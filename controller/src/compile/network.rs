@@ -115,6 +115,28 @@ pub(super) fn resolve_network(cx: &mut Ctx<'_>, p: &PolicyDoc) -> ResolvedNetwor
             };
             out.network = Some(n.id.clone());
             match find_azure_subnet(inv, &n.id, subnet) {
+                // VNet integration needs the subnet delegated to the app's platform; ARM
+                // refuses it otherwise. Reported (the policy is left as it is), never
+                // attempted — and Palisade does not delegate subnets itself.
+                Some(s)
+                    if !s.delegations.iter().any(|d| {
+                        INTEGRATION_DELEGATIONS
+                            .iter()
+                            .any(|x| d.eq_ignore_ascii_case(x))
+                    }) =>
+                {
+                    cx.diags.push(Diagnostic::error(
+                        K::EmptySelection,
+                        Some(p.at(subnet)),
+                        format!(
+                            "subnet {:?} of VNet {:?} is not delegated to {} (what function-app VNet integration needs; delegations: [{}]); ARM would refuse the integration, so none is attempted until the subnet is delegated",
+                            subnet.value,
+                            vnet.value,
+                            INTEGRATION_DELEGATIONS.join(" or "),
+                            s.delegations.join(", ")
+                        ),
+                    ));
+                }
                 Some(s) => out.subnets = vec![s.id.clone()],
                 None => cx.diags.push(Diagnostic::error(
                     K::EmptySelection,
@@ -129,6 +151,11 @@ pub(super) fn resolve_network(cx: &mut Ctx<'_>, p: &PolicyDoc) -> ResolvedNetwor
     }
     out
 }
+
+/// Subnet delegations that let a function app integrate: App Service plans (Premium,
+/// Dedicated) and Flex Consumption.
+const INTEGRATION_DELEGATIONS: [&str; 2] =
+    ["Microsoft.Web/serverFarms", "Microsoft.App/environments"];
 
 pub(super) fn find_azure_subnet<'a>(
     inv: &'a Inventory,

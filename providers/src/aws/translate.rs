@@ -336,6 +336,7 @@ pub fn inventory(target: &str, raw: &Raw, ownership: &Ownership) -> Inventory {
                     .or_else(|| main.get(network))
                     .map(|s| s.to_string()),
                 group: None,
+                delegations: Vec::new(),
             })
         })
         .collect();
@@ -438,6 +439,7 @@ pub fn inventory(target: &str, raw: &Raw, ownership: &Ownership) -> Inventory {
                 private_dns: kind == EndpointKind::Interface
                     && e.private_dns_enabled().unwrap_or(false),
                 tags: tags(e.tags()),
+                connection: None,
             })
         })
         .collect();

@@ -116,6 +116,14 @@ pub fn networks(
                 zone: None,
                 route_table: None,
                 group,
+                delegations: sp
+                    .map(|p| {
+                        p.delegations
+                            .iter()
+                            .filter_map(|d| d.properties.as_ref()?.service_name.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             });
         }
     }
@@ -429,22 +437,31 @@ pub fn endpoints(pes: &[m::PrivateEndpoint], ids: &Ids) -> Vec<Endpoint> {
                     .first()
                     .or(p.manual_private_link_service_connections.first())
             });
-            let (target, group) = conn
+            let (target, group, state) = conn
                 .and_then(|c| c.properties.as_ref())
                 .map(|c| {
                     (
                         c.private_link_service_id.clone().unwrap_or_default(),
                         c.group_ids.first().cloned().unwrap_or_default(),
+                        c.private_link_service_connection_state
+                            .as_ref()
+                            .and_then(|s| s.status.clone()),
                     )
                 })
                 .unwrap_or_default();
+            // A custom Private Link Service has no group id: its service is its id.
+            let service = if group.is_empty() {
+                target.to_ascii_lowercase()
+            } else {
+                format!("{}#{group}", target.to_ascii_lowercase())
+            };
             let subnet = p
                 .and_then(|p| p.subnet.as_ref())
                 .and_then(|s| s.sub_resource.id.as_deref())
                 .map(|s| ids.canonical(s));
             Some(Endpoint {
                 id,
-                service: format!("{}#{group}", target.to_ascii_lowercase()),
+                service,
                 kind: EndpointKind::Private,
                 network: subnet
                     .as_deref()
@@ -455,6 +472,7 @@ pub fn endpoints(pes: &[m::PrivateEndpoint], ids: &Ids) -> Vec<Endpoint> {
                 route_tables: Vec::new(),
                 private_dns: false,
                 tags: tags(pe.resource.tags.as_ref()),
+                connection: state,
             })
         })
         .collect()
