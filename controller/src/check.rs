@@ -1,7 +1,7 @@
 //! Guardrails, evaluated on a compiled desired state (so a violating policy fails
 //! `validate`) or on an observed inventory (everything in the target, managed or not).
 
-use palisade_providers::{Access, Inventory, Peer, Rule};
+use palisade_providers::{Access, Inventory, Peer, Ports, Protocol, Rule};
 use serde::{Deserialize, Serialize};
 
 use crate::addr::ResourceAddr;
@@ -105,16 +105,158 @@ fn peer_covers(rule: &Peer, forbidden: &PeerSpec) -> bool {
     }
 }
 
-/// Whether `rule` allows traffic that `forbid` forbids.
+/// Whether a rule's peer lets through everything `forbid` names (every peer, when the
+/// clause names none).
+fn covers_forbidden(rule: &Peer, forbid: &ForbidSpec) -> bool {
+    forbid.peer.as_ref().is_none_or(|p| peer_covers(rule, p))
+}
+
+/// Whether some of `ports` is forbidden by `forbid` and not all of it excepted.
+fn ports_in_scope(forbid: &ForbidSpec, ports: &Ports) -> bool {
+    (forbid.ports.is_empty() || forbid.ports.iter().any(|p| p.0.overlaps(ports)))
+        && !forbid.except_ports.iter().any(|p| p.0.contains(ports))
+}
+
+/// Whether one packet class (`point`: one port, or one protocol's class) is forbidden.
+fn point_forbidden(forbid: &ForbidSpec, point: &Ports) -> bool {
+    (forbid.ports.is_empty() || forbid.ports.iter().any(|p| p.0.contains(point)))
+        && !forbid.except_ports.iter().any(|p| p.0.contains(point))
+}
+
+/// Whether `rule` allows traffic that `forbid` forbids, on its own.
 pub fn violates(rule: &Rule, forbid: &ForbidSpec) -> bool {
     rule.access == Access::Allow
         && rule.direction == forbid.direction.into()
-        && peer_covers(&rule.peer, &forbid.peer)
-        && (forbid.ports.is_empty() || forbid.ports.iter().any(|p| p.0.overlaps(&rule.ports)))
-        && !forbid
-            .except_ports
+        && covers_forbidden(&rule.peer, forbid)
+        && ports_in_scope(forbid, &rule.ports)
+}
+
+/// Rules of one group that *together* admit every address of a forbidden CIDR on one
+/// forbidden packet class, when none does alone (`0.0.0.0/1` + `128.0.0.0/1` is the
+/// world): the rules admitting that class, merged, cover it. Empty when there is no such
+/// combination. The packet classes tried are the boundaries of every port range
+/// involved (where the set of admitting rules can change), and for other protocols each
+/// rule's own class.
+pub fn union_breach<'r>(forbid: &ForbidSpec, group: &[&'r Rule]) -> Vec<&'r Rule> {
+    let Some(PeerSpec::Cidr(c)) = &forbid.peer else {
+        return Vec::new();
+    };
+    let f = c.0.trunc();
+    let same_family = |n: &ipnet::IpNet| {
+        matches!(
+            (n, &f),
+            (ipnet::IpNet::V4(_), ipnet::IpNet::V4(_)) | (ipnet::IpNet::V6(_), ipnet::IpNet::V6(_))
+        )
+    };
+    let candidates: Vec<&Rule> = group
+        .iter()
+        .copied()
+        .filter(|r| {
+            r.access == Access::Allow
+                && r.direction == forbid.direction.into()
+                && matches!(&r.peer, Peer::Cidr(n) if same_family(n) && (n.contains(&f.network()) || f.contains(&n.network())))
+                && ports_in_scope(forbid, &r.ports)
+                && !shadowed(r, forbid, group)
+        })
+        .collect();
+    if candidates.len() < 2 {
+        return Vec::new();
+    }
+    let mut points: Vec<Ports> = Vec::new();
+    let bounds = |r: Option<palisade_providers::PortRange>| {
+        let r = r.unwrap_or(palisade_providers::PortRange::ALL);
+        let mut b = vec![r.from];
+        if r.to < u16::MAX {
+            b.push(r.to + 1);
+        }
+        b
+    };
+    let specs = forbid.ports.iter().chain(&forbid.except_ports).map(|p| p.0);
+    for proto in [Protocol::Tcp, Protocol::Udp] {
+        let mut at: Vec<u16> = vec![0];
+        for p in candidates
             .iter()
-            .any(|p| p.0.contains(&rule.ports))
+            .map(|r| r.ports)
+            .chain(specs.clone())
+            .filter(|p| p.protocol == proto || p.protocol == Protocol::All)
+        {
+            at.extend(bounds(p.range));
+        }
+        at.sort_unstable();
+        at.dedup();
+        points.extend(at.into_iter().map(|port| Ports::range(proto, port, port)));
+    }
+    points.extend(
+        candidates
+            .iter()
+            .map(|r| r.ports)
+            .filter(|p| !matches!(p.protocol, Protocol::Tcp | Protocol::Udp)),
+    );
+    for point in points.iter().filter(|p| point_forbidden(forbid, p)) {
+        let admitting: Vec<&Rule> = candidates
+            .iter()
+            .copied()
+            .filter(|r| r.ports.contains(point))
+            .collect();
+        if admitting.len() < 2 {
+            continue;
+        }
+        let nets: Vec<ipnet::IpNet> = admitting
+            .iter()
+            .filter_map(|r| match &r.peer {
+                Peer::Cidr(n) => Some(*n),
+                _ => None,
+            })
+            .collect();
+        if ipnet::IpNet::aggregate(&nets)
+            .iter()
+            .any(|a| a.contains(&f))
+        {
+            return admitting;
+        }
+    }
+    Vec::new()
+}
+
+/// "rules A; B together admit C": the text of a union breach.
+fn union_message(rules: &[&Rule], forbid: &ForbidSpec) -> String {
+    format!(
+        "rules {} together admit {} {}",
+        rules
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join("; "),
+        match forbid.direction {
+            crate::policy::RuleDirection::Ingress => "ingress from",
+            crate::policy::RuleDirection::Egress => "egress to",
+        },
+        forbid
+            .peer
+            .as_ref()
+            .map_or("any peer".into(), ToString::to_string)
+    )
+}
+
+/// Union breaches of `g` in one group: clauses no rule breaks alone, which several do
+/// together.
+fn union_breaches<'g, 'r>(
+    g: &'g GuardrailDoc,
+    group: &[&'r Rule],
+) -> Vec<(&'g Located<ForbidSpec>, Vec<&'r Rule>)> {
+    g.spec
+        .forbid
+        .iter()
+        .filter(|f| {
+            !group
+                .iter()
+                .any(|r| violates(r, f) && !shadowed(r, f, group))
+        })
+        .filter_map(|f| {
+            let rules = union_breach(f, group);
+            (!rules.is_empty()).then_some((f, rules))
+        })
+        .collect()
 }
 
 fn violation(
@@ -164,7 +306,7 @@ fn shadowed(rule: &Rule, forbid: &ForbidSpec, group: &[&Rule]) -> bool {
             && d.direction == rule.direction
             && d.is_full()
             && d.effective_priority().is_some_and(|p| p < at)
-            && peer_covers(&d.peer, &forbid.peer)
+            && covers_forbidden(&d.peer, forbid)
             && d.ports.contains(&rule.ports)
     })
 }
@@ -192,7 +334,11 @@ fn clauses_suffix(broken: &[&Located<ForbidSpec>]) -> String {
                         .join(", ")
                 )
             };
-            format!("{dir} {}{ports}", f.peer)
+            let peer = f
+                .peer
+                .as_ref()
+                .map_or("any peer".into(), ToString::to_string);
+            format!("{dir} {peer}{ports}")
         })
         .collect();
     format!("; breaks {} clauses: {}", broken.len(), each.join("; "))
@@ -218,6 +364,16 @@ pub fn check_desired(
     for g in set.guardrails.iter().filter(|g| in_scope(g, target)) {
         for group in desired.groups.values() {
             let all: Vec<&Rule> = group.rules.keys().collect();
+            for (f, rules) in union_breaches(g, &all) {
+                let origin = &group.rules[rules[0]];
+                out.push(violation(
+                    g,
+                    target,
+                    ResourceAddr::policy(origin.policy.as_str()),
+                    union_message(&rules, f),
+                    origin.location.clone().or_else(|| Some(g.at(f))),
+                ));
+            }
             for (rule, origin) in &group.rules {
                 let broken = broken_clauses(g, rule, &all);
                 if !broken.is_empty() {
@@ -284,6 +440,19 @@ pub fn check_inventory(set: &PolicySet, inventory: &Inventory) -> Vec<Finding> {
             // What the NSG lets through in effect: its rules and Azure's default rules,
             // in priority order, denies taking back what they cover.
             let all: Vec<&Rule> = group.rules.iter().chain(&group.default_rules).collect();
+            for (f, rules) in union_breaches(g, &all) {
+                let owner = match group.owner() {
+                    Some(o) => format!(" (managed by policy {o})"),
+                    None => " (not managed by Palisade)".to_string(),
+                };
+                out.push(violation(
+                    g,
+                    target,
+                    ResourceAddr::group(group.id.as_str()),
+                    format!("{}{owner}", union_message(&rules, f)),
+                    Some(g.at(f)),
+                ));
+            }
             for rule in &all {
                 let broken = broken_clauses(g, rule, &all);
                 let Some(first) = broken.first() else {
@@ -420,7 +589,7 @@ fn stale_references(inventory: &Inventory) -> Vec<Finding> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use palisade_providers::{Direction, PortRange, Ports, Protocol};
+    use palisade_providers::{Direction, PortRange};
 
     fn forbid(direction: &str, peer: PeerSpec, ports: &[&str], except: &[&str]) -> ForbidSpec {
         ForbidSpec {
@@ -429,7 +598,7 @@ mod tests {
             } else {
                 crate::policy::RuleDirection::Egress
             },
-            peer,
+            peer: Some(peer),
             ports: ports.iter().map(|p| p.parse().unwrap()).collect(),
             except_ports: except.iter().map(|p| p.parse().unwrap()).collect(),
         }
@@ -546,6 +715,164 @@ mod tests {
         for (name, rule, f, want) in cases {
             assert_eq!(violates(&rule, &f), want, "{name}");
         }
+    }
+
+    #[test]
+    fn cidrs_that_together_cover_a_forbidden_peer_are_one_breach() {
+        let world4 = || PeerSpec::Cidr(crate::policy::Cidr("0.0.0.0/0".parse().unwrap()));
+        let world6 = || PeerSpec::Cidr(crate::policy::Cidr("::/0".parse().unwrap()));
+        let r = |cidr: &str, ports: Ports| {
+            Rule::allow(Direction::Ingress, ports, Peer::cidr(cidr.parse().unwrap()))
+        };
+        let range = |from, to| Ports::range(Protocol::Tcp, from, to);
+        // (case, rules, forbid, how many rules make the breach; 0 = none)
+        let cases: Vec<(&str, Vec<Rule>, ForbidSpec, usize)> = vec![
+            (
+                "two halves are the world",
+                vec![r("0.0.0.0/1", tcp(22)), r("128.0.0.0/1", tcp(22))],
+                forbid("ingress", world4(), &[], &[]),
+                2,
+            ),
+            (
+                "ipv6 halves are ::/0",
+                vec![r("::/1", tcp(22)), r("8000::/1", tcp(22))],
+                forbid("ingress", world6(), &[], &[]),
+                2,
+            ),
+            (
+                "four quarters",
+                vec![
+                    r("0.0.0.0/2", tcp(3389)),
+                    r("64.0.0.0/2", tcp(3389)),
+                    r("128.0.0.0/2", tcp(3389)),
+                    r("192.0.0.0/2", tcp(3389)),
+                ],
+                forbid("ingress", world4(), &[], &[]),
+                4,
+            ),
+            (
+                "overlapping port ranges that share port 22",
+                vec![
+                    r("0.0.0.0/1", range(1, 100)),
+                    r("128.0.0.0/1", range(22, 22)),
+                ],
+                forbid("ingress", world4(), &[], &[]),
+                2,
+            ),
+            (
+                "a single /1 alone is not the world",
+                vec![r("0.0.0.0/1", tcp(22))],
+                forbid("ingress", world4(), &[], &[]),
+                0,
+            ),
+            (
+                "halves on different ports never cover one port",
+                vec![r("0.0.0.0/1", tcp(22)), r("128.0.0.0/1", tcp(80))],
+                forbid("ingress", world4(), &[], &[]),
+                0,
+            ),
+            (
+                "halves on an excepted port are allowed",
+                vec![r("0.0.0.0/1", tcp(443)), r("128.0.0.0/1", tcp(443))],
+                forbid("ingress", world4(), &[], &["tcp/443"]),
+                0,
+            ),
+            (
+                "halves outside the forbidden ports are allowed",
+                vec![r("0.0.0.0/1", tcp(443)), r("128.0.0.0/1", tcp(443))],
+                forbid("ingress", world4(), &["tcp/22"], &[]),
+                0,
+            ),
+            (
+                "a forbidden /8 covered by two /9s",
+                vec![r("10.0.0.0/9", tcp(5432)), r("10.128.0.0/9", tcp(5432))],
+                forbid(
+                    "ingress",
+                    PeerSpec::Cidr(crate::policy::Cidr("10.0.0.0/8".parse().unwrap())),
+                    &[],
+                    &[],
+                ),
+                2,
+            ),
+        ];
+        for (name, rules, f, want) in cases {
+            let refs: Vec<&Rule> = rules.iter().collect();
+            assert!(
+                !refs.iter().any(|r| violates(r, &f)),
+                "{name}: no rule breaks it alone"
+            );
+            assert_eq!(union_breach(&f, &refs).len(), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_policy_that_splits_the_world_in_halves_fails_validation() {
+        let text = r#"apiVersion: palisade.dev/v1alpha1
+kind: Target
+metadata: { name: t }
+spec:
+  aws: { region: us-east-1, accountId: "123456789012" }
+---
+apiVersion: palisade.dev/v1alpha1
+kind: Guardrail
+metadata: { name: no-world-ingress }
+spec:
+  controls: [ C-1 ]
+  forbid:
+    - { direction: ingress, peer: { cidr: 0.0.0.0/0 } }
+---
+apiVersion: palisade.dev/v1alpha1
+kind: FunctionPolicy
+metadata: { name: api }
+spec:
+  target: t
+  functions: { names: [ api ] }
+  network: { vpc: { id: vpc-1 }, subnets: { ids: [ subnet-1 ] } }
+  ingress:
+    - name: low-half
+      from: [ { cidr: 0.0.0.0/1 } ]
+      ports: [ tcp/22 ]
+    - name: high-half
+      from: [ { cidr: 128.0.0.0/1 } ]
+      ports: [ tcp/22 ]
+"#;
+        let (set, diags) = crate::policy::load_text("p.yaml", text);
+        assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");
+        let errors: Vec<_> = crate::validate_set(&set, &Default::default())
+            .into_iter()
+            .filter(|d| d.is_error())
+            .collect();
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert!(
+            errors[0].message.contains("together admit"),
+            "{}",
+            errors[0].message
+        );
+    }
+
+    #[test]
+    fn a_forbid_without_a_peer_means_any_peer() {
+        let (set, diags) = crate::policy::load_text(
+            "g.yaml",
+            "apiVersion: palisade.dev/v1alpha1\nkind: Guardrail\nmetadata: { name: no-ssh }\nspec:\n  controls: [ C-1 ]\n  forbid:\n    - { direction: ingress, ports: [ tcp/22 ] }\n",
+        );
+        assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");
+        let f = &set.guardrails[0].spec.forbid[0];
+        assert_eq!(f.peer, None);
+        let from = |cidr: &str, p: u16| {
+            Rule::allow(
+                Direction::Ingress,
+                tcp(p),
+                Peer::cidr(cidr.parse().unwrap()),
+            )
+        };
+        assert!(violates(&from("10.0.0.0/8", 22), f), "any peer on 22");
+        assert!(violates(&from("192.168.1.7/32", 22), f));
+        assert!(!violates(&from("10.0.0.0/8", 443), f));
+        assert!(violates(
+            &Rule::allow(Direction::Ingress, tcp(22), Peer::Any),
+            f
+        ));
     }
 
     #[test]

@@ -573,16 +573,19 @@ pub struct GuardrailScope {
     pub functions: FunctionSelector,
 }
 
-/// Forbidden traffic: a rule matches if its direction is `direction`, its peer covers
-/// `peer` (e.g. a rule open to `0.0.0.0/0` covers `0.0.0.0/0`), and its ports overlap
-/// `ports` (default: any) without lying entirely within `exceptPorts`.
+/// Forbidden traffic: a group breaks it if, on some port of `ports` (default: any) that
+/// is not in `exceptPorts`, what it admits in `direction` covers `peer` — one rule open to
+/// `0.0.0.0/0`, or several whose CIDRs together cover it (`0.0.0.0/1` + `128.0.0.0/1`).
+/// Without `peer`, any peer: `{ direction: ingress, ports: [ tcp/22 ] }` is "no SSH from
+/// anywhere".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ForbidSpec {
     /// `ingress` or `egress`.
     pub direction: RuleDirection,
-    /// The peer that must not be allowed.
-    pub peer: PeerSpec,
+    /// The peer that must not be allowed; absent: every peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<PeerSpec>,
     /// Forbidden ports; empty: all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortSpec>,

@@ -68,7 +68,7 @@ pub fn validate(set: &PolicySet) -> Vec<Diagnostic> {
             }
         }
         for f in &g.spec.forbid {
-            if matches!(f.peer, PeerSpec::Policy(_) | PeerSpec::Endpoint(_)) {
+            if matches!(f.peer, Some(PeerSpec::Policy(_) | PeerSpec::Endpoint(_))) {
                 d.push(Diagnostic::error(
                     K::InvalidValue,
                     Some(g.at(f)),
