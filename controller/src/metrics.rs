@@ -81,6 +81,7 @@ pub struct Metrics {
     pub webhooks_refused: Family<ReasonL, Counter>,
     pub webhooks_ignored: Family<ReasonL, Counter>,
     pub history_rewrites: Counter,
+    pub history_write_errors: Counter,
     seen_calls: Mutex<BTreeMap<(String, String, String), u64>>,
 }
 
@@ -115,6 +116,7 @@ impl Metrics {
             webhooks_refused: Family::default(),
             webhooks_ignored: Family::default(),
             history_rewrites: Counter::default(),
+            history_write_errors: Counter::default(),
             seen_calls: Mutex::new(BTreeMap::new()),
             registry: Registry::default(),
         };
@@ -207,6 +209,11 @@ impl Metrics {
             "source_history_rewrites",
             "Accepted revisions that do not descend from the previously enforced commit (force-pushes)",
             m.history_rewrites.clone(),
+        );
+        registry.register(
+            "history_write_errors",
+            "Writes to the history (evidence, events) that failed; enforcement goes on, and the last error is in /api/status",
+            m.history_write_errors.clone(),
         );
         Metrics { registry, ..m }
     }

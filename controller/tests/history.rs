@@ -265,3 +265,52 @@ fn the_log_is_append_only_survives_reopening_and_retention_is_recorded() {
         Some(EventData::Retention(r)) if r.events_deleted == 5
     ));
 }
+
+#[test]
+fn retention_keeps_what_an_open_finding_and_the_controls_need() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("h.db")).unwrap();
+    store
+        .append(
+            T0,
+            &[ev(
+                kind::REVISION_ENFORCED,
+                json!({ "author": "A", "controls": ["CIS-AWS-5.2", "NIST-800-53:SC-7(5)"] }),
+            )
+            .revision(Some("c1"))],
+        )
+        .unwrap();
+    let ssh = finding("group legacy-admin", "no-world-ingress", &["CIS-AWS-5.2"]);
+    let egress = finding(
+        "group legacy-admin",
+        "internet-egress-https-only",
+        &["NIST-800-53:SC-7(5)"],
+    );
+    // Day 0: both open; day 2: the egress one closes; the SSH one stays open for ever.
+    for (at, findings) in [
+        (T0 + 1000, vec![ssh.clone(), egress.clone()]),
+        (T0 + 2 * DAY, vec![ssh.clone()]),
+        (T0 + 30 * DAY, vec![ssh.clone()]),
+    ] {
+        let r = report(at, findings, vec![]);
+        store.record_reconcile(&r, &events_for(&r)).unwrap();
+    }
+    // Keep 10 days at day 31.
+    store.retain(T0 + 21 * DAY, T0 + 31 * DAY).unwrap();
+    let c = compliance(&store, T0 + 25 * DAY, T0 + 31 * DAY, None, None).unwrap();
+    let status: Vec<(&str, &str)> = c
+        .controls
+        .iter()
+        .map(|x| (x.control.as_str(), x.status.as_str()))
+        .collect();
+    assert_eq!(
+        status,
+        vec![
+            ("CIS-AWS-5.2", "non-compliant"),
+            ("NIST-800-53:SC-7(5)", "compliant")
+        ],
+        "the violation open since day 0 is still open, and both controls are still known"
+    );
+    assert_eq!(c.findings.len(), 1);
+    assert_eq!(c.findings[0].opened_at, T0 + 1000);
+}

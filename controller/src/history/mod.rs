@@ -494,13 +494,30 @@ impl Store {
     /// Delete events and reports older than `before` (Unix ms), and say so in the log
     /// itself. Returns how many events went.
     ///
+    /// Never deleted, whatever their age: the `finding-opened` events of findings that
+    /// are still open (reports rebuild open findings from them — a violation open longer
+    /// than the retention must not turn its control compliant), and the newest
+    /// `revision-enforced` event (it names the controls the reports list).
+    ///
     /// # Errors
     /// SQLite failed; nothing was deleted.
     pub fn retain(&self, before: i64, now: i64) -> Result<usize, HistoryError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         let events = tx
-            .execute("DELETE FROM events WHERE at < ?1", params![before])
+            .execute(
+                "DELETE FROM events WHERE at < ?1
+                   AND NOT (kind = 'finding-opened' AND EXISTS (
+                       SELECT 1 FROM open_findings o
+                       WHERE o.target = events.target AND o.opened_at = events.at
+                         AND json_extract(o.finding, '$.kind') IS json_extract(events.data, '$.kind')
+                         AND json_extract(o.finding, '$.resource') IS json_extract(events.data, '$.resource')
+                         AND json_extract(o.finding, '$.guardrail') IS json_extract(events.data, '$.guardrail')
+                         AND json_extract(o.finding, '$.message') IS json_extract(events.data, '$.message')))
+                   AND NOT (kind = 'revision-enforced' AND id = (
+                       SELECT max(id) FROM events WHERE kind = 'revision-enforced'))",
+                params![before],
+            )
             .map_err(|e| self.err(e))?;
         let reports = tx
             .execute("DELETE FROM reports WHERE at < ?1", params![before])

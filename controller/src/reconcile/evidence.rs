@@ -156,7 +156,7 @@ pub(super) fn write_evidence(
     } else {
         history.append_many(&evidence.events)
     };
-    if let Err(e) = written {
-        tracing::error!(error = %e, target, "could not write the reconcile to the history");
-    }
+    shared.history_written(
+        written.map_err(|e| format!("the evidence of a reconcile of {target}: {e}")),
+    );
 }

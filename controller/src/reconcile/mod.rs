@@ -269,10 +269,22 @@ impl Shared {
     /// Append to the history (durably) before anything is reported; a failure is logged
     /// and counted, and the controller goes on enforcing.
     fn record(&self, events: &[NewEvent]) {
-        if let Some(h) = &self.history
-            && let Err(e) = h.append(self.clock.now_ms(), events)
-        {
-            tracing::error!(error = %e, "could not write to the history");
+        if let Some(h) = &self.history {
+            let written = h.append(self.clock.now_ms(), events);
+            self.history_written(written.as_ref().map(|_| ()).map_err(ToString::to_string));
+        }
+    }
+
+    /// Count a failed history write and show it in the status (cleared by the next
+    /// write that succeeds). Enforcement goes on either way.
+    pub(crate) fn history_written(&self, result: Result<(), String>) {
+        match result {
+            Ok(()) => self.update(|s| s.history_error = None),
+            Err(e) => {
+                tracing::error!(error = %e, "could not write to the history; enforcement goes on, this evidence is lost");
+                self.metrics.history_write_errors.inc();
+                self.update(|s| s.history_error = Some(e));
+            }
         }
     }
 

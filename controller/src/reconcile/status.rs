@@ -79,6 +79,10 @@ pub struct Status {
     /// The last fetch error, cleared by the next good fetch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_error: Option<String>,
+    /// The last history write that failed (evidence lost for that reconcile), cleared
+    /// by the next write that succeeds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_error: Option<String>,
     /// When the source was last fetched successfully (Unix seconds).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_fetch_success_at: Option<u64>,
