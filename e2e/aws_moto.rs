@@ -4,7 +4,7 @@
 mod support;
 
 use serde_json::{Value, json};
-use support::{Moto, function, root, text};
+use support::{Moto, function, group, root, text};
 
 const TARGET: &str = "prod-aws";
 
@@ -28,15 +28,6 @@ fn calls(v: &Value, kind: &str) -> u64 {
         .filter(|c| c["kind"] == kind)
         .map(|c| c["count"].as_u64().unwrap())
         .sum()
-}
-
-fn group<'a>(inv: &'a Value, name: &str) -> &'a Value {
-    inv["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["name"] == name)
-        .unwrap_or_else(|| panic!("no group {name}"))
 }
 
 fn causes(plan: &Value) -> Vec<(String, String)> {

@@ -6,7 +6,7 @@ mod support;
 use std::path::Path;
 
 use serde_json::{Value, json};
-use support::{Moto, apply_in, copy_dir, observe, plan_in, root};
+use support::{Moto, apply_in, copy_dir, group, observe, plan_in, root};
 
 const TARGET: &str = "prod-aws";
 
@@ -25,15 +25,6 @@ fn policies_with_icmp(dir: &Path, ports: &str) {
         1,
     );
     std::fs::write(&file, text).unwrap();
-}
-
-fn group<'a>(inv: &'a Value, name: &str) -> &'a Value {
-    inv["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["name"] == name)
-        .unwrap_or_else(|| panic!("no group {name}"))
 }
 
 /// The ICMP rules of a group in an inventory snapshot: (protocol, ICMP type/code).

@@ -449,15 +449,23 @@ pub fn render_page(s: &Status) -> String {
             esc(&r.commit),
             esc(&r.summary),
             esc(&r.author),
-            esc(&serde_json::to_value(&r.signature)
-                .ok()
-                .and_then(|v| v["status"].as_str().map(str::to_string))
-                .unwrap_or_default())
+            esc(
+                &serde_json::to_value(crate::history::SignatureState::from(&r.signature))
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            )
         )),
         None => h.push_str("<p class=bad>No revision enforced yet.</p>"),
     }
     if let Some(e) = &s.source_error {
         h.push_str(&format!("<p class=bad>Source error: {}</p>", esc(e)));
+    }
+    if let Some(e) = &s.history_error {
+        h.push_str(&format!(
+            "<p class=bad>History write failed (enforcement goes on; that evidence is lost): {}</p>",
+            esc(e)
+        ));
     }
     h.push_str(&format!(
         "<p>Source last fetched successfully {} s ago.</p>",
@@ -474,7 +482,7 @@ pub fn render_page(s: &Status) -> String {
             format!(
                 "<span class={class}>{}</span> at {} ({} ms, trigger {}){}",
                 esc(r.result.as_str()),
-                r.at,
+                crate::report::time(i64::try_from(r.at).unwrap_or(i64::MAX / 1000) * 1000),
                 r.duration_ms,
                 esc(r.trigger.as_str()),
                 r.error

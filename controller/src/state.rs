@@ -50,26 +50,27 @@ pub trait StateStore: Send + Sync {
     fn save_flaps(&self, target: &str, at: i64, flaps: &Flaps) -> Result<(), HistoryError>;
 }
 
-fn missing_table(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(_, Some(m)) if m.contains("no such table"))
+/// One target's JSON column; a read-only database of an older schema has no such
+/// table: no state.
+fn read_json(store: &Store, sql: &str, target: &str) -> Result<Option<String>, HistoryError> {
+    match store
+        .conn()
+        .query_row(sql, params![target], |r| r.get(0))
+        .optional()
+    {
+        Ok(t) => Ok(t),
+        Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("no such table") => Ok(None),
+        Err(e) => Err(store.err(e)),
+    }
 }
 
 impl StateStore for Store {
     fn enforced_desired(&self, target: &str) -> Result<Option<DesiredState>, HistoryError> {
-        let conn = self.conn();
-        let text: Option<String> = match conn
-            .query_row(
-                "SELECT desired FROM target_state WHERE target = ?1",
-                params![target],
-                |r| r.get(0),
-            )
-            .optional()
-        {
-            Ok(t) => t,
-            // A read-only database of an older schema has no such table: no state.
-            Err(e) if missing_table(&e) => None,
-            Err(e) => return Err(self.err(e)),
-        };
+        let text = read_json(
+            self,
+            "SELECT desired FROM target_state WHERE target = ?1",
+            target,
+        )?;
         Ok(text.and_then(|t| match serde_json::from_str(&t) {
             Ok(d) => Some(d),
             Err(e) => {
@@ -99,19 +100,11 @@ impl StateStore for Store {
     }
 
     fn flaps(&self, target: &str) -> Result<Flaps, HistoryError> {
-        let text: Option<String> = match self
-            .conn()
-            .query_row(
-                "SELECT flaps FROM flap_state WHERE target = ?1",
-                params![target],
-                |r| r.get(0),
-            )
-            .optional()
-        {
-            Ok(t) => t,
-            Err(e) if missing_table(&e) => None,
-            Err(e) => return Err(self.err(e)),
-        };
+        let text = read_json(
+            self,
+            "SELECT flaps FROM flap_state WHERE target = ?1",
+            target,
+        )?;
         Ok(text
             .and_then(|t| match serde_json::from_str(&t) {
                 Ok(f) => Some(f),

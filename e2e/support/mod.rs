@@ -592,6 +592,16 @@ pub fn observe(mut cmd: Command, target: &str) -> Value {
     json(&out)
 }
 
+/// The group named `name` of an inventory snapshot.
+pub fn group<'a>(inv: &'a Value, name: &str) -> &'a Value {
+    inv["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == name)
+        .unwrap_or_else(|| panic!("no group {name}"))
+}
+
 /// The function `name` of an inventory snapshot.
 pub fn function<'a>(inv: &'a Value, name: &str) -> &'a Value {
     inv["functions"]

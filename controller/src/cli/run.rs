@@ -222,6 +222,7 @@ pub(crate) fn run_controller(args: RunArgs) -> Result<ExitCode> {
         flap_window: args.flap_window,
         fetch_timeout: args.git_fetch_timeout,
         webhook_min_interval: args.webhook_min_interval,
+        history_retention: args.history_retention,
         ..palisade::reconcile::RunSettings::default()
     };
     let secrets = palisade::http::WebhookSecrets { github, gitlab };
@@ -235,28 +236,9 @@ pub(crate) fn run_controller(args: RunArgs) -> Result<ExitCode> {
         history.pin_installation(id)?;
     }
     let installation = history.installation()?;
-    let retention = args.history_retention;
     let rt = runtime()?;
     let result = rt.block_on(async move {
         let shared = palisade::reconcile::Shared::new(settings, providers, Some(history));
-        if let Some(keep) = retention {
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                loop {
-                    if let Some(h) = &shared.history {
-                        let now = jiff::Timestamp::now().as_millisecond();
-                        match h.retain(now - keep.as_millis() as i64, now) {
-                            Ok(n) => tracing::info!(deleted = n, keep = ?keep, "history retention applied"),
-                            Err(e) => tracing::error!(error = %e, "history retention failed"),
-                        }
-                    }
-                    tokio::select! {
-                        _ = shared.cancel.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_secs(86_400)) => {}
-                    }
-                }
-            });
-        }
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;

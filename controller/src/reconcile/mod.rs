@@ -1,4 +1,4 @@
-//! `palisade run`: the long-running controller.
+//! The controller loop (`palisade run`), as DESIGN names it: `reconcile`.
 //!
 //! One task follows the Git source and decides which revision is enforced: every new
 //! revision goes through the source's fixed order (fetch the tracked ref → resolve
@@ -8,13 +8,15 @@
 //! persisted and enforced again at start-up, before the first fetch. Fetches are bounded
 //! (deadline, bytes, libgit2 socket timeouts) and abandoned on shutdown. One worker per
 //! target reconciles (observe → plan → apply) on every trigger — new revision, periodic
-//! jittered resync, webhook, retry — with bounded concurrency across targets. Triggers are logged and counted, never used in decisions:
-//! each reconcile compares the whole desired state with the whole observed state.
-
+//! jittered resync, webhook, retry — with bounded concurrency across targets. Triggers
+//! are logged and counted, never used in decisions: each reconcile compares the whole
+//! desired state with the whole observed state.
 //!
-//! Modules: this one owns the shared state ([`Shared`]) and the source loop; `target`
-//! the per-target worker and reconcile; `status` what the status endpoints show;
-//! `evidence` what a reconcile writes to the history.
+//! Modules: this one owns the shared context ([`Shared`]: settings, providers, the
+//! history store, the status sink, metrics, the clock), the source loop and history
+//! retention; `worker` scheduling, backoff and error policy per target; `target` one
+//! reconcile of one target and what it records; `status` what the status endpoints
+//! show; `evidence` what a reconcile writes to the history.
 
 mod evidence;
 mod status;
@@ -73,6 +75,9 @@ pub struct RunSettings {
     /// Webhooks trigger at most one fetch, and one reconcile per target, per this
     /// interval; extra deliveries are coalesced into the next one.
     pub webhook_min_interval: Duration,
+    /// Delete history rows older than this, at start and daily (see
+    /// [`Store::retain`] for what is always kept). `None`: keep everything.
+    pub history_retention: Option<Duration>,
 }
 
 impl Default for RunSettings {
@@ -90,6 +95,7 @@ impl Default for RunSettings {
             retry_max: Duration::from_secs(300),
             fetch_timeout: Duration::from_secs(60),
             webhook_min_interval: Duration::from_secs(5),
+            history_retention: None,
         }
     }
 }
@@ -443,9 +449,30 @@ async fn accept(shared: &Shared, source: &Arc<GitSource>, examined: Examined) ->
     Some(commit)
 }
 
+/// Apply `--history-retention` at start and daily until shutdown.
+async fn retention(shared: Arc<Shared>, keep: Duration) {
+    loop {
+        if let Some(h) = &shared.history {
+            let now = shared.clock.now_ms();
+            match h.retain(now - keep.as_millis() as i64, now) {
+                Ok(n) => tracing::info!(deleted = n, keep = ?keep, "history retention applied"),
+                Err(e) => tracing::error!(error = %e, "history retention failed"),
+            }
+        }
+        tokio::select! {
+            _ = shared.cancel.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_secs(86_400)) => {}
+        }
+    }
+}
+
 /// Follow the source until cancelled; spawn a worker for each target as revisions name
 /// them; on cancellation wait (at most `grace`) for the workers' in-flight reconciles.
+/// History retention runs beside it when configured.
 pub async fn run(shared: Arc<Shared>, source: GitSource, grace: Duration) {
+    if let Some(keep) = shared.settings.history_retention {
+        tokio::spawn(retention(shared.clone(), keep));
+    }
     let source = Arc::new(source);
     let mut fetch_rx = shared.fetch_kick.subscribe();
     let mut workers: JoinSet<()> = JoinSet::new();
