@@ -218,13 +218,14 @@ pub async fn apply(
     target: &Target,
     provider: &dyn Provider,
 ) -> Result<ApplyReport, ApplyError> {
-    apply_until(plan, target, provider, &|| false).await
+    apply_until(plan, target, provider, &|| false, &mut |_| {}).await
 }
 
 /// [`apply`], but `stop` is asked before each change; once it says yes, the remaining
 /// changes are left (counted in [`ApplyReport::skipped`]) for the next reconcile. Used on
 /// shutdown and at the reconcile's deadline: the change in flight finishes, no new one
-/// starts.
+/// starts. `done` is told each result as soon as it is known, so that what was applied
+/// is recorded even if the whole apply is then cut short.
 ///
 /// # Errors
 /// As [`apply`].
@@ -233,6 +234,7 @@ pub async fn apply_until(
     target: &Target,
     provider: &dyn Provider,
     stop: &(dyn Fn() -> bool + Sync),
+    done: &mut (dyn FnMut(&ChangeResult) + Send),
 ) -> Result<ApplyReport, ApplyError> {
     if let Some(r) = &plan.refusal {
         return Err(ApplyError::Refused {
@@ -259,6 +261,7 @@ pub async fn apply_until(
                     by_resource: plan.changes[by].resource.clone(),
                 },
             });
+            report.results.last().map(&mut *done);
             continue;
         }
         match provider.apply(target, &planned.change).await {
@@ -270,6 +273,7 @@ pub async fn apply_until(
                     planned: planned.clone(),
                     result: ChangeOutcome::Done { outcome },
                 });
+                report.results.last().map(&mut *done);
             }
             Err(source) => {
                 poison(&mut poisoned, provides, index);
@@ -280,6 +284,7 @@ pub async fn apply_until(
                         error: source.to_string(),
                     },
                 });
+                report.results.last().map(&mut *done);
                 if first.is_none() {
                     first = Some((index, source));
                 }

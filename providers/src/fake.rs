@@ -28,6 +28,7 @@ pub struct FakeProvider {
     state: Mutex<HashMap<String, Inventory>>,
     injections: Mutex<Vec<Injection>>,
     latency: Mutex<std::time::Duration>,
+    stalls: Mutex<Vec<Matcher>>,
     next_id: AtomicU64,
     reads: AtomicU64,
     writes: AtomicU64,
@@ -104,6 +105,14 @@ impl FakeProvider {
                 ..Outcome::applied()
             })
         });
+    }
+
+    /// Never answer a change matching `matches` (a cloud call that hangs).
+    pub fn stall_when(&self, matches: impl Fn(&Change) -> bool + Send + Sync + 'static) {
+        self.stalls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(matches));
     }
 
     /// Take `latency` (tokio time) for every change from now on.
@@ -427,6 +436,15 @@ impl Provider for FakeProvider {
         let latency = *self.latency.lock().unwrap_or_else(|e| e.into_inner());
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
+        }
+        let stalls = self
+            .stalls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|m| m(change));
+        if stalls {
+            std::future::pending::<()>().await;
         }
         if let Some(answer) = self.injected(change) {
             return answer;

@@ -144,6 +144,9 @@ pub enum ResourceState {
     Pending,
     /// Being changed to a new declaration.
     Changed,
+    /// A change was planned, but the reconcile stopped before it (deadline, shutdown,
+    /// the outer timeout): not known to be as declared.
+    NotReached,
 }
 
 /// One managed resource in a [`Report`].

@@ -19,6 +19,9 @@ pub(super) struct Evidence {
     /// Whether the target was observed (findings are only opened/closed then).
     pub(super) observed: bool,
     pub(super) resources: Vec<ResourceAddr>,
+    /// Resources the plan had changes for (keys): one without a change record was not
+    /// reached.
+    pub(super) planned: std::collections::BTreeSet<ResourceAddr>,
     pub(super) changes: Vec<ChangeRecord>,
     pub(super) findings: Vec<Finding>,
     /// Events with their times: drift when it was observed, changes when applied.
@@ -126,6 +129,8 @@ pub(super) fn write_evidence(
                     ResourceState::Failed
                 } else if mine.iter().any(|c| c.status == ChangeStatus::Pending) {
                     ResourceState::Pending
+                } else if mine.is_empty() && evidence.planned.contains(r) {
+                    ResourceState::NotReached
                 } else if mine.iter().any(|c| c.cause == Cause::Drift) {
                     ResourceState::DriftReverted
                 } else if !mine.is_empty() {

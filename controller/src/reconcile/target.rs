@@ -326,9 +326,35 @@ async fn reconcile(
         before = ownership::merge([before, ownership::intents(&planned.plan)]);
     }
     record_ownership(shared, name, &enforced.revision.commit, &before)?;
-    let result = apply_until(&planned.plan, t, provider.as_ref(), &|| {
-        shared.cancel.is_cancelled() || tokio::time::Instant::now() >= deadline
-    })
+    // Every planned resource, so that one the reconcile never reached (cut at the
+    // deadline, on shutdown, behind a failure) is not reported compliant.
+    evidence.planned = planned
+        .plan
+        .changes
+        .iter()
+        .map(|c| c.resource.without_id())
+        .collect();
+    let revision = enforced.revision.commit.clone();
+    let clock = shared.clock.clone();
+    let result = apply_until(
+        &planned.plan,
+        t,
+        provider.as_ref(),
+        &|| shared.cancel.is_cancelled() || tokio::time::Instant::now() >= deadline,
+        // Each change is evidence as soon as the cloud answered: a reconcile cut short
+        // by the outer timeout still records what it did.
+        &mut |r| {
+            let (record, data) = change_record(r);
+            evidence.events.push((
+                clock.now_ms(),
+                NewEvent::new(data)
+                    .target(name)
+                    .revision(Some(&revision))
+                    .resource(&r.planned.resource),
+            ));
+            evidence.changes.push(record);
+        },
+    )
     .await;
     let applied_at = shared.clock.now_ms();
     let (report, failure) = match result {
@@ -354,42 +380,6 @@ async fn reconcile(
         &enforced.revision.commit,
         &ownership::applied(&report),
     )?;
-    for r in &report.results {
-        let (status, request_ids, detail) = match &r.result {
-            ChangeOutcome::Done { outcome: o } => {
-                (o.status.into(), o.request_ids.clone(), o.detail.clone())
-            }
-            ChangeOutcome::Failed { error } => {
-                (ChangeStatus::Failed, Vec::new(), Some(error.clone()))
-            }
-            ChangeOutcome::Blocked { by_resource, .. } => (
-                ChangeStatus::Blocked,
-                Vec::new(),
-                Some(format!("blocked by the failed change of {by_resource}")),
-            ),
-        };
-        let record = ChangeRecord {
-            resource: r.planned.resource.without_id(),
-            cause: r.planned.cause,
-            action: r.planned.change.action().to_string(),
-            status,
-            request_ids,
-            detail,
-        };
-        let data = if matches!(status, ChangeStatus::Failed | ChangeStatus::Blocked) {
-            EventData::ChangeFailed(record.clone())
-        } else {
-            EventData::ChangeApplied(record.clone())
-        };
-        evidence.events.push((
-            applied_at,
-            NewEvent::new(data)
-                .target(name)
-                .revision(Some(&enforced.revision.commit))
-                .resource(&r.planned.resource),
-        ));
-        evidence.changes.push(record);
-    }
     let mut reverted = 0;
     let mut pending = Vec::new();
     for r in &report.results {
@@ -460,6 +450,35 @@ async fn reconcile(
     }
     state.previous = Some(planned.desired);
     Ok(Reconciled { applied, reverted })
+}
+
+/// One change's result as its evidence: the record in the report, and the event.
+fn change_record(r: &crate::apply::ChangeResult) -> (ChangeRecord, EventData) {
+    let (status, request_ids, detail) = match &r.result {
+        ChangeOutcome::Done { outcome: o } => {
+            (o.status.into(), o.request_ids.clone(), o.detail.clone())
+        }
+        ChangeOutcome::Failed { error } => (ChangeStatus::Failed, Vec::new(), Some(error.clone())),
+        ChangeOutcome::Blocked { by_resource, .. } => (
+            ChangeStatus::Blocked,
+            Vec::new(),
+            Some(format!("blocked by the failed change of {by_resource}")),
+        ),
+    };
+    let record = ChangeRecord {
+        resource: r.planned.resource.without_id(),
+        cause: r.planned.cause,
+        action: r.planned.change.action().to_string(),
+        status,
+        request_ids,
+        detail,
+    };
+    let data = if matches!(status, ChangeStatus::Failed | ChangeStatus::Blocked) {
+        EventData::ChangeFailed(record.clone())
+    } else {
+        EventData::ChangeApplied(record.clone())
+    };
+    (record, data)
 }
 
 /// Write an ownership record update; a failure stops the reconcile (fail closed: never

@@ -372,6 +372,41 @@ async fn the_deadline_stops_between_changes() {
     assert_eq!(r.result, ReconcileResult::Ok, "{:?}", r.error);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_reconcile_cut_by_the_outer_timeout_keeps_what_it_applied() {
+    let f = fixture(RunSettings {
+        reconcile_timeout: Duration::from_secs(5),
+        ..RunSettings::default()
+    });
+    // Groups and rules are answered; the first function move hangs for ever.
+    f.fake
+        .stall_when(|c| matches!(c, Change::SetPlacement { .. }));
+    let mut state = TargetState::default();
+    let r = f.once(&mut state).await;
+    assert_eq!(r.result, ReconcileResult::Timeout, "{r:?}");
+    let applied = f
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, EventData::ChangeApplied(_)))
+        .count();
+    assert!(
+        applied > 0,
+        "what was applied before the cut is in the history"
+    );
+    let report = f.history().last_report(TARGET).unwrap().expect("report");
+    assert_eq!(report.result, ReconcileResult::Timeout);
+    assert!(
+        report
+            .resources
+            .iter()
+            .any(|x| x.status == ResourceState::NotReached
+                && x.resource.kind == crate::addr::ResourceKind::Function),
+        "a function the reconcile never reached is not reported compliant: {:?}",
+        report.resources
+    );
+    assert!(report.changes.len() >= applied);
+}
+
 #[tokio::test]
 async fn on_shutdown_no_change_is_started() {
     let f = fixture(RunSettings::default());
