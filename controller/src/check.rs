@@ -1,6 +1,8 @@
 //! Guardrails, evaluated on a compiled desired state (so a violating policy fails
 //! `validate`) or on an observed inventory (everything in the target, managed or not).
 
+use std::collections::BTreeMap;
+
 use palisade_providers::{Access, Inventory, Peer, Ports, Protocol, Rule};
 use serde::{Deserialize, Serialize};
 
@@ -186,36 +188,58 @@ pub fn union_breach<'r>(forbid: &ForbidSpec, group: &[&'r Rule]) -> Vec<&'r Rule
         at.dedup();
         points.extend(at.into_iter().map(|port| Ports::range(proto, port, port)));
     }
+    // Other protocols: each rule's own class, and each class the clause names (so that
+    // `icmp` halves break a forbid of `icmp/8`, and all-traffic halves a forbid of `icmp`).
     points.extend(
         candidates
             .iter()
             .map(|r| r.ports)
+            .chain(specs)
             .filter(|p| !matches!(p.protocol, Protocol::Tcp | Protocol::Udp)),
     );
     for point in points.iter().filter(|p| point_forbidden(forbid, p)) {
-        let admitting: Vec<&Rule> = candidates
+        // Only rules that protect the same thing combine: an NSG rule narrowed to some
+        // destinations or source ports does not add up with one narrowed otherwise.
+        let mut by_scope: BTreeMap<Option<palisade_providers::Narrowing>, Vec<&Rule>> =
+            BTreeMap::new();
+        for r in candidates
             .iter()
             .copied()
             .filter(|r| r.ports.contains(point))
-            .collect();
-        if admitting.len() < 2 {
-            continue;
-        }
-        let nets: Vec<ipnet::IpNet> = admitting
-            .iter()
-            .filter_map(|r| match &r.peer {
-                Peer::Cidr(n) => Some(*n),
-                _ => None,
-            })
-            .collect();
-        if ipnet::IpNet::aggregate(&nets)
-            .iter()
-            .any(|a| a.contains(&f))
         {
-            return admitting;
+            let scope = r.narrowing.as_ref().filter(|n| !n.is_full()).map(|n| {
+                palisade_providers::Narrowing {
+                    priority: None,
+                    ..n.clone()
+                }
+            });
+            by_scope.entry(scope).or_default().push(r);
+        }
+        for admitting in by_scope.into_values() {
+            if let Some(breach) = covering(&admitting, &f) {
+                return breach;
+            }
         }
     }
     Vec::new()
+}
+
+/// `rules` (two or more) whose CIDRs, merged, cover `f`.
+fn covering<'r>(admitting: &[&'r Rule], f: &ipnet::IpNet) -> Option<Vec<&'r Rule>> {
+    if admitting.len() < 2 {
+        return None;
+    }
+    let nets: Vec<ipnet::IpNet> = admitting
+        .iter()
+        .filter_map(|r| match &r.peer {
+            Peer::Cidr(n) => Some(*n),
+            _ => None,
+        })
+        .collect();
+    ipnet::IpNet::aggregate(&nets)
+        .iter()
+        .any(|a| a.contains(f))
+        .then(|| admitting.to_vec())
 }
 
 /// "rules A; B together admit C": the text of a union breach.
@@ -306,9 +330,24 @@ fn shadowed(rule: &Rule, forbid: &ForbidSpec, group: &[&Rule]) -> bool {
             && d.direction == rule.direction
             && d.is_full()
             && d.effective_priority().is_some_and(|p| p < at)
-            && covers_forbidden(&d.peer, forbid)
+            && deny_covers(&d.peer, &rule.peer, forbid)
             && d.ports.contains(&rule.ports)
     })
+}
+
+/// Whether a deny's peer drops all of an allow's traffic that `forbid` is about: with a
+/// forbidden peer, the deny must cover it; without one (any peer), the deny must cover
+/// the allow's own peer (`*`, or a CIDR containing the allow's). Under-approximated: a
+/// deny never counts for more than it surely drops.
+fn deny_covers(deny: &Peer, allow: &Peer, forbid: &ForbidSpec) -> bool {
+    match &forbid.peer {
+        Some(p) => peer_covers(deny, p),
+        None => match (deny, allow) {
+            (Peer::Any, _) => true,
+            (Peer::Cidr(d), Peer::Cidr(a)) => d.contains(a),
+            (d, a) => d == a,
+        },
+    }
 }
 
 fn clauses_suffix(broken: &[&Located<ForbidSpec>]) -> String {
@@ -848,6 +887,88 @@ spec:
             "{}",
             errors[0].message
         );
+    }
+
+    #[test]
+    fn review_cases_neither_sidestep_nor_invent() {
+        let set = example();
+        let world = || PeerSpec::Cidr(crate::policy::Cidr("0.0.0.0/0".parse().unwrap()));
+        let star_port = |p: u16| Ports {
+            protocol: Protocol::All,
+            range: Some(PortRange { from: p, to: p }),
+            icmp: None,
+        };
+        // A deny of one host does not take back an allow from anywhere, for a forbid that
+        // names no peer.
+        let no_ssh = ForbidSpec {
+            peer: None,
+            ..forbid("ingress", world(), &["tcp/22"], &[])
+        };
+        let host_deny = nsg_rule(
+            Direction::Ingress,
+            Access::Deny,
+            100,
+            Ports::ALL,
+            Peer::cidr("192.0.2.1/32".parse().unwrap()),
+        );
+        let ssh_any = nsg_rule(Direction::Ingress, Access::Allow, 200, tcp(22), Peer::Any);
+        assert!(!shadowed(&ssh_any, &no_ssh, &[&host_deny, &ssh_any]));
+        // `*` on port 22 is not every port: it does not take back RDP…
+        let deny_22 = nsg_rule(
+            Direction::Ingress,
+            Access::Deny,
+            100,
+            star_port(22),
+            Peer::Any,
+        );
+        let rdp = nsg_rule(Direction::Ingress, Access::Allow, 200, tcp(3389), Peer::Any);
+        let inv = inventory("prod-azure", vec![deny_22.clone(), rdp]);
+        assert_eq!(guardrail_findings(&set, &inv, "no-world-ingress").len(), 1);
+        // …and `*` on 8080 does not break a forbid of tcp/22.
+        let web = nsg_rule(
+            Direction::Ingress,
+            Access::Allow,
+            300,
+            star_port(8080),
+            Peer::Any,
+        );
+        assert!(!violates(
+            &web,
+            &forbid("ingress", world(), &["tcp/22"], &[])
+        ));
+        // ICMP halves break a forbid of echo.
+        let icmp = |cidr: &str| {
+            Rule::allow(
+                Direction::Ingress,
+                Ports::any(Protocol::Icmp),
+                Peer::cidr(cidr.parse().unwrap()),
+            )
+        };
+        let halves = [icmp("0.0.0.0/1"), icmp("128.0.0.0/1")];
+        let refs: Vec<&Rule> = halves.iter().collect();
+        assert_eq!(
+            union_breach(&forbid("ingress", world(), &["icmp/8"], &[]), &refs).len(),
+            2
+        );
+        // Halves that reach different destinations do not add up to the world.
+        let mut low = nsg_rule(
+            Direction::Ingress,
+            Access::Allow,
+            300,
+            tcp(22),
+            Peer::cidr("0.0.0.0/1".parse().unwrap()),
+        );
+        let mut high = low.clone();
+        high.peer = Peer::cidr("128.0.0.0/1".parse().unwrap());
+        for (r, to) in [(&mut low, "10.0.0.4"), (&mut high, "10.0.0.5")] {
+            r.narrowing = Some(palisade_providers::Narrowing {
+                priority: None,
+                near: vec![to.into()],
+                source_ports: vec![],
+            });
+        }
+        let refs = vec![&low, &high];
+        assert!(union_breach(&forbid("ingress", world(), &[], &[]), &refs).is_empty());
     }
 
     #[test]

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use palisade_providers::{Change, Rule};
+use palisade_providers::{Access, Change, Rule};
 use serde::{Deserialize, Serialize};
 
 use crate::check::{Finding, FindingKind};
@@ -109,7 +109,15 @@ impl Flaps {
 fn removes_access(c: &Change) -> bool {
     match c {
         Change::RemoveRules { .. } => true,
-        Change::SetPlacement { before, after, .. } => before.is_none() && after.is_some(),
+        // Putting back a deny (an NSG's default deny-all, a declared deny) takes access away.
+        Change::AddRules { rules, .. } => rules.iter().any(|r| r.access == Access::Deny),
+        // Into the network, or route-all back on (egress rules hold for internet-bound
+        // traffic again).
+        Change::SetPlacement { before, after, .. } => match (before, after) {
+            (None, Some(_)) => true,
+            (Some(b), Some(a)) => a.route_all && !b.route_all,
+            _ => false,
+        },
         Change::SetSubnetGroup { after, .. } => after.is_some(),
         _ => false,
     }
@@ -262,5 +270,30 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(changes.len(), 1);
+    }
+
+    #[test]
+    fn putting_back_a_deny_or_route_all_is_never_held() {
+        use palisade_providers::Placement;
+        let mut deny = rule(0, "0.0.0.0/0");
+        deny.access = Access::Deny;
+        assert!(removes_access(&Change::AddRules {
+            group: GroupRef::Managed("api".into()),
+            rules: vec![deny],
+        }));
+        let p = |route_all| Placement {
+            network: "vnet".into(),
+            subnets: vec!["s".into()],
+            groups: vec![],
+            route_all,
+        };
+        let set = |before, after| Change::SetPlacement {
+            function: "f".into(),
+            name: "f".into(),
+            before: Some(p(before)),
+            after: Some(p(after)),
+        };
+        assert!(removes_access(&set(false, true)));
+        assert!(!removes_access(&set(true, false)));
     }
 }

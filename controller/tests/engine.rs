@@ -838,6 +838,23 @@ fn an_integration_subnet_without_the_delegation_is_reported_not_attempted() {
         "{}",
         palisade::plan::render_text(&planned.plan)
     );
+    // The subnet still resolves: the undelegated policy's NSG is still attached, and
+    // the other policy's rules that name it keep their peer.
+    assert!(
+        planned.plan.changes.iter().any(|c| matches!(
+            &c.change,
+            Change::SetSubnetGroup { subnet, after: Some(_), .. } if subnet.ends_with("snet-orders")
+        )),
+        "{}",
+        palisade::plan::render_text(&planned.plan)
+    );
+    assert!(
+        planned.desired.groups["reports-func"]
+            .rules
+            .values()
+            .any(|o| o.rule == "from-orders"),
+        "reports-func still admits orders-func"
+    );
     // …and the other policy is enforced as usual, with route-all.
     assert!(
         planned.plan.changes.iter().any(|c| matches!(

@@ -314,3 +314,31 @@ fn retention_keeps_what_an_open_finding_and_the_controls_need() {
     assert_eq!(c.findings.len(), 1);
     assert_eq!(c.findings[0].opened_at, T0 + 1000);
 }
+
+#[test]
+fn retention_keeps_the_opening_of_a_finding_that_closed_within_what_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("h.db")).unwrap();
+    store
+        .append(
+            T0,
+            &[ev(
+                kind::REVISION_ENFORCED,
+                json!({ "author": "A", "controls": ["CIS-AWS-5.2"] }),
+            )
+            .revision(Some("c1"))],
+        )
+        .unwrap();
+    let ssh = finding("group legacy-admin", "no-world-ingress", &["CIS-AWS-5.2"]);
+    // Opened on day 0, closed on day 90; keep 30 days at day 100.
+    for (at, findings) in [(T0 + 1000, vec![ssh.clone()]), (T0 + 90 * DAY, vec![])] {
+        let r = report(at, findings, vec![]);
+        store.record_reconcile(&r, &events_for(&r)).unwrap();
+    }
+    store.retain(T0 + 70 * DAY, T0 + 100 * DAY).unwrap();
+    let c = compliance(&store, T0 + 75 * DAY, T0 + 100 * DAY, None, None).unwrap();
+    assert_eq!(
+        c.controls[0].status, "non-compliant",
+        "violated from day 75 to day 90"
+    );
+}

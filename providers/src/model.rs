@@ -731,8 +731,28 @@ impl Ports {
         }
     }
 
+    /// The port range an all-protocols entry is limited to (Azure `*` with ports: only
+    /// TCP and UDP traffic on those ports), `None` when it is every packet.
+    fn all_limited(&self) -> Option<PortRange> {
+        match self.protocol {
+            Protocol::All => self.range.filter(|r| *r != PortRange::ALL),
+            _ => None,
+        }
+    }
+
     /// Whether some traffic matches both.
     pub fn overlaps(&self, other: &Ports) -> bool {
+        if let Some(r) = self.all_limited() {
+            return match other.protocol {
+                Protocol::Tcp | Protocol::Udp | Protocol::All => {
+                    r.overlaps(&other.range.unwrap_or(PortRange::ALL))
+                }
+                _ => false,
+            };
+        }
+        if other.all_limited().is_some() {
+            return other.overlaps(self);
+        }
         match (self.protocol, other.protocol) {
             (Protocol::All, _) | (_, Protocol::All) => true,
             (a, b) if a != b => false,
@@ -750,6 +770,17 @@ impl Ports {
 
     /// Whether every packet matched by `other` is matched by `self`.
     pub fn contains(&self, other: &Ports) -> bool {
+        if let Some(r) = self.all_limited() {
+            return match other.protocol {
+                Protocol::Tcp | Protocol::Udp => r.contains(&other.range.unwrap_or(PortRange::ALL)),
+                Protocol::All => other.all_limited().is_some_and(|o| r.contains(&o)),
+                _ => false,
+            };
+        }
+        if other.all_limited().is_some() && self.protocol != Protocol::All {
+            // TCP and UDP on those ports: no single other protocol holds both.
+            return false;
+        }
         match (self.protocol, other.protocol) {
             (Protocol::All, _) => true,
             (_, Protocol::All) => false,

@@ -243,6 +243,9 @@ fn tags_match(want: &BTreeMap<String, String>, have: &Tags) -> bool {
 struct ResolvedNetwork {
     network: Option<String>,
     subnets: Vec<String>,
+    /// Azure: why the subnet cannot take the policy's function apps (no delegation):
+    /// the subnet still resolves (for peers and its NSG), the apps are left as they are.
+    undelegated: Option<Diagnostic>,
 }
 
 struct Ctx<'a> {
@@ -283,9 +286,14 @@ pub fn compile(set: &PolicySet, target: &TargetDoc, inventory: Option<&Inventory
         ..DesiredState::default()
     };
     let mut conflicts = Vec::new();
+    let mut undelegated: BTreeSet<String> = BTreeSet::new();
     for p in &policies {
         let before = cx.diags.len();
-        let net = resolve_network(&mut cx, p);
+        let mut net = resolve_network(&mut cx, p);
+        if let Some(d) = net.undelegated.take() {
+            undelegated.insert(p.name().to_string());
+            conflicts.push(d);
+        }
         // Against an inventory, a network that does not resolve is a conflict of this
         // policy with what is observed: the policy is left alone.
         if inventory.is_some() && cx.diags[before..].iter().any(Diagnostic::is_error) {
@@ -334,6 +342,11 @@ pub fn compile(set: &PolicySet, target: &TargetDoc, inventory: Option<&Inventory
                     continue;
                 }
                 ids.push(f.id.clone());
+                if undelegated.contains(p.name()) {
+                    // Integration would be refused by ARM: the app keeps its placement.
+                    desired.conflicted.insert(f.id.clone());
+                    continue;
+                }
                 let Some(network) = net.network.clone() else {
                     continue;
                 };

@@ -116,8 +116,9 @@ pub(super) fn resolve_network(cx: &mut Ctx<'_>, p: &PolicyDoc) -> ResolvedNetwor
             out.network = Some(n.id.clone());
             match find_azure_subnet(inv, &n.id, subnet) {
                 // VNet integration needs the subnet delegated to the app's platform; ARM
-                // refuses it otherwise. Reported (the policy is left as it is), never
-                // attempted — and Palisade does not delegate subnets itself.
+                // refuses it otherwise. Reported, never attempted (the apps keep their
+                // placement; the subnet still resolves for peers and its NSG) — and
+                // Palisade does not delegate subnets itself.
                 Some(s)
                     if !s.delegations.iter().any(|d| {
                         INTEGRATION_DELEGATIONS
@@ -125,7 +126,8 @@ pub(super) fn resolve_network(cx: &mut Ctx<'_>, p: &PolicyDoc) -> ResolvedNetwor
                             .any(|x| d.eq_ignore_ascii_case(x))
                     }) =>
                 {
-                    cx.diags.push(Diagnostic::error(
+                    out.subnets = vec![s.id.clone()];
+                    out.undelegated = Some(Diagnostic::error(
                         K::EmptySelection,
                         Some(p.at(subnet)),
                         format!(

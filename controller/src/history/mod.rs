@@ -495,9 +495,10 @@ impl Store {
     /// itself. Returns how many events went.
     ///
     /// Never deleted, whatever their age: the `finding-opened` events of findings that
-    /// are still open (reports rebuild open findings from them — a violation open longer
-    /// than the retention must not turn its control compliant), and the newest
-    /// `revision-enforced` event (it names the controls the reports list).
+    /// are still open, or that closed within what is kept (reports rebuild a finding's
+    /// span from its opening — a violation open longer than the retention must not turn
+    /// its control compliant), and the newest `revision-enforced` event (it names the
+    /// controls the reports list).
     ///
     /// # Errors
     /// SQLite failed; nothing was deleted.
@@ -514,6 +515,14 @@ impl Store {
                          AND json_extract(o.finding, '$.resource') IS json_extract(events.data, '$.resource')
                          AND json_extract(o.finding, '$.guardrail') IS json_extract(events.data, '$.guardrail')
                          AND json_extract(o.finding, '$.message') IS json_extract(events.data, '$.message')))
+                   AND NOT (kind = 'finding-opened' AND EXISTS (
+                       SELECT 1 FROM events c
+                       WHERE c.kind = 'finding-closed' AND c.at >= ?1
+                         AND c.target IS events.target AND c.at >= events.at
+                         AND json_extract(c.data, '$.kind') IS json_extract(events.data, '$.kind')
+                         AND json_extract(c.data, '$.resource') IS json_extract(events.data, '$.resource')
+                         AND json_extract(c.data, '$.guardrail') IS json_extract(events.data, '$.guardrail')
+                         AND json_extract(c.data, '$.message') IS json_extract(events.data, '$.message')))
                    AND NOT (kind = 'revision-enforced' AND id = (
                        SELECT max(id) FROM events WHERE kind = 'revision-enforced'))",
                 params![before],

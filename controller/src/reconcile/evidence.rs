@@ -19,9 +19,9 @@ pub(super) struct Evidence {
     /// Whether the target was observed (findings are only opened/closed then).
     pub(super) observed: bool,
     pub(super) resources: Vec<ResourceAddr>,
-    /// Resources the plan had changes for (keys): one without a change record was not
-    /// reached.
-    pub(super) planned: std::collections::BTreeSet<ResourceAddr>,
+    /// How many changes the plan had per resource (keys): a resource with fewer change
+    /// records was not reached (entirely).
+    pub(super) planned: std::collections::BTreeMap<ResourceAddr, usize>,
     pub(super) changes: Vec<ChangeRecord>,
     pub(super) findings: Vec<Finding>,
     /// Events with their times: drift when it was observed, changes when applied.
@@ -129,7 +129,7 @@ pub(super) fn write_evidence(
                     ResourceState::Failed
                 } else if mine.iter().any(|c| c.status == ChangeStatus::Pending) {
                     ResourceState::Pending
-                } else if mine.is_empty() && evidence.planned.contains(r) {
+                } else if mine.len() < evidence.planned.get(r).copied().unwrap_or(0) {
                     ResourceState::NotReached
                 } else if mine.iter().any(|c| c.cause == Cause::Drift) {
                     ResourceState::DriftReverted

@@ -328,12 +328,10 @@ async fn reconcile(
     record_ownership(shared, name, &enforced.revision.commit, &before)?;
     // Every planned resource, so that one the reconcile never reached (cut at the
     // deadline, on shutdown, behind a failure) is not reported compliant.
-    evidence.planned = planned
-        .plan
-        .changes
-        .iter()
-        .map(|c| c.resource.without_id())
-        .collect();
+    evidence.planned.clear();
+    for c in &planned.plan.changes {
+        *evidence.planned.entry(c.resource.without_id()).or_default() += 1;
+    }
     let revision = enforced.revision.commit.clone();
     let clock = shared.clock.clone();
     let result = apply_until(

@@ -740,6 +740,10 @@ impl AwsProvider {
             .clients
             .ec2
             .create_vpc_endpoint()
+            // One token for every attempt of this create: a retry after a timeout or a
+            // 5xx (when AWS may have created it already) returns that endpoint instead of
+            // a second one.
+            .client_token(client_token(network, service))
             .vpc_id(network)
             .service_name(service)
             .tag_specifications(ec2_tags(tags, ec2::ResourceType::VpcEndpoint));
@@ -948,4 +952,22 @@ impl AwsProvider {
         }
         Ok(outcome(true, request_id(&out)))
     }
+}
+
+/// A client token unique to one create call (AWS idempotency: the same token within 24 h
+/// returns the first result): process id, time and a counter, hashed with the request.
+fn client_token(network: &str, service: &str) -> String {
+    use std::hash::BuildHasher;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let n = std::collections::hash_map::RandomState::new().hash_one((
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+        CALLS.fetch_add(1, Ordering::Relaxed),
+        network,
+        service,
+    ));
+    format!("palisade-{n:016x}")
 }

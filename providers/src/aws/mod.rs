@@ -92,18 +92,20 @@ const ENDPOINT_VARS: [&str; 5] = [
 impl Clients {
     /// Clients from the standard credential chain for `region`, then `assume_role_arn`.
     pub async fn from_env(region: &str, assume_role_arn: Option<&str>) -> Clients {
-        let base = aws_config::defaults(BehaviorVersion::latest())
-            .region(aws_config::Region::new(region.to_string()))
-            // Retries are Palisade's (`call::Budget`), so that each attempt is paced and
-            // counted.
-            .retry_config(RetryConfig::disabled())
-            .load()
-            .await;
+        let loader = || {
+            aws_config::defaults(BehaviorVersion::latest())
+                .region(aws_config::Region::new(region.to_string()))
+        };
+        // Retries are Palisade's (`call::Budget`), so that each attempt is paced and
+        // counted — except for the credential chain's own STS calls (AssumeRole), which
+        // never go through it and keep the SDK's standard retries.
+        let credentials_conf = loader().retry_config(RetryConfig::standard()).load().await;
+        let base = loader().retry_config(RetryConfig::disabled()).load().await;
         let conf = match assume_role_arn {
             Some(arn) => {
                 let role = aws_config::sts::AssumeRoleProvider::builder(arn)
                     .session_name("palisade")
-                    .configure(&base)
+                    .configure(&credentials_conf)
                     .build()
                     .await;
                 base.into_builder()

@@ -504,8 +504,9 @@ impl AzureProvider {
                 .get_mut("outboundVnetRouting")
                 .and_then(Value::as_object_mut)
             {
+                // Application traffic only: `allTraffic` would also route content
+                // share, image pulls and backups, which the policy does not speak for.
                 r.insert("applicationTraffic".into(), json!(route_all));
-                r.insert("allTraffic".into(), json!(route_all));
             }
         }
         let etag = current["etag"].as_str().map(str::to_string);
