@@ -124,6 +124,25 @@ fn history_survives_kill_9_and_the_html_report_renders() {
         assert!(out.status.success(), "{}", text(&out));
         String::from_utf8(out.stdout).unwrap()
     };
+    // The history written by the controller — through a kill -9 — verifies.
+    let verified = moto
+        .palisade()
+        .args([
+            "report",
+            "--history",
+            &db_arg,
+            "--verify",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(verified.status.success(), "{}", text(&verified));
+    assert!(
+        String::from_utf8_lossy(&verified.stderr).contains("history chain intact"),
+        "{}",
+        text(&verified)
+    );
     let v: serde_json::Value = serde_json::from_str(&report("json")).unwrap();
     let drift = v["drift"].as_array().unwrap();
     assert!(

@@ -342,3 +342,79 @@ fn retention_keeps_the_opening_of_a_finding_that_closed_within_what_is_kept() {
         "violated from day 75 to day 90"
     );
 }
+
+#[test]
+fn the_hash_chain_names_the_row_that_was_changed_or_removed() {
+    use palisade::history::chain::verify;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.db");
+    let store = Store::open(&path).unwrap();
+    for i in 0..10 {
+        store
+            .append(
+                T0 + i * DAY,
+                &[ev(kind::RECONCILED, json!({ "result": "ok" })).target("t")],
+            )
+            .unwrap();
+    }
+    let v = verify(&store).unwrap();
+    assert_eq!((v.rows, v.broken.clone()), (10, None), "{v:?}");
+    let head = v.head.clone().unwrap();
+
+    // Retention deletes old rows: expected, and the chain still verifies.
+    store.retain(T0 + 3 * DAY, T0 + 20 * DAY).unwrap();
+    let v = verify(&store).unwrap();
+    assert_eq!(v.broken, None, "{v:?}");
+    assert_ne!(v.head.unwrap(), head, "the retention event is the new head");
+
+    // Reports and open findings cannot be rewritten either.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "INSERT INTO reports (at, target, revision, report) VALUES (1, 't', 'c', '{}')",
+        [],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO open_findings (target, key, finding, opened_at) VALUES ('t', 'k', '{}', 1)",
+        [],
+    )
+    .unwrap();
+    for sql in [
+        "UPDATE reports SET report = '{\"forged\":true}'",
+        "UPDATE open_findings SET opened_at = 999",
+    ] {
+        let err = conn.execute(sql, []).unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+
+    // Someone with file access edits a row (dropping the trigger first)…
+    conn.execute_batch(
+        "DROP TRIGGER events_append_only;
+         UPDATE events SET data = '{\"result\":\"error\"}' WHERE id = 6;",
+    )
+    .unwrap();
+    let v = verify(&Store::open(&path).unwrap()).unwrap();
+    let (row, why) = v.broken.expect("the edit is found");
+    assert_eq!(row, 6);
+    assert!(why.contains("changed"), "{why}");
+
+    // …or deletes one from the middle.
+    let dir2 = tempfile::tempdir().unwrap();
+    let path2 = dir2.path().join("h.db");
+    let store = Store::open(&path2).unwrap();
+    for i in 0..5 {
+        store
+            .append(
+                T0 + i,
+                &[ev(kind::RECONCILED, json!({ "result": "ok" })).target("t")],
+            )
+            .unwrap();
+    }
+    rusqlite::Connection::open(&path2)
+        .unwrap()
+        .execute("DELETE FROM events WHERE id = 3", [])
+        .unwrap();
+    let (row, why) = verify(&store).unwrap().broken.expect("the gap is found");
+    assert_eq!(row, 4);
+    assert!(why.contains("missing"), "{why}");
+}

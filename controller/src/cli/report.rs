@@ -25,6 +25,11 @@ pub(crate) struct ReportArgs {
     /// Write to this file instead of standard output.
     #[arg(long)]
     pub(crate) output: Option<PathBuf>,
+    /// First check the history's hash chain: a changed or missing row stops the report
+    /// (exit 1) and names where the chain breaks; the head hash is printed to anchor
+    /// elsewhere.
+    #[arg(long)]
+    pub(crate) verify: bool,
 }
 
 pub(crate) fn run(args: ReportArgs) -> Result<ExitCode> {
@@ -36,11 +41,29 @@ pub(crate) fn run(args: ReportArgs) -> Result<ExitCode> {
         control,
         format,
         output,
+        verify,
     } = args;
     if !history.exists() {
         bail!("no history database at {}", history.display());
     }
     let store = palisade::history::Store::open(&history)?;
+    if verify {
+        let v = palisade::history::chain::verify(&store)?;
+        if let Some((row, why)) = &v.broken {
+            eprintln!(
+                "history chain BROKEN at row {row}: {why} ({} rows read before it)",
+                v.rows.saturating_sub(1)
+            );
+            return Ok(ExitCode::from(1));
+        }
+        eprintln!(
+            "history chain intact: {} rows ({} written before the chain existed, {} gaps left by retention), head {}",
+            v.rows,
+            v.unchained,
+            v.retention_gaps,
+            v.head.as_deref().unwrap_or("-")
+        );
+    }
     let until = match until {
         Some(u) => parse_time(&u, true)?,
         None => jiff::Timestamp::now().as_millisecond(),

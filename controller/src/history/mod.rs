@@ -18,6 +18,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::check::Finding;
 
+pub mod chain;
 mod compliance;
 pub mod event;
 
@@ -96,6 +97,14 @@ const MIGRATIONS: &[&str] = &[
         flaps TEXT NOT NULL,
         at INTEGER NOT NULL
      );",
+    // 5: the hash chain over events (see `chain`); reports and open findings are never
+    // rewritten either.
+    "ALTER TABLE events ADD COLUMN prev TEXT;
+     ALTER TABLE events ADD COLUMN hash TEXT;
+     CREATE TRIGGER reports_append_only BEFORE UPDATE ON reports
+        BEGIN SELECT RAISE(ABORT, 'the history is append-only'); END;
+     CREATE TRIGGER open_findings_no_rewrite BEFORE UPDATE ON open_findings
+        BEGIN SELECT RAISE(ABORT, 'the history is append-only'); END;",
 ];
 
 /// A history failure.
@@ -594,23 +603,44 @@ pub(crate) fn insert_events(
     at: i64,
     events: &[NewEvent],
 ) -> rusqlite::Result<()> {
+    // Each row is linked to the one before it (see `chain`).
+    let mut prev: String = tx
+        .prepare_cached("SELECT hash FROM events ORDER BY id DESC LIMIT 1")?
+        .query_row([], |r| r.get::<_, Option<String>>(0))
+        .optional()?
+        .flatten()
+        .unwrap_or_default();
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO events (at, kind, target, revision, resource, controls, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO events (at, kind, target, revision, resource, controls, data, prev, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
     for e in events {
         let data = match &e.body {
             Body::Typed(d) => d.data_json(),
             Body::Unrecognized { data, .. } => data.to_string(),
         };
+        let controls = controls_column(&e.controls);
+        let row = chain::Row {
+            at,
+            kind: e.kind(),
+            target: e.target.as_deref(),
+            revision: e.revision.as_deref(),
+            resource: e.resource.as_deref(),
+            controls: &controls,
+            data: &data,
+        };
+        let hash = row.hash(&prev);
         stmt.execute(params![
             at,
             e.kind(),
             e.target,
             e.revision,
             e.resource,
-            controls_column(&e.controls),
-            data
+            controls,
+            data,
+            prev,
+            hash
         ])?;
+        prev = hash;
     }
     Ok(())
 }
