@@ -211,6 +211,11 @@ fn history_survives_kill_9_and_the_html_report_renders() {
         24,
         "one bar per interval"
     );
+    assert!(
+        dom.contains("data-state=\"no-data\""),
+        "intervals before the history began are drawn as no data, not compliant"
+    );
+    assert!(dom.contains("<ul id=\"summary\">") && dom.contains("Drift: "));
     assert!(dom.contains("<table id=\"controls\">") && dom.contains("CIS-AWS-5.2"));
     assert!(dom.contains("<table id=\"drift\">") && dom.contains("group payments-api"));
     let png = keep.path().join("report.png");

@@ -70,7 +70,7 @@ pub fn csv(r: &ComplianceReport) -> String {
 /// Markdown summary.
 pub fn markdown(r: &ComplianceReport) -> String {
     let mut out = format!(
-        "# Palisade compliance report\n\nPeriod: {} — {}{}{}\n\n## Controls\n\n| control | status | resources with findings | open at end |\n|---|---|---|---|\n",
+        "# Palisade compliance report\n\nPeriod: {} — {}{}{}\n\n## Summary\n\n{}\n## Controls\n\n| control | status | resources with findings | open at end |\n|---|---|---|---|\n",
         time(r.since),
         time(r.until),
         r.target
@@ -81,6 +81,10 @@ pub fn markdown(r: &ComplianceReport) -> String {
             .as_ref()
             .map(|c| format!(", control {c}"))
             .unwrap_or_default(),
+        summary_lines(r)
+            .iter()
+            .map(|l| format!("- {l}\n"))
+            .collect::<String>(),
     );
     for c in &r.controls {
         let _ = writeln!(
@@ -329,6 +333,46 @@ pub fn junit_findings(target: &str, findings: &[Finding]) -> String {
     out
 }
 
+fn duration(ms: i64) -> String {
+    match ms {
+        ms if ms < 1_000 => format!("{ms} ms"),
+        ms if ms < 120_000 => format!("{:.1} s", ms as f64 / 1000.0),
+        ms if ms < 7_200_000 => format!("{:.1} min", ms as f64 / 60_000.0),
+        ms => format!("{:.1} h", ms as f64 / 3_600_000.0),
+    }
+}
+
+/// The summary, one line per fact, as text.
+fn summary_lines(r: &ComplianceReport) -> Vec<String> {
+    let s = &r.summary;
+    let mut v = vec![
+        format!(
+            "Controls: {} compliant, {} non-compliant",
+            s.controls_compliant, s.controls_non_compliant
+        ),
+        format!(
+            "Findings: {} opened, {} closed, {} still open",
+            s.findings_opened, s.findings_closed, s.findings_open
+        ),
+        format!(
+            "Drift: {} detected, {} reverted",
+            s.drift_detected, s.drift_reverted
+        ),
+    ];
+    if let (Some(m), Some(p)) = (s.revert_median_ms, s.revert_p95_ms) {
+        v.push(format!(
+            "Time to revert: median {}, p95 {}",
+            duration(m),
+            duration(p)
+        ));
+    }
+    v.push(format!(
+        "Revisions: {} enforced, {} rejected",
+        s.revisions_enforced, s.revisions_rejected
+    ));
+    v
+}
+
 /// The compliance-over-time chart as inline SVG.
 fn chart(r: &ComplianceReport) -> String {
     let (w, h, pad) = (720.0, 200.0, 30.0);
@@ -351,6 +395,19 @@ fn chart(r: &ComplianceReport) -> String {
         h - pad
     );
     for (i, p) in r.series.iter().enumerate() {
+        if !p.has_data {
+            // Before (or after) what the history holds: not "compliant", unknown.
+            let _ = write!(
+                svg,
+                "<rect class=\"bar\" data-state=\"no-data\" x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"none\" stroke=\"#bbb\" stroke-dasharray=\"2,2\"><title>{}: no data</title></rect>",
+                pad + i as f64 * bar + 1.0,
+                pad,
+                (bar - 2.0).max(1.0),
+                h - 2.0 * pad,
+                time(p.at)
+            );
+            continue;
+        }
         let share = if p.total == 0 {
             1.0
         } else {
@@ -388,6 +445,38 @@ fn chart(r: &ComplianceReport) -> String {
     svg
 }
 
+/// A control's resources: the count, then the list grouped by target and kind, collapsed
+/// when long (a large estate must still give a small report that opens fast).
+fn resource_list(resources: &[String]) -> String {
+    if resources.is_empty() {
+        return "0".into();
+    }
+    let mut groups: std::collections::BTreeMap<(String, String), Vec<&str>> = Default::default();
+    for r in resources {
+        let (target, rest) = r.split_once(": ").unwrap_or(("", r.as_str()));
+        let kind = rest.split(' ').next().unwrap_or("");
+        groups
+            .entry((target.to_string(), kind.to_string()))
+            .or_default()
+            .push(rest);
+    }
+    let mut out = String::new();
+    for ((target, kind), items) in groups {
+        let list = items
+            .iter()
+            .map(|x| xml(x))
+            .collect::<Vec<_>>()
+            .join("<br>");
+        let head = format!("{}: {} × {}", xml(&target), items.len(), xml(&kind));
+        if items.len() > 10 {
+            let _ = write!(out, "<details><summary>{head}</summary>{list}</details>");
+        } else {
+            let _ = write!(out, "<div><b>{head}</b><br>{list}</div>");
+        }
+    }
+    out
+}
+
 /// One self-contained HTML file: no script, no network fetch (a CSP forbids any).
 pub fn html(r: &ComplianceReport) -> String {
     let mut h = String::from(
@@ -415,7 +504,12 @@ pub fn html(r: &ComplianceReport) -> String {
             .unwrap_or_default(),
         r.events_read
     );
-    h.push_str("<h2>Compliance over time</h2><p class=muted>Share of controls without an open finding, per interval.</p>");
+    h.push_str("<h2>Summary</h2><ul id=\"summary\">");
+    for l in summary_lines(r) {
+        let _ = write!(h, "<li>{}</li>", xml(&l));
+    }
+    h.push_str("</ul>");
+    h.push_str("<h2>Compliance over time</h2><p class=muted>Share of controls without an open finding, per interval; dashed: no data (before the history began).</p>");
     h.push_str(&chart(r));
     h.push_str("<h2>Controls</h2><table id=\"controls\"><tr><th>control</th><th>status</th><th>resources with findings in the period</th><th>open at end</th></tr>");
     for c in &r.controls {
@@ -425,11 +519,7 @@ pub fn html(r: &ComplianceReport) -> String {
             xml(&c.control),
             c.status,
             c.status,
-            c.resources
-                .iter()
-                .map(|x| xml(x))
-                .collect::<Vec<_>>()
-                .join("<br>"),
+            resource_list(&c.resources),
             c.open_at_end
         );
     }

@@ -418,3 +418,57 @@ fn the_hash_chain_names_the_row_that_was_changed_or_removed() {
     assert_eq!(row, 4);
     assert!(why.contains("missing"), "{why}");
 }
+
+#[test]
+fn the_report_summarises_and_marks_what_it_has_no_data_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("h.db")).unwrap();
+    store
+        .append(
+            T0 + 10 * DAY,
+            &[ev(
+                kind::REVISION_ENFORCED,
+                json!({ "author": "A", "controls": ["CIS-AWS-5.2"] }),
+            )
+            .revision(Some("c1"))],
+        )
+        .unwrap();
+    let ssh = finding("group legacy-admin", "no-world-ingress", &["CIS-AWS-5.2"]);
+    store
+        .append(
+            T0 + 11 * DAY,
+            &[ev(
+                kind::DRIFT_DETECTED,
+                json!({ "change": "added out of band" }),
+            )
+            .target("prod-aws")
+            .resource(&"group payments-api".parse().unwrap())],
+        )
+        .unwrap();
+    let r = report(
+        T0 + 11 * DAY + 60_000,
+        vec![ssh],
+        vec![change(
+            "group payments-api",
+            Cause::Drift,
+            ChangeStatus::Applied,
+        )],
+    );
+    store.record_reconcile(&r, &events_for(&r)).unwrap();
+    // A period that starts long before the history.
+    let c = compliance(&store, T0, T0 + 12 * DAY, None, None).unwrap();
+    let s = &c.summary;
+    assert_eq!(
+        (s.controls_non_compliant, s.findings_opened, s.findings_open),
+        (1, 1, 1)
+    );
+    assert_eq!((s.drift_detected, s.drift_reverted), (1, 1));
+    assert_eq!(s.revert_median_ms, Some(60_000));
+    assert_eq!(s.revisions_enforced, 1);
+    let no_data = c.series.iter().filter(|p| !p.has_data).count();
+    assert!(
+        (19..24).contains(&no_data),
+        "the first ten days of twelve have no data: {no_data}"
+    );
+    assert!(c.series.last().unwrap().has_data);
+}

@@ -7,7 +7,7 @@ pub(crate) struct ReportArgs {
     /// History database written by `palisade run`.
     #[arg(long, env = "PALISADE_HISTORY")]
     pub(crate) history: PathBuf,
-    /// Period start: `2026-03-01` or RFC 3339 (default: 30 days before --until).
+    /// Period start: `2026-03-01` or RFC 3339 (default: the history's first event).
     #[arg(long)]
     pub(crate) since: Option<String>,
     /// Period end: a date (its whole day) or RFC 3339 (default: now).
@@ -70,7 +70,10 @@ pub(crate) fn run(args: ReportArgs) -> Result<ExitCode> {
     };
     let since = match since {
         Some(s) => parse_time(&s, false)?,
-        None => until - 30 * 86_400_000,
+        None => store
+            .first_event_at()?
+            .unwrap_or(until - 30 * 86_400_000)
+            .min(until),
     };
     if since > until {
         bail!("--since is after --until");

@@ -105,6 +105,37 @@ pub struct Point {
     pub compliant: usize,
     /// Controls known.
     pub total: usize,
+    /// Whether the history covers the bucket: a bucket that ends before the first event
+    /// read is "no data", not compliant.
+    pub has_data: bool,
+}
+
+/// The period in a few numbers, for the top of a report.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    /// Controls without a finding in the period.
+    pub controls_compliant: usize,
+    /// Controls with one.
+    pub controls_non_compliant: usize,
+    /// Findings opened in the period.
+    pub findings_opened: usize,
+    /// Findings closed in the period.
+    pub findings_closed: usize,
+    /// Findings open at the end.
+    pub findings_open: usize,
+    /// Drift detected in the period.
+    pub drift_detected: usize,
+    /// Of which reverted.
+    pub drift_reverted: usize,
+    /// Median time from detection to revert (ms), when any was reverted.
+    pub revert_median_ms: Option<i64>,
+    /// 95th percentile of it (ms).
+    pub revert_p95_ms: Option<i64>,
+    /// Revisions enforced in the period.
+    pub revisions_enforced: usize,
+    /// Revisions rejected in the period.
+    pub revisions_rejected: usize,
 }
 
 /// What `palisade report` prints.
@@ -131,6 +162,8 @@ pub struct ComplianceReport {
     pub revisions: Vec<RevisionItem>,
     /// Compliance over time.
     pub series: Vec<Point>,
+    /// The period in a few numbers.
+    pub summary: Summary,
     /// Events read.
     pub events_read: usize,
 }
@@ -160,8 +193,10 @@ pub fn compliance(
     let mut drift_open: HashMap<(String, String), usize> = HashMap::new();
     let mut revisions = Vec::new();
     let mut read = 0usize;
+    let mut seen: Option<(i64, i64)> = None; // (first, last) event read
     store.for_each(&filter, |e| {
         read += 1;
+        seen = Some(seen.map_or((e.at, e.at), |(a, b)| (a.min(e.at), b.max(e.at))));
         let ev = &e.event;
         let in_period = e.at >= since;
         let t = ev.target.clone().unwrap_or_default();
@@ -307,9 +342,13 @@ pub fn compliance(
                 at: from,
                 compliant: known_controls.len() - bad,
                 total: known_controls.len(),
+                // The state holds until the next event says otherwise: only what lies
+                // before the history began is unknown.
+                has_data: seen.is_some_and(|(first, _)| to > first),
             }
         })
         .collect();
+    let summary = summarise(&controls, &spans, &drift, &revisions, since, until);
     Ok(ComplianceReport {
         since,
         until,
@@ -321,8 +360,47 @@ pub fn compliance(
         drift,
         revisions,
         series,
+        summary,
         events_read: read,
     })
+}
+
+fn summarise(
+    controls: &[ControlStatus],
+    spans: &[FindingSpan],
+    drift: &[DriftItem],
+    revisions: &[RevisionItem],
+    since: i64,
+    until: i64,
+) -> Summary {
+    let within = |t: i64| t >= since && t <= until;
+    let mut reverts: Vec<i64> = drift
+        .iter()
+        .filter_map(|d| d.reverted_at.map(|r| r - d.at))
+        .collect();
+    reverts.sort_unstable();
+    let pick = |q: f64| {
+        (!reverts.is_empty()).then(|| {
+            let i = ((reverts.len() as f64 - 1.0) * q).round() as usize;
+            reverts[i.min(reverts.len() - 1)]
+        })
+    };
+    Summary {
+        controls_compliant: controls.iter().filter(|c| c.status == "compliant").count(),
+        controls_non_compliant: controls.iter().filter(|c| c.status != "compliant").count(),
+        findings_opened: spans.iter().filter(|s| within(s.opened_at)).count(),
+        findings_closed: spans
+            .iter()
+            .filter(|s| s.closed_at.is_some_and(within))
+            .count(),
+        findings_open: spans.iter().filter(|s| s.closed_at.is_none()).count(),
+        drift_detected: drift.len(),
+        drift_reverted: drift.iter().filter(|d| d.reverted_at.is_some()).count(),
+        revert_median_ms: pick(0.5),
+        revert_p95_ms: pick(0.95),
+        revisions_enforced: revisions.iter().filter(|r| r.outcome == "enforced").count(),
+        revisions_rejected: revisions.iter().filter(|r| r.outcome == "rejected").count(),
+    }
 }
 
 fn summary<'a>(targets: &'a mut BTreeMap<String, TargetSummary>, t: &str) -> &'a mut TargetSummary {

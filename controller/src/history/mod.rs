@@ -23,8 +23,8 @@ mod compliance;
 pub mod event;
 
 pub use compliance::{
-    ComplianceReport, ControlStatus, DriftItem, FindingSpan, Point, RevisionItem, TargetSummary,
-    compliance,
+    ComplianceReport, ControlStatus, DriftItem, FindingSpan, Point, RevisionItem, Summary,
+    TargetSummary, compliance,
 };
 pub use event::{
     Body, ChangeRecord, ChangeStatus, DriftDetected, Event, EventData, HistoryRewritten, NewEvent,
@@ -563,6 +563,16 @@ impl Store {
     pub fn integrity_check(&self) -> Result<String, HistoryError> {
         self.conn()
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
+    /// When the oldest event kept was written (Unix ms), if there is any.
+    ///
+    /// # Errors
+    /// SQLite failed.
+    pub fn first_event_at(&self) -> Result<Option<i64>, HistoryError> {
+        self.conn()
+            .query_row("SELECT min(at) FROM events", [], |r| r.get(0))
             .map_err(|e| self.err(e))
     }
 
