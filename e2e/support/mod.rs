@@ -26,6 +26,10 @@ impl Moto {
     /// only reason these tests may skip.
     pub fn start() -> Option<Moto> {
         if Command::new("python3").arg("--version").output().is_err() {
+            assert!(
+                std::env::var_os("PALISADE_REQUIRE_MOTO").is_none(),
+                "PALISADE_REQUIRE_MOTO is set but python3 is not installed"
+            );
             eprintln!("SKIPPED: python3 is not installed; the moto emulator tests cannot run");
             return None;
         }

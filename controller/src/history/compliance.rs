@@ -193,10 +193,10 @@ pub fn compliance(
     let mut drift_open: HashMap<(String, String), usize> = HashMap::new();
     let mut revisions = Vec::new();
     let mut read = 0usize;
-    let mut seen: Option<(i64, i64)> = None; // (first, last) event read
+    let mut first: Option<i64> = None; // the oldest event read
     store.for_each(&filter, |e| {
         read += 1;
-        seen = Some(seen.map_or((e.at, e.at), |(a, b)| (a.min(e.at), b.max(e.at))));
+        first = Some(first.map_or(e.at, |f| f.min(e.at)));
         let ev = &e.event;
         let in_period = e.at >= since;
         let t = ev.target.clone().unwrap_or_default();
@@ -344,7 +344,7 @@ pub fn compliance(
                 total: known_controls.len(),
                 // The state holds until the next event says otherwise: only what lies
                 // before the history began is unknown.
-                has_data: seen.is_some_and(|(first, _)| to > first),
+                has_data: first.is_some_and(|f| to > f),
             }
         })
         .collect();

@@ -304,9 +304,7 @@ impl Store {
     pub fn append_many(&self, events: &[(i64, NewEvent)]) -> Result<(), HistoryError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
-        for (at, e) in events {
-            insert_events(&tx, *at, std::slice::from_ref(e)).map_err(|e| self.err(e))?;
-        }
+        insert_rows(&tx, events.iter().map(|(at, e)| (*at, e))).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))
     }
 
@@ -382,10 +380,14 @@ impl Store {
             };
             finding_events.push(ev.target(&report.target).revision(revision));
         }
-        for (at, e) in events {
-            insert_events(&tx, *at, std::slice::from_ref(e)).map_err(|e| self.err(e))?;
-        }
-        insert_events(&tx, report.at, &finding_events).map_err(|e| self.err(e))?;
+        insert_rows(
+            &tx,
+            events
+                .iter()
+                .map(|(at, e)| (*at, e))
+                .chain(finding_events.iter().map(|e| (report.at, e))),
+        )
+        .map_err(|e| self.err(e))?;
         tx.execute(
             "INSERT INTO reports (at, target, revision, report) VALUES (?1, ?2, ?3, ?4)",
             params![
@@ -613,6 +615,15 @@ pub(crate) fn insert_events(
     at: i64,
     events: &[NewEvent],
 ) -> rusqlite::Result<()> {
+    insert_rows(tx, events.iter().map(|e| (at, e)))
+}
+
+/// Insert events with their own times, in order, linking each to the one before it:
+/// the chain's head is read once per call.
+fn insert_rows<'e>(
+    tx: &rusqlite::Transaction<'_>,
+    rows: impl Iterator<Item = (i64, &'e NewEvent)>,
+) -> rusqlite::Result<()> {
     // Each row is linked to the one before it (see `chain`).
     let mut prev: String = tx
         .prepare_cached("SELECT hash FROM events ORDER BY id DESC LIMIT 1")?
@@ -623,7 +634,7 @@ pub(crate) fn insert_events(
     let mut stmt = tx.prepare_cached(
         "INSERT INTO events (at, kind, target, revision, resource, controls, data, prev, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
-    for e in events {
+    for (at, e) in rows {
         let data = match &e.body {
             Body::Typed(d) => d.data_json(),
             Body::Unrecognized { data, .. } => data.to_string(),

@@ -14,7 +14,7 @@ use palisade_providers::{
 use super::worker::worker;
 use super::*;
 use crate::check::FindingKind;
-use crate::history::{ChangeStatus, EventData, ResourceState};
+use crate::history::{ChangeStatus, EventData, NewEvent, ResourceState};
 use crate::plan::Cause;
 use crate::policy::{Limits, Mode, load_dir};
 use crate::source::SignatureStatus;
@@ -405,6 +405,34 @@ async fn a_reconcile_cut_by_the_outer_timeout_keeps_what_it_applied() {
         report.resources
     );
     assert!(report.changes.len() >= applied);
+}
+
+#[test]
+fn a_failed_history_write_is_counted_and_shown_and_enforcement_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.db");
+    drop(Store::open(&path).unwrap());
+    // A store that cannot be written.
+    let shared = Shared::new(
+        RunSettings::default(),
+        Providers::new(Default::default()),
+        Some(Store::open_read_only(&path).unwrap()),
+    );
+    let event = NewEvent::new(EventData::Retention(crate::history::Retention {
+        before: 0,
+        events_deleted: 0,
+        reports_deleted: 0,
+    }));
+    shared.record(std::slice::from_ref(&event));
+    assert_eq!(shared.metrics.history_write_errors.get(), 1);
+    let error = shared.status().history_error.expect("shown in the status");
+    assert!(
+        error.contains("readonly") || error.contains("read-only"),
+        "{error}"
+    );
+    // The next write that succeeds clears it.
+    shared.history_written(Ok(()));
+    assert_eq!(shared.status().history_error, None);
 }
 
 #[tokio::test]

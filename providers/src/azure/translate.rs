@@ -669,6 +669,47 @@ mod tests {
     }
 
     #[test]
+    fn private_endpoints_keep_their_connection_state_and_custom_services_their_id() {
+        let pe = |conn: serde_json::Value| -> m::PrivateEndpoint {
+            serde_json::from_value(json!({
+                "id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/privateEndpoints/pe",
+                "name": "pe",
+                "properties": {
+                    "subnet": { "id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/a" },
+                    "manualPrivateLinkServiceConnections": [ { "name": "c", "properties": conn } ]
+                }
+            }))
+            .unwrap()
+        };
+        let pls =
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/privateLinkServices/x";
+        let e = &endpoints(
+            &[pe(json!({
+                "privateLinkServiceId": pls,
+                "privateLinkServiceConnectionState": { "status": "Pending" }
+            }))],
+            &Ids::default(),
+        )[0];
+        assert_eq!(
+            e.service,
+            pls.to_ascii_lowercase(),
+            "no `#` without a group id"
+        );
+        assert_eq!(e.connection.as_deref(), Some("Pending"));
+        assert!(!e.connected());
+        let e = &endpoints(
+            &[pe(json!({
+                "privateLinkServiceId": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv",
+                "groupIds": ["vault"],
+                "privateLinkServiceConnectionState": { "status": "Approved" }
+            }))],
+            &Ids::default(),
+        )[0];
+        assert!(e.service.ends_with("/vaults/kv#vault"));
+        assert!(e.connected());
+    }
+
+    #[test]
     fn default_rules_are_kept_apart() {
         let nsg: m::NetworkSecurityGroup = serde_json::from_value(json!({
             "id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/networkSecurityGroups/n",
