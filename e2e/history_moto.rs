@@ -1,6 +1,7 @@
 //! The compliance history end to end: `palisade run` on moto writes its events to SQLite;
 //! `kill -9` loses nothing that was recorded; `palisade report` renders an HTML file that
-//! headless Chromium displays with its chart and tables, without any network request.
+//! headless Chromium displays with its chart and tables, without any network request, and
+//! prints to a PDF that holds the report's text.
 
 mod support;
 
@@ -231,8 +232,45 @@ fn history_survives_kill_9_and_the_html_report_renders() {
         size > 20_000,
         "a real screenshot, not a blank page ({size} bytes)"
     );
+    // It prints: Chromium's PDF of the page holds the report's text (read back with
+    // poppler's pdftotext) on pages of A4/Letter size.
+    let pdf = keep.path().join("report.pdf");
+    let printed = headless(browser, profile.path())
+        .arg(format!("--print-to-pdf={}", pdf.display()))
+        .arg("--no-pdf-header-footer")
+        .arg(format!("file://{}", html_path.display()))
+        .output()
+        .unwrap();
+    assert!(printed.status.success(), "{}", text(&printed));
+    let bytes = std::fs::read(&pdf).unwrap();
+    assert!(bytes.starts_with(b"%PDF-"), "a PDF");
+    let info = Command::new("pdfinfo").arg(&pdf).output().expect("pdfinfo (poppler-utils)");
+    let info = String::from_utf8_lossy(&info.stdout).to_string();
+    let pages: usize = info
+        .lines()
+        .find_map(|l| l.strip_prefix("Pages:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!((1..=20).contains(&pages), "{info}");
+    let words = Command::new("pdftotext")
+        .args(["-layout"])
+        .arg(&pdf)
+        .arg("-")
+        .output()
+        .expect("pdftotext (poppler-utils)");
+    let words = String::from_utf8_lossy(&words.stdout).to_string();
+    for want in [
+        "Network compliance report",
+        "Summary",
+        "Compliance over time",
+        "CIS-AWS-5.2",
+        "group payments-api",
+    ] {
+        assert!(words.contains(want), "the PDF shows {want:?}:\n{words}");
+    }
     // Keep a copy to look at.
     if let Some(dir) = option_env!("CARGO_TARGET_TMPDIR") {
+        let _ = std::fs::copy(&pdf, Path::new(&dir).join("compliance-report.pdf"));
         let _ = std::fs::copy(&png, Path::new(&dir).join("compliance-report.png"));
         let _ = std::fs::copy(&html_path, Path::new(&dir).join("compliance-report.html"));
     }

@@ -158,3 +158,46 @@ fn two_targets_in_one_scope_are_refused_naming_both_files() {
         "another region is another scope"
     );
 }
+
+/// `plan --format markdown` is the pull-request comment: compared with a golden file
+/// (regenerate with `PALISADE_BLESS=1` after an intended change, and read the diff).
+#[test]
+fn plan_markdown_matches_the_golden_pull_request_comment() {
+    let out = bin()
+        .args(["plan", "--format", "markdown", "--revision", "0a1b2c3", "--policies"])
+        .arg(root().join("policies-example"))
+        .arg("--inventory")
+        .arg(root().join("tests/fixtures/inventory-prod-aws.json"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = String::from_utf8(out.stdout).unwrap();
+    let golden = root().join("tests/fixtures/plan-prod-aws.md");
+    if std::env::var_os("PALISADE_BLESS").is_some() {
+        std::fs::write(&golden, &got).unwrap();
+    }
+    let want = std::fs::read_to_string(&golden).unwrap();
+    assert_eq!(got, want, "the comment differs from {}", golden.display());
+    // Every change is in a collapsed block and every block is closed.
+    assert_eq!(got.matches("<details>").count(), got.matches("</details>").count());
+    assert!(got.contains("| payments-api | 5 | 3 | 0 | 0 |"), "{got}");
+}
+
+/// `validate --format markdown` is a comment too: errors in a table with file:line:col.
+#[test]
+fn validate_markdown_lists_errors_with_their_place() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("t.yaml"),
+        "apiVersion: palisade.dev/v1alpha1\nkind: Target\nmetadata: { name: t }\nspec:\n  aws: { region: us-east-1, acountId: \"123456789012\" }\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["validate", "--format", "markdown"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert!(md.contains("| error | t.yaml:5:29 | unknown-field |"), "{md}");
+}

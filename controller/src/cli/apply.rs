@@ -51,8 +51,10 @@ pub(crate) fn run(args: ApplyArgs) -> Result<ExitCode> {
         settings,
         cloud,
     } = args;
-    if matches!(format, Format::Sarif | Format::Junit) {
-        bail!("apply prints text or json; use `plan --format sarif|junit` for CI reports");
+    if matches!(format, Format::Sarif | Format::Junit | Format::Markdown) {
+        bail!(
+            "apply prints text or json; use `plan --format sarif|junit|markdown` for CI reports"
+        );
     }
     let (set, index, scope) = load_target(&policies, target.as_deref(), None)?;
     let target = &set.targets[index];
@@ -208,7 +210,7 @@ pub(crate) fn apply_planned(
     };
     let calls = providers.api_calls();
     match format {
-        Format::Json | Format::Sarif | Format::Junit => println!(
+        Format::Json | Format::Sarif | Format::Junit | Format::Markdown => println!(
             "{}",
             serde_json::to_string_pretty(&ApplyOutput {
                 plan: planned,

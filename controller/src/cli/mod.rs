@@ -145,6 +145,8 @@ pub(crate) enum Format {
     Sarif,
     /// JUnit XML (CI dashboards); `validate` and `plan` only.
     Junit,
+    /// A pull-request comment (GitHub-flavoured Markdown); `validate` and `plan` only.
+    Markdown,
 }
 
 pub(crate) fn read_inventory(path: &Path) -> Result<Inventory> {
@@ -167,6 +169,7 @@ pub(crate) fn print_diagnostics(diags: &[Diagnostic], format: Format) -> Result<
         }
         Format::Sarif => println!("{}", palisade::report::sarif_diagnostics(diags)),
         Format::Junit => print!("{}", palisade::report::junit_diagnostics(diags)),
+        Format::Markdown => print!("{}", palisade::report::markdown_diagnostics(diags)),
     }
     Ok(())
 }

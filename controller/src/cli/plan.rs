@@ -121,6 +121,10 @@ pub(crate) fn run(args: PlanArgs) -> Result<ExitCode> {
             "{}",
             palisade::report::junit_findings(&planned.plan.target, &planned.plan.findings)
         ),
+        Format::Markdown => print!(
+            "{}",
+            palisade::plan::render_markdown(&planned.plan, &planned.desired)
+        ),
     }
     let plan = &planned.plan;
     Ok(if plan.refusal.is_some() {

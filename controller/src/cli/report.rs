@@ -87,6 +87,7 @@ pub(crate) fn run(args: ReportArgs) -> Result<ExitCode> {
         ReportFormat::Junit => palisade::report::junit(&r),
         ReportFormat::Sarif => palisade::report::sarif(&r),
         ReportFormat::Html => palisade::report::html(&r),
+        ReportFormat::Oscal => palisade::report::oscal::oscal(&r),
     };
     match output {
         Some(path) => {
@@ -107,6 +108,8 @@ pub(crate) enum ReportFormat {
     Junit,
     Sarif,
     Html,
+    /// OSCAL assessment-results (JSON), for GRC tools.
+    Oscal,
 }
 
 /// `2026-03-01` (start of that day, or its end when `end_of_day`) or RFC 3339, in Unix ms.

@@ -231,14 +231,19 @@ pub(crate) fn run_controller(args: RunArgs) -> Result<ExitCode> {
         .history
         .clone()
         .unwrap_or_else(|| args.data_dir.join("history.db"));
-    let history = palisade::history::Store::open(&history_path)?;
-    if let Some(id) = &args.installation_id {
-        history.pin_installation(id)?;
+    let mut settings = settings;
+    let (history, installation, store_problem) =
+        open_history(&history_path, args.installation_id.as_deref());
+    if history.is_none() {
+        settings.observe_only = store_problem.clone();
     }
-    let installation = history.installation()?;
     let rt = runtime()?;
     let result = rt.block_on(async move {
-        let shared = palisade::reconcile::Shared::new(settings, providers, Some(history));
+        let shared = palisade::reconcile::Shared::new(settings, providers, history);
+        if let Some(problem) = store_problem {
+            // Shown in /api/status and counted until a write succeeds.
+            shared.history_written(Err(problem));
+        }
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -290,6 +295,68 @@ pub(crate) fn run_controller(args: RunArgs) -> Result<ExitCode> {
     // otherwise wait for its blocking thread).
     rt.shutdown_timeout(Duration::from_secs(1));
     result
+}
+
+/// The history store at start-up. Enforcement must not depend on the evidence store
+/// being healthy, but ownership is proved by its record, so:
+/// - it opens: normal;
+/// - it opens only read-only (full disk, read-only volume, permissions): the record is
+///   read and enforcement goes on; every evidence write fails, is counted and shown, and
+///   a reconcile that would have to record a new resource fails closed (nothing is
+///   created that cannot be recorded);
+/// - it does not open at all (not a database, unreadable): no store; every target is
+///   observed and planned, nothing is written to the cloud, and every reconcile and the
+///   status say why.
+///
+/// Nothing here deletes, moves or rewrites the broken file: it stays for forensics.
+fn open_history(
+    path: &Path,
+    pin: Option<&str>,
+) -> (
+    Option<palisade::history::Store>,
+    String,
+    Option<String>,
+) {
+    use palisade::ownership::OwnershipStore as _;
+    let opened = palisade::history::Store::open(path).and_then(|h| {
+        if let Some(id) = pin {
+            h.pin_installation(id)?;
+        }
+        let installation = h.installation()?;
+        Ok((h, installation))
+    });
+    let err = match opened {
+        Ok((h, installation)) => return (Some(h), installation, None),
+        Err(e) => e,
+    };
+    let read_only = palisade::history::Store::open_read_only(path).and_then(|h| {
+        let installation = h.installation()?;
+        Ok((h, installation))
+    });
+    match read_only {
+        Ok((h, installation)) if pin.is_none_or(|p| p == installation) => {
+            let problem = format!(
+                "the history database {} cannot be written ({err}); it was opened read-only: enforcement goes on, new evidence is NOT recorded",
+                path.display()
+            );
+            tracing::error!(history = %path.display(), error = %err, "{problem}");
+            (Some(h), installation, Some(problem))
+        }
+        other => {
+            let why = match other {
+                Ok((_, installation)) => format!(
+                    "it holds installation id {installation}, not the pinned one, and cannot be written"
+                ),
+                Err(e) => e.to_string(),
+            };
+            let problem = format!(
+                "the history database {} cannot be opened ({err}; read-only: {why}); OBSERVE ONLY: nothing is written to the cloud until it is repaired and palisade restarted",
+                path.display()
+            );
+            tracing::error!(history = %path.display(), "{problem}");
+            (None, pin.unwrap_or("unknown").to_string(), Some(problem))
+        }
+    }
 }
 
 pub(crate) async fn wait_for_signal() {

@@ -14,7 +14,7 @@
 //!
 //! Modules: this one owns the plan's types and [`plan`] (ownership, name-taken, the
 //! order); `groups`, `functions` and `endpoints` plan each kind of resource; `budget`
-//! the blast radius; `render` the text form.
+//! the blast radius; `render` the text form, `markdown` the pull-request comment.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -35,6 +35,7 @@ mod budget;
 mod endpoints;
 mod functions;
 mod groups;
+mod markdown;
 mod render;
 
 pub use budget::budgeted_deletes;
@@ -42,6 +43,7 @@ use budget::*;
 use endpoints::*;
 use functions::*;
 use groups::*;
+pub use markdown::{markdown_cell, render_markdown};
 pub use render::render_text;
 use render::show_placement;
 
@@ -392,7 +394,7 @@ fn hold_back_name_taken(b: &mut Builder<'_>) {
     }
 }
 
-fn summarise(changes: &[PlannedChange]) -> Summary {
+fn summarise<'a>(changes: impl IntoIterator<Item = &'a PlannedChange>) -> Summary {
     let mut s = Summary::default();
     for c in changes {
         match &c.change {

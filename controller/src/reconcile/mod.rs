@@ -78,6 +78,11 @@ pub struct RunSettings {
     /// Delete history rows older than this, at start and daily (see
     /// [`Store::retain`] for what is always kept). `None`: keep everything.
     pub history_retention: Option<Duration>,
+    /// Set when the history store could not be opened at all at start-up (the reason):
+    /// without its ownership record Palisade cannot prove what it owns, so every target
+    /// is observed and planned but nothing is written to the cloud (fail closed), and
+    /// every reconcile says why. A store that opens read-only keeps enforcement going.
+    pub observe_only: Option<String>,
 }
 
 impl Default for RunSettings {
@@ -96,6 +101,7 @@ impl Default for RunSettings {
             fetch_timeout: Duration::from_secs(60),
             webhook_min_interval: Duration::from_secs(5),
             history_retention: None,
+            observe_only: None,
         }
     }
 }
@@ -283,7 +289,7 @@ impl Shared {
 
     /// Count a failed history write and show it in the status (cleared by the next
     /// write that succeeds). Enforcement goes on either way.
-    pub(crate) fn history_written(&self, result: Result<(), String>) {
+    pub fn history_written(&self, result: Result<(), String>) {
         match result {
             Ok(()) => self.update(|s| s.history_error = None),
             Err(e) => {

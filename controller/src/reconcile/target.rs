@@ -319,6 +319,20 @@ async fn reconcile(
         .set(flapping.len() as i64);
     planned.plan.findings.extend(flapping);
     evidence.findings = planned.plan.findings.clone();
+    if let Some(why) = &shared.settings.observe_only
+        && !planned.plan.changes.is_empty()
+    {
+        let n = planned.plan.changes.len();
+        tracing::error!(target = %name, changes = n, reason = %why, "NOT ENFORCED: the history store is unavailable, so ownership cannot be proved; nothing is written to the cloud");
+        record_findings(shared, name, &planned.plan.findings, &[]);
+        return Err(ReconcileError {
+            result: ReconcileResult::Refused,
+            message: format!(
+                "{n} change(s) planned, none applied: the history store is unavailable ({why}); without its ownership record nothing is written — repair or move the database and restart"
+            ),
+            applied: 0,
+        });
+    }
     // The record first: what this observation adopted, and the creations about to start
     // (so that a crash between the cloud's answer and the record loses nothing).
     let mut before = ownership::observed(&ownership, &planned.inventory);
