@@ -264,7 +264,9 @@ fn history_survives_kill_9_and_the_html_report_renders() {
         "Summary",
         "Compliance over time",
         "CIS-AWS-5.2",
-        "group payments-api",
+        "Drift timeline",
+        // A resource listed inside a collapsed <details>: printed open.
+        "function payments-api-",
     ] {
         assert!(words.contains(want), "the PDF shows {want:?}:\n{words}");
     }
@@ -274,4 +276,50 @@ fn history_survives_kill_9_and_the_html_report_renders() {
         let _ = std::fs::copy(&png, Path::new(&dir).join("compliance-report.png"));
         let _ = std::fs::copy(&html_path, Path::new(&dir).join("compliance-report.html"));
     }
+}
+
+/// A history database that cannot be opened does not stop the controller: it starts,
+/// serves its status, observes and plans every target, and says loudly why nothing is
+/// written — without its ownership record it cannot prove what it owns, so it writes
+/// nothing to the cloud (fail closed) and leaves the broken file as it was.
+#[test]
+fn a_broken_history_at_start_observes_only_and_says_why() {
+    let Some(moto) = Moto::start() else { return };
+    moto.seed(10);
+    let repo = GitRepo::with_example();
+    let head = repo.git(&["rev-parse", "HEAD"]);
+    let keep = tempfile::tempdir().unwrap();
+    let db = keep.path().join("history.db");
+    let garbage = b"this is not an SQLite database, it was overwritten\n".repeat(200);
+    std::fs::write(&db, &garbage).unwrap();
+    let db_arg = db.to_str().unwrap().to_string();
+
+    let c = Controller::start(&moto, &repo, &["--history", &db_arg]);
+    c.wait(120, "the target reconciled and refused to write", |c| {
+        let s = c.status();
+        s["targets"]["prod-aws"]["lastReconcile"]["result"] == "refused"
+    });
+    let s = c.status();
+    let err = s["targets"]["prod-aws"]["lastReconcile"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        err.contains("none applied") && err.contains("history store is unavailable"),
+        "{err}"
+    );
+    let store_err = s["historyError"].as_str().unwrap_or_default();
+    assert!(store_err.contains("OBSERVE ONLY"), "{s}");
+    assert!(c.metric("palisade_history_write_errors_total") >= 1.0);
+    assert_eq!(s["revision"]["commit"], head.as_str(), "the revision is accepted");
+    // Nothing was written to the cloud: no managed group exists.
+    let groups = moto.call(
+        "ec2",
+        "describe_security_groups",
+        json!({ "Filters": [{ "Name": "group-name", "Values": ["palisade-*"] }] }),
+    );
+    assert_eq!(groups["SecurityGroups"].as_array().map(Vec::len), Some(0), "{groups}");
+    assert!(c.logs().contains("NOT ENFORCED"));
+    drop(c);
+    assert_eq!(std::fs::read(&db).unwrap(), garbage, "the broken file is left as it was");
 }
