@@ -244,7 +244,10 @@ fn history_survives_kill_9_and_the_html_report_renders() {
     assert!(printed.status.success(), "{}", text(&printed));
     let bytes = std::fs::read(&pdf).unwrap();
     assert!(bytes.starts_with(b"%PDF-"), "a PDF");
-    let info = Command::new("pdfinfo").arg(&pdf).output().expect("pdfinfo (poppler-utils)");
+    let info = Command::new("pdfinfo")
+        .arg(&pdf)
+        .output()
+        .expect("pdfinfo (poppler-utils)");
     let info = String::from_utf8_lossy(&info.stdout).to_string();
     let pages: usize = info
         .lines()
@@ -311,15 +314,27 @@ fn a_broken_history_at_start_observes_only_and_says_why() {
     let store_err = s["historyError"].as_str().unwrap_or_default();
     assert!(store_err.contains("OBSERVE ONLY"), "{s}");
     assert!(c.metric("palisade_history_write_errors_total") >= 1.0);
-    assert_eq!(s["revision"]["commit"], head.as_str(), "the revision is accepted");
+    assert_eq!(
+        s["revision"]["commit"],
+        head.as_str(),
+        "the revision is accepted"
+    );
     // Nothing was written to the cloud: no managed group exists.
     let groups = moto.call(
         "ec2",
         "describe_security_groups",
         json!({ "Filters": [{ "Name": "group-name", "Values": ["palisade-*"] }] }),
     );
-    assert_eq!(groups["SecurityGroups"].as_array().map(Vec::len), Some(0), "{groups}");
+    assert_eq!(
+        groups["SecurityGroups"].as_array().map(Vec::len),
+        Some(0),
+        "{groups}"
+    );
     assert!(c.logs().contains("NOT ENFORCED"));
     drop(c);
-    assert_eq!(std::fs::read(&db).unwrap(), garbage, "the broken file is left as it was");
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        garbage,
+        "the broken file is left as it was"
+    );
 }

@@ -137,6 +137,8 @@ fn main() {
     ] {
         let mut times = Vec::new();
         let mut html_times = Vec::new();
+        let mut oscal_times = Vec::new();
+        let mut oscal_size = 0;
         for _ in 0..5 {
             let t = Instant::now();
             let r = compliance(&store, since, until, None, None).expect("report");
@@ -146,12 +148,26 @@ fn main() {
             html_times.push(t.elapsed());
             assert!(html.len() > 1000);
             assert!(r.events_read > 0);
+            let t = Instant::now();
+            let oscal = palisade::report::oscal::oscal(&r);
+            oscal_times.push(t.elapsed());
+            oscal_size = oscal.len();
         }
         times.sort();
         html_times.sort();
+        oscal_times.sort();
         println!(
-            "{label}: compliance() min {:.2?} median {:.2?} max {:.2?}; html min {:.1?} median {:.1?} max {:.1?}",
-            times[0], times[2], times[4], html_times[0], html_times[2], html_times[4]
+            "{label}: compliance() min {:.2?} median {:.2?} max {:.2?}; html min {:.1?} median {:.1?} max {:.1?}; oscal min {:.1?} median {:.1?} max {:.1?} ({} kB)",
+            times[0],
+            times[2],
+            times[4],
+            html_times[0],
+            html_times[2],
+            html_times[4],
+            oscal_times[0],
+            oscal_times[2],
+            oscal_times[4],
+            oscal_size / 1000
         );
     }
     // The hash chain over every event (`palisade report --verify`).

@@ -82,6 +82,9 @@ pub struct Metrics {
     pub webhooks_ignored: Family<ReasonL, Counter>,
     pub history_rewrites: Counter,
     pub history_write_errors: Counter,
+    /// Events dropped from the in-memory retry backlog while the history stayed
+    /// unwritable (the oldest first).
+    pub history_events_dropped: Counter,
     seen_calls: Mutex<BTreeMap<(String, String, String), u64>>,
 }
 
@@ -117,6 +120,7 @@ impl Metrics {
             webhooks_ignored: Family::default(),
             history_rewrites: Counter::default(),
             history_write_errors: Counter::default(),
+            history_events_dropped: Counter::default(),
             seen_calls: Mutex::new(BTreeMap::new()),
             registry: Registry::default(),
         };
@@ -212,8 +216,13 @@ impl Metrics {
         );
         registry.register(
             "history_write_errors",
-            "Writes to the history (evidence, events) that failed; enforcement goes on, and the last error is in /api/status",
+            "Writes to the history (evidence, events) that failed; enforcement goes on, the events are retried with the next write, and the last error is in /api/status",
             m.history_write_errors.clone(),
+        );
+        registry.register(
+            "history_events_dropped",
+            "Events dropped from the in-memory retry backlog (the oldest, beyond 100,000) while the history could not be written",
+            m.history_events_dropped.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -164,13 +164,24 @@ fn two_targets_in_one_scope_are_refused_naming_both_files() {
 #[test]
 fn plan_markdown_matches_the_golden_pull_request_comment() {
     let out = bin()
-        .args(["plan", "--format", "markdown", "--revision", "0a1b2c3", "--policies"])
+        .args([
+            "plan",
+            "--format",
+            "markdown",
+            "--revision",
+            "0a1b2c3",
+            "--policies",
+        ])
         .arg(root().join("policies-example"))
         .arg("--inventory")
         .arg(root().join("tests/fixtures/inventory-prod-aws.json"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got = String::from_utf8(out.stdout).unwrap();
     let golden = root().join("tests/fixtures/plan-prod-aws.md");
     if std::env::var_os("PALISADE_BLESS").is_some() {
@@ -179,7 +190,10 @@ fn plan_markdown_matches_the_golden_pull_request_comment() {
     let want = std::fs::read_to_string(&golden).unwrap();
     assert_eq!(got, want, "the comment differs from {}", golden.display());
     // Every change is in a collapsed block and every block is closed.
-    assert_eq!(got.matches("<details>").count(), got.matches("</details>").count());
+    assert_eq!(
+        got.matches("<details>").count(),
+        got.matches("</details>").count()
+    );
     assert!(got.contains("| payments-api | 5 | 3 | 0 | 0 |"), "{got}");
 }
 
@@ -199,5 +213,8 @@ fn validate_markdown_lists_errors_with_their_place() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let md = String::from_utf8_lossy(&out.stdout);
-    assert!(md.contains("| error | t.yaml:5:29 | unknown-field |"), "{md}");
+    assert!(
+        md.contains("| error | t.yaml:5:29 | unknown-field |"),
+        "{md}"
+    );
 }

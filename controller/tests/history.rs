@@ -527,11 +527,24 @@ fn oscal_assessment_results_are_valid_stable_and_carry_the_evidence() {
 
     let run = || {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
-            .args(["report", "--format", "oscal", "--since", "2026-03-01", "--until", "2026-03-03", "--history"])
+            .args([
+                "report",
+                "--format",
+                "oscal",
+                "--since",
+                "2026-03-01",
+                "--until",
+                "2026-03-03",
+                "--history",
+            ])
             .arg(&db)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     let text = run();
@@ -550,8 +563,14 @@ fn oscal_assessment_results_are_valid_stable_and_carry_the_evidence() {
     };
     let sc7 = by_id("NIST-800-53_SC-7");
     assert_eq!(sc7["target"]["status"]["state"], "not-satisfied");
-    assert_eq!(sc7["props"][0]["value"], "NIST-800-53:SC-7", "the id as written");
-    assert_eq!(by_id("CIS-AWS-LAMBDA-3")["target"]["status"]["state"], "satisfied");
+    assert_eq!(
+        sc7["props"][0]["value"], "NIST-800-53:SC-7",
+        "the id as written"
+    );
+    assert_eq!(
+        by_id("CIS-AWS-LAMBDA-3")["target"]["status"]["state"],
+        "satisfied"
+    );
     // The evidence behind SC-7: its finding, the drift of that group with its actor and
     // the revert's request id, and the revision.
     let observations = result["observations"].as_array().unwrap();
@@ -566,12 +585,29 @@ fn oscal_assessment_results_are_valid_stable_and_carry_the_evidence() {
                 .expect("a related observation exists")
         })
         .collect();
-    let kinds: Vec<&str> = related.iter().map(|o| o["types"][0].as_str().unwrap()).collect();
-    assert!(kinds.contains(&"finding") && kinds.contains(&"discovery") && kinds.contains(&"historic"), "{kinds:?}");
-    let drift = related.iter().find(|o| o["types"][0] == "discovery").unwrap().to_string();
-    assert!(drift.contains("user/mallory") && drift.contains("request id req-1"), "{drift}");
+    let kinds: Vec<&str> = related
+        .iter()
+        .map(|o| o["types"][0].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"finding") && kinds.contains(&"discovery") && kinds.contains(&"historic"),
+        "{kinds:?}"
+    );
+    let drift = related
+        .iter()
+        .find(|o| o["types"][0] == "discovery")
+        .unwrap()
+        .to_string();
+    assert!(
+        drift.contains("user/mallory") && drift.contains("request id req-1"),
+        "{drift}"
+    );
     assert!(!drift.contains("\\n"), "one-line values: {drift}");
-    assert!(related.iter().any(|o| o.to_string().contains("Git commit c1")));
+    assert!(
+        related
+            .iter()
+            .any(|o| o.to_string().contains("Git commit c1"))
+    );
 
     let Some(python) = oscal_python() else { return };
     let file = dir.path().join("ar.json");
@@ -600,5 +636,8 @@ fn oscal_assessment_results_are_valid_stable_and_carry_the_evidence() {
         .arg(&file)
         .output()
         .unwrap();
-    assert!(!out.status.success(), "a result without reviewed-controls is invalid");
+    assert!(
+        !out.status.success(),
+        "a result without reviewed-controls is invalid"
+    );
 }

@@ -52,9 +52,7 @@ pub(crate) fn run(args: ApplyArgs) -> Result<ExitCode> {
         cloud,
     } = args;
     if matches!(format, Format::Sarif | Format::Junit | Format::Markdown) {
-        bail!(
-            "apply prints text or json; use `plan --format sarif|junit|markdown` for CI reports"
-        );
+        bail!("apply prints text or json; use `plan --format sarif|junit|markdown` for CI reports");
     }
     let (set, index, scope) = load_target(&policies, target.as_deref(), None)?;
     let target = &set.targets[index];

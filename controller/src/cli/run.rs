@@ -312,11 +312,7 @@ pub(crate) fn run_controller(args: RunArgs) -> Result<ExitCode> {
 fn open_history(
     path: &Path,
     pin: Option<&str>,
-) -> (
-    Option<palisade::history::Store>,
-    String,
-    Option<String>,
-) {
+) -> (Option<palisade::history::Store>, String, Option<String>) {
     use palisade::ownership::OwnershipStore as _;
     let opened = palisade::history::Store::open(path).and_then(|h| {
         if let Some(id) = pin {

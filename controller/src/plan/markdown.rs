@@ -15,12 +15,10 @@ use crate::compile::DesiredState;
 fn owner_of(c: &PlannedChange, desired: &DesiredState) -> String {
     let by_name = || c.resource.name.clone();
     match &c.change {
-        Change::SetPlacement { function, .. } => desired
-            .placements
-            .get(function)
-            .map_or_else(|| "(released: no policy selects it)".to_string(), |p| {
-                p.policy.clone()
-            }),
+        Change::SetPlacement { function, .. } => desired.placements.get(function).map_or_else(
+            || "(released: no policy selects it)".to_string(),
+            |p| p.policy.clone(),
+        ),
         Change::SetSubnetGroup { subnet, .. } => desired
             .subnet_groups
             .get(&subnet.to_ascii_lowercase())
@@ -78,7 +76,11 @@ fn fence(body: &str) -> String {
 /// change.
 pub fn render_markdown(plan: &Plan, desired: &DesiredState) -> String {
     let mut out = String::new();
-    let _ = write!(out, "### Palisade plan for target {}", markdown_cell(&plan.target));
+    let _ = write!(
+        out,
+        "### Palisade plan for target {}",
+        markdown_cell(&plan.target)
+    );
     if let Some(rev) = &plan.revision {
         let _ = write!(out, " at revision {}", markdown_cell(rev));
     }
@@ -120,7 +122,9 @@ pub fn render_markdown(plan: &Plan, desired: &DesiredState) -> String {
         by_owner.entry(owner_of(c, desired)).or_default().push(c);
     }
     if !by_owner.is_empty() {
-        out.push_str("| policy | add | change | destroy | of which drift |\n|---|--:|--:|--:|--:|\n");
+        out.push_str(
+            "| policy | add | change | destroy | of which drift |\n|---|--:|--:|--:|--:|\n",
+        );
         for (owner, changes) in &by_owner {
             let s = summarise(changes.iter().copied());
             let drift = changes.iter().filter(|c| c.cause == Cause::Drift).count();

@@ -91,9 +91,9 @@ pub(super) fn write_evidence(
     trigger: Trigger,
     mut evidence: Evidence,
 ) {
-    let Some(history) = &shared.history else {
+    if shared.history.is_none() {
         return;
-    };
+    }
     let at = shared.clock.now_ms();
     evidence.events.push((
         at,
@@ -106,7 +106,8 @@ pub(super) fn write_evidence(
         .target(target)
         .revision(Some(&revision.commit)),
     ));
-    let written = if evidence.observed {
+    let what = format!("the evidence of a reconcile of {target}");
+    if evidence.observed {
         let audit: std::collections::BTreeSet<ResourceAddr> = evidence
             .findings
             .iter()
@@ -155,13 +156,10 @@ pub(super) fn write_evidence(
             changes: evidence.changes,
             findings: evidence.findings,
         };
-        history
-            .record_reconcile(&report, &evidence.events)
-            .map(|_| ())
+        shared.write_history(&evidence.events, &what, |h| {
+            h.record_reconcile(&report, &evidence.events).map(|_| ())
+        });
     } else {
-        history.append_many(&evidence.events)
-    };
-    shared.history_written(
-        written.map_err(|e| format!("the evidence of a reconcile of {target}: {e}")),
-    );
+        shared.write_history(&evidence.events, &what, |h| h.append_many(&evidence.events));
+    }
 }

@@ -160,7 +160,13 @@ pub struct Shared {
     /// An abandoned poll still running long after its deadline means a fetch stuck
     /// inside libgit2: `/healthz` fails, so that a restart clears it.
     fetch_running_since: Arc<AtomicU64>,
+    /// Events whose write failed, oldest first, written before anything else by the next
+    /// write (at most [`UNWRITTEN_MAX`]; beyond that the oldest are dropped and counted).
+    unwritten: std::sync::Mutex<std::collections::VecDeque<(i64, NewEvent)>>,
 }
+
+/// Events kept in memory for a retry while the history cannot be written.
+pub const UNWRITTEN_MAX: usize = 100_000;
 
 /// Wall-clock time for the reconciles: injected, so that tests can move it.
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -213,6 +219,7 @@ impl Shared {
             started: now(),
             heartbeat: AtomicU64::new(now()),
             fetch_running_since: Arc::new(AtomicU64::new(0)),
+            unwritten: std::sync::Mutex::new(std::collections::VecDeque::new()),
         })
     }
 
@@ -281,9 +288,48 @@ impl Shared {
     /// Append to the history (durably) before anything is reported; a failure is logged
     /// and counted, and the controller goes on enforcing.
     fn record(&self, events: &[NewEvent]) {
-        if let Some(h) = &self.history {
-            let written = h.append(self.clock.now_ms(), events);
-            self.history_written(written.as_ref().map(|_| ()).map_err(ToString::to_string));
+        let at = self.clock.now_ms();
+        let timed: Vec<(i64, NewEvent)> = events.iter().map(|e| (at, e.clone())).collect();
+        self.write_history(&timed, "events", |h| h.append(at, events));
+    }
+
+    /// Write to the history with `write`, after first retrying what earlier writes could
+    /// not (so the log stays in time order). When `write` fails, `events` are kept for
+    /// the next write; the failure is counted and shown either way.
+    pub(crate) fn write_history(
+        &self,
+        events: &[(i64, NewEvent)],
+        what: &str,
+        write: impl FnOnce(&Store) -> Result<(), crate::history::HistoryError>,
+    ) {
+        let Some(h) = &self.history else { return };
+        let mut unwritten = self.unwritten.lock().unwrap_or_else(|e| e.into_inner());
+        let backlog_written = if unwritten.is_empty() {
+            Ok(())
+        } else {
+            let backlog: Vec<(i64, NewEvent)> = unwritten.iter().cloned().collect();
+            h.append_many(&backlog).map(|()| {
+                tracing::warn!(
+                    events = backlog.len(),
+                    "history writable again: the events kept in memory are written"
+                );
+                unwritten.clear();
+            })
+        };
+        // The backlog first: while it cannot be written, neither is anything newer.
+        match backlog_written.and_then(|()| write(h)) {
+            Ok(()) => self.history_written(Ok(())),
+            Err(e) => {
+                unwritten.extend(events.iter().cloned());
+                while unwritten.len() > UNWRITTEN_MAX {
+                    unwritten.pop_front();
+                    self.metrics.history_events_dropped.inc();
+                }
+                self.history_written(Err(format!(
+                    "{what}: {e} ({} events kept in memory for a retry)",
+                    unwritten.len()
+                )));
+            }
         }
     }
 

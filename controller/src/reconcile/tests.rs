@@ -435,6 +435,60 @@ fn a_failed_history_write_is_counted_and_shown_and_enforcement_goes_on() {
     assert_eq!(shared.status().history_error, None);
 }
 
+#[test]
+fn events_of_a_failed_history_write_are_written_by_the_next_one_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.db");
+    let shared = Shared::new(
+        RunSettings::default(),
+        Providers::new(Default::default()),
+        Some(Store::open(&path).unwrap()),
+    );
+    let retention = |before| {
+        NewEvent::new(EventData::Retention(crate::history::Retention {
+            before,
+            events_deleted: 0,
+            reports_deleted: 0,
+        }))
+    };
+    // The store refuses inserts for a while (another writer, a full disk…).
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other
+        .execute_batch("CREATE TRIGGER block_inserts BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk full'); END;")
+        .unwrap();
+    shared.record(&[retention(1)]);
+    shared.record(&[retention(2)]);
+    assert_eq!(shared.metrics.history_write_errors.get(), 2);
+    let error = shared.status().history_error.expect("shown");
+    assert!(error.contains("2 events kept in memory"), "{error}");
+    other.execute_batch("DROP TRIGGER block_inserts").unwrap();
+    shared.record(&[retention(3)]);
+    assert_eq!(shared.status().history_error, None);
+    let kept: Vec<i64> = shared
+        .history
+        .as_ref()
+        .unwrap()
+        .events(&crate::history::Filter::default())
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e.event.data() {
+            Some(EventData::Retention(r)) => Some(r.before),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        kept,
+        vec![1, 2, 3],
+        "nothing lost, in the order it happened"
+    );
+    assert!(
+        crate::history::chain::verify(shared.history.as_ref().unwrap())
+            .unwrap()
+            .broken
+            .is_none()
+    );
+}
+
 #[tokio::test]
 async fn on_shutdown_no_change_is_started() {
     let f = fixture(RunSettings::default());

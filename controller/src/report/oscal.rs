@@ -225,24 +225,42 @@ pub fn oscal(r: &ComplianceReport) -> String {
         props.extend(f.controls.iter().map(|c| prop("control-id", c)));
         observations.push(observation(
             &id,
-            &format!("{}: {}", if guardrail.is_empty() { "finding" } else { &guardrail }, resource),
+            &format!(
+                "{}: {}",
+                if guardrail.is_empty() {
+                    "finding"
+                } else {
+                    &guardrail
+                },
+                resource
+            ),
             &format!("{} ({lifetime})", f.message),
             "finding",
             s.opened_at,
             props,
-            vec![format!("Palisade finding on {resource} in target {}, {lifetime}", s.target)],
+            vec![format!(
+                "Palisade finding on {resource} in target {}, {lifetime}",
+                s.target
+            )],
         ));
         for c in &f.controls {
             by_control.entry(c).or_default().push(id.clone());
-            finding_keys
-                .entry(c)
-                .or_default()
-                .insert(format!("{}\u{1f}{}", s.target, f.resource.key()));
+            finding_keys.entry(c).or_default().insert(format!(
+                "{}\u{1f}{}",
+                s.target,
+                f.resource.key()
+            ));
         }
     }
     let mut drift_by_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for d in &r.drift {
-        let id = scoped(&["drift", &d.target, &d.resource, &d.detail, &d.at.to_string()]);
+        let id = scoped(&[
+            "drift",
+            &d.target,
+            &d.resource,
+            &d.detail,
+            &d.at.to_string(),
+        ]);
         let actor = d.actor.clone().unwrap_or_else(|| "unknown".into());
         let outcome = match d.reverted_at {
             Some(t) => format!("reverted {}", time(t)),
@@ -283,7 +301,10 @@ pub fn oscal(r: &ComplianceReport) -> String {
     let mut selected = Vec::new();
     for c in &r.controls {
         let satisfied = c.status == "compliant";
-        let mut related: Vec<String> = by_control.get(c.control.as_str()).cloned().unwrap_or_default();
+        let mut related: Vec<String> = by_control
+            .get(c.control.as_str())
+            .cloned()
+            .unwrap_or_default();
         for k in finding_keys.get(c.control.as_str()).into_iter().flatten() {
             related.extend(drift_by_key.get(k).into_iter().flatten().cloned());
         }
@@ -309,7 +330,14 @@ pub fn oscal(r: &ComplianceReport) -> String {
                 },
             },
         }));
-        put(&mut f, "props", [prop("control-id", &c.control)].into_iter().flatten().collect());
+        put(
+            &mut f,
+            "props",
+            [prop("control-id", &c.control)]
+                .into_iter()
+                .flatten()
+                .collect(),
+        );
         put(
             &mut f,
             "related-observations",
