@@ -463,7 +463,7 @@ pub fn render_page(s: &Status) -> String {
     }
     if let Some(e) = &s.history_error {
         h.push_str(&format!(
-            "<p class=bad>History write failed (enforcement goes on; that evidence is lost): {}</p>",
+            "<p class=bad>History store problem: {}</p>",
             esc(e)
         ));
     }

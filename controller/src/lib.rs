@@ -14,6 +14,7 @@ pub mod flaps;
 pub mod history;
 pub mod http;
 pub mod metrics;
+pub mod notify;
 pub mod ownership;
 pub mod plan;
 pub mod planning;

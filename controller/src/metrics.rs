@@ -57,6 +57,11 @@ pub struct ReasonL {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkL {
+    pub sink: String,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// Every metric the controller exports.
@@ -85,6 +90,14 @@ pub struct Metrics {
     /// Events dropped from the in-memory retry backlog while the history stayed
     /// unwritable (the oldest first).
     pub history_events_dropped: Counter,
+    /// Notifications delivered (2xx), per sink.
+    pub notifications_sent: Family<SinkL, Counter>,
+    /// Delivery attempts that failed (not 2xx, or no answer), per sink.
+    pub notifications_failed: Family<SinkL, Counter>,
+    /// Notifications given up after the last attempt and kept in the dead-letter table.
+    pub notifications_dead_lettered: Family<SinkL, Counter>,
+    /// History events not yet delivered (or skipped by the sink's routing), per sink.
+    pub notifications_backlog: Family<SinkL, Gauge>,
     seen_calls: Mutex<BTreeMap<(String, String, String), u64>>,
 }
 
@@ -121,6 +134,10 @@ impl Metrics {
             history_rewrites: Counter::default(),
             history_write_errors: Counter::default(),
             history_events_dropped: Counter::default(),
+            notifications_sent: Family::default(),
+            notifications_failed: Family::default(),
+            notifications_dead_lettered: Family::default(),
+            notifications_backlog: Family::default(),
             seen_calls: Mutex::new(BTreeMap::new()),
             registry: Registry::default(),
         };
@@ -218,6 +235,26 @@ impl Metrics {
             "history_write_errors",
             "Writes to the history (evidence, events) that failed; enforcement goes on, the events are retried with the next write, and the last error is in /api/status",
             m.history_write_errors.clone(),
+        );
+        registry.register(
+            "notifications_sent",
+            "Notifications delivered (answered 2xx), per sink",
+            m.notifications_sent.clone(),
+        );
+        registry.register(
+            "notifications_failed",
+            "Notification delivery attempts that failed (not 2xx, or no answer), per sink",
+            m.notifications_failed.clone(),
+        );
+        registry.register(
+            "notifications_dead_lettered",
+            "Notifications given up after their last attempt (kept in the history's dead-letter table), per sink",
+            m.notifications_dead_lettered.clone(),
+        );
+        registry.register(
+            "notifications_backlog",
+            "History events after the sink's cursor: not yet delivered, per sink",
+            m.notifications_backlog.clone(),
         );
         registry.register(
             "history_events_dropped",

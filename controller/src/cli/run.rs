@@ -120,6 +120,10 @@ pub(crate) struct RunArgs {
     /// recorded — at start and daily. Default: keep everything.
     #[arg(long, env = "PALISADE_HISTORY_RETENTION", value_parser = parse_duration)]
     pub(crate) history_retention: Option<Duration>,
+    /// Notification sinks (CloudEvents, Slack-compatible webhooks): a YAML file, see
+    /// README. Secrets are read from the files or environment variables it names.
+    #[arg(long, env = "PALISADE_NOTIFY_CONFIG")]
+    pub(crate) notify_config: Option<PathBuf>,
     /// On SIGTERM, how long in-flight reconciles may take to finish.
     #[arg(long, env = "PALISADE_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub(crate) shutdown_grace: Duration,
@@ -231,12 +235,24 @@ pub(crate) fn run_controller(args: RunArgs) -> Result<ExitCode> {
         .history
         .clone()
         .unwrap_or_else(|| args.data_dir.join("history.db"));
+    let sinks = match &args.notify_config {
+        Some(path) => palisade::notify::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => Vec::new(),
+    };
     let mut settings = settings;
     let (history, installation, store_problem) =
-        open_history(&history_path, args.installation_id.as_deref());
-    if history.is_none() {
-        settings.observe_only = store_problem.clone();
-    }
+        open_history(&history_path, args.installation_id.as_deref())?;
+    let store_problem = match store_problem {
+        Some(StoreProblem::Unavailable(p)) => {
+            settings.observe_only = Some(p.clone());
+            Some(p)
+        }
+        Some(StoreProblem::ReadOnly(p)) => {
+            settings.history_read_only = true;
+            Some(p)
+        }
+        None => None,
+    };
     let rt = runtime()?;
     let result = rt.block_on(async move {
         let shared = palisade::reconcile::Shared::new(settings, providers, history);
@@ -254,6 +270,11 @@ pub(crate) fn run_controller(args: RunArgs) -> Result<ExitCode> {
             installation = %installation,
             signatures = args.allowed_signers.is_some(), "palisade run starting"
         );
+        let notifier = tokio::spawn(palisade::notify::run(
+            shared.clone(),
+            sinks,
+            installation.clone(),
+        ));
         let server = tokio::spawn(palisade::http::serve(
             listener,
             shared.clone(),
@@ -274,6 +295,8 @@ pub(crate) fn run_controller(args: RunArgs) -> Result<ExitCode> {
         });
         palisade::reconcile::run(shared.clone(), source, args.shutdown_grace).await;
         shared.cancel.cancel();
+        // Deliveries stop between attempts; what was not delivered stays after the cursor.
+        let _ = notifier.await;
         match server.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "HTTP server failed"),
@@ -299,30 +322,71 @@ pub(crate) fn run_controller(args: RunArgs) -> Result<ExitCode> {
 
 /// The history store at start-up. Enforcement must not depend on the evidence store
 /// being healthy, but ownership is proved by its record, so:
-/// - it opens: normal;
+/// - it opens: normal (a busy or briefly unavailable file is retried for a few seconds);
 /// - it opens only read-only (full disk, read-only volume, permissions): the record is
-///   read and enforcement goes on; every evidence write fails, is counted and shown, and
-///   a reconcile that would have to record a new resource fails closed (nothing is
+///   read and enforcement goes on; evidence is not recorded (counted and shown), and a
+///   reconcile that would have to record a new resource fails closed (nothing is
 ///   created that cannot be recorded);
 /// - it does not open at all (not a database, unreadable): no store; every target is
 ///   observed and planned, nothing is written to the cloud, and every reconcile and the
-///   status say why.
+///   status say why;
+/// - it is newer than this binary, or belongs to another installation: start-up fails,
+///   as before (its record means something this binary does not know).
 ///
 /// Nothing here deletes, moves or rewrites the broken file: it stays for forensics.
 fn open_history(
     path: &Path,
     pin: Option<&str>,
-) -> (Option<palisade::history::Store>, String, Option<String>) {
+) -> Result<(
+    Option<palisade::history::Store>,
+    String,
+    Option<StoreProblem>,
+)> {
+    use palisade::history::HistoryError;
     use palisade::ownership::OwnershipStore as _;
-    let opened = palisade::history::Store::open(path).and_then(|h| {
-        if let Some(id) = pin {
-            h.pin_installation(id)?;
+    let fatal = |e: &HistoryError| {
+        matches!(
+            e,
+            HistoryError::TooNew { .. } | HistoryError::Installation { .. }
+        )
+    };
+    let permanent = |e: &HistoryError| match e {
+        HistoryError::Sqlite { source, .. } => matches!(
+            source.sqlite_error_code(),
+            Some(
+                rusqlite::ErrorCode::NotADatabase
+                    | rusqlite::ErrorCode::DatabaseCorrupt
+                    | rusqlite::ErrorCode::ReadOnly
+                    | rusqlite::ErrorCode::PermissionDenied
+            )
+        ),
+        _ => true,
+    };
+    let open = || {
+        palisade::history::Store::open(path).and_then(|h| {
+            if let Some(id) = pin {
+                h.pin_installation(id)?;
+            }
+            let installation = h.installation()?;
+            Ok((h, installation))
+        })
+    };
+    let mut wait = Duration::from_millis(500);
+    let mut opened = open();
+    for _ in 0..4 {
+        match &opened {
+            Err(e) if !fatal(e) && !permanent(e) => {
+                tracing::warn!(history = %path.display(), error = %e, "the history database does not open yet; retrying");
+                std::thread::sleep(wait);
+                wait *= 2;
+                opened = open();
+            }
+            _ => break,
         }
-        let installation = h.installation()?;
-        Ok((h, installation))
-    });
+    }
     let err = match opened {
-        Ok((h, installation)) => return (Some(h), installation, None),
+        Ok((h, installation)) => return Ok((Some(h), installation, None)),
+        Err(e) if fatal(&e) => return Err(e.into()),
         Err(e) => e,
     };
     let read_only = palisade::history::Store::open_read_only(path).and_then(|h| {
@@ -330,13 +394,14 @@ fn open_history(
         Ok((h, installation))
     });
     match read_only {
+        Err(e) if fatal(&e) => Err(e.into()),
         Ok((h, installation)) if pin.is_none_or(|p| p == installation) => {
             let problem = format!(
                 "the history database {} cannot be written ({err}); it was opened read-only: enforcement goes on, new evidence is NOT recorded",
                 path.display()
             );
             tracing::error!(history = %path.display(), error = %err, "{problem}");
-            (Some(h), installation, Some(problem))
+            Ok((Some(h), installation, Some(StoreProblem::ReadOnly(problem))))
         }
         other => {
             let why = match other {
@@ -350,9 +415,21 @@ fn open_history(
                 path.display()
             );
             tracing::error!(history = %path.display(), "{problem}");
-            (None, pin.unwrap_or("unknown").to_string(), Some(problem))
+            Ok((
+                None,
+                pin.unwrap_or("unknown").to_string(),
+                Some(StoreProblem::Unavailable(problem)),
+            ))
         }
     }
+}
+
+/// What is wrong with the history store at start-up.
+enum StoreProblem {
+    /// Opened read-only.
+    ReadOnly(String),
+    /// Not opened.
+    Unavailable(String),
 }
 
 pub(crate) async fn wait_for_signal() {

@@ -79,6 +79,10 @@ pub struct DriftItem {
     pub reverted_at: Option<i64>,
     /// Request ids of the revert.
     pub request_ids: Vec<String>,
+    /// The cloud id of the resource, when the revert named it (findings on groups name
+    /// them by id).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 /// A revision event.
@@ -263,6 +267,7 @@ pub fn compliance(
                     actor: d.actor.clone(),
                     reverted_at: None,
                     request_ids: Vec::new(),
+                    id: None,
                 });
             }
             EventData::ChangeApplied(c) => {
@@ -275,6 +280,7 @@ pub fn compliance(
                     {
                         drift[i].reverted_at = Some(e.at);
                         drift[i].request_ids = c.request_ids.clone();
+                        drift[i].id = c.resource.id.clone();
                     }
                 }
             }
@@ -288,13 +294,9 @@ pub fn compliance(
         summary(&mut targets, &span.target).open_findings += 1;
     }
     spans.extend(still_open);
-    spans.sort_by(|a, b| {
-        (a.opened_at, &a.target, &a.finding.resource).cmp(&(
-            b.opened_at,
-            &b.target,
-            &b.finding.resource,
-        ))
-    });
+    // A total order (open findings come out of a hash map): the same period gives the
+    // same report, byte for byte.
+    spans.sort_by_cached_key(|s| (s.opened_at, s.target.clone(), finding_key(&s.finding)));
     if let Some(c) = control {
         known_controls.retain(|k| k == c);
         known_controls.insert(c.to_string());

@@ -105,6 +105,24 @@ const MIGRATIONS: &[&str] = &[
         BEGIN SELECT RAISE(ABORT, 'the history is append-only'); END;
      CREATE TRIGGER open_findings_no_rewrite BEFORE UPDATE ON open_findings
         BEGIN SELECT RAISE(ABORT, 'the history is append-only'); END;",
+    // 6: the notification outbox (see `crate::notify`): the events themselves are the
+    // outbox; each sink keeps the id of the last event it has dealt with, and what it
+    // gave up on.
+    "CREATE TABLE notify_cursor (
+        sink TEXT PRIMARY KEY,
+        event_id INTEGER NOT NULL,
+        at INTEGER NOT NULL
+     );
+     CREATE TABLE notify_dead_letter (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        sink TEXT NOT NULL,
+        first_event INTEGER NOT NULL,
+        last_event INTEGER NOT NULL,
+        attempts INTEGER NOT NULL,
+        error TEXT NOT NULL,
+        body TEXT NOT NULL,
+        at INTEGER NOT NULL
+     );",
 ];
 
 /// A history failure.
@@ -263,6 +281,20 @@ impl Store {
             path: path.to_path_buf(),
             source,
         })?;
+        // A newer schema means a newer meaning of the record: refused, as `open` does.
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|source| HistoryError::Sqlite {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if version as usize > MIGRATIONS.len() {
+            return Err(HistoryError::TooNew {
+                path: path.to_path_buf(),
+                found: version,
+                known: MIGRATIONS.len(),
+            });
+        }
         Ok(Store {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
@@ -457,6 +489,32 @@ impl Store {
             f(row_event(r).map_err(|e| self.err(e))?);
         }
         Ok(())
+    }
+
+    /// Up to `limit` events with an id above `after`, oldest first (the notification
+    /// outbox reads the log this way).
+    ///
+    /// # Errors
+    /// SQLite failed.
+    pub fn events_after(&self, after: i64, limit: usize) -> Result<Vec<Event>, HistoryError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT id, at, kind, target, revision, resource, controls, data FROM events WHERE id > ?1 ORDER BY id LIMIT ?2")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![after, limit as i64], row_event)
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    /// The id of the newest event (0 when there is none).
+    ///
+    /// # Errors
+    /// SQLite failed.
+    pub fn head_id(&self) -> Result<i64, HistoryError> {
+        self.conn()
+            .query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
     }
 
     /// The newest `n` events, newest first.

@@ -48,13 +48,37 @@ pub fn markdown_cell(s: &str) -> String {
                 out.push('\\');
                 out.push(ch);
             }
+            // A mention would notify people from a cloud name (`@org/team`).
+            '@' => out.push_str("@\u{200b}"),
             '\n' | '\r' | '\t' => out.push(' '),
-            c if c.is_control() => {}
+            c if c.is_control() || is_format(c) => {}
             c => out.push(c),
         }
     }
     out
 }
+
+/// Unicode format characters (bidi overrides and isolates, zero-width joiners…) that can
+/// make a name read as something else.
+fn is_format(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206f}' | '\u{feff}' | '\u{00ad}')
+}
+
+/// Text for HTML (the `<summary>` line is an HTML block: Markdown escapes show).
+fn html_text(s: &str) -> String {
+    let clean: String = s
+        .chars()
+        .filter(|c| !c.is_control() && !is_format(*c))
+        .collect();
+    crate::report::xml(&clean).replace('@', "@\u{200b}")
+}
+
+/// GitHub refuses comments over 65,536 characters; each policy's block is cut at this
+/// many lines (the JSON plan has them all), and blocks stop before the whole comment
+/// would pass [`MAX_COMMENT`].
+const MAX_BLOCK_LINES: usize = 200;
+/// Characters of the comment at most, leaving room for the closing lines.
+const MAX_COMMENT: usize = 60_000;
 
 /// A fence longer than any run of backticks in `body` (CommonMark: a code block ends
 /// only at a fence at least as long as its opening one).
@@ -155,6 +179,7 @@ pub fn render_markdown(plan: &Plan, desired: &DesiredState) -> String {
         out.push('\n');
     }
 
+    let mut shown = 0;
     for (owner, changes) in &by_owner {
         let mut body = String::new();
         let mut last: Option<(&ResourceAddr, Cause)> = None;
@@ -179,14 +204,37 @@ pub fn render_markdown(plan: &Plan, desired: &DesiredState) -> String {
                 let _ = writeln!(body, "{line}");
             }
         }
+        let lines = body.lines().count();
+        if lines > MAX_BLOCK_LINES {
+            let kept: Vec<&str> = body.lines().take(MAX_BLOCK_LINES).collect();
+            body = format!(
+                "{}\n… {} more lines: `palisade plan --format json` has them all\n",
+                kept.join("\n"),
+                lines - MAX_BLOCK_LINES
+            );
+        }
         let fence = fence(&body);
-        let _ = write!(
-            out,
+        let block = format!(
             "<details><summary>{} — {} change{}</summary>\n\n{fence}diff\n{body}{fence}\n\n</details>\n\n",
-            markdown_cell(owner),
+            html_text(owner),
             changes.len(),
             if changes.len() == 1 { "" } else { "s" },
         );
+        if out.len() + block.len() > MAX_COMMENT {
+            let _ = writeln!(
+                out,
+                "**The comment is cut here** (GitHub's size limit): the changes of {} more polic{} are in `palisade plan --format json`.\n",
+                by_owner.len() - shown,
+                if by_owner.len() - shown == 1 {
+                    "y"
+                } else {
+                    "ies"
+                }
+            );
+            break;
+        }
+        out.push_str(&block);
+        shown += 1;
     }
     out.push_str("<sub>Planned by `palisade plan --format markdown`; nothing was changed.</sub>\n");
     out
@@ -203,6 +251,10 @@ mod tests {
             "a\\|b&lt;script&gt;&#96;x&#96; \\# h"
         );
         assert_eq!(fence("no ticks"), "```");
+        assert_eq!(
+            markdown_cell("@org/team\u{202e}x"),
+            "@\u{200b}org/team x".replace(' ', "")
+        );
         assert_eq!(fence("name ```` inside"), "`````");
     }
 }

@@ -156,10 +156,11 @@ pub(super) fn write_evidence(
             changes: evidence.changes,
             findings: evidence.findings,
         };
-        shared.write_history(&evidence.events, &what, |h| {
-            h.record_reconcile(&report, &evidence.events).map(|_| ())
-        });
+        shared.write_history(
+            super::Unwritten::Reconcile(Box::new(report), evidence.events),
+            &what,
+        );
     } else {
-        shared.write_history(&evidence.events, &what, |h| h.append_many(&evidence.events));
+        shared.write_history(super::Unwritten::Events(evidence.events), &what);
     }
 }

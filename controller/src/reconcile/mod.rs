@@ -83,6 +83,9 @@ pub struct RunSettings {
     /// is observed and planned but nothing is written to the cloud (fail closed), and
     /// every reconcile says why. A store that opens read-only keeps enforcement going.
     pub observe_only: Option<String>,
+    /// The history store was opened read-only at start-up: its record is read, nothing
+    /// can be written to it, so failed writes are counted but not kept for a retry.
+    pub history_read_only: bool,
 }
 
 impl Default for RunSettings {
@@ -102,6 +105,7 @@ impl Default for RunSettings {
             webhook_min_interval: Duration::from_secs(5),
             history_retention: None,
             observe_only: None,
+            history_read_only: false,
         }
     }
 }
@@ -160,12 +164,38 @@ pub struct Shared {
     /// An abandoned poll still running long after its deadline means a fetch stuck
     /// inside libgit2: `/healthz` fails, so that a restart clears it.
     fetch_running_since: Arc<AtomicU64>,
-    /// Events whose write failed, oldest first, written before anything else by the next
-    /// write (at most [`UNWRITTEN_MAX`]; beyond that the oldest are dropped and counted).
-    unwritten: std::sync::Mutex<std::collections::VecDeque<(i64, NewEvent)>>,
+    /// Writes that failed, oldest first, written before anything else by the next write
+    /// (at most [`UNWRITTEN_MAX`] events; beyond that the oldest are dropped and counted).
+    unwritten: std::sync::Mutex<std::collections::VecDeque<Unwritten>>,
 }
 
-/// Events kept in memory for a retry while the history cannot be written.
+/// A history write that failed, kept to be written again.
+#[derive(Debug, Clone)]
+pub(crate) enum Unwritten {
+    /// Events with their times.
+    Events(Vec<(i64, NewEvent)>),
+    /// One reconcile: its report and events (written with `record_reconcile`, which also
+    /// opens and closes findings).
+    Reconcile(Box<crate::history::Report>, Vec<(i64, NewEvent)>),
+}
+
+impl Unwritten {
+    fn write(&self, h: &Store) -> Result<(), crate::history::HistoryError> {
+        match self {
+            Unwritten::Events(e) => h.append_many(e),
+            Unwritten::Reconcile(r, e) => h.record_reconcile(r, e).map(|_| ()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Unwritten::Events(e) | Unwritten::Reconcile(_, e) => e.len().max(1),
+        }
+    }
+}
+
+/// Events kept in memory for a retry while the history cannot be written (a reconcile's
+/// report counts as one).
 pub const UNWRITTEN_MAX: usize = 100_000;
 
 /// Wall-clock time for the reconciles: injected, so that tests can move it.
@@ -286,51 +316,71 @@ impl Shared {
     }
 
     /// Append to the history (durably) before anything is reported; a failure is logged
-    /// and counted, and the controller goes on enforcing.
+    /// and counted, kept for a retry, and the controller goes on enforcing.
     fn record(&self, events: &[NewEvent]) {
         let at = self.clock.now_ms();
-        let timed: Vec<(i64, NewEvent)> = events.iter().map(|e| (at, e.clone())).collect();
-        self.write_history(&timed, "events", |h| h.append(at, events));
+        self.write_history(
+            Unwritten::Events(events.iter().map(|e| (at, e.clone())).collect()),
+            "events",
+        );
     }
 
-    /// Write to the history with `write`, after first retrying what earlier writes could
-    /// not (so the log stays in time order). When `write` fails, `events` are kept for
+    /// Write `w` to the history, after first writing, in order, what earlier writes
+    /// could not (so the log stays in time order and a reconcile's report and finding
+    /// transitions are recorded as they would have been). When it fails, `w` is kept for
     /// the next write; the failure is counted and shown either way.
-    pub(crate) fn write_history(
-        &self,
-        events: &[(i64, NewEvent)],
-        what: &str,
-        write: impl FnOnce(&Store) -> Result<(), crate::history::HistoryError>,
-    ) {
+    pub(crate) fn write_history(&self, w: Unwritten, what: &str) {
         let Some(h) = &self.history else { return };
-        let mut unwritten = self.unwritten.lock().unwrap_or_else(|e| e.into_inner());
-        let backlog_written = if unwritten.is_empty() {
-            Ok(())
-        } else {
-            let backlog: Vec<(i64, NewEvent)> = unwritten.iter().cloned().collect();
-            h.append_many(&backlog).map(|()| {
-                tracing::warn!(
-                    events = backlog.len(),
-                    "history writable again: the events kept in memory are written"
-                );
-                unwritten.clear();
-            })
-        };
-        // The backlog first: while it cannot be written, neither is anything newer.
-        match backlog_written.and_then(|()| write(h)) {
-            Ok(()) => self.history_written(Ok(())),
-            Err(e) => {
-                unwritten.extend(events.iter().cloned());
-                while unwritten.len() > UNWRITTEN_MAX {
-                    unwritten.pop_front();
-                    self.metrics.history_events_dropped.inc();
+        if self.settings.history_read_only {
+            let written = w.write(h);
+            self.history_written(written.map_err(|e| {
+                format!("{what}: {e} (the history was opened read-only at start-up: this evidence is not recorded)")
+            }));
+            return;
+        }
+        let mut backlog = self.unwritten.lock().unwrap_or_else(|e| e.into_inner());
+        backlog.push_back(w);
+        let (before, mut written) = (backlog.len(), 0);
+        let mut failure = None;
+        while let Some(next) = backlog.front() {
+            match next.write(h) {
+                Ok(()) => {
+                    backlog.pop_front();
+                    written += 1;
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if before > 1 && written > 0 {
+            tracing::warn!(
+                written,
+                of = before,
+                "history writable again: what was kept in memory is written"
+            );
+        }
+        match failure {
+            None => self.history_written(Ok(())),
+            Some(e) => {
+                let mut events: usize = backlog.iter().map(Unwritten::len).sum();
+                while events > UNWRITTEN_MAX
+                    && let Some(old) = backlog.pop_front()
+                {
+                    events -= old.len();
+                    self.metrics.history_events_dropped.inc_by(old.len() as u64);
                 }
                 self.history_written(Err(format!(
-                    "{what}: {e} ({} events kept in memory for a retry)",
-                    unwritten.len()
+                    "{what}: {e} ({events} events kept in memory for a retry)"
                 )));
             }
         }
+    }
+
+    /// Change what the status shows of notification sink `name`.
+    pub(crate) fn update_sink(&self, name: &str, f: impl FnOnce(&mut crate::notify::SinkStatus)) {
+        self.update(|s| f(s.notifications.entry(name.to_string()).or_default()));
     }
 
     /// Count a failed history write and show it in the status (cleared by the next
@@ -339,7 +389,7 @@ impl Shared {
         match result {
             Ok(()) => self.update(|s| s.history_error = None),
             Err(e) => {
-                tracing::error!(error = %e, "could not write to the history; enforcement goes on, this evidence is lost");
+                tracing::error!(error = %e, "could not write to the history");
                 self.metrics.history_write_errors.inc();
                 self.update(|s| s.history_error = Some(e));
             }

@@ -98,6 +98,9 @@ pub struct Status {
     pub ready: bool,
     /// Every target has reconciled the enforced revision successfully.
     pub converged: bool,
+    /// Notification sinks by name: last delivery, last error, backlog.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub notifications: BTreeMap<String, crate::notify::SinkStatus>,
     /// The newest events of the history (newest first), read from the store.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub recent_events: Vec<crate::history::Event>,

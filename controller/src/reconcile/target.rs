@@ -319,9 +319,7 @@ async fn reconcile(
         .set(flapping.len() as i64);
     planned.plan.findings.extend(flapping);
     evidence.findings = planned.plan.findings.clone();
-    if let Some(why) = &shared.settings.observe_only
-        && !planned.plan.changes.is_empty()
-    {
+    if let Some(why) = &shared.settings.observe_only {
         let n = planned.plan.changes.len();
         tracing::error!(target = %name, changes = n, reason = %why, "NOT ENFORCED: the history store is unavailable, so ownership cannot be proved; nothing is written to the cloud");
         record_findings(shared, name, &planned.plan.findings, &[]);

@@ -34,8 +34,14 @@ pub const NS: &str = "https://palisade.dev/ns/oscal";
 
 fn name_uuid(parts: &[&str]) -> String {
     let ns = Uuid::new_v5(&Uuid::NAMESPACE_URL, NS.as_bytes());
-    // A separator no id or name contains, so that ("a", "bc") and ("ab", "c") differ.
-    Uuid::new_v5(&ns, parts.join("\u{1f}").as_bytes()).to_string()
+    // Each part length-prefixed, so that ("a", "bc") and ("ab", "c") differ whatever
+    // the parts contain.
+    let mut name = Vec::new();
+    for p in parts {
+        name.extend_from_slice(format!("{}:", p.len()).as_bytes());
+        name.extend_from_slice(p.as_bytes());
+    }
+    Uuid::new_v5(&ns, &name).to_string()
 }
 
 /// An OSCAL token: starts with a letter or `_`, then letters, digits, `_`, `-`, `.`.
@@ -196,9 +202,7 @@ pub fn oscal(r: &ComplianceReport) -> String {
         let id = scoped(&[
             "finding",
             &s.target,
-            &f.resource.key(),
-            &guardrail,
-            &f.message,
+            &crate::history::finding_key(f),
             &s.opened_at.to_string(),
         ]);
         let lifetime = match s.closed_at {
@@ -291,10 +295,17 @@ pub fn oscal(r: &ComplianceReport) -> String {
             ],
             evidence,
         ));
-        drift_by_key
-            .entry(format!("{}\u{1f}{}", d.target, key_of(&d.resource)))
-            .or_default()
-            .push(id);
+        // Findings on groups name them by id, drift by owner: both keys lead here.
+        let mut keys = vec![key_of(&d.resource)];
+        if let (Ok(a), Some(cloud_id)) = (ResourceAddr::from_str(&d.resource), &d.id) {
+            keys.push(ResourceAddr::new(a.kind, cloud_id.as_str()).key());
+        }
+        for k in keys {
+            drift_by_key
+                .entry(format!("{}\u{1f}{k}", d.target))
+                .or_default()
+                .push(id.clone());
+        }
     }
 
     let mut findings = Vec::new();
@@ -309,6 +320,8 @@ pub fn oscal(r: &ComplianceReport) -> String {
             related.extend(drift_by_key.get(k).into_iter().flatten().cloned());
         }
         related.extend(context.iter().cloned());
+        let mut seen = BTreeSet::new();
+        related.retain(|u| seen.insert(u.clone()));
         let tok = token(&c.control);
         let mut f = object(json!({
             "uuid": scoped(&["control", &c.control]),

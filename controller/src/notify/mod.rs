@@ -1,0 +1,727 @@
+//! Notifications: the history's events delivered to CloudEvents 1.0 HTTP sinks and
+//! Slack-compatible incoming webhooks.
+//!
+//! - **What.** Drift detected / reverted, revisions enforced / rejected, findings opened /
+//!   closed (flapping ones as `flapping`), changes failed: the typed history event, with
+//!   its id (receivers de-duplicate by it).
+//! - **Routing.** Per sink: event types, targets, a minimum severity.
+//! - **Noise.** Events of one kind that say the same thing within the sink's window are one
+//!   message with a count (a resync finding the same 500 findings says one thing); on chat
+//!   sinks a drift and its revert in the same batch are one message.
+//! - **Delivery.** The outbox is the history itself ([`outbox`]): a sink's cursor moves only
+//!   after a 2xx, so nothing is lost across restarts (at least once). Attempts back off
+//!   with jitter; after the last one the message goes to the dead-letter table and the
+//!   sink moves on. Each sink runs on its own task: a slow or dead receiver never slows
+//!   reconciliation or another sink.
+//!
+//! Modules: this one the settings, the messages and the delivery loop; `render` the wire
+//! formats; `outbox` the store.
+
+pub mod outbox;
+pub mod render;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::check::FindingKind;
+use crate::history::{ChangeStatus, Event, EventData};
+use crate::metrics::SinkL;
+use crate::plan::Cause;
+use crate::reconcile::Shared;
+use outbox::{DeadLetter, Outbox};
+
+/// How much a notification matters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Things went as they should (a revert, a revision enforced, a finding closed).
+    #[default]
+    Info,
+    /// Something needs a look (drift, a finding, flapping).
+    Warning,
+    /// Something failed (a rejected revision, a failed change).
+    Error,
+}
+
+/// The settings file of `--notify-config` (YAML or JSON). Secrets are read from files or
+/// the environment it names, never written in it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NotifyConfig {
+    /// The sinks.
+    pub sinks: Vec<SinkConfig>,
+}
+
+/// One sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SinkConfig {
+    /// Its name (metrics, status, the cursor in the store): letters, digits, `-`, `_`.
+    pub name: String,
+    /// A CloudEvents 1.0 HTTP sink.
+    #[serde(default)]
+    pub cloud_events: Option<CloudEventsConfig>,
+    /// A Slack-compatible incoming webhook (also Mattermost, and Teams-style `text`).
+    #[serde(default)]
+    pub slack: Option<SlackConfig>,
+    /// Event types to send (`drift.detected`, … or `dev.palisade.drift.detected`); all
+    /// when empty.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Targets to send; all when empty.
+    #[serde(default)]
+    pub targets: Vec<String>,
+    /// Nothing below this.
+    #[serde(default)]
+    pub min_severity: Severity,
+    /// Events alike within this many seconds are one message (default 10).
+    #[serde(default = "default_window")]
+    pub aggregate_seconds: u64,
+    /// Attempts before a message is dead-lettered (default 8).
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// First wait between attempts, in milliseconds (default 1000; doubles, with
+    /// jitter, up to 5 minutes).
+    #[serde(default = "default_backoff")]
+    pub backoff_ms: u64,
+}
+
+fn default_window() -> u64 {
+    10
+}
+fn default_attempts() -> u32 {
+    8
+}
+fn default_backoff() -> u64 {
+    1000
+}
+
+/// Where a secret comes from.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SecretRef {
+    /// A file holding it (trailing white space is dropped).
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// An environment variable holding it.
+    #[serde(default)]
+    pub env: Option<String>,
+}
+
+/// A CloudEvents sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CloudEventsConfig {
+    /// The receiver (http or https).
+    pub url: String,
+    /// `binary` (default: attributes in `ce-` headers, the data as the body) or
+    /// `structured` (one `application/cloudevents+json` document).
+    #[serde(default)]
+    pub mode: ContentMode,
+    /// The HMAC-SHA256 key of the `palisade-signature` header; unsigned without one.
+    #[serde(default)]
+    pub secret: Option<SecretRef>,
+}
+
+/// CloudEvents content mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentMode {
+    /// Attributes in headers.
+    #[default]
+    Binary,
+    /// One JSON document.
+    Structured,
+}
+
+/// A Slack-compatible webhook: its URL is the secret.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SlackConfig {
+    /// Where the webhook URL is.
+    pub url: SecretRef,
+}
+
+/// A sink ready to run: settings checked, secrets read.
+#[derive(Debug, Clone)]
+pub struct Sink {
+    /// Settings.
+    pub config: SinkConfig,
+    /// Where to send.
+    pub url: String,
+    /// What it speaks.
+    pub kind: SinkKind,
+    /// HMAC key.
+    pub secret: Option<Vec<u8>>,
+}
+
+/// The wire format of a sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkKind {
+    /// CloudEvents 1.0.
+    CloudEvents(ContentMode),
+    /// Slack-compatible `{"text": …}`.
+    Slack,
+}
+
+fn read_secret(r: &SecretRef, what: &str) -> Result<String, String> {
+    match (&r.file, &r.env) {
+        (Some(f), None) => std::fs::read_to_string(f)
+            .map(|s| s.trim_end().to_string())
+            .map_err(|e| format!("{what}: cannot read {}: {e}", f.display())),
+        (None, Some(v)) => std::env::var(v)
+            .map(|s| s.trim_end().to_string())
+            .map_err(|_| format!("{what}: environment variable {v} is not set")),
+        _ => Err(format!("{what}: give exactly one of `file` or `env`")),
+    }
+}
+
+fn check_url(url: &str, what: &str) -> Result<(), String> {
+    let u = url::Url::parse(url).map_err(|e| format!("{what}: {url:?} is not a URL: {e}"))?;
+    if !matches!(u.scheme(), "http" | "https") || u.host().is_none() {
+        return Err(format!("{what}: expected an http(s) URL with a host"));
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(format!(
+            "{what}: credentials in the URL are refused; use the secret"
+        ));
+    }
+    Ok(())
+}
+
+/// Read and check `--notify-config`: every problem at once, naming the sink.
+///
+/// # Errors
+/// What is wrong, one line each.
+pub fn load(path: &Path) -> Result<Vec<Sink>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let config: NotifyConfig =
+        serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut errors = Vec::new();
+    let mut sinks = Vec::new();
+    let mut names = std::collections::BTreeSet::new();
+    for c in config.sinks {
+        let what = format!("{}: sink {:?}", path.display(), c.name);
+        if c.name.is_empty()
+            || !c
+                .name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+        {
+            errors.push(format!(
+                "{what}: the name takes letters, digits, `-` and `_`"
+            ));
+        }
+        if !names.insert(c.name.clone()) {
+            errors.push(format!("{what}: the name is used twice"));
+        }
+        for t in &c.events {
+            if event_type(t).is_none() {
+                errors.push(format!(
+                    "{what}: unknown event type {t:?}; expected one of {}",
+                    TYPES.join(", ")
+                ));
+            }
+        }
+        if c.max_attempts == 0 {
+            errors.push(format!("{what}: maxAttempts must be at least 1"));
+        }
+        let built = match (&c.cloud_events, &c.slack) {
+            (Some(ce), None) => check_url(&ce.url, &what).and_then(|()| {
+                let secret = ce
+                    .secret
+                    .as_ref()
+                    .map(|s| read_secret(s, &what).map(String::into_bytes))
+                    .transpose()?;
+                Ok((ce.url.clone(), SinkKind::CloudEvents(ce.mode), secret))
+            }),
+            (None, Some(sl)) => read_secret(&sl.url, &what).and_then(|url| {
+                check_url(&url, &what)?;
+                Ok((url, SinkKind::Slack, None))
+            }),
+            _ => Err(format!(
+                "{what}: give exactly one of `cloudEvents` or `slack`"
+            )),
+        };
+        match built {
+            Ok((url, kind, secret)) => sinks.push(Sink {
+                config: c,
+                url,
+                kind,
+                secret,
+            }),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(sinks)
+    } else {
+        Err(errors.join("\n"))
+    }
+}
+
+/// The event types, without the `dev.palisade.` prefix.
+pub const TYPES: &[&str] = &[
+    "drift.detected",
+    "drift.reverted",
+    "revision.enforced",
+    "revision.rejected",
+    "flapping",
+    "finding.opened",
+    "finding.closed",
+    "change.failed",
+];
+
+/// The full CloudEvents type of a short or full name.
+fn event_type(name: &str) -> Option<&'static str> {
+    let short = name.strip_prefix("dev.palisade.").unwrap_or(name);
+    TYPES.iter().find(|t| **t == short).copied()
+}
+
+/// One message: one history event, or several alike.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Message {
+    /// Short type (`drift.detected`).
+    #[serde(rename = "type")]
+    pub ty: &'static str,
+    /// Severity.
+    pub severity: Severity,
+    /// Target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The typed resource address, when the events are about one resource.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Revision in force.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// When the first event happened (Unix ms).
+    pub at: i64,
+    /// The history ids carried (the first is the message id).
+    pub event_ids: Vec<i64>,
+    /// Resources the events were about (aggregated messages).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<String>,
+    /// One line for people.
+    pub text: String,
+    /// The first event's typed data.
+    pub data: serde_json::Value,
+    /// Chat sinks: the revert of this drift, when it came in the same batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reverted: Option<String>,
+    /// What makes two events alike.
+    #[serde(skip)]
+    key: String,
+}
+
+impl Message {
+    /// How many events it carries.
+    pub fn count(&self) -> usize {
+        self.event_ids.len()
+    }
+}
+
+/// The message an event makes, if it makes one.
+pub fn message(e: &Event) -> Option<Message> {
+    let data = e.event.data()?;
+    let resource = e.event.resource.clone();
+    let (ty, severity, text, key) = match data {
+        EventData::DriftDetected(d) => (
+            "drift.detected",
+            Severity::Warning,
+            format!(
+                "drift on {}: {}{}",
+                resource.as_deref().unwrap_or("?"),
+                d.change,
+                d.actor
+                    .as_deref()
+                    .map(|a| format!(" (by {a})"))
+                    .unwrap_or_default()
+            ),
+            format!("{}|{}", resource.as_deref().unwrap_or(""), d.change),
+        ),
+        EventData::ChangeApplied(c) if c.cause == Cause::Drift => (
+            "drift.reverted",
+            Severity::Info,
+            format!("drift on {} reverted: {}", c.resource, c.action),
+            format!("{}|{}", c.resource.key(), c.action),
+        ),
+        EventData::ChangeFailed(c) if c.status == ChangeStatus::Failed => (
+            "change.failed",
+            Severity::Error,
+            format!(
+                "change failed on {}: {} — {}",
+                c.resource,
+                c.action,
+                c.detail.as_deref().unwrap_or("")
+            ),
+            format!(
+                "{}|{}|{}",
+                c.resource.key(),
+                c.action,
+                c.detail.as_deref().unwrap_or("")
+            ),
+        ),
+        EventData::RevisionEnforced(_) => (
+            "revision.enforced",
+            Severity::Info,
+            format!(
+                "revision {} enforced",
+                e.event.revision.as_deref().unwrap_or("?")
+            ),
+            e.event.revision.clone().unwrap_or_default(),
+        ),
+        EventData::RevisionRejected(r) => (
+            "revision.rejected",
+            Severity::Error,
+            format!(
+                "revision {} rejected: {}",
+                e.event.revision.as_deref().unwrap_or("?"),
+                r.reason
+            ),
+            e.event.revision.clone().unwrap_or_default(),
+        ),
+        EventData::FindingOpened(f) => {
+            let flapping = f.kind == FindingKind::Flapping;
+            (
+                if flapping {
+                    "flapping"
+                } else {
+                    "finding.opened"
+                },
+                Severity::Warning,
+                format!("{}: {}", f.resource, f.message),
+                // Alike: the same guardrail (or kind) saying it of other resources.
+                format!("{:?}|{}", f.kind, f.guardrail.as_deref().unwrap_or("")),
+            )
+        }
+        EventData::FindingClosed(f) => (
+            "finding.closed",
+            Severity::Info,
+            format!("{}: closed — {}", f.resource, f.message),
+            format!("{:?}|{}", f.kind, f.guardrail.as_deref().unwrap_or("")),
+        ),
+        _ => return None,
+    };
+    Some(Message {
+        ty,
+        severity,
+        target: e.event.target.clone(),
+        subject: resource.clone(),
+        revision: e.event.revision.clone(),
+        at: e.at,
+        event_ids: vec![e.id],
+        resources: resource.into_iter().collect(),
+        text,
+        data: serde_json::to_value(data).unwrap_or_default(),
+        reverted: None,
+        key,
+    })
+}
+
+/// Whether `m` is for `sink`.
+fn routed(sink: &SinkConfig, m: &Message) -> bool {
+    m.severity >= sink.min_severity
+        && (sink.events.is_empty() || sink.events.iter().any(|t| event_type(t) == Some(m.ty)))
+        && (sink.targets.is_empty() || m.target.as_ref().is_none_or(|t| sink.targets.contains(t)))
+}
+
+/// Resources listed in one aggregated message at most (the count says the rest).
+const LISTED: usize = 20;
+
+/// The messages of a batch of events for `sink`, in the order of their first event:
+/// routed, alike ones within the window merged, and on chat sinks each drift joined
+/// with its revert.
+pub fn messages(sink: &Sink, events: &[Event]) -> Vec<Message> {
+    let window =
+        i64::try_from(sink.config.aggregate_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let mut out: Vec<Message> = Vec::new();
+    // (type, target, key) → index in `out` of the message still open for merging.
+    let mut open: BTreeMap<(&'static str, Option<String>, String), usize> = BTreeMap::new();
+    for e in events {
+        let Some(m) = message(e) else { continue };
+        if !routed(&sink.config, &m) {
+            continue;
+        }
+        let k = (m.ty, m.target.clone(), m.key.clone());
+        if let Some(&i) = open.get(&k)
+            && m.at - out[i].at <= window
+        {
+            let agg = &mut out[i];
+            agg.event_ids.push(e.id);
+            if let Some(r) = m.subject
+                && !agg.resources.contains(&r)
+                && agg.resources.len() < LISTED
+            {
+                agg.resources.push(r);
+            }
+            if agg.resources.len() > 1 {
+                agg.subject = None;
+            }
+            continue;
+        }
+        open.insert(k, out.len());
+        out.push(m);
+    }
+    for m in &mut out {
+        if m.count() > 1 {
+            m.text = format!(
+                "{} (×{} within {} s)",
+                m.text,
+                m.count(),
+                sink.config.aggregate_seconds
+            );
+        }
+    }
+    if sink.kind == SinkKind::Slack {
+        join_reverts(&mut out);
+    }
+    out
+}
+
+/// Fold each `drift.reverted` into the `drift.detected` of the same resource before it.
+fn join_reverts(out: &mut Vec<Message>) {
+    let mut i = 0;
+    while i < out.len() {
+        if out[i].ty == "drift.reverted" && out[i].count() == 1 {
+            let (target, subject) = (out[i].target.clone(), out[i].subject.clone());
+            let key = |s: &Option<String>| {
+                s.as_deref()
+                    .and_then(|s| s.parse::<crate::addr::ResourceAddr>().ok())
+                    .map(|a| a.key())
+            };
+            let found = out[..i].iter().rposition(|d| {
+                d.ty == "drift.detected"
+                    && d.reverted.is_none()
+                    && d.count() == 1
+                    && d.target == target
+                    && key(&d.subject) == key(&subject)
+            });
+            if let Some(j) = found {
+                let r = out.remove(i);
+                let d = &mut out[j];
+                d.event_ids.extend(r.event_ids);
+                d.reverted = Some(r.text);
+                d.text = format!("{} — reverted", d.text);
+                continue;
+            }
+        }
+        i += 1;
+    }
+}
+
+/// What `/api/status` shows of a sink.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SinkStatus {
+    /// Wire format.
+    pub kind: String,
+    /// Last delivery (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_success_at: Option<u64>,
+    /// Last failed attempt, cleared by the next delivery.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// History events after its cursor.
+    pub backlog: u64,
+    /// Messages delivered since start.
+    pub sent: u64,
+    /// Messages dead-lettered since start.
+    pub dead_lettered: u64,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Events read per round.
+const BATCH: usize = 500;
+
+/// Run every sink until shutdown (each on its own task).
+pub async fn run(shared: Arc<Shared>, sinks: Vec<Sink>, installation: String) {
+    let Some(_) = &shared.history else {
+        if !sinks.is_empty() {
+            tracing::error!(
+                "notifications need the history store (their outbox); none is open, so nothing is sent"
+            );
+        }
+        return;
+    };
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("palisade/", env!("CARGO_PKG_VERSION")))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the notification HTTP client; nothing is sent");
+            return;
+        }
+    };
+    let mut tasks = Vec::new();
+    for sink in sinks {
+        tasks.push(tokio::spawn(run_sink(
+            shared.clone(),
+            client.clone(),
+            sink,
+            installation.clone(),
+        )));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// One sink's loop: read after the cursor, deliver in order, move the cursor.
+pub async fn run_sink(
+    shared: Arc<Shared>,
+    client: reqwest::Client,
+    sink: Sink,
+    installation: String,
+) {
+    let Some(store) = shared.history.as_ref() else {
+        return;
+    };
+    let name = sink.config.name.clone();
+    let label = SinkL { sink: name.clone() };
+    let kind = match sink.kind {
+        SinkKind::CloudEvents(_) => "cloudevents",
+        SinkKind::Slack => "slack",
+    };
+    shared.update_sink(&name, |s| s.kind = kind.into());
+    // A new sink starts at the head: it tells what happens from now on, not the past.
+    let mut cursor = match store.cursor(&name) {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            let head = store.head_id().unwrap_or(0);
+            if let Err(e) = store.advance(&name, head, shared.clock.now_ms()) {
+                tracing::error!(sink = %name, error = %e, "cannot keep the notification cursor");
+            }
+            head
+        }
+        Err(e) => {
+            tracing::error!(sink = %name, error = %e, "cannot read the notification cursor; the sink stays idle");
+            return;
+        }
+    };
+    loop {
+        if shared.cancel.is_cancelled() {
+            return;
+        }
+        let backlog = store.backlog(cursor).unwrap_or(0);
+        shared
+            .metrics
+            .notifications_backlog
+            .get_or_create(&label)
+            .set(backlog as i64);
+        shared.update_sink(&name, |s| s.backlog = backlog);
+        let events = match store.events_after(cursor, BATCH) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(sink = %name, error = %e, "cannot read the history for notifications");
+                Vec::new()
+            }
+        };
+        let Some(last) = events.last().map(|e| e.id) else {
+            tokio::select! {
+                () = shared.cancel.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(250)) => continue,
+            }
+        };
+        for m in messages(&sink, &events) {
+            let req = render::request(&sink, &m, &installation);
+            if !deliver(&shared, &client, &sink, &label, &m, &req).await {
+                return; // shutdown during retries: the cursor stays, delivered next start
+            }
+        }
+        cursor = last;
+        if let Err(e) = store.advance(&name, cursor, shared.clock.now_ms()) {
+            tracing::error!(sink = %name, error = %e, "cannot move the notification cursor; the batch may be sent again");
+        }
+    }
+}
+
+/// Deliver one message with retries; `false` when shutdown interrupted it.
+async fn deliver(
+    shared: &Shared,
+    client: &reqwest::Client,
+    sink: &Sink,
+    label: &SinkL,
+    m: &Message,
+    req: &render::Request,
+) -> bool {
+    let name = &sink.config.name;
+    let mut waits = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(sink.config.backoff_ms))
+        .with_max_delay(Duration::from_secs(300))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    let mut last_error = String::new();
+    for attempt in 1..=sink.config.max_attempts {
+        let mut r = client.post(&sink.url).body(req.body.clone());
+        for (k, v) in &req.headers {
+            r = r.header(k.as_str(), v.as_str());
+        }
+        match r.send().await {
+            Ok(resp) if resp.status().is_success() => {
+                shared.metrics.notifications_sent.get_or_create(label).inc();
+                shared.update_sink(name, |s| {
+                    s.sent += 1;
+                    s.last_success_at = Some(now_secs());
+                    s.last_error = None;
+                });
+                return true;
+            }
+            Ok(resp) => last_error = format!("HTTP {}", resp.status().as_u16()),
+            Err(e) => last_error = format!("{e}"),
+        }
+        shared
+            .metrics
+            .notifications_failed
+            .get_or_create(label)
+            .inc();
+        tracing::warn!(sink = %name, attempt, error = %last_error, event = m.event_ids[0], "notification not delivered");
+        shared.update_sink(name, |s| s.last_error = Some(last_error.clone()));
+        if attempt == sink.config.max_attempts {
+            break;
+        }
+        let wait = waits.next().unwrap_or(Duration::from_secs(300));
+        tokio::select! {
+            () = shared.cancel.cancelled() => return false,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+    let letter = DeadLetter {
+        first_event: m.event_ids[0],
+        last_event: *m.event_ids.iter().max().unwrap_or(&m.event_ids[0]),
+        attempts: sink.config.max_attempts,
+        error: last_error,
+        body: String::from_utf8_lossy(&req.body).into_owned(),
+        at: shared.clock.now_ms(),
+    };
+    if let Some(store) = &shared.history
+        && let Err(e) = store.dead_letter(name, &letter)
+    {
+        tracing::error!(sink = %name, error = %e, "cannot keep the dead letter");
+    }
+    tracing::error!(sink = %name, event = letter.first_event, attempts = letter.attempts, error = %letter.error, "notification dead-lettered");
+    shared
+        .metrics
+        .notifications_dead_lettered
+        .get_or_create(label)
+        .inc();
+    shared.update_sink(name, |s| s.dead_lettered += 1);
+    true
+}
