@@ -270,6 +270,12 @@ pub(crate) fn run_controller(args: RunArgs) -> Result<ExitCode> {
             installation = %installation,
             signatures = args.allowed_signers.is_some(), "palisade run starting"
         );
+        if let Some(h) = &shared.history
+            && let Err(e) =
+                palisade::notify::init_cursors(h, &sinks, shared.clock.now_ms())
+        {
+            tracing::error!(error = %e, "cannot start the notification cursors");
+        }
         let notifier = tokio::spawn(palisade::notify::run(
             shared.clone(),
             sinks,

@@ -19,6 +19,8 @@
 
 pub mod outbox;
 pub mod render;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -311,8 +313,8 @@ pub struct Message {
     pub resources: Vec<String>,
     /// One line for people.
     pub text: String,
-    /// The first event's typed data.
-    pub data: serde_json::Value,
+    /// The first history event, typed: `{"kind": "drift-detected", "data": {…}}`.
+    pub event: serde_json::Value,
     /// Chat sinks: the revert of this drift, when it came in the same batch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reverted: Option<String>,
@@ -420,7 +422,7 @@ pub fn message(e: &Event) -> Option<Message> {
         event_ids: vec![e.id],
         resources: resource.into_iter().collect(),
         text,
-        data: serde_json::to_value(data).unwrap_or_default(),
+        event: serde_json::to_value(data).unwrap_or_default(),
         reverted: None,
         key,
     })
@@ -546,6 +548,26 @@ fn now_secs() -> u64 {
 /// Events read per round.
 const BATCH: usize = 500;
 
+/// Give every sink never seen a cursor at the history's head: a new sink tells what
+/// happens from now on, not the past. Call before the loops start writing events.
+///
+/// # Errors
+/// The store failed.
+pub fn init_cursors(
+    store: &crate::history::Store,
+    sinks: &[Sink],
+    now_ms: i64,
+) -> Result<(), crate::history::HistoryError> {
+    for sink in sinks {
+        if store.cursor(&sink.config.name)?.is_none() {
+            let head = store.head_id()?;
+            store.advance(&sink.config.name, head, now_ms)?;
+            tracing::info!(sink = %sink.config.name, from = head, "notification sink starts at the history's head");
+        }
+    }
+    Ok(())
+}
+
 /// Run every sink until shutdown (each on its own task).
 pub async fn run(shared: Arc<Shared>, sinks: Vec<Sink>, installation: String) {
     let Some(_) = &shared.history else {
@@ -600,16 +622,9 @@ pub async fn run_sink(
         SinkKind::Slack => "slack",
     };
     shared.update_sink(&name, |s| s.kind = kind.into());
-    // A new sink starts at the head: it tells what happens from now on, not the past.
     let mut cursor = match store.cursor(&name) {
         Ok(Some(c)) => c,
-        Ok(None) => {
-            let head = store.head_id().unwrap_or(0);
-            if let Err(e) = store.advance(&name, head, shared.clock.now_ms()) {
-                tracing::error!(sink = %name, error = %e, "cannot keep the notification cursor");
-            }
-            head
-        }
+        Ok(None) => 0,
         Err(e) => {
             tracing::error!(sink = %name, error = %e, "cannot read the notification cursor; the sink stays idle");
             return;
