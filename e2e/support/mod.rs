@@ -290,7 +290,20 @@ impl Controller {
     /// the clouds' endpoints point at a closed loopback port, so nothing leaves the
     /// machine. `data` keeps the data directory across restarts when given.
     pub fn source_only(url: &str, extra: &[&str], data: Option<PathBuf>) -> Controller {
+        Controller::source_only_with_env(url, extra, data, &[])
+    }
+
+    /// [`Controller::source_only`] with more environment variables.
+    pub fn source_only_with_env(
+        url: &str,
+        extra: &[&str],
+        data: Option<PathBuf>,
+        env: &[(&str, String)],
+    ) -> Controller {
         let mut cmd = Command::new(bin());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         cmd.env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
@@ -636,4 +649,103 @@ pub fn plan_in(mut cmd: Command, policies: &Path, target: &str) -> (Option<i32>,
         .output()
         .unwrap();
     (out.status.code(), json(&out))
+}
+
+/// One request a [`Receiver`] got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    /// Lower-case names.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// What it answered.
+    pub status: u16,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A real HTTP/1.1 receiver on loopback (a thread, `std::net`): records every request
+/// and answers with the status set (200 at first); dropped with the test.
+pub struct Receiver {
+    pub port: u16,
+    pub got: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+}
+
+impl Receiver {
+    pub fn start() -> Receiver {
+        Receiver::start_on(0)
+    }
+
+    /// On `port` (0: any free one).
+    pub fn start_on(port: u16) -> Receiver {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
+        let port = listener.local_addr().unwrap().port();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let status = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(200));
+        let (g, s) = (got.clone(), status.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let path = line.split(' ').nth(1).unwrap_or("").to_string();
+                let mut headers = Vec::new();
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                    if let Some((k, v)) = h.trim_end().split_once(':') {
+                        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+                    }
+                }
+                let len = headers
+                    .iter()
+                    .find(|(k, _)| k == "content-length")
+                    .and_then(|(_, v)| v.parse::<usize>().ok())
+                    .unwrap_or(0);
+                let mut body = vec![0; len];
+                let _ = reader.read_exact(&mut body);
+                let code = s.load(std::sync::atomic::Ordering::SeqCst);
+                g.lock().unwrap().push(Received {
+                    path,
+                    headers,
+                    body,
+                    status: code,
+                });
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        Receiver { port, got, status }
+    }
+
+    pub fn set_status(&self, code: u16) {
+        self.status.store(code, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// What arrived at `path` (and was answered 2xx when `delivered`).
+    pub fn at(&self, path: &str, delivered: bool) -> Vec<Received> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.path == path && (!delivered || (200..300).contains(&r.status)))
+            .cloned()
+            .collect()
+    }
 }

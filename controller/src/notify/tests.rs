@@ -106,7 +106,10 @@ fn routing_by_type_target_and_severity() {
     assert_eq!(messages(&s, &events).len(), 2, "CloudEvents keeps both");
     s.config.min_severity = Severity::Warning;
     let m = messages(&s, &events);
-    assert_eq!(m.iter().map(|m| m.ty).collect::<Vec<_>>(), ["drift.detected"]);
+    assert_eq!(
+        m.iter().map(|m| m.ty).collect::<Vec<_>>(),
+        ["drift.detected"]
+    );
     s.config.min_severity = Severity::Info;
     s.config.events = vec!["dev.palisade.drift.reverted".into()];
     assert_eq!(messages(&s, &events)[0].ty, "drift.reverted");
@@ -132,7 +135,10 @@ fn on_chat_a_drift_and_its_revert_are_one_message_matching_the_golden_payload() 
     let mut hostile = drift(1, 1, "<!channel> & co");
     hostile.event.resource = Some("group <!channel> & co".into());
     let text = render::slack(&messages(&sink(SinkKind::Slack), &[hostile])[0]).to_string();
-    assert!(text.contains("&lt;!channel&gt; &amp; co") && !text.contains("<!channel>"), "{text}");
+    assert!(
+        text.contains("&lt;!channel&gt; &amp; co") && !text.contains("<!channel>"),
+        "{text}"
+    );
 }
 
 /// The CloudEvents 1.0 HTTP binding, checked as the spec says: required attributes,
@@ -159,32 +165,66 @@ fn cloud_events_follow_the_http_binding_in_both_modes_and_are_signed() {
     assert_eq!(h("ce-type"), "dev.palisade.drift.detected");
     assert_eq!(h("ce-source"), "/palisade/inst-1/prod-aws");
     assert_eq!(h("ce-time"), "2026-03-01T00:00:00Z");
-    assert_eq!(h("ce-subject"), "group pay%C3%A9ments", "percent-encoded UTF-8");
+    assert_eq!(
+        h("ce-subject"),
+        "group pay%C3%A9ments",
+        "percent-encoded UTF-8"
+    );
     for (name, value) in &r.headers {
         if let Some(attr) = name.strip_prefix("ce-") {
-            assert!(attr.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) && attr.len() <= 20, "{attr}");
+            assert!(
+                attr.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                    && attr.len() <= 20,
+                "{attr}"
+            );
         }
-        assert!(value.bytes().all(|b| (0x20..0x7f).contains(&b)), "{name}: {value}");
+        assert!(
+            value.bytes().all(|b| (0x20..0x7f).contains(&b)),
+            "{name}: {value}"
+        );
     }
     let data: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(data["event"]["kind"], "drift-detected");
-    assert_eq!(data["event"]["data"]["actor"], "arn:aws:iam::123456789012:user/mallory");
+    assert_eq!(
+        data["event"]["data"]["actor"],
+        "arn:aws:iam::123456789012:user/mallory"
+    );
     assert_eq!(data["eventIds"][0], 7);
     // The signature verifies over "<t>.<body>" and fails on another body.
     let sig = h("palisade-signature");
-    let t: u64 = sig.split(',').next().unwrap().strip_prefix("t=").unwrap().parse().unwrap();
+    let t: u64 = sig
+        .split(',')
+        .next()
+        .unwrap()
+        .strip_prefix("t=")
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(sig, render::signature(b"k3y", t, &r.body));
     assert_ne!(sig, render::signature(b"k3y", t, b"{}"));
 
     let s = sink(SinkKind::CloudEvents(ContentMode::Structured));
     let r = render::request(&s, m, "inst-1");
-    assert_eq!(r.headers, [("content-type".to_string(), "application/cloudevents+json".to_string())]);
+    assert_eq!(
+        r.headers,
+        [(
+            "content-type".to_string(),
+            "application/cloudevents+json".to_string()
+        )]
+    );
     let doc: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     for attr in ["id", "source", "specversion", "type"] {
         assert!(doc[attr].is_string(), "required {attr}");
     }
     assert_eq!(doc["subject"], "group pay\u{e9}ments");
-    assert!(doc["time"].as_str().unwrap().parse::<jiff::Timestamp>().is_ok());
+    assert!(
+        doc["time"]
+            .as_str()
+            .unwrap()
+            .parse::<jiff::Timestamp>()
+            .is_ok()
+    );
 }
 
 #[test]
@@ -193,7 +233,8 @@ fn revisions_and_unrelated_events_map_as_documented() {
         3,
         1,
         NewEvent::new(EventData::RevisionEnforced(
-            serde_json::from_value::<RevisionEnforced>(serde_json::json!({ "author": "A" })).unwrap(),
+            serde_json::from_value::<RevisionEnforced>(serde_json::json!({ "author": "A" }))
+                .unwrap(),
         ))
         .revision(Some("c1")),
     );
@@ -241,7 +282,11 @@ fn the_settings_file_is_checked_whole() {
     )
     .unwrap();
     let sinks = load(&file).unwrap();
-    assert_eq!(sinks[0].secret.as_deref(), Some(&b"s3cr3t"[..]), "trailing newline dropped");
+    assert_eq!(
+        sinks[0].secret.as_deref(),
+        Some(&b"s3cr3t"[..]),
+        "trailing newline dropped"
+    );
     std::fs::write(&file, "sinks:\n  - name: x\n    cloudEvent: {}\n").unwrap();
     assert!(load(&file).unwrap_err().contains("unknown field"));
 }
