@@ -179,8 +179,7 @@ pub fn render_markdown(plan: &Plan, desired: &DesiredState) -> String {
         out.push('\n');
     }
 
-    let mut shown = 0;
-    for (owner, changes) in &by_owner {
+    for (shown, (owner, changes)) in by_owner.iter().enumerate() {
         let mut body = String::new();
         let mut last: Option<(&ResourceAddr, Cause)> = None;
         for c in changes {
@@ -234,7 +233,6 @@ pub fn render_markdown(plan: &Plan, desired: &DesiredState) -> String {
             break;
         }
         out.push_str(&block);
-        shown += 1;
     }
     out.push_str("<sub>Planned by `palisade plan --format markdown`; nothing was changed.</sub>\n");
     out
