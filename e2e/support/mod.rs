@@ -676,6 +676,7 @@ impl Received {
 pub struct Receiver {
     pub port: u16,
     pub got: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    /// 0: down (every connection is closed without an answer).
     status: std::sync::Arc<std::sync::atomic::AtomicU16>,
 }
 
@@ -695,6 +696,10 @@ impl Receiver {
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
+                if s.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                    drop(conn);
+                    continue;
+                }
                 let mut reader = BufReader::new(conn.try_clone().unwrap());
                 let mut line = String::new();
                 if reader.read_line(&mut line).is_err() {
@@ -734,6 +739,7 @@ impl Receiver {
         Receiver { port, got, status }
     }
 
+    /// The status to answer; 0 makes it down (connections closed unanswered).
     pub fn set_status(&self, code: u16) {
         self.status.store(code, std::sync::atomic::Ordering::SeqCst);
     }

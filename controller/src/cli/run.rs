@@ -270,11 +270,8 @@ pub(crate) fn run_controller(args: RunArgs) -> Result<ExitCode> {
             installation = %installation,
             signatures = args.allowed_signers.is_some(), "palisade run starting"
         );
-        if let Some(h) = &shared.history
-            && let Err(e) =
-                palisade::notify::init_cursors(h, &sinks, shared.clock.now_ms())
-        {
-            tracing::error!(error = %e, "cannot start the notification cursors");
+        if let Some(h) = &shared.history {
+            palisade::notify::init_cursors(h, &sinks, shared.clock.now_ms());
         }
         let notifier = tokio::spawn(palisade::notify::run(
             shared.clone(),
@@ -301,8 +298,11 @@ pub(crate) fn run_controller(args: RunArgs) -> Result<ExitCode> {
         });
         palisade::reconcile::run(shared.clone(), source, args.shutdown_grace).await;
         shared.cancel.cancel();
-        // Deliveries stop between attempts; what was not delivered stays after the cursor.
-        let _ = notifier.await;
+        // Deliveries stop at once (a request in flight is dropped); what was not
+        // delivered stays after the cursor.
+        if tokio::time::timeout(Duration::from_secs(5), notifier).await.is_err() {
+            tracing::warn!("notifications did not stop within 5 s; leaving them");
+        }
         match server.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "HTTP server failed"),

@@ -566,8 +566,9 @@ impl Store {
     /// Never deleted, whatever their age: the `finding-opened` events of findings that
     /// are still open, or that closed within what is kept (reports rebuild a finding's
     /// span from its opening — a violation open longer than the retention must not turn
-    /// its control compliant), and the newest `revision-enforced` event (it names the
-    /// controls the reports list).
+    /// its control compliant), the newest `revision-enforced` event (it names the
+    /// controls the reports list), and events a notification sink has not delivered yet
+    /// (after the lowest cursor).
     ///
     /// # Errors
     /// SQLite failed; nothing was deleted.
@@ -593,7 +594,8 @@ impl Store {
                          AND json_extract(c.data, '$.guardrail') IS json_extract(events.data, '$.guardrail')
                          AND json_extract(c.data, '$.message') IS json_extract(events.data, '$.message')))
                    AND NOT (kind = 'revision-enforced' AND id = (
-                       SELECT max(id) FROM events WHERE kind = 'revision-enforced'))",
+                       SELECT max(id) FROM events WHERE kind = 'revision-enforced'))
+                   AND id <= (SELECT coalesce(min(event_id), 9223372036854775807) FROM notify_cursor)",
                 params![before],
             )
             .map_err(|e| self.err(e))?;

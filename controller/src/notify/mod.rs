@@ -81,9 +81,10 @@ pub struct SinkConfig {
     /// Nothing below this.
     #[serde(default)]
     pub min_severity: Severity,
-    /// Events alike within this many seconds are one message (default 10).
-    #[serde(default = "default_window")]
-    pub aggregate_seconds: u64,
+    /// Consecutive events alike within this many seconds are one message. Default: 10
+    /// on chat sinks, 0 (every event its own CloudEvent) on CloudEvents sinks.
+    #[serde(default)]
+    pub aggregate_seconds: Option<u64>,
     /// Attempts before a message is dead-lettered (default 8).
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
@@ -93,9 +94,6 @@ pub struct SinkConfig {
     pub backoff_ms: u64,
 }
 
-fn default_window() -> u64 {
-    10
-}
 fn default_attempts() -> u32 {
     8
 }
@@ -150,16 +148,27 @@ pub struct SlackConfig {
 }
 
 /// A sink ready to run: settings checked, secrets read.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Sink {
     /// Settings.
     pub config: SinkConfig,
-    /// Where to send.
+    /// Where to send (a secret itself for chat webhooks: never logged or shown).
     pub url: String,
     /// What it speaks.
     pub kind: SinkKind,
     /// HMAC key.
     pub secret: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sink")
+            .field("name", &self.config.name)
+            .field("kind", &self.kind)
+            .field("url", &"***")
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 /// The wire format of a sink.
@@ -184,7 +193,8 @@ fn read_secret(r: &SecretRef, what: &str) -> Result<String, String> {
 }
 
 fn check_url(url: &str, what: &str) -> Result<(), String> {
-    let u = url::Url::parse(url).map_err(|e| format!("{what}: {url:?} is not a URL: {e}"))?;
+    // The URL may be the secret (chat webhooks): errors never repeat it.
+    let u = url::Url::parse(url).map_err(|e| format!("{what}: the URL does not parse: {e}"))?;
     if !matches!(u.scheme(), "http" | "https") || u.host().is_none() {
         return Err(format!("{what}: expected an http(s) URL with a host"));
     }
@@ -234,12 +244,20 @@ pub fn load(path: &Path) -> Result<Vec<Sink>, String> {
         if c.max_attempts == 0 {
             errors.push(format!("{what}: maxAttempts must be at least 1"));
         }
+        if c.backoff_ms < 10 {
+            errors.push(format!("{what}: backoffMs must be at least 10"));
+        }
         let built = match (&c.cloud_events, &c.slack) {
             (Some(ce), None) => check_url(&ce.url, &what).and_then(|()| {
                 let secret = ce
                     .secret
                     .as_ref()
-                    .map(|s| read_secret(s, &what).map(String::into_bytes))
+                    .map(|s| {
+                        let v = read_secret(s, &what)?;
+                        crate::secret::Secret::new(&format!("{what}: the secret"), &v)
+                            .map(|v| v.expose().as_bytes().to_vec())
+                            .map_err(|e| e.to_string())
+                    })
                     .transpose()?;
                 Ok((ce.url.clone(), SinkKind::CloudEvents(ce.mode), secret))
             }),
@@ -328,6 +346,16 @@ impl Message {
     pub fn count(&self) -> usize {
         self.event_ids.len()
     }
+
+    /// Its id: the history event's id, or `<first>-<last>` for several (a message sent
+    /// again after a restart may carry more events, and then has another id).
+    pub fn id(&self) -> String {
+        match (self.event_ids.first(), self.event_ids.iter().max()) {
+            (Some(first), Some(last)) if self.count() > 1 => format!("{first}-{last}"),
+            (Some(first), _) => first.to_string(),
+            _ => String::new(),
+        }
+    }
 }
 
 /// The message an event makes, if it makes one.
@@ -347,14 +375,19 @@ pub fn message(e: &Event) -> Option<Message> {
                     .map(|a| format!(" (by {a})"))
                     .unwrap_or_default()
             ),
-            format!("{}|{}", resource.as_deref().unwrap_or(""), d.change),
+            resource.clone().unwrap_or_default(),
         ),
-        EventData::ChangeApplied(c) if c.cause == Cause::Drift => (
-            "drift.reverted",
-            Severity::Info,
-            format!("drift on {} reverted: {}", c.resource, c.action),
-            format!("{}|{}", c.resource.key(), c.action),
-        ),
+        // Only a revert the cloud applied: one found already done, or pending, is not.
+        EventData::ChangeApplied(c)
+            if c.cause == Cause::Drift && c.status == ChangeStatus::Applied =>
+        {
+            (
+                "drift.reverted",
+                Severity::Info,
+                format!("drift on {} reverted: {}", c.resource, c.action),
+                c.resource.key(),
+            )
+        }
         EventData::ChangeFailed(c) if c.status == ChangeStatus::Failed => (
             "change.failed",
             Severity::Error,
@@ -438,26 +471,55 @@ fn routed(sink: &SinkConfig, m: &Message) -> bool {
 /// Resources listed in one aggregated message at most (the count says the rest).
 const LISTED: usize = 20;
 
-/// The messages of a batch of events for `sink`, in the order of their first event:
-/// routed, alike ones within the window merged, and on chat sinks each drift joined
-/// with its revert.
+/// The type whose message undoes this one's, for aggregation: an aggregate stops taking
+/// events once its opposite about the same thing came after it.
+fn opposite(ty: &str) -> Option<&'static str> {
+    match ty {
+        "finding.opened" => Some("finding.closed"),
+        "finding.closed" => Some("finding.opened"),
+        "drift.detected" => Some("drift.reverted"),
+        "drift.reverted" => Some("drift.detected"),
+        _ => None,
+    }
+}
+
+impl Sink {
+    /// The aggregation window in seconds (0: none).
+    pub fn aggregate_seconds(&self) -> u64 {
+        self.config.aggregate_seconds.unwrap_or(match self.kind {
+            SinkKind::Slack => 10,
+            SinkKind::CloudEvents(_) => 0,
+        })
+    }
+}
+
+/// The messages of a batch of events for `sink`, in the order of their first event: on
+/// chat sinks each drift joined with its revert, then routed, then alike ones within
+/// the window merged — never across their opposite (an opening, its closing and a new
+/// opening stay three messages, in that order).
 pub fn messages(sink: &Sink, events: &[Event]) -> Vec<Message> {
-    let window =
-        i64::try_from(sink.config.aggregate_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let seconds = sink.aggregate_seconds();
+    let window = i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let mut all: Vec<Message> = events.iter().filter_map(message).collect();
+    if sink.kind == SinkKind::Slack {
+        join_reverts(&mut all);
+    }
+    all.retain(|m| routed(&sink.config, m));
     let mut out: Vec<Message> = Vec::new();
     // (type, target, key) → index in `out` of the message still open for merging.
     let mut open: BTreeMap<(&'static str, Option<String>, String), usize> = BTreeMap::new();
-    for e in events {
-        let Some(m) = message(e) else { continue };
-        if !routed(&sink.config, &m) {
-            continue;
+    for m in all {
+        if let Some(o) = opposite(m.ty) {
+            open.remove(&(o, m.target.clone(), m.key.clone()));
         }
         let k = (m.ty, m.target.clone(), m.key.clone());
-        if let Some(&i) = open.get(&k)
+        if seconds > 0
+            && m.reverted.is_none()
+            && let Some(&i) = open.get(&k)
             && m.at - out[i].at <= window
         {
             let agg = &mut out[i];
-            agg.event_ids.push(e.id);
+            agg.event_ids.extend(m.event_ids);
             if let Some(r) = m.subject
                 && !agg.resources.contains(&r)
                 && agg.resources.len() < LISTED
@@ -469,21 +531,15 @@ pub fn messages(sink: &Sink, events: &[Event]) -> Vec<Message> {
             }
             continue;
         }
-        open.insert(k, out.len());
+        if m.reverted.is_none() {
+            open.insert(k, out.len());
+        }
         out.push(m);
     }
     for m in &mut out {
-        if m.count() > 1 {
-            m.text = format!(
-                "{} (×{} within {} s)",
-                m.text,
-                m.count(),
-                sink.config.aggregate_seconds
-            );
+        if m.count() > 1 && m.reverted.is_none() {
+            m.text = format!("{} (×{} within {seconds} s)", m.text, m.count());
         }
-    }
-    if sink.kind == SinkKind::Slack {
-        join_reverts(&mut out);
     }
     out
 }
@@ -545,39 +601,50 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Events read per round.
-const BATCH: usize = 500;
+/// Events read per round: a burst written by one reconcile fits in one.
+const BATCH: usize = 10_000;
+
+/// How often an idle sink looks for new events.
+const POLL: Duration = Duration::from_millis(500);
 
 /// Give every sink never seen a cursor at the history's head: a new sink tells what
-/// happens from now on, not the past. Call before the loops start writing events.
-///
-/// # Errors
-/// The store failed.
-pub fn init_cursors(
-    store: &crate::history::Store,
-    sinks: &[Sink],
-    now_ms: i64,
-) -> Result<(), crate::history::HistoryError> {
+/// happens from now on, not the past. Call before the loops start writing events. Each
+/// sink on its own: one that cannot be given a cursor starts at the head anyway (in
+/// memory) and says why.
+pub fn init_cursors(store: &crate::history::Store, sinks: &[Sink], now_ms: i64) {
     for sink in sinks {
-        if store.cursor(&sink.config.name)?.is_none() {
-            let head = store.head_id()?;
-            store.advance(&sink.config.name, head, now_ms)?;
-            tracing::info!(sink = %sink.config.name, from = head, "notification sink starts at the history's head");
+        let name = &sink.config.name;
+        let done = store.cursor(name).and_then(|c| match c {
+            Some(_) => Ok(()),
+            None => {
+                let head = store.head_id()?;
+                store.advance(name, head, now_ms)?;
+                tracing::info!(sink = %name, from = head, "notification sink starts at the history's head");
+                Ok(())
+            }
+        });
+        if let Err(e) = done {
+            tracing::error!(sink = %name, error = %e, "cannot keep the notification cursor; the sink starts at the head in memory");
         }
     }
-    Ok(())
 }
 
 /// Run every sink until shutdown (each on its own task).
 pub async fn run(shared: Arc<Shared>, sinks: Vec<Sink>, installation: String) {
-    let Some(_) = &shared.history else {
+    if shared.history.is_none() {
+        for sink in &sinks {
+            shared.update_sink(&sink.config.name, |s| {
+                s.last_error =
+                    Some("no history store is open (it is the outbox): nothing is sent".into());
+            });
+        }
         if !sinks.is_empty() {
             tracing::error!(
                 "notifications need the history store (their outbox); none is open, so nothing is sent"
             );
         }
         return;
-    };
+    }
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .connect_timeout(Duration::from_secs(5))
@@ -587,25 +654,30 @@ pub async fn run(shared: Arc<Shared>, sinks: Vec<Sink>, installation: String) {
     {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %e, "cannot build the notification HTTP client; nothing is sent");
+            tracing::error!(error = %e.without_url(), "cannot build the notification HTTP client; nothing is sent");
             return;
         }
     };
     let mut tasks = Vec::new();
     for sink in sinks {
-        tasks.push(tokio::spawn(run_sink(
+        let name = sink.config.name.clone();
+        let task = tokio::spawn(run_sink(
             shared.clone(),
             client.clone(),
             sink,
             installation.clone(),
-        )));
+        ));
+        tasks.push((name, task));
     }
-    for t in tasks {
-        let _ = t.await;
+    for (name, t) in tasks {
+        if let Err(e) = t.await {
+            tracing::error!(sink = %name, error = %e, "notification sink stopped");
+        }
     }
 }
 
-/// One sink's loop: read after the cursor, deliver in order, move the cursor.
+/// One sink's loop: read after the cursor, deliver in order, move the cursor after the
+/// whole batch (a restart sends the batch in flight again: at least once).
 pub async fn run_sink(
     shared: Arc<Shared>,
     client: reqwest::Client,
@@ -622,42 +694,49 @@ pub async fn run_sink(
         SinkKind::Slack => "slack",
     };
     shared.update_sink(&name, |s| s.kind = kind.into());
-    let mut cursor = match store.cursor(&name) {
-        Ok(Some(c)) => c,
-        Ok(None) => 0,
-        Err(e) => {
-            tracing::error!(sink = %name, error = %e, "cannot read the notification cursor; the sink stays idle");
-            return;
+    let mut cursor = loop {
+        match store.cursor(&name) {
+            Ok(Some(c)) => break c,
+            // No cursor could be kept (init_cursors said why): from the head, never 0.
+            Ok(None) => break store.head_id().unwrap_or(i64::MAX),
+            Err(e) => {
+                let e = format!("cannot read the notification cursor: {e}");
+                tracing::error!(sink = %name, "{e}");
+                shared.update_sink(&name, |s| s.last_error = Some(e));
+                tokio::select! {
+                    () = shared.cancel.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
         }
     };
     loop {
         if shared.cancel.is_cancelled() {
             return;
         }
-        let backlog = store.backlog(cursor).unwrap_or(0);
-        shared
-            .metrics
-            .notifications_backlog
-            .get_or_create(&label)
-            .set(backlog as i64);
-        shared.update_sink(&name, |s| s.backlog = backlog);
+        show_backlog(&shared, &label, cursor);
         let events = match store.events_after(cursor, BATCH) {
             Ok(e) => e,
             Err(e) => {
-                tracing::warn!(sink = %name, error = %e, "cannot read the history for notifications");
+                let e = format!("cannot read the history: {e}");
+                tracing::warn!(sink = %name, "{e}");
+                shared.update_sink(&name, |s| s.last_error = Some(e));
                 Vec::new()
             }
         };
         let Some(last) = events.last().map(|e| e.id) else {
             tokio::select! {
                 () = shared.cancel.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_millis(250)) => continue,
+                () = tokio::time::sleep(POLL) => continue,
             }
         };
         for m in messages(&sink, &events) {
+            if shared.cancel.is_cancelled() {
+                return; // the cursor stays: what is left is sent after the restart
+            }
             let req = render::request(&sink, &m, &installation);
-            if !deliver(&shared, &client, &sink, &label, &m, &req).await {
-                return; // shutdown during retries: the cursor stays, delivered next start
+            if !deliver(&shared, &client, &sink, &label, &m, &req, cursor).await {
+                return;
             }
         }
         cursor = last;
@@ -667,7 +746,76 @@ pub async fn run_sink(
     }
 }
 
-/// Deliver one message with retries; `false` when shutdown interrupted it.
+/// Events after `cursor` by id (retention gaps make it an upper bound), in the metric
+/// and the status.
+fn show_backlog(shared: &Shared, label: &SinkL, cursor: i64) {
+    let head = shared
+        .history
+        .as_ref()
+        .and_then(|h| h.head_id().ok())
+        .unwrap_or(cursor);
+    let backlog = u64::try_from(head.saturating_sub(cursor)).unwrap_or(0);
+    shared
+        .metrics
+        .notifications_backlog
+        .get_or_create(label)
+        .set(i64::try_from(backlog).unwrap_or(i64::MAX));
+    shared.update_sink(&label.sink, |s| s.backlog = backlog);
+}
+
+/// What one attempt came to.
+enum Attempt {
+    Delivered,
+    /// The receiver could not be reached, or asked to wait (timeouts, refused
+    /// connections, 408, 429): an outage of the sink, retried until it ends — never held
+    /// against the message. The wait it asked for, if any.
+    Unreachable(String, Option<Duration>),
+    /// The receiver answered and refused: counts towards `maxAttempts`.
+    Refused(String),
+}
+
+async fn attempt(
+    shared: &Shared,
+    client: &reqwest::Client,
+    sink: &Sink,
+    req: &render::Request,
+) -> Option<Attempt> {
+    let body = req.body.clone();
+    let mut r = client.post(&sink.url);
+    for (k, v) in &req.headers {
+        r = r.header(k.as_str(), v.as_str());
+    }
+    // Signed per attempt, so that a retry carries a fresh time.
+    if let Some(key) = &sink.secret {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        r = r.header("palisade-signature", render::signature(key, t, &body));
+    }
+    let sent = tokio::select! {
+        () = shared.cancel.cancelled() => return None,
+        sent = r.body(body).send() => sent,
+    };
+    Some(match sent {
+        Ok(resp) if resp.status().is_success() => Attempt::Delivered,
+        Ok(resp) if matches!(resp.status().as_u16(), 408 | 429) => {
+            let wait = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|s| Duration::from_secs(s.min(300)));
+            Attempt::Unreachable(format!("HTTP {}", resp.status().as_u16()), wait)
+        }
+        Ok(resp) => Attempt::Refused(format!("HTTP {}", resp.status().as_u16())),
+        // Never the URL: a chat webhook's URL is its secret.
+        Err(e) => Attempt::Unreachable(e.without_url().to_string(), None),
+    })
+}
+
+/// Deliver one message: until it is delivered, refused `maxAttempts` times (then
+/// dead-lettered), or shutdown (`false`).
+#[allow(clippy::too_many_arguments)]
 async fn deliver(
     shared: &Shared,
     client: &reqwest::Client,
@@ -675,6 +823,7 @@ async fn deliver(
     label: &SinkL,
     m: &Message,
     req: &render::Request,
+    cursor: i64,
 ) -> bool {
     let name = &sink.config.name;
     let mut waits = ExponentialBuilder::default()
@@ -683,14 +832,13 @@ async fn deliver(
         .with_jitter()
         .without_max_times()
         .build();
-    let mut last_error = String::new();
-    for attempt in 1..=sink.config.max_attempts {
-        let mut r = client.post(&sink.url).body(req.body.clone());
-        for (k, v) in &req.headers {
-            r = r.header(k.as_str(), v.as_str());
-        }
-        match r.send().await {
-            Ok(resp) if resp.status().is_success() => {
+    let mut refused = 0;
+    let last_error = loop {
+        let Some(a) = attempt(shared, client, sink, req).await else {
+            return false;
+        };
+        let (error, asked) = match a {
+            Attempt::Delivered => {
                 shared.metrics.notifications_sent.get_or_create(label).inc();
                 shared.update_sink(name, |s| {
                     s.sent += 1;
@@ -699,39 +847,47 @@ async fn deliver(
                 });
                 return true;
             }
-            Ok(resp) => last_error = format!("HTTP {}", resp.status().as_u16()),
-            Err(e) => last_error = format!("{e}"),
-        }
+            Attempt::Unreachable(e, wait) => (e, wait),
+            Attempt::Refused(e) => {
+                refused += 1;
+                (e, None)
+            }
+        };
         shared
             .metrics
             .notifications_failed
             .get_or_create(label)
             .inc();
-        tracing::warn!(sink = %name, attempt, error = %last_error, event = m.event_ids[0], "notification not delivered");
-        shared.update_sink(name, |s| s.last_error = Some(last_error.clone()));
-        if attempt == sink.config.max_attempts {
-            break;
+        tracing::warn!(sink = %name, refused, error = %error, message = %m.id(), "notification not delivered");
+        shared.update_sink(name, |s| s.last_error = Some(error.clone()));
+        show_backlog(shared, label, cursor);
+        if refused >= sink.config.max_attempts {
+            break error;
         }
-        let wait = waits.next().unwrap_or(Duration::from_secs(300));
+        let wait = asked
+            .unwrap_or_else(|| waits.next().unwrap_or(Duration::from_secs(300)))
+            .min(Duration::from_secs(300));
         tokio::select! {
             () = shared.cancel.cancelled() => return false,
             () = tokio::time::sleep(wait) => {}
         }
-    }
+    };
     let letter = DeadLetter {
         first_event: m.event_ids[0],
         last_event: *m.event_ids.iter().max().unwrap_or(&m.event_ids[0]),
-        attempts: sink.config.max_attempts,
+        attempts: refused,
         error: last_error,
         body: String::from_utf8_lossy(&req.body).into_owned(),
         at: shared.clock.now_ms(),
     };
-    if let Some(store) = &shared.history
-        && let Err(e) = store.dead_letter(name, &letter)
-    {
-        tracing::error!(sink = %name, error = %e, "cannot keep the dead letter");
+    let kept = shared
+        .history
+        .as_ref()
+        .map(|store| store.dead_letter(name, &letter));
+    if let Some(Err(e)) = kept {
+        tracing::error!(sink = %name, error = %e, "cannot keep the dead letter; it is only in this log: {}", letter.body);
     }
-    tracing::error!(sink = %name, event = letter.first_event, attempts = letter.attempts, error = %letter.error, "notification dead-lettered");
+    tracing::error!(sink = %name, message = %m.id(), attempts = letter.attempts, error = %letter.error, "notification dead-lettered");
     shared
         .metrics
         .notifications_dead_lettered

@@ -2,8 +2,10 @@
 //! Slack-compatible `{"text": …}`; the HMAC signature.
 //!
 //! Signature: `palisade-signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`
-//! with the sink's secret. A receiver recomputes it over the raw body, compares in
-//! constant time and refuses an old `t` (replay).
+//! with the sink's secret, computed for each attempt (so a retry carries a fresh `t`). A
+//! receiver recomputes it over the raw body, compares in constant time and refuses an
+//! old `t` (replay). The body repeats what the headers say (`type`, `eventIds`,
+//! `subject`): a receiver acting on a signed request takes them from the body.
 
 use hmac::{Hmac, Mac};
 use serde_json::json;
@@ -20,12 +22,12 @@ pub struct Request {
     pub body: Vec<u8>,
 }
 
-/// CloudEvents' HTTP binding: header values are printable ASCII; anything else (and
-/// `%`, `"`) is percent-encoded as UTF-8.
-fn header_value(s: &str) -> String {
+/// CloudEvents' HTTP binding (3.1.3.2): space, `"`, `%` and anything outside U+0021 to
+/// U+007E are percent-encoded as UTF-8.
+pub fn header_value(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
-        if (0x20..0x7f).contains(&b) && b != b'%' && b != b'"' {
+        if (0x21..0x7f).contains(&b) && b != b'%' && b != b'"' {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -54,23 +56,15 @@ pub fn source(installation: &str, target: Option<&str>) -> String {
     )
 }
 
-/// The request of `m` for `sink`.
+/// The request of `m` for `sink` (unsigned: the signature is added per attempt).
 pub fn request(sink: &Sink, m: &Message, installation: &str) -> Request {
-    let mut r = match sink.kind {
+    match sink.kind {
         SinkKind::CloudEvents(mode) => cloud_event(mode, m, installation),
         SinkKind::Slack => Request {
             headers: vec![("content-type".into(), "application/json".into())],
             body: slack(m).to_string().into_bytes(),
         },
-    };
-    if let Some(key) = &sink.secret {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        r.headers
-            .push(("palisade-signature".into(), signature(key, t, &r.body)));
     }
-    r
 }
 
 /// `t=<t>,v1=<hex>` over `"<t>.<body>"`.
@@ -91,7 +85,7 @@ fn severity(s: Severity) -> &'static str {
 }
 
 fn cloud_event(mode: ContentMode, m: &Message, installation: &str) -> Request {
-    let id = m.event_ids[0].to_string();
+    let id = m.id();
     let ty = format!("dev.palisade.{}", m.ty);
     let source = source(installation, m.target.as_deref());
     let time = crate::report::time(m.at);
@@ -100,10 +94,10 @@ fn cloud_event(mode: ContentMode, m: &Message, installation: &str) -> Request {
         ContentMode::Binary => {
             let mut headers = vec![
                 ("ce-specversion".to_string(), "1.0".to_string()),
-                ("ce-id".into(), id),
-                ("ce-source".into(), source),
-                ("ce-type".into(), ty),
-                ("ce-time".into(), time),
+                ("ce-id".into(), header_value(&id)),
+                ("ce-source".into(), header_value(&source)),
+                ("ce-type".into(), header_value(&ty)),
+                ("ce-time".into(), header_value(&time)),
                 ("content-type".into(), "application/json".into()),
                 ("ce-palisadeseverity".into(), severity(m.severity).into()),
                 ("ce-palisadecount".into(), m.count().to_string()),
@@ -139,11 +133,29 @@ fn cloud_event(mode: ContentMode, m: &Message, installation: &str) -> Request {
     }
 }
 
-/// Slack's mrkdwn: `&`, `<` and `>` are control characters.
+/// Text from the cloud or the policies, for chat: Slack's control characters (`&`, `<`,
+/// `>`) escaped, mentions (`@channel`, `@here`, `@all` on Mattermost and Teams) and
+/// Markdown links broken, control and bidi characters dropped, at most 500 characters.
 fn mrkdwn(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars().take(500) {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '@' => out.push_str("@\u{200b}"),
+            '[' | ']' | '*' | '_' | '~' | '`' => {
+                out.push('\u{200b}');
+                out.push(c);
+            }
+            '\n' | '\r' | '\t' => out.push(' '),
+            c if c.is_control()
+                || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206f}' | '\u{feff}') =>
+                {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The Slack-compatible payload: one readable message.
@@ -158,7 +170,8 @@ pub fn slack(m: &Message) -> serde_json::Value {
         text.push_str(&format!(" · {}", mrkdwn(t)));
     }
     if let Some(r) = &m.revision {
-        text.push_str(&format!(" · revision {}", mrkdwn(&r[..r.len().min(12)])));
+        let short: String = r.chars().take(12).collect();
+        text.push_str(&format!(" · revision {}", mrkdwn(&short)));
     }
     text.push('\n');
     text.push_str(&mrkdwn(&m.text));

@@ -12,7 +12,7 @@ fn sink(kind: SinkKind) -> Sink {
             events: Vec::new(),
             targets: Vec::new(),
             min_severity: Severity::Info,
-            aggregate_seconds: 10,
+            aggregate_seconds: Some(10),
             max_attempts: 3,
             backoff_ms: 10,
         },
@@ -167,8 +167,8 @@ fn cloud_events_follow_the_http_binding_in_both_modes_and_are_signed() {
     assert_eq!(h("ce-time"), "2026-03-01T00:00:00Z");
     assert_eq!(
         h("ce-subject"),
-        "group pay%C3%A9ments",
-        "percent-encoded UTF-8"
+        "group%20pay%C3%A9ments",
+        "space and UTF-8 percent-encoded"
     );
     for (name, value) in &r.headers {
         if let Some(attr) = name.strip_prefix("ce-") {
@@ -179,10 +179,14 @@ fn cloud_events_follow_the_http_binding_in_both_modes_and_are_signed() {
                 "{attr}"
             );
         }
-        assert!(
-            value.bytes().all(|b| (0x20..0x7f).contains(&b)),
-            "{name}: {value}"
-        );
+        if name.starts_with("ce-") {
+            assert!(
+                value
+                    .bytes()
+                    .all(|b| (0x21..0x7f).contains(&b) && b != b'"'),
+                "{name}: {value}"
+            );
+        }
     }
     let data: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(data["event"]["kind"], "drift-detected");
@@ -191,18 +195,22 @@ fn cloud_events_follow_the_http_binding_in_both_modes_and_are_signed() {
         "arn:aws:iam::123456789012:user/mallory"
     );
     assert_eq!(data["eventIds"][0], 7);
-    // The signature verifies over "<t>.<body>" and fails on another body.
-    let sig = h("palisade-signature");
-    let t: u64 = sig
-        .split(',')
-        .next()
-        .unwrap()
-        .strip_prefix("t=")
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert_eq!(sig, render::signature(b"k3y", t, &r.body));
-    assert_ne!(sig, render::signature(b"k3y", t, b"{}"));
+    assert!(
+        r.headers.iter().all(|(n, _)| n != "palisade-signature"),
+        "signed per attempt, not here"
+    );
+    // The documented scheme, computed apart from the code: HMAC-SHA256 over "<t>.<body>".
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"k3y").unwrap();
+    mac.update(b"1700000000.");
+    mac.update(&r.body);
+    assert_eq!(
+        render::signature(b"k3y", 1_700_000_000, &r.body),
+        format!(
+            "t=1700000000,v1={}",
+            hex::encode(mac.finalize().into_bytes())
+        )
+    );
 
     let s = sink(SinkKind::CloudEvents(ContentMode::Structured));
     let r = render::request(&s, m, "inst-1");
@@ -289,4 +297,88 @@ fn the_settings_file_is_checked_whole() {
     );
     std::fs::write(&file, "sinks:\n  - name: x\n    cloudEvent: {}\n").unwrap();
     assert!(load(&file).unwrap_err().contains("unknown field"));
+}
+
+#[test]
+fn aggregation_never_reorders_an_opening_and_its_closing() {
+    let f = finding("sg-1");
+    let ev = |id, data| {
+        at(
+            id,
+            id,
+            NewEvent::new(data).target("prod-aws").resource(&f.resource),
+        )
+    };
+    let events = vec![
+        ev(1, EventData::FindingOpened(f.clone())),
+        ev(2, EventData::FindingClosed(f.clone())),
+        ev(3, EventData::FindingOpened(f.clone())),
+    ];
+    let m = messages(&sink(SinkKind::Slack), &events);
+    let got: Vec<(&str, Vec<i64>)> = m.iter().map(|m| (m.ty, m.event_ids.clone())).collect();
+    assert_eq!(
+        got,
+        [
+            ("finding.opened", vec![1]),
+            ("finding.closed", vec![2]),
+            ("finding.opened", vec![3])
+        ]
+    );
+}
+
+#[test]
+fn a_revert_joins_its_drift_before_routing_and_only_an_applied_one_counts() {
+    let mut s = sink(SinkKind::Slack);
+    s.config.min_severity = Severity::Warning;
+    let m = messages(
+        &s,
+        &[drift(1, 1, "payments-api"), revert(2, 2, "payments-api")],
+    );
+    assert_eq!(m.len(), 1);
+    assert!(m[0].text.ends_with("— reverted"), "{}", m[0].text);
+    assert_eq!(m[0].id(), "1-2");
+    let mut already = revert(3, 3, "payments-api");
+    if let crate::history::Body::Typed(EventData::ChangeApplied(c)) = &mut already.event.body {
+        c.status = ChangeStatus::AlreadyDone;
+    }
+    assert!(message(&already).is_none(), "nothing was reverted");
+}
+
+#[test]
+fn chat_text_from_the_cloud_cannot_mention_link_or_hide() {
+    let mut e = drift(1, 1, "x");
+    e.event.resource = Some("group @channel [click](https://evil.example) \u{202e}gpj.exe".into());
+    let text = render::slack(&messages(&sink(SinkKind::Slack), &[e])[0]).to_string();
+    assert!(
+        !text.contains("@channel") && !text.contains("[click]") && !text.contains('\u{202e}'),
+        "{text}"
+    );
+}
+
+#[test]
+fn retention_keeps_what_a_sink_has_not_delivered() {
+    use outbox::Outbox as _;
+    let store = crate::history::Store::in_memory().unwrap();
+    let evs: Vec<(i64, NewEvent)> = (1..=5).map(|i| (i, drift(i, i, "g").event)).collect();
+    store.append_many(&evs).unwrap();
+    store.advance("slow", 2, 10).unwrap();
+    store.advance("fast", 5, 10).unwrap();
+    store.retain(1_000, 1_000).unwrap();
+    let left: Vec<i64> = store
+        .events_after(0, 100)
+        .unwrap()
+        .iter()
+        .filter(|e| e.event.kind() == crate::history::kind::DRIFT_DETECTED)
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(
+        left,
+        [3, 4, 5],
+        "after the slowest cursor, whatever their age"
+    );
+    assert_eq!(
+        store.backlog(2).unwrap(),
+        4,
+        "3, 4, 5 and the retention event"
+    );
 }
