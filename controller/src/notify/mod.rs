@@ -85,7 +85,8 @@ pub struct SinkConfig {
     /// on chat sinks, 0 (every event its own CloudEvent) on CloudEvents sinks.
     #[serde(default)]
     pub aggregate_seconds: Option<u64>,
-    /// Attempts before a message is dead-lettered (default 8).
+    /// Refusals (non-2xx answers other than an outage's) before a message is
+    /// dead-lettered (default 8).
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
     /// First wait between attempts, in milliseconds (default 1000; doubles, with
@@ -471,15 +472,16 @@ fn routed(sink: &SinkConfig, m: &Message) -> bool {
 /// Resources listed in one aggregated message at most (the count says the rest).
 const LISTED: usize = 20;
 
-/// The type whose message undoes this one's, for aggregation: an aggregate stops taking
-/// events once its opposite about the same thing came after it.
-fn opposite(ty: &str) -> Option<&'static str> {
+/// The types whose messages undo this one's, for aggregation: an aggregate stops taking
+/// events once its opposite about the same thing came after it (a flapping finding
+/// closes as `finding.closed` too).
+fn opposites(ty: &str) -> &'static [&'static str] {
     match ty {
-        "finding.opened" => Some("finding.closed"),
-        "finding.closed" => Some("finding.opened"),
-        "drift.detected" => Some("drift.reverted"),
-        "drift.reverted" => Some("drift.detected"),
-        _ => None,
+        "finding.opened" | "flapping" => &["finding.closed"],
+        "finding.closed" => &["finding.opened", "flapping"],
+        "drift.detected" => &["drift.reverted"],
+        "drift.reverted" => &["drift.detected"],
+        _ => &[],
     }
 }
 
@@ -502,15 +504,15 @@ pub fn messages(sink: &Sink, events: &[Event]) -> Vec<Message> {
     let window = i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
     let mut all: Vec<Message> = events.iter().filter_map(message).collect();
     if sink.kind == SinkKind::Slack {
-        join_reverts(&mut all);
+        all = join_reverts(all, &sink.config);
     }
     all.retain(|m| routed(&sink.config, m));
     let mut out: Vec<Message> = Vec::new();
     // (type, target, key) → index in `out` of the message still open for merging.
     let mut open: BTreeMap<(&'static str, Option<String>, String), usize> = BTreeMap::new();
     for m in all {
-        if let Some(o) = opposite(m.ty) {
-            open.remove(&(o, m.target.clone(), m.key.clone()));
+        for o in opposites(m.ty) {
+            open.remove(&(*o, m.target.clone(), m.key.clone()));
         }
         let k = (m.ty, m.target.clone(), m.key.clone());
         if seconds > 0
@@ -544,35 +546,29 @@ pub fn messages(sink: &Sink, events: &[Event]) -> Vec<Message> {
     out
 }
 
-/// Fold each `drift.reverted` into the `drift.detected` of the same resource before it.
-fn join_reverts(out: &mut Vec<Message>) {
-    let mut i = 0;
-    while i < out.len() {
-        if out[i].ty == "drift.reverted" && out[i].count() == 1 {
-            let (target, subject) = (out[i].target.clone(), out[i].subject.clone());
-            let key = |s: &Option<String>| {
-                s.as_deref()
-                    .and_then(|s| s.parse::<crate::addr::ResourceAddr>().ok())
-                    .map(|a| a.key())
-            };
-            let found = out[..i].iter().rposition(|d| {
-                d.ty == "drift.detected"
-                    && d.reverted.is_none()
-                    && d.count() == 1
-                    && d.target == target
-                    && key(&d.subject) == key(&subject)
-            });
-            if let Some(j) = found {
-                let r = out.remove(i);
-                let d = &mut out[j];
-                d.event_ids.extend(r.event_ids);
-                d.reverted = Some(r.text);
-                d.text = format!("{} — reverted", d.text);
-                continue;
-            }
+/// Fold each `drift.reverted` into the `drift.detected` of the same resource before it,
+/// when the sink takes that drift (else the revert stays on its own, to be routed).
+fn join_reverts(all: Vec<Message>, sink: &SinkConfig) -> Vec<Message> {
+    let mut out: Vec<Message> = Vec::with_capacity(all.len());
+    // (target, resource key) → index in `out` of the latest drift not yet joined.
+    let mut drifts: BTreeMap<(Option<String>, String), usize> = BTreeMap::new();
+    for m in all {
+        let k = (m.target.clone(), m.key.clone());
+        if m.ty == "drift.detected" && m.count() == 1 && routed(sink, &m) {
+            drifts.insert(k, out.len());
+        } else if m.ty == "drift.reverted"
+            && m.count() == 1
+            && let Some(j) = drifts.remove(&k)
+        {
+            let d = &mut out[j];
+            d.event_ids.extend(m.event_ids);
+            d.reverted = Some(m.text);
+            d.text = format!("{} — reverted", d.text);
+            continue;
         }
-        i += 1;
+        out.push(m);
     }
+    out
 }
 
 /// What `/api/status` shows of a sink.
@@ -612,6 +608,23 @@ const POLL: Duration = Duration::from_millis(500);
 /// sink on its own: one that cannot be given a cursor starts at the head anyway (in
 /// memory) and says why.
 pub fn init_cursors(store: &crate::history::Store, sinks: &[Sink], now_ms: i64) {
+    // A sink no longer configured holds back nothing: its cursor goes (retention keeps
+    // what the configured ones have not delivered).
+    match store.forget_other_cursors(
+        &sinks
+            .iter()
+            .map(|s| s.config.name.as_str())
+            .collect::<Vec<_>>(),
+    ) {
+        Ok(gone) => {
+            for name in gone {
+                tracing::info!(sink = %name, "notification sink no longer configured: its cursor is dropped");
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot drop the cursors of removed notification sinks")
+        }
+    }
     for sink in sinks {
         let name = &sink.config.name;
         let done = store.cursor(name).and_then(|c| match c {
@@ -730,13 +743,26 @@ pub async fn run_sink(
                 () = tokio::time::sleep(POLL) => continue,
             }
         };
-        for m in messages(&sink, &events) {
+        let batch = messages(&sink, &events);
+        for (i, m) in batch.iter().enumerate() {
             if shared.cancel.is_cancelled() {
                 return; // the cursor stays: what is left is sent after the restart
             }
-            let req = render::request(&sink, &m, &installation);
-            if !deliver(&shared, &client, &sink, &label, &m, &req, cursor).await {
+            let req = render::request(&sink, m, &installation);
+            if !deliver(&shared, &client, &sink, &label, m, &req, cursor).await {
                 return;
+            }
+            // Messages are in the order of their first event: everything before the
+            // next one's is dealt with (an aggregate's later events may be sent again
+            // after a crash; never lost).
+            if let Some(next) = batch.get(i + 1) {
+                let upto = next.event_ids[0] - 1;
+                if upto > cursor {
+                    cursor = upto;
+                    if let Err(e) = store.advance(&name, cursor, shared.clock.now_ms()) {
+                        tracing::error!(sink = %name, error = %e, "cannot move the notification cursor");
+                    }
+                }
             }
         }
         cursor = last;
@@ -798,7 +824,11 @@ async fn attempt(
     };
     Some(match sent {
         Ok(resp) if resp.status().is_success() => Attempt::Delivered,
-        Ok(resp) if matches!(resp.status().as_u16(), 408 | 429) => {
+        // The receiver's side is down or asks to wait: an outage, not a refusal.
+        Ok(resp)
+            if matches!(resp.status().as_u16(), 408 | 429 | 502 | 503 | 504)
+                || resp.headers().contains_key("retry-after") =>
+        {
             let wait = resp
                 .headers()
                 .get("retry-after")
@@ -809,8 +839,27 @@ async fn attempt(
         }
         Ok(resp) => Attempt::Refused(format!("HTTP {}", resp.status().as_u16())),
         // Never the URL: a chat webhook's URL is its secret.
-        Err(e) => Attempt::Unreachable(e.without_url().to_string(), None),
+        Err(e) => Attempt::Unreachable(transport_error(e), None),
     })
+}
+
+/// A transport error with its causes (timeout, refused connection, TLS…), never the URL.
+fn transport_error(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connect() {
+        "cannot connect".to_string()
+    } else {
+        e.to_string()
+    };
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// Deliver one message: until it is delivered, refused `maxAttempts` times (then
@@ -864,8 +913,10 @@ async fn deliver(
         if refused >= sink.config.max_attempts {
             break error;
         }
+        // The receiver's Retry-After, but never less than the backoff.
+        let backoff = waits.next().unwrap_or(Duration::from_secs(300));
         let wait = asked
-            .unwrap_or_else(|| waits.next().unwrap_or(Duration::from_secs(300)))
+            .map_or(backoff, |a| a.max(backoff))
             .min(Duration::from_secs(300));
         tokio::select! {
             () = shared.cancel.cancelled() => return false,

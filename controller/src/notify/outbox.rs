@@ -40,6 +40,12 @@ pub trait Outbox: Send + Sync {
     /// # Errors
     /// The store failed.
     fn backlog(&self, cursor: i64) -> Result<u64, HistoryError>;
+
+    /// Drop the cursors of every sink not in `keep`; returns their names.
+    ///
+    /// # Errors
+    /// The store failed.
+    fn forget_other_cursors(&self, keep: &[&str]) -> Result<Vec<String>, HistoryError>;
 }
 
 /// A message a sink gave up on.
@@ -114,6 +120,26 @@ impl Outbox for Store {
             })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    fn forget_other_cursors(&self, keep: &[&str]) -> Result<Vec<String>, HistoryError> {
+        let conn = self.conn();
+        let names: Vec<String> = conn
+            .prepare("SELECT sink FROM notify_cursor ORDER BY sink")
+            .and_then(|mut st| {
+                st.query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(|e| self.err(e))?;
+        let gone: Vec<String> = names
+            .into_iter()
+            .filter(|n| !keep.contains(&n.as_str()))
+            .collect();
+        for n in &gone {
+            conn.execute("DELETE FROM notify_cursor WHERE sink = ?1", params![n])
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(gone)
     }
 
     fn backlog(&self, cursor: i64) -> Result<u64, HistoryError> {

@@ -134,8 +134,9 @@ fn cloud_event(mode: ContentMode, m: &Message, installation: &str) -> Request {
 }
 
 /// Text from the cloud or the policies, for chat: Slack's control characters (`&`, `<`,
-/// `>`) escaped, mentions (`@channel`, `@here`, `@all` on Mattermost and Teams) and
-/// Markdown links broken, control and bidi characters dropped, at most 500 characters.
+/// `>`) escaped, mentions (`@channel`, `@here`, `@all` on Mattermost and Teams), Markdown
+/// links and bare URLs broken (a zero-width space after `:` and in `www.`), control,
+/// line-separator and bidi characters dropped, at most 500 characters.
 fn mrkdwn(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars().take(500) {
@@ -144,18 +145,20 @@ fn mrkdwn(s: &str) -> String {
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
             '@' => out.push_str("@\u{200b}"),
-            '[' | ']' | '*' | '_' | '~' | '`' => {
+            '[' | ']' | '`' => {
                 out.push('\u{200b}');
                 out.push(c);
             }
             '\n' | '\r' | '\t' => out.push(' '),
             c if c.is_control()
-                || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206f}' | '\u{feff}') =>
+                || matches!(c, '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206f}' | '\u{feff}') =>
                 {}
             c => out.push(c),
         }
     }
-    out
+    // `https://…` and `www.` would be linked by the chat itself.
+    out.replace("://", ":\u{200b}//")
+        .replace("www.", "www\u{200b}.")
 }
 
 /// The Slack-compatible payload: one readable message.

@@ -347,10 +347,16 @@ fn a_revert_joins_its_drift_before_routing_and_only_an_applied_one_counts() {
 #[test]
 fn chat_text_from_the_cloud_cannot_mention_link_or_hide() {
     let mut e = drift(1, 1, "x");
-    e.event.resource = Some("group @channel [click](https://evil.example) \u{202e}gpj.exe".into());
+    e.event.resource = Some(
+        "group @channel [click](https://evil.example) www.evil.example \u{202e}gpj.exe".into(),
+    );
     let text = render::slack(&messages(&sink(SinkKind::Slack), &[e])[0]).to_string();
     assert!(
-        !text.contains("@channel") && !text.contains("[click]") && !text.contains('\u{202e}'),
+        !text.contains("@channel")
+            && !text.contains("[click]")
+            && !text.contains("https://")
+            && !text.contains("www.evil")
+            && !text.contains('\u{202e}'),
         "{text}"
     );
 }
@@ -380,5 +386,58 @@ fn retention_keeps_what_a_sink_has_not_delivered() {
         store.backlog(2).unwrap(),
         4,
         "3, 4, 5 and the retention event"
+    );
+}
+
+#[test]
+fn on_chat_a_revert_whose_drift_the_sink_does_not_take_is_sent_alone() {
+    let mut s = sink(SinkKind::Slack);
+    s.config.events = vec!["drift.reverted".into()];
+    let m = messages(
+        &s,
+        &[drift(1, 1, "payments-api"), revert(2, 2, "payments-api")],
+    );
+    assert_eq!(
+        m.iter().map(|m| m.ty).collect::<Vec<_>>(),
+        ["drift.reverted"]
+    );
+}
+
+#[test]
+fn a_flapping_finding_is_not_aggregated_across_its_closing() {
+    let mut f = finding("sg-1");
+    f.kind = FindingKind::Flapping;
+    let ev = |id, data| {
+        at(
+            id,
+            id,
+            NewEvent::new(data).target("prod-aws").resource(&f.resource),
+        )
+    };
+    let m = messages(
+        &sink(SinkKind::Slack),
+        &[
+            ev(1, EventData::FindingOpened(f.clone())),
+            ev(2, EventData::FindingClosed(f.clone())),
+            ev(3, EventData::FindingOpened(f.clone())),
+        ],
+    );
+    assert_eq!(
+        m.iter().map(|m| m.ty).collect::<Vec<_>>(),
+        ["flapping", "finding.closed", "flapping"]
+    );
+}
+
+#[test]
+fn cursors_of_sinks_no_longer_configured_are_dropped() {
+    use outbox::Outbox as _;
+    let store = crate::history::Store::in_memory().unwrap();
+    store.advance("old", 0, 1).unwrap();
+    init_cursors(&store, &[sink(SinkKind::Slack)], 2);
+    assert_eq!(store.cursor("old").unwrap(), None);
+    assert_eq!(
+        store.cursor("t").unwrap(),
+        Some(0),
+        "the configured one starts at the head"
     );
 }
