@@ -200,6 +200,11 @@ fn a_receiver_answering_500_forever_is_dead_lettered_after_n_attempts() {
             .all(|a| a.header("ce-id") == attempts[0].header("ce-id"))
     );
     assert_eq!(c.status()["notifications"]["bus"]["deadLettered"], 1);
+    let (_, page) = c.http("GET", "/", &[], "");
+    assert!(
+        page.contains("id=\"notifications\"") && page.contains("HTTP 500"),
+        "the status page shows the sink and its last error"
+    );
     // The sink moved on: the next event is delivered once the receiver is fine.
     r.set_status(200);
     let next = repo.commit("after the outage", &[]);

@@ -502,6 +502,25 @@ pub fn render_page(s: &Status) -> String {
         ));
     }
     h.push_str("</table>");
+    if !s.notifications.is_empty() {
+        h.push_str("<h2>Notifications</h2><table id=\"notifications\"><tr><th>sink</th><th>kind</th><th>last delivered</th><th>backlog</th><th>sent</th><th>dead-lettered</th><th>last error</th></tr>");
+        for (name, n) in &s.notifications {
+            h.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td{}>{}</td></tr>",
+                esc(name),
+                esc(&n.kind),
+                n.last_success_at
+                    .map(|t| crate::report::time(i64::try_from(t).unwrap_or(0) * 1000))
+                    .unwrap_or_else(|| "never".into()),
+                n.backlog,
+                n.sent,
+                n.dead_lettered,
+                if n.last_error.is_some() { " class=bad" } else { "" },
+                esc(n.last_error.as_deref().unwrap_or("")),
+            ));
+        }
+        h.push_str("</table>");
+    }
     if !s.rejected.is_empty() {
         h.push_str("<h2>Rejected revisions</h2><table><tr><th>commit</th><th>reason</th><th>details</th></tr>");
         for r in s.rejected.iter().rev() {
