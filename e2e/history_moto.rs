@@ -83,16 +83,7 @@ fn history_survives_kill_9_and_the_html_report_renders() {
     // kill -9 while it keeps reconciling every ~2 s: whatever was recorded stays.
     std::thread::sleep(std::time::Duration::from_millis(1300));
     let before = store.count().unwrap();
-    let pid = c.child.borrow().id();
-    assert!(
-        Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let _ = c.child.borrow_mut().wait();
-    drop(c);
+    c.kill_9();
     let reopened = Store::open(&db).unwrap();
     assert!(
         reopened.count().unwrap() >= before,

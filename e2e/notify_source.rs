@@ -5,8 +5,6 @@
 
 mod support;
 
-use std::process::Command;
-
 use palisade::history::{Filter, Store};
 use support::{Controller, GitRepo, Receiver};
 
@@ -105,16 +103,7 @@ fn notifications_survive_a_receiver_down_and_kill_9_and_arrive_signed_in_order()
         "the chat webhook's URL (a secret) is never logged"
     );
     // kill -9 with the backlog.
-    let pid = c.child.borrow().id();
-    assert!(
-        Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let _ = c.child.borrow_mut().wait();
-    drop(c);
+    c.kill_9();
 
     // The receiver comes back; the controller restarts on the same data directory.
     r.set_status(200);

@@ -466,6 +466,19 @@ impl Controller {
         s["converged"] == true && s["revision"]["commit"] == commit
     }
 
+    /// `kill -9`, and wait for it to be gone.
+    pub fn kill_9(self) {
+        let pid = self.child.borrow().id();
+        assert!(
+            Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let _ = self.child.borrow_mut().wait();
+    }
+
     pub fn terminate(&mut self) -> Option<i32> {
         let pid = self.child.borrow().id();
         let _ = Command::new("kill")
