@@ -423,6 +423,15 @@ async fn page(State(app): State<App>) -> Html<String> {
     Html(render_page(&status_with_history(&app.shared).await))
 }
 
+/// An RFC 3339 date of Unix seconds, for the page.
+fn date_secs(t: u64) -> String {
+    crate::report::time(
+        i64::try_from(t)
+            .unwrap_or(i64::MAX / 1000)
+            .saturating_mul(1000),
+    )
+}
+
 /// The status page: plain HTML, no script, no external resource.
 pub fn render_page(s: &Status) -> String {
     let mut h = String::from(
@@ -482,7 +491,7 @@ pub fn render_page(s: &Status) -> String {
             format!(
                 "<span class={class}>{}</span> at {} ({} ms, trigger {}){}",
                 esc(r.result.as_str()),
-                crate::report::time(i64::try_from(r.at).unwrap_or(i64::MAX / 1000) * 1000),
+                date_secs(r.at),
                 r.duration_ms,
                 esc(r.trigger.as_str()),
                 r.error
@@ -510,7 +519,7 @@ pub fn render_page(s: &Status) -> String {
                 esc(name),
                 esc(&n.kind),
                 n.last_success_at
-                    .map(|t| crate::report::time(i64::try_from(t).unwrap_or(0) * 1000))
+                    .map(date_secs)
                     .unwrap_or_else(|| "never".into()),
                 n.backlog,
                 n.sent,

@@ -624,14 +624,17 @@ fn oscal_assessment_results_are_valid_stable_and_carry_the_evidence() {
     );
 
     let Some(python) = oscal_python() else { return };
-    let file = dir.path().join("ar.json");
-    std::fs::write(&file, &text).unwrap();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = std::process::Command::new(python)
-        .arg(root.join("tests/oscal/validate.py"))
-        .arg(&file)
-        .output()
-        .unwrap();
+    let file = dir.path().join("ar.json");
+    let validate = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        std::process::Command::new(&python)
+            .arg(root.join("tests/oscal/validate.py"))
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let out = validate(&text);
     assert!(
         out.status.success(),
         "{}{}",
@@ -644,12 +647,7 @@ fn oscal_assessment_results_are_valid_stable_and_carry_the_evidence() {
         .as_object_mut()
         .unwrap()
         .remove("reviewed-controls");
-    std::fs::write(&file, broken.to_string()).unwrap();
-    let out = std::process::Command::new(oscal_python().unwrap())
-        .arg(root.join("tests/oscal/validate.py"))
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = validate(&broken.to_string());
     assert!(
         !out.status.success(),
         "a result without reviewed-controls is invalid"

@@ -591,12 +591,6 @@ pub struct SinkStatus {
     pub dead_lettered: u64,
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Events read per round: a burst written by one reconcile fits in one.
 const BATCH: usize = 10_000;
 
@@ -772,15 +766,11 @@ pub async fn run_sink(
     }
 }
 
-/// Events after `cursor` by id (retention gaps make it an upper bound), in the metric
-/// and the status.
+/// Events after `cursor`, in the metric and the status.
 fn show_backlog(shared: &Shared, label: &SinkL, cursor: i64) {
-    let head = shared
-        .history
-        .as_ref()
-        .and_then(|h| h.head_id().ok())
-        .unwrap_or(cursor);
-    let backlog = u64::try_from(head.saturating_sub(cursor)).unwrap_or(0);
+    let Some(backlog) = shared.history.as_ref().and_then(|h| h.backlog(cursor).ok()) else {
+        return;
+    };
     shared
         .metrics
         .notifications_backlog
@@ -793,7 +783,7 @@ fn show_backlog(shared: &Shared, label: &SinkL, cursor: i64) {
 enum Attempt {
     Delivered,
     /// The receiver could not be reached, or asked to wait (timeouts, refused
-    /// connections, 408, 429): an outage of the sink, retried until it ends — never held
+    /// connections, 408, 429, 502, 503, 504, a `Retry-After`): an outage of the sink, retried until it ends — never held
     /// against the message. The wait it asked for, if any.
     Unreachable(String, Option<Duration>),
     /// The receiver answered and refused: counts towards `maxAttempts`.
@@ -813,9 +803,7 @@ async fn attempt(
     }
     // Signed per attempt, so that a retry carries a fresh time.
     if let Some(key) = &sink.secret {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let t = u64::try_from(shared.clock.now_ms() / 1000).unwrap_or(0);
         r = r.header("palisade-signature", render::signature(key, t, &body));
     }
     let sent = tokio::select! {
@@ -891,7 +879,7 @@ async fn deliver(
                 shared.metrics.notifications_sent.get_or_create(label).inc();
                 shared.update_sink(name, |s| {
                     s.sent += 1;
-                    s.last_success_at = Some(now_secs());
+                    s.last_success_at = u64::try_from(shared.clock.now_ms() / 1000).ok();
                     s.last_error = None;
                 });
                 return true;

@@ -150,9 +150,7 @@ fn mrkdwn(s: &str) -> String {
                 out.push(c);
             }
             '\n' | '\r' | '\t' => out.push(' '),
-            c if c.is_control()
-                || matches!(c, '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206f}' | '\u{feff}') =>
-                {}
+            c if crate::report::is_hidden(c) => {}
             c => out.push(c),
         }
     }

@@ -51,24 +51,18 @@ pub fn markdown_cell(s: &str) -> String {
             // A mention would notify people from a cloud name (`@org/team`).
             '@' => out.push_str("@\u{200b}"),
             '\n' | '\r' | '\t' => out.push(' '),
-            c if c.is_control() || is_format(c) => {}
+            c if crate::report::is_hidden(c) => {}
             c => out.push(c),
         }
     }
     out
 }
 
-/// Unicode format characters (bidi overrides and isolates, zero-width joiners…) that can
-/// make a name read as something else.
-fn is_format(c: char) -> bool {
-    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206f}' | '\u{feff}' | '\u{00ad}')
-}
-
 /// Text for HTML (the `<summary>` line is an HTML block: Markdown escapes show).
 fn html_text(s: &str) -> String {
     let clean: String = s
         .chars()
-        .filter(|c| !c.is_control() && !is_format(*c))
+        .filter(|c| !crate::report::is_hidden(*c))
         .collect();
     crate::report::xml(&clean).replace('@', "@\u{200b}")
 }
