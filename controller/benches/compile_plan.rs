@@ -62,6 +62,7 @@ fn main() {
             name: format!("f{f}"),
             tags: [("team".to_string(), format!("t{}", f % POLICIES))].into(),
             placement: None,
+            inbound: None,
         });
     }
     // One file per 100 policies, as a real repository would split them (files are capped at 1 MiB).

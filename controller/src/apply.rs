@@ -176,6 +176,8 @@ fn keys(c: &PlannedChange) -> (Vec<Key>, Vec<Key>) {
                 .collect();
             (needs, left)
         }
+        // The front door depends on nothing else the plan makes.
+        Change::SetInbound { .. } => (vec![], vec![]),
         Change::SetSubnetGroup { before, after, .. } => {
             let needs = ready(&mut after.iter());
             let left = before

@@ -1,9 +1,11 @@
 //! Guardrails, evaluated on a compiled desired state (so a violating policy fails
 //! `validate`) or on an observed inventory (everything in the target, managed or not).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use palisade_providers::{Access, Inventory, Peer, Ports, Protocol, Rule};
+use palisade_providers::{
+    Access, Direction, Function, Inbound, InboundPeer, Inventory, Peer, Ports, Protocol, Rule,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::addr::ResourceAddr;
@@ -43,6 +45,9 @@ pub enum FindingKind {
     /// An Azure private endpoint whose connection is not approved (pending the target
     /// owner's approval, rejected, disconnected): it exists, but no traffic flows.
     EndpointNotApproved,
+    /// One resource could not be read this pass (an Azure app's access restrictions):
+    /// it is left as it is, and read again on the next.
+    Unread,
 }
 
 /// One finding: deterministic text, no timestamps, so reports never flap.
@@ -522,6 +527,15 @@ pub fn check_inventory(set: &PolicySet, inventory: &Inventory) -> Vec<Finding> {
                 ));
             }
         }
+        for f in inventory
+            .functions
+            .iter()
+            .filter(|f| g.spec.scope.functions.matches(&f.name, &f.tags))
+        {
+            if let Some(inbound) = &f.inbound {
+                out.extend(front_door_findings(g, inventory, f, inbound));
+            }
+        }
         let req = &g.spec.require;
         for f in inventory
             .functions
@@ -554,6 +568,134 @@ pub fn check_inventory(set: &PolicySet, inventory: &Inventory) -> Vec<Finding> {
     }
     out.sort();
     out.dedup();
+    out
+}
+
+/// An Azure app's access restrictions as ingress rules on the front door's ports
+/// (tcp/443 and tcp/80), ordered as App Service evaluates them, the default action last
+/// (at 65500, where an NSG's `DenyAllInBound` is): what the guardrails judge. Each rule
+/// comes with the index of its restriction (`None`: the default action).
+///
+/// Fail closed: an unreadable source is any address; a subnet is its address ranges
+/// (nothing, when the subnet is not in the target); a deny that also matches on headers
+/// takes nothing back.
+fn front_door_rules(inventory: &Inventory, inbound: &Inbound) -> Vec<(Rule, Option<usize>)> {
+    let ports = |port| Ports {
+        protocol: palisade_providers::Protocol::Tcp,
+        range: Some(palisade_providers::PortRange {
+            from: port,
+            to: port,
+        }),
+        icmp: None,
+    };
+    let mut out = Vec::new();
+    let mut push = |peer: Peer, access: Access, priority: u16, at: Option<usize>| {
+        for p in [443, 80] {
+            out.push((
+                Rule {
+                    priority: Some(priority),
+                    ..Rule {
+                        access,
+                        ..Rule::allow(Direction::Ingress, ports(p), peer.clone())
+                    }
+                },
+                at,
+            ));
+        }
+    };
+    for (i, r) in inbound.rules.iter().enumerate() {
+        if r.access == Access::Deny && r.headers {
+            continue;
+        }
+        // The rank keeps App Service's order within an NSG's priority range.
+        let rank = u16::try_from(i + 1).unwrap_or(u16::MAX - 1).min(65_000);
+        let peers: Vec<Peer> = match &r.peer {
+            InboundPeer::Any | InboundPeer::Unreadable(_) => vec![Peer::Any],
+            InboundPeer::Cidr(n) => vec![Peer::cidr(*n)],
+            InboundPeer::ServiceTag(t) => vec![Peer::ServiceTag(t.clone())],
+            InboundPeer::Subnet(id) => inventory
+                .subnets
+                .iter()
+                .filter(|s| s.id.eq_ignore_ascii_case(id))
+                .flat_map(|s| s.cidrs.iter().map(|c| Peer::cidr(*c)))
+                .collect(),
+        };
+        for peer in peers {
+            push(peer, r.access, rank, Some(i));
+        }
+    }
+    push(Peer::Any, inbound.default_action, 65_500, None);
+    out
+}
+
+/// Guardrail `g` on one app's front door: one finding per access restriction (or the
+/// default action) that admits what `g` forbids, and one per set that admits it
+/// together.
+fn front_door_findings(
+    g: &GuardrailDoc,
+    inventory: &Inventory,
+    f: &Function,
+    inbound: &Inbound,
+) -> Vec<Finding> {
+    let target = inventory.target.as_str();
+    let rules = front_door_rules(inventory, inbound);
+    let all: Vec<&Rule> = rules.iter().map(|(r, _)| r).collect();
+    let name = |at: Option<usize>| match at {
+        Some(i) => {
+            let r = &inbound.rules[i];
+            format!("access restriction {:?} ({r})", r.name)
+        }
+        None => "the default action (allow)".to_string(),
+    };
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (rule, at) in &rules {
+        let broken = broken_clauses(g, rule, &all);
+        let Some(first) = broken.first() else {
+            continue;
+        };
+        if !seen.insert(*at) {
+            continue;
+        }
+        out.push(violation(
+            g,
+            target,
+            ResourceAddr::function(f.name.as_str()),
+            format!(
+                "front door: {} admits {} on the app's public endpoint{}",
+                name(*at),
+                rule.peer,
+                clauses_suffix(&broken)
+            ),
+            Some(g.at(*first)),
+        ));
+    }
+    for (forbid, together) in union_breaches(g, &all) {
+        let mut names: Vec<String> = together
+            .iter()
+            .filter_map(|r| {
+                rules
+                    .iter()
+                    .find(|(x, _)| std::ptr::eq(x, *r))
+                    .map(|(_, at)| name(*at))
+            })
+            .collect();
+        names.dedup();
+        out.push(violation(
+            g,
+            target,
+            ResourceAddr::function(f.name.as_str()),
+            format!(
+                "front door: {} together admit ingress from {}",
+                names.join("; "),
+                forbid
+                    .peer
+                    .as_ref()
+                    .map_or("any peer".into(), ToString::to_string)
+            ),
+            Some(g.at(forbid)),
+        ));
+    }
     out
 }
 

@@ -119,6 +119,14 @@ fn removes_access(c: &Change) -> bool {
             _ => false,
         },
         Change::SetSubnetGroup { after, .. } => after.is_some(),
+        // A front door closed again: a default of allow back to deny, or an allow rule
+        // nobody declared taken off.
+        Change::SetInbound { before, after, .. } => before.as_ref().is_none_or(|b| {
+            (b.default_action == Access::Allow && after.default_action == Access::Deny)
+                || b.rules
+                    .iter()
+                    .any(|r| r.access == Access::Allow && !after.rules.contains(r))
+        }),
         _ => false,
     }
 }
@@ -141,6 +149,7 @@ fn fields(c: &PlannedChange) -> Vec<String> {
             .collect(),
         Change::SetPlacement { after, .. } => vec![format!("{base}#{after:?}")],
         Change::SetSubnetGroup { after, .. } => vec![format!("{base}#{after:?}")],
+        Change::SetInbound { after, .. } => vec![format!("{base}#{after:?}")],
         _ => vec![base],
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use palisade_providers::{
     ApiCallCount, Cloud, Inventory, Ownership, OwnershipBasis, Provider, ProviderError, Target,
+    TargetScope,
 };
 use serde::Serialize;
 
@@ -134,16 +135,63 @@ pub async fn observe_and_plan(
     settings: &Settings,
     revision: Option<&str>,
 ) -> Result<Planned, PlanError> {
-    let inventory = provider
+    let observe_error = |source| PlanError::Observe {
+        target: at.scope.name.clone(),
+        source: Box::new(source),
+    };
+    let mut inventory = provider
         .observe(at.scope, ownership)
         .await
-        .map_err(|source| PlanError::Observe {
-            target: at.scope.name.clone(),
-            source: Box::new(source),
-        })?;
+        .map_err(observe_error)?;
+    let unread = observe_inbound(at, provider, &mut inventory)
+        .await
+        .map_err(observe_error)?;
     let mut planned = plan_with(at.set, at.doc, inventory, previous, settings, revision)?;
     planned.ownership = ownership.basis;
+    planned.plan.findings.extend(unread);
+    planned.plan.findings.sort();
     Ok(planned)
+}
+
+/// Azure: the access restrictions of the apps a policy selects, read one by one (see
+/// [`Provider::observe_inbound`]) into `inventory`. The apps whose read failed are
+/// findings; they keep what is there.
+async fn observe_inbound(
+    at: PlanTarget<'_>,
+    provider: &dyn Provider,
+    inventory: &mut Inventory,
+) -> Result<Vec<Finding>, ProviderError> {
+    if !matches!(at.scope.scope, TargetScope::Azure { .. }) {
+        return Ok(Vec::new());
+    }
+    let wanted = crate::compile::selected_functions(at.set, at.doc.name(), inventory);
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut read = provider.observe_inbound(at.scope, &wanted).await?;
+    for f in &mut inventory.functions {
+        f.inbound = read.inbound.remove(&f.id);
+    }
+    let names: BTreeMap<&str, &str> = inventory
+        .functions
+        .iter()
+        .map(|f| (f.id.as_str(), f.name.as_str()))
+        .collect();
+    Ok(read
+        .failed
+        .iter()
+        .map(|(id, why)| Finding {
+            kind: FindingKind::Unread,
+            target: at.scope.name.clone(),
+            resource: ResourceAddr::function(names.get(id.as_str()).copied().unwrap_or(id)),
+            message: format!(
+                "its inbound access restrictions could not be read ({why}); they are left as they are until a read succeeds"
+            ),
+            guardrail: None,
+            controls: Vec::new(),
+            location: None,
+        })
+        .collect())
 }
 
 /// Provider settings, per cloud.

@@ -527,7 +527,7 @@ proptest! {
                 0 => None,
                 g => Some(palisade_providers::Placement { network: "vpc-1".into(), subnets: vec!["subnet-3".into()], groups: vec![GroupRef::Managed(format!("p{}", g - 1))], route_all: false }),
             };
-            inv.functions.push(palisade_providers::Function { id: format!("arn:f{f}"), name: format!("f{f}"), tags: Default::default(), placement });
+            inv.functions.push(palisade_providers::Function { inbound: None, id: format!("arn:f{f}"), name: format!("f{f}"), tags: Default::default(), placement });
         }
         for (k, (g, rules)) in existing.iter().enumerate() {
             inv.groups.push(managed_group(&format!("p{g}"), &format!("sg-{k}"), rules.clone()));

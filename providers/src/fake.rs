@@ -290,6 +290,27 @@ fn apply_to(
             f.placement = after.clone();
             Ok(Outcome::applied())
         }
+        Change::SetInbound {
+            function, after, ..
+        } => {
+            let f = inv
+                .functions
+                .iter_mut()
+                .find(|f| f.id == *function)
+                .ok_or_else(|| ProviderError::Api {
+                    service: "fake".into(),
+                    operation: "SetInbound".into(),
+                    code: "ResourceNotFound".into(),
+                    message: format!("function {function} not found"),
+                    request_id: None,
+                    retryable: false,
+                })?;
+            if f.inbound.as_ref() == Some(after) {
+                return Ok(Outcome::already_done());
+            }
+            f.inbound = Some(after.clone());
+            Ok(Outcome::applied())
+        }
         Change::SetSubnetGroup { subnet, after, .. } => {
             let s = inv
                 .subnets
@@ -429,6 +450,23 @@ impl Provider for FakeProvider {
         let mut inv = self.inventory(&target.name);
         ownership.vet_inventory(&mut inv);
         Ok(inv)
+    }
+
+    /// What the fake's inventory holds for the functions asked about.
+    async fn observe_inbound(
+        &self,
+        target: &Target,
+        functions: &[String],
+    ) -> Result<crate::provider::InboundRead, ProviderError> {
+        let inv = self.inventory(&target.name);
+        let mut read = crate::provider::InboundRead::default();
+        let asked: std::collections::HashSet<&String> = functions.iter().collect();
+        for f in inv.functions.iter().filter(|f| asked.contains(&f.id)) {
+            if let Some(i) = &f.inbound {
+                read.inbound.insert(f.id.clone(), i.clone());
+            }
+        }
+        Ok(read)
     }
 
     async fn apply(&self, target: &Target, change: &Change) -> Result<Outcome, ProviderError> {

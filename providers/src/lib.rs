@@ -13,13 +13,13 @@ pub mod fake;
 
 pub use model::{
     Access, Cloud, Direction, Endpoint, EndpointKind, Function, GroupRef, GroupReference, IcmpType,
-    Inventory, Narrowing, Network, OwnedKind, Ownership, OwnershipBasis, OwnershipNote,
-    OwnershipVerdict, Peer, Placement, PortRange, Ports, PrefixList, Protocol, Rule, SecurityGroup,
-    Subnet, Tags, Target, TargetScope,
+    Inbound, InboundPeer, InboundRule, Inventory, Narrowing, Network, OwnedKind, Ownership,
+    OwnershipBasis, OwnershipNote, OwnershipVerdict, Peer, Placement, PortRange, Ports, PrefixList,
+    Protocol, Rule, SecurityGroup, Subnet, Tags, Target, TargetScope,
 };
 pub use provider::{
-    ApiCallCount, CallCounter, CallKind, CallOutcome, Change, Outcome, OutcomeStatus, Provider,
-    ProviderError, RefusalKind, total_calls,
+    ApiCallCount, CallCounter, CallKind, CallOutcome, Change, InboundRead, Outcome, OutcomeStatus,
+    Provider, ProviderError, RefusalKind, total_calls,
 };
 
 #[cfg(any(feature = "aws", feature = "azure"))]

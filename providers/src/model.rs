@@ -203,6 +203,131 @@ pub struct Function {
     /// Network placement; `None` when the function is not in a VPC / has no VNet integration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
+    /// Azure: who may reach the app's own front door (its access restrictions). `None`
+    /// when not observed: always on AWS (a Lambda function has no network ingress), and
+    /// on Azure for apps no policy selects or whose read is not due (see
+    /// [`crate::Provider::observe_inbound`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound: Option<Inbound>,
+}
+
+/// The inbound access restrictions of an Azure function app
+/// (`siteConfig.ipSecurityRestrictions` and `ipSecurityRestrictionsDefaultAction`): the
+/// rules in priority order, the first that matches decides, the default action the rest.
+///
+/// VNet integration is outbound only; this, not the integration subnet's NSG, decides
+/// who reaches the app over its public endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Inbound {
+    /// What happens to a request no rule matches.
+    pub default_action: Access,
+    /// The rules, in priority order (see [`Inbound::normalised`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<InboundRule>,
+}
+
+impl Inbound {
+    /// Sort the rules, so that equal restrictions compare equal.
+    pub fn normalised(mut self) -> Self {
+        self.rules.sort();
+        self.rules.dedup();
+        self
+    }
+}
+
+/// Equality ignores rule names (the cloud's handle, for people): two restrictions that
+/// admit the same requests in the same order are the same.
+impl PartialEq for Inbound {
+    fn eq(&self, other: &Self) -> bool {
+        self.default_action == other.default_action && self.rules == other.rules
+    }
+}
+impl Eq for Inbound {}
+
+/// One access restriction.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InboundRule {
+    /// Its name (at most 32 characters on ARM). Not part of its identity.
+    #[serde(default)]
+    pub name: String,
+    /// Priority: lower first.
+    pub priority: u32,
+    /// Allow or deny.
+    #[serde(default, skip_serializing_if = "is_allow")]
+    pub access: Access,
+    /// Who it matches.
+    pub peer: InboundPeer,
+    /// It also matches on HTTP headers (`X-Forwarded-Host`, `X-Azure-FDID`…), which
+    /// Palisade never writes: a rule with headers is never a declared one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub headers: bool,
+}
+
+impl PartialEq for InboundRule {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+impl Eq for InboundRule {}
+impl PartialOrd for InboundRule {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for InboundRule {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.priority, &self.peer, self.access, self.headers).cmp(&(
+            other.priority,
+            &other.peer,
+            other.access,
+            other.headers,
+        ))
+    }
+}
+
+impl fmt::Display for InboundRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let access = match self.access {
+            Access::Allow => "allow",
+            Access::Deny => "deny",
+        };
+        write!(f, "{access} {} at {}", self.peer, self.priority)?;
+        if self.headers {
+            f.write_str(" (with header filters)")?;
+        }
+        Ok(())
+    }
+}
+
+/// Whom an access restriction matches.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum InboundPeer {
+    /// Any address (`"ipAddress": "Any"`).
+    Any,
+    /// An address range, host bits cleared.
+    Cidr(IpNet),
+    /// A service tag (`AzureFrontDoor.Backend`, `AzureCloud`).
+    ServiceTag(String),
+    /// A subnet, by ARM id (`vnetSubnetResourceId`, traffic through a service endpoint).
+    Subnet(String),
+    /// What could not be read, as the cloud sent it. Guardrails take it for the world:
+    /// fail closed.
+    Unreadable(String),
+}
+
+impl fmt::Display for InboundPeer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InboundPeer::Any => f.write_str("any address"),
+            InboundPeer::Cidr(n) => write!(f, "{n}"),
+            InboundPeer::ServiceTag(t) => write!(f, "service-tag {t}"),
+            InboundPeer::Subnet(s) => write!(f, "subnet {s}"),
+            InboundPeer::Unreadable(raw) => write!(f, "unreadable {raw:?}"),
+        }
+    }
 }
 
 /// Where a function runs: its subnets and security groups.

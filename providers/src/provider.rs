@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    EndpointKind, GroupRef, Inventory, OwnedKind, Ownership, Placement, Rule, Tags, Target,
+    EndpointKind, GroupRef, Inbound, Inventory, OwnedKind, Ownership, Placement, Rule, Tags, Target,
 };
 
 /// One idempotent change to the cloud, as planned by the engine.
@@ -72,6 +72,19 @@ pub enum Change {
         before: Option<Placement>,
         /// Placement after.
         after: Option<Placement>,
+    },
+    /// Set an Azure function app's inbound access restrictions (and their default
+    /// action): a read-modify-write of `config/web` that changes nothing else.
+    #[serde(rename_all = "camelCase")]
+    SetInbound {
+        /// Function (site) id.
+        function: String,
+        /// Function name.
+        name: String,
+        /// Restrictions before (`None`: not observed).
+        before: Option<Inbound>,
+        /// Restrictions after.
+        after: Inbound,
     },
     /// Associate (or dissociate, with `None`) an NSG with an Azure subnet.
     #[serde(rename_all = "camelCase")]
@@ -153,6 +166,7 @@ impl Change {
             Change::AddRules { .. } => "addRules",
             Change::RemoveRules { .. } => "removeRules",
             Change::SetPlacement { .. } => "setPlacement",
+            Change::SetInbound { .. } => "setInbound",
             Change::SetSubnetGroup { .. } => "setSubnetGroup",
             Change::CreateEndpoint { .. } => "createEndpoint",
             Change::UpdateEndpoint { .. } => "updateEndpoint",
@@ -178,6 +192,16 @@ impl Change {
                 .filter(|g| matches!(g, GroupRef::Managed(_)) && !a.groups.contains(g))
                 .count(),
             Change::SetSubnetGroup { after: None, .. } => 1,
+            // Allow rules taken away from an app's front door.
+            Change::SetInbound {
+                before: Some(b),
+                after,
+                ..
+            } => b
+                .rules
+                .iter()
+                .filter(|r| r.access == crate::model::Access::Allow && !after.rules.contains(r))
+                .count(),
             _ => 0,
         }
     }
@@ -393,6 +417,24 @@ pub trait Provider: Send + Sync {
         ownership: &Ownership,
     ) -> Result<Inventory, ProviderError>;
 
+    /// Read the inbound access restrictions of `functions` (ids from the last
+    /// [`Provider::observe`]), the one read that is per resource: ARM has no list of
+    /// site configurations. The engine asks only for the functions a policy selects,
+    /// and a provider may answer for fewer than asked (a read budget per pass, the
+    /// least recently read first, the rest from its last read). A function whose read
+    /// failed is missing from the answer and its error is in [`InboundRead::failed`]:
+    /// one broken app never stops the others.
+    ///
+    /// # Errors
+    /// Only when nothing could be read at all (no credentials, no endpoint).
+    async fn observe_inbound(
+        &self,
+        _target: &Target,
+        _functions: &[String],
+    ) -> Result<InboundRead, ProviderError> {
+        Ok(InboundRead::default())
+    }
+
     /// Apply one change.
     ///
     /// # Errors
@@ -405,6 +447,15 @@ pub trait Provider: Send + Sync {
     fn api_calls(&self) -> Vec<ApiCallCount> {
         Vec::new()
     }
+}
+
+/// What [`Provider::observe_inbound`] read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InboundRead {
+    /// Restrictions by function id.
+    pub inbound: BTreeMap<String, Inbound>,
+    /// Functions whose read failed, with why.
+    pub failed: Vec<(String, String)>,
 }
 
 /// How one cloud API call ended.

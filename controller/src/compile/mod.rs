@@ -32,10 +32,12 @@ use crate::policy::{
 };
 
 mod endpoints;
+mod inbound;
 mod network;
 mod rules;
 
 use endpoints::*;
+use inbound::*;
 use network::*;
 use rules::*;
 
@@ -108,6 +110,21 @@ pub struct DesiredEndpoint {
     pub policies: Vec<String>,
 }
 
+/// An Azure function app's access restrictions as they should be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredInbound {
+    /// Function (site) id.
+    pub function: String,
+    /// Function name.
+    pub name: String,
+    /// The policy that selects it.
+    pub policy: String,
+    /// Enforce or audit.
+    pub mode: Mode,
+    /// The restrictions.
+    pub inbound: palisade_providers::Inbound,
+}
+
 /// An Azure subnet's NSG association as it should be.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredSubnetGroup {
@@ -134,6 +151,9 @@ pub struct DesiredState {
     pub endpoints: BTreeMap<String, DesiredEndpoint>,
     /// Azure subnet associations by subnet id (lower-cased).
     pub subnet_groups: BTreeMap<String, DesiredSubnetGroup>,
+    /// Azure function apps' access restrictions by function id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inbound: BTreeMap<String, DesiredInbound>,
     /// Function ids selected by each policy.
     pub selected: BTreeMap<String, Vec<String>>,
     /// Policies whose network could not be resolved against what is observed: their
@@ -323,6 +343,7 @@ pub fn compile(set: &PolicySet, target: &TargetDoc, inventory: Option<&Inventory
                 ));
             }
             let net = cx.nets.get(p.name()).cloned().unwrap_or_default();
+            let inbound = (cx.cloud == Cloud::Azure).then(|| compile_inbound(&mut cx, p));
             let mut ids = Vec::with_capacity(picked.len());
             for i in picked {
                 let f = &inv.functions[i];
@@ -342,6 +363,19 @@ pub fn compile(set: &PolicySet, target: &TargetDoc, inventory: Option<&Inventory
                     continue;
                 }
                 ids.push(f.id.clone());
+                if let Some(inbound) = &inbound {
+                    // The front door does not depend on the network resolving.
+                    desired.inbound.insert(
+                        f.id.clone(),
+                        DesiredInbound {
+                            function: f.id.clone(),
+                            name: f.name.clone(),
+                            policy: p.name().to_string(),
+                            mode: p.spec.mode,
+                            inbound: inbound.clone(),
+                        },
+                    );
+                }
                 if undelegated.contains(p.name()) {
                     // Integration would be refused by ARM: the app keeps its placement.
                     desired.conflicted.insert(f.id.clone());
@@ -438,12 +472,32 @@ pub fn compile(set: &PolicySet, target: &TargetDoc, inventory: Option<&Inventory
     }
     for f in &desired.conflicted {
         desired.placements.remove(f);
+        desired.inbound.remove(f);
     }
+    // A policy whose network does not resolve leaves its functions as they are, front
+    // door included.
+    desired
+        .inbound
+        .retain(|_, i| !desired.frozen.contains(&i.policy));
     Compiled {
         desired,
         diagnostics: cx.diags,
         conflicts,
     }
+}
+
+/// The ids of the functions some policy of `target` selects, in inventory order: what
+/// the planner needs per-resource reads for.
+pub fn selected_functions(set: &PolicySet, target: &str, inventory: &Inventory) -> Vec<String> {
+    let index = FunctionIndex::new(&inventory.functions);
+    let mut picked: BTreeSet<usize> = BTreeSet::new();
+    for p in set.policies_of(target) {
+        picked.extend(index.select(&p.spec.functions));
+    }
+    picked
+        .into_iter()
+        .map(|i| inventory.functions[i].id.clone())
+        .collect()
 }
 
 /// The Palisade ownership tags plus a Name, for what compile asks providers to create.

@@ -6,13 +6,13 @@ use super::*;
 
 /// One rule spec, flattened: direction, access, peers, ports, explicit priority.
 pub(super) struct FlatRule<'a> {
-    name: &'a str,
-    direction: Direction,
-    access: Access,
-    peers: &'a [Located<PeerSpec>],
-    ports: &'a [Located<PortSpec>],
-    priority: Option<u16>,
-    location: SourceLocation,
+    pub(super) name: &'a str,
+    pub(super) direction: Direction,
+    pub(super) access: Access,
+    pub(super) peers: &'a [Located<PeerSpec>],
+    pub(super) ports: &'a [Located<PortSpec>],
+    pub(super) priority: Option<u16>,
+    pub(super) location: SourceLocation,
 }
 
 pub(super) fn flat_rules(p: &PolicyDoc) -> Vec<FlatRule<'_>> {

@@ -34,13 +34,20 @@ pub(super) fn managed_count(observed: &Inventory) -> usize {
 }
 
 /// What counts against the blast-radius budget: every change that removes access —
-/// deleted groups and endpoints, revoked rules, releases, detached NSGs — except the
-/// revocation of rules added out of band (drift). Reverting those restores what the
-/// policies declare; refusing it would keep access nobody declared (fail open).
+/// deleted groups and endpoints, revoked rules, releases, detached NSGs, allow rules
+/// taken off a front door — except the revocation of rules added out of band (drift).
+/// Reverting those restores what the policies declare; refusing it would keep access
+/// nobody declared (fail open).
 pub fn budgeted_deletes(changes: &[PlannedChange]) -> usize {
     changes
         .iter()
-        .filter(|c| !(c.cause == Cause::Drift && matches!(c.change, Change::RemoveRules { .. })))
+        .filter(|c| {
+            !(c.cause == Cause::Drift
+                && matches!(
+                    c.change,
+                    Change::RemoveRules { .. } | Change::SetInbound { .. }
+                ))
+        })
         .map(|c| c.change.deletes())
         .sum()
 }

@@ -1,6 +1,55 @@
-//! Function placements (VPC/VNet, subnets, groups) and Azure subnet–NSG associations.
+//! Function placements (VPC/VNet, subnets, groups), Azure function apps' access
+//! restrictions, and Azure subnet–NSG associations.
 
 use super::*;
+
+/// Azure: each selected app's access restrictions as its policy builds them. An app
+/// whose restrictions were not read (the read failed) is not written blind; an app no
+/// policy selects is left as it is (Palisade never widens a front door it lets go of).
+pub(super) fn plan_inbound(b: &mut Builder<'_>, desired: &DesiredState, observed: &Inventory) {
+    let functions: BTreeMap<&str, &Function> = observed
+        .functions
+        .iter()
+        .map(|f| (f.id.as_str(), f))
+        .collect();
+    for (id, di) in &desired.inbound {
+        let Some(f) = functions.get(id.as_str()) else {
+            continue;
+        };
+        let Some(have) = &f.inbound else { continue };
+        if *have == di.inbound {
+            continue;
+        }
+        let resource = ResourceAddr::function(f.name.as_str());
+        if di.mode == Mode::Audit {
+            b.finding(
+                FindingKind::AuditDrift,
+                &resource,
+                format!(
+                    "inbound access restrictions differ from what policy {} declares: {}",
+                    di.policy,
+                    render::inbound_lines(Some(have), &di.inbound).join("; ")
+                ),
+            );
+            continue;
+        }
+        let drift = b
+            .previous
+            .and_then(|p| p.inbound.get(id))
+            .is_some_and(|pi| pi.inbound == di.inbound);
+        b.push(
+            Phase::Placement,
+            cause(drift),
+            &resource,
+            Change::SetInbound {
+                function: id.clone(),
+                name: f.name.clone(),
+                before: Some(have.clone()),
+                after: di.inbound.clone(),
+            },
+        );
+    }
+}
 
 pub(super) fn plan_placements(
     b: &mut Builder<'_>,

@@ -19,6 +19,10 @@ fn owner_of(c: &PlannedChange, desired: &DesiredState) -> String {
             || "(released: no policy selects it)".to_string(),
             |p| p.policy.clone(),
         ),
+        Change::SetInbound { function, .. } => desired
+            .inbound
+            .get(function)
+            .map_or_else(by_name, |i| i.policy.clone()),
         Change::SetSubnetGroup { subnet, .. } => desired
             .subnet_groups
             .get(&subnet.to_ascii_lowercase())

@@ -21,8 +21,8 @@ use std::fmt::Write as _;
 
 use palisade_providers::model::TAG_OWNER;
 use palisade_providers::{
-    Change, Function, GroupRef, Inventory, OwnedKind, OwnershipVerdict, Peer, Placement, Rule,
-    SecurityGroup,
+    Access, Change, Function, GroupRef, Inbound, Inventory, OwnedKind, OwnershipVerdict, Peer,
+    Placement, Rule, SecurityGroup,
 };
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +44,7 @@ use endpoints::*;
 use functions::*;
 use groups::*;
 pub use markdown::{markdown_cell, render_markdown};
+pub use render::inbound_lines;
 pub use render::render_text;
 use render::show_placement;
 
@@ -264,6 +265,7 @@ pub fn plan(
         gs.sort_by(|a, b| a.id.cmp(&b.id));
     }
     plan_placements(&mut b, desired, observed, settings);
+    plan_inbound(&mut b, desired, observed);
     // Managed groups that functions will still hold once this plan's placement changes
     // are done (functions no policy selects, audit-mode ones, releases refused), and
     // managed NSGs kept on subnets that host functions: never deleted from under them.

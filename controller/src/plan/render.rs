@@ -19,6 +19,37 @@ pub(super) fn show_placement(p: Option<&Placement>) -> String {
     }
 }
 
+/// The lines of an access-restriction change: the default action, then the rules
+/// taken away and added.
+pub fn inbound_lines(before: Option<&Inbound>, after: &Inbound) -> Vec<String> {
+    let action = |a: Access| match a {
+        Access::Allow => "allow",
+        Access::Deny => "deny",
+    };
+    let mut out = Vec::new();
+    match before {
+        None => out.push(format!(
+            "~ inbound (not read yet): default {}, {} rule(s)",
+            action(after.default_action),
+            after.rules.len()
+        )),
+        Some(b) if b.default_action != after.default_action => out.push(format!(
+            "~ inbound default: {} -> {}",
+            action(b.default_action),
+            action(after.default_action)
+        )),
+        Some(_) => {}
+    }
+    let was = before.map(|b| b.rules.as_slice()).unwrap_or_default();
+    for r in was.iter().filter(|r| !after.rules.contains(r)) {
+        out.push(format!("- inbound {r} ({:?})", r.name));
+    }
+    for r in after.rules.iter().filter(|r| !was.contains(r)) {
+        out.push(format!("+ inbound {r}"));
+    }
+    out
+}
+
 /// Render like `terraform plan`: changes grouped per resource with `+ ~ -`, drift apart
 /// from intended change, findings after, counts last.
 pub fn render_text(plan: &Plan) -> String {
@@ -102,6 +133,7 @@ pub(super) fn change_lines(c: &Change) -> Vec<String> {
             show_placement(before.as_ref()),
             show_placement(after.as_ref())
         )],
+        Change::SetInbound { before, after, .. } => inbound_lines(before.as_ref(), after),
         Change::SetSubnetGroup { before, after, .. } => vec![format!(
             "~ NSG: {} -> {}",
             before.as_ref().map_or("none".into(), ToString::to_string),

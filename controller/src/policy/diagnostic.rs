@@ -119,6 +119,9 @@ pub enum DiagnosticKind {
     GuardrailViolation,
     /// The source defines no policy at all.
     EmptySource,
+    /// A rule the cloud cannot express where it applies (an ingress peer that an Azure
+    /// function app's access restrictions cannot name): it admits nothing there.
+    NotExpressible,
 }
 
 impl fmt::Display for DiagnosticKind {

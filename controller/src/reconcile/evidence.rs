@@ -52,6 +52,10 @@ pub(super) fn describe(c: &crate::plan::PlannedChange) -> String {
             None => "taken out of its network".into(),
         },
         palisade_providers::Change::CreateEndpoint { .. } => "deleted out of band".into(),
+        palisade_providers::Change::SetInbound { before, after, .. } => format!(
+            "inbound access restrictions changed out of band; the revert: {}",
+            crate::plan::inbound_lines(before.as_ref(), after).join("; ")
+        ),
         palisade_providers::Change::SetSubnetGroup { before, .. } => format!(
             "NSG association changed to {}",
             before

@@ -114,6 +114,11 @@ impl AwsProvider {
                 RefusalKind::Unsupported,
                 "subnet-level security groups exist on Azure only".into(),
             )),
+            Change::SetInbound { .. } => Err(refuse(
+                "SetInbound",
+                RefusalKind::Unsupported,
+                "inbound access restrictions exist on Azure function apps only".into(),
+            )),
         }
     }
 

@@ -395,6 +395,7 @@ pub fn inventory(target: &str, raw: &Raw, ownership: &Ownership) -> Inventory {
                 )
             });
             Some(Function {
+                inbound: None,
                 id: arn.to_string(),
                 name: f.function_name().unwrap_or_default().to_string(),
                 tags: raw.function_tags.get(arn).cloned().unwrap_or_default(),

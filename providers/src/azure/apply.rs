@@ -43,6 +43,13 @@ impl AzureProvider {
                 let route_all = after.as_ref().is_some_and(|p| p.route_all);
                 self.set_placement(&arm, function, subnet, route_all).await
             }
+            Change::SetInbound {
+                function, after, ..
+            } => {
+                let out = self.set_inbound(&arm, target, function, after).await?;
+                self.remember_inbound(&target.name, function, after);
+                Ok(out)
+            }
             Change::SetSubnetGroup {
                 subnet,
                 before,
@@ -512,6 +519,56 @@ impl AzureProvider {
         let etag = current["etag"].as_str().map(str::to_string);
         let answer = arm
             .put_if_match(url, &current, etag.as_deref())
+            .await
+            .map_err(|e| changed_since_read(e, site))?;
+        if answer.status == StatusCode::Accepted {
+            arm.wait(what, &answer.headers).await?;
+        }
+        Ok(Outcome {
+            request_ids: answer.request_id().into_iter().collect(),
+            ..Outcome::applied()
+        })
+    }
+
+    /// Read-modify-write of the app's `config/web`: only `ipSecurityRestrictions` and
+    /// `ipSecurityRestrictionsDefaultAction` are sent (a PATCH), `If-Match` the etag read
+    /// when the configuration has one.
+    async fn set_inbound(
+        &self,
+        arm: &Arm,
+        target: &Target,
+        site: &str,
+        after: &crate::model::Inbound,
+    ) -> Result<Outcome, ProviderError> {
+        let what = "PATCH sites/config";
+        if !site_in_scope(target, site) {
+            return Err(internal(
+                what,
+                format!(
+                    "{site} is not a site of the target's resource group; refusing to change it"
+                ),
+            ));
+        }
+        let (rules, default) =
+            super::translate::restrictions(after).map_err(|e| internal(what, e))?;
+        let url = arm.url(&format!("{site}/config/web"), WEB_API_VERSION)?;
+        let current = arm.call(Method::Get, url.clone(), None).await?.body;
+        if super::translate::inbound(&current["properties"]) == after.clone().normalised()
+            && current["properties"]["ipSecurityRestrictionsDefaultAction"]
+                .as_str()
+                .is_some_and(|d| d.eq_ignore_ascii_case(default))
+        {
+            return Ok(Outcome::already_done());
+        }
+        let body = json!({
+            "properties": {
+                "ipSecurityRestrictions": rules,
+                "ipSecurityRestrictionsDefaultAction": default,
+            }
+        });
+        let etag = current["etag"].as_str().map(str::to_string);
+        let answer = arm
+            .patch_if_match(url, &body, etag.as_deref())
             .await
             .map_err(|e| changed_since_read(e, site))?;
         if answer.status == StatusCode::Accepted {

@@ -59,6 +59,7 @@ pub(crate) fn operation_name(method: &Method, path: &str) -> &'static str {
         "subnets",
         "privateendpoints",
         "sites",
+        "config",
         "operations",
         "operationresults",
     ];
@@ -96,6 +97,9 @@ pub(crate) fn operation_name(method: &Method, path: &str) -> &'static str {
         ("GET", "sites", false) => "GET sites",
         ("PUT", "sites", _) => "PUT sites",
         ("PATCH", "sites", _) => "PATCH sites",
+        ("GET", "config", _) => "GET sites/config",
+        ("PATCH", "config", _) => "PATCH sites/config",
+        ("PUT", "config", _) => "PUT sites/config",
         ("GET", "operations", _) => "GET operations (poll)",
         ("GET", "operationresults", _) => "GET operationResults (poll)",
         ("GET", _, _) => "GET other",
@@ -343,6 +347,17 @@ impl Arm {
         self.send(Method::Put, url, Some(body), etag).await
     }
 
+    /// A PATCH `If-Match` the etag read (see [`Arm::put_if_match`]); without an etag,
+    /// unconditional.
+    pub async fn patch_if_match(
+        &self,
+        url: Url,
+        body: &Value,
+        etag: Option<&str>,
+    ) -> Result<Answer, ProviderError> {
+        self.send(Method::Patch, url, Some(body), etag).await
+    }
+
     async fn send(
         &self,
         method: Method,
@@ -588,6 +603,16 @@ mod tests {
                 Method::Put,
                 "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/f",
                 "PUT sites",
+            ),
+            (
+                Method::Get,
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/f/config/web",
+                "GET sites/config",
+            ),
+            (
+                Method::Patch,
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/f/config/web",
+                "PATCH sites/config",
             ),
         ];
         for (m, p, want) in cases {

@@ -79,6 +79,11 @@ pub struct AzureSettings {
     pub transport_retries: usize,
     /// Client-side budget per subscription.
     pub rates: ArmRates,
+    /// Most `config/web` reads (a function app's access restrictions) in one pass over a
+    /// target: apps never read first, then the least recently read; the others are
+    /// answered from their last read. ARM has no list of site configurations, so this
+    /// is what keeps a pass's reads bounded at thousands of apps.
+    pub inbound_reads: usize,
 }
 
 /// Client-side rate limits per subscription, below ARM's own buckets (per subscription
@@ -137,6 +142,7 @@ impl Default for AzureSettings {
             conflict_delay: Duration::from_millis(500),
             transport_retries: 3,
             rates: ArmRates::default(),
+            inbound_reads: 1000,
         }
     }
 }
@@ -177,6 +183,10 @@ pub struct AzureProvider {
     /// ids that carry its tags without being owned (never resolved or written).
     vetted: Mutex<HashMap<String, Vetted>>,
     credential: Mutex<Option<Arc<dyn azure_core::auth::TokenCredential>>>,
+    /// (target, lower-cased site id) → the pass it was last read in, and what was read.
+    inbound: Mutex<HashMap<(String, String), (u64, crate::model::Inbound)>>,
+    /// Passes of `observe_inbound`, for the least-recently-read order.
+    inbound_pass: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -254,6 +264,28 @@ fn rg_and_name(id: &str) -> (String, String) {
     (rg, translate::name_of(id).to_string())
 }
 
+/// Whether `id` is a site of the target's resource group, spelled as one ARM resource
+/// (no further segments, no `.`/`..`, nothing a URL would read as a query): ids come from
+/// the cloud's lists and are used as request paths.
+fn site_in_scope(target: &Target, id: &str) -> bool {
+    let Ok(s) = scope(target) else { return false };
+    let prefix = format!(
+        "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Web/sites/",
+        s.subscription, s.resource_group
+    );
+    id.len() > prefix.len()
+        && id.is_char_boundary(prefix.len())
+        && id[..prefix.len()].eq_ignore_ascii_case(&prefix)
+        && {
+            let name = &id[prefix.len()..];
+            name != "."
+                && name != ".."
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        }
+}
+
 /// The ARM name of a managed private endpoint.
 pub fn endpoint_name(owner: &str) -> String {
     format!("palisade-{}", owner.replace('.', "-"))
@@ -284,6 +316,8 @@ impl AzureProvider {
             owners: Mutex::new(HashMap::new()),
             vetted: Mutex::new(HashMap::new()),
             credential: Mutex::new(None),
+            inbound: Mutex::new(HashMap::new()),
+            inbound_pass: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -427,6 +461,16 @@ impl Provider for AzureProvider {
         ownership: &Ownership,
     ) -> Result<Inventory, ProviderError> {
         self.observe_inner(target, ownership)
+            .await
+            .map_err(|e| named(e, &target.name))
+    }
+
+    async fn observe_inbound(
+        &self,
+        target: &Target,
+        functions: &[String],
+    ) -> Result<crate::provider::InboundRead, ProviderError> {
+        self.observe_inbound_inner(target, functions)
             .await
             .map_err(|e| named(e, &target.name))
     }

@@ -3,6 +3,7 @@
 //! NSG and endpoint vetted against the ownership record before anything else reads it.
 
 use super::*;
+use crate::model::Inbound;
 
 impl AzureProvider {
     pub(super) async fn observe_inner(
@@ -116,6 +117,104 @@ impl AzureProvider {
             .unwrap_or_else(|e| e.into_inner())
             .insert(target.name.clone(), vetted);
         Ok(inv)
+    }
+
+    /// See [`Provider::observe_inbound`]: at most `inbound_reads` GETs of `config/web`,
+    /// eight at a time, on the shared read budget.
+    pub(super) async fn observe_inbound_inner(
+        &self,
+        target: &Target,
+        functions: &[String],
+    ) -> Result<crate::provider::InboundRead, ProviderError> {
+        let mut read = crate::provider::InboundRead::default();
+        if functions.is_empty() {
+            return Ok(read);
+        }
+        let arm = self.arm()?;
+        let pass = self
+            .inbound_pass
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let key = |id: &str| (target.name.clone(), id.to_ascii_lowercase());
+        // Never read first, then the least recently read; ties by id, so the order
+        // does not depend on the caller's.
+        let mut order: Vec<(u64, &String)> = {
+            let cache = self.inbound.lock().unwrap_or_else(|e| e.into_inner());
+            functions
+                .iter()
+                .map(|id| (cache.get(&key(id)).map_or(0, |(p, _)| *p), id))
+                .collect()
+        };
+        order.sort();
+        order.dedup_by(|a, b| a.1.eq_ignore_ascii_case(b.1));
+        let (order, outside): (Vec<_>, Vec<_>) = order
+            .into_iter()
+            .partition(|(_, id)| site_in_scope(target, id));
+        for (_, id) in outside {
+            read.failed.push((
+                id.clone(),
+                "not a site of the target's resource group; not read".into(),
+            ));
+        }
+        let due: Vec<String> = order
+            .iter()
+            .take(self.settings.inbound_reads)
+            .map(|(_, id)| (*id).clone())
+            .collect();
+        let reads: Vec<(String, Result<Option<Inbound>, ProviderError>)> =
+            futures::stream::iter(due.into_iter().map(|id| {
+                let arm = arm.clone();
+                async move {
+                    let r = async {
+                        let url = arm.url(&format!("{id}/config/web"), WEB_API_VERSION)?;
+                        match arm.call(Method::Get, url, None).await {
+                            Ok(answer) => Ok(Some(translate::inbound(&answer.body["properties"]))),
+                            Err(e) if error_code(&e).is_some_and(|c| c.contains("NotFound")) => {
+                                Ok(None)
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                    .await;
+                    (id, r)
+                }
+            }))
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        let mut cache = self.inbound.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, r) in reads {
+            match r {
+                Ok(Some(inbound)) => {
+                    cache.insert(key(&id), (pass, inbound));
+                }
+                // The app is gone since the list: nothing to enforce on it.
+                Ok(None) => {
+                    cache.remove(&key(&id));
+                }
+                Err(e) => read.failed.push((id, e.to_string())),
+            }
+        }
+        // Only what was asked for stays remembered (apps deleted or no longer selected
+        // are forgotten); the answer is every app with a read, fresh or last.
+        let asked: std::collections::HashSet<(String, String)> =
+            functions.iter().map(|id| key(id)).collect();
+        cache.retain(|k, _| k.0 != target.name || asked.contains(k));
+        for id in functions {
+            if let Some((_, inbound)) = cache.get(&key(id)) {
+                read.inbound.insert(id.clone(), inbound.clone());
+            }
+        }
+        read.failed.sort();
+        Ok(read)
+    }
+
+    /// What a successful write of `inbound` left on the app, until its next read.
+    pub(super) fn remember_inbound(&self, target: &str, id: &str, inbound: &Inbound) {
+        let mut cache = self.inbound.lock().unwrap_or_else(|e| e.into_inner());
+        let k = (target.to_string(), id.to_ascii_lowercase());
+        let pass = cache.get(&k).map_or(0, |(p, _)| *p);
+        cache.insert(k, (pass, inbound.clone()));
     }
 
     pub(super) fn rejected(&self, target: &str, id: &str) -> bool {

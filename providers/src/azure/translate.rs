@@ -16,8 +16,9 @@ use ipnet::IpNet;
 use serde_json::{Value, json};
 
 use crate::model::{
-    Access, Direction, Endpoint, EndpointKind, Function, GroupRef, Narrowing, Network, Peer,
-    Placement, PortRange, Ports, Protocol, Rule, SecurityGroup, Subnet, Tags, owner_of,
+    Access, Direction, Endpoint, EndpointKind, Function, GroupRef, Inbound, InboundPeer,
+    InboundRule, Narrowing, Network, Peer, Placement, PortRange, Ports, Protocol, Rule,
+    SecurityGroup, Subnet, Tags, owner_of,
 };
 
 /// Tags from ARM's `tags` object.
@@ -517,6 +518,7 @@ pub fn functions(sites: &[Value], ids: &Ids) -> Vec<Function> {
                     }
                 });
             Some(Function {
+                inbound: None,
                 name: s["name"]
                     .as_str()
                     .map(str::to_string)
@@ -527,6 +529,184 @@ pub fn functions(sites: &[Value], ids: &Ids) -> Vec<Function> {
             })
         })
         .collect()
+}
+
+/// The priority ARM gives the entry it adds to show the default action (`Allow all` /
+/// `Deny all`); it is not a rule of its own.
+pub const DEFAULT_ACTION_PRIORITY: u64 = 2_147_483_647;
+/// At most this many access restrictions are read from one app (ARM allows 512); more is
+/// a hostile or broken answer, and what is past the cap is read as one allow of anything.
+pub const MAX_RESTRICTIONS: usize = 1024;
+/// ARM's limit on an access restriction's name.
+pub const MAX_RESTRICTION_NAME: usize = 32;
+
+fn access_of(v: &Value) -> Option<Access> {
+    match v.as_str()?.to_ascii_lowercase().as_str() {
+        "allow" => Some(Access::Allow),
+        "deny" => Some(Access::Deny),
+        _ => None,
+    }
+}
+
+/// What the cloud sent that could not be read, cut short and with control characters
+/// dropped, for findings.
+fn unreadable(v: &Value) -> InboundPeer {
+    let raw = match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    InboundPeer::Unreadable(raw.chars().filter(|c| !c.is_control()).take(80).collect())
+}
+
+/// One address of an `ipAddress` list: a CIDR, or a bare address as its /32 or /128.
+fn address(item: &str) -> Option<IpNet> {
+    let item = item.trim();
+    item.parse::<IpNet>()
+        .or_else(|_| item.parse::<std::net::IpAddr>().map(IpNet::from))
+        .ok()
+        .map(|n| n.trunc())
+}
+
+/// A function app's inbound access restrictions, from the `properties` of its
+/// `config/web` (`ipSecurityRestrictions`, `ipSecurityRestrictionsDefaultAction`).
+///
+/// - An entry with several sources (`"ipAddress": "10.0.0.0/8,192.168.0.0/16"`, or several
+///   service tags) is one rule per source, same name and priority.
+/// - The entry ARM adds at priority 2147483647 (`Allow all` / `Deny all`, `Any`) is the
+///   default action, not a rule.
+/// - Without `ipSecurityRestrictionsDefaultAction` (older API versions) the default is
+///   deny as soon as one allow rule exists, as App Service did then; else allow.
+/// - What cannot be read fails closed: an unknown action is an allow, a source that does
+///   not parse is [`InboundPeer::Unreadable`] (the world, to guardrails), a missing
+///   priority puts an allow first and a deny last.
+pub fn inbound(props: &Value) -> Inbound {
+    let mut rules = Vec::new();
+    let mut shown_default = None;
+    let entries = props["ipSecurityRestrictions"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for e in entries.iter().take(MAX_RESTRICTIONS) {
+        let access = access_of(&e["action"]).unwrap_or(Access::Allow);
+        let name: String = e["name"]
+            .as_str()
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(80)
+            .collect();
+        let ip = e["ipAddress"].as_str().map(str::trim);
+        let subnet = e["vnetSubnetResourceId"].as_str().filter(|s| !s.is_empty());
+        let priority = match e["priority"].as_u64() {
+            Some(p) if p >= DEFAULT_ACTION_PRIORITY => {
+                if ip.is_some_and(|i| i.eq_ignore_ascii_case("any")) && subnet.is_none() {
+                    shown_default = Some(access);
+                    continue;
+                }
+                u32::MAX
+            }
+            Some(p) => p as u32,
+            None if access == Access::Allow => 0,
+            None => u32::MAX,
+        };
+        let headers = e["headers"].as_object().is_some_and(|h| !h.is_empty());
+        let rule = |peer| InboundRule {
+            name: name.clone(),
+            priority,
+            access,
+            peer,
+            headers,
+        };
+        if let Some(id) = subnet {
+            rules.push(rule(InboundPeer::Subnet(id.to_string())));
+            continue;
+        }
+        let Some(ip) = ip.filter(|i| !i.is_empty()) else {
+            rules.push(rule(unreadable(&e["ipAddress"])));
+            continue;
+        };
+        let service_tag = e["tag"]
+            .as_str()
+            .is_some_and(|t| t.eq_ignore_ascii_case("ServiceTag"));
+        for item in ip.split(',').map(str::trim) {
+            let peer = if item.eq_ignore_ascii_case("any") {
+                InboundPeer::Any
+            } else if service_tag {
+                if item.is_empty() || item.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                    unreadable(&json!(item))
+                } else {
+                    InboundPeer::ServiceTag(item.to_string())
+                }
+            } else {
+                address(item).map_or_else(|| unreadable(&json!(item)), InboundPeer::Cidr)
+            };
+            rules.push(rule(peer));
+        }
+    }
+    if entries.len() > MAX_RESTRICTIONS {
+        rules.push(InboundRule {
+            name: format!("({} more)", entries.len() - MAX_RESTRICTIONS),
+            priority: 0,
+            access: Access::Allow,
+            peer: InboundPeer::Unreadable(format!(
+                "{} access restrictions, more than the {MAX_RESTRICTIONS} read",
+                entries.len()
+            )),
+            headers: false,
+        });
+    }
+    let default_action = access_of(&props["ipSecurityRestrictionsDefaultAction"])
+        .or(shown_default)
+        .unwrap_or(if rules.iter().any(|r| r.access == Access::Allow) {
+            Access::Deny
+        } else {
+            Access::Allow
+        });
+    Inbound {
+        default_action,
+        rules,
+    }
+    .normalised()
+}
+
+/// ARM's spelling of `inbound`: the `ipSecurityRestrictions` entries and the default
+/// action.
+///
+/// # Errors
+/// A rule Palisade cannot write (an unreadable source: only ever observed).
+pub fn restrictions(inbound: &Inbound) -> Result<(Vec<Value>, &'static str), String> {
+    let mut out = Vec::with_capacity(inbound.rules.len());
+    for r in &inbound.rules {
+        let name: String = r.name.chars().take(MAX_RESTRICTION_NAME).collect();
+        let action = match r.access {
+            Access::Allow => "Allow",
+            Access::Deny => "Deny",
+        };
+        let mut e = json!({ "name": name, "priority": r.priority, "action": action });
+        match &r.peer {
+            InboundPeer::Any => e["ipAddress"] = json!("Any"),
+            InboundPeer::Cidr(n) => {
+                e["ipAddress"] = json!(n.to_string());
+                e["tag"] = json!("Default");
+            }
+            InboundPeer::ServiceTag(t) => {
+                e["ipAddress"] = json!(t);
+                e["tag"] = json!("ServiceTag");
+            }
+            InboundPeer::Subnet(id) => e["vnetSubnetResourceId"] = json!(id),
+            InboundPeer::Unreadable(raw) => {
+                return Err(format!(
+                    "access restriction {name:?} has a source Palisade cannot write ({raw:?})"
+                ));
+            }
+        }
+        out.push(e);
+    }
+    let default = match inbound.default_action {
+        Access::Allow => "Allow",
+        Access::Deny => "Deny",
+    };
+    Ok((out, default))
 }
 
 #[cfg(test)]
