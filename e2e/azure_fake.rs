@@ -410,3 +410,147 @@ fn azure_claims_are_never_obeyed_and_stripped_tags_are_restored() {
     assert_eq!(nsg["properties"]["securityRules"], rules_before);
     assert_eq!(plan(&arm).0, Some(0));
 }
+
+fn front_door(arm: &ArmFake, site: &str) -> Value {
+    let (status, body) = arm.call(
+        "GET",
+        &format!("{RG}/providers/Microsoft.Web/sites/{site}/config/web"),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    body["properties"].clone()
+}
+
+fn open_by_hand(arm: &ArmFake, site: &str) {
+    let (status, body) = arm.call(
+        "PATCH",
+        &format!("{RG}/providers/Microsoft.Web/sites/{site}/config/web"),
+        Some(&json!({ "properties": {
+            "ipSecurityRestrictions": [
+                { "ipAddress": "Any", "action": "Allow", "priority": 100, "name": "open", "description": "by hand" }
+            ],
+            "ipSecurityRestrictionsDefaultAction": "Allow"
+        }})),
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
+fn front_door_findings(p: &Value, site: &str) -> Vec<String> {
+    p["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| {
+            f["guardrail"] == "no-world-ingress"
+                && f["resource"].as_str().unwrap().ends_with(site)
+                && f["message"].as_str().unwrap().contains("front door")
+        })
+        .map(|f| f["message"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn the_front_door_admits_exactly_what_ingress_declares() {
+    let arm = ArmFake::start(palisade_armfake::Config::default(), 4);
+    // As App Service creates them, apps admit everyone ("Allow all"): the guardrail says
+    // so, naming the default action.
+    let (_, before) = plan(&arm);
+    let open = front_door_findings(&before, "func-reports");
+    assert_eq!(open.len(), 1, "{:#}", before["findings"]);
+    assert!(open[0].contains("the default action (allow)"), "{open:?}");
+    let changes: Vec<&Value> = before["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["change"]["action"] == "setInbound")
+        .collect();
+    assert_eq!(changes.len(), 4, "one per selected app: {changes:#?}");
+
+    apply(&arm);
+    // reports-func admits orders-func's integration subnet on 443, nothing else; the
+    // default action is Deny (ARM shows it as the "Deny all" entry).
+    let reports = front_door(&arm, "func-reports");
+    assert_eq!(reports["ipSecurityRestrictionsDefaultAction"], "Deny");
+    let rules = reports["ipSecurityRestrictions"].as_array().unwrap();
+    assert_eq!(rules.len(), 2, "{rules:#?}");
+    assert!(
+        rules[0]["vnetSubnetResourceId"]
+            .as_str()
+            .unwrap()
+            .eq_ignore_ascii_case(&subnet("snet-orders")),
+        "{rules:#?}"
+    );
+    assert_eq!(
+        (rules[0]["action"].as_str(), rules[0]["priority"].as_u64()),
+        (Some("Allow"), Some(100))
+    );
+    assert_eq!(rules[1]["name"], "Deny all");
+    let orders = front_door(&arm, "func-orders-002");
+    let rules = orders["ipSecurityRestrictions"].as_array().unwrap();
+    assert_eq!(
+        (rules[0]["ipAddress"].as_str(), rules[0]["tag"].as_str()),
+        (Some("10.20.0.0/24"), Some("Default")),
+        "{rules:#?}"
+    );
+    // Everything else of the configuration is untouched.
+    assert_eq!(orders["minTlsVersion"], "1.2");
+    let (code, p) = plan(&arm);
+    assert_eq!(code, Some(0), "plan after apply: {:#}", p["changes"]);
+    assert!(front_door_findings(&p, "func-reports").is_empty());
+
+    // Opened to anyone by hand: a finding and a revert.
+    open_by_hand(&arm, "func-reports");
+    let (code, p) = plan(&arm);
+    assert_eq!(code, Some(2), "{:#}", p["changes"]);
+    let found = front_door_findings(&p, "func-reports");
+    assert!(
+        found.iter().any(|m| m.contains("\"open\"")),
+        "the restriction is named: {found:?}"
+    );
+    apply(&arm);
+    assert_eq!(
+        front_door(&arm, "func-reports")["ipSecurityRestrictionsDefaultAction"],
+        "Deny"
+    );
+    assert_eq!(plan(&arm).0, Some(0));
+
+    // In audit mode the same change is a finding and nothing is written.
+    let dir = tempfile::tempdir().unwrap();
+    support::copy_dir(&support::root().join("policies-example"), dir.path());
+    let file = dir.path().join("azure/functions.yaml");
+    let text = std::fs::read_to_string(&file).unwrap().replacen(
+        "  target: prod-azure\n  functions: { names: [ func-reports ] }",
+        "  target: prod-azure\n  mode: audit\n  functions: { names: [ func-reports ] }",
+        1,
+    );
+    assert!(text.contains("mode: audit"));
+    std::fs::write(&file, text).unwrap();
+    open_by_hand(&arm, "func-reports");
+    let (_, p) = support::plan_in(arm.palisade(), dir.path(), TARGET);
+    assert!(
+        !p["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["change"]["action"] == "setInbound"),
+        "{:#}",
+        p["changes"]
+    );
+    assert!(
+        p["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["kind"] == "audit-drift"
+                && f["resource"].as_str().unwrap().ends_with("func-reports")
+                && f["message"].as_str().unwrap().contains("inbound")),
+        "{:#}",
+        p["findings"]
+    );
+    support::apply_in(arm.palisade(), dir.path(), TARGET);
+    assert_eq!(
+        front_door(&arm, "func-reports")["ipSecurityRestrictionsDefaultAction"],
+        "Allow",
+        "audit writes nothing"
+    );
+}

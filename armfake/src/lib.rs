@@ -424,6 +424,8 @@ enum Kind {
     Subnet,
     Pe,
     Site,
+    /// A site's `config/web` (its `siteConfig`, access restrictions included).
+    SiteConfig,
     Operation,
     OperationResult,
 }
@@ -439,6 +441,7 @@ impl Kind {
             Kind::Subnet => "/subnets/",
             Kind::Pe => "/privateendpoints/",
             Kind::Site => "/microsoft.web/sites/",
+            Kind::SiteConfig => "/config/",
             Kind::Operation => "/operations/",
             Kind::OperationResult => "/operationresults/",
         }
@@ -505,6 +508,7 @@ impl ArmPath {
             }
             ("microsoft.web", ["sites"]) => (Kind::Site, true),
             ("microsoft.web", ["sites", _]) => (Kind::Site, false),
+            ("microsoft.web", ["sites", _, "config", "web"]) => (Kind::SiteConfig, false),
             _ => return None,
         };
         Some(ArmPath {
@@ -539,12 +543,13 @@ impl ArmPath {
             Kind::Subnet => "Microsoft.Network/virtualNetworks/subnets",
             Kind::Pe => "Microsoft.Network/privateEndpoints",
             Kind::Site => "Microsoft.Web/sites",
+            Kind::SiteConfig => "Microsoft.Web/sites/config",
             Kind::Operation | Kind::OperationResult => "operation",
         }
     }
 
     fn api_version(&self) -> &'static str {
-        if self.kind == Kind::Site {
+        if matches!(self.kind, Kind::Site | Kind::SiteConfig) {
             WEB_API
         } else {
             NETWORK_API
@@ -783,6 +788,9 @@ fn arm(
                 path.path
             ),
         );
+    }
+    if path.kind == Kind::SiteConfig {
+        return site_config(inner, method, &path, body);
     }
     match (method.as_str(), path.kind, path.list) {
         ("GET", Kind::Operation | Kind::OperationResult, _) => poll(inner, &path, &base),
@@ -1137,7 +1145,7 @@ fn put(inner: &mut Inner, path: &ArmPath, body: &[u8], base: &str) -> Response {
                 return resp;
             }
         }
-        Kind::DefaultRule | Kind::Operation | Kind::OperationResult => {
+        Kind::DefaultRule | Kind::SiteConfig | Kind::Operation | Kind::OperationResult => {
             return error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "MethodNotAllowed",
@@ -1355,6 +1363,179 @@ fn patch(inner: &mut Inner, path: &ArmPath, body: &[u8]) -> Response {
     axum::Json(inner.compose(&current)).into_response()
 }
 
+/// The entry ARM shows at priority 2147483647 for the default action.
+fn default_restriction(action: &str) -> Value {
+    let (name, description) = if action == "Deny" {
+        ("Deny all", "Deny all access")
+    } else {
+        ("Allow all", "Allow all access")
+    };
+    json!({
+        "ipAddress": "Any", "action": action, "priority": 2147483647u64,
+        "name": name, "description": description
+    })
+}
+
+/// Why an access restriction is refused, as App Service checks it.
+fn invalid_restriction(r: &Value) -> Option<String> {
+    let Some(o) = r.as_object() else {
+        return Some("an access restriction is an object".into());
+    };
+    match o.get("action").and_then(Value::as_str) {
+        Some("Allow" | "Deny") | None => {}
+        Some(other) => return Some(format!("action {other:?} is not Allow or Deny")),
+    }
+    match o.get("priority").and_then(Value::as_u64) {
+        Some(1..=2147483647) => {}
+        _ => return Some("priority must be an integer from 1 to 2147483647".into()),
+    }
+    if o.get("name")
+        .and_then(Value::as_str)
+        .is_some_and(|n| n.chars().count() > 32)
+    {
+        return Some("name must be at most 32 characters".into());
+    }
+    let ip = o.get("ipAddress").and_then(Value::as_str);
+    let subnet = o.get("vnetSubnetResourceId").and_then(Value::as_str);
+    match (ip, subnet) {
+        (Some(_), Some(_)) | (None, None) => {
+            Some("exactly one of ipAddress and vnetSubnetResourceId is required".into())
+        }
+        (None, Some(id)) => (ArmPath::parse(id).map(|p| p.kind) != Some(Kind::Subnet))
+            .then(|| format!("vnetSubnetResourceId {id:?} is not a subnet id")),
+        (Some(ip), None) => {
+            let tag = o.get("tag").and_then(Value::as_str).unwrap_or("Default");
+            let items: Vec<&str> = ip.split(',').map(str::trim).collect();
+            if items.len() > 8 {
+                return Some("at most 8 sources in one rule".into());
+            }
+            items.iter().find_map(|i| {
+                let ok = match tag {
+                    "ServiceTag" => {
+                        !i.is_empty() && i.chars().all(|c| c.is_ascii_alphanumeric() || c == '.')
+                    }
+                    _ => {
+                        i.eq_ignore_ascii_case("any")
+                            || match i.split_once('/') {
+                                Some((a, len)) => a.parse::<std::net::IpAddr>().is_ok_and(|a| {
+                                    len.parse::<u8>()
+                                        .is_ok_and(|l| l <= if a.is_ipv4() { 32 } else { 128 })
+                                }),
+                                None => i.parse::<std::net::IpAddr>().is_ok(),
+                            }
+                    }
+                };
+                (!ok).then(|| format!("{i:?} is not a valid source for tag {tag}"))
+            })
+        }
+    }
+}
+
+/// `sites/{name}/config/web`: GET composes the default action's entry in, PATCH and PUT
+/// merge the properties given (access restrictions checked as App Service does). Like
+/// the official 2024-04-01 examples, it carries no etag.
+fn site_config(inner: &mut Inner, method: &Method, path: &ArmPath, body: &[u8]) -> Response {
+    let site = path.parent().to_string();
+    let site_key = site.to_ascii_lowercase();
+    if !inner.resources.contains_key(&site_key) {
+        return not_found(path);
+    }
+    let key = path.path.to_ascii_lowercase();
+    let mut props = inner
+        .resources
+        .get(&key)
+        .map(|c| c["properties"].clone())
+        .unwrap_or_else(|| {
+            json!({
+                "numberOfWorkers": 1, "netFrameworkVersion": "v4.0", "linuxFxVersion": "",
+                "http20Enabled": false, "minTlsVersion": "1.2", "ftpsState": "AllAllowed",
+                "vnetRouteAllEnabled": false,
+                "ipSecurityRestrictionsDefaultAction": "Allow",
+                "scmIpSecurityRestrictionsDefaultAction": "Allow",
+                "scmIpSecurityRestrictionsUseMain": false,
+                "ipSecurityRestrictions": [],
+                "scmIpSecurityRestrictions": []
+            })
+        });
+    match method.as_str() {
+        "GET" => {}
+        "PATCH" | "PUT" => {
+            let given: Value = match serde_json::from_slice(body) {
+                Ok(v @ Value::Object(_)) => v,
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "InvalidRequestContent",
+                        "the body is not a JSON object",
+                    );
+                }
+            };
+            let Some(given) = given["properties"].as_object() else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidRequestContent",
+                    "properties are required",
+                );
+            };
+            if let Some(rules) = given.get("ipSecurityRestrictions") {
+                let Some(list) = rules.as_array() else {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "InvalidRequestContent",
+                        "ipSecurityRestrictions is a list",
+                    );
+                };
+                if let Some(why) = list.iter().find_map(invalid_restriction) {
+                    return error(StatusCode::BAD_REQUEST, "BadRequest", why);
+                }
+            }
+            if let Some(d) = given.get("ipSecurityRestrictionsDefaultAction")
+                && !matches!(d.as_str(), Some("Allow" | "Deny"))
+            {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "ipSecurityRestrictionsDefaultAction must be Allow or Deny",
+                );
+            }
+            for (k, v) in given {
+                props[k] = v.clone();
+            }
+            // The default action's entry is shown, never stored.
+            if let Some(list) = props["ipSecurityRestrictions"].as_array_mut() {
+                list.retain(|r| r["priority"].as_u64() != Some(2147483647));
+            }
+            inner.resources.insert(
+                key.clone(),
+                json!({ "id": path.path, "name": "web", "type": path.type_name(), "properties": props.clone() }),
+            );
+        }
+        _ => {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                format!("{method} is not allowed on {}", path.path),
+            );
+        }
+    }
+    let default = props["ipSecurityRestrictionsDefaultAction"]
+        .as_str()
+        .unwrap_or("Allow")
+        .to_string();
+    if let Some(list) = props["ipSecurityRestrictions"].as_array_mut() {
+        list.retain(|r| r["priority"].as_u64() != Some(2147483647));
+        list.push(default_restriction(&default));
+    }
+    axum::Json(json!({
+        "id": path.path,
+        "name": "web",
+        "type": path.type_name(),
+        "kind": "functionapp",
+        "properties": props,
+    }))
+    .into_response()
+}
+
 fn delete(inner: &mut Inner, path: &ArmPath, base: &str) -> Response {
     let key = path.path.to_ascii_lowercase();
     let Some(current) = inner.resources.get(&key).cloned() else {
@@ -1389,6 +1570,7 @@ fn delete(inner: &mut Inner, path: &ArmPath, base: &str) -> Response {
             }
         }
         Kind::Site => {
+            inner.resources.remove(&format!("{key}/config/web"));
             inner.resources.remove(&key);
             return StatusCode::OK.into_response();
         }
