@@ -1343,4 +1343,109 @@ spec:
         assert!(found[0].message.contains("210987654321"));
         assert!(found[0].message.contains("left as it is"));
     }
+
+    fn app_with(inbound: Inbound) -> Inventory {
+        Inventory {
+            target: "prod-azure".into(),
+            functions: vec![Function {
+                id: "/s/sites/func-x".into(),
+                name: "func-x".into(),
+                tags: Default::default(),
+                placement: None,
+                inbound: Some(inbound),
+            }],
+            ..Inventory::default()
+        }
+    }
+
+    fn restriction(
+        priority: u32,
+        access: Access,
+        peer: InboundPeer,
+    ) -> palisade_providers::InboundRule {
+        palisade_providers::InboundRule {
+            name: format!("r{priority}"),
+            priority,
+            access,
+            peer,
+            headers: false,
+        }
+    }
+
+    #[test]
+    fn the_front_door_is_judged_in_order_with_its_default_action() {
+        let set = example();
+        let world =
+            |inbound: Inbound| guardrail_findings(&set, &app_with(inbound), "no-world-ingress");
+        let cidr = |s: &str| InboundPeer::Cidr(s.parse().unwrap());
+        // App Service's default: open, and the finding names the default action.
+        let open = world(Inbound {
+            default_action: Access::Allow,
+            rules: vec![],
+        });
+        assert_eq!(open.len(), 1, "{open:#?}");
+        assert!(
+            open[0].message.contains("default action"),
+            "{}",
+            open[0].message
+        );
+        assert_eq!(open[0].resource, ResourceAddr::function("func-x"));
+        // Closed by default, a narrow allow: nothing to report.
+        assert!(
+            world(Inbound {
+                default_action: Access::Deny,
+                rules: vec![restriction(100, Access::Allow, cidr("203.0.113.0/24"))],
+            })
+            .is_empty()
+        );
+        // "Allow all" as a rule is the world; so is what could not be read.
+        for peer in [
+            InboundPeer::Any,
+            InboundPeer::Unreadable("?".into()),
+            cidr("0.0.0.0/0"),
+        ] {
+            let found = world(Inbound {
+                default_action: Access::Deny,
+                rules: vec![restriction(300, Access::Allow, peer.clone())],
+            });
+            assert_eq!(found.len(), 1, "{peer}: {found:#?}");
+            assert!(
+                found[0].message.contains("\"r300\""),
+                "{}",
+                found[0].message
+            );
+        }
+        // A deny of everything before the allow takes it back; one with header filters,
+        // or after it, does not.
+        let shadowing = |deny_at: u32, headers: bool| {
+            Inbound {
+                default_action: Access::Deny,
+                rules: vec![
+                    palisade_providers::InboundRule {
+                        headers,
+                        ..restriction(deny_at, Access::Deny, InboundPeer::Any)
+                    },
+                    restriction(300, Access::Allow, InboundPeer::Any),
+                ],
+            }
+            .normalised()
+        };
+        assert!(world(shadowing(100, false)).is_empty());
+        assert_eq!(world(shadowing(100, true)).len(), 1);
+        assert_eq!(world(shadowing(400, false)).len(), 1);
+        // Halves of the world together are one breach.
+        let halves = world(Inbound {
+            default_action: Access::Deny,
+            rules: vec![
+                restriction(100, Access::Allow, cidr("0.0.0.0/1")),
+                restriction(110, Access::Allow, cidr("128.0.0.0/1")),
+            ],
+        });
+        assert_eq!(halves.len(), 1, "{halves:#?}");
+        assert!(
+            halves[0].message.contains("together"),
+            "{}",
+            halves[0].message
+        );
+    }
 }

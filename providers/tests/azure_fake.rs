@@ -1014,3 +1014,103 @@ async fn a_claimed_endpoint_of_the_same_name_is_never_taken_over() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn access_restrictions_are_read_and_written_only_on_the_targets_sites() {
+    let (_running, p) = start(Config::default(), 5).await;
+    let t = target();
+    let inv = p
+        .observe(&t, &palisade_providers::Ownership::default())
+        .await
+        .unwrap();
+    let mut ids: Vec<String> = inv.functions.iter().map(|f| f.id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids.len(), 5);
+    // A hostile id outside the target's resource group is never read or written.
+    let mut asked = ids.clone();
+    asked.push("/subscriptions/other/resourceGroups/x/providers/Microsoft.Web/sites/y".into());
+    asked.push(format!(
+        "{RG}/providers/Microsoft.Web/sites/a/../../../../x"
+    ));
+    let reads = |p: &AzureProvider| count(p, "GET sites/config", CallOutcome::Ok);
+    let first = p.observe_inbound(&t, &asked).await.unwrap();
+    assert_eq!(first.failed.len(), 2, "{:?}", first.failed);
+    assert_eq!(first.inbound.len(), 5);
+    assert_eq!(reads(&p), 5);
+    let open = &first.inbound[&ids[0]];
+    assert_eq!(open.default_action, Access::Allow, "Allow all: {open:?}");
+    assert!(open.rules.is_empty());
+    // Palisade's write reads back as written, and nothing else of the config changes.
+    let want = palisade_providers::Inbound {
+        default_action: Access::Deny,
+        rules: vec![palisade_providers::InboundRule {
+            name: "office".into(),
+            priority: 100,
+            access: Access::Allow,
+            peer: palisade_providers::InboundPeer::Cidr("203.0.113.0/24".parse().unwrap()),
+            headers: false,
+        }],
+    };
+    let change = Change::SetInbound {
+        function: ids[0].clone(),
+        name: "x".into(),
+        before: Some(open.clone()),
+        after: want.clone(),
+    };
+    assert_eq!(
+        p.apply(&t, &change).await.unwrap().status,
+        OutcomeStatus::Applied
+    );
+    assert_eq!(
+        p.apply(&t, &change).await.unwrap().status,
+        OutcomeStatus::AlreadyDone
+    );
+    let again = p.observe_inbound(&t, &ids).await.unwrap();
+    assert_eq!(again.inbound[&ids[0]], want);
+    // Outside the target: refused, nothing written.
+    let outside = Change::SetInbound {
+        function: "/subscriptions/other/resourceGroups/x/providers/Microsoft.Web/sites/y".into(),
+        name: "y".into(),
+        before: None,
+        after: want,
+    };
+    assert!(p.apply(&t, &outside).await.is_err());
+}
+
+#[tokio::test]
+async fn a_pass_reads_at_most_its_budget_and_answers_the_rest_from_the_last_read() {
+    let (running, _) = start(Config::default(), 5).await;
+    let credential = azure_identity::ClientSecretCredential::new(
+        azure_core::new_http_client(),
+        Url::parse(&running.endpoint).unwrap(),
+        "tenant".into(),
+        "client".into(),
+        "secret".into(),
+    );
+    let p = AzureProvider::with_credential(
+        AzureSettings {
+            arm_endpoint: running.endpoint.clone(),
+            inbound_reads: 2,
+            ..AzureSettings::default()
+        },
+        Arc::new(credential),
+    );
+    let t = target();
+    let inv = p
+        .observe(&t, &palisade_providers::Ownership::default())
+        .await
+        .unwrap();
+    let ids: Vec<String> = inv.functions.iter().map(|f| f.id.clone()).collect();
+    let reads = |p: &AzureProvider| count(p, "GET sites/config", CallOutcome::Ok);
+    let mut answered = Vec::new();
+    for _ in 0..3 {
+        answered.push(p.observe_inbound(&t, &ids).await.unwrap().inbound.len());
+    }
+    assert_eq!(answered, vec![2, 4, 5], "never-read apps first");
+    assert_eq!(reads(&p), 6, "two reads a pass");
+    // Then the least recently read: after three more passes every app was read again.
+    for _ in 0..3 {
+        assert_eq!(p.observe_inbound(&t, &ids).await.unwrap().inbound.len(), 5);
+    }
+    assert_eq!(reads(&p), 12);
+}

@@ -122,12 +122,12 @@ mod tests {
     fn policy(yaml_rules: &str) -> PolicySet {
         let text = format!(
             r#"
-apiVersion: palisade.dev/v1
+apiVersion: palisade.dev/v1alpha1
 kind: Target
 metadata: {{ name: az }}
 spec: {{ azure: {{ subscriptionId: 00000000-0000-0000-0000-000000000001, resourceGroup: rg, location: westeurope }} }}
 ---
-apiVersion: palisade.dev/v1
+apiVersion: palisade.dev/v1alpha1
 kind: FunctionPolicy
 metadata: {{ name: api }}
 spec:

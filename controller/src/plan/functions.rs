@@ -289,3 +289,115 @@ pub(super) fn unwanted_subnet_groups<'a>(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use palisade_providers::{Inbound, InboundPeer, InboundRule};
+
+    use super::*;
+    use crate::compile::DesiredInbound;
+
+    fn closed() -> Inbound {
+        Inbound {
+            default_action: Access::Deny,
+            rules: vec![InboundRule {
+                name: "office".into(),
+                priority: 100,
+                access: Access::Allow,
+                peer: InboundPeer::Cidr("203.0.113.0/24".parse().unwrap()),
+                headers: false,
+            }],
+        }
+    }
+
+    fn open() -> Inbound {
+        Inbound {
+            default_action: Access::Allow,
+            rules: vec![],
+        }
+    }
+
+    fn setup(mode: Mode, observed: Option<Inbound>) -> (DesiredState, Inventory) {
+        let mut desired = DesiredState {
+            target: "az".into(),
+            ..DesiredState::default()
+        };
+        desired.inbound.insert(
+            "/s/sites/a".into(),
+            DesiredInbound {
+                function: "/s/sites/a".into(),
+                name: "a".into(),
+                policy: "api".into(),
+                mode,
+                inbound: closed(),
+            },
+        );
+        let inv = Inventory {
+            target: "az".into(),
+            functions: vec![Function {
+                id: "/s/sites/a".into(),
+                name: "a".into(),
+                tags: Default::default(),
+                placement: None,
+                inbound: observed,
+            }],
+            ..Inventory::default()
+        };
+        (desired, inv)
+    }
+
+    fn inbound_changes(p: &Plan) -> Vec<&PlannedChange> {
+        p.changes
+            .iter()
+            .filter(|c| matches!(c.change, Change::SetInbound { .. }))
+            .collect()
+    }
+
+    #[test]
+    fn an_opened_front_door_is_closed_again_as_drift() {
+        let (desired, inv) = setup(Mode::Enforce, Some(open()));
+        let first = plan(&desired, &inv, None, &Settings::default(), None);
+        let c = inbound_changes(&first);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].cause, Cause::Intended);
+        let again = plan(&desired, &inv, Some(&desired), &Settings::default(), None);
+        assert_eq!(inbound_changes(&again)[0].cause, Cause::Drift);
+        // As declared: nothing to do. Not read: nothing written blind.
+        for observed in [Some(closed()), None] {
+            let (desired, inv) = setup(Mode::Enforce, observed);
+            assert!(
+                inbound_changes(&plan(&desired, &inv, None, &Settings::default(), None)).is_empty()
+            );
+        }
+    }
+
+    #[test]
+    fn audit_reports_the_front_door_and_changes_nothing() {
+        let (desired, inv) = setup(Mode::Audit, Some(open()));
+        let p = plan(&desired, &inv, None, &Settings::default(), None);
+        assert!(inbound_changes(&p).is_empty());
+        assert!(
+            p.findings.iter().any(|f| f.kind == FindingKind::AuditDrift
+                && f.message.contains("inbound default: allow -> deny")),
+            "{:#?}",
+            p.findings
+        );
+    }
+
+    #[test]
+    fn taking_an_undeclared_allow_off_is_a_budgeted_delete_unless_it_is_drift() {
+        let mut extra = closed();
+        extra.rules.push(InboundRule {
+            name: "hand-made".into(),
+            priority: 200,
+            access: Access::Allow,
+            peer: InboundPeer::Any,
+            headers: false,
+        });
+        let (desired, inv) = setup(Mode::Enforce, Some(extra));
+        let intended = plan(&desired, &inv, None, &Settings::default(), None);
+        assert_eq!(budgeted_deletes(&intended.changes), 1);
+        let drift = plan(&desired, &inv, Some(&desired), &Settings::default(), None);
+        assert_eq!(budgeted_deletes(&drift.changes), 0);
+    }
+}

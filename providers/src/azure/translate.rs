@@ -963,4 +963,173 @@ mod tests {
             "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Network/virtualNetworks/vnet"
         );
     }
+
+    fn cidr(s: &str) -> InboundPeer {
+        InboundPeer::Cidr(s.parse().unwrap())
+    }
+
+    #[test]
+    fn access_restrictions_translate_to_the_model() {
+        let allow = |priority, peer| InboundRule {
+            name: String::new(),
+            priority,
+            access: Access::Allow,
+            peer,
+            headers: false,
+        };
+        let cases: Vec<(&str, Value, Access, Vec<InboundRule>)> = vec![
+            (
+                "as App Service creates an app: the shown default only",
+                json!({ "ipSecurityRestrictions": [
+                    { "ipAddress": "Any", "action": "Allow", "priority": 2147483647u64, "name": "Allow all" }
+                ]}),
+                Access::Allow,
+                vec![],
+            ),
+            (
+                "the default action property wins over the shown entry",
+                json!({ "ipSecurityRestrictionsDefaultAction": "Deny", "ipSecurityRestrictions": [
+                    { "ipAddress": "Any", "action": "Allow", "priority": 2147483647u64, "name": "Allow all" }
+                ]}),
+                Access::Deny,
+                vec![],
+            ),
+            (
+                "null restrictions, no default: open",
+                json!({ "ipSecurityRestrictions": null }),
+                Access::Allow,
+                vec![],
+            ),
+            (
+                "several sources in one rule; a bare address is its /32; host bits cleared",
+                json!({ "ipSecurityRestrictions": [
+                    { "ipAddress": "10.0.0.5/8, 192.0.2.7", "action": "Allow", "priority": 200, "name": "multi" }
+                ]}),
+                Access::Deny,
+                vec![
+                    allow(200, cidr("10.0.0.0/8")),
+                    allow(200, cidr("192.0.2.7/32")),
+                ],
+            ),
+            (
+                "service tags, one rule each",
+                json!({ "ipSecurityRestrictionsDefaultAction": "Deny", "ipSecurityRestrictions": [
+                    { "ipAddress": "AzureFrontDoor.Backend,AzureCloud", "tag": "ServiceTag", "action": "Allow", "priority": 300 }
+                ]}),
+                Access::Deny,
+                vec![
+                    allow(300, InboundPeer::ServiceTag("AzureCloud".into())),
+                    allow(
+                        300,
+                        InboundPeer::ServiceTag("AzureFrontDoor.Backend".into()),
+                    ),
+                ],
+            ),
+            (
+                "a subnet rule",
+                json!({ "ipSecurityRestrictionsDefaultAction": "Deny", "ipSecurityRestrictions": [
+                    { "vnetSubnetResourceId": "/s/x/subnets/a", "action": "Allow", "priority": 100 }
+                ]}),
+                Access::Deny,
+                vec![allow(100, InboundPeer::Subnet("/s/x/subnets/a".into()))],
+            ),
+            (
+                "unreadable sources, unknown actions and missing priorities fail closed",
+                json!({ "ipSecurityRestrictionsDefaultAction": "Deny", "ipSecurityRestrictions": [
+                    { "ipAddress": "not-an-ip", "action": "Maybe", "priority": 10 },
+                    { "ipAddress": "", "action": "Allow" }
+                ]}),
+                Access::Deny,
+                vec![
+                    allow(0, InboundPeer::Unreadable(String::new())),
+                    allow(10, InboundPeer::Unreadable("not-an-ip".into())),
+                ],
+            ),
+        ];
+        for (what, props, default, rules) in cases {
+            let got = inbound(&props);
+            assert_eq!(got.default_action, default, "{what}");
+            assert_eq!(got.rules, rules, "{what}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn a_deny_without_priority_goes_last_and_headers_are_kept() {
+        let got = inbound(&json!({ "ipSecurityRestrictions": [
+            { "ipAddress": "Any", "action": "Deny" },
+            { "ipAddress": "Any", "action": "Allow", "priority": 5, "headers": { "x-azure-fdid": ["abc"] } }
+        ]}));
+        assert_eq!(got.rules.len(), 2);
+        assert_eq!(got.rules[0].priority, 5);
+        assert!(got.rules[0].headers);
+        assert_eq!(
+            (got.rules[1].priority, got.rules[1].access),
+            (u32::MAX, Access::Deny)
+        );
+        assert_eq!(
+            got.default_action,
+            Access::Deny,
+            "an allow exists: the old implicit deny"
+        );
+    }
+
+    #[test]
+    fn too_many_restrictions_are_read_as_an_allow_of_anything() {
+        let many: Vec<Value> = (0..MAX_RESTRICTIONS + 3)
+            .map(|i| json!({ "ipAddress": "10.0.0.1", "action": "Deny", "priority": 100 + i }))
+            .collect();
+        let got = inbound(&json!({ "ipSecurityRestrictions": many }));
+        let first = &got.rules[0];
+        assert_eq!((first.priority, first.access), (0, Access::Allow));
+        assert!(matches!(first.peer, InboundPeer::Unreadable(_)));
+    }
+
+    #[test]
+    fn what_palisade_writes_reads_back_equal() {
+        let want = Inbound {
+            default_action: Access::Deny,
+            rules: vec![
+                InboundRule {
+                    name: "a-very-long-rule-name-that-is-more-than-32".into(),
+                    priority: 90,
+                    access: Access::Deny,
+                    peer: cidr("203.0.113.0/24"),
+                    headers: false,
+                },
+                InboundRule {
+                    name: "tag".into(),
+                    priority: 100,
+                    access: Access::Allow,
+                    peer: InboundPeer::ServiceTag("AzureFrontDoor.Backend".into()),
+                    headers: false,
+                },
+                InboundRule {
+                    name: "sub".into(),
+                    priority: 110,
+                    access: Access::Allow,
+                    peer: InboundPeer::Subnet("/s/v/subnets/x".into()),
+                    headers: false,
+                },
+            ],
+        }
+        .normalised();
+        let (rules, default) = restrictions(&want).unwrap();
+        assert!(rules[0]["name"].as_str().unwrap().chars().count() <= MAX_RESTRICTION_NAME);
+        let back = inbound(&json!({
+            "ipSecurityRestrictions": rules,
+            "ipSecurityRestrictionsDefaultAction": default,
+        }));
+        assert_eq!(back, want);
+        let unreadable = Inbound {
+            default_action: Access::Deny,
+            rules: vec![InboundRule {
+                name: "x".into(),
+                priority: 1,
+                access: Access::Allow,
+                peer: InboundPeer::Unreadable("?".into()),
+                headers: false,
+            }],
+        };
+        assert!(restrictions(&unreadable).is_err());
+    }
 }
