@@ -156,7 +156,10 @@ pub async fn observe_and_plan(
 /// Azure: the access restrictions of the apps a policy selects, read one by one (see
 /// [`Provider::observe_inbound`]) into `inventory`. The apps whose read failed are
 /// findings; they keep what is there.
-async fn observe_inbound(
+///
+/// # Errors
+/// When nothing could be read at all.
+pub async fn observe_inbound(
     at: PlanTarget<'_>,
     provider: &dyn Provider,
     inventory: &mut Inventory,

@@ -398,6 +398,8 @@ impl ProviderError {
 /// # Guarantees
 /// - `observe` makes only read calls, in bulk (paged list calls, never one call per
 ///   resource), and returns the target's state translated into the shared model.
+///   `observe_inbound` is the one per-resource read, for what no list returns, bounded
+///   by the functions policies select and a re-read budget.
 /// - `apply` is idempotent: applying a change that is already in effect succeeds with
 ///   [`OutcomeStatus::AlreadyDone`]. It never touches a resource the last observation
 ///   did not find to be Palisade's (recorded, or on [`crate::OwnershipBasis::Tags`]
@@ -419,9 +421,9 @@ pub trait Provider: Send + Sync {
 
     /// Read the inbound access restrictions of `functions` (ids from the last
     /// [`Provider::observe`]), the one read that is per resource: ARM has no list of
-    /// site configurations. The engine asks only for the functions a policy selects,
-    /// and a provider may answer for fewer than asked (a read budget per pass, the
-    /// least recently read first, the rest from its last read). A function whose read
+    /// site configurations. The engine asks only for the functions a policy selects;
+    /// a provider may answer some from its last read (a budget of re-reads per pass,
+    /// the least recently read first), but reads every function it never read. A function whose read
     /// failed is missing from the answer and its error is in [`InboundRead::failed`]:
     /// one broken app never stops the others.
     ///

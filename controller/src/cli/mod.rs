@@ -76,6 +76,11 @@ pub(crate) struct CloudArgs {
     /// 10/200 per subscription and principal). Unnamed buckets keep their defaults.
     #[arg(long, env = "PALISADE_AZURE_RATE_LIMITS", default_value = "")]
     pub(crate) azure_rate_limits: String,
+    /// Most re-reads of function apps' access restrictions (one GET of config/web each)
+    /// per pass over an Azure target, least recently read first; apps never read are
+    /// always read. ARM has no list of them: this bounds the per-app reads.
+    #[arg(long, env = "PALISADE_AZURE_INBOUND_READS", default_value_t = 1000)]
+    pub(crate) azure_inbound_reads: usize,
 }
 
 impl CloudArgs {
@@ -90,6 +95,7 @@ impl CloudArgs {
                 .azure_rate_limits
                 .parse()
                 .map_err(|e| anyhow::anyhow!("--azure-rate-limits: {e}"))?;
+            settings.azure.inbound_reads = self.azure_inbound_reads;
         }
         #[cfg(feature = "aws")]
         {

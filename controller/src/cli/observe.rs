@@ -20,12 +20,26 @@ pub(crate) fn run(args: ObserveArgs) -> Result<ExitCode> {
         target,
         cloud,
     } = args;
-    let (_, _, t) = load_target(&policies, target.as_deref(), None)?;
+    let (set, index, t) = load_target(&policies, target.as_deref(), None)?;
     let providers = cloud.providers()?;
     let provider = providers.get(t.scope.cloud())?;
     // Read-only, without the record: ownership as the tags claim it.
     let own = palisade_providers::Ownership::unverified(&t.name);
-    let inv = runtime()?.block_on(provider.observe(&t, &own))?;
+    let rt = runtime()?;
+    let mut inv = rt.block_on(provider.observe(&t, &own))?;
+    // Azure: the access restrictions of the apps a policy selects (one read each).
+    let at = PlanTarget {
+        set: &set,
+        doc: &set.targets[index],
+        scope: &t,
+    };
+    for f in rt.block_on(palisade::planning::observe_inbound(
+        at,
+        provider.as_ref(),
+        &mut inv,
+    ))? {
+        eprintln!("warning: {}: {}", f.resource, f.message);
+    }
     println!("{}", serde_json::to_string_pretty(&inv)?);
     let calls = providers.api_calls();
     eprintln!(

@@ -79,10 +79,11 @@ pub struct AzureSettings {
     pub transport_retries: usize,
     /// Client-side budget per subscription.
     pub rates: ArmRates,
-    /// Most `config/web` reads (a function app's access restrictions) in one pass over a
-    /// target: apps never read first, then the least recently read; the others are
-    /// answered from their last read. ARM has no list of site configurations, so this
-    /// is what keeps a pass's reads bounded at thousands of apps.
+    /// Most `config/web` re-reads (a function app's access restrictions) in one pass
+    /// over a target, the least recently read first; the others are answered from their
+    /// last read. Apps never read are read whatever this says (once). ARM has no list of
+    /// site configurations, so this is what keeps a pass's reads bounded at thousands
+    /// of apps.
     pub inbound_reads: usize,
 }
 

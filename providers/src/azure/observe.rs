@@ -119,8 +119,9 @@ impl AzureProvider {
         Ok(inv)
     }
 
-    /// See [`Provider::observe_inbound`]: at most `inbound_reads` GETs of `config/web`,
-    /// eight at a time, on the shared read budget.
+    /// See [`Provider::observe_inbound`]: a GET of `config/web` for every app never
+    /// read, and at most `inbound_reads` re-reads of the others, least recently read
+    /// first; eight at a time, on the shared read budget.
     pub(super) async fn observe_inbound_inner(
         &self,
         target: &Target,
@@ -156,9 +157,12 @@ impl AzureProvider {
                 "not a site of the target's resource group; not read".into(),
             ));
         }
+        // Apps never read are always read (once: their first enforcement needs it);
+        // re-reads are budgeted.
+        let fresh = order.iter().take_while(|(pass, _)| *pass == 0).count();
         let due: Vec<String> = order
             .iter()
-            .take(self.settings.inbound_reads)
+            .take(fresh + self.settings.inbound_reads)
             .map(|(_, id)| (*id).clone())
             .collect();
         let reads: Vec<(String, Result<Option<Inbound>, ProviderError>)> =
