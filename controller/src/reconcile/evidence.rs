@@ -52,10 +52,23 @@ pub(super) fn describe(c: &crate::plan::PlannedChange) -> String {
             None => "taken out of its network".into(),
         },
         palisade_providers::Change::CreateEndpoint { .. } => "deleted out of band".into(),
-        palisade_providers::Change::SetInbound { before, after, .. } => format!(
-            "inbound access restrictions changed out of band; the revert: {}",
-            crate::plan::inbound_lines(before.as_ref(), after).join("; ")
-        ),
+        // What was done out of band: from the declared restrictions to what was found.
+        palisade_providers::Change::SetInbound { before, after, .. } => match before {
+            Some(found) => {
+                let mut parts = Vec::new();
+                if found.default_action != after.default_action {
+                    parts.push(format!("default action set to {:?}", found.default_action));
+                }
+                for r in found.rules.iter().filter(|r| !after.rules.contains(r)) {
+                    parts.push(format!("added {r} ({:?})", r.name));
+                }
+                for r in after.rules.iter().filter(|r| !found.rules.contains(r)) {
+                    parts.push(format!("removed {r}"));
+                }
+                format!("front door changed out of band: {}", parts.join("; "))
+            }
+            None => "front door changed out of band".into(),
+        },
         palisade_providers::Change::SetSubnetGroup { before, .. } => format!(
             "NSG association changed to {}",
             before
