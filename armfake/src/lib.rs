@@ -69,6 +69,9 @@ pub struct Config {
     pub fail_next_delete: Option<(String, String)>,
     /// A token that is always accepted besides issued ones (for scripts and curl).
     pub static_token: Option<String>,
+    /// Who the Activity Log names for writes made with the static token (a user's
+    /// principal name).
+    pub static_caller: String,
 }
 
 impl Default for Config {
@@ -82,6 +85,7 @@ impl Default for Config {
             fail_next: None,
             fail_next_delete: None,
             static_token: None,
+            static_caller: "operator@contoso.example".into(),
         }
     }
 }
@@ -104,7 +108,10 @@ struct Inner {
     /// own entries and are composed into their parents on read).
     resources: BTreeMap<String, Value>,
     ops: HashMap<String, Operation>,
-    tokens: BTreeSet<String>,
+    /// Issued token → the client id it was issued to.
+    tokens: BTreeMap<String, String>,
+    /// The Activity Log: one administrative event per successful write, oldest first.
+    activity: Vec<Value>,
     next_id: u64,
     /// ARM calls counted, for throttling and for `/_fake/calls`.
     calls: u64,
@@ -601,7 +608,11 @@ async fn handle(
     if method == Method::POST && path.ends_with("/oauth2/v2.0/token") {
         let mut inner = fake.lock();
         let token = format!("fake-token-{}", inner.new_id());
-        inner.tokens.insert(token.clone());
+        let client = String::from_utf8_lossy(&body)
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("client_id=").map(str::to_string))
+            .unwrap_or_default();
+        inner.tokens.insert(token.clone(), client);
         return axum::Json(json!({
             "token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599,
             "access_token": token,
@@ -611,8 +622,11 @@ async fn handle(
     let mut inner = fake.lock();
     let mut response = arm(&mut inner, &method, &uri, &headers, &body);
     inner.calls += 1;
-    let h = response.headers_mut();
     let rid = inner.new_id();
+    if method != Method::GET && response.status().is_success() {
+        record_activity(&mut inner, &method, &uri, &headers, &rid);
+    }
+    let h = response.headers_mut();
     h.insert(
         "x-ms-request-id",
         HeaderValue::from_str(&rid).expect("ascii"),
@@ -701,7 +715,7 @@ fn arm(
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.strip_prefix("Bearer "))
         .is_some_and(|t| {
-            inner.tokens.contains(t) || inner.config.static_token.as_deref() == Some(t)
+            inner.tokens.contains_key(t) || inner.config.static_token.as_deref() == Some(t)
         });
     if !authorised {
         return error(
@@ -709,6 +723,9 @@ fn arm(
             "AuthenticationFailed",
             "Authentication failed. The 'Authorization' header is missing or holds no valid bearer token.",
         );
+    }
+    if let Some(sub) = activity_log_path(uri.path()) {
+        return activity_list(inner, method, uri, &sub, &base_url(headers));
     }
     let Some(path) = ArmPath::parse(uri.path()) else {
         return error(
@@ -1361,6 +1378,217 @@ fn patch(inner: &mut Inner, path: &ArmPath, body: &[u8]) -> Response {
     current["etag"] = json!(format!("W/\"{}\"", inner.new_id()));
     inner.resources.insert(key, current.clone());
     axum::Json(inner.compose(&current)).into_response()
+}
+
+/// The caller a write's bearer token stands for: the client id a token was issued to
+/// (a service principal), or the operator behind the static token (a user).
+fn caller_of(inner: &Inner, headers: &HeaderMap) -> (String, Value) {
+    let token = headers
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    match inner.tokens.get(token) {
+        Some(client) => (
+            client.clone(),
+            json!({ "appid": client, "idtyp": "app", "ipaddr": "127.0.0.1" }),
+        ),
+        None => {
+            let upn = inner.config.static_caller.clone();
+            (
+                upn.clone(),
+                json!({
+                    "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/upn": upn,
+                    "name": "Operator (by hand)", "idtyp": "user", "ipaddr": "127.0.0.1"
+                }),
+            )
+        }
+    }
+}
+
+/// An Activity Log event for a successful write, shaped like Azure's
+/// (`eventtypes/management/values`).
+fn record_activity(inner: &mut Inner, method: &Method, uri: &Uri, headers: &HeaderMap, rid: &str) {
+    let Some(path) = ArmPath::parse(uri.path()) else {
+        return;
+    };
+    if matches!(path.kind, Kind::Operation | Kind::OperationResult) {
+        return;
+    }
+    let (caller, claims) = caller_of(inner, headers);
+    let verb = if *method == Method::DELETE {
+        "delete"
+    } else {
+        "write"
+    };
+    let event = json!({
+        "authorization": { "action": format!("{}/{verb}", path.type_name()), "scope": path.path },
+        "caller": caller,
+        "claims": claims,
+        "correlationId": rid,
+        "eventDataId": inner.new_id(),
+        "eventName": { "value": "EndRequest", "localizedValue": "End request" },
+        "category": { "value": "Administrative", "localizedValue": "Administrative" },
+        "eventTimestamp": jiff::Timestamp::now().to_string(),
+        "httpRequest": {
+            "clientRequestId": headers.get("x-ms-client-request-id").and_then(|h| h.to_str().ok()).unwrap_or_default(),
+            "clientIpAddress": "127.0.0.1",
+            "method": method.as_str(),
+        },
+        "level": "Informational",
+        "operationName": { "value": format!("{}/{verb}", path.type_name()), "localizedValue": format!("{} {verb}", path.type_name()) },
+        "resourceGroupName": path.resource_group.clone().unwrap_or_default(),
+        "resourceId": path.path,
+        "status": { "value": "Succeeded", "localizedValue": "Succeeded" },
+        "subscriptionId": path.subscription,
+    });
+    if inner.activity.len() >= 100_000 {
+        inner.activity.remove(0);
+    }
+    inner.activity.push(event);
+}
+
+/// `/subscriptions/{sub}/providers/microsoft.insights/eventtypes/management/values`: the
+/// subscription, lower-cased.
+fn activity_log_path(path: &str) -> Option<String> {
+    let lower = path.trim_end_matches('/').to_ascii_lowercase();
+    let rest = lower.strip_prefix("/subscriptions/")?;
+    let (sub, tail) = rest.split_once('/')?;
+    (tail == "providers/microsoft.insights/eventtypes/management/values").then(|| sub.to_string())
+}
+
+/// The Activity Log, filtered as Azure Monitor filters it (`$filter` with
+/// `eventTimestamp ge|le '…'` and one of `resourceGroupName`, `resourceUri`,
+/// `correlationId` `eq '…'`, joined by `and`), paged like every list.
+fn activity_list(inner: &Inner, method: &Method, uri: &Uri, sub: &str, base: &str) -> Response {
+    if *method != Method::GET {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "the Activity Log is read-only",
+        );
+    }
+    if query_param(uri, "api-version") != Some("2015-04-01") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "InvalidApiVersionParameter",
+            "The supported api-version for the Activity Log is '2015-04-01'.",
+        );
+    }
+    let filter = query_param(uri, "$filter").map(decode).unwrap_or_default();
+    let mut since = None;
+    let mut until = None;
+    let mut eq: Vec<(String, String)> = Vec::new();
+    for clause in filter.split(" and ") {
+        let parts: Vec<&str> = clause.trim().splitn(3, ' ').collect();
+        let [field, op, value] = parts.as_slice() else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("cannot read the filter clause {clause:?}"),
+            );
+        };
+        let value = value.trim_matches('\'').to_string();
+        match (*field, *op) {
+            ("eventTimestamp", "ge") => since = value.parse::<jiff::Timestamp>().ok(),
+            ("eventTimestamp", "le") => until = value.parse::<jiff::Timestamp>().ok(),
+            ("resourceGroupName" | "resourceUri" | "correlationId", "eq") => {
+                eq.push((field.to_string(), value))
+            }
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!("unsupported filter clause {clause:?}"),
+                );
+            }
+        }
+    }
+    let Some(since) = since else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "the filter needs eventTimestamp ge '…'",
+        );
+    };
+    let items: Vec<&Value> = inner
+        .activity
+        .iter()
+        .filter(|e| {
+            e["subscriptionId"]
+                .as_str()
+                .is_some_and(|s| s.eq_ignore_ascii_case(sub))
+        })
+        .filter(|e| {
+            let at = e["eventTimestamp"]
+                .as_str()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+            at.is_some_and(|at| at >= since && until.is_none_or(|u| at <= u))
+        })
+        .filter(|e| {
+            eq.iter().all(|(field, value)| {
+                let key = if field == "resourceUri" {
+                    "resourceId"
+                } else {
+                    field.as_str()
+                };
+                e[key]
+                    .as_str()
+                    .is_some_and(|v| v.eq_ignore_ascii_case(value))
+            })
+        })
+        .rev()
+        .collect();
+    let skip: usize = query_param(uri, "$skiptoken")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let size = inner.config.page_size.max(1);
+    let page: Vec<Value> = items
+        .iter()
+        .skip(skip)
+        .take(size)
+        .map(|v| (*v).clone())
+        .collect();
+    let mut body = json!({ "value": page });
+    if skip + size < items.len() {
+        let mut next = format!("{base}{}?", uri.path());
+        for kv in uri.query().unwrap_or_default().split('&') {
+            if !kv.starts_with("$skiptoken=") && !kv.starts_with("%24skiptoken=") {
+                next.push_str(kv);
+                next.push('&');
+            }
+        }
+        body["nextLink"] = json!(format!("{next}$skiptoken={}", skip + size));
+    }
+    axum::Json(body).into_response()
+}
+
+/// Percent-decoding of a query value (`+` is a space, as forms spell it).
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                match s
+                    .get(i + 1..i + 3)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The entry ARM shows at priority 2147483647 for the default action.

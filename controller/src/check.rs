@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use palisade_providers::{
-    Access, Direction, Function, Inbound, InboundPeer, Inventory, Peer, Ports, Protocol, Rule,
+    Access, Direction, Inbound, InboundPeer, Inventory, Peer, Ports, Protocol, Rule,
 };
 use serde::{Deserialize, Serialize};
 
@@ -435,6 +435,21 @@ pub fn check_desired(
                 }
             }
         }
+        // The front doors the policies would write (the same for every app of a
+        // policy): a restriction has no ports, so a peer declared on 443 reaches 80 too.
+        if let Some(inv) = inventory {
+            let mut seen = BTreeSet::new();
+            for di in desired.inbound.values() {
+                if seen.insert(di.policy.as_str()) {
+                    out.extend(front_door_findings(
+                        g,
+                        inv,
+                        &ResourceAddr::policy(di.policy.as_str()),
+                        &di.inbound,
+                    ));
+                }
+            }
+        }
         // `require` on a desired state: a function a policy selects must end up in a
         // network. Functions no policy selects are the observed world's business
         // (`check_inventory`), not a reason to fail a policy change.
@@ -533,7 +548,12 @@ pub fn check_inventory(set: &PolicySet, inventory: &Inventory) -> Vec<Finding> {
             .filter(|f| g.spec.scope.functions.matches(&f.name, &f.tags))
         {
             if let Some(inbound) = &f.inbound {
-                out.extend(front_door_findings(g, inventory, f, inbound));
+                out.extend(front_door_findings(
+                    g,
+                    inventory,
+                    &ResourceAddr::function(f.name.as_str()),
+                    inbound,
+                ));
             }
         }
         let req = &g.spec.require;
@@ -576,9 +596,9 @@ pub fn check_inventory(set: &PolicySet, inventory: &Inventory) -> Vec<Finding> {
 /// (at 65500, where an NSG's `DenyAllInBound` is): what the guardrails judge. Each rule
 /// comes with the index of its restriction (`None`: the default action).
 ///
-/// Fail closed: an unreadable source is any address; a subnet is its address ranges
-/// (nothing, when the subnet is not in the target); a deny that also matches on headers
-/// takes nothing back.
+/// Fail closed: an unreadable source is any address to an allow and nothing to a deny; a
+/// subnet is its address ranges (any address to an allow, when the subnet is not in the
+/// target); a deny that also matches on headers takes nothing back.
 fn front_door_rules(inventory: &Inventory, inbound: &Inbound) -> Vec<(Rule, Option<usize>)> {
     let ports = |port| Ports {
         protocol: palisade_providers::Protocol::Tcp,
@@ -603,22 +623,41 @@ fn front_door_rules(inventory: &Inventory, inbound: &Inbound) -> Vec<(Rule, Opti
             ));
         }
     };
-    for (i, r) in inbound.rules.iter().enumerate() {
-        if r.access == Access::Deny && r.headers {
-            continue;
+    // In App Service's order (snapshots are read unsorted); equal priorities share a
+    // rank, so that nothing at the same priority hides anything.
+    let mut order: Vec<usize> = (0..inbound.rules.len()).collect();
+    order.sort_by_key(|&i| inbound.rules[i].priority);
+    let mut rank = 0u16;
+    let mut last = None;
+    for i in order {
+        let r = &inbound.rules[i];
+        if last != Some(r.priority) {
+            rank = rank.saturating_add(1).min(65_000);
+            last = Some(r.priority);
         }
-        // The rank keeps App Service's order within an NSG's priority range.
-        let rank = u16::try_from(i + 1).unwrap_or(u16::MAX - 1).min(65_000);
+        let deny = r.access == Access::Deny;
         let peers: Vec<Peer> = match &r.peer {
+            // A deny that filters on headers, or whose source cannot be read, takes
+            // nothing back for sure.
+            _ if deny && r.headers => Vec::new(),
+            InboundPeer::Unreadable(_) if deny => Vec::new(),
             InboundPeer::Any | InboundPeer::Unreadable(_) => vec![Peer::Any],
             InboundPeer::Cidr(n) => vec![Peer::cidr(*n)],
             InboundPeer::ServiceTag(t) => vec![Peer::ServiceTag(t.clone())],
-            InboundPeer::Subnet(id) => inventory
-                .subnets
-                .iter()
-                .filter(|s| s.id.eq_ignore_ascii_case(id))
-                .flat_map(|s| s.cidrs.iter().map(|c| Peer::cidr(*c)))
-                .collect(),
+            InboundPeer::Subnet(id) => {
+                let known: Vec<Peer> = inventory
+                    .subnets
+                    .iter()
+                    .filter(|s| s.id.eq_ignore_ascii_case(id))
+                    .flat_map(|s| s.cidrs.iter().map(|c| Peer::cidr(*c)))
+                    .collect();
+                // An allow from a subnet outside the target may come from anywhere.
+                if known.is_empty() && !deny {
+                    vec![Peer::Any]
+                } else {
+                    known
+                }
+            }
         };
         for peer in peers {
             push(peer, r.access, rank, Some(i));
@@ -634,7 +673,7 @@ fn front_door_rules(inventory: &Inventory, inbound: &Inbound) -> Vec<(Rule, Opti
 fn front_door_findings(
     g: &GuardrailDoc,
     inventory: &Inventory,
-    f: &Function,
+    resource: &ResourceAddr,
     inbound: &Inbound,
 ) -> Vec<Finding> {
     let target = inventory.target.as_str();
@@ -660,7 +699,7 @@ fn front_door_findings(
         out.push(violation(
             g,
             target,
-            ResourceAddr::function(f.name.as_str()),
+            resource.clone(),
             format!(
                 "front door: {} admits {} on the app's public endpoint{}",
                 name(*at),
@@ -684,7 +723,7 @@ fn front_door_findings(
         out.push(violation(
             g,
             target,
-            ResourceAddr::function(f.name.as_str()),
+            resource.clone(),
             format!(
                 "front door: {} together admit ingress from {}",
                 names.join("; "),
@@ -1345,6 +1384,7 @@ spec:
     }
 
     fn app_with(inbound: Inbound) -> Inventory {
+        use palisade_providers::Function;
         Inventory {
             target: "prod-azure".into(),
             functions: vec![Function {
@@ -1447,5 +1487,52 @@ spec:
             "{}",
             halves[0].message
         );
+    }
+
+    #[test]
+    fn what_the_front_door_cannot_read_or_place_fails_closed() {
+        let set = example();
+        let world =
+            |inbound: Inbound| guardrail_findings(&set, &app_with(inbound), "no-world-ingress");
+        let open_after = |first: palisade_providers::InboundRule| {
+            world(Inbound {
+                default_action: Access::Deny,
+                rules: vec![first, restriction(300, Access::Allow, InboundPeer::Any)],
+            })
+        };
+        // A deny whose source cannot be read hides nothing.
+        assert_eq!(
+            open_after(restriction(
+                10,
+                Access::Deny,
+                InboundPeer::Unreadable("junk".into())
+            ))
+            .len(),
+            1
+        );
+        // A deny at the same priority as the allow does not hide it either.
+        assert_eq!(
+            open_after(restriction(300, Access::Deny, InboundPeer::Any)).len(),
+            1
+        );
+        // An allow from a subnet outside the target may come from anywhere.
+        let elsewhere = world(Inbound {
+            default_action: Access::Deny,
+            rules: vec![restriction(
+                100,
+                Access::Allow,
+                InboundPeer::Subnet("/subscriptions/other/virtualNetworks/v/subnets/s".into()),
+            )],
+        });
+        assert_eq!(elsewhere.len(), 1, "{elsewhere:#?}");
+        // Unsorted (a snapshot): judged in priority order all the same.
+        let unsorted = Inbound {
+            default_action: Access::Deny,
+            rules: vec![
+                restriction(300, Access::Allow, InboundPeer::Any),
+                restriction(10, Access::Deny, InboundPeer::Any),
+            ],
+        };
+        assert!(world(unsorted).is_empty());
     }
 }

@@ -211,6 +211,104 @@ pub struct Function {
     pub inbound: Option<Inbound>,
 }
 
+/// Who made a change, as the cloud's audit log names them (CloudTrail's
+/// `userIdentity`, the Activity Log's `caller` and `claims`), normalised across clouds.
+/// Every string is cut short and free of control characters: it comes from the cloud.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Actor {
+    /// What kind of principal.
+    pub kind: ActorKind,
+    /// Its id: an ARN, a user principal name, an object or application id.
+    pub id: String,
+    /// A display name, or the session name of an assumed role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The role an assumed-role session was issued by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Where the call came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<String>,
+    /// The caller's user agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// The audit log's id of the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    /// When the cloud says it happened (as it spells it, RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_time: Option<String>,
+    /// The correlation id of the request (Azure), for the cloud's own logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    /// The operation (`Microsoft.Network/networkSecurityGroups/securityRules/write`,
+    /// `AuthorizeSecurityGroupIngress`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            ActorKind::User => "user",
+            ActorKind::AssumedRole => "assumed role",
+            ActorKind::Federated => "federated user",
+            ActorKind::Service => "service",
+            ActorKind::ServicePrincipal => "service principal",
+            ActorKind::Unknown => "principal",
+        };
+        write!(f, "{kind} {}", self.id)?;
+        if let Some(n) = self.name.as_deref().filter(|n| *n != self.id) {
+            write!(f, " ({n})")?;
+        }
+        Ok(())
+    }
+}
+
+/// See [`Actor::kind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ActorKind {
+    /// A person: an IAM user, an Entra ID user.
+    User,
+    /// An assumed IAM role session.
+    AssumedRole,
+    /// A federated or SSO session.
+    Federated,
+    /// A cloud service acting on its own (`cloudformation.amazonaws.com`).
+    Service,
+    /// An application: an Entra ID service principal or managed identity.
+    ServicePrincipal,
+    /// The log did not say.
+    Unknown,
+}
+
+/// Characters that have no place in a name shown to people: control characters, line
+/// separators, and Unicode format characters (bidi overrides and isolates, zero-width
+/// joiners, soft hyphens…) that can make a name read as something else.
+pub fn is_hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{00ad}' | '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206f}' | '\u{feff}')
+}
+
+/// Cloud text for an [`Actor`] field: hidden characters dropped, at most 256 characters.
+pub fn audit_text(s: &str) -> String {
+    s.chars().filter(|c| !is_hidden(*c)).take(256).collect()
+}
+
+/// What [`crate::Provider::attribute`] is asked: who changed `resource` (a cloud id; its
+/// sub-resources count, e.g. an NSG's rules) between `since` and `until` (Unix ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttributionQuery {
+    /// The cloud id.
+    pub resource: String,
+    /// Window start (the last observation that found it as declared).
+    pub since_ms: i64,
+    /// Window end (the observation that found the drift).
+    pub until_ms: i64,
+}
+
 /// The inbound access restrictions of an Azure function app
 /// (`siteConfig.ipSecurityRestrictions` and `ipSecurityRestrictionsDefaultAction`): the
 /// rules in priority order, the first that matches decides, the default action the rest.
@@ -278,9 +376,9 @@ impl PartialOrd for InboundRule {
 }
 impl Ord for InboundRule {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.priority, &self.peer, self.access, self.headers).cmp(&(
+        (self.priority, self.peer.key(), self.access, self.headers).cmp(&(
             other.priority,
-            &other.peer,
+            other.peer.key(),
             other.access,
             other.headers,
         ))
@@ -316,6 +414,20 @@ pub enum InboundPeer {
     /// What could not be read, as the cloud sent it. Guardrails take it for the world:
     /// fail closed.
     Unreadable(String),
+}
+
+impl InboundPeer {
+    /// What identifies it: ARM ids and service tag names are case-insensitive.
+    fn key(&self) -> (u8, std::borrow::Cow<'_, str>) {
+        use std::borrow::Cow;
+        match self {
+            InboundPeer::Any => (0, Cow::Borrowed("")),
+            InboundPeer::Cidr(n) => (1, Cow::Owned(n.to_string())),
+            InboundPeer::ServiceTag(t) => (2, Cow::Owned(t.to_ascii_lowercase())),
+            InboundPeer::Subnet(s) => (3, Cow::Owned(s.to_ascii_lowercase())),
+            InboundPeer::Unreadable(r) => (4, Cow::Borrowed(r.as_str())),
+        }
+    }
 }
 
 impl fmt::Display for InboundPeer {

@@ -437,6 +437,21 @@ pub trait Provider: Send + Sync {
         Ok(InboundRead::default())
     }
 
+    /// Who made each change `queries` name, from the cloud's audit log (Azure's Activity
+    /// Log, AWS CloudTrail), one answer per query: `None` when the log has no write on
+    /// that resource in the window other than Palisade's own (its writes are recognised
+    /// by the request ids it sent, never by a name someone could borrow).
+    ///
+    /// # Errors
+    /// The log could not be read; the drift is recorded without an actor.
+    async fn attribute(
+        &self,
+        _target: &Target,
+        queries: &[crate::model::AttributionQuery],
+    ) -> Result<Vec<Option<crate::model::Actor>>, ProviderError> {
+        Ok(vec![None; queries.len()])
+    }
+
     /// Apply one change.
     ///
     /// # Errors

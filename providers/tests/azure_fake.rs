@@ -1105,11 +1105,33 @@ async fn a_pass_rereads_at_most_its_budget_and_answers_the_rest_from_the_last_re
     // Apps never read are all read, once.
     assert_eq!(p.observe_inbound(&t, &ids).await.unwrap().inbound.len(), 5);
     assert_eq!(reads(&p), 5);
-    // Then two re-reads a pass, the least recently read first: after three passes every
-    // app was read again, and every pass answered for all.
-    for _ in 0..3 {
-        assert_eq!(p.observe_inbound(&t, &ids).await.unwrap().inbound.len(), 5);
+    // Every app changes behind Palisade's back; two re-reads a pass, the least recently
+    // read first: the changes show two by two, and every pass answers for all.
+    for id in &ids {
+        running
+            .fake
+            .put(json!({
+                "id": format!("{id}/config/web"),
+                "properties": { "ipSecurityRestrictionsDefaultAction": "Deny" }
+            }))
+            .unwrap();
     }
+    let mut closed = Vec::new();
+    for _ in 0..3 {
+        let read = p.observe_inbound(&t, &ids).await.unwrap();
+        assert_eq!(read.inbound.len(), 5);
+        closed.push(
+            read.inbound
+                .values()
+                .filter(|i| i.default_action == Access::Deny)
+                .count(),
+        );
+    }
+    assert_eq!(
+        closed,
+        vec![2, 4, 5],
+        "each app re-read within ⌈5 / 2⌉ passes"
+    );
     assert_eq!(reads(&p), 11);
     // A new app is read at once, beside the two re-reads.
     let mut more = ids.clone();

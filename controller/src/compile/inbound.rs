@@ -29,6 +29,28 @@ fn reaches_front_door(ports: &[Located<PortSpec>]) -> bool {
     })
 }
 
+/// A peer the front door cannot name: an allow of it admits nothing there (a warning);
+/// a deny of it cannot be written, and leaving it out would let a later allow admit
+/// what it blocks — an error, so the policy is not enforced until it is fixed.
+fn not_expressible(access: Access, at: SourceLocation, what: String) -> Diagnostic {
+    match access {
+        Access::Allow => Diagnostic::warning(
+            K::NotExpressible,
+            Some(at),
+            format!(
+                "{what}; it admits nothing to the app's front door (reach the app from the VNet through a private endpoint, or name the caller's policy or address range)"
+            ),
+        ),
+        Access::Deny => Diagnostic::error(
+            K::NotExpressible,
+            Some(at),
+            format!(
+                "{what}; this deny cannot be written to the app's front door, and without it a later allow would admit what it blocks: deny an address range instead"
+            ),
+        ),
+    }
+}
+
 /// The access restrictions of policy `p`'s apps.
 pub(super) fn compile_inbound(cx: &mut Ctx<'_>, p: &PolicyDoc) -> Inbound {
     let mut rules = Vec::new();
@@ -64,11 +86,11 @@ pub(super) fn compile_inbound(cx: &mut Ctx<'_>, p: &PolicyDoc) -> Inbound {
                     if t.eq_ignore_ascii_case("VirtualNetwork")
                         || t.eq_ignore_ascii_case("AzureLoadBalancer") =>
                 {
-                    cx.diags.push(Diagnostic::warning(
-                        K::NotExpressible,
-                        Some(p.at(peer)),
+                    cx.diags.push(not_expressible(
+                        r.access,
+                        p.at(peer),
                         format!(
-                            "rule {:?}: service tag {t} names nothing a function app's access restrictions can match; it admits nothing to the app's front door (reach the app from the VNet through a private endpoint, or name the caller's policy or subnet range)",
+                            "rule {:?}: service tag {t} names nothing a function app's access restrictions can match",
                             r.name
                         ),
                     ));
@@ -80,11 +102,11 @@ pub(super) fn compile_inbound(cx: &mut Ctx<'_>, p: &PolicyDoc) -> Inbound {
                     Some(subnet) => vec![InboundPeer::Subnet(subnet.clone())],
                     None => {
                         if cx.inv.is_some() {
-                            cx.diags.push(Diagnostic::warning(
-                                K::NotExpressible,
-                                Some(p.at(peer)),
+                            cx.diags.push(not_expressible(
+                                r.access,
+                                p.at(peer),
                                 format!(
-                                    "rule {:?}: policy {other:?} has no integration subnet in this target; it admits nothing to the app's front door",
+                                    "rule {:?}: policy {other:?} has no integration subnet in this target",
                                     r.name
                                 ),
                             ));

@@ -24,8 +24,7 @@ pub fn time(ms: i64) -> String {
 /// joiners, soft hyphens…) that can make a name read as something else. Every renderer
 /// of text from the cloud or the policies for people (PR comments, chat) drops them.
 pub fn is_hidden(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{00ad}' | '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206f}' | '\u{feff}')
+    palisade_providers::model::is_hidden(c)
 }
 
 /// Escape text for XML and HTML (element content and quoted attributes).

@@ -9,7 +9,7 @@
 //! [`Arm::wait`].
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use azure_core::headers::{HeaderName, Headers};
@@ -38,6 +38,8 @@ pub(crate) struct ArmPolicy {
     pub settings: AzureSettings,
     /// (subscription, write) → limiter.
     limiters: std::sync::Mutex<HashMap<(String, bool), Arc<DefaultDirectRateLimiter>>>,
+    /// The client request ids of Palisade's writes.
+    own: Arc<Mutex<OwnRequests>>,
 }
 
 impl std::fmt::Debug for ArmPolicy {
@@ -60,6 +62,7 @@ pub(crate) fn operation_name(method: &Method, path: &str) -> &'static str {
         "privateendpoints",
         "sites",
         "config",
+        "eventtypes",
         "operations",
         "operationresults",
     ];
@@ -98,6 +101,7 @@ pub(crate) fn operation_name(method: &Method, path: &str) -> &'static str {
         ("PUT", "sites", _) => "PUT sites",
         ("PATCH", "sites", _) => "PATCH sites",
         ("GET", "config", _) => "GET sites/config",
+        ("GET", "eventtypes", _) => "GET activityLog",
         ("PATCH", "config", _) => "PATCH sites/config",
         ("PUT", "config", _) => "PUT sites/config",
         ("GET", "operations", _) => "GET operations (poll)",
@@ -130,6 +134,12 @@ impl Policy for ArmPolicy {
         let mut backoff = move || delays.next().unwrap_or(Duration::from_secs(30));
         loop {
             limiter.until_ready().await;
+            if *request.method() != Method::Get {
+                // Every try of every write (SDK or raw) names itself, so that the Activity
+                // Log tells Palisade's own changes from anyone else's.
+                let id = self.own.lock().unwrap_or_else(|e| e.into_inner()).issue();
+                request.insert_header(azure_core::headers::CLIENT_REQUEST_ID, id);
+            }
             let result = next[0].send(ctx, request, &next[1..]).await;
             let response = match result {
                 Ok(r) => r,
@@ -206,11 +216,16 @@ impl Policy for ArmPolicy {
 }
 
 impl ArmPolicy {
-    pub fn new(counter: Arc<CallCounter>, settings: AzureSettings) -> ArmPolicy {
+    pub fn new(
+        counter: Arc<CallCounter>,
+        settings: AzureSettings,
+        own: Arc<Mutex<OwnRequests>>,
+    ) -> ArmPolicy {
         ArmPolicy {
             counter,
             settings,
             limiters: Default::default(),
+            own,
         }
     }
 
@@ -259,6 +274,40 @@ pub(crate) fn request_id_of(headers: &Headers) -> Option<String> {
     headers.get_optional_string(&REQUEST_ID)
 }
 
+/// The `x-ms-client-request-id`s of Palisade's own writes (the Activity Log shows them
+/// as `httpRequest.clientRequestId`), the most recent 100,000: how its own changes are
+/// told from anyone else's.
+#[derive(Debug, Default)]
+pub(crate) struct OwnRequests {
+    order: std::collections::VecDeque<String>,
+    ids: std::collections::HashSet<String>,
+    next: u64,
+}
+
+impl OwnRequests {
+    const MAX: usize = 100_000;
+
+    pub(crate) fn issue(&mut self) -> String {
+        self.next += 1;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let id = format!("palisade-{}-{nanos:x}-{}", std::process::id(), self.next);
+        if self.order.len() >= Self::MAX
+            && let Some(old) = self.order.pop_front()
+        {
+            self.ids.remove(&old);
+        }
+        self.order.push_back(id.clone());
+        self.ids.insert(id.clone());
+        id
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
+}
+
 /// The ARM connection of one provider: SDK client, raw pipeline, credential.
 #[derive(Clone)]
 pub(crate) struct Arm {
@@ -268,6 +317,7 @@ pub(crate) struct Arm {
     pub endpoint: Url,
     scopes: Vec<String>,
     settings: AzureSettings,
+    pub own: Arc<Mutex<OwnRequests>>,
 }
 
 impl std::fmt::Debug for Arm {
@@ -292,7 +342,8 @@ impl Arm {
                 message: format!("ARM endpoint {endpoint}: {e}"),
             })?
             .to_string();
-        let policy = Arc::new(ArmPolicy::new(counter, settings.clone()));
+        let own: Arc<Mutex<OwnRequests>> = Arc::default();
+        let policy = Arc::new(ArmPolicy::new(counter, settings.clone(), own.clone()));
         let network = azure_mgmt_network::package_2024_03::Client::new(
             endpoint.clone(),
             credential.clone(),
@@ -313,6 +364,7 @@ impl Arm {
             endpoint,
             scopes: vec![scope],
             settings,
+            own,
         })
     }
 
@@ -379,6 +431,7 @@ impl Arm {
         if let Some(etag) = if_match {
             req.insert_header(azure_core::headers::IF_MATCH, etag.to_string());
         }
+
         match body {
             Some(b) => {
                 req.insert_header(azure_core::headers::CONTENT_TYPE, "application/json");

@@ -28,6 +28,7 @@
 //! the client and the lookups both sides share.
 
 mod apply;
+mod attribute;
 mod call;
 mod observe;
 pub mod translate;
@@ -472,6 +473,16 @@ impl Provider for AzureProvider {
         functions: &[String],
     ) -> Result<crate::provider::InboundRead, ProviderError> {
         self.observe_inbound_inner(target, functions)
+            .await
+            .map_err(|e| named(e, &target.name))
+    }
+
+    async fn attribute(
+        &self,
+        target: &Target,
+        queries: &[crate::model::AttributionQuery],
+    ) -> Result<Vec<Option<crate::model::Actor>>, ProviderError> {
+        self.attribute_inner(target, queries)
             .await
             .map_err(|e| named(e, &target.name))
     }

@@ -162,22 +162,17 @@ impl AzureProvider {
         let fresh = order.iter().take_while(|(pass, _)| *pass == 0).count();
         let due: Vec<String> = order
             .iter()
-            .take(fresh + self.settings.inbound_reads)
+            .take(fresh.saturating_add(self.settings.inbound_reads))
             .map(|(_, id)| (*id).clone())
             .collect();
-        let reads: Vec<(String, Result<Option<Inbound>, ProviderError>)> =
+        let reads: Vec<(String, Result<Inbound, ProviderError>)> =
             futures::stream::iter(due.into_iter().map(|id| {
                 let arm = arm.clone();
                 async move {
                     let r = async {
                         let url = arm.url(&format!("{id}/config/web"), WEB_API_VERSION)?;
-                        match arm.call(Method::Get, url, None).await {
-                            Ok(answer) => Ok(Some(translate::inbound(&answer.body["properties"]))),
-                            Err(e) if error_code(&e).is_some_and(|c| c.contains("NotFound")) => {
-                                Ok(None)
-                            }
-                            Err(e) => Err(e),
-                        }
+                        let answer = arm.call(Method::Get, url, None).await?;
+                        Ok(translate::inbound(&answer.body["properties"]))
                     }
                     .await;
                     (id, r)
@@ -187,16 +182,18 @@ impl AzureProvider {
             .collect()
             .await;
         let mut cache = self.inbound.lock().unwrap_or_else(|e| e.into_inner());
+        let mut failed = std::collections::HashSet::new();
         for (id, r) in reads {
             match r {
-                Ok(Some(inbound)) => {
+                Ok(inbound) => {
                     cache.insert(key(&id), (pass, inbound));
                 }
-                // The app is gone since the list: nothing to enforce on it.
-                Ok(None) => {
-                    cache.remove(&key(&id));
+                // Not answered from an older read: what is judged is what is there now
+                // (an app deleted since the list is one pass of `unread`).
+                Err(e) => {
+                    failed.insert(key(&id));
+                    read.failed.push((id, e.to_string()));
                 }
-                Err(e) => read.failed.push((id, e.to_string())),
             }
         }
         // Only what was asked for stays remembered (apps deleted or no longer selected
@@ -205,6 +202,9 @@ impl AzureProvider {
             functions.iter().map(|id| key(id)).collect();
         cache.retain(|k, _| k.0 != target.name || asked.contains(k));
         for id in functions {
+            if failed.contains(&key(id)) {
+                continue;
+            }
             if let Some((_, inbound)) = cache.get(&key(id)) {
                 read.inbound.insert(id.clone(), inbound.clone());
             }

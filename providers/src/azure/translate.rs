@@ -537,6 +537,11 @@ pub const DEFAULT_ACTION_PRIORITY: u64 = 2_147_483_647;
 /// At most this many access restrictions are read from one app (ARM allows 512); more is
 /// a hostile or broken answer, and what is past the cap is read as one allow of anything.
 pub const MAX_RESTRICTIONS: usize = 1024;
+/// App Service's limit on the sources of one access restriction.
+pub const MAX_SOURCES_PER_RESTRICTION: usize = 8;
+/// At most this many rules are read from one app (sources counted one by one); past it,
+/// one allow of anything (the guardrails' work grows with the square of it).
+pub const MAX_INBOUND_RULES: usize = 2048;
 /// ARM's limit on an access restriction's name.
 pub const MAX_RESTRICTION_NAME: usize = 32;
 
@@ -581,12 +586,33 @@ fn address(item: &str) -> Option<IpNet> {
 ///   priority puts an allow first and a deny last.
 pub fn inbound(props: &Value) -> Inbound {
     let mut rules = Vec::new();
+    let property = &props["ipSecurityRestrictionsDefaultAction"];
+    let declared_default = access_of(property);
     let mut shown_default = None;
-    let entries = props["ipSecurityRestrictions"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let list = &props["ipSecurityRestrictions"];
+    let entries = list.as_array().map(Vec::as_slice).unwrap_or_default();
+    let fail_closed = |why: String| InboundRule {
+        name: String::new(),
+        priority: 0,
+        access: Access::Allow,
+        peer: InboundPeer::Unreadable(why),
+        headers: false,
+    };
+    if !(list.is_array() || list.is_null()) {
+        rules.push(fail_closed(
+            format!("ipSecurityRestrictions is {list}")
+                .chars()
+                .take(80)
+                .collect(),
+        ));
+    }
     for e in entries.iter().take(MAX_RESTRICTIONS) {
+        if rules.len() >= MAX_INBOUND_RULES {
+            rules.push(fail_closed(format!(
+                "more than {MAX_INBOUND_RULES} sources in the access restrictions"
+            )));
+            break;
+        }
         let access = access_of(&e["action"]).unwrap_or(Access::Allow);
         let name: String = e["name"]
             .as_str()
@@ -597,9 +623,22 @@ pub fn inbound(props: &Value) -> Inbound {
             .collect();
         let ip = e["ipAddress"].as_str().map(str::trim);
         let subnet = e["vnetSubnetResourceId"].as_str().filter(|s| !s.is_empty());
+        let tag = e["tag"].as_str().unwrap_or("Default");
+        let service_tag = tag.eq_ignore_ascii_case("ServiceTag");
+        // Anything but a plain source or a service tag (`XffProxy` matches on
+        // X-Forwarded-For, which the client writes) is a header filter.
+        let headers = e["headers"].as_object().is_some_and(|h| !h.is_empty())
+            || !(service_tag || tag.eq_ignore_ascii_case("Default"));
         let priority = match e["priority"].as_u64() {
             Some(p) if p >= DEFAULT_ACTION_PRIORITY => {
-                if ip.is_some_and(|i| i.eq_ignore_ascii_case("any")) && subnet.is_none() {
+                // The entry ARM shows for the default action: only when it says what the
+                // property says (or there is no property), and filters nothing else.
+                let shown = ip.is_some_and(|i| i.eq_ignore_ascii_case("any"))
+                    && subnet.is_none()
+                    && !headers
+                    && declared_default.is_none_or(|d| d == access)
+                    && (property.is_null() || declared_default.is_some());
+                if shown {
                     shown_default = Some(access);
                     continue;
                 }
@@ -609,7 +648,6 @@ pub fn inbound(props: &Value) -> Inbound {
             None if access == Access::Allow => 0,
             None => u32::MAX,
         };
-        let headers = e["headers"].as_object().is_some_and(|h| !h.is_empty());
         let rule = |peer| InboundRule {
             name: name.clone(),
             priority,
@@ -625,10 +663,16 @@ pub fn inbound(props: &Value) -> Inbound {
             rules.push(rule(unreadable(&e["ipAddress"])));
             continue;
         };
-        let service_tag = e["tag"]
-            .as_str()
-            .is_some_and(|t| t.eq_ignore_ascii_case("ServiceTag"));
-        for item in ip.split(',').map(str::trim) {
+        let items: Vec<&str> = ip.split(',').map(str::trim).collect();
+        if items.len() > MAX_SOURCES_PER_RESTRICTION {
+            // App Service takes at most 8: a longer list is not what it enforces.
+            rules.push(rule(InboundPeer::Unreadable(format!(
+                "{} sources in one restriction",
+                items.len()
+            ))));
+            continue;
+        }
+        for item in items {
             let peer = if item.eq_ignore_ascii_case("any") {
                 InboundPeer::Any
             } else if service_tag {
@@ -644,24 +688,23 @@ pub fn inbound(props: &Value) -> Inbound {
         }
     }
     if entries.len() > MAX_RESTRICTIONS {
-        rules.push(InboundRule {
-            name: format!("({} more)", entries.len() - MAX_RESTRICTIONS),
-            priority: 0,
-            access: Access::Allow,
-            peer: InboundPeer::Unreadable(format!(
-                "{} access restrictions, more than the {MAX_RESTRICTIONS} read",
-                entries.len()
-            )),
-            headers: false,
-        });
+        rules.push(fail_closed(format!(
+            "{} access restrictions, more than the {MAX_RESTRICTIONS} read",
+            entries.len()
+        )));
     }
-    let default_action = access_of(&props["ipSecurityRestrictionsDefaultAction"])
-        .or(shown_default)
-        .unwrap_or(if rules.iter().any(|r| r.access == Access::Allow) {
-            Access::Deny
-        } else {
-            Access::Allow
-        });
+    let default_action = match (declared_default, property.is_null()) {
+        (Some(d), _) => d,
+        // Present but not Allow or Deny: read as open.
+        (None, false) => Access::Allow,
+        (None, true) => {
+            shown_default.unwrap_or(if rules.iter().any(|r| r.access == Access::Allow) {
+                Access::Deny
+            } else {
+                Access::Allow
+            })
+        }
+    };
     Inbound {
         default_action,
         rules,
@@ -987,9 +1030,17 @@ mod tests {
                 vec![],
             ),
             (
-                "the default action property wins over the shown entry",
+                "an entry at the top that contradicts the property is a rule of its own",
                 json!({ "ipSecurityRestrictionsDefaultAction": "Deny", "ipSecurityRestrictions": [
                     { "ipAddress": "Any", "action": "Allow", "priority": 2147483647u64, "name": "Allow all" }
+                ]}),
+                Access::Deny,
+                vec![allow(u32::MAX, InboundPeer::Any)],
+            ),
+            (
+                "the shown entry agrees with the property",
+                json!({ "ipSecurityRestrictionsDefaultAction": "Deny", "ipSecurityRestrictions": [
+                    { "ipAddress": "Any", "action": "Deny", "priority": 2147483647u64, "name": "Deny all" }
                 ]}),
                 Access::Deny,
                 vec![],
@@ -1131,5 +1182,54 @@ mod tests {
             }],
         };
         assert!(restrictions(&unreadable).is_err());
+    }
+
+    #[test]
+    fn what_hides_behind_the_shown_default_or_headers_is_not_lost() {
+        // "Allow Any" at the top priority while the property says Deny: a real rule.
+        let open = inbound(
+            &json!({ "ipSecurityRestrictionsDefaultAction": "Deny", "ipSecurityRestrictions": [
+                { "ipAddress": "Any", "action": "Allow", "priority": 2147483647u64, "name": "sneaky" }
+            ]}),
+        );
+        assert_eq!(open.rules.len(), 1, "{open:?}");
+        assert_eq!(
+            (open.rules[0].access, open.rules[0].peer.clone()),
+            (Access::Allow, InboundPeer::Any)
+        );
+        // XffProxy matches on a header the client writes.
+        let xff = inbound(&json!({ "ipSecurityRestrictions": [
+            { "ipAddress": "10.0.0.0/8", "tag": "XffProxy", "action": "Allow", "priority": 100 }
+        ]}));
+        assert!(xff.rules[0].headers);
+        // A default action that is neither Allow nor Deny, or a list that is not one: open.
+        assert_eq!(
+            inbound(&json!({ "ipSecurityRestrictionsDefaultAction": 3 })).default_action,
+            Access::Allow
+        );
+        let broken = inbound(
+            &json!({ "ipSecurityRestrictionsDefaultAction": "Deny", "ipSecurityRestrictions": { "a": 1 } }),
+        );
+        assert!(matches!(broken.rules[0].peer, InboundPeer::Unreadable(_)));
+        // More sources in one restriction than App Service takes: unreadable, not 10⁵ rules.
+        let many = vec!["10.0.0.1"; 100_000].join(",");
+        let huge = inbound(&json!({ "ipSecurityRestrictions": [
+            { "ipAddress": many, "action": "Allow", "priority": 100 }
+        ]}));
+        assert_eq!(huge.rules.len(), 1);
+        assert!(matches!(huge.rules[0].peer, InboundPeer::Unreadable(_)));
+    }
+
+    #[test]
+    fn ids_and_tags_compare_without_case() {
+        let a = inbound(&json!({ "ipSecurityRestrictions": [
+            { "vnetSubnetResourceId": "/S/RG/subnets/A", "action": "Allow", "priority": 100 },
+            { "ipAddress": "azurefrontdoor.backend", "tag": "ServiceTag", "action": "Allow", "priority": 110 }
+        ]}));
+        let b = inbound(&json!({ "ipSecurityRestrictions": [
+            { "vnetSubnetResourceId": "/s/rg/subnets/a", "action": "Allow", "priority": 100 },
+            { "ipAddress": "AzureFrontDoor.Backend", "tag": "ServiceTag", "action": "Allow", "priority": 110 }
+        ]}));
+        assert_eq!(a, b);
     }
 }
