@@ -554,3 +554,80 @@ fn the_front_door_admits_exactly_what_ingress_declares() {
         "audit writes nothing"
     );
 }
+
+/// Who made a drift comes from the Activity Log: a change made by hand names its
+/// caller; a change the log does not show is unknown — never Palisade, whose own writes
+/// to the same resource are in the window and are recognised by the request ids it sent.
+#[test]
+fn drift_names_who_made_it_and_never_palisade() {
+    use support::{Controller, GitRepo};
+    let arm = ArmFake::start(palisade_armfake::Config::default(), 4);
+    let repo = GitRepo::with_example();
+    let head = repo.git(&["rev-parse", "HEAD"]);
+    let c = Controller::start_azure(&arm, &repo, &["--resync", "1s"]);
+    c.wait(120, "converged", |c| c.ready_at(&head));
+    // By hand, through ARM: an RDP rule from the internet.
+    let nsg = net("networkSecurityGroups/palisade-reports-func");
+    let (status, body) = arm.call(
+        "PUT",
+        &format!("{nsg}/securityRules/debug-rdp"),
+        Some(&json!({ "properties": {
+            "protocol": "Tcp", "sourcePortRange": "*", "destinationPortRange": "3389",
+            "sourceAddressPrefix": "Internet", "destinationAddressPrefix": "*",
+            "access": "Allow", "priority": 3001, "direction": "Inbound"
+        }})),
+    );
+    assert!(status < 300, "{status} {body}");
+    // Behind ARM's back (no Activity Log event): the front door opened. Palisade wrote
+    // this resource itself a moment ago.
+    arm.fake
+        .put(json!({
+            "id": format!("{RG}/providers/Microsoft.Web/sites/func-reports/config/web"),
+            "properties": { "ipSecurityRestrictionsDefaultAction": "Allow" }
+        }))
+        .unwrap();
+    c.wait(60, "both reverted", |_| {
+        arm.fake
+            .get(&format!("{nsg}/securityRules/debug-rdp"))
+            .is_none()
+            && front_door(&arm, "func-reports")["ipSecurityRestrictionsDefaultAction"] == "Deny"
+    });
+    let store = palisade::history::Store::open(&arm.state.path().join("history.db")).unwrap();
+    let drift: Vec<Value> = store
+        .events(&palisade::history::Filter::default())
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.event.kind() == "drift-detected")
+        .map(|e| serde_json::to_value(&e.event).unwrap())
+        .collect();
+    let on = |what: &str| {
+        drift
+            .iter()
+            .find(|e| e.to_string().contains(what))
+            .unwrap_or_else(|| panic!("no drift on {what}: {drift:#?}"))
+            .clone()
+    };
+    let rdp = on("reports-func");
+    let actor = &rdp["data"]["actor"];
+    assert_eq!(actor["id"], "operator@contoso.example", "{rdp:#}");
+    assert_eq!(actor["kind"], "user");
+    assert_eq!(actor["sourceIp"], "127.0.0.1");
+    assert!(
+        actor["operation"]
+            .as_str()
+            .unwrap()
+            .ends_with("securityRules/write"),
+        "{actor}"
+    );
+    assert!(actor["correlationId"].is_string() && actor["eventTime"].is_string());
+    let door = on("func-reports");
+    assert!(
+        door["data"]["actor"].is_null(),
+        "not in the log: unknown, and never Palisade itself: {door:#}"
+    );
+    assert!(
+        c.metric("palisade_drift_attributions_total") >= 2.0,
+        "{}",
+        c.logs()
+    );
+}

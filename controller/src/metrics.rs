@@ -36,6 +36,12 @@ pub struct KindL {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeL {
+    pub target: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallL {
     pub service: String,
     pub operation: String,
@@ -73,6 +79,7 @@ pub struct Metrics {
     pub triggers: Family<TriggerL, Counter>,
     pub drift_detected: Family<KindL, Counter>,
     pub drift_reverted: Family<KindL, Counter>,
+    pub attributions: Family<OutcomeL, Counter>,
     pub flapping: Family<TargetL, Gauge>,
     pub target_healthy: Family<TargetL, Gauge>,
     pub pending_deletions: Family<TargetL, Gauge>,
@@ -118,6 +125,7 @@ impl Metrics {
             reconciles: Family::default(),
             triggers: Family::default(),
             drift_detected: Family::default(),
+            attributions: Family::default(),
             drift_reverted: Family::default(),
             flapping: Family::default(),
             target_healthy: Family::default(),
@@ -160,6 +168,11 @@ impl Metrics {
             "drift_detected",
             "Out-of-band changes found, by target and resource kind",
             m.drift_detected.clone(),
+        );
+        registry.register(
+            "drift_attributions",
+            "Who-made-it lookups of drift in the cloud's audit log, by target and outcome (found, unknown, error)",
+            m.attributions.clone(),
         );
         registry.register(
             "drift_reverted",

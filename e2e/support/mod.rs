@@ -280,6 +280,13 @@ pub struct Controller {
 }
 
 impl Controller {
+    /// `palisade run` of `prod-azure` from `repo` against the ARM fake.
+    pub fn start_azure(arm: &ArmFake, repo: &GitRepo, extra: &[&str]) -> Controller {
+        let mut args = vec!["--git-path", "policies", "--target", "prod-azure"];
+        args.extend_from_slice(extra);
+        Controller::spawn(arm.palisade(), &repo.url(), &args, None)
+    }
+
     pub fn start(moto: &Moto, repo: &GitRepo, extra: &[&str]) -> Controller {
         let mut args = vec!["--git-path", "policies", "--target", "prod-aws"];
         args.extend_from_slice(extra);

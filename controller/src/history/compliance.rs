@@ -73,8 +73,8 @@ pub struct DriftItem {
     pub resource: String,
     /// What changed out of band.
     pub detail: String,
-    /// Who changed it, when the cloud said.
-    pub actor: Option<String>,
+    /// Who changed it, from the cloud's audit log.
+    pub actor: Option<palisade_providers::Actor>,
     /// When it was put back (Unix ms).
     pub reverted_at: Option<i64>,
     /// Request ids of the revert.

@@ -312,9 +312,9 @@ pub struct HistoryRewritten {
 pub struct DriftDetected {
     /// What changed out of band, for people.
     pub change: String,
-    /// Who changed it, when the cloud said (`null`: not known).
+    /// Who changed it, from the cloud's audit log (`null`: not known).
     #[serde(default)]
-    pub actor: Option<String>,
+    pub actor: Option<palisade_providers::Actor>,
     /// The change planned to put it back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correction: Option<Change>,

@@ -372,7 +372,7 @@ pub fn message(e: &Event) -> Option<Message> {
                 resource.as_deref().unwrap_or("?"),
                 d.change,
                 d.actor
-                    .as_deref()
+                    .as_ref()
                     .map(|a| format!(" (by {a})"))
                     .unwrap_or_default()
             ),

@@ -44,7 +44,18 @@ fn drift(id: i64, t: i64, group: &str) -> Event {
         t,
         NewEvent::new(EventData::DriftDetected(DriftDetected {
             change: "added out of band: ingress tcp/22 from 0.0.0.0/0".into(),
-            actor: Some("arn:aws:iam::123456789012:user/mallory".into()),
+            actor: Some(palisade_providers::Actor {
+                kind: palisade_providers::ActorKind::User,
+                id: "arn:aws:iam::123456789012:user/mallory".into(),
+                name: None,
+                issuer: None,
+                source_ip: None,
+                user_agent: None,
+                event_id: None,
+                event_time: None,
+                correlation_id: None,
+                operation: None,
+            }),
             correction: None,
         }))
         .target("prod-aws")
@@ -191,7 +202,7 @@ fn cloud_events_follow_the_http_binding_in_both_modes_and_are_signed() {
     let data: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(data["event"]["kind"], "drift-detected");
     assert_eq!(
-        data["event"]["data"]["actor"],
+        data["event"]["data"]["actor"]["id"],
         "arn:aws:iam::123456789012:user/mallory"
     );
     assert_eq!(data["eventIds"][0], 7);

@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use palisade_providers::{OutcomeStatus, Ownership};
+use palisade_providers::{Change, GroupRef, OutcomeStatus, Ownership};
 
 use super::evidence::{Evidence, describe, managed_resources, write_evidence};
 use super::status::{ReconcileRecord, ReconcileResult, Trigger};
@@ -20,7 +20,7 @@ use crate::flaps::Flaps;
 use crate::history::{ChangeRecord, ChangeStatus, DriftDetected, EventData, NewEvent};
 use crate::metrics::{KindL, ResultL, TargetL, TriggerL};
 use crate::ownership::{self, OwnershipStore};
-use crate::plan::Cause;
+use crate::plan::{Cause, PlannedChange};
 use crate::planning::{PlanError, PlanTarget, observe_and_plan};
 use crate::policy::Diagnostic;
 use crate::state::StateStore;
@@ -35,6 +35,107 @@ pub struct TargetState {
     previous: Option<DesiredState>,
     /// Recent drift reverts per exact field.
     flaps: Flaps,
+    /// When the last observation was made (Unix ms): where the window of an
+    /// attribution starts.
+    last_observed: Option<i64>,
+}
+
+/// Longest look back for who made a drift when no earlier observation bounds it.
+const ATTRIBUTION_LOOKBACK_MS: i64 = 60 * 60 * 1000;
+/// Slack at the window's start, for clocks that disagree.
+const ATTRIBUTION_SLACK_MS: i64 = 5 * 60 * 1000;
+/// Longest wait for the audit log in one reconcile.
+const ATTRIBUTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The cloud id the audit log knows a drifted resource by.
+fn drift_cloud_id(change: &Change, inventory: &palisade_providers::Inventory) -> Option<String> {
+    let group = |g: &GroupRef| match g {
+        GroupRef::Id(id) => Some(id.clone()),
+        GroupRef::Managed(owner) => inventory
+            .groups
+            .iter()
+            .find(|x| x.owner() == Some(owner.as_str()))
+            .map(|x| x.id.clone()),
+    };
+    match change {
+        Change::AddRules { group: g, .. } | Change::RemoveRules { group: g, .. } => group(g),
+        Change::SetPlacement { function, .. } | Change::SetInbound { function, .. } => {
+            Some(function.clone())
+        }
+        Change::SetSubnetGroup { subnet, .. } => Some(subnet.clone()),
+        Change::SetOwnershipTags { id, .. }
+        | Change::UpdateEndpoint { id, .. }
+        | Change::DeleteEndpoint { id, .. }
+        | Change::DeleteGroup { id, .. } => Some(id.clone()),
+        Change::CreateGroup { .. } | Change::CreateEndpoint { .. } => None,
+    }
+}
+
+/// Who made each drift, from the cloud's audit log (`None`: not found, or the log could
+/// not be read in time — recorded as unknown, never guessed).
+async fn attribute(
+    shared: &Shared,
+    provider: &dyn palisade_providers::Provider,
+    scope: &palisade_providers::Target,
+    inventory: &palisade_providers::Inventory,
+    drifts: &[&PlannedChange],
+    since: Option<i64>,
+    until: i64,
+) -> Vec<Option<palisade_providers::Actor>> {
+    let mut out = vec![None; drifts.len()];
+    if drifts.is_empty() {
+        return out;
+    }
+    let start = since
+        .unwrap_or(until - ATTRIBUTION_LOOKBACK_MS)
+        .max(until - ATTRIBUTION_LOOKBACK_MS)
+        - ATTRIBUTION_SLACK_MS;
+    let asked: Vec<(usize, palisade_providers::AttributionQuery)> = drifts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            Some((
+                i,
+                palisade_providers::AttributionQuery {
+                    resource: drift_cloud_id(&c.change, inventory)?,
+                    since_ms: start,
+                    until_ms: until + ATTRIBUTION_SLACK_MS,
+                },
+            ))
+        })
+        .collect();
+    let queries: Vec<_> = asked.iter().map(|(_, q)| q.clone()).collect();
+    let answer =
+        tokio::time::timeout(ATTRIBUTION_TIMEOUT, provider.attribute(scope, &queries)).await;
+    let outcome = |o: &str, n: usize| {
+        shared
+            .metrics
+            .attributions
+            .get_or_create(&crate::metrics::OutcomeL {
+                target: scope.name.clone(),
+                outcome: o.into(),
+            })
+            .inc_by(n as u64);
+    };
+    match answer {
+        Ok(Ok(actors)) => {
+            for ((i, _), actor) in asked.iter().zip(actors) {
+                out[*i] = actor;
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(target = %scope.name, error = %e, "the audit log could not be read; drift is recorded without who made it");
+            outcome("error", asked.len());
+        }
+        Err(_) => {
+            tracing::warn!(target = %scope.name, "the audit log did not answer in time; drift is recorded without who made it");
+            outcome("error", asked.len());
+        }
+    }
+    let found = out.iter().filter(|a| a.is_some()).count();
+    outcome("found", found);
+    outcome("unknown", drifts.len() - found);
+    out
 }
 
 /// A reconcile that ended `ok`.
@@ -266,21 +367,34 @@ async fn reconcile(
 
     evidence.observed = true;
     evidence.resources = managed_resources(&planned.desired);
-    // Drift: count it; stop reverting what keeps coming back.
+    // Drift: count it, ask the cloud's audit log who made it; stop reverting what keeps
+    // coming back.
     let settings = &shared.settings;
     let observed_at = shared.clock.now_ms();
-    for c in planned
+    let since = state.last_observed.take();
+    state.last_observed = Some(observed_at);
+    let drifts: Vec<&PlannedChange> = planned
         .plan
         .changes
         .iter()
         .filter(|c| c.cause == Cause::Drift)
-    {
+        .collect();
+    let actors = attribute(
+        shared,
+        provider.as_ref(),
+        t,
+        &planned.inventory,
+        &drifts,
+        since,
+        observed_at,
+    )
+    .await;
+    for (c, actor) in drifts.iter().zip(actors) {
         evidence.events.push((
             observed_at,
             NewEvent::new(EventData::DriftDetected(DriftDetected {
                 change: describe(c),
-                // CloudTrail / Activity Log are not queried: who changed it is unknown here.
-                actor: None,
+                actor,
                 correction: Some(c.change.clone()),
             }))
             .target(name)

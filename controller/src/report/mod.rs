@@ -605,7 +605,10 @@ pub fn html(r: &ComplianceReport) -> String {
             xml(&d.target),
             xml(&d.resource),
             xml(&d.detail),
-            xml(d.actor.as_deref().unwrap_or("unknown")),
+            xml(&d
+                .actor
+                .as_ref()
+                .map_or_else(|| "unknown".to_string(), ToString::to_string)),
             d.reverted_at
                 .map(|t| format!("{} (after {} s)", time(t), (t - d.at) / 1000))
                 .unwrap_or_else(|| "not reverted".into()),

@@ -265,7 +265,10 @@ pub fn oscal(r: &ComplianceReport) -> String {
             &d.detail,
             &d.at.to_string(),
         ]);
-        let actor = d.actor.clone().unwrap_or_else(|| "unknown".into());
+        let actor = d
+            .actor
+            .as_ref()
+            .map_or_else(|| "unknown".to_string(), ToString::to_string);
         let outcome = match d.reverted_at {
             Some(t) => format!("reverted {}", time(t)),
             None => "not reverted in the period".into(),
