@@ -561,14 +561,27 @@ pub fn render_page(s: &Status) -> String {
         h.push_str("</ul>");
     }
     if !s.recent_events.is_empty() {
-        h.push_str("<h2>Recent history</h2><table><tr><th>when</th><th>event</th><th>target</th><th>resource</th><th>revision</th></tr>");
+        h.push_str("<h2>Recent history</h2><table><tr><th>when</th><th>event</th><th>target</th><th>resource</th><th>what, and who</th><th>revision</th></tr>");
         for e in &s.recent_events {
+            let what = match &e.event.body {
+                crate::history::Body::Typed(crate::history::EventData::DriftDetected(d)) => {
+                    format!(
+                        "{} — by {}",
+                        d.change,
+                        d.actor
+                            .as_ref()
+                            .map_or_else(|| "unknown".to_string(), ToString::to_string)
+                    )
+                }
+                _ => String::new(),
+            };
             h.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
                 crate::report::time(e.at),
                 esc(e.event.kind()),
                 esc(e.event.target.as_deref().unwrap_or("")),
                 esc(e.event.resource.as_deref().unwrap_or("")),
+                esc(&what),
                 esc(e
                     .event
                     .revision
