@@ -264,7 +264,7 @@ pub fn compliance(
                     target: t.clone(),
                     resource,
                     detail: d.change.clone(),
-                    actor: d.actor.clone(),
+                    actor: d.actor.as_deref().cloned(),
                     reverted_at: None,
                     request_ids: Vec::new(),
                     id: None,

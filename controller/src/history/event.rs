@@ -314,7 +314,7 @@ pub struct DriftDetected {
     pub change: String,
     /// Who changed it, from the cloud's audit log (`null`: not known).
     #[serde(default)]
-    pub actor: Option<palisade_providers::Actor>,
+    pub actor: Option<Box<palisade_providers::Actor>>,
     /// The change planned to put it back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correction: Option<Change>,

@@ -44,7 +44,7 @@ fn drift(id: i64, t: i64, group: &str) -> Event {
         t,
         NewEvent::new(EventData::DriftDetected(DriftDetected {
             change: "added out of band: ingress tcp/22 from 0.0.0.0/0".into(),
-            actor: Some(palisade_providers::Actor {
+            actor: Some(Box::new(palisade_providers::Actor {
                 kind: palisade_providers::ActorKind::User,
                 id: "arn:aws:iam::123456789012:user/mallory".into(),
                 name: None,
@@ -55,7 +55,7 @@ fn drift(id: i64, t: i64, group: &str) -> Event {
                 event_time: None,
                 correlation_id: None,
                 operation: None,
-            }),
+            })),
             correction: None,
         }))
         .target("prod-aws")

@@ -394,7 +394,7 @@ async fn reconcile(
             observed_at,
             NewEvent::new(EventData::DriftDetected(DriftDetected {
                 change: describe(c),
-                actor,
+                actor: actor.map(Box::new),
                 correction: Some(c.change.clone()),
             }))
             .target(name)
