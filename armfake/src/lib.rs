@@ -72,6 +72,9 @@ pub struct Config {
     /// Who the Activity Log names for writes made with the static token (a user's
     /// principal name).
     pub static_caller: String,
+    /// How long an Activity Log event stays invisible after its write (Azure's lag is
+    /// minutes).
+    pub activity_delay: std::time::Duration,
 }
 
 impl Default for Config {
@@ -86,6 +89,7 @@ impl Default for Config {
             fail_next_delete: None,
             static_token: None,
             static_caller: "operator@contoso.example".into(),
+            activity_delay: std::time::Duration::ZERO,
         }
     }
 }
@@ -684,6 +688,9 @@ fn control(fake: &Fake, method: &Method, path: &str, body: &[u8]) -> Response {
                         f["message"].as_str().unwrap_or("failed").to_string(),
                     )
                 });
+            }
+            if let Some(ms) = parsed["activityDelayMs"].as_u64() {
+                c.activity_delay = std::time::Duration::from_millis(ms);
             }
             if let Some(t) = parsed["staticToken"].as_str() {
                 c.static_token = Some(t.to_string());
@@ -1511,6 +1518,11 @@ fn activity_list(inner: &Inner, method: &Method, uri: &Uri, sub: &str, base: &st
             "the filter needs eventTimestamp ge '…'",
         );
     };
+    let visible_until = jiff::Timestamp::now()
+        .checked_sub(
+            jiff::SignedDuration::try_from(inner.config.activity_delay).unwrap_or_default(),
+        )
+        .unwrap_or(jiff::Timestamp::MIN);
     let items: Vec<&Value> = inner
         .activity
         .iter()
@@ -1523,7 +1535,7 @@ fn activity_list(inner: &Inner, method: &Method, uri: &Uri, sub: &str, base: &st
             let at = e["eventTimestamp"]
                 .as_str()
                 .and_then(|t| t.parse::<jiff::Timestamp>().ok());
-            at.is_some_and(|at| at >= since && until.is_none_or(|u| at <= u))
+            at.is_some_and(|at| at >= since && until.is_none_or(|u| at <= u) && at <= visible_until)
         })
         .filter(|e| {
             eq.iter().all(|(field, value)| {

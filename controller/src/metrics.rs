@@ -80,6 +80,7 @@ pub struct Metrics {
     pub drift_detected: Family<KindL, Counter>,
     pub drift_reverted: Family<KindL, Counter>,
     pub attributions: Family<OutcomeL, Counter>,
+    pub attributions_pending: Family<TargetL, Gauge>,
     pub flapping: Family<TargetL, Gauge>,
     pub target_healthy: Family<TargetL, Gauge>,
     pub pending_deletions: Family<TargetL, Gauge>,
@@ -126,6 +127,7 @@ impl Metrics {
             triggers: Family::default(),
             drift_detected: Family::default(),
             attributions: Family::default(),
+            attributions_pending: Family::default(),
             drift_reverted: Family::default(),
             flapping: Family::default(),
             target_healthy: Family::default(),
@@ -171,8 +173,13 @@ impl Metrics {
         );
         registry.register(
             "drift_attributions",
-            "Who-made-it lookups of drift in the cloud's audit log, by target and outcome (found, unknown, error)",
+            "Who made a drift, by target and outcome: found (at once or later), pending (not in the audit log yet, asked again), unknown (given up after 30 minutes), error (the log could not be read)",
             m.attributions.clone(),
+        );
+        registry.register(
+            "drift_attributions_pending",
+            "Drift whose author the audit log has not shown yet, by target",
+            m.attributions_pending.clone(),
         );
         registry.register(
             "drift_reverted",

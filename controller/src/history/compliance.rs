@@ -270,6 +270,16 @@ pub fn compliance(
                     id: None,
                 });
             }
+            EventData::DriftAttributed(a) => {
+                let resource = ev.resource.as_deref().unwrap_or_default();
+                if let Some(d) = drift
+                    .iter_mut()
+                    .rev()
+                    .find(|d| d.at == a.detected_at && d.target == t && d.resource == resource)
+                {
+                    d.actor.get_or_insert_with(|| (*a.actor).clone());
+                }
+            }
             EventData::ChangeApplied(c) => {
                 let s = summary(&mut targets, &t);
                 s.changes_applied += 1;

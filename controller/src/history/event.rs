@@ -24,6 +24,8 @@ pub mod kind {
     pub const HISTORY_REWRITTEN: &str = "history-rewritten";
     /// An out-of-band change was found.
     pub const DRIFT_DETECTED: &str = "drift-detected";
+    /// Who made an earlier drift, found later in the cloud's audit log (which lags).
+    pub const DRIFT_ATTRIBUTED: &str = "drift-attributed";
     /// A change was applied (or found already done / pending).
     pub const CHANGE_APPLIED: &str = "change-applied";
     /// A change failed (or was blocked by one that failed).
@@ -312,12 +314,51 @@ pub struct HistoryRewritten {
 pub struct DriftDetected {
     /// What changed out of band, for people.
     pub change: String,
-    /// Who changed it, from the cloud's audit log (`null`: not known).
-    #[serde(default)]
+    /// Who changed it, from the cloud's audit log (`null`: not known). A bare string, as
+    /// earlier versions' schema allowed, reads as an actor of unknown kind.
+    #[serde(default, deserialize_with = "actor_or_name")]
     pub actor: Option<Box<palisade_providers::Actor>>,
     /// The change planned to put it back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correction: Option<Change>,
+}
+
+fn actor_or_name<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Box<palisade_providers::Actor>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Actor(Box<palisade_providers::Actor>),
+        Name(String),
+    }
+    Ok(match Option::<Either>::deserialize(d)? {
+        None => None,
+        Some(Either::Actor(a)) => Some(a),
+        Some(Either::Name(id)) => Some(Box::new(palisade_providers::Actor {
+            kind: palisade_providers::ActorKind::Unknown,
+            id: palisade_providers::model::audit_text(&id),
+            name: None,
+            issuer: None,
+            source_ip: None,
+            user_agent: None,
+            event_id: None,
+            event_time: None,
+            correlation_id: None,
+            operation: None,
+        })),
+    })
+}
+
+/// `drift-attributed`: the drift of the same target and resource detected at
+/// `detected_at` was made by `actor` (the audit log had not shown it then).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftAttributed {
+    /// When the drift was detected (Unix ms): the `at` of its `drift-detected` event.
+    pub detected_at: i64,
+    /// Who made it.
+    pub actor: Box<palisade_providers::Actor>,
 }
 
 /// `reconciled`.
@@ -385,6 +426,8 @@ pub enum EventData {
     HistoryRewritten(HistoryRewritten),
     /// See [`kind::DRIFT_DETECTED`].
     DriftDetected(DriftDetected),
+    /// See [`kind::DRIFT_ATTRIBUTED`].
+    DriftAttributed(DriftAttributed),
     /// See [`kind::CHANGE_APPLIED`].
     ChangeApplied(ChangeRecord),
     /// See [`kind::CHANGE_FAILED`].
@@ -413,6 +456,7 @@ impl EventData {
             EventData::RevisionRejected(_) => kind::REVISION_REJECTED,
             EventData::HistoryRewritten(_) => kind::HISTORY_REWRITTEN,
             EventData::DriftDetected(_) => kind::DRIFT_DETECTED,
+            EventData::DriftAttributed(_) => kind::DRIFT_ATTRIBUTED,
             EventData::ChangeApplied(_) => kind::CHANGE_APPLIED,
             EventData::ChangeFailed(_) => kind::CHANGE_FAILED,
             EventData::FindingOpened(_) => kind::FINDING_OPENED,
@@ -481,6 +525,7 @@ fn typed(kind: &str, data: &str) -> Option<EventData> {
         kind::REVISION_REJECTED => EventData::RevisionRejected(of(data)?),
         kind::HISTORY_REWRITTEN => EventData::HistoryRewritten(of(data)?),
         kind::DRIFT_DETECTED => EventData::DriftDetected(of(data)?),
+        kind::DRIFT_ATTRIBUTED => EventData::DriftAttributed(of(data)?),
         kind::CHANGE_APPLIED => EventData::ChangeApplied(of(data)?),
         kind::CHANGE_FAILED => EventData::ChangeFailed(of(data)?),
         kind::FINDING_OPENED => EventData::FindingOpened(of(data)?),
@@ -623,6 +668,21 @@ mod tests {
                 actor: None,
                 correction: None,
             }),
+            EventData::DriftAttributed(DriftAttributed {
+                detected_at: 1,
+                actor: Box::new(palisade_providers::Actor {
+                    kind: palisade_providers::ActorKind::ServicePrincipal,
+                    id: "app".into(),
+                    name: None,
+                    issuer: None,
+                    source_ip: None,
+                    user_agent: None,
+                    event_id: None,
+                    event_time: None,
+                    correlation_id: None,
+                    operation: None,
+                }),
+            }),
             EventData::Reconciled(Reconciled {
                 result: ReconcileResult::Timeout,
                 error: Some("deadline".into()),
@@ -676,7 +736,7 @@ mod tests {
             let back = Body::read(kind.clone(), &data.data_json());
             assert_eq!(back, Body::Typed(data), "{kind}");
         }
-        assert_eq!(seen.len(), 13, "one sample of every kind: {seen:?}");
+        assert_eq!(seen.len(), 14, "one sample of every kind: {seen:?}");
     }
 
     #[test]

@@ -27,9 +27,9 @@ pub use compliance::{
     TargetSummary, compliance,
 };
 pub use event::{
-    Body, ChangeRecord, ChangeStatus, DriftDetected, Event, EventData, HistoryRewritten, NewEvent,
-    ReconcileResult, Reconciled, Report, ResourceState, ResourceStatus, Retention,
-    RevisionEnforced, RevisionRef, RevisionRejected, SignatureState, Trigger, kind,
+    Body, ChangeRecord, ChangeStatus, DriftAttributed, DriftDetected, Event, EventData,
+    HistoryRewritten, NewEvent, ReconcileResult, Reconciled, Report, ResourceState, ResourceStatus,
+    Retention, RevisionEnforced, RevisionRef, RevisionRejected, SignatureState, Trigger, kind,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts the applied ones.

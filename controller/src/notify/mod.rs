@@ -291,6 +291,7 @@ pub fn load(path: &Path) -> Result<Vec<Sink>, String> {
 pub const TYPES: &[&str] = &[
     "drift.detected",
     "drift.reverted",
+    "drift.attributed",
     "revision.enforced",
     "revision.rejected",
     "flapping",
@@ -375,6 +376,18 @@ pub fn message(e: &Event) -> Option<Message> {
                     .as_ref()
                     .map(|a| format!(" (by {a})"))
                     .unwrap_or_default()
+            ),
+            resource.clone().unwrap_or_default(),
+        ),
+        // Who made a drift, found after it was reported (the audit log lags).
+        EventData::DriftAttributed(a) => (
+            "drift.attributed",
+            Severity::Warning,
+            format!(
+                "drift on {} detected at {} was made by {}",
+                resource.as_deref().unwrap_or("?"),
+                crate::report::time(a.detected_at),
+                a.actor
             ),
             resource.clone().unwrap_or_default(),
         ),

@@ -38,12 +38,31 @@ pub struct TargetState {
     /// When the last observation was made (Unix ms): where the window of an
     /// attribution starts.
     last_observed: Option<i64>,
+    /// Drift whose author the audit log did not show yet (it lags by minutes): asked
+    /// again on later reconciles, then given up as unknown.
+    pending_attributions: Vec<PendingAttribution>,
+}
+
+/// See [`TargetState::pending_attributions`].
+#[derive(Debug, Clone)]
+struct PendingAttribution {
+    query: palisade_providers::AttributionQuery,
+    /// The drift's resource and detection time: what the `drift-attributed` event names.
+    resource: crate::addr::ResourceAddr,
+    detected_at: i64,
+    attempts: u32,
+    next_try: i64,
 }
 
 /// Longest look back for who made a drift when no earlier observation bounds it.
 const ATTRIBUTION_LOOKBACK_MS: i64 = 60 * 60 * 1000;
 /// Slack at the window's start, for clocks that disagree.
 const ATTRIBUTION_SLACK_MS: i64 = 5 * 60 * 1000;
+/// How long an unattributed drift is asked about again (the Activity Log shows most
+/// events within 15 minutes; CloudTrail within 15).
+const ATTRIBUTION_GIVE_UP_MS: i64 = 30 * 60 * 1000;
+/// Most drift waiting for its author per target; the oldest is given up beyond.
+const ATTRIBUTION_PENDING_MAX: usize = 1000;
 /// Longest wait for the audit log in one reconcile.
 const ATTRIBUTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -71,26 +90,41 @@ fn drift_cloud_id(change: &Change, inventory: &palisade_providers::Inventory) ->
     }
 }
 
-/// Who made each drift, from the cloud's audit log (`None`: not found, or the log could
-/// not be read in time — recorded as unknown, never guessed).
+/// Who made each new drift, from the cloud's audit log, and who made earlier drift the
+/// log did not show yet (`pending`): new drift not found is kept in `pending` and asked
+/// about again (with backoff) until [`ATTRIBUTION_GIVE_UP_MS`]; never guessed.
+#[allow(clippy::too_many_arguments)]
 async fn attribute(
     shared: &Shared,
     provider: &dyn palisade_providers::Provider,
     scope: &palisade_providers::Target,
     inventory: &palisade_providers::Inventory,
     drifts: &[&PlannedChange],
+    pending: &mut Vec<PendingAttribution>,
     since: Option<i64>,
-    until: i64,
-) -> Vec<Option<palisade_providers::Actor>> {
+    now: i64,
+) -> (
+    Vec<Option<palisade_providers::Actor>>,
+    Vec<(PendingAttribution, palisade_providers::Actor)>,
+) {
+    let outcome = |o: &str, n: usize| {
+        if n > 0 {
+            shared
+                .metrics
+                .attributions
+                .get_or_create(&crate::metrics::OutcomeL {
+                    target: scope.name.clone(),
+                    outcome: o.into(),
+                })
+                .inc_by(n as u64);
+        }
+    };
     let mut out = vec![None; drifts.len()];
-    if drifts.is_empty() {
-        return out;
-    }
     let start = since
-        .unwrap_or(until - ATTRIBUTION_LOOKBACK_MS)
-        .max(until - ATTRIBUTION_LOOKBACK_MS)
+        .unwrap_or(now - ATTRIBUTION_LOOKBACK_MS)
+        .max(now - ATTRIBUTION_LOOKBACK_MS)
         - ATTRIBUTION_SLACK_MS;
-    let asked: Vec<(usize, palisade_providers::AttributionQuery)> = drifts
+    let fresh: Vec<(usize, palisade_providers::AttributionQuery)> = drifts
         .iter()
         .enumerate()
         .filter_map(|(i, c)| {
@@ -99,43 +133,96 @@ async fn attribute(
                 palisade_providers::AttributionQuery {
                     resource: drift_cloud_id(&c.change, inventory)?,
                     since_ms: start,
-                    until_ms: until + ATTRIBUTION_SLACK_MS,
+                    until_ms: now + ATTRIBUTION_SLACK_MS,
                 },
             ))
         })
         .collect();
-    let queries: Vec<_> = asked.iter().map(|(_, q)| q.clone()).collect();
-    let answer =
-        tokio::time::timeout(ATTRIBUTION_TIMEOUT, provider.attribute(scope, &queries)).await;
-    let outcome = |o: &str, n: usize| {
-        shared
-            .metrics
-            .attributions
-            .get_or_create(&crate::metrics::OutcomeL {
-                target: scope.name.clone(),
-                outcome: o.into(),
-            })
-            .inc_by(n as u64);
-    };
-    match answer {
-        Ok(Ok(actors)) => {
-            for ((i, _), actor) in asked.iter().zip(actors) {
-                out[*i] = actor;
+    let due: Vec<usize> = (0..pending.len())
+        .filter(|&i| pending[i].next_try <= now)
+        .collect();
+    let mut found_later = Vec::new();
+    if !fresh.is_empty() || !due.is_empty() {
+        let queries: Vec<_> = fresh
+            .iter()
+            .map(|(_, q)| q.clone())
+            .chain(due.iter().map(|&i| pending[i].query.clone()))
+            .collect();
+        let answer =
+            tokio::time::timeout(ATTRIBUTION_TIMEOUT, provider.attribute(scope, &queries)).await;
+        let actors = match answer {
+            Ok(Ok(actors)) if actors.len() == queries.len() => actors,
+            Ok(Ok(_)) => {
+                tracing::warn!(target = %scope.name, "the audit log answered for other drift than asked; ignored");
+                outcome("error", queries.len());
+                vec![None; queries.len()]
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(target = %scope.name, error = %e, "the audit log could not be read; asked again later");
+                outcome("error", queries.len());
+                vec![None; queries.len()]
+            }
+            Err(_) => {
+                tracing::warn!(target = %scope.name, "the audit log did not answer in time; asked again later");
+                outcome("error", queries.len());
+                vec![None; queries.len()]
+            }
+        };
+        let (now_found, later) = actors.split_at(fresh.len());
+        for ((i, q), actor) in fresh.iter().zip(now_found) {
+            match actor {
+                Some(a) => out[*i] = Some(a.clone()),
+                None => pending.push(PendingAttribution {
+                    query: q.clone(),
+                    resource: drifts[*i].resource.clone(),
+                    detected_at: now,
+                    attempts: 0,
+                    next_try: now,
+                }),
             }
         }
-        Ok(Err(e)) => {
-            tracing::warn!(target = %scope.name, error = %e, "the audit log could not be read; drift is recorded without who made it");
-            outcome("error", asked.len());
+        let mut resolved = std::collections::BTreeSet::new();
+        for (&i, actor) in due.iter().zip(later) {
+            let p = &mut pending[i];
+            p.attempts += 1;
+            match actor {
+                Some(a) => {
+                    found_later.push((p.clone(), a.clone()));
+                    resolved.insert(i);
+                }
+                None => {
+                    // 15 s, 30 s, 1 min … at most 5 min between tries.
+                    let wait = (15_000i64 << (p.attempts - 1).min(5)).min(300_000);
+                    p.next_try = now + wait;
+                }
+            }
         }
-        Err(_) => {
-            tracing::warn!(target = %scope.name, "the audit log did not answer in time; drift is recorded without who made it");
-            outcome("error", asked.len());
-        }
+        let mut i = 0;
+        pending.retain(|_| {
+            let keep = !resolved.contains(&i);
+            i += 1;
+            keep
+        });
     }
-    let found = out.iter().filter(|a| a.is_some()).count();
-    outcome("found", found);
-    outcome("unknown", drifts.len() - found);
-    out
+    let before = pending.len();
+    pending.retain(|p| now - p.detected_at < ATTRIBUTION_GIVE_UP_MS);
+    let mut given_up = before - pending.len();
+    if pending.len() > ATTRIBUTION_PENDING_MAX {
+        given_up += pending.len() - ATTRIBUTION_PENDING_MAX;
+        pending.drain(..pending.len() - ATTRIBUTION_PENDING_MAX);
+    }
+    let found_now = out.iter().filter(|a| a.is_some()).count();
+    outcome("found", found_now + found_later.len());
+    outcome("pending", drifts.len() - found_now);
+    outcome("unknown", given_up);
+    shared
+        .metrics
+        .attributions_pending
+        .get_or_create(&TargetL {
+            target: scope.name.clone(),
+        })
+        .set(pending.len() as i64);
+    (out, found_later)
 }
 
 /// A reconcile that ended `ok`.
@@ -379,16 +466,31 @@ async fn reconcile(
         .iter()
         .filter(|c| c.cause == Cause::Drift)
         .collect();
-    let actors = attribute(
+    let (actors, found_later) = attribute(
         shared,
         provider.as_ref(),
         t,
         &planned.inventory,
         &drifts,
+        &mut state.pending_attributions,
         since,
         observed_at,
     )
     .await;
+    for (p, actor) in found_later {
+        evidence.events.push((
+            observed_at,
+            NewEvent::new(EventData::DriftAttributed(
+                crate::history::DriftAttributed {
+                    detected_at: p.detected_at,
+                    actor: Box::new(actor),
+                },
+            ))
+            .target(name)
+            .revision(Some(&enforced.revision.commit))
+            .resource(&p.resource),
+        ));
+    }
     for (c, actor) in drifts.iter().zip(actors) {
         evidence.events.push((
             observed_at,
