@@ -26,6 +26,12 @@ pub(super) struct Evidence {
     pub(super) findings: Vec<Finding>,
     /// Events with their times: drift when it was observed, changes when applied.
     pub(super) events: Vec<(i64, NewEvent)>,
+    /// The drift events of `events` to ask the audit log about once the reconcile is
+    /// done (reverts never wait for it): index, cloud id, resource.
+    pub(super) drift: Vec<(usize, Option<String>, ResourceAddr)>,
+    /// When this reconcile observed, and when the one before did (the window).
+    pub(super) observed_at: i64,
+    pub(super) since: Option<i64>,
 }
 
 pub(super) fn describe(c: &crate::plan::PlannedChange) -> String {

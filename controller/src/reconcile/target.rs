@@ -90,91 +90,113 @@ fn drift_cloud_id(change: &Change, inventory: &palisade_providers::Inventory) ->
     }
 }
 
-/// Who made each new drift, from the cloud's audit log, and who made earlier drift the
-/// log did not show yet (`pending`): new drift not found is kept in `pending` and asked
-/// about again (with backoff) until [`ATTRIBUTION_GIVE_UP_MS`]; never guessed.
-#[allow(clippy::too_many_arguments)]
+/// Who made the drift this reconcile found (filled into its `drift-detected` events),
+/// and who made earlier drift the log did not show yet (`drift-attributed` events):
+/// drift not found is kept in `pending` and asked about again (with backoff) until
+/// [`ATTRIBUTION_GIVE_UP_MS`]; never guessed. Runs after the reconcile, so that no revert
+/// waits for the audit log.
 async fn attribute(
     shared: &Shared,
-    provider: &dyn palisade_providers::Provider,
-    scope: &palisade_providers::Target,
-    inventory: &palisade_providers::Inventory,
-    drifts: &[&PlannedChange],
+    name: &str,
+    enforced: &Enforced,
     pending: &mut Vec<PendingAttribution>,
-    since: Option<i64>,
-    now: i64,
-) -> (
-    Vec<Option<palisade_providers::Actor>>,
-    Vec<(PendingAttribution, palisade_providers::Actor)>,
+    evidence: &mut Evidence,
 ) {
+    let now = evidence.observed_at;
+    if evidence.drift.is_empty() && !pending.iter().any(|p| p.next_try <= now) {
+        return;
+    }
+    let Some(scope) = enforced.targets.get(name) else {
+        return;
+    };
+    let Ok(provider) = shared.providers.get(scope.scope.cloud()) else {
+        return;
+    };
     let outcome = |o: &str, n: usize| {
         if n > 0 {
             shared
                 .metrics
                 .attributions
                 .get_or_create(&crate::metrics::OutcomeL {
-                    target: scope.name.clone(),
+                    target: name.to_string(),
                     outcome: o.into(),
                 })
                 .inc_by(n as u64);
         }
     };
-    let mut out = vec![None; drifts.len()];
-    let start = since
+    let start = evidence
+        .since
         .unwrap_or(now - ATTRIBUTION_LOOKBACK_MS)
         .max(now - ATTRIBUTION_LOOKBACK_MS)
         - ATTRIBUTION_SLACK_MS;
-    let fresh: Vec<(usize, palisade_providers::AttributionQuery)> = drifts
+    let fresh: Vec<(
+        usize,
+        palisade_providers::AttributionQuery,
+        crate::addr::ResourceAddr,
+    )> = evidence
+        .drift
         .iter()
-        .enumerate()
-        .filter_map(|(i, c)| {
+        .filter_map(|(i, id, resource)| {
             Some((
-                i,
+                *i,
                 palisade_providers::AttributionQuery {
-                    resource: drift_cloud_id(&c.change, inventory)?,
+                    resource: id.clone()?,
                     since_ms: start,
                     until_ms: now + ATTRIBUTION_SLACK_MS,
                 },
+                resource.clone(),
             ))
         })
         .collect();
     let due: Vec<usize> = (0..pending.len())
         .filter(|&i| pending[i].next_try <= now)
         .collect();
-    let mut found_later = Vec::new();
-    if !fresh.is_empty() || !due.is_empty() {
-        let queries: Vec<_> = fresh
-            .iter()
-            .map(|(_, q)| q.clone())
-            .chain(due.iter().map(|&i| pending[i].query.clone()))
-            .collect();
-        let answer =
-            tokio::time::timeout(ATTRIBUTION_TIMEOUT, provider.attribute(scope, &queries)).await;
+    let queries: Vec<_> = fresh
+        .iter()
+        .map(|(_, q, _)| q.clone())
+        .chain(due.iter().map(|&i| pending[i].query.clone()))
+        .collect();
+    let mut found_now = 0;
+    let mut found_later = 0;
+    if !queries.is_empty() {
+        let answer = tokio::time::timeout(
+            ATTRIBUTION_TIMEOUT,
+            provider.attribute(scope, &queries),
+        )
+        .await;
         let actors = match answer {
             Ok(Ok(actors)) if actors.len() == queries.len() => actors,
             Ok(Ok(_)) => {
-                tracing::warn!(target = %scope.name, "the audit log answered for other drift than asked; ignored");
+                tracing::warn!(target = %name, "the audit log answered for other drift than asked; ignored");
                 outcome("error", queries.len());
                 vec![None; queries.len()]
             }
             Ok(Err(e)) => {
-                tracing::warn!(target = %scope.name, error = %e, "the audit log could not be read; asked again later");
+                tracing::warn!(target = %name, error = %e, "the audit log could not be read; asked again later");
                 outcome("error", queries.len());
                 vec![None; queries.len()]
             }
             Err(_) => {
-                tracing::warn!(target = %scope.name, "the audit log did not answer in time; asked again later");
+                tracing::warn!(target = %name, "the audit log did not answer in time; asked again later");
                 outcome("error", queries.len());
                 vec![None; queries.len()]
             }
         };
-        let (now_found, later) = actors.split_at(fresh.len());
-        for ((i, q), actor) in fresh.iter().zip(now_found) {
+        let (now_answers, later) = actors.split_at(fresh.len());
+        for ((i, q, resource), actor) in fresh.iter().zip(now_answers) {
             match actor {
-                Some(a) => out[*i] = Some(a.clone()),
+                Some(a) => {
+                    if let Some((_, ev)) = evidence.events.get_mut(*i)
+                        && let crate::history::Body::Typed(EventData::DriftDetected(d)) =
+                            &mut ev.body
+                    {
+                        d.actor = Some(Box::new(a.clone()));
+                        found_now += 1;
+                    }
+                }
                 None => pending.push(PendingAttribution {
                     query: q.clone(),
-                    resource: drifts[*i].resource.clone(),
+                    resource: resource.clone(),
                     detected_at: now,
                     attempts: 0,
                     next_try: now,
@@ -187,7 +209,19 @@ async fn attribute(
             p.attempts += 1;
             match actor {
                 Some(a) => {
-                    found_later.push((p.clone(), a.clone()));
+                    evidence.events.push((
+                        now,
+                        NewEvent::new(EventData::DriftAttributed(
+                            crate::history::DriftAttributed {
+                                detected_at: p.detected_at,
+                                actor: Box::new(a.clone()),
+                            },
+                        ))
+                        .target(name)
+                        .revision(Some(&enforced.revision.commit))
+                        .resource(&p.resource),
+                    ));
+                    found_later += 1;
                     resolved.insert(i);
                 }
                 None => {
@@ -211,18 +245,16 @@ async fn attribute(
         given_up += pending.len() - ATTRIBUTION_PENDING_MAX;
         pending.drain(..pending.len() - ATTRIBUTION_PENDING_MAX);
     }
-    let found_now = out.iter().filter(|a| a.is_some()).count();
-    outcome("found", found_now + found_later.len());
-    outcome("pending", drifts.len() - found_now);
+    outcome("found", found_now + found_later);
+    outcome("pending", evidence.drift.len() - found_now);
     outcome("unknown", given_up);
     shared
         .metrics
         .attributions_pending
         .get_or_create(&TargetL {
-            target: scope.name.clone(),
+            target: name.to_string(),
         })
         .set(pending.len() as i64);
-    (out, found_later)
 }
 
 /// A reconcile that ended `ok`.
@@ -294,6 +326,14 @@ pub async fn reconcile_once(
     )
     .await;
     let elapsed = started.elapsed();
+    attribute(
+        shared,
+        target,
+        enforced,
+        &mut state.pending_attributions,
+        &mut evidence,
+    )
+    .await;
     let (outcome, error, applied, reverted) = match result {
         Ok(Ok(r)) => (ReconcileResult::Ok, None, r.applied, r.reverted),
         Ok(Err(f)) => (f.result, Some(f.message), f.applied, 0),
@@ -466,37 +506,20 @@ async fn reconcile(
         .iter()
         .filter(|c| c.cause == Cause::Drift)
         .collect();
-    let (actors, found_later) = attribute(
-        shared,
-        provider.as_ref(),
-        t,
-        &planned.inventory,
-        &drifts,
-        &mut state.pending_attributions,
-        since,
-        observed_at,
-    )
-    .await;
-    for (p, actor) in found_later {
-        evidence.events.push((
-            observed_at,
-            NewEvent::new(EventData::DriftAttributed(
-                crate::history::DriftAttributed {
-                    detected_at: p.detected_at,
-                    actor: Box::new(actor),
-                },
-            ))
-            .target(name)
-            .revision(Some(&enforced.revision.commit))
-            .resource(&p.resource),
+    evidence.observed_at = observed_at;
+    evidence.since = since;
+    for c in &drifts {
+        evidence.drift.push((
+            evidence.events.len(),
+            drift_cloud_id(&c.change, &planned.inventory),
+            c.resource.clone(),
         ));
-    }
-    for (c, actor) in drifts.iter().zip(actors) {
         evidence.events.push((
             observed_at,
             NewEvent::new(EventData::DriftDetected(DriftDetected {
                 change: describe(c),
-                actor: actor.map(Box::new),
+                // Filled in once the reconcile is done (see `attribute`).
+                actor: None,
                 correction: Some(c.change.clone()),
             }))
             .target(name)
