@@ -272,18 +272,7 @@ fn apply_to(
         Change::SetPlacement {
             function, after, ..
         } => {
-            let f = inv
-                .functions
-                .iter_mut()
-                .find(|f| f.id == *function)
-                .ok_or_else(|| ProviderError::Api {
-                    service: "fake".into(),
-                    operation: "SetPlacement".into(),
-                    code: "ResourceNotFoundException".into(),
-                    message: format!("function {function} not found"),
-                    request_id: None,
-                    retryable: false,
-                })?;
+            let f = function_mut(inv, function, "SetPlacement")?;
             if f.placement == *after {
                 return Ok(Outcome::already_done());
             }
@@ -293,18 +282,7 @@ fn apply_to(
         Change::SetInbound {
             function, after, ..
         } => {
-            let f = inv
-                .functions
-                .iter_mut()
-                .find(|f| f.id == *function)
-                .ok_or_else(|| ProviderError::Api {
-                    service: "fake".into(),
-                    operation: "SetInbound".into(),
-                    code: "ResourceNotFound".into(),
-                    message: format!("function {function} not found"),
-                    request_id: None,
-                    retryable: false,
-                })?;
+            let f = function_mut(inv, function, "SetInbound")?;
             if f.inbound.as_ref() == Some(after) {
                 return Ok(Outcome::already_done());
             }
@@ -431,6 +409,24 @@ fn apply_to(
             })
         }
     }
+}
+
+fn function_mut<'a>(
+    inv: &'a mut Inventory,
+    id: &str,
+    operation: &str,
+) -> Result<&'a mut crate::model::Function, ProviderError> {
+    inv.functions
+        .iter_mut()
+        .find(|f| f.id == id)
+        .ok_or_else(|| ProviderError::Api {
+            service: "fake".into(),
+            operation: operation.into(),
+            code: "ResourceNotFoundException".into(),
+            message: format!("function {id} not found"),
+            request_id: None,
+            retryable: false,
+        })
 }
 
 fn unresolved(group: &GroupRef) -> ProviderError {

@@ -248,6 +248,24 @@ pub struct Actor {
     pub operation: Option<String>,
 }
 
+impl Actor {
+    /// An actor known by kind and id alone (the other fields unknown).
+    pub fn named(kind: ActorKind, id: impl Into<String>) -> Actor {
+        Actor {
+            kind,
+            id: id.into(),
+            name: None,
+            issuer: None,
+            source_ip: None,
+            user_agent: None,
+            event_id: None,
+            event_time: None,
+            correlation_id: None,
+            operation: None,
+        }
+    }
+}
+
 impl fmt::Display for Actor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match self.kind {

@@ -32,6 +32,16 @@ fn target() -> Target {
 }
 
 async fn start(config: Config, functions: usize) -> (Running, AzureProvider) {
+    start_with(config, functions, AzureSettings::default()).await
+}
+
+/// The fake seeded with `functions` apps, and a provider on it with `settings` (its
+/// endpoint and short waits filled in).
+async fn start_with(
+    config: Config,
+    functions: usize,
+    settings: AzureSettings,
+) -> (Running, AzureProvider) {
     let fake = Fake::new(Config {
         static_token: Some("test-token".into()),
         ..config
@@ -51,7 +61,7 @@ async fn start(config: Config, functions: usize) -> (Running, AzureProvider) {
             arm_endpoint: running.endpoint.clone(),
             poll_interval: Duration::from_millis(10),
             conflict_delay: Duration::from_millis(10),
-            ..AzureSettings::default()
+            ..settings
         },
         Arc::new(credential),
     );
@@ -1079,22 +1089,15 @@ async fn access_restrictions_are_read_and_written_only_on_the_targets_sites() {
 
 #[tokio::test]
 async fn a_pass_rereads_at_most_its_budget_and_answers_the_rest_from_the_last_read() {
-    let (running, _) = start(Config::default(), 5).await;
-    let credential = azure_identity::ClientSecretCredential::new(
-        azure_core::new_http_client(),
-        Url::parse(&running.endpoint).unwrap(),
-        "tenant".into(),
-        "client".into(),
-        "secret".into(),
-    );
-    let p = AzureProvider::with_credential(
+    let (running, p) = start_with(
+        Config::default(),
+        5,
         AzureSettings {
-            arm_endpoint: running.endpoint.clone(),
             inbound_reads: 2,
             ..AzureSettings::default()
         },
-        Arc::new(credential),
-    );
+    )
+    .await;
     let t = target();
     let inv = p
         .observe(&t, &palisade_providers::Ownership::default())

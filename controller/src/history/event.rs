@@ -335,18 +335,10 @@ fn actor_or_name<'de, D: serde::Deserializer<'de>>(
     Ok(match Option::<Either>::deserialize(d)? {
         None => None,
         Some(Either::Actor(a)) => Some(a),
-        Some(Either::Name(id)) => Some(Box::new(palisade_providers::Actor {
-            kind: palisade_providers::ActorKind::Unknown,
-            id: palisade_providers::model::audit_text(&id),
-            name: None,
-            issuer: None,
-            source_ip: None,
-            user_agent: None,
-            event_id: None,
-            event_time: None,
-            correlation_id: None,
-            operation: None,
-        })),
+        Some(Either::Name(id)) => Some(Box::new(palisade_providers::Actor::named(
+            palisade_providers::ActorKind::Unknown,
+            palisade_providers::model::audit_text(&id),
+        ))),
     })
 }
 
@@ -670,18 +662,10 @@ mod tests {
             }),
             EventData::DriftAttributed(DriftAttributed {
                 detected_at: 1,
-                actor: Box::new(palisade_providers::Actor {
-                    kind: palisade_providers::ActorKind::ServicePrincipal,
-                    id: "app".into(),
-                    name: None,
-                    issuer: None,
-                    source_ip: None,
-                    user_agent: None,
-                    event_id: None,
-                    event_time: None,
-                    correlation_id: None,
-                    operation: None,
-                }),
+                actor: Box::new(palisade_providers::Actor::named(
+                    palisade_providers::ActorKind::ServicePrincipal,
+                    "app",
+                )),
             }),
             EventData::Reconciled(Reconciled {
                 result: ReconcileResult::Timeout,

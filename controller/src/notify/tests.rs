@@ -44,18 +44,10 @@ fn drift(id: i64, t: i64, group: &str) -> Event {
         t,
         NewEvent::new(EventData::DriftDetected(DriftDetected {
             change: "added out of band: ingress tcp/22 from 0.0.0.0/0".into(),
-            actor: Some(Box::new(palisade_providers::Actor {
-                kind: palisade_providers::ActorKind::User,
-                id: "arn:aws:iam::123456789012:user/mallory".into(),
-                name: None,
-                issuer: None,
-                source_ip: None,
-                user_agent: None,
-                event_id: None,
-                event_time: None,
-                correlation_id: None,
-                operation: None,
-            })),
+            actor: Some(Box::new(palisade_providers::Actor::named(
+                palisade_providers::ActorKind::User,
+                "arn:aws:iam::123456789012:user/mallory",
+            ))),
             correction: None,
         }))
         .target("prod-aws")

@@ -159,11 +159,8 @@ async fn attribute(
     let mut found_now = 0;
     let mut found_later = 0;
     if !queries.is_empty() {
-        let answer = tokio::time::timeout(
-            ATTRIBUTION_TIMEOUT,
-            provider.attribute(scope, &queries),
-        )
-        .await;
+        let answer =
+            tokio::time::timeout(ATTRIBUTION_TIMEOUT, provider.attribute(scope, &queries)).await;
         let actors = match answer {
             Ok(Ok(actors)) if actors.len() == queries.len() => actors,
             Ok(Ok(_)) => {

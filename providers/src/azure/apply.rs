@@ -517,17 +517,8 @@ impl AzureProvider {
             }
         }
         let etag = current["etag"].as_str().map(str::to_string);
-        let answer = arm
-            .put_if_match(url, &current, etag.as_deref())
-            .await
-            .map_err(|e| changed_since_read(e, site))?;
-        if answer.status == StatusCode::Accepted {
-            arm.wait(what, &answer.headers).await?;
-        }
-        Ok(Outcome {
-            request_ids: answer.request_id().into_iter().collect(),
-            ..Outcome::applied()
-        })
+        let answer = arm.put_if_match(url, &current, etag.as_deref()).await;
+        finish_write(arm, what, site, answer).await
     }
 
     /// Read-modify-write of the app's `config/web`: only `ipSecurityRestrictions` and
@@ -567,17 +558,8 @@ impl AzureProvider {
             }
         });
         let etag = current["etag"].as_str().map(str::to_string);
-        let answer = arm
-            .patch_if_match(url, &body, etag.as_deref())
-            .await
-            .map_err(|e| changed_since_read(e, site))?;
-        if answer.status == StatusCode::Accepted {
-            arm.wait(what, &answer.headers).await?;
-        }
-        Ok(Outcome {
-            request_ids: answer.request_id().into_iter().collect(),
-            ..Outcome::applied()
-        })
+        let answer = arm.patch_if_match(url, &body, etag.as_deref()).await;
+        finish_write(arm, what, site, answer).await
     }
 
     async fn get_endpoint(
@@ -806,4 +788,22 @@ fn replacement_name(owner: &str, old: &str, subnets: &[String]) -> String {
     } else {
         name
     }
+}
+
+/// The end of a read-modify-write of `id`: a lost race is retryable (nothing was
+/// overwritten), an accepted write is waited for, the request id is kept.
+async fn finish_write(
+    arm: &Arm,
+    what: &str,
+    id: &str,
+    answer: Result<call::Answer, ProviderError>,
+) -> Result<Outcome, ProviderError> {
+    let answer = answer.map_err(|e| changed_since_read(e, id))?;
+    if answer.status == StatusCode::Accepted {
+        arm.wait(what, &answer.headers).await?;
+    }
+    Ok(Outcome {
+        request_ids: answer.request_id().into_iter().collect(),
+        ..Outcome::applied()
+    })
 }
