@@ -36,7 +36,7 @@ fn target() -> Target {
 
 fn fast() -> AwsSettings {
     AwsSettings {
-        rates: "ec2-read=10000/10000,ec2-write=10000/10000,lambda-read=10000/10000,lambda-write=10000/10000,tagging=10000/10000,sts=10000/10000"
+        rates: "ec2-read=10000/10000,ec2-write=10000/10000,lambda-read=10000/10000,lambda-write=10000/10000,tagging=10000/10000,sts=10000/10000,cloudtrail=10000/10000"
             .parse()
             .unwrap(),
         poll_interval: Duration::from_millis(1),
@@ -67,6 +67,15 @@ async fn provider(
     lambda_rules: &[&MockRule],
     tagging_rules: &[&MockRule],
 ) -> AwsProvider {
+    provider_with_trail(ec2_rules, lambda_rules, tagging_rules, &[]).await
+}
+
+async fn provider_with_trail(
+    ec2_rules: &[&MockRule],
+    lambda_rules: &[&MockRule],
+    tagging_rules: &[&MockRule],
+    cloudtrail_rules: &[&MockRule],
+) -> AwsProvider {
     let sts_rule = sts(ACCOUNT);
     let clients = Clients {
         ec2: mock_client!(
@@ -86,6 +95,11 @@ async fn provider(
             tagging_rules.iter().copied()
         ),
         sts: mock_client!(aws_sdk_sts, RuleMode::MatchAny, [&sts_rule]),
+        cloudtrail: mock_client!(
+            aws_sdk_cloudtrail,
+            RuleMode::MatchAny,
+            cloudtrail_rules.iter().copied()
+        ),
     };
     let p = AwsProvider::new(fast());
     p.connect(&target(), clients)
@@ -796,6 +810,11 @@ async fn the_wrong_account_is_refused() {
             Vec::<&MockRule>::new()
         ),
         sts: mock_client!(aws_sdk_sts, RuleMode::MatchAny, [&wrong]),
+        cloudtrail: mock_client!(
+            aws_sdk_cloudtrail,
+            RuleMode::MatchAny,
+            Vec::<&MockRule>::new()
+        ),
     };
     let err = AwsProvider::new(fast())
         .connect(&target(), clients)
@@ -805,5 +824,111 @@ async fn the_wrong_account_is_refused() {
     assert!(
         msg.contains("999999999999") && msg.contains(ACCOUNT) && msg.contains("refusing"),
         "{msg}"
+    );
+}
+
+/// CloudTrail `LookupEvents` (moto has none): the newest successful write on the
+/// resource that Palisade did not make is the author, over pages, one lookup per
+/// resource, counted; a function is looked up by its ARN, then by its name.
+#[tokio::test]
+async fn cloudtrail_names_who_made_a_drift() {
+    use aws_sdk_cloudtrail::operation::lookup_events::LookupEventsOutput;
+    use aws_sdk_cloudtrail::types::Event as TrailEvent;
+    let event = |id: &str, time: &str, who: &str, read_only: &str| {
+        TrailEvent::builder()
+            .event_id(id)
+            .cloud_trail_event(
+                serde_json::json!({
+                    "eventID": id, "eventTime": time, "eventName": "AuthorizeSecurityGroupIngress",
+                    "requestID": format!("req-{id}"), "readOnly": read_only == "true",
+                    "sourceIPAddress": "203.0.113.5",
+                    "userIdentity": {
+                        "type": "AssumedRole",
+                        "arn": format!("arn:aws:sts::123456789012:assumed-role/{who}/session-1"),
+                        "sessionContext": { "sessionIssuer": { "arn": format!("arn:aws:iam::123456789012:role/{who}") } }
+                    }
+                })
+                .to_string(),
+            )
+            .build()
+    };
+    let page1 = mock!(aws_sdk_cloudtrail::Client::lookup_events)
+        .match_requests(|r| {
+            r.next_token().is_none()
+                && r.lookup_attributes()
+                    .first()
+                    .is_some_and(|a| a.attribute_value() == "sg-0123")
+        })
+        .then_output(move || {
+            LookupEventsOutput::builder()
+                .events(event("e3", "2026-12-01T10:03:00Z", "reader", "true"))
+                .next_token("more")
+                .build()
+        });
+    let page2 = mock!(aws_sdk_cloudtrail::Client::lookup_events)
+        .match_requests(|r| r.next_token() == Some("more"))
+        .then_output(move || {
+            LookupEventsOutput::builder()
+                .events(event("e2", "2026-12-01T10:02:00Z", "terraform-ci", "false"))
+                .events(event("e1", "2026-12-01T10:01:00Z", "older", "false"))
+                .build()
+        });
+    let by_name = mock!(aws_sdk_cloudtrail::Client::lookup_events)
+        .match_requests(|r| {
+            r.lookup_attributes()
+                .first()
+                .is_some_and(|a| a.attribute_value() == "payments-api")
+        })
+        .then_output(move || {
+            LookupEventsOutput::builder()
+                .events(event(
+                    "f1",
+                    "2026-12-01T10:04:00Z",
+                    "console-admin",
+                    "false",
+                ))
+                .build()
+        });
+    let nothing = mock!(aws_sdk_cloudtrail::Client::lookup_events)
+        .then_output(|| LookupEventsOutput::builder().build());
+    let p = provider_with_trail(&[], &[], &[], &[&page1, &page2, &by_name, &nothing]).await;
+    let q = |resource: &str| palisade_providers::AttributionQuery {
+        resource: resource.into(),
+        since_ms: 1_796_119_200_000,
+        until_ms: 1_796_122_800_000,
+    };
+    let actors = p
+        .attribute(
+            &target(),
+            &[
+                q("sg-0123"),
+                q("arn:aws:lambda:us-east-1:123456789012:function:payments-api"),
+                q("vpce-none"),
+            ],
+        )
+        .await
+        .unwrap();
+    let sg = actors[0].as_ref().expect("the group's author");
+    assert_eq!(
+        sg.id,
+        "arn:aws:sts::123456789012:assumed-role/terraform-ci/session-1"
+    );
+    assert_eq!(
+        sg.issuer.as_deref(),
+        Some("arn:aws:iam::123456789012:role/terraform-ci")
+    );
+    assert_eq!(sg.event_id.as_deref(), Some("e2"));
+    let f = actors[1].as_ref().expect("the function's author, by name");
+    assert!(f.id.contains("console-admin"), "{f:?}");
+    assert!(actors[2].is_none());
+    let calls: u64 = p
+        .api_calls()
+        .iter()
+        .filter(|c| c.operation == "LookupEvents")
+        .map(|c| c.count)
+        .sum();
+    assert_eq!(
+        calls, 5,
+        "two pages, the ARN then the name, one for the endpoint"
     );
 }

@@ -38,17 +38,20 @@ pub enum Family {
     Tagging,
     /// STS.
     Sts,
+    /// CloudTrail `LookupEvents` (2 per second per account and region, AWS's limit).
+    CloudTrail,
 }
 
 impl Family {
     /// Every family, in display order.
-    pub const ALL: [Family; 6] = [
+    pub const ALL: [Family; 7] = [
         Family::Ec2Read,
         Family::Ec2Write,
         Family::LambdaRead,
         Family::LambdaWrite,
         Family::Tagging,
         Family::Sts,
+        Family::CloudTrail,
     ];
 
     /// The name used in settings (`ec2-read=20/50`).
@@ -60,6 +63,7 @@ impl Family {
             Family::LambdaWrite => "lambda-write",
             Family::Tagging => "tagging",
             Family::Sts => "sts",
+            Family::CloudTrail => "cloudtrail",
         }
     }
 }
@@ -88,6 +92,7 @@ impl Default for RateLimits {
             (Family::LambdaWrite, r(5.0, 10)),
             (Family::Tagging, r(5.0, 10)),
             (Family::Sts, r(2.0, 5)),
+            (Family::CloudTrail, r(2.0, 2)),
         ]))
     }
 }

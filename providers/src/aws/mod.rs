@@ -15,6 +15,7 @@
 //! VPC update to finish.
 
 mod apply;
+pub mod attribute;
 pub mod call;
 mod observe;
 pub mod translate;
@@ -78,15 +79,18 @@ pub struct Clients {
     pub tagging: aws_sdk_resourcegroupstagging::Client,
     /// STS: the caller identity.
     pub sts: aws_sdk_sts::Client,
+    /// CloudTrail: who made a drift (`LookupEvents`).
+    pub cloudtrail: aws_sdk_cloudtrail::Client,
 }
 
 /// The endpoint override variables the SDK reads, for the start-up log.
-const ENDPOINT_VARS: [&str; 5] = [
+const ENDPOINT_VARS: [&str; 6] = [
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_EC2",
     "AWS_ENDPOINT_URL_LAMBDA",
     "AWS_ENDPOINT_URL_STS",
     "AWS_ENDPOINT_URL_RESOURCE_GROUPS_TAGGING_API",
+    "AWS_ENDPOINT_URL_CLOUDTRAIL",
 ];
 
 impl Clients {
@@ -130,6 +134,7 @@ impl Clients {
             lambda: aws_sdk_lambda::Client::new(&conf),
             tagging: aws_sdk_resourcegroupstagging::Client::new(&conf),
             sts: aws_sdk_sts::Client::new(&conf),
+            cloudtrail: aws_sdk_cloudtrail::Client::new(&conf),
         }
     }
 }
@@ -181,6 +186,8 @@ pub struct AwsProvider {
     settings: AwsSettings,
     budget: Budget,
     sessions: tokio::sync::Mutex<HashMap<String, Arc<Session>>>,
+    /// Request ids of Palisade's own writes: never taken for someone else's drift.
+    own: Mutex<attribute::OwnRequests>,
 }
 
 impl AwsProvider {
@@ -194,6 +201,7 @@ impl AwsProvider {
             ),
             settings,
             sessions: tokio::sync::Mutex::new(HashMap::new()),
+            own: Mutex::default(),
         }
     }
 
@@ -293,7 +301,21 @@ impl Provider for AwsProvider {
 
     async fn apply(&self, target: &Target, change: &Change) -> Result<Outcome, ProviderError> {
         let s = self.session(target).await?;
-        self.apply_with(&s, change).await
+        let out = self.apply_with(&s, change).await?;
+        let mut own = self.own.lock().unwrap_or_else(|e| e.into_inner());
+        for id in &out.request_ids {
+            own.insert(id);
+        }
+        Ok(out)
+    }
+
+    async fn attribute(
+        &self,
+        target: &Target,
+        queries: &[crate::model::AttributionQuery],
+    ) -> Result<Vec<Option<crate::model::Actor>>, ProviderError> {
+        let s = self.session(target).await?;
+        self.attribute_with(&s, queries).await
     }
 
     fn api_calls(&self) -> Vec<ApiCallCount> {
