@@ -592,14 +592,19 @@ fn drift_names_who_made_it_and_never_palisade() {
             .is_none()
             && front_door(&arm, "func-reports")["ipSecurityRestrictionsDefaultAction"] == "Deny"
     });
-    let store = palisade::history::Store::open(&arm.state.path().join("history.db")).unwrap();
-    let drift: Vec<Value> = store
-        .events(&palisade::history::Filter::default())
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.event.kind() == "drift-detected")
-        .map(|e| serde_json::to_value(&e.event).unwrap())
-        .collect();
+    // The evidence is written once the reconcile (and its audit-log lookup) is done.
+    let drift_events = || -> Vec<Value> {
+        palisade::history::Store::open(&arm.state.path().join("history.db"))
+            .unwrap()
+            .events(&palisade::history::Filter::default())
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.event.kind() == "drift-detected")
+            .map(|e| serde_json::to_value(&e.event).unwrap())
+            .collect()
+    };
+    c.wait(30, "both drifts recorded", |_| drift_events().len() >= 2);
+    let drift = drift_events();
     let on = |what: &str| {
         drift
             .iter()

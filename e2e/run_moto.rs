@@ -548,13 +548,18 @@ fn drift_made_while_the_controller_is_down_is_drift_after_restart() {
     c.wait(120, "reverted after restart", |_| {
         !ingress_ports(&moto, id).contains(&22)
     });
-    let store = palisade::history::Store::open(&moto.state.path().join("history.db")).unwrap();
-    let drift: Vec<_> = store
-        .events(&palisade::history::Filter::default())
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.event.kind() == "drift-detected")
-        .collect();
+    // The evidence is written once the reconcile (and its audit-log lookup) is done.
+    let drift_events = || -> Vec<_> {
+        palisade::history::Store::open(&moto.state.path().join("history.db"))
+            .unwrap()
+            .events(&palisade::history::Filter::default())
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.event.kind() == "drift-detected")
+            .collect()
+    };
+    c.wait(30, "the drift recorded", |_| !drift_events().is_empty());
+    let drift = drift_events();
     assert!(
         drift.iter().any(|e| e
             .event

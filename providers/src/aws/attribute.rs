@@ -177,7 +177,9 @@ impl AwsProvider {
         for _ in 0..MAX_PAGES {
             let out = self
                 .budget
-                .call(
+                // One try: drift not attributed now is asked about again later.
+                .call_tries(
+                    1,
                     &s.scope,
                     F::CloudTrail,
                     "cloudtrail",

@@ -187,6 +187,33 @@ impl Budget {
         F: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
+        self.call_tries(
+            self.max_attempts,
+            scope,
+            family,
+            service,
+            operation,
+            attempt,
+        )
+        .await
+    }
+
+    /// [`Budget::call`] with at most `tries` attempts (1: a call whose caller asks
+    /// again later anyway, such as a CloudTrail lookup).
+    pub async fn call_tries<T, E, F>(
+        &self,
+        tries: u32,
+        scope: &Scope,
+        family: Family,
+        service: &'static str,
+        operation: &'static str,
+        attempt: impl Fn() -> F,
+    ) -> Result<T, ProviderError>
+    where
+        F: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let max_attempts = tries.clamp(1, self.max_attempts);
         let limiter = self.limiter(scope, family);
         let mut delays = crate::rate::backoff(self.retry_delay, usize::MAX);
         let mut attempts = 0;
@@ -200,7 +227,7 @@ impl Budget {
                 }
                 Err(e) => e,
             };
-            let again = transient(&e) && attempts < self.max_attempts;
+            let again = transient(&e) && attempts < max_attempts;
             let err = map_error(service, operation, e);
             let outcome = if matches!(err, ProviderError::Throttled { .. }) {
                 CallOutcome::Throttled
