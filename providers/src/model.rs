@@ -230,9 +230,13 @@ pub struct Actor {
     /// Where the call came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_ip: Option<String>,
-    /// The caller's user agent.
+    /// The caller's user agent (as the caller says: not proof of anything).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
+    /// The AWS service that made the call with the principal's credentials
+    /// (`invokedBy`: `cloudformation.amazonaws.com`), as the cloud says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invoked_by: Option<String>,
     /// The audit log's id of the event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_id: Option<String>,
@@ -258,6 +262,7 @@ impl Actor {
             issuer: None,
             source_ip: None,
             user_agent: None,
+            invoked_by: None,
             event_id: None,
             event_time: None,
             correlation_id: None,
@@ -298,7 +303,8 @@ pub enum ActorKind {
     Service,
     /// An application: an Entra ID service principal or managed identity.
     ServicePrincipal,
-    /// The log did not say.
+    /// The log did not say (or a kind this version does not know).
+    #[serde(other)]
     Unknown,
 }
 

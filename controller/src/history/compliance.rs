@@ -272,10 +272,11 @@ pub fn compliance(
             }
             EventData::DriftAttributed(a) => {
                 let resource = ev.resource.as_deref().unwrap_or_default();
-                if let Some(d) = drift
+                // Every drift of that resource found at that time (a removed rule and an
+                // added one are one change by one author).
+                for d in drift
                     .iter_mut()
-                    .rev()
-                    .find(|d| d.at == a.detected_at && d.target == t && d.resource == resource)
+                    .filter(|d| d.at == a.detected_at && d.target == t && d.resource == resource)
                 {
                     d.actor.get_or_insert_with(|| (*a.actor).clone());
                 }

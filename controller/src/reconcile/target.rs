@@ -56,8 +56,13 @@ struct PendingAttribution {
 
 /// Longest look back for who made a drift when no earlier observation bounds it.
 const ATTRIBUTION_LOOKBACK_MS: i64 = 60 * 60 * 1000;
-/// Slack at the window's start, for clocks that disagree.
-const ATTRIBUTION_SLACK_MS: i64 = 5 * 60 * 1000;
+/// Slack at both ends of the window, for clocks that disagree (no more: a wider window
+/// takes in writes the previous observation accepted, or writes made after the drift
+/// was seen).
+const ATTRIBUTION_SLACK_MS: i64 = 60 * 1000;
+/// Most audit-log queries in one reconcile (fresh drift first): CloudTrail allows 2
+/// lookups per second; the rest wait for the next reconcile.
+const ATTRIBUTION_QUERIES_MAX: usize = 16;
 /// How long an unattributed drift is asked about again (the Activity Log shows most
 /// events within 15 minutes; CloudTrail within 15).
 const ATTRIBUTION_GIVE_UP_MS: i64 = 30 * 60 * 1000;
@@ -103,7 +108,10 @@ async fn attribute(
     evidence: &mut Evidence,
 ) {
     let now = evidence.observed_at;
-    if evidence.drift.is_empty() && !pending.iter().any(|p| p.next_try <= now) {
+    // Nothing was observed (the reconcile failed before): nothing to ask.
+    if !evidence.observed
+        || (evidence.drift.is_empty() && !pending.iter().any(|p| p.next_try <= now))
+    {
         return;
     }
     let Some(scope) = enforced.targets.get(name) else {
@@ -148,8 +156,16 @@ async fn attribute(
             ))
         })
         .collect();
+    // Several drifts of one resource (a rule removed and another added) are one query.
+    let mut fresh = fresh;
+    {
+        let mut seen = std::collections::HashSet::new();
+        fresh.retain(|(_, q, _)| seen.insert(q.resource.to_ascii_lowercase()));
+        fresh.truncate(ATTRIBUTION_QUERIES_MAX);
+    }
     let due: Vec<usize> = (0..pending.len())
         .filter(|&i| pending[i].next_try <= now)
+        .take(ATTRIBUTION_QUERIES_MAX.saturating_sub(fresh.len()))
         .collect();
     let queries: Vec<_> = fresh
         .iter()
@@ -180,15 +196,21 @@ async fn attribute(
             }
         };
         let (now_answers, later) = actors.split_at(fresh.len());
-        for ((i, q, resource), actor) in fresh.iter().zip(now_answers) {
+        for ((_, q, resource), actor) in fresh.iter().zip(now_answers) {
             match actor {
                 Some(a) => {
-                    if let Some((_, ev)) = evidence.events.get_mut(*i)
-                        && let crate::history::Body::Typed(EventData::DriftDetected(d)) =
-                            &mut ev.body
-                    {
-                        d.actor = Some(Box::new(a.clone()));
-                        found_now += 1;
+                    // Every drift event of this resource in this reconcile.
+                    for (i, _, r) in &evidence.drift {
+                        if r != resource {
+                            continue;
+                        }
+                        if let Some((_, ev)) = evidence.events.get_mut(*i)
+                            && let crate::history::Body::Typed(EventData::DriftDetected(d)) =
+                                &mut ev.body
+                        {
+                            d.actor = Some(Box::new(a.clone()));
+                            found_now += 1;
+                        }
                     }
                 }
                 None => pending.push(PendingAttribution {

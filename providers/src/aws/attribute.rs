@@ -62,8 +62,9 @@ pub fn actor_of(e: &Value) -> Option<Actor> {
         name,
         issuer,
         source_ip: text(&e["sourceIPAddress"]),
-        // A service acting with the caller's credentials (CloudFormation) says so here.
-        user_agent: invoked_by.or_else(|| text(&e["userAgent"])),
+        user_agent: text(&e["userAgent"]),
+        // A service acting with the principal's credentials (CloudFormation).
+        invoked_by,
         event_id: text(&e["eventID"]),
         event_time: text(&e["eventTime"]),
         correlation_id: text(&e["requestID"]),
@@ -71,19 +72,45 @@ pub fn actor_of(e: &Value) -> Option<Actor> {
     })
 }
 
-/// The newest successful write among `events` (CloudTrail answers newest first) that
-/// Palisade did not make.
+/// Whether `e` was made by Palisade's own principal: the caller identity it verified
+/// (`me`), or, for an assumed role, a session of the same role (whoever assumes
+/// Palisade's role is Palisade).
+fn by_palisade(e: &Value, me: Option<&str>) -> bool {
+    let Some(me) = me else { return false };
+    let who = &e["userIdentity"];
+    let role_of = |arn: &str| -> Option<String> {
+        let rest = arn.split(":assumed-role/").nth(1)?;
+        Some(rest.split('/').next()?.to_string())
+    };
+    match (
+        role_of(me),
+        who["sessionContext"]["sessionIssuer"]["arn"].as_str(),
+    ) {
+        (Some(role), Some(issuer)) => issuer.rsplit('/').next() == Some(role.as_str()),
+        _ => who["arn"].as_str() == Some(me),
+    }
+}
+
+/// The newest successful write among `events` that Palisade did not make: not one of
+/// the request ids it was answered, not its own principal (`me`). An event that cannot
+/// be read (a null) makes the answer unknown: an older one must not win in its place.
 pub fn newest_foreign_write<'a>(
     events: impl IntoIterator<Item = &'a Value>,
     own: &OwnRequests,
+    me: Option<&str>,
 ) -> Option<Actor> {
+    let events: Vec<&Value> = events.into_iter().collect();
+    if events.iter().any(|e| e.is_null()) {
+        return None;
+    }
     events
         .into_iter()
         .filter(|e| {
             let write =
                 e["readOnly"].as_bool() == Some(false) || e["readOnly"].as_str() == Some("false");
             let failed = e["errorCode"].as_str().is_some_and(|c| !c.is_empty());
-            let ours = e["requestID"].as_str().is_some_and(|id| own.contains(id));
+            let ours =
+                e["requestID"].as_str().is_some_and(|id| own.contains(id)) || by_palisade(e, me);
             write && !failed && !ours
         })
         .max_by(|a, b| {
@@ -134,22 +161,48 @@ impl AwsProvider {
         queries: &[AttributionQuery],
     ) -> Result<Vec<Option<Actor>>, ProviderError> {
         let mut out = Vec::with_capacity(queries.len());
+        let mut throttled = false;
         for q in queries {
-            // A function is known to CloudTrail by its ARN or by its name.
+            if throttled {
+                // The budget is spent: the rest are asked again later.
+                out.push(None);
+                continue;
+            }
+            // A function is known to CloudTrail by its ARN or by its name: both are read
+            // and the newest write of either wins.
             let mut names = vec![q.resource.clone()];
             if let Some(name) = q.resource.split(":function:").nth(1) {
                 names.push(name.split(':').next().unwrap_or(name).to_string());
             }
-            let mut found = None;
+            let mut events: Vec<Value> = Vec::new();
+            let mut failed = false;
             for name in names {
-                let events = self.lookup(s, &name, q.since_ms, q.until_ms).await?;
-                let own = self.own.lock().unwrap_or_else(|e| e.into_inner());
-                found = newest_foreign_write(events.iter(), &own);
-                if found.is_some() {
-                    break;
+                match self.lookup(s, &name, q.since_ms, q.until_ms).await {
+                    Ok(found) => events.extend(found),
+                    Err(e) => {
+                        throttled = matches!(e, ProviderError::Throttled { .. });
+                        tracing::debug!(resource = %name, error = %e, "CloudTrail lookup failed");
+                        failed = true;
+                        break;
+                    }
                 }
             }
-            out.push(found);
+            if failed {
+                out.push(None);
+                continue;
+            }
+            let mut seen = std::collections::HashSet::new();
+            events.retain(|e| {
+                e["eventID"]
+                    .as_str()
+                    .is_none_or(|id| seen.insert(id.to_string()))
+            });
+            let own = self.own.lock().unwrap_or_else(|e| e.into_inner());
+            out.push(newest_foreign_write(
+                events.iter(),
+                &own,
+                s.caller.as_deref(),
+            ));
         }
         Ok(out)
     }
@@ -198,12 +251,14 @@ impl AwsProvider {
                 )
                 .await?;
             for e in out.events() {
-                if let Some(raw) = e.cloud_trail_event()
-                    && raw.len() <= 256 * 1024
-                    && let Ok(v) = serde_json::from_str::<Value>(raw)
-                {
-                    events.push(v);
-                }
+                // Unreadable: a null, so that the answer is unknown rather than older.
+                let v = e
+                    .cloud_trail_event()
+                    .filter(|raw| raw.len() <= 256 * 1024)
+                    .and_then(|raw| serde_json::from_str::<Value>(raw).ok())
+                    .filter(Value::is_object)
+                    .unwrap_or(Value::Null);
+                events.push(v);
             }
             token = out
                 .next_token()
@@ -253,12 +308,16 @@ mod tests {
                 "arn": "arn:aws:sts::123456789012:assumed-role/cfn-exec/AWSCloudFormation",
                 "invokedBy": "cloudformation.amazonaws.com"
             },
-            "userAgent": "cloudformation.amazonaws.com"
+            "userAgent": "aws-sdk-java/2.0 (spoofable)"
         }))
         .unwrap();
         assert_eq!(
-            cfn.user_agent.as_deref(),
+            cfn.invoked_by.as_deref(),
             Some("cloudformation.amazonaws.com")
+        );
+        assert_eq!(
+            cfn.user_agent.as_deref(),
+            Some("aws-sdk-java/2.0 (spoofable)")
         );
         let user = actor_of(&json!({ "userIdentity": { "type": "IAMUser", "arn": "arn:aws:iam::1:user/mallory", "userName": "mallory" } })).unwrap();
         assert_eq!(
@@ -324,8 +383,27 @@ mod tests {
                 "arn:earlier",
             ),
         ];
-        let who = newest_foreign_write(events.iter(), &own).unwrap();
+        let who = newest_foreign_write(events.iter(), &own, None).unwrap();
         assert_eq!(who.id, "arn:mallory");
-        assert!(newest_foreign_write(events[..3].iter(), &own).is_none());
+        assert!(newest_foreign_write(events[..3].iter(), &own, None).is_none());
+        // Palisade's principal, even with a request id it does not remember (a restart).
+        let mine = json!({ "eventTime": "2026-12-01T10:09:00Z", "requestID": "forgotten", "readOnly": false,
+            "userIdentity": { "type": "AssumedRole", "arn": "arn:aws:sts::1:assumed-role/palisade-role/botocore-9",
+                "sessionContext": { "sessionIssuer": { "arn": "arn:aws:iam::1:role/palisade-role" } } } });
+        let with_mine = [mine.clone(), events[3].clone()];
+        let me = Some("arn:aws:sts::1:assumed-role/palisade-role/palisade");
+        assert_eq!(
+            newest_foreign_write(with_mine.iter(), &own, me).unwrap().id,
+            "arn:mallory"
+        );
+        assert_eq!(
+            newest_foreign_write(with_mine.iter(), &own, None)
+                .unwrap()
+                .id,
+            "arn:aws:sts::1:assumed-role/palisade-role/botocore-9"
+        );
+        // An event that cannot be read: unknown, not the older one.
+        let with_unreadable = [Value::Null, events[3].clone()];
+        assert!(newest_foreign_write(with_unreadable.iter(), &own, None).is_none());
     }
 }

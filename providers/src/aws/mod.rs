@@ -172,6 +172,8 @@ struct Session {
     declared: TargetScope,
     clients: Clients,
     owned: Mutex<Owned>,
+    /// The caller identity verified (an ARN): its own events are never drift.
+    caller: Option<String>,
 }
 
 impl Session {
@@ -252,6 +254,7 @@ impl AwsProvider {
             declared: target.scope.clone(),
             clients,
             owned: Mutex::new(Owned::default()),
+            caller: who.arn().map(str::to_string),
         })
     }
 

@@ -17,12 +17,19 @@ fn text(v: &Value) -> Option<String> {
     v.as_str().map(audit_text).filter(|s| !s.trim().is_empty())
 }
 
-/// Whether `event_id` is `resource` or one of its sub-resources.
+/// Whether `event_id` is `resource` or one of its own sub-resources (an NSG's rules, a
+/// site's `config/web`) — not an extension resource on it (`…/providers/Microsoft.
+/// Insights/diagnosticSettings/…`, locks, role assignments), which changes nothing
+/// Palisade enforces.
 fn covers(resource: &str, event_id: &str) -> bool {
     event_id.len() >= resource.len()
         && event_id.is_char_boundary(resource.len())
         && event_id[..resource.len()].eq_ignore_ascii_case(resource)
-        && (event_id.len() == resource.len() || event_id.as_bytes()[resource.len()] == b'/')
+        && (event_id.len() == resource.len()
+            || (event_id.as_bytes()[resource.len()] == b'/'
+                && !event_id[resource.len()..]
+                    .to_ascii_lowercase()
+                    .contains("/providers/")))
 }
 
 /// The normalised actor of one Activity Log event.
@@ -48,6 +55,7 @@ pub fn actor_of(e: &Value) -> Option<Actor> {
         issuer: None,
         source_ip: text(&e["httpRequest"]["clientIpAddress"]).or_else(|| text(&claims["ipaddr"])),
         user_agent: None,
+        invoked_by: None,
         event_id: text(&e["eventDataId"]),
         event_time: text(&e["eventTimestamp"]),
         correlation_id: text(&e["correlationId"]),
@@ -55,18 +63,27 @@ pub fn actor_of(e: &Value) -> Option<Actor> {
     })
 }
 
-/// A successful write (`…/write`, `…/delete`, `…/action`) that Palisade did not make.
-fn foreign_write(e: &Value, own: &call::OwnRequests) -> bool {
+/// A successful write (`…/write`, `…/delete`: actions such as `listkeys` or `restart`
+/// change nothing Palisade enforces) that Palisade did not make. When Palisade knows
+/// its own client id (`me`), its events are those of that caller, whatever request id
+/// they carry (a request id is the caller's to choose, so one seen in the log could be
+/// borrowed); otherwise they are recognised by the request ids it sent.
+fn foreign_write(e: &Value, own: &call::OwnRequests, me: Option<&str>) -> bool {
     let done = e["status"]["value"]
         .as_str()
         .is_some_and(|s| s.eq_ignore_ascii_case("Succeeded"));
     let write = e["operationName"]["value"].as_str().is_some_and(|o| {
         let o = o.to_ascii_lowercase();
-        o.ends_with("/write") || o.ends_with("/delete") || o.ends_with("/action")
+        o.ends_with("/write") || o.ends_with("/delete")
     });
-    let ours = e["httpRequest"]["clientRequestId"]
-        .as_str()
-        .is_some_and(|id| own.contains(id));
+    let ours = match me {
+        Some(me) => [&e["caller"], &e["claims"]["appid"]]
+            .iter()
+            .any(|v| v.as_str().is_some_and(|c| c.eq_ignore_ascii_case(me))),
+        None => e["httpRequest"]["clientRequestId"]
+            .as_str()
+            .is_some_and(|id| own.contains(id)),
+    };
     done && write && !ours
 }
 
@@ -117,13 +134,19 @@ impl AzureProvider {
         let mut events = Vec::new();
         let mut next = Some(url);
         let mut pages = 0;
+        let mut truncated = false;
         while let Some(url) = next.take() {
             pages += 1;
             let answer = arm.call(Method::Get, url, None).await?;
             if let Some(v) = answer.body["value"].as_array() {
                 events.extend(v.iter().cloned());
             }
-            if pages >= MAX_PAGES {
+            if pages >= MAX_PAGES
+                && answer.body["nextLink"]
+                    .as_str()
+                    .is_some_and(|l| !l.is_empty())
+            {
+                truncated = true;
                 tracing::warn!(
                     target = %target.name,
                     pages,
@@ -136,10 +159,17 @@ impl AzureProvider {
                 .filter(|l| !l.is_empty())
                 .and_then(|l| Url::parse(l).ok());
         }
+        if truncated {
+            // The window was not read whole: what is missing could be the author.
+            return Ok(vec![None; queries.len()]);
+        }
         let own = arm.own.lock().unwrap_or_else(|e| e.into_inner());
+        let me = std::env::var("AZURE_CLIENT_ID")
+            .ok()
+            .filter(|c| !c.is_empty());
         let writes: Vec<(i64, &Value)> = events
             .iter()
-            .filter(|e| foreign_write(e, &own))
+            .filter(|e| foreign_write(e, &own, me.as_deref()))
             .filter_map(|e| Some((millis(e)?, e)))
             .collect();
         Ok(queries
@@ -171,6 +201,10 @@ mod tests {
         assert!(covers(nsg, nsg));
         assert!(!covers(nsg, "/s/x/networkSecurityGroups/ab"));
         assert!(!covers(nsg, "/s/x"));
+        assert!(!covers(
+            nsg,
+            "/s/x/networkSecurityGroups/a/providers/Microsoft.Insights/diagnosticSettings/d"
+        ));
     }
 
     #[test]
@@ -203,21 +237,26 @@ mod tests {
             json!({ "status": { "value": status }, "operationName": { "value": op },
                     "httpRequest": { "clientRequestId": client } })
         };
-        assert!(foreign_write(
-            &ev("Succeeded", "Microsoft.Web/sites/config/write", "x"),
-            &own
-        ));
-        assert!(!foreign_write(
-            &ev("Succeeded", "Microsoft.Web/sites/config/write", &mine),
-            &own
-        ));
-        assert!(!foreign_write(
-            &ev("Started", "Microsoft.Web/sites/config/write", "x"),
-            &own
-        ));
-        assert!(!foreign_write(
-            &ev("Succeeded", "Microsoft.Web/sites/read", "x"),
-            &own
-        ));
+        let w = |e: &Value| foreign_write(e, &own, None);
+        assert!(w(&ev("Succeeded", "Microsoft.Web/sites/config/write", "x")));
+        assert!(!w(&ev(
+            "Succeeded",
+            "Microsoft.Web/sites/config/write",
+            &mine
+        )));
+        assert!(!w(&ev("Started", "Microsoft.Web/sites/config/write", "x")));
+        assert!(!w(&ev("Succeeded", "Microsoft.Web/sites/read", "x")));
+        assert!(!w(&ev(
+            "Succeeded",
+            "Microsoft.Web/sites/host/listkeys/action",
+            "x"
+        )));
+        // With Palisade's client id known, a borrowed request id proves nothing.
+        let mut borrowed = ev("Succeeded", "Microsoft.Web/sites/config/write", &mine);
+        borrowed["caller"] = json!("mallory@contoso.example");
+        assert!(foreign_write(&borrowed, &own, Some("palisade-app")));
+        let mut after_restart = ev("Succeeded", "Microsoft.Web/sites/config/write", "forgotten");
+        after_restart["caller"] = json!("palisade-app");
+        assert!(!foreign_write(&after_restart, &own, Some("palisade-app")));
     }
 }
