@@ -1352,15 +1352,9 @@ fn patch(inner: &mut Inner, path: &ArmPath, body: &[u8]) -> Response {
     let Some(mut current) = inner.resources.get(&key).cloned() else {
         return not_found(path);
     };
-    let given: Value = match serde_json::from_slice(body) {
-        Ok(v @ Value::Object(_)) => v,
-        _ => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "InvalidRequestContent",
-                "the body is not a JSON object",
-            );
-        }
+    let given = match json_object(body) {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     if let Some(tags) = given.get("tags") {
         current["tags"] = tags.clone();
@@ -1385,6 +1379,18 @@ fn patch(inner: &mut Inner, path: &ArmPath, body: &[u8]) -> Response {
     current["etag"] = json!(format!("W/\"{}\"", inner.new_id()));
     inner.resources.insert(key, current.clone());
     axum::Json(inner.compose(&current)).into_response()
+}
+
+/// A request body that must be a JSON object, or ARM's 400.
+fn json_object(body: &[u8]) -> Result<Value, Response> {
+    match serde_json::from_slice(body) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        _ => Err(error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContent",
+            "the body is not a JSON object",
+        )),
+    }
 }
 
 /// The caller a write's bearer token stands for: the client id a token was issued to
@@ -1700,15 +1706,9 @@ fn site_config(inner: &mut Inner, method: &Method, path: &ArmPath, body: &[u8]) 
     match method.as_str() {
         "GET" => {}
         "PATCH" | "PUT" => {
-            let given: Value = match serde_json::from_slice(body) {
-                Ok(v @ Value::Object(_)) => v,
-                _ => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "InvalidRequestContent",
-                        "the body is not a JSON object",
-                    );
-                }
+            let given = match json_object(body) {
+                Ok(v) => v,
+                Err(r) => return r,
             };
             let Some(given) = given["properties"].as_object() else {
                 return error(

@@ -20,7 +20,7 @@ pub use model::{
 };
 pub use provider::{
     ApiCallCount, CallCounter, CallKind, CallOutcome, Change, InboundRead, Outcome, OutcomeStatus,
-    Provider, ProviderError, RefusalKind, total_calls,
+    OwnRequests, Provider, ProviderError, RefusalKind, total_calls,
 };
 
 #[cfg(any(feature = "aws", feature = "azure"))]

@@ -466,6 +466,50 @@ pub trait Provider: Send + Sync {
     }
 }
 
+/// The request ids of Palisade's own writes, the most recent 100,000: how a provider
+/// tells its own changes from anyone else's in the cloud's audit log (AWS: the request
+/// ids AWS answered; Azure: the `x-ms-client-request-id`s it sent).
+#[derive(Debug, Default)]
+pub struct OwnRequests {
+    order: std::collections::VecDeque<String>,
+    ids: std::collections::HashSet<String>,
+    next: u64,
+}
+
+impl OwnRequests {
+    const MAX: usize = 100_000;
+
+    /// Remember `id`.
+    pub fn insert(&mut self, id: &str) {
+        if self.ids.contains(id) {
+            return;
+        }
+        if self.order.len() >= Self::MAX
+            && let Some(old) = self.order.pop_front()
+        {
+            self.ids.remove(&old);
+        }
+        self.order.push_back(id.to_string());
+        self.ids.insert(id.to_string());
+    }
+
+    /// A fresh id for a request Palisade is about to send, remembered.
+    pub fn issue(&mut self) -> String {
+        self.next += 1;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let id = format!("palisade-{}-{nanos:x}-{}", std::process::id(), self.next);
+        self.insert(&id);
+        id
+    }
+
+    /// Whether `id` is one of Palisade's.
+    pub fn contains(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
+}
+
 /// What [`Provider::observe_inbound`] read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InboundRead {

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::*;
 use crate::model::{Actor, ActorKind, AttributionQuery, audit_text};
+use crate::provider::OwnRequests;
 
 /// Most pages of one lookup (50 events each).
 const MAX_PAGES: usize = 2;
@@ -120,34 +121,6 @@ pub fn newest_foreign_write<'a>(
                 .cmp(b["eventTime"].as_str().unwrap_or_default())
         })
         .and_then(actor_of)
-}
-
-/// The request ids of Palisade's own writes (the last 100,000).
-#[derive(Debug, Default)]
-pub struct OwnRequests {
-    order: std::collections::VecDeque<String>,
-    ids: std::collections::HashSet<String>,
-}
-
-impl OwnRequests {
-    const MAX: usize = 100_000;
-
-    pub fn insert(&mut self, id: &str) {
-        if self.ids.contains(id) {
-            return;
-        }
-        if self.order.len() >= Self::MAX
-            && let Some(old) = self.order.pop_front()
-        {
-            self.ids.remove(&old);
-        }
-        self.order.push_back(id.to_string());
-        self.ids.insert(id.to_string());
-    }
-
-    pub fn contains(&self, id: &str) -> bool {
-        self.ids.contains(id)
-    }
 }
 
 fn time(ms: i64) -> aws_smithy_types::DateTime {

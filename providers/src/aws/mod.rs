@@ -189,7 +189,7 @@ pub struct AwsProvider {
     budget: Budget,
     sessions: tokio::sync::Mutex<HashMap<String, Arc<Session>>>,
     /// Request ids of Palisade's own writes: never taken for someone else's drift.
-    own: Mutex<attribute::OwnRequests>,
+    own: Mutex<crate::provider::OwnRequests>,
 }
 
 impl AwsProvider {

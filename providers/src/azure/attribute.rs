@@ -68,7 +68,7 @@ pub fn actor_of(e: &Value) -> Option<Actor> {
 /// its own client id (`me`), its events are those of that caller, whatever request id
 /// they carry (a request id is the caller's to choose, so one seen in the log could be
 /// borrowed); otherwise they are recognised by the request ids it sent.
-fn foreign_write(e: &Value, own: &call::OwnRequests, me: Option<&str>) -> bool {
+fn foreign_write(e: &Value, own: &crate::provider::OwnRequests, me: Option<&str>) -> bool {
     let done = e["status"]["value"]
         .as_str()
         .is_some_and(|s| s.eq_ignore_ascii_case("Succeeded"));
@@ -231,7 +231,7 @@ mod tests {
 
     #[test]
     fn only_successful_foreign_writes_count() {
-        let mut own = call::OwnRequests::default();
+        let mut own = crate::provider::OwnRequests::default();
         let mine = own.issue();
         let ev = |status: &str, op: &str, client: &str| {
             json!({ "status": { "value": status }, "operationName": { "value": op },

@@ -20,7 +20,7 @@ use azure_core::{
 use governor::DefaultDirectRateLimiter;
 use serde_json::Value;
 
-use crate::provider::{CallCounter, CallOutcome, ProviderError};
+use crate::provider::{CallCounter, CallOutcome, OwnRequests, ProviderError};
 
 use super::AzureSettings;
 
@@ -272,40 +272,6 @@ impl Answer {
 /// The request id of an SDK response.
 pub(crate) fn request_id_of(headers: &Headers) -> Option<String> {
     headers.get_optional_string(&REQUEST_ID)
-}
-
-/// The `x-ms-client-request-id`s of Palisade's own writes (the Activity Log shows them
-/// as `httpRequest.clientRequestId`), the most recent 100,000: how its own changes are
-/// told from anyone else's.
-#[derive(Debug, Default)]
-pub(crate) struct OwnRequests {
-    order: std::collections::VecDeque<String>,
-    ids: std::collections::HashSet<String>,
-    next: u64,
-}
-
-impl OwnRequests {
-    const MAX: usize = 100_000;
-
-    pub(crate) fn issue(&mut self) -> String {
-        self.next += 1;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let id = format!("palisade-{}-{nanos:x}-{}", std::process::id(), self.next);
-        if self.order.len() >= Self::MAX
-            && let Some(old) = self.order.pop_front()
-        {
-            self.ids.remove(&old);
-        }
-        self.order.push_back(id.clone());
-        self.ids.insert(id.clone());
-        id
-    }
-
-    pub fn contains(&self, id: &str) -> bool {
-        self.ids.contains(id)
-    }
 }
 
 /// The ARM connection of one provider: SDK client, raw pipeline, credential.
