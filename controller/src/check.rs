@@ -48,6 +48,10 @@ pub enum FindingKind {
     /// One resource could not be read this pass (an Azure app's access restrictions):
     /// it is left as it is, and read again on the next.
     Unread,
+    /// The group a policy names as its `managedGroup` is not taken over (missing,
+    /// shared, another owner's): it is left as it is, and nothing that needs the
+    /// policy's group is planned.
+    NotAdopted,
 }
 
 /// One finding: deterministic text, no timestamps, so reports never flap.
@@ -1217,6 +1221,7 @@ spec:
                 tags: Default::default(),
                 rules,
                 default_rules: Vec::new(),
+                attached: None,
             }],
             ..Inventory::default()
         }

@@ -139,8 +139,10 @@ pub async fn observe_and_plan(
         target: at.scope.name.clone(),
         source: Box::new(source),
     };
+    let mut ownership = ownership.clone();
+    crate::compile::declare_groups(at.set, at.doc.name(), &mut ownership);
     let mut inventory = provider
-        .observe(at.scope, ownership)
+        .observe(at.scope, &ownership)
         .await
         .map_err(observe_error)?;
     let unread = observe_inbound(at, provider, &mut inventory)

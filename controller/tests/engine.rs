@@ -134,6 +134,7 @@ fn managed_group(owner: &str, id: &str, rules: Vec<Rule>) -> SecurityGroup {
         tags: ownership_tags(owner),
         rules,
         default_rules: Vec::new(),
+        attached: None,
     }
 }
 

@@ -208,6 +208,7 @@ fn apply_to(
                 tags: tags.clone(),
                 rules: Vec::new(),
                 default_rules: Vec::new(),
+                attached: None,
             });
             Ok(Outcome {
                 created_id: Some(id),
@@ -444,7 +445,13 @@ impl Provider for FakeProvider {
     ) -> Result<Inventory, ProviderError> {
         self.reads.fetch_add(1, Ordering::Relaxed);
         let mut inv = self.inventory(&target.name);
+        // The fake knows every user of its groups: none besides its functions unless a
+        // test says so.
+        for g in &mut inv.groups {
+            g.attached.get_or_insert_with(Vec::new);
+        }
         ownership.vet_inventory(&mut inv);
+        ownership.apply_declared(&mut inv);
         Ok(inv)
     }
 
@@ -541,6 +548,7 @@ mod tests {
                 tags: Default::default(),
                 rules: vec![],
                 default_rules: Vec::new(),
+                attached: None,
             }],
             ..Inventory::default()
         });

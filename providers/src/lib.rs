@@ -12,11 +12,11 @@ mod provider;
 pub mod fake;
 
 pub use model::{
-    Access, Actor, ActorKind, AttributionQuery, Cloud, Direction, Endpoint, EndpointKind, Function,
-    GroupRef, GroupReference, IcmpType, Inbound, InboundPeer, InboundRule, Inventory, Narrowing,
-    Network, OwnedKind, Ownership, OwnershipBasis, OwnershipNote, OwnershipVerdict, Peer,
-    Placement, PortRange, Ports, PrefixList, Protocol, Rule, SecurityGroup, Subnet, Tags, Target,
-    TargetScope,
+    Access, Actor, ActorKind, AttributionQuery, Cloud, Declared, Direction, Endpoint, EndpointKind,
+    Function, GroupRef, GroupReference, IcmpType, Inbound, InboundPeer, InboundRule, Inventory,
+    Narrowing, Network, OwnedKind, Ownership, OwnershipBasis, OwnershipNote, OwnershipVerdict,
+    Peer, Placement, PortRange, Ports, PrefixList, Protocol, Rule, SecurityGroup, Subnet, Tags,
+    Target, TargetScope,
 };
 pub use provider::{
     ApiCallCount, CallCounter, CallKind, CallOutcome, Change, InboundRead, Outcome, OutcomeStatus,

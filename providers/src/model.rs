@@ -6,7 +6,7 @@
 //! references to Palisade-managed groups as [`GroupRef::Managed`]. The planner compares
 //! these values and never sees an SDK type.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 use ipnet::IpNet;
@@ -541,6 +541,12 @@ pub struct SecurityGroup {
     /// judge what the NSG lets through.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub default_rules: Vec<Rule>,
+    /// What uses the group besides functions, when read: network interfaces of
+    /// instances, databases and load balancers (AWS; read only for groups a policy is
+    /// about to take over, see [`Ownership::candidates`]), subnets and NICs the NSG is
+    /// associated with (Azure). `None`: not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attached: Option<Vec<String>>,
 }
 
 impl SecurityGroup {
@@ -626,6 +632,28 @@ pub struct Ownership {
     /// the cloud's answer and the record): a resource with this owner and exactly this
     /// target's and installation's stamp is recovered.
     pending: BTreeSet<(OwnedKind, String)>,
+    /// Groups that policies name as their managed group (`managedGroup`), by lower-cased
+    /// id: taken over in place by [`Ownership::apply_declared`].
+    declared: BTreeMap<String, Declared>,
+}
+
+/// A group a policy names as its managed group (`managedGroup: { id }`), in the spirit
+/// of Crossplane's external name: taken over in place (enforce) or compared (audit),
+/// never re-created, and only when nothing the policy does not govern uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Declared {
+    /// The policy.
+    pub owner: String,
+    /// Enforce mode: taken over (recorded, tagged). Audit: compared only.
+    pub enforce: bool,
+    /// The policy's function selector (names): functions outside it that use the group
+    /// make it shared.
+    pub names: Vec<String>,
+    /// The policy's function selector (tags).
+    pub tags: Tags,
+    /// Azure: the integration subnet (VNet name, subnet name), the one association the
+    /// NSG may have.
+    pub subnet: Option<(String, String)>,
 }
 
 /// What [`Ownership::vet`] decided about one resource that carries or needs ownership tags.
@@ -642,6 +670,16 @@ pub enum OwnershipVerdict {
     Claimed,
     /// Carries another target's or installation's stamp: not this target's, left alone.
     Foreign,
+    /// Named by an enforce-mode policy as its managed group (`managedGroup`) and taken
+    /// over in place: recorded and tagged, no new group.
+    Taken,
+    /// Named by an audit-mode policy as its managed group: compared as that policy's
+    /// group, never recorded, tagged or written.
+    Compared,
+    /// Named by a policy as its managed group but not taken over (shared with what the
+    /// policy does not govern, another owner's, unreadable users): left as it is; see
+    /// [`OwnershipNote::detail`].
+    Refused,
 }
 
 /// One resource whose ownership was not simply "recorded and tagged as recorded".
@@ -659,6 +697,9 @@ pub struct OwnershipNote {
     /// The `palisade:*` tags as found.
     #[serde(default)]
     pub found: Tags,
+    /// Why, when the verdict needs a reason ([`OwnershipVerdict::Refused`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 impl OwnershipNote {
@@ -666,7 +707,10 @@ impl OwnershipNote {
     pub fn owned(&self) -> bool {
         matches!(
             self.verdict,
-            OwnershipVerdict::TagsChanged | OwnershipVerdict::Adopted | OwnershipVerdict::Recovered
+            OwnershipVerdict::TagsChanged
+                | OwnershipVerdict::Adopted
+                | OwnershipVerdict::Recovered
+                | OwnershipVerdict::Taken
         )
     }
 }
@@ -768,6 +812,222 @@ impl Ownership {
         inv.stamp.remove(TAG_OWNER);
     }
 
+    /// Name `id` as the managed group of `d.owner` (see [`Declared`]).
+    pub fn declare(&mut self, id: &str, d: Declared) {
+        self.declared.insert(id.to_ascii_lowercase(), d);
+    }
+
+    /// Whether a policy names the group `id` as its managed group.
+    pub fn is_declared(&self, id: &str) -> bool {
+        self.declared.contains_key(&id.to_ascii_lowercase())
+    }
+
+    /// Groups about to be taken over (declared by an enforce-mode policy, not yet
+    /// recorded): the ones whose other users ([`SecurityGroup::attached`]) a provider
+    /// must read before [`Ownership::apply_declared`]. Lower-cased ids.
+    pub fn candidates(&self) -> Vec<&str> {
+        self.declared
+            .iter()
+            .filter(|(id, d)| d.enforce && self.owner_of(OwnedKind::Group, id).is_none())
+            .map(|(id, _)| id.as_str())
+            .collect()
+    }
+
+    /// Take over, in the observed `inv`, the groups policies name as their managed group
+    /// and that are not recorded yet: each becomes its policy's group (tags rewritten
+    /// as for a recorded group, every reference by id renamed to
+    /// [`GroupRef::Managed`]) with a [`OwnershipVerdict::Taken`] note (enforce; the
+    /// record and the tags follow from the note) or [`OwnershipVerdict::Compared`]
+    /// (audit). A group that the policy cannot have alone is left as it is with a
+    /// [`OwnershipVerdict::Refused`] note saying why: another owner's, another
+    /// installation's, used by functions the policy does not select, or (enforce)
+    /// attached to anything else or with unread users. Providers call this at the end
+    /// of `observe`, after [`Ownership::vet`]; it is pure, so a plan can be repeated on
+    /// one observation.
+    pub fn apply_declared(&self, inv: &mut Inventory) {
+        if self.declared.is_empty() {
+            return;
+        }
+        let mut renamed: HashMap<String, String> = HashMap::new();
+        for (lid, d) in &self.declared {
+            let Some(gi) = inv
+                .groups
+                .iter()
+                .position(|g| g.id.eq_ignore_ascii_case(lid))
+            else {
+                continue;
+            };
+            let id = inv.groups[gi].id.clone();
+            if self.owner_of(OwnedKind::Group, &id).is_some() {
+                // Recorded: vetted as any recorded group (another owner's recorded group
+                // is a validation matter: the record wins, the policy gets nothing).
+                continue;
+            }
+            let found = inv
+                .ownership
+                .iter()
+                .find(|n| n.kind == OwnedKind::Group && n.id.eq_ignore_ascii_case(&id))
+                .map(|n| n.found.clone())
+                .unwrap_or_else(|| palisade_tags(&inv.groups[gi].tags));
+            let refusal = self.refusal(inv, gi, d, &found);
+            inv.ownership
+                .retain(|n| !(n.kind == OwnedKind::Group && n.id.eq_ignore_ascii_case(&id)));
+            let verdict = match (&refusal, d.enforce) {
+                (Some(_), _) => OwnershipVerdict::Refused,
+                (None, true) => OwnershipVerdict::Taken,
+                (None, false) => OwnershipVerdict::Compared,
+            };
+            inv.ownership.push(OwnershipNote {
+                kind: OwnedKind::Group,
+                id: id.clone(),
+                owner: d.owner.clone(),
+                verdict,
+                found,
+                detail: refusal.clone(),
+            });
+            if refusal.is_some() {
+                continue;
+            }
+            let tags = &mut inv.groups[gi].tags;
+            tags.retain(|k, _| !k.starts_with("palisade:"));
+            tags.extend(if d.enforce {
+                self.tags(&d.owner)
+            } else {
+                ownership_tags(&d.owner)
+            });
+            renamed.insert(id.to_ascii_lowercase(), d.owner.clone());
+        }
+        inv.ownership.sort();
+        if renamed.is_empty() {
+            return;
+        }
+        let rename = |g: &mut GroupRef| {
+            if let GroupRef::Id(id) = g
+                && let Some(owner) = renamed.get(&id.to_ascii_lowercase())
+            {
+                *g = GroupRef::Managed(owner.clone());
+            }
+        };
+        for f in &mut inv.functions {
+            if let Some(p) = f.placement.take() {
+                let mut p = p;
+                p.groups.iter_mut().for_each(rename);
+                f.placement = Some(p.normalised());
+            }
+        }
+        for g in &mut inv.groups {
+            for r in g.rules.iter_mut().chain(g.default_rules.iter_mut()) {
+                if let Peer::Group(gr) = &mut r.peer {
+                    rename(gr);
+                }
+            }
+        }
+        for e in &mut inv.endpoints {
+            e.groups.iter_mut().for_each(rename);
+            e.groups.sort();
+        }
+        for s in &mut inv.subnets {
+            if let Some(g) = &mut s.group {
+                rename(g);
+            }
+        }
+    }
+
+    /// Why the declared group `inv.groups[gi]` cannot be `d.owner`'s, if it cannot.
+    fn refusal(&self, inv: &Inventory, gi: usize, d: &Declared, found: &Tags) -> Option<String> {
+        let g = &inv.groups[gi];
+        if self.foreign(found) {
+            return Some(format!(
+                "it carries another target's or installation's ownership tags ({})",
+                found
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if let Some((other, _, _)) = self
+            .entries()
+            .find(|(k, _, o)| *k == OwnedKind::Group && *o == d.owner)
+        {
+            return Some(format!(
+                "policy {:?} already has its managed group {other}",
+                d.owner
+            ));
+        }
+        let selected = |f: &Function| {
+            (d.names.is_empty() || d.names.iter().any(|n| *n == f.name))
+                && d.tags.iter().all(|(k, v)| f.tags.get(k) == Some(v))
+        };
+        let outside: Vec<&str> = inv
+            .functions
+            .iter()
+            .filter(|f| {
+                f.placement.as_ref().is_some_and(|p| {
+                    p.groups
+                        .iter()
+                        .any(|r| matches!(r, GroupRef::Id(x) if x.eq_ignore_ascii_case(&g.id)))
+                })
+            })
+            .filter(|f| !selected(f))
+            .map(|f| f.name.as_str())
+            .collect();
+        if !outside.is_empty() {
+            return Some(format!(
+                "functions the policy does not select use it too ({}{})",
+                outside
+                    .iter()
+                    .take(5)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if outside.len() > 5 {
+                    format!(" and {} more", outside.len() - 5)
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        let allowed: Vec<&str> = d
+            .subnet
+            .iter()
+            .flat_map(|(vnet, subnet)| {
+                inv.subnets.iter().filter(move |s| {
+                    s.name.eq_ignore_ascii_case(subnet)
+                        && inv.networks.iter().any(|n| {
+                            n.id.eq_ignore_ascii_case(&s.network)
+                                && n.name.eq_ignore_ascii_case(vnet)
+                        })
+                })
+            })
+            .map(|s| s.id.as_str())
+            .collect();
+        match &g.attached {
+            None if d.enforce => {
+                Some("what else uses it could not be read, so it is not taken over".to_string())
+            }
+            None => None,
+            Some(users) => {
+                let others: Vec<&str> = users
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|u| !allowed.iter().any(|a| a.eq_ignore_ascii_case(u)))
+                    .collect();
+                (!others.is_empty()).then(|| {
+                    format!(
+                        "other resources use it too ({}{}); a group Palisade owns is changed for every member",
+                        others.iter().take(5).copied().collect::<Vec<_>>().join(", "),
+                        if others.len() > 5 {
+                            format!(" and {} more", others.len() - 5)
+                        } else {
+                            String::new()
+                        }
+                    )
+                })
+            }
+        }
+    }
+
     fn foreign(&self, tags: &Tags) -> bool {
         let other =
             |key: &str, ours: &str| !ours.is_empty() && tags.get(key).is_some_and(|v| v != ours);
@@ -788,6 +1048,7 @@ impl Ownership {
             owner: owner.to_string(),
             verdict,
             found: found.clone(),
+            detail: None,
         };
         if let Some(owner) = self.owner_of(kind, id) {
             let want = self.tags(owner);
@@ -1459,6 +1720,7 @@ mod tests {
                 tags: ownership_tags("a"),
                 rules: vec![Rule::aws_default_egress()],
                 default_rules: Vec::new(),
+                attached: None,
             }],
             ..Inventory::default()
         };

@@ -452,6 +452,24 @@ pub trait Provider: Send + Sync {
         Ok(vec![None; queries.len()])
     }
 
+    /// Fill [`crate::SecurityGroup::attached`] of the `groups` (ids) of `inventory`
+    /// (from the last [`Provider::observe`] of `target`): what uses each besides
+    /// functions. `palisade adopt` asks, to tell a group a cluster may own from one it
+    /// shares. A provider that reads attachments while observing (Azure: the NSG list
+    /// carries its subnets and NICs) has nothing to do; the default leaves them unread
+    /// (`None`), which adoption treats as shared.
+    ///
+    /// # Errors
+    /// The attachments could not be read.
+    async fn read_attachments(
+        &self,
+        _target: &Target,
+        _inventory: &mut Inventory,
+        _groups: &[String],
+    ) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
     /// Apply one change.
     ///
     /// # Errors

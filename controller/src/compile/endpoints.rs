@@ -197,5 +197,6 @@ pub(super) fn endpoint_group(ep: &DesiredEndpoint, policies: &[&PolicyDoc]) -> D
         description: format!("Palisade: interface endpoint {}", ep.service),
         mode: ep.mode,
         rules,
+        adopt: None,
     }
 }

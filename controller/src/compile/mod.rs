@@ -68,6 +68,9 @@ pub struct DesiredGroup {
     /// The rules, each with where it was declared.
     #[serde(with = "rule_pairs")]
     pub rules: BTreeMap<Rule, RuleOrigin>,
+    /// The existing group the policy takes over (`managedGroup`), by id: never created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopt: Option<String>,
 }
 
 /// A selected function's placement as it should be.
@@ -498,6 +501,36 @@ pub fn selected_functions(set: &PolicySet, target: &str, inventory: &Inventory) 
         .into_iter()
         .map(|i| inventory.functions[i].id.clone())
         .collect()
+}
+
+/// Tell `ownership` which existing groups the policies of `target` name as their
+/// managed group (`managedGroup`), so that observing takes them over in place (enforce)
+/// or compares them (audit); see [`palisade_providers::Ownership::apply_declared`].
+pub fn declare_groups(
+    set: &PolicySet,
+    target: &str,
+    ownership: &mut palisade_providers::Ownership,
+) {
+    for p in set.policies_of(target) {
+        let Some(m) = &p.spec.managed_group else {
+            continue;
+        };
+        let net = &p.spec.network;
+        ownership.declare(
+            m.id.trim(),
+            palisade_providers::Declared {
+                owner: p.name().to_string(),
+                enforce: p.spec.mode == Mode::Enforce,
+                names: p.spec.functions.names.clone(),
+                tags: p.spec.functions.tags.clone().into_iter().collect(),
+                subnet: net
+                    .vnet
+                    .as_ref()
+                    .zip(net.subnet.as_ref())
+                    .map(|(v, s)| (v.value.clone(), s.value.clone())),
+            },
+        );
+    }
 }
 
 /// The Palisade ownership tags plus a Name, for what compile asks providers to create.

@@ -135,7 +135,12 @@ pub(super) fn compile_group(
             // one) inbound and outbound, and the Internet outbound. A deny-all at the
             // lowest custom priority ends each direction, so only declared rules admit
             // traffic; declaring `VirtualNetwork` or `AzureLoadBalancer` opts back in.
-            for direction in [Direction::Ingress, Direction::Egress] {
+            let directions = if p.spec.default_deny.as_ref().is_none_or(|d| d.value) {
+                &[Direction::Ingress, Direction::Egress][..]
+            } else {
+                &[]
+            };
+            for &direction in directions {
                 let rule = Rule {
                     direction,
                     ports: palisade_providers::Ports::ALL,
@@ -165,9 +170,24 @@ pub(super) fn compile_group(
             }
         }
     }
+    let adopt = p
+        .spec
+        .managed_group
+        .as_ref()
+        .map(|m| m.id.trim().to_string());
+    // A group taken over keeps its name (the cloud cannot rename it anyway).
+    let name = adopt
+        .as_deref()
+        .map(|id| {
+            cx.inv
+                .and_then(|inv| inv.groups.iter().find(|g| g.id.eq_ignore_ascii_case(id)))
+                .map_or_else(|| id.to_string(), |g| g.name.clone())
+        })
+        .unwrap_or_else(|| format!("palisade-{}", p.name()));
     DesiredGroup {
         owner: p.name().to_string(),
-        name: format!("palisade-{}", p.name()),
+        name,
+        adopt,
         network: if cx.cloud == Cloud::Aws {
             net.network.unwrap_or_default()
         } else {

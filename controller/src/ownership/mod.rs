@@ -42,6 +42,8 @@ pub enum How {
     Adopted,
     /// A creation whose id was never recorded (crash), recognised by its stamp.
     Recovered,
+    /// An existing group a policy names as its `managedGroup`, taken over in place.
+    Taken,
 }
 
 impl How {
@@ -50,6 +52,7 @@ impl How {
             How::Created => "created",
             How::Adopted => "adopted",
             How::Recovered => "recovered",
+            How::Taken => "taken",
         }
     }
 }
@@ -125,6 +128,7 @@ pub fn observed(ownership: &Ownership, inv: &Inventory) -> RecordUpdate {
     for n in &inv.ownership {
         let how = match n.verdict {
             OwnershipVerdict::Adopted => How::Adopted,
+            OwnershipVerdict::Taken => How::Taken,
             OwnershipVerdict::Recovered => {
                 u.settled.push((n.kind, n.owner.clone()));
                 How::Recovered

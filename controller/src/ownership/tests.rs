@@ -12,6 +12,7 @@ fn group(id: &str, tags: Tags) -> SecurityGroup {
         tags,
         rules: Vec::new(),
         default_rules: Vec::new(),
+        attached: None,
     }
 }
 

@@ -23,6 +23,27 @@ pub(super) fn plan_groups(
             .map(Vec::as_slice)
             .unwrap_or_default();
         let Some((primary, extras)) = found.split_first() else {
+            if let Some(id) = &dg.adopt {
+                // Taken over in place or not at all: never created.
+                let why = match inventory
+                    .ownership
+                    .iter()
+                    .find(|n| n.kind == OwnedKind::Group && n.id.eq_ignore_ascii_case(id))
+                {
+                    Some(n) if n.verdict == OwnershipVerdict::Refused => format!(
+                        "{} {id} is not taken over as the managed group of {owner}: {}",
+                        dg.name,
+                        n.detail.as_deref().unwrap_or("refused")
+                    ),
+                    _ if inventory.group_by_id(id).is_some() => format!(
+                        "{} {id} is not taken over as the managed group of {owner}: it is managed for another owner",
+                        dg.name
+                    ),
+                    _ => format!("managedGroup {id} of {owner} does not exist in the target"),
+                };
+                b.not_adopted.push((owner.clone(), why));
+                continue;
+            }
             if dg.mode == Mode::Audit {
                 b.finding(
                     FindingKind::AuditDrift,

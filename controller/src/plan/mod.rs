@@ -194,6 +194,8 @@ struct Builder<'a> {
     /// Owners whose managed group cannot be created (its name is taken): (owner, name,
     /// id of the resource holding the name).
     name_taken: Vec<(String, String, String)>,
+    /// Owners whose `managedGroup` is not taken over: (owner, why).
+    not_adopted: Vec<(String, String)>,
 }
 
 impl Builder<'_> {
@@ -253,6 +255,7 @@ pub fn plan(
         changes: BTreeMap::new(),
         findings: Vec::new(),
         name_taken: Vec::new(),
+        not_adopted: Vec::new(),
     };
     plan_ownership(&mut b, observed);
     let mut observed_groups: BTreeMap<&str, Vec<&SecurityGroup>> = BTreeMap::new();
@@ -334,10 +337,12 @@ fn plan_ownership(b: &mut Builder<'_>, observed: &Inventory) {
                     ),
                 );
             }
-            OwnershipVerdict::Foreign => {}
+            // Reported by the group planning, which holds back what needs the group.
+            OwnershipVerdict::Foreign | OwnershipVerdict::Compared | OwnershipVerdict::Refused => {}
             OwnershipVerdict::TagsChanged
             | OwnershipVerdict::Adopted
-            | OwnershipVerdict::Recovered => {
+            | OwnershipVerdict::Recovered
+            | OwnershipVerdict::Taken => {
                 let mut want = observed.stamp.clone();
                 want.insert(TAG_OWNER.into(), n.owner.clone());
                 if n.found == want {
@@ -376,16 +381,32 @@ fn needs_group(change: &Change, owner: &str) -> bool {
     }
 }
 
+/// Leave out of the plan every change that needs the managed group of `owner`; how many.
+fn hold_back(b: &mut Builder<'_>, owner: &str) -> usize {
+    let mut held = 0;
+    for changes in b.changes.values_mut() {
+        let before = changes.len();
+        changes.retain(|c| !needs_group(&c.change, owner));
+        held += before - changes.len();
+    }
+    held
+}
+
 /// A group that cannot be created blocks only what needs it: those changes are left out
 /// of the plan (the functions keep what they have), and one finding per policy says so.
 fn hold_back_name_taken(b: &mut Builder<'_>) {
+    for (owner, why) in std::mem::take(&mut b.not_adopted) {
+        let held = hold_back(b, &owner);
+        b.finding(
+            FindingKind::NotAdopted,
+            &ResourceAddr::group(owner.as_str()),
+            format!(
+                "{why}; it is left as it is, no group is created in its place, and {held} change(s) that need the group of {owner} are held back"
+            ),
+        );
+    }
     for (owner, name, holder) in std::mem::take(&mut b.name_taken) {
-        let mut held = 0;
-        for changes in b.changes.values_mut() {
-            let before = changes.len();
-            changes.retain(|c| !needs_group(&c.change, &owner));
-            held += before - changes.len();
-        }
+        let held = hold_back(b, &owner);
         b.finding(
             FindingKind::NameTaken,
             &ResourceAddr::group(owner.as_str()),

@@ -163,6 +163,20 @@ pub struct FunctionPolicySpec {
     pub functions: Located<FunctionSelector>,
     /// Where they run.
     pub network: Located<NetworkSpec>,
+    /// An existing security group (AWS) or NSG (Azure) to take over as this policy's
+    /// managed group, in place: recorded and tagged, never re-created, no function
+    /// moved. Absent: Palisade creates `palisade-NAME`. Only a group that nothing
+    /// outside this policy uses is taken over; otherwise it is left as it is and a
+    /// finding says why. `palisade adopt` writes this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_group: Option<Located<ManagedGroupSpec>>,
+    /// Azure: whether the managed NSG ends each direction with a deny-all at priority
+    /// 4096 (default `true`), so that only declared rules admit traffic. `false` leaves
+    /// Azure's default rules in force (they admit the VNet, its peers and, outbound, the
+    /// Internet): what an adopted NSG without a deny-all says. Not for AWS, where a
+    /// security group admits only what its rules say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_deny: Option<Located<bool>>,
     /// Allowed inbound traffic.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ingress: Vec<Located<IngressRule>>,
@@ -175,6 +189,15 @@ pub struct FunctionPolicySpec {
     /// Private endpoints these functions need.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<Located<EndpointSpec>>,
+}
+
+/// `managedGroup`: the existing group a policy takes over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ManagedGroupSpec {
+    /// AWS: the security group id (`sg-…`) in the policy's VPC. Azure: the NSG's ARM id
+    /// in the target's resource group.
+    pub id: String,
 }
 
 /// Selects functions by name and/or tags. Both given: a function must match both.

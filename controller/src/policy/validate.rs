@@ -82,6 +82,7 @@ pub fn validate(set: &PolicySet) -> Vec<Diagnostic> {
         check_policy(set, p, &mut d);
     }
     check_colliding_targets(set, &mut d);
+    check_managed_groups(set, &mut d);
     check_overlaps(set, &mut d);
     check_one_sided(set, &mut d);
     d
@@ -285,6 +286,13 @@ fn check_policy(set: &PolicySet, p: &PolicyDoc, d: &mut Vec<Diagnostic>) {
                     ),
                 ));
             }
+            if let Some(dd) = &spec.default_deny {
+                d.push(wrong_cloud(
+                    p,
+                    dd,
+                    "`defaultDeny` is for Azure NSGs; an AWS security group admits only what its rules say".to_string(),
+                ));
+            }
             for r in &spec.deny {
                 d.push(wrong_cloud(
                     p,
@@ -439,6 +447,89 @@ fn check_peer(set: &PolicySet, p: &PolicyDoc, peer: &Located<PeerSpec>, d: &mut 
             "`securityGroup` and `prefixList` peers are AWS's; on Azure use `serviceTag`, `cidr`, `policy` or `endpoint`".to_string(),
         )),
         _ => {}
+    }
+}
+
+/// `managedGroup`: an id of the target's cloud and scope, named by one policy only,
+/// and never also used by id elsewhere (as `securityGroup:` or `network.securityGroups`:
+/// once taken over, a group is named by its policy).
+fn check_managed_groups(set: &PolicySet, d: &mut Vec<Diagnostic>) {
+    let mut named: BTreeMap<String, &PolicyDoc> = BTreeMap::new();
+    for p in &set.policies {
+        let Some(m) = &p.spec.managed_group else {
+            continue;
+        };
+        let id = m.id.trim();
+        let scope = set.target(&p.spec.target).and_then(|t| t.to_target());
+        let wrong = match scope.as_ref().map(|t| &t.scope) {
+            Some(palisade_providers::TargetScope::Aws { .. }) => {
+                let hex = id.strip_prefix("sg-").unwrap_or("");
+                (!(8..=17).contains(&hex.len())
+                    || !hex.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| format!("managedGroup id {id:?} is not a security group id (sg- and 8 to 17 hex digits)"))
+            }
+            Some(palisade_providers::TargetScope::Azure {
+                subscription_id,
+                resource_group,
+                ..
+            }) => {
+                let want = format!(
+                    "/subscriptions/{subscription_id}/resourceGroups/{resource_group}/providers/Microsoft.Network/networkSecurityGroups/"
+                );
+                let name = id
+                    .get(..want.len())
+                    .filter(|head| head.eq_ignore_ascii_case(&want))
+                    .map(|_| &id[want.len()..]);
+                match name {
+                    Some(n) if !n.is_empty() && !n.contains('/') && n.len() <= 80 => None,
+                    _ => Some(format!(
+                        "managedGroup id {id:?} is not an NSG of the target's resource group: expected {want}NAME"
+                    )),
+                }
+            }
+            None => None,
+        };
+        if let Some(msg) = wrong {
+            d.push(Diagnostic::error(K::InvalidValue, Some(p.at(m)), msg));
+            continue;
+        }
+        if let Some(first) = named.insert(id.to_ascii_lowercase(), p) {
+            d.push(Diagnostic::error(
+                K::OverlappingSelection,
+                Some(p.at(m)),
+                format!(
+                    "group {id} is the managedGroup of both {:?} ({}) and {:?}; a group has one owner",
+                    first.name(),
+                    first.at(first.spec.managed_group.as_ref().unwrap_or(m)),
+                    p.name()
+                ),
+            ));
+        }
+    }
+    for p in &set.policies {
+        let by_id = p
+            .spec
+            .network
+            .security_groups
+            .iter()
+            .map(|g| (g.value.as_str(), p.at(g)))
+            .chain(all_peers(p).filter_map(|peer| match &peer.value {
+                PeerSpec::SecurityGroup(g) => Some((g.as_str(), p.at(peer))),
+                _ => None,
+            }));
+        for (id, at) in by_id {
+            if let Some(owner) = named.get(&id.trim().to_ascii_lowercase()) {
+                d.push(Diagnostic::error(
+                    K::InvalidValue,
+                    Some(at),
+                    format!(
+                        "{id} is the managedGroup of policy {:?}; name it as `policy: {}` (a peer) or let that policy's functions hold it",
+                        owner.name(),
+                        owner.name()
+                    ),
+                ));
+            }
+        }
     }
 }
 

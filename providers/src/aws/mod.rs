@@ -302,6 +302,22 @@ impl Provider for AwsProvider {
         self.observe_with(&s, &target.name, ownership).await
     }
 
+    async fn read_attachments(
+        &self,
+        target: &Target,
+        inventory: &mut crate::Inventory,
+        groups: &[String],
+    ) -> Result<(), ProviderError> {
+        let s = self.session(target).await?;
+        let mut found = self.attachments(&s, groups).await?;
+        for g in &mut inventory.groups {
+            if let Some(users) = found.remove(&g.id) {
+                g.attached = Some(users);
+            }
+        }
+        Ok(())
+    }
+
     async fn apply(&self, target: &Target, change: &Change) -> Result<Outcome, ProviderError> {
         let s = self.session(target).await?;
         let out = self.apply_with(&s, change).await?;

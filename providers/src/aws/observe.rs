@@ -198,10 +198,78 @@ impl AwsProvider {
             prefix_lists,
             functions,
             function_tags: function_tags.into_iter().collect::<HashMap<_, _>>(),
+            attached: HashMap::new(),
         };
-        let inventory = translate::inventory(target, &raw, ownership);
+        let mut raw = raw;
+        // Groups a policy is about to take over: what else uses them, so that a shared
+        // group is never taken (one paged call, only while a takeover is pending).
+        let wanted: Vec<String> = ownership
+            .candidates()
+            .into_iter()
+            .filter_map(|c| {
+                raw.groups
+                    .iter()
+                    .filter_map(|g| g.group_id())
+                    .find(|id| id.eq_ignore_ascii_case(c))
+                    .map(str::to_string)
+            })
+            .collect();
+        if !wanted.is_empty() {
+            raw.attached = self.attachments(s, &wanted).await?;
+        }
+        let mut inventory = translate::inventory(target, &raw, ownership);
+        ownership.apply_declared(&mut inventory);
         *s.owned() = owned(&inventory);
         Ok(inventory)
+    }
+
+    /// The network interfaces other than Lambda's that use each of `groups`, by group
+    /// id: `DescribeNetworkInterfaces` filtered on the group ids (200 to a call), paged.
+    /// A group without other users maps to an empty list.
+    pub(super) async fn attachments(
+        &self,
+        s: &Session,
+        groups: &[String],
+    ) -> Result<HashMap<String, Vec<String>>, ProviderError> {
+        let (b, sc, ec2) = (&self.budget, &s.scope, &s.clients.ec2);
+        let mut out: HashMap<String, Vec<String>> =
+            groups.iter().map(|g| (g.clone(), Vec::new())).collect();
+        for chunk in groups.chunks(200) {
+            let enis = pages("DescribeNetworkInterfaces", |t| async move {
+                let o = b
+                    .call(sc, F::Ec2Read, "ec2", "DescribeNetworkInterfaces", || {
+                        ec2.describe_network_interfaces()
+                            .filters(
+                                aws_sdk_ec2::types::Filter::builder()
+                                    .name("group-id")
+                                    .set_values(Some(chunk.to_vec()))
+                                    .build(),
+                            )
+                            .max_results(1000)
+                            .set_next_token(t.clone())
+                            .send()
+                    })
+                    .await?;
+                Ok((o.network_interfaces.unwrap_or_default(), o.next_token))
+            })
+            .await?;
+            for eni in &enis {
+                if translate::is_lambda_eni(eni) {
+                    continue;
+                }
+                let label = translate::eni_label(eni);
+                for g in eni.groups() {
+                    if let Some(list) = g.group_id().and_then(|id| out.get_mut(id)) {
+                        list.push(label.clone());
+                    }
+                }
+            }
+        }
+        for list in out.values_mut() {
+            list.sort();
+            list.dedup();
+        }
+        Ok(out)
     }
 }
 
@@ -216,7 +284,8 @@ fn owned(inv: &Inventory) -> Owned {
             .collect(),
         ..Owned::default()
     };
-    for g in &inv.groups {
+    // A group compared for an audit-mode policy looks managed but is not Palisade's.
+    for g in inv.groups.iter().filter(|g| !o.rejected.contains(&g.id)) {
         if let Some(owner) = g.owner() {
             o.group_ids.insert(g.id.clone());
             if inv.managed_group(owner).is_some_and(|m| m.id == g.id) {

@@ -27,6 +27,9 @@ pub struct Raw {
     pub functions: Vec<lambda::FunctionConfiguration>,
     /// Function ARN → tags, from the Resource Groups Tagging API.
     pub function_tags: HashMap<String, Tags>,
+    /// Group id → the network interfaces other than Lambda's that use it, for the
+    /// groups whose users were read (see [`crate::Ownership::candidates`]).
+    pub attached: HashMap<String, Vec<String>>,
 }
 
 pub fn tags(list: &[ec2::Tag]) -> Tags {
@@ -239,6 +242,26 @@ fn ipnets<'a>(items: impl IntoIterator<Item = &'a str>) -> Vec<IpNet> {
     v
 }
 
+/// Whether a network interface is one Lambda made for a function (its own users are
+/// the functions, which the inventory already knows).
+pub fn is_lambda_eni(eni: &ec2::NetworkInterface) -> bool {
+    eni.interface_type()
+        .is_some_and(|t| t.as_str().eq_ignore_ascii_case("lambda"))
+        || eni
+            .description()
+            .is_some_and(|d| d.starts_with("AWS Lambda VPC ENI"))
+}
+
+/// How a network interface is named in a report: its id and, cut short and stripped of
+/// hidden characters (it is the cloud's text), its description.
+pub fn eni_label(eni: &ec2::NetworkInterface) -> String {
+    let id = eni.network_interface_id().unwrap_or("eni-?");
+    match eni.description().map(crate::model::audit_text) {
+        Some(d) if !d.is_empty() => format!("{id} ({d})"),
+        _ => id.to_string(),
+    }
+}
+
 /// Whether an endpoint in this state still exists. AWS answers in lower case
 /// (`available`, `deleted`) although the SDK's enum is capitalised; moto keeps deleted
 /// endpoints listed as `deleted`.
@@ -365,6 +388,7 @@ pub fn inventory(target: &str, raw: &Raw, ownership: &Ownership) -> Inventory {
                 tags: group_tags.remove(id).unwrap_or_default(),
                 rules,
                 default_rules: Vec::new(),
+                attached: raw.attached.get(id).cloned(),
             })
         })
         .collect();

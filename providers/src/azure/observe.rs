@@ -68,19 +68,6 @@ impl AzureProvider {
             ids.add(&g.id);
         }
         let (networks, subnets) = translate::networks(&vnets, &owners, &ids);
-        {
-            let mut cache = self.owners.lock().unwrap_or_else(|e| e.into_inner());
-            cache.retain(|(t, _), _| *t != target.name);
-            for g in &groups {
-                if let Some(owner) = g.owner() {
-                    let key = (target.name.clone(), owner.to_string());
-                    let keep = cache.get(&key).is_some_and(|id| *id <= g.id);
-                    if !keep {
-                        cache.insert(key, g.id.clone());
-                    }
-                }
-            }
-        }
         let mut inv = Inventory {
             target: target.name.clone(),
             networks,
@@ -92,6 +79,30 @@ impl AzureProvider {
             ..Inventory::default()
         };
         ownership.vet_endpoints(&mut inv);
+        ownership.apply_declared(&mut inv);
+        let rejected: std::collections::BTreeSet<String> = inv
+            .ownership
+            .iter()
+            .filter(|n| !n.owned())
+            .map(|n| n.id.to_ascii_lowercase())
+            .collect();
+        {
+            let mut cache = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+            cache.retain(|(t, _), _| *t != target.name);
+            for g in inv
+                .groups
+                .iter()
+                .filter(|g| !rejected.contains(&g.id.to_ascii_lowercase()))
+            {
+                if let Some(owner) = g.owner() {
+                    let key = (target.name.clone(), owner.to_string());
+                    let keep = cache.get(&key).is_some_and(|id| *id <= g.id);
+                    if !keep {
+                        cache.insert(key, g.id.clone());
+                    }
+                }
+            }
+        }
         let vetted = Vetted {
             owned: inv
                 .groups
@@ -104,13 +115,9 @@ impl AzureProvider {
                         .filter(|e| e.owner().is_some())
                         .map(|e| e.id.to_ascii_lowercase()),
                 )
+                .filter(|id| !rejected.contains(id))
                 .collect(),
-            rejected: inv
-                .ownership
-                .iter()
-                .filter(|n| !n.owned())
-                .map(|n| n.id.to_ascii_lowercase())
-                .collect(),
+            rejected,
         };
         self.vetted
             .lock()

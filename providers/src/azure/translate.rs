@@ -166,6 +166,17 @@ pub fn groups(nsgs: &[m::NetworkSecurityGroup]) -> Vec<SecurityGroup> {
                 tags: tags(g.resource.tags.as_ref()),
                 rules,
                 default_rules,
+                attached: g.properties.as_ref().map(|p| {
+                    p.subnets
+                        .iter()
+                        .filter_map(|sn| sn.sub_resource.id.clone())
+                        .chain(
+                            p.network_interfaces
+                                .iter()
+                                .filter_map(|n| n.resource.id.clone()),
+                        )
+                        .collect()
+                }),
             })
         })
         .collect()
