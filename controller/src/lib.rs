@@ -6,6 +6,7 @@
 //! inventory) → [`plan`] (desired vs observed → [`plan::Plan`]) → [`apply`] (executes a
 //! plan through a [`palisade_providers::Provider`]).
 
+pub mod adopt;
 pub mod addr;
 pub mod apply;
 pub mod check;

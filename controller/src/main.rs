@@ -44,6 +44,9 @@ enum Command {
     Plan(cli::plan::PlanArgs),
     /// Plan one target, show the plan, ask, and apply it in order.
     Apply(cli::apply::ApplyArgs),
+    /// Write policies that describe an existing estate as it is (zero diff), with an
+    /// adoption report; `--verify` plans them. Read-only.
+    Adopt(Box<cli::adopt::AdoptArgs>),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +87,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Validate(args) => cli::validate::run(args),
         Command::Observe(args) => cli::observe::run(args),
+        Command::Adopt(args) => cli::adopt::run(*args),
         Command::Plan(args) => cli::plan::run(args),
         Command::Apply(args) => cli::apply::run(args),
     }

@@ -154,6 +154,10 @@ pub enum Change {
         owner: String,
         /// The full ownership tags to set.
         tags: Tags,
+        /// Taking over a group a policy names as its `managedGroup` (first tagging),
+        /// rather than restoring the tags of a recorded one.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        takeover: bool,
     },
 }
 

@@ -2,6 +2,7 @@
 //! share (output formats, cloud and plan flags, loading a target, live planning,
 //! printing diagnostics and API calls).
 
+pub(crate) mod adopt;
 pub(crate) mod apply;
 pub(crate) mod observe;
 pub(crate) mod plan;

@@ -346,7 +346,10 @@ pub fn compile(set: &PolicySet, target: &TargetDoc, inventory: Option<&Inventory
                 ));
             }
             let net = cx.nets.get(p.name()).cloned().unwrap_or_default();
-            let inbound = (cx.cloud == Cloud::Azure).then(|| compile_inbound(&mut cx, p));
+            let front_door = p.spec.front_door.as_ref().map(|f| f.value);
+            let inbound = (cx.cloud == Cloud::Azure
+                && front_door != Some(crate::policy::FrontDoor::Unmanaged))
+            .then(|| compile_inbound(&mut cx, p));
             let mut ids = Vec::with_capacity(picked.len());
             for i in picked {
                 let f = &inv.functions[i];

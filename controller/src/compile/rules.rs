@@ -209,6 +209,8 @@ pub(super) fn resolve_peer(
         PeerSpec::Cidr(c) => vec![Peer::cidr(c.0)],
         PeerSpec::SecurityGroup(id) => vec![Peer::Group(GroupRef::Id(id.clone()))],
         PeerSpec::PrefixList(id) => vec![Peer::PrefixList(id.clone())],
+        // Azure's `*` is any address, as the NSG reads it back.
+        PeerSpec::ServiceTag(t) if t == "*" => vec![Peer::Any],
         PeerSpec::ServiceTag(t) => vec![Peer::ServiceTag(t.clone())],
         PeerSpec::Policy(other) => match (cx.cloud, cx.inv) {
             (Cloud::Azure, Some(inv)) => {

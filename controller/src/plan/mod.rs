@@ -44,7 +44,7 @@ use endpoints::*;
 use functions::*;
 use groups::*;
 pub use markdown::{markdown_cell, render_markdown};
-pub use render::inbound_lines;
+pub use render::{change_lines, inbound_lines};
 pub use render::render_text;
 use render::show_placement;
 
@@ -358,6 +358,7 @@ fn plan_ownership(b: &mut Builder<'_>, observed: &Inventory) {
                         id: n.id.clone(),
                         owner: n.owner.clone(),
                         tags: want,
+                        takeover: n.verdict == OwnershipVerdict::Taken,
                     },
                 );
             }

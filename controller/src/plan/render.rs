@@ -109,7 +109,8 @@ pub fn render_text(plan: &Plan) -> String {
     out
 }
 
-pub(super) fn change_lines(c: &Change) -> Vec<String> {
+/// One line per thing a change does, as the text plan shows it.
+pub fn change_lines(c: &Change) -> Vec<String> {
     match c {
         Change::CreateGroup { name, network, .. } => vec![format!(
             "+ create group {name}{}",
@@ -166,6 +167,15 @@ pub(super) fn change_lines(c: &Change) -> Vec<String> {
             route_tables.join(", ")
         )],
         Change::DeleteEndpoint { id, .. } => vec![format!("- delete endpoint {id}")],
+        Change::SetOwnershipTags {
+            kind,
+            id,
+            owner,
+            takeover: true,
+            ..
+        } => vec![format!(
+            "~ take over {kind} {id} in place as the managed group of {owner} (record and tag it; nothing else changes)"
+        )],
         Change::SetOwnershipTags { kind, id, .. } => {
             vec![format!(
                 "~ restore the ownership tags of {kind} {id} (recorded by id)"

@@ -177,6 +177,13 @@ pub struct FunctionPolicySpec {
     /// security group admits only what its rules say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_deny: Option<Located<bool>>,
+    /// Azure: `managed` (default): the function apps' own access restrictions (their
+    /// front door) admit exactly what `ingress` declares on tcp/443 and tcp/80.
+    /// `unmanaged`: they are left as they are (observed and judged by guardrails, never
+    /// written) — what `palisade adopt` writes, since an estate's restrictions are not
+    /// derived from its NSG. Not for AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub front_door: Option<Located<FrontDoor>>,
     /// Allowed inbound traffic.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ingress: Vec<Located<IngressRule>>,
@@ -189,6 +196,16 @@ pub struct FunctionPolicySpec {
     /// Private endpoints these functions need.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<Located<EndpointSpec>>,
+}
+
+/// `frontDoor`: whether a policy governs its Azure function apps' access restrictions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FrontDoor {
+    /// They admit exactly what `ingress` declares.
+    Managed,
+    /// They are left as they are.
+    Unmanaged,
 }
 
 /// `managedGroup`: the existing group a policy takes over.

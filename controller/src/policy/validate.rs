@@ -286,6 +286,13 @@ fn check_policy(set: &PolicySet, p: &PolicyDoc, d: &mut Vec<Diagnostic>) {
                     ),
                 ));
             }
+            if let Some(f) = &spec.front_door {
+                d.push(wrong_cloud(
+                    p,
+                    f,
+                    "`frontDoor` is for Azure function apps' access restrictions; a Lambda function has no network ingress".to_string(),
+                ));
+            }
             if let Some(dd) = &spec.default_deny {
                 d.push(wrong_cloud(
                     p,
