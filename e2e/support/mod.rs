@@ -83,6 +83,12 @@ impl Moto {
         self.python("seed_aws.py", &["--functions", &functions.to_string()])
     }
 
+    /// Seed an estate Palisade did not make (`localstack/seed_estate.py`), `per_kind`
+    /// functions of each kind.
+    pub fn seed_estate(&self, per_kind: usize) -> Value {
+        self.python("seed_estate.py", &["--functions", &per_kind.to_string()])
+    }
+
     /// One boto3 call (drift made behind Palisade's back).
     pub fn call(&self, service: &str, operation: &str, params: Value) -> Value {
         self.python("aws_call.py", &[service, operation, &params.to_string()])
