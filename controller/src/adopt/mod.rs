@@ -843,6 +843,13 @@ fn write_rules(
                 if ends && (*r == ending(Direction::Ingress) || *r == ending(Direction::Egress)) {
                     continue;
                 }
+                if r.priority.is_none() {
+                    inexpressible.push(format!(
+                        "{r} (NSG rule {}): one NSG rule with several prefixes or port ranges, which Palisade writes as one rule each",
+                        r.id.as_deref().map(audit_text).unwrap_or_default()
+                    ));
+                    continue;
+                }
                 let Some(peer) = peer_of(r, &mut inexpressible) else {
                     continue;
                 };
