@@ -17,7 +17,15 @@ fn net() -> String {
     format!("/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Network")
 }
 
-fn rule(name: &str, dir: &str, access: &str, prio: u32, proto: &str, port: &str, src: &str, dst: &str) -> Value {
+/// One NSG rule: `(protocol, port)`, `(source, destination)` prefixes.
+fn rule(
+    name: &str,
+    dir: &str,
+    access: &str,
+    prio: u32,
+    (proto, port): (&str, &str),
+    (src, dst): (&str, &str),
+) -> Value {
     json!({ "name": name, "properties": {
         "protocol": proto, "sourcePortRange": "*", "destinationPortRange": port,
         "sourceAddressPrefix": src, "destinationAddressPrefix": dst,
@@ -29,8 +37,10 @@ fn rule(name: &str, dir: &str, access: &str, prio: u32, proto: &str, port: &str,
 fn hand_nsg(arm: &ArmFake, nsg: &str, subnet: &str, prefix: &str, site: &str, rules: Vec<Value>) {
     let nsg_id = format!("{}/networkSecurityGroups/{nsg}", net());
     arm.fake
-        .put(json!({ "id": nsg_id, "location": "westeurope", "tags": { "team": "network" },
-                     "properties": { "securityRules": [] } }))
+        .put(
+            json!({ "id": nsg_id, "location": "westeurope", "tags": { "team": "network" },
+                     "properties": { "securityRules": [] } }),
+        )
         .unwrap();
     for r in rules {
         let name = r["name"].as_str().unwrap().to_string();
@@ -45,7 +55,8 @@ fn hand_nsg(arm: &ArmFake, nsg: &str, subnet: &str, prefix: &str, site: &str, ru
             "delegations": [{ "name": "webapp", "properties": { "serviceName": "Microsoft.Web/serverFarms" } }],
             "networkSecurityGroup": { "id": nsg_id } } }))
         .unwrap();
-    let site_id = format!("/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Web/sites/{site}");
+    let site_id =
+        format!("/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Web/sites/{site}");
     let mut s = arm.fake.get(&site_id).expect("the site exists");
     s["properties"]["virtualNetworkSubnetId"] = json!(format!("{vnet}/subnets/{subnet}"));
     arm.fake.put(s).unwrap();
@@ -54,24 +65,64 @@ fn hand_nsg(arm: &ArmFake, nsg: &str, subnet: &str, prefix: &str, site: &str, ru
 fn adopt(arm: &ArmFake, policies: &Path, out: &Path) -> (Option<i32>, Value) {
     let o = arm
         .palisade()
-        .args(["adopt", "--target", TARGET, "--format", "json", "--verify", "--policies"])
+        .args([
+            "adopt",
+            "--target",
+            TARGET,
+            "--format",
+            "json",
+            "--verify",
+            "--policies",
+        ])
         .arg(policies)
         .arg("--out")
         .arg(out)
         .output()
         .unwrap();
-    assert!(matches!(o.status.code(), Some(0 | 2)), "adopt failed: {}", text(&o));
+    assert!(
+        matches!(o.status.code(), Some(0 | 2)),
+        "adopt failed: {}",
+        text(&o)
+    );
     (o.status.code(), out_json(&o))
 }
 
 #[test]
 fn nsgs_with_hand_named_rules_are_adopted_with_their_names_and_priorities() {
     let arm = ArmFake::start(palisade_armfake::Config::default(), 2);
-    hand_nsg(&arm, "nsg-orders-2019", "snet-orders", "10.20.2.0/24", "func-orders", vec![
-        rule("AllowHttpsFromVnet", "Inbound", "Allow", 110, "Tcp", "443", "10.20.0.0/16", "*"),
-        rule("AllowSqlOut", "Outbound", "Allow", 200, "Tcp", "1433", "*", "Sql.WestEurope"),
-        rule("DenyInternetOut", "Outbound", "Deny", 4000, "*", "*", "*", "Internet"),
-    ]);
+    hand_nsg(
+        &arm,
+        "nsg-orders-2019",
+        "snet-orders",
+        "10.20.2.0/24",
+        "func-orders",
+        vec![
+            rule(
+                "AllowHttpsFromVnet",
+                "Inbound",
+                "Allow",
+                110,
+                ("Tcp", "443"),
+                ("10.20.0.0/16", "*"),
+            ),
+            rule(
+                "AllowSqlOut",
+                "Outbound",
+                "Allow",
+                200,
+                ("Tcp", "1433"),
+                ("*", "Sql.WestEurope"),
+            ),
+            rule(
+                "DenyInternetOut",
+                "Outbound",
+                "Deny",
+                4000,
+                ("*", "*"),
+                ("*", "Internet"),
+            ),
+        ],
+    );
     // Only the Target, as the repository starts.
     let input = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -116,9 +167,16 @@ fn nsgs_with_hand_named_rules_are_adopted_with_their_names_and_priorities() {
     let applied = support::apply_in(arm.palisade(), &dir, TARGET);
     let actions: Vec<&str> = applied["results"]
         .as_array()
-        .map(|r| r.iter().filter_map(|x| x["change"]["action"].as_str()).collect())
+        .map(|r| {
+            r.iter()
+                .filter_map(|x| x["change"]["action"].as_str())
+                .collect()
+        })
         .unwrap_or_default();
-    assert!(actions.iter().all(|a| *a == "setOwnershipTags"), "{applied:#}");
+    assert!(
+        actions.iter().all(|a| *a == "setOwnershipTags"),
+        "{applied:#}"
+    );
     let nsg = arm
         .fake
         .get(&format!("{}/networkSecurityGroups/nsg-orders-2019", net()))
@@ -139,16 +197,37 @@ fn nsgs_with_hand_named_rules_are_adopted_with_their_names_and_priorities() {
 #[test]
 fn a_rule_the_language_cannot_express_is_reported_and_keeps_its_policy_in_audit() {
     let arm = ArmFake::start(palisade_armfake::Config::default(), 2);
-    let mut multi = rule("AllowTwoOffices", "Inbound", "Allow", 120, "Tcp", "443", "", "*");
+    let mut multi = rule(
+        "AllowTwoOffices",
+        "Inbound",
+        "Allow",
+        120,
+        ("Tcp", "443"),
+        ("", "*"),
+    );
     multi["properties"]
         .as_object_mut()
         .unwrap()
         .remove("sourceAddressPrefix");
     multi["properties"]["sourceAddressPrefixes"] = json!(["192.0.2.0/24", "198.51.100.0/24"]);
-    hand_nsg(&arm, "nsg-reports", "snet-reports", "10.20.1.0/24", "func-reports", vec![
-        multi,
-        rule("AllowStorageOut", "Outbound", "Allow", 300, "Tcp", "443", "*", "Storage"),
-    ]);
+    hand_nsg(
+        &arm,
+        "nsg-reports",
+        "snet-reports",
+        "10.20.1.0/24",
+        "func-reports",
+        vec![
+            multi,
+            rule(
+                "AllowStorageOut",
+                "Outbound",
+                "Allow",
+                300,
+                ("Tcp", "443"),
+                ("*", "Storage"),
+            ),
+        ],
+    );
     let input = tempfile::tempdir().unwrap();
     std::fs::write(
         input.path().join("target.yaml"),
@@ -159,13 +238,28 @@ fn a_rule_the_language_cannot_express_is_reported_and_keeps_its_policy_in_audit(
     let dir = out.path().join("adopted");
     let o = arm
         .palisade()
-        .args(["adopt", "--target", TARGET, "--format", "json", "--verify", "--mode", "enforce", "--policies"])
+        .args([
+            "adopt",
+            "--target",
+            TARGET,
+            "--format",
+            "json",
+            "--verify",
+            "--mode",
+            "enforce",
+            "--policies",
+        ])
         .arg(input.path())
         .arg("--out")
         .arg(&dir)
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(2), "verify is not empty: {}", text(&o));
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "verify is not empty: {}",
+        text(&o)
+    );
     let v = out_json(&o);
     let cluster = v["report"]["clusters"]
         .as_array()
@@ -173,13 +267,25 @@ fn a_rule_the_language_cannot_express_is_reported_and_keeps_its_policy_in_audit(
         .iter()
         .find(|c| c["managedGroup"].as_str().unwrap().contains("nsg-reports"))
         .unwrap_or_else(|| panic!("{v:#}"));
-    assert_eq!(cluster["mode"], "audit", "kept in audit despite --mode enforce");
+    assert_eq!(
+        cluster["mode"], "audit",
+        "kept in audit despite --mode enforce"
+    );
     let inexpressible = serde_json::to_string(&cluster["inexpressible"]).unwrap();
-    assert!(inexpressible.contains("AllowTwoOffices") || inexpressible.contains("120"), "{inexpressible}");
+    assert!(
+        inexpressible.contains("AllowTwoOffices") || inexpressible.contains("120"),
+        "{inexpressible}"
+    );
     let doc = std::fs::read_to_string(dir.join(cluster["file"].as_str().unwrap())).unwrap();
     assert!(doc.contains("# NOT EXPRESSIBLE"), "{doc}");
-    assert!(doc.contains("mode: audit") && doc.contains("AllowStorageOut"), "{doc}");
+    assert!(
+        doc.contains("mode: audit") && doc.contains("AllowStorageOut"),
+        "{doc}"
+    );
     // The difference verify shows is that rule, as audit drift; nothing is written.
     let diffs = serde_json::to_string(&v["verify"]["differences"]).unwrap();
-    assert!(diffs.contains("AuditDrift") && diffs.contains("unexpected rule"), "{diffs}");
+    assert!(
+        diffs.contains("AuditDrift") && diffs.contains("unexpected rule"),
+        "{diffs}"
+    );
 }

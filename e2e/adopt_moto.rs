@@ -27,7 +27,14 @@ fn repo_with_target() -> tempfile::TempDir {
 fn adopt(moto: &Moto, policies: &Path, out: &Path, extra: &[&str]) -> (Option<i32>, Value) {
     let o = moto
         .palisade()
-        .args(["adopt", "--target", TARGET, "--format", "json", "--policies"])
+        .args([
+            "adopt",
+            "--target",
+            TARGET,
+            "--format",
+            "json",
+            "--policies",
+        ])
         .arg(policies)
         .arg("--out")
         .arg(out)
@@ -105,11 +112,17 @@ fn an_estate_palisade_did_not_make_is_adopted_with_a_zero_diff() {
     assert_eq!(v["verify"]["empty"], true);
     let report = &v["report"];
     let clusters = report["clusters"].as_array().unwrap();
-    let names: Vec<&str> = clusters.iter().map(|c| c["policy"].as_str().unwrap()).collect();
+    let names: Vec<&str> = clusters
+        .iter()
+        .map(|c| c["policy"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["orders-api", "orders-db"], "{report:#}");
     assert_eq!(clusters[0]["selector"], "tags app=orders,tier=api");
     assert!(
-        clusters[0]["managedGroup"].as_str().unwrap().starts_with(&g("orders-api")),
+        clusters[0]["managedGroup"]
+            .as_str()
+            .unwrap()
+            .starts_with(&g("orders-api")),
         "{report:#}"
     );
     let referenced = serde_json::to_string(&clusters[0]["referenced"]).unwrap();
@@ -132,7 +145,10 @@ fn an_estate_palisade_did_not_make_is_adopted_with_a_zero_diff() {
         assert!(api.contains(&want), "{want} in\n{api}");
     }
     let db = std::fs::read_to_string(dir.join("policies/orders-db.yaml")).unwrap();
-    assert!(db.contains("from: [ { policy: orders-api } ]") && db.contains("icmp/8"), "{db}");
+    assert!(
+        db.contains("from: [ { policy: orders-api } ]") && db.contains("icmp/8"),
+        "{db}"
+    );
 
     // `plan` on the written directory agrees: empty.
     let (code, p) = support::plan_in(moto.palisade(), &dir, TARGET);
@@ -155,7 +171,11 @@ fn an_estate_palisade_did_not_make_is_adopted_with_a_zero_diff() {
     assert_eq!(c[0]["change"]["action"], "setOwnershipTags");
     assert_eq!(c[0]["change"]["takeover"], true);
     let applied = support::apply_in(moto.palisade(), &dir, TARGET);
-    assert_eq!(writes(&applied), ["\"ec2\":\"CreateTags\" x1"], "{applied:#}");
+    assert_eq!(
+        writes(&applied),
+        ["\"ec2\":\"CreateTags\" x1"],
+        "{applied:#}"
+    );
     let inv = observe_in(&moto, &dir);
     let taken = inv["groups"]
         .as_array()

@@ -6,8 +6,8 @@
 //! inventory) → [`plan`] (desired vs observed → [`plan::Plan`]) → [`apply`] (executes a
 //! plan through a [`palisade_providers::Provider`]).
 
-pub mod adopt;
 pub mod addr;
+pub mod adopt;
 pub mod apply;
 pub mod check;
 pub mod compile;

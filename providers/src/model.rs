@@ -956,7 +956,7 @@ impl Ownership {
             ));
         }
         let selected = |f: &Function| {
-            (d.names.is_empty() || d.names.iter().any(|n| *n == f.name))
+            (d.names.is_empty() || d.names.contains(&f.name))
                 && d.tags.iter().all(|(k, v)| f.tags.get(k) == Some(v))
         };
         let outside: Vec<&str> = inv

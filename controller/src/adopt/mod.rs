@@ -80,13 +80,23 @@ impl fmt::Display for Select {
 }
 
 /// What to adopt and how.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// Mode of the generated policies (a cluster with something inexpressible stays in
     /// audit whatever this says).
     pub mode: Mode,
     /// `--select` terms.
     pub select: Vec<Select>,
+}
+
+impl Default for Options {
+    /// Audit (observe only), everything.
+    fn default() -> Self {
+        Options {
+            mode: Mode::Audit,
+            select: Vec::new(),
+        }
+    }
 }
 
 /// The generated repository and its report.
@@ -276,10 +286,10 @@ fn in_scope(inv: &Inventory, f: &Function, select: &[Select]) -> bool {
                     net.id.eq_ignore_ascii_case(&p.network) && net.name.eq_ignore_ascii_case(n)
                 })
         }),
-        Select::ResourceGroup(g) => f
-            .id
-            .to_ascii_lowercase()
-            .contains(&format!("/resourcegroups/{}/", g.to_ascii_lowercase())),
+        Select::ResourceGroup(g) => {
+            f.id.to_ascii_lowercase()
+                .contains(&format!("/resourcegroups/{}/", g.to_ascii_lowercase()))
+        }
     })
 }
 
@@ -328,9 +338,7 @@ fn slug(s: &str) -> String {
 
 /// Adopt what `inv` shows of `target` (whose repository is `set`).
 pub fn adopt(set: &PolicySet, target: &TargetDoc, inv: &Inventory, opts: &Options) -> Adoption {
-    let cloud = target
-        .to_target()
-        .map_or(Cloud::Aws, |t| t.scope.cloud());
+    let cloud = target.to_target().map_or(Cloud::Aws, |t| t.scope.cloud());
     let tname = target.name().to_string();
     let existing = crate::compile::compile(set, target, Some(inv)).desired;
     let governed: BTreeMap<&str, &str> = existing
@@ -353,8 +361,12 @@ pub fn adopt(set: &PolicySet, target: &TargetDoc, inv: &Inventory, opts: &Option
         };
         let Some(p) = &f.placement else {
             left.push(why(match cloud {
-                Cloud::Aws => "not in a VPC: nothing to adopt (a policy would move it into one)".into(),
-                Cloud::Azure => "no VNet integration: nothing to adopt (a policy would integrate it)".into(),
+                Cloud::Aws => {
+                    "not in a VPC: nothing to adopt (a policy would move it into one)".into()
+                }
+                Cloud::Azure => {
+                    "no VNet integration: nothing to adopt (a policy would integrate it)".into()
+                }
             }));
             continue;
         };
@@ -390,7 +402,10 @@ pub fn adopt(set: &PolicySet, target: &TargetDoc, inv: &Inventory, opts: &Option
         for g in groups_of(inv, cloud, f) {
             match cluster_of.get(f.id.as_str()) {
                 Some(i) => {
-                    holders.entry(g.to_ascii_lowercase()).or_default().insert(*i);
+                    holders
+                        .entry(g.to_ascii_lowercase())
+                        .or_default()
+                        .insert(*i);
                 }
                 None => outside
                     .entry(g.to_ascii_lowercase())
@@ -437,7 +452,12 @@ pub fn adopt(set: &PolicySet, target: &TargetDoc, inv: &Inventory, opts: &Option
                 (!others.is_empty()).then(|| {
                     format!(
                         "other resources use it ({}{})",
-                        others.iter().take(5).copied().collect::<Vec<_>>().join(", "),
+                        others
+                            .iter()
+                            .take(5)
+                            .copied()
+                            .collect::<Vec<_>>()
+                            .join(", "),
                         if others.len() > 5 {
                             format!(" and {} more", others.len() - 5)
                         } else {
@@ -772,7 +792,11 @@ fn write_rules(
         };
         // Deny rules share one namespace in the language.
         let a_key = a;
-        let d_key = if a == Access::Deny { Direction::Egress } else { d };
+        let d_key = if a == Access::Deny {
+            Direction::Egress
+        } else {
+            d
+        };
         let mut name = base.clone();
         let mut n = 2;
         while !used.insert((d_key, a_key, name.clone())) {
@@ -923,34 +947,34 @@ pub fn verify(
     let mut takes_over = Vec::new();
     match crate::planning::plan_with(generated, doc, inv, None, settings, None) {
         Err(crate::planning::PlanError::Invalid(diags)) => {
-            differences.extend(diags.iter().filter(|d| d.is_error()).map(ToString::to_string));
+            differences.extend(
+                diags
+                    .iter()
+                    .filter(|d| d.is_error())
+                    .map(ToString::to_string),
+            );
         }
         Err(e) => differences.push(e.to_string()),
         Ok(planned) => {
             let plan = &planned.plan;
-            let (takeovers, changes): (Vec<_>, Vec<_>) =
-                plan.changes.iter().partition(|c| {
-                    matches!(
-                        c.change,
-                        palisade_providers::Change::SetOwnershipTags { takeover: true, .. }
-                    )
-                });
+            let (takeovers, changes): (Vec<_>, Vec<_>) = plan.changes.iter().partition(|c| {
+                matches!(
+                    c.change,
+                    palisade_providers::Change::SetOwnershipTags { takeover: true, .. }
+                )
+            });
             takes_over.extend(
                 takeovers
                     .iter()
                     .map(|c| crate::plan::change_lines(&c.change).join("; ")),
             );
-            differences.extend(
-                changes
-                    .iter()
-                    .map(|c| {
-                        format!(
-                            "change: {}: {}",
-                            c.resource,
-                            crate::plan::change_lines(&c.change).join("; ")
-                        )
-                    }),
-            );
+            differences.extend(changes.iter().map(|c| {
+                format!(
+                    "change: {}: {}",
+                    c.resource,
+                    crate::plan::change_lines(&c.change).join("; ")
+                )
+            }));
             if let Some(r) = &plan.refusal {
                 differences.push(format!("refused: {}", r.reason));
             }

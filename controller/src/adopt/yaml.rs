@@ -17,8 +17,7 @@ pub(super) fn scalar(s: &str) -> String {
     let plain = !s.is_empty()
         && s.len() <= 256
         && s.starts_with(|c: char| c.is_ascii_alphabetic())
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
         && !matches!(
             s.to_ascii_lowercase().as_str(),

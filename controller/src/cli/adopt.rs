@@ -64,12 +64,13 @@ pub(crate) fn run(args: AdoptArgs) -> Result<ExitCode> {
     } = args;
     let (set, index, t) = load_target(&policies, target.as_deref(), None)?;
     let doc = &set.targets[index];
-    if select
-        .iter()
-        .any(|s| matches!(s, Select::ResourceGroup(_)))
+    if select.iter().any(|s| matches!(s, Select::ResourceGroup(_)))
         && t.scope.cloud() == palisade_providers::Cloud::Aws
     {
-        bail!("--select rg:… is for Azure targets (resource groups); {} is an AWS target", t.name);
+        bail!(
+            "--select rg:… is for Azure targets (resource groups); {} is an AWS target",
+            t.name
+        );
     }
     let providers = cloud.providers()?;
     let provider = providers.get(t.scope.cloud())?;
@@ -140,10 +141,7 @@ pub(crate) fn run(args: AdoptArgs) -> Result<ExitCode> {
                 if v.empty {
                     println!("verify: the plan of the written policies is empty (zero diff)");
                 } else {
-                    println!(
-                        "verify: NOT EMPTY, {} difference(s):",
-                        v.differences.len()
-                    );
+                    println!("verify: NOT EMPTY, {} difference(s):", v.differences.len());
                     for d in &v.differences {
                         println!("  {d}");
                     }
@@ -181,7 +179,10 @@ fn write_out(out: &Path, files: &BTreeMap<String, String>) -> Result<()> {
     };
     for old in previous.iter().filter(|f| !files.contains_key(*f)) {
         // Only plain relative names adopt itself wrote.
-        if old.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        if old
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+        {
             continue;
         }
         let _ = std::fs::remove_file(out.join(old));

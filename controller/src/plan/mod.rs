@@ -44,9 +44,9 @@ use endpoints::*;
 use functions::*;
 use groups::*;
 pub use markdown::{markdown_cell, render_markdown};
-pub use render::{change_lines, inbound_lines};
 pub use render::render_text;
 use render::show_placement;
+pub use render::{change_lines, inbound_lines};
 
 /// Knobs of the planner. Defaults are conservative.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
