@@ -955,18 +955,44 @@ impl Ownership {
                 d.owner
             ));
         }
+        // A group this observation already made a policy's (bootstrap, recovery): the
+        // policy has a group, or the declared one is another owner's.
+        if let Some(other) = inv
+            .groups
+            .iter()
+            .find(|o| o.owner() == Some(d.owner.as_str()) && !o.id.eq_ignore_ascii_case(&g.id))
+        {
+            return Some(format!(
+                "policy {:?} already has its managed group {}",
+                d.owner, other.id
+            ));
+        }
+        if let Some(owner) = g.owner().filter(|o| *o != d.owner) {
+            return Some(format!("it is the managed group of {owner:?}"));
+        }
         let selected = |f: &Function| {
             (d.names.is_empty() || d.names.contains(&f.name))
                 && d.tags.iter().all(|(k, v)| f.tags.get(k) == Some(v))
+        };
+        // Azure: an NSG is held through the subnets it is associated with.
+        let on_subnet = |sid: &str| {
+            g.attached
+                .iter()
+                .flatten()
+                .any(|a| a.eq_ignore_ascii_case(sid)) || inv.subnets.iter().any(|s| {
+                s.id.eq_ignore_ascii_case(sid)
+                    && matches!(&s.group, Some(GroupRef::Id(x)) if x.eq_ignore_ascii_case(&g.id))
+            })
         };
         let outside: Vec<&str> = inv
             .functions
             .iter()
             .filter(|f| {
                 f.placement.as_ref().is_some_and(|p| {
-                    p.groups
-                        .iter()
-                        .any(|r| matches!(r, GroupRef::Id(x) if x.eq_ignore_ascii_case(&g.id)))
+                    p.groups.iter().any(|r| match r {
+                        GroupRef::Id(x) => x.eq_ignore_ascii_case(&g.id),
+                        GroupRef::Managed(o) => g.owner() == Some(o.as_str()),
+                    }) || p.subnets.iter().any(|s| on_subnet(s))
                 })
             })
             .filter(|f| !selected(f))

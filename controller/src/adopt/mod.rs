@@ -336,6 +336,27 @@ fn slug(s: &str) -> String {
     out
 }
 
+/// Whether `set` is a repository `adopt` can start from: Targets and Guardrails, no
+/// FunctionPolicy (a generated repository must stand alone: its policies would name
+/// ones it does not hold, and the controller pointed at it would prune what those
+/// manage).
+///
+/// # Errors
+/// A message naming the policies found.
+pub fn check_input(set: &PolicySet) -> Result<(), String> {
+    if set.policies.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = set.policies.iter().take(5).map(|p| p.name()).collect();
+    Err(format!(
+        "--policies holds {} FunctionPolic{} ({}{}); adopt starts from a repository with the Target only (and guardrails). Adopt into a separate directory with `--select` to leave governed functions out",
+        set.policies.len(),
+        if set.policies.len() == 1 { "y" } else { "ies" },
+        names.join(", "),
+        if set.policies.len() > 5 { ", …" } else { "" }
+    ))
+}
+
 /// Adopt what `inv` shows of `target` (whose repository is `set`).
 pub fn adopt(set: &PolicySet, target: &TargetDoc, inv: &Inventory, opts: &Options) -> Adoption {
     let cloud = target.to_target().map_or(Cloud::Aws, |t| t.scope.cloud());
@@ -603,7 +624,8 @@ pub fn adopt(set: &PolicySet, target: &TargetDoc, inv: &Inventory, opts: &Option
     let managed_ids: HashMap<&str, &str> = inv
         .groups
         .iter()
-        .filter_map(|g| Some((g.owner()?, g.id.as_str())))
+        .filter_map(|g| g.owner())
+        .filter_map(|o| Some((o, inv.managed_group(o)?.id.as_str())))
         .collect();
     let account = match target.to_target().map(|t| t.scope) {
         Some(palisade_providers::TargetScope::Aws { account_id, .. }) => Some(account_id),
@@ -611,6 +633,9 @@ pub fn adopt(set: &PolicySet, target: &TargetDoc, inv: &Inventory, opts: &Option
     };
     for p in &mut outs {
         write_rules(p, &policy_of_group, set, &managed_ids, account.as_deref());
+    }
+    one_sided(&mut outs);
+    for p in &mut outs {
         if !p.inexpressible.is_empty() {
             p.mode = Mode::Audit;
         }
@@ -714,6 +739,65 @@ fn selector(inv: &Inventory, fs: &[&Function]) -> (BTreeMap<String, String>, Vec
     (BTreeMap::new(), names)
 }
 
+/// The language refuses an egress rule to `policy: B` that B's ingress does not admit
+/// (one-sided). Such an estate rule cannot be written as a policy peer: it is left out
+/// and reported, and its policy stays in audit.
+fn one_sided(outs: &mut [PolicyOut]) {
+    // (receiver, sender) → ports the receiver admits from the sender.
+    let mut admitted: HashMap<(String, String), Vec<Ports>> = HashMap::new();
+    for p in outs.iter() {
+        for r in p
+            .rules
+            .iter()
+            .filter(|r| r.direction == Direction::Ingress && r.access == Access::Allow)
+        {
+            for peer in &r.peers {
+                if let PeerOut::Policy(from) = peer {
+                    admitted
+                        .entry((p.name.clone(), from.clone()))
+                        .or_default()
+                        .extend(r.ports.iter().copied());
+                }
+            }
+        }
+    }
+    for p in outs.iter_mut() {
+        let mut dropped = Vec::new();
+        for r in p
+            .rules
+            .iter_mut()
+            .filter(|r| r.direction == Direction::Egress && r.access == Access::Allow)
+        {
+            r.peers.retain(|peer| {
+                let PeerOut::Policy(to) = peer else {
+                    return true;
+                };
+                let have = admitted
+                    .get(&(to.clone(), p.name.clone()))
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                let missing: Vec<String> = r
+                    .ports
+                    .iter()
+                    .filter(|port| !have.iter().any(|a| a.contains(port)))
+                    .map(ToString::to_string)
+                    .collect();
+                if missing.is_empty() {
+                    return true;
+                }
+                dropped.push(format!(
+                    "egress {:?} to the group of {to} on {}: {to}'s group does not admit it, and a policy may send to another only what that one admits (write it as a cidr or let {to} admit it)",
+                    r.name,
+                    missing.join(", ")
+                ));
+                false
+            });
+        }
+        p.rules.retain(|r| !r.peers.is_empty());
+        p.inexpressible.extend(dropped);
+    }
+}
+
 /// Write the owned group's rules back into `p`: AWS atomic rules regrouped by
 /// description and peers with the same ports; Azure one entry per NSG rule.
 fn write_rules(
@@ -762,6 +846,12 @@ fn write_rules(
                 }
             }
         };
+        if matches!(r.ports.protocol, palisade_providers::Protocol::Number(_)) {
+            inexpressible.push(format!(
+                "{r}: the language names tcp, udp, icmp, icmpv6 and all, not IP protocol numbers"
+            ));
+            return None;
+        }
         if !r.is_full() {
             inexpressible.push(format!(
                 "{r}: limits {} the language cannot say (several prefixes or ports in one rule, a near-side or source-port limit)",
@@ -814,7 +904,14 @@ fn write_rules(
                 let Some(peer) = peer_of(r, &mut inexpressible) else {
                     continue;
                 };
-                let desc = r.description.as_deref().map(audit_text).unwrap_or_default();
+                let desc: String = r
+                    .description
+                    .as_deref()
+                    .map(audit_text)
+                    .unwrap_or_default()
+                    .chars()
+                    .take(64)
+                    .collect();
                 by.entry((r.direction, desc))
                     .or_default()
                     .entry(peer)

@@ -356,3 +356,137 @@ fn select_terms_parse_or_say_what_was_expected() {
     let db = &a.files["policies/shop-db.yaml"];
     assert!(db.contains("{ securityGroup: sg-0000000a }"), "{db}");
 }
+
+#[test]
+fn what_the_language_refuses_is_reported_and_keeps_the_policy_in_audit() {
+    let set = repo();
+    let mut inv = estate();
+    // shop-api sends everything to shop-db, which admits only tcp/5432 from it: as a
+    // `policy:` peer that is a one-sided rule the loader refuses.
+    inv.groups[0].rules.push(rule(
+        Direction::Egress,
+        "all",
+        Peer::Group(GroupRef::Id("sg-0000000b".into())),
+        "anything to the db",
+    ));
+    // An IP protocol number (GRE) the language cannot name.
+    let mut gre = rule(
+        Direction::Ingress,
+        "all",
+        Peer::cidr("10.9.0.0/16".parse().unwrap()),
+        "gre",
+    );
+    gre.ports = Ports::any(palisade_providers::Protocol::Number(47));
+    inv.groups[1].rules.push(gre);
+    let enforce = Options {
+        mode: Mode::Enforce,
+        ..Options::default()
+    };
+    let a = adopt(&set, &set.targets[0], &inv, &enforce);
+    let api = a
+        .report
+        .clusters
+        .iter()
+        .find(|c| c.policy == "shop-api")
+        .unwrap();
+    assert_eq!(api.mode, Mode::Audit);
+    assert!(
+        api.inexpressible
+            .iter()
+            .any(|i| i.contains("does not admit")),
+        "{:?}",
+        api.inexpressible
+    );
+    let db = a
+        .report
+        .clusters
+        .iter()
+        .find(|c| c.policy == "shop-db")
+        .unwrap();
+    assert_eq!(db.mode, Mode::Audit);
+    assert!(
+        db.inexpressible
+            .iter()
+            .any(|i| i.contains("protocol numbers")),
+        "{:?}",
+        db.inexpressible
+    );
+    assert!(a.files["policies/shop-db.yaml"].contains("# NOT EXPRESSIBLE"));
+    // The files load (nothing one-sided left in them) and verify names the two rules.
+    let v = verify(
+        &load(&a.files),
+        "estate",
+        &inv,
+        &crate::plan::Settings::default(),
+    );
+    assert_eq!(v.differences.len(), 2, "{:?}", v.differences);
+    assert!(
+        v.differences.iter().all(|d| d.contains("unexpected rule")),
+        "{:?}",
+        v.differences
+    );
+}
+
+#[test]
+fn a_repository_with_policies_is_not_a_starting_point() {
+    let (set, d) = crate::policy::load_text(
+        "t.yaml",
+        "apiVersion: palisade.dev/v1alpha1\nkind: Target\nmetadata: { name: estate }\nspec:\n  aws: { region: us-east-1, accountId: \"123456789012\" }\n---\napiVersion: palisade.dev/v1alpha1\nkind: FunctionPolicy\nmetadata: { name: old }\nspec:\n  target: estate\n  functions: { names: [ f ] }\n  network: { vpc: { id: vpc-1 }, subnets: { ids: [ subnet-a ] } }\n",
+    );
+    assert!(!d.iter().any(crate::policy::Diagnostic::is_error), "{d:?}");
+    let e = check_input(&set).unwrap_err();
+    assert!(e.contains("old"), "{e}");
+    assert!(check_input(&repo()).is_ok());
+}
+
+#[test]
+fn an_nsg_on_a_subnet_shared_with_apps_the_policy_does_not_select_is_not_taken() {
+    let subnet = "/subscriptions/s/resourceGroups/r/providers/Microsoft.Network/virtualNetworks/v/subnets/snet";
+    let nsg =
+        "/subscriptions/s/resourceGroups/r/providers/Microsoft.Network/networkSecurityGroups/nsg";
+    let app = |name: &str, t: &[(&str, &str)]| Function {
+        id: format!("/subscriptions/s/resourceGroups/r/providers/Microsoft.Web/sites/{name}"),
+        name: name.into(),
+        tags: tags(t),
+        placement: Some(Placement {
+            network:
+                "/subscriptions/s/resourceGroups/r/providers/Microsoft.Network/virtualNetworks/v"
+                    .into(),
+            subnets: vec![subnet.into()],
+            groups: Vec::new(),
+            route_all: true,
+        }),
+        inbound: None,
+    };
+    let inv = || Inventory {
+        target: "az".into(),
+        functions: vec![
+            app("func-a", &[("app", "a")]),
+            app("func-b", &[("app", "b")]),
+        ],
+        groups: vec![SecurityGroup {
+            network: String::new(),
+            ..group(nsg, "nsg", Vec::new(), Some(vec![subnet.into()]))
+        }],
+        ..Inventory::default()
+    };
+    let mut own = Ownership::unverified("az");
+    own.declare(
+        nsg,
+        Declared {
+            owner: "a".into(),
+            enforce: true,
+            names: Vec::new(),
+            tags: tags(&[("app", "a")]),
+            subnet: Some(("v".into(), "snet".into())),
+        },
+    );
+    let mut i = inv();
+    own.apply_declared(&mut i);
+    assert_eq!(i.ownership[0].verdict, OwnershipVerdict::Refused);
+    assert!(
+        i.ownership[0].detail.as_deref().unwrap().contains("func-b"),
+        "{:?}",
+        i.ownership
+    );
+}

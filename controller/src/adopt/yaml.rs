@@ -24,10 +24,29 @@ pub(super) fn scalar(s: &str) -> String {
             "true" | "false" | "yes" | "no" | "on" | "off" | "null" | "y" | "n"
         );
     if plain {
-        s.to_string()
-    } else {
-        serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+        return s.to_string();
     }
+    // A double-quoted scalar; everything outside YAML's printable set escaped (a
+    // loader rejects DEL, C1 controls and non-characters even inside quotes).
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            ' '..='~' | '\u{a0}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'.. => {
+                out.push(c)
+            }
+            c if (c as u32) <= 0xffff => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => {
+                let _ = write!(out, "\\U{:08x}", c as u32);
+            }
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// Text for a comment: one line, no hidden characters.
@@ -250,8 +269,29 @@ mod tests {
         assert_eq!(scalar("10.0.0.0/8"), "\"10.0.0.0/8\"");
         assert_eq!(scalar("yes"), "\"yes\"");
         assert_eq!(scalar("a: b # c"), "\"a: b # c\"");
-        assert_eq!(scalar("x\ny"), "\"x\\ny\"");
+        assert_eq!(scalar("x\ny"), "\"x\\u000ay\"");
         assert_eq!(scalar(""), "\"\"");
         assert!(!comment("evil\n- inject: true").contains('\n'));
+        assert_eq!(
+            scalar("a\u{7f}b\u{85}\u{ffff}"),
+            "\"a\\u007fb\\u0085\\uffff\""
+        );
+        assert_eq!(scalar("q\"\\"), "\"q\\\"\\\\\"");
+        // Every escaped string loads back as itself.
+        for s in [
+            "a: b",
+            "x\u{7f}\u{9f}\u{fffe}y",
+            "tab\there",
+            "é ü 日本",
+            "\u{1f600}",
+        ] {
+            let doc = format!(
+                "apiVersion: palisade.dev/v1alpha1\nkind: Target\nmetadata: {{ name: t, labels: {{ k: {} }} }}\nspec:\n  aws: {{ region: r, accountId: \"123456789012\" }}\n",
+                scalar(s)
+            );
+            let (set, d) = crate::policy::load_text("t.yaml", &doc);
+            assert!(d.is_empty(), "{s:?}: {d:?}\n{doc}");
+            assert_eq!(set.targets[0].metadata.labels["k"], s);
+        }
     }
 }

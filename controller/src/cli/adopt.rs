@@ -64,6 +64,7 @@ pub(crate) fn run(args: AdoptArgs) -> Result<ExitCode> {
     } = args;
     let (set, index, t) = load_target(&policies, target.as_deref(), None)?;
     let doc = &set.targets[index];
+    adopt::check_input(&set).map_err(anyhow::Error::msg)?;
     if select.iter().any(|s| matches!(s, Select::ResourceGroup(_)))
         && t.scope.cloud() == palisade_providers::Cloud::Aws
     {
@@ -177,26 +178,54 @@ fn write_out(out: &Path, files: &BTreeMap<String, String>) -> Result<()> {
             Vec::new()
         }
     };
+    for dir in [out.to_path_buf(), out.join("policies")] {
+        if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink()) {
+            bail!(
+                "{} is a symbolic link; adopt writes only into a plain directory",
+                dir.display()
+            );
+        }
+    }
     for old in previous.iter().filter(|f| !files.contains_key(*f)) {
-        // Only plain relative names adopt itself wrote.
-        if old
-            .split('/')
-            .any(|c| c.is_empty() || c == "." || c == "..")
-        {
+        // Only names adopt itself writes: the marker is a file anyone could edit.
+        if !is_adopt_file(old) {
             continue;
         }
-        let _ = std::fs::remove_file(out.join(old));
+        let path = out.join(old);
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_file()) {
+            let _ = std::fs::remove_file(path);
+        }
     }
     for (name, text) in files {
         let path = out.join(name);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            bail!(
+                "{} is a symbolic link; adopt does not write through it",
+                path.display()
+            );
+        }
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     let list: String = files.keys().map(|k| format!("{k}\n")).collect();
     std::fs::write(&marker, list).with_context(|| format!("writing {}", marker.display()))?;
     Ok(())
+}
+
+/// `targets.yaml`, `adoption.json` or `policies/NAME.yaml` with NAME a policy name.
+fn is_adopt_file(name: &str) -> bool {
+    matches!(name, "targets.yaml" | "adoption.json")
+        || name
+            .strip_prefix("policies/")
+            .and_then(|n| n.strip_suffix(".yaml"))
+            .is_some_and(|n| {
+                !n.is_empty()
+                    && n.len() <= 63
+                    && n.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            })
 }
 
 fn render(r: &adopt::Report, out: &Path) -> String {

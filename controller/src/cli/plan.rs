@@ -54,14 +54,21 @@ pub(crate) fn run(args: PlanArgs) -> Result<ExitCode> {
     let target = &set.targets[index];
     let providers = cloud.providers()?;
     let planned = match snapshot {
-        Some(inv) => plan_with(
-            &set,
-            target,
-            inv,
-            None,
-            &settings.settings(),
-            revision.as_deref(),
-        ),
+        Some(mut inv) => {
+            // A snapshot is observed without the policies' `managedGroup`s: take them
+            // over in memory, as observing would.
+            let mut own = palisade_providers::Ownership::unverified(target.name());
+            palisade::compile::declare_groups(&set, target.name(), &mut own);
+            own.apply_declared(&mut inv);
+            plan_with(
+                &set,
+                target,
+                inv,
+                None,
+                &settings.settings(),
+                revision.as_deref(),
+            )
+        }
         None => {
             let (own, previous) = match &history {
                 Some(path) if path.exists() => read_record(path, target.name())?,

@@ -215,7 +215,14 @@ impl AwsProvider {
             })
             .collect();
         if !wanted.is_empty() {
-            raw.attached = self.attachments(s, &wanted).await?;
+            // Unreadable (no ec2:DescribeNetworkInterfaces): left unread, so the takeover
+            // is refused with a reason; the rest of the target is observed.
+            match self.attachments(s, &wanted).await {
+                Ok(found) => raw.attached = found,
+                Err(e) => {
+                    tracing::warn!(target = %target, error = %e, "what else uses the groups about to be taken over could not be read; they are not taken over");
+                }
+            }
         }
         let mut inventory = translate::inventory(target, &raw, ownership);
         ownership.apply_declared(&mut inventory);

@@ -244,12 +244,10 @@ fn ipnets<'a>(items: impl IntoIterator<Item = &'a str>) -> Vec<IpNet> {
 
 /// Whether a network interface is one Lambda made for a function (its own users are
 /// the functions, which the inventory already knows).
+/// Only the interface type counts: a description is anyone's to write.
 pub fn is_lambda_eni(eni: &ec2::NetworkInterface) -> bool {
     eni.interface_type()
         .is_some_and(|t| t.as_str().eq_ignore_ascii_case("lambda"))
-        || eni
-            .description()
-            .is_some_and(|d| d.starts_with("AWS Lambda VPC ENI"))
 }
 
 /// How a network interface is named in a report: its id and, cut short and stripped of
