@@ -62,6 +62,17 @@ fn hand_nsg(arm: &ArmFake, nsg: &str, subnet: &str, prefix: &str, site: &str, ru
     arm.fake.put(s).unwrap();
 }
 
+/// A repository holding only the Target, as adoption starts.
+fn repo_with_target() -> tempfile::TempDir {
+    let input = tempfile::tempdir().unwrap();
+    std::fs::write(
+        input.path().join("target.yaml"),
+        format!("apiVersion: palisade.dev/v1alpha1\nkind: Target\nmetadata: {{ name: {TARGET} }}\nspec:\n  azure: {{ subscriptionId: {SUB}, resourceGroup: {RG}, location: westeurope }}\n"),
+    )
+    .unwrap();
+    input
+}
+
 fn adopt(arm: &ArmFake, policies: &Path, out: &Path) -> (Option<i32>, Value) {
     let o = arm
         .palisade()
@@ -123,13 +134,7 @@ fn nsgs_with_hand_named_rules_are_adopted_with_their_names_and_priorities() {
             ),
         ],
     );
-    // Only the Target, as the repository starts.
-    let input = tempfile::tempdir().unwrap();
-    std::fs::write(
-        input.path().join("target.yaml"),
-        format!("apiVersion: palisade.dev/v1alpha1\nkind: Target\nmetadata: {{ name: {TARGET} }}\nspec:\n  azure: {{ subscriptionId: {SUB}, resourceGroup: {RG}, location: westeurope }}\n"),
-    )
-    .unwrap();
+    let input = repo_with_target();
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("adopted");
     let (code, v) = adopt(&arm, input.path(), &dir);
@@ -228,12 +233,7 @@ fn a_rule_the_language_cannot_express_is_reported_and_keeps_its_policy_in_audit(
             ),
         ],
     );
-    let input = tempfile::tempdir().unwrap();
-    std::fs::write(
-        input.path().join("target.yaml"),
-        format!("apiVersion: palisade.dev/v1alpha1\nkind: Target\nmetadata: {{ name: {TARGET} }}\nspec:\n  azure: {{ subscriptionId: {SUB}, resourceGroup: {RG}, location: westeurope }}\n"),
-    )
-    .unwrap();
+    let input = repo_with_target();
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("adopted");
     let o = arm

@@ -1000,18 +1000,8 @@ impl Ownership {
             .collect();
         if !outside.is_empty() {
             return Some(format!(
-                "functions the policy does not select use it too ({}{})",
-                outside
-                    .iter()
-                    .take(5)
-                    .copied()
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                if outside.len() > 5 {
-                    format!(" and {} more", outside.len() - 5)
-                } else {
-                    String::new()
-                }
+                "functions the policy does not select use it too ({})",
+                some_of(&outside)
             ));
         }
         let allowed: Vec<&str> = d
@@ -1041,13 +1031,8 @@ impl Ownership {
                     .collect();
                 (!others.is_empty()).then(|| {
                     format!(
-                        "other resources use it too ({}{}); a group Palisade owns is changed for every member",
-                        others.iter().take(5).copied().collect::<Vec<_>>().join(", "),
-                        if others.len() > 5 {
-                            format!(" and {} more", others.len() - 5)
-                        } else {
-                            String::new()
-                        }
+                        "other resources use it too ({}); a group Palisade owns is changed for every member",
+                some_of(&others)
                     )
                 })
             }
@@ -1111,6 +1096,16 @@ impl Ownership {
         }
         Some(n)
     }
+}
+
+/// At most five of `items`, comma-separated, and how many more: for findings that name
+/// what they are about without growing with the estate.
+pub fn some_of(items: &[&str]) -> String {
+    let mut s = items.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+    if items.len() > 5 {
+        s.push_str(&format!(" and {} more", items.len() - 5));
+    }
+    s
 }
 
 /// Traffic direction, seen from the group's members.

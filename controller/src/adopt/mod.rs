@@ -435,7 +435,13 @@ pub fn adopt(set: &PolicySet, target: &TargetDoc, inv: &Inventory, opts: &Option
             }
         }
     }
-    let group = |id: &str| inv.groups.iter().find(|g| g.id.eq_ignore_ascii_case(id));
+    let by_id: HashMap<String, &SecurityGroup> = inv
+        .groups
+        .iter()
+        .map(|g| (g.id.to_ascii_lowercase(), g))
+        .collect();
+    let group = |id: &str| by_id.get(&id.to_ascii_lowercase()).copied();
+    let tag_index = TagIndex::new(inv);
     // Why group `id` cannot be owned by cluster `i`, if it cannot.
     let shared = |i: usize, id: &str| -> Option<String> {
         let lid = id.to_ascii_lowercase();
@@ -452,13 +458,8 @@ pub fn adopt(set: &PolicySet, target: &TargetDoc, inv: &Inventory, opts: &Option
             let mut names = names.clone();
             names.sort_unstable();
             return Some(format!(
-                "functions outside the adoption use it ({}{})",
-                names.iter().take(5).copied().collect::<Vec<_>>().join(", "),
-                if names.len() > 5 {
-                    format!(" and {} more", names.len() - 5)
-                } else {
-                    String::new()
-                }
+                "functions outside the adoption use it ({})",
+                palisade_providers::model::some_of(&names)
             ));
         }
         let allowed = &keys[i].1;
@@ -472,18 +473,8 @@ pub fn adopt(set: &PolicySet, target: &TargetDoc, inv: &Inventory, opts: &Option
                     .collect();
                 (!others.is_empty()).then(|| {
                     format!(
-                        "other resources use it ({}{})",
-                        others
-                            .iter()
-                            .take(5)
-                            .copied()
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        if others.len() > 5 {
-                            format!(" and {} more", others.len() - 5)
-                        } else {
-                            String::new()
-                        }
+                        "other resources use it ({})",
+                        palisade_providers::model::some_of(&others)
                     )
                 })
             }
@@ -554,7 +545,7 @@ pub fn adopt(set: &PolicySet, target: &TargetDoc, inv: &Inventory, opts: &Option
             continue;
         };
         let Some(g) = group(gid) else { continue };
-        let (tags, names) = selector(inv, fs);
+        let (tags, names) = selector(&tag_index, fs);
         let base = {
             let from_tags = tags
                 .iter()
@@ -705,9 +696,42 @@ pub fn adopt(set: &PolicySet, target: &TargetDoc, inv: &Inventory, opts: &Option
     Adoption { files, report }
 }
 
+/// Functions by tag, so that finding a cluster's selector does not scan every function.
+struct TagIndex<'a> {
+    by_tag: HashMap<(&'a str, &'a str), Vec<&'a Function>>,
+}
+
+impl<'a> TagIndex<'a> {
+    fn new(inv: &'a Inventory) -> Self {
+        let mut by_tag: HashMap<(&str, &str), Vec<&Function>> = HashMap::new();
+        for f in &inv.functions {
+            for (k, v) in &f.tags {
+                by_tag.entry((k.as_str(), v.as_str())).or_default().push(f);
+            }
+        }
+        TagIndex { by_tag }
+    }
+
+    /// Ids of the functions that carry every tag of `tags`: the shortest posting list,
+    /// filtered.
+    fn select(&self, tags: &BTreeMap<String, String>) -> BTreeSet<&'a str> {
+        let shortest = tags
+            .iter()
+            .map(|(k, v)| self.by_tag.get(&(k.as_str(), v.as_str())))
+            .min_by_key(|l| l.map_or(0, Vec::len));
+        let Some(Some(list)) = shortest else {
+            return BTreeSet::new();
+        };
+        list.iter()
+            .filter(|f| tags.iter().all(|(k, v)| f.tags.get(k) == Some(v)))
+            .map(|f| f.id.as_str())
+            .collect()
+    }
+}
+
 /// The selector of a cluster: the fewest common tags (in order of preference) that
 /// select exactly its functions among every function observed; else their names.
-fn selector(inv: &Inventory, fs: &[&Function]) -> (BTreeMap<String, String>, Vec<String>) {
+fn selector(index: &TagIndex<'_>, fs: &[&Function]) -> (BTreeMap<String, String>, Vec<String>) {
     let first = &fs[0].tags;
     let mut common: Vec<(&String, &String)> = first
         .iter()
@@ -723,13 +747,7 @@ fn selector(inv: &Inventory, fs: &[&Function]) -> (BTreeMap<String, String>, Vec
     let mut chosen: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in common {
         chosen.insert(k.clone(), v.clone());
-        let selected: BTreeSet<&str> = inv
-            .functions
-            .iter()
-            .filter(|f| chosen.iter().all(|(k, v)| f.tags.get(k) == Some(v)))
-            .map(|f| f.id.as_str())
-            .collect();
-        if selected == members {
+        if index.select(&chosen) == members {
             return (chosen, Vec::new());
         }
     }
@@ -1002,6 +1020,26 @@ fn write_rules(
         }
     }
     p.inexpressible = inexpressible;
+}
+
+/// The groups whose other users adoption needs ([`Provider::read_attachments`]): every
+/// group a function of `inv` holds by id, sorted.
+///
+/// [`Provider::read_attachments`]: palisade_providers::Provider::read_attachments
+pub fn groups_to_read(inv: &Inventory) -> Vec<String> {
+    let mut g: Vec<String> = inv
+        .functions
+        .iter()
+        .filter_map(|f| f.placement.as_ref())
+        .flat_map(|p| &p.groups)
+        .filter_map(|g| match g {
+            GroupRef::Id(id) => Some(id.clone()),
+            GroupRef::Managed(_) => None,
+        })
+        .collect();
+    g.sort();
+    g.dedup();
+    g
 }
 
 /// What `--verify` found: the plan of the generated policies against the observation

@@ -79,21 +79,7 @@ pub(crate) fn run(args: AdoptArgs) -> Result<ExitCode> {
     let rt = runtime()?;
     let mut inv = rt.block_on(provider.observe(&t, &own))?;
     // What else uses the groups of the functions in scope (AWS: one paged read).
-    let groups: Vec<String> = {
-        let mut g: Vec<String> = inv
-            .functions
-            .iter()
-            .filter_map(|f| f.placement.as_ref())
-            .flat_map(|p| &p.groups)
-            .filter_map(|g| match g {
-                palisade_providers::GroupRef::Id(id) => Some(id.clone()),
-                palisade_providers::GroupRef::Managed(_) => None,
-            })
-            .collect();
-        g.sort();
-        g.dedup();
-        g
-    };
+    let groups = adopt::groups_to_read(&inv);
     if !groups.is_empty() {
         rt.block_on(provider.read_attachments(&t, &mut inv, &groups))?;
     }
