@@ -890,6 +890,9 @@ mod tests {
             "Guardrail",
             "PortSpec",
             "serviceTag",
+            "managedGroup",
+            "defaultDeny",
+            "frontDoor",
         ] {
             assert!(s.contains(k), "schema lacks {k}");
         }
