@@ -1055,6 +1055,10 @@ pub struct Verification {
     /// Groups an enforce-mode policy takes over (records and tags): the one write an
     /// adopted policy makes, not a difference.
     pub takes_over: Vec<String>,
+    /// What Palisade already manages in the target (created for another repository's
+    /// policies): not described by the generated policies, so a controller pointed at
+    /// them alone with prune on would delete it. Listed, not counted.
+    pub already_managed: Vec<String>,
 }
 
 /// Plan `generated` (the written repository, loaded back) against `inv`, the very
@@ -1072,6 +1076,7 @@ pub fn verify(
             empty: false,
             differences: vec![format!("the generated repository has no target {target}")],
             takes_over: Vec::new(),
+            already_managed: Vec::new(),
         };
     };
     let mut ownership = palisade_providers::Ownership::unverified(target);
@@ -1080,7 +1085,14 @@ pub fn verify(
     ownership.apply_declared(&mut inv);
     let mut differences = Vec::new();
     let mut takes_over = Vec::new();
-    match crate::planning::plan_with(generated, doc, inv, None, settings, None) {
+    let mut already_managed = Vec::new();
+    // What Palisade already manages in the target is not what adopt describes: planned
+    // without pruning, it shows as `orphaned` (listed apart), never as a deletion.
+    let settings = crate::plan::Settings {
+        prune: false,
+        ..settings.clone()
+    };
+    match crate::planning::plan_with(generated, doc, inv, None, &settings, None) {
         Err(crate::planning::PlanError::Invalid(diags)) => {
             differences.extend(
                 diags
@@ -1113,6 +1125,12 @@ pub fn verify(
             if let Some(r) = &plan.refusal {
                 differences.push(format!("refused: {}", r.reason));
             }
+            already_managed.extend(
+                plan.findings
+                    .iter()
+                    .filter(|f| f.kind == F::Orphaned)
+                    .map(|f| format!("{}: {}", f.resource, f.message)),
+            );
             differences.extend(
                 plan.findings
                     .iter()
@@ -1127,6 +1145,7 @@ pub fn verify(
         empty: differences.is_empty(),
         differences,
         takes_over,
+        already_managed,
     }
 }
 

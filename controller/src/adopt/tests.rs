@@ -490,3 +490,32 @@ fn an_nsg_on_a_subnet_shared_with_apps_the_policy_does_not_select_is_not_taken()
         i.ownership
     );
 }
+
+#[test]
+fn what_palisade_already_manages_is_listed_never_planned_for_deletion() {
+    let set = repo();
+    let mut inv = estate();
+    inv.groups.push(SecurityGroup {
+        tags: palisade_providers::model::ownership_tags("elsewhere"),
+        ..group(
+            "sg-0000000e",
+            "palisade-elsewhere",
+            Vec::new(),
+            Some(Vec::new()),
+        )
+    });
+    let a = adopt(&set, &set.targets[0], &inv, &Options::default());
+    let v = verify(
+        &load(&a.files),
+        "estate",
+        &inv,
+        &crate::plan::Settings::default(),
+    );
+    assert!(v.empty, "{:?}", v.differences);
+    assert_eq!(v.already_managed.len(), 1, "{:?}", v.already_managed);
+    assert!(
+        v.already_managed[0].contains("elsewhere"),
+        "{:?}",
+        v.already_managed
+    );
+}

@@ -125,6 +125,15 @@ pub(crate) fn run(args: AdoptArgs) -> Result<ExitCode> {
                 for t in &v.takes_over {
                     println!("verify: {t}");
                 }
+                if !v.already_managed.is_empty() {
+                    println!(
+                        "verify: warning: {} resource(s) Palisade already manages in this target are not described by the written policies (a controller enforcing only these, with prune on, would delete them; merge them into the repository that declares those):",
+                        v.already_managed.len()
+                    );
+                    for m in &v.already_managed {
+                        println!("  {m}");
+                    }
+                }
                 if v.empty {
                     println!("verify: the plan of the written policies is empty (zero diff)");
                 } else {
