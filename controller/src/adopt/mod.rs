@@ -357,16 +357,12 @@ pub fn check_input(set: &PolicySet) -> Result<(), String> {
     ))
 }
 
-/// Adopt what `inv` shows of `target` (whose repository is `set`).
+/// Adopt what `inv` shows of `target`. `set` is its repository: the Target and
+/// guardrails, no FunctionPolicy ([`check_input`]); its guardrails judge the estate as
+/// found.
 pub fn adopt(set: &PolicySet, target: &TargetDoc, inv: &Inventory, opts: &Options) -> Adoption {
     let cloud = target.to_target().map_or(Cloud::Aws, |t| t.scope.cloud());
     let tname = target.name().to_string();
-    let existing = crate::compile::compile(set, target, Some(inv)).desired;
-    let governed: BTreeMap<&str, &str> = existing
-        .selected
-        .iter()
-        .flat_map(|(p, fs)| fs.iter().map(move |f| (f.as_str(), p.as_str())))
-        .collect();
     let mut left = Vec::new();
     let mut clusters: BTreeMap<Key, Vec<&Function>> = BTreeMap::new();
     let mut scope = 0;
@@ -391,10 +387,6 @@ pub fn adopt(set: &PolicySet, target: &TargetDoc, inv: &Inventory, opts: &Option
             }));
             continue;
         };
-        if let Some(policy) = governed.get(f.id.as_str()) {
-            left.push(why(format!("already selected by policy {policy}")));
-            continue;
-        }
         if let Some(GroupRef::Managed(o)) =
             p.groups.iter().find(|g| matches!(g, GroupRef::Managed(_)))
         {
@@ -623,7 +615,7 @@ pub fn adopt(set: &PolicySet, target: &TargetDoc, inv: &Inventory, opts: &Option
         _ => None,
     };
     for p in &mut outs {
-        write_rules(p, &policy_of_group, set, &managed_ids, account.as_deref());
+        write_rules(p, &policy_of_group, &managed_ids, account.as_deref());
     }
     one_sided(&mut outs);
     for p in &mut outs {
@@ -633,6 +625,8 @@ pub fn adopt(set: &PolicySet, target: &TargetDoc, inv: &Inventory, opts: &Option
     }
     let mut files = BTreeMap::new();
     files.insert("targets.yaml".to_string(), yaml::target(target));
+    // The report lists policies by name, not by the clouds' random ids.
+    outs.sort_by(|a, b| a.name.cmp(&b.name));
     let mut reports = Vec::new();
     let mut counts = Counts {
         functions_observed: inv.functions.len(),
@@ -821,7 +815,6 @@ fn one_sided(outs: &mut [PolicyOut]) {
 fn write_rules(
     p: &mut PolicyOut,
     policy_of_group: &HashMap<String, String>,
-    set: &PolicySet,
     managed_ids: &HashMap<&str, &str>,
     account: Option<&str>,
 ) {
@@ -838,15 +831,11 @@ fn write_rules(
                 return None;
             }
             Peer::Group(GroupRef::Managed(o)) => {
-                if set.policy(o).is_some() {
-                    PeerOut::Policy(o.clone())
-                } else {
-                    inexpressible.push(format!(
-                        "{r}: names Palisade's managed group of {o} ({}), which no policy in this repository declares",
-                        managed_ids.get(o.as_str()).copied().unwrap_or("unknown id")
-                    ));
-                    return None;
-                }
+                inexpressible.push(format!(
+                    "{r}: names Palisade's managed group of {o} ({}), which the repository that declares {o} governs",
+                    managed_ids.get(o.as_str()).copied().unwrap_or("unknown id")
+                ));
+                return None;
             }
             Peer::Group(GroupRef::Id(id)) => {
                 if let (Some(reference), Some(account)) = (&r.reference, account)
