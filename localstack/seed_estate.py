@@ -22,23 +22,8 @@ import io
 import json
 import zipfile
 
-import boto3
-
-REGION = "us-east-1"
-
-
-def client(service, endpoint):
-    return boto3.client(
-        service,
-        region_name=REGION,
-        endpoint_url=endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-
-
-def tag_spec(kind, **kv):
-    return [{"ResourceType": kind, "Tags": [{"Key": k, "Value": v} for k, v in kv.items()]}]
+# The same boto3 client and tag helpers as the example estate's seed.
+from seed_aws import REGION, client, tag_spec
 
 
 def main():

@@ -817,11 +817,6 @@ impl Ownership {
         self.declared.insert(id.to_ascii_lowercase(), d);
     }
 
-    /// Whether a policy names the group `id` as its managed group.
-    pub fn is_declared(&self, id: &str) -> bool {
-        self.declared.contains_key(&id.to_ascii_lowercase())
-    }
-
     /// Groups about to be taken over (declared by an enforce-mode policy, not yet
     /// recorded): the ones whose other users ([`SecurityGroup::attached`]) a provider
     /// must read before [`Ownership::apply_declared`]. Lower-cased ids.
