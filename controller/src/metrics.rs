@@ -106,6 +106,19 @@ pub struct Metrics {
     pub notifications_dead_lettered: Family<SinkL, Counter>,
     /// History events not yet delivered (or skipped by the sink's routing), per sink.
     pub notifications_backlog: Family<SinkL, Gauge>,
+    /// Change-event messages received from the queues.
+    pub events_received: Counter,
+    /// Change events routed, per target.
+    pub events_matched: Family<TargetL, Counter>,
+    /// Change-event messages dropped, by reason.
+    pub events_dropped: Family<ReasonL, Counter>,
+    /// Change-event messages deleted from their queue.
+    pub events_deleted: Counter,
+    /// Receives from a change-event queue that failed.
+    pub events_receive_errors: Counter,
+    /// From the queue's receipt of a change event to the end of the recorded reconcile
+    /// that consumed it.
+    pub event_lag: Histogram,
     seen_calls: Mutex<BTreeMap<(String, String, String), u64>>,
 }
 
@@ -148,9 +161,45 @@ impl Metrics {
             notifications_failed: Family::default(),
             notifications_dead_lettered: Family::default(),
             notifications_backlog: Family::default(),
+            events_received: Counter::default(),
+            events_matched: Family::default(),
+            events_dropped: Family::default(),
+            events_deleted: Counter::default(),
+            events_receive_errors: Counter::default(),
+            event_lag: Histogram::new(exponential_buckets(0.05, 2.0, 14)),
             seen_calls: Mutex::new(BTreeMap::new()),
             registry: Registry::default(),
         };
+        registry.register(
+            "events_received",
+            "Change-event messages received from the queues (--aws-events-queue)",
+            m.events_received.clone(),
+        );
+        registry.register(
+            "events_matched",
+            "Change events routed to a target, which then reconciles (coalesced)",
+            m.events_matched.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Change-event messages dropped, by reason (malformed, irrelevant, foreign, own, unrelated, no-revision, inbox-full)",
+            m.events_dropped.clone(),
+        );
+        registry.register(
+            "events_deleted",
+            "Change-event messages deleted from their queue (after the reconcile that consumed them was recorded, or when dropped)",
+            m.events_deleted.clone(),
+        );
+        registry.register(
+            "events_receive_errors",
+            "Receives from a change-event queue that failed (retried with backoff; the resync goes on)",
+            m.events_receive_errors.clone(),
+        );
+        registry.register(
+            "event_reconcile_lag_seconds",
+            "From the queue's receipt of a change event to the end of the recorded reconcile that consumed it",
+            m.event_lag.clone(),
+        );
         registry.register(
             "reconcile_duration_seconds",
             "Duration of one reconcile (observe, plan, apply) of a target",

@@ -582,3 +582,142 @@ mod tests {
         assert!(fake.apply(&target(), &create("a")).await.is_ok());
     }
 }
+
+/// An in-memory [`crate::events::EventQueue`] with SQS's delivery semantics: a received
+/// message is hidden for the visibility timeout and comes back unless deleted with the
+/// receipt of its latest delivery. Bodies are read as the AWS queue reads them
+/// ([`crate::events::parse_cloudtrail`]).
+#[derive(Debug)]
+pub struct FakeQueue {
+    state: Mutex<FakeQueueState>,
+    visibility: std::time::Duration,
+    arrived: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct FakeQueueState {
+    /// (message, receipt of its latest delivery, hidden until).
+    messages: Vec<(crate::events::QueueMessage, tokio::time::Instant)>,
+    next: u64,
+    deleted: u64,
+    receives: u64,
+}
+
+impl FakeQueue {
+    /// An empty queue whose deliveries stay hidden for `visibility`.
+    pub fn new(visibility: std::time::Duration) -> FakeQueue {
+        FakeQueue {
+            state: Mutex::default(),
+            visibility,
+            arrived: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FakeQueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Send `body`; returns its message id.
+    pub fn send(&self, body: &str, sent_ms: i64) -> String {
+        let mut s = self.lock();
+        s.next += 1;
+        let id = format!("m-{}", s.next);
+        s.messages.push((
+            crate::events::QueueMessage {
+                id: id.clone(),
+                receipt: String::new(),
+                body: body.to_string(),
+                sent_ms: Some(sent_ms),
+            },
+            tokio::time::Instant::now(),
+        ));
+        drop(s);
+        self.arrived.notify_waiters();
+        id
+    }
+
+    /// Messages not deleted (visible or not).
+    pub fn len(&self) -> usize {
+        self.lock().messages.len()
+    }
+
+    /// Whether every message was deleted.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Messages deleted so far.
+    pub fn deleted(&self) -> u64 {
+        self.lock().deleted
+    }
+
+    /// Receives answered so far.
+    pub fn receives(&self) -> u64 {
+        self.lock().receives
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::events::EventQueue for FakeQueue {
+    fn name(&self) -> &str {
+        "fake-queue"
+    }
+
+    async fn receive(
+        &self,
+        wait: std::time::Duration,
+    ) -> Result<Vec<crate::events::QueueMessage>, ProviderError> {
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            let arrived = self.arrived.notified();
+            {
+                let now = tokio::time::Instant::now();
+                let mut s = self.lock();
+                let mut out = Vec::new();
+                let FakeQueueState { messages, next, .. } = &mut *s;
+                for (m, hidden) in messages.iter_mut() {
+                    if out.len() == 10 {
+                        break;
+                    }
+                    if *hidden <= now {
+                        *next += 1;
+                        m.receipt = format!("r-{next}");
+                        *hidden = now + self.visibility;
+                        out.push(m.clone());
+                    }
+                }
+                if !out.is_empty() || now >= until {
+                    s.receives += 1;
+                    return Ok(out);
+                }
+            }
+            // Wake on a new message, or when the first hidden one comes back.
+            let _ = tokio::time::timeout_at(
+                until.min(tokio::time::Instant::now() + std::time::Duration::from_millis(50)),
+                arrived,
+            )
+            .await;
+        }
+    }
+
+    async fn delete(&self, messages: &[(String, String)]) -> Result<usize, ProviderError> {
+        let mut s = self.lock();
+        for (id, receipt) in messages {
+            match s.messages.iter().position(|(m, _)| &m.id == id) {
+                Some(i) if &s.messages[i].0.receipt == receipt => {
+                    s.messages.remove(i);
+                    s.deleted += 1;
+                }
+                // SQS: an older receipt "succeeds" but may leave the message; a gone
+                // message is no error.
+                Some(_) => {}
+                None => {}
+            }
+        }
+        Ok(0)
+    }
+
+    fn parse(&self, body: &str) -> Result<crate::events::ChangeEvent, crate::events::Unusable> {
+        crate::events::parse_cloudtrail(body)
+    }
+}

@@ -5,6 +5,7 @@
 //! that the engine builds and tests without any cloud SDK; the in-memory
 //! [`fake::FakeProvider`] (feature `test-util`) is for tests and benchmarks only.
 
+pub mod events;
 pub mod model;
 mod provider;
 

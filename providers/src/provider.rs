@@ -481,6 +481,29 @@ pub trait Provider: Send + Sync {
     /// retried as a whole.
     async fn apply(&self, target: &Target, change: &Change) -> Result<Outcome, ProviderError>;
 
+    /// The queue of cloud change events at `url` (AWS: an SQS queue fed by EventBridge),
+    /// read with this provider's credentials and counted in its API calls.
+    ///
+    /// # Errors
+    /// This cloud has no such queue, or the URL is not one.
+    async fn event_queue(
+        &self,
+        url: &str,
+    ) -> Result<std::sync::Arc<dyn crate::events::EventQueue>, ProviderError> {
+        Err(ProviderError::refused(
+            RefusalKind::Unsupported,
+            "events",
+            format!("this provider reads no event queue ({url})"),
+        ))
+    }
+
+    /// Whether `event` is one of Palisade's own writes in `target`: a request id the
+    /// cloud answered one of its writes with, or its own verified principal. Such
+    /// events are dropped, never drift.
+    async fn is_own_change(&self, _target: &Target, _event: &crate::events::ChangeEvent) -> bool {
+        false
+    }
+
     /// Every cloud API call made so far, by service, operation and outcome. Providers
     /// that do not count return nothing.
     fn api_calls(&self) -> Vec<ApiCallCount> {

@@ -62,6 +62,8 @@ pub enum Trigger {
     Resync,
     /// A retry after a failed reconcile (with backoff).
     Retry,
+    /// A cloud change event (EventBridge → SQS) named the target.
+    Event,
 }
 
 impl Trigger {
@@ -74,6 +76,7 @@ impl Trigger {
             Trigger::Revision => "revision",
             Trigger::Resync => "resync",
             Trigger::Retry => "retry",
+            Trigger::Event => "event",
         }
     }
 }

@@ -113,9 +113,9 @@ pub(super) fn write_evidence(
     error: Option<&str>,
     trigger: Trigger,
     mut evidence: Evidence,
-) {
+) -> bool {
     if shared.history.is_none() {
-        return;
+        return true;
     }
     let at = shared.clock.now_ms();
     evidence.events.push((
@@ -182,8 +182,8 @@ pub(super) fn write_evidence(
         shared.write_history(
             super::Unwritten::Reconcile(Box::new(report), evidence.events),
             &what,
-        );
+        )
     } else {
-        shared.write_history(super::Unwritten::Events(evidence.events), &what);
+        shared.write_history(super::Unwritten::Events(evidence.events), &what)
     }
 }

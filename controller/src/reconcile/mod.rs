@@ -18,6 +18,7 @@
 //! reconcile of one target and what it records; `status` what the status endpoints
 //! show; `evidence` what a reconcile writes to the history.
 
+mod events;
 mod evidence;
 mod status;
 mod target;
@@ -34,6 +35,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use events::{INBOX_MAX, QueueStatus};
 pub use status::{ReconcileRecord, ReconcileResult, Rejection, Status, TargetStatus, Trigger};
 pub use target::{ReconcileError, Reconciled, TargetState, reconcile_once};
 
@@ -86,6 +88,10 @@ pub struct RunSettings {
     /// The history store was opened read-only at start-up: its record is read, nothing
     /// can be written to it, so failed writes are counted but not kept for a retry.
     pub history_read_only: bool,
+    /// A target woken by a change event reconciles no sooner than this after its
+    /// previous reconcile started: an event storm costs at most one observation per
+    /// interval (what arrives meanwhile is coalesced).
+    pub event_min_interval: Duration,
 }
 
 impl Default for RunSettings {
@@ -106,6 +112,7 @@ impl Default for RunSettings {
             history_retention: None,
             observe_only: None,
             history_read_only: false,
+            event_min_interval: Duration::from_secs(1),
         }
     }
 }
@@ -167,6 +174,10 @@ pub struct Shared {
     /// Writes that failed, oldest first, written before anything else by the next write
     /// (at most [`UNWRITTEN_MAX`] events; beyond that the oldest are dropped and counted).
     unwritten: std::sync::Mutex<std::collections::VecDeque<Unwritten>>,
+    /// Each target's inbox of change events (see `events`).
+    inboxes: std::sync::Mutex<std::collections::HashMap<String, Arc<events::Inbox>>>,
+    /// The change-event queues `run` reads.
+    queues: std::sync::Mutex<Vec<Arc<dyn palisade_providers::events::EventQueue>>>,
 }
 
 /// A history write that failed, kept to be written again.
@@ -250,7 +261,27 @@ impl Shared {
             heartbeat: AtomicU64::new(now()),
             fetch_running_since: Arc::new(AtomicU64::new(0)),
             unwritten: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            inboxes: Default::default(),
+            queues: Default::default(),
         })
+    }
+
+    /// Read change events from `queue` once [`run`] starts (`--aws-events-queue`).
+    pub fn add_event_queue(&self, queue: Arc<dyn palisade_providers::events::EventQueue>) {
+        self.queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(queue);
+    }
+
+    /// The inbox of `target`'s change events.
+    pub(crate) fn inbox(&self, target: &str) -> Arc<events::Inbox> {
+        self.inboxes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(target.to_string())
+            .or_default()
+            .clone()
     }
 
     /// A snapshot of the status, with readiness computed.
@@ -329,14 +360,17 @@ impl Shared {
     /// could not (so the log stays in time order and a reconcile's report and finding
     /// transitions are recorded as they would have been). When it fails, `w` is kept for
     /// the next write; the failure is counted and shown either way.
-    pub(crate) fn write_history(&self, w: Unwritten, what: &str) {
-        let Some(h) = &self.history else { return };
+    /// Whether `w` is in the history now (true without a store: there is nothing to
+    /// record it in).
+    pub(crate) fn write_history(&self, w: Unwritten, what: &str) -> bool {
+        let Some(h) = &self.history else { return true };
         if self.settings.history_read_only {
             let written = w.write(h);
+            let ok = written.is_ok();
             self.history_written(written.map_err(|e| {
                 format!("{what}: {e} (the history was opened read-only at start-up: this evidence is not recorded)")
             }));
-            return;
+            return ok;
         }
         let mut backlog = self.unwritten.lock().unwrap_or_else(|e| e.into_inner());
         backlog.push_back(w);
@@ -362,7 +396,10 @@ impl Shared {
             );
         }
         match failure {
-            None => self.history_written(Ok(())),
+            None => {
+                self.history_written(Ok(()));
+                true
+            }
             Some(e) => {
                 let mut events: usize = backlog.iter().map(Unwritten::len).sum();
                 while events > UNWRITTEN_MAX
@@ -374,6 +411,7 @@ impl Shared {
                 self.history_written(Err(format!(
                     "{what}: {e} ({events} events kept in memory for a retry)"
                 )));
+                false
             }
         }
     }
@@ -574,6 +612,14 @@ async fn retention(shared: Arc<Shared>, keep: Duration) {
 pub async fn run(shared: Arc<Shared>, source: GitSource, grace: Duration) {
     if let Some(keep) = shared.settings.history_retention {
         tokio::spawn(retention(shared.clone(), keep));
+    }
+    let queues = shared
+        .queues
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    for queue in queues {
+        tokio::spawn(events::pump(shared.clone(), queue));
     }
     let source = Arc::new(source);
     let mut fetch_rx = shared.fetch_kick.subscribe();

@@ -101,6 +101,9 @@ pub struct Status {
     /// Notification sinks by name: last delivery, last error, backlog.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub notifications: BTreeMap<String, crate::notify::SinkStatus>,
+    /// Change-event queues by URL: messages received, last receive, last error.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub event_queues: BTreeMap<String, super::events::QueueStatus>,
     /// The newest events of the history (newest first), read from the store.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub recent_events: Vec<crate::history::Event>,

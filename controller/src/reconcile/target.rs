@@ -100,11 +100,33 @@ fn drift_cloud_id(change: &Change, inventory: &palisade_providers::Inventory) ->
 /// drift not found is kept in `pending` and asked about again (with backoff) until
 /// [`ATTRIBUTION_GIVE_UP_MS`]; never guessed. Runs after the reconcile, so that no revert
 /// waits for the audit log.
+/// Give every drift event of `resource` in this reconcile its actor; how many.
+fn set_actor(
+    evidence: &mut Evidence,
+    resource: &crate::addr::ResourceAddr,
+    actor: &palisade_providers::Actor,
+) -> usize {
+    let mut n = 0;
+    for (i, _, r) in &evidence.drift {
+        if r != resource {
+            continue;
+        }
+        if let Some((_, ev)) = evidence.events.get_mut(*i)
+            && let crate::history::Body::Typed(EventData::DriftDetected(d)) = &mut ev.body
+        {
+            d.actor = Some(Box::new(actor.clone()));
+            n += 1;
+        }
+    }
+    n
+}
+
 async fn attribute(
     shared: &Shared,
     name: &str,
     enforced: &Enforced,
     pending: &mut Vec<PendingAttribution>,
+    pushed: &[super::events::Delivery],
     evidence: &mut Evidence,
 ) {
     let now = evidence.observed_at;
@@ -158,9 +180,21 @@ async fn attribute(
         .collect();
     // Several drifts of one resource (a rule removed and another added) are one query.
     let mut fresh = fresh;
+    let mut found_now = 0;
     {
         let mut seen = std::collections::HashSet::new();
         fresh.retain(|(_, q, _)| seen.insert(q.resource.to_ascii_lowercase()));
+        // A change event of this reconcile that names the resource says who: the audit
+        // log is not asked.
+        fresh.retain(
+            |(_, q, resource)| match super::events::pushed_actor(pushed, &q.resource) {
+                Some(a) => {
+                    found_now += set_actor(evidence, resource, &a);
+                    false
+                }
+                None => true,
+            },
+        );
         fresh.truncate(ATTRIBUTION_QUERIES_MAX);
     }
     let due: Vec<usize> = (0..pending.len())
@@ -172,7 +206,6 @@ async fn attribute(
         .map(|(_, q, _)| q.clone())
         .chain(due.iter().map(|&i| pending[i].query.clone()))
         .collect();
-    let mut found_now = 0;
     let mut found_later = 0;
     if !queries.is_empty() {
         let answer =
@@ -198,21 +231,8 @@ async fn attribute(
         let (now_answers, later) = actors.split_at(fresh.len());
         for ((_, q, resource), actor) in fresh.iter().zip(now_answers) {
             match actor {
-                Some(a) => {
-                    // Every drift event of this resource in this reconcile.
-                    for (i, _, r) in &evidence.drift {
-                        if r != resource {
-                            continue;
-                        }
-                        if let Some((_, ev)) = evidence.events.get_mut(*i)
-                            && let crate::history::Body::Typed(EventData::DriftDetected(d)) =
-                                &mut ev.body
-                        {
-                            d.actor = Some(Box::new(a.clone()));
-                            found_now += 1;
-                        }
-                    }
-                }
+                // Every drift event of this resource in this reconcile.
+                Some(a) => found_now += set_actor(evidence, resource, a),
                 None => pending.push(PendingAttribution {
                     query: q.clone(),
                     resource: resource.clone(),
@@ -334,6 +354,9 @@ pub async fn reconcile_once(
         })
         .inc();
     let started = Instant::now();
+    // The change events that woke (or wait for) this target: consumed by this
+    // reconcile, whose observation starts after they arrived.
+    let deliveries = shared.inbox(target).take();
     let mut evidence = Evidence::default();
     // The deadline stops the reconcile between changes (observing and planning are cut
     // at it; the apply starts no change past it). The outer timeout, at twice the
@@ -350,6 +373,7 @@ pub async fn reconcile_once(
         target,
         enforced,
         &mut state.pending_attributions,
+        &deliveries,
         &mut evidence,
     )
     .await;
@@ -392,7 +416,7 @@ pub async fn reconcile_once(
             tracing::warn!(target = %target, trigger = trigger.as_str(), result = label, error = %e, "reconcile failed; retrying with backoff")
         }
     }
-    write_evidence(
+    let committed = write_evidence(
         shared,
         target,
         &enforced.revision,
@@ -401,6 +425,9 @@ pub async fn reconcile_once(
         trigger,
         evidence,
     );
+    // The events are deleted from their queue only now that their reconcile is
+    // recorded; otherwise they come back after the queue's visibility timeout.
+    super::events::settle(shared, deliveries, committed).await;
     let now = (shared.clock.now_ms() / 1000) as u64;
     let record = ReconcileRecord {
         at: now,
@@ -512,6 +539,7 @@ async fn reconcile(
     };
 
     evidence.observed = true;
+    shared.inbox(name).set_known(&planned.inventory);
     evidence.resources = managed_resources(&planned.desired);
     // Drift: count it, ask the cloud's audit log who made it; stop reverting what keeps
     // coming back.

@@ -1,5 +1,6 @@
 //! Scheduling and error policy of one target's worker: what wakes a reconcile (a new
-//! revision, the jittered resync, a webhook kick, a retry), the backoff after a failure
+//! revision, the jittered resync, a webhook kick, a change event, a retry), the backoff
+//! after a failure
 //! (exponential with jitter, from `--retry-min` to `--retry-max`), the bounded
 //! concurrency across targets, and the end of the worker when the target leaves the
 //! source or the controller shuts down. What one reconcile does is in `target`.
@@ -32,6 +33,8 @@ fn retry_backoff(shared: &Shared) -> impl Iterator<Item = Duration> {
 pub(super) async fn worker(shared: Arc<Shared>, target: String, semaphore: Arc<Semaphore>) {
     let mut enforced_rx = shared.enforced.subscribe();
     let mut kick_rx = shared.reconcile_kick.subscribe();
+    let inbox = shared.inbox(&target);
+    let mut last_started: Option<tokio::time::Instant> = None;
     let mut state = TargetState::default();
     let mut backoff = None;
     let mut delay = Duration::ZERO;
@@ -52,11 +55,25 @@ pub(super) async fn worker(shared: Arc<Shared>, target: String, semaphore: Arc<S
                     // Webhook kicks come at most once per --webhook-min-interval (the
                     // source loop spaces them); a failing target keeps its backoff.
                     _ = kick_rx.changed() => if backoff.is_none() { break Some(Trigger::Webhook) },
+                    // A change event: what it names may have drifted. A failing target
+                    // keeps its backoff; its retry consumes the events.
+                    _ = inbox.notify.notified() => if backoff.is_none() && inbox.has_pending() { break Some(Trigger::Event) },
                     _ = tokio::time::sleep_until(due) => break Some(timer),
                 }
             };
             let Some(woke) = woke else { break };
             trigger = woke;
+            if trigger == Trigger::Event
+                && let Some(last) = last_started
+            {
+                // At most one event-driven observation per interval; what arrives
+                // meanwhile joins this reconcile.
+                let ready = last + shared.settings.event_min_interval;
+                tokio::select! {
+                    _ = shared.cancel.cancelled() => break,
+                    _ = tokio::time::sleep_until(ready) => {}
+                }
+            }
         }
         if shared.cancel.is_cancelled() {
             break;
@@ -85,6 +102,7 @@ pub(super) async fn worker(shared: Arc<Shared>, target: String, semaphore: Arc<S
         let Ok(_permit) = semaphore.acquire().await else {
             break;
         };
+        last_started = Some(tokio::time::Instant::now());
         let record = reconcile_once(&shared, &target, &enforced, trigger, &mut state).await;
         if record.error.is_none() {
             backoff = None;

@@ -8,88 +8,36 @@ use aws_sdk_cloudtrail::types::{LookupAttribute, LookupAttributeKey};
 use serde_json::Value;
 
 use super::*;
-use crate::model::{Actor, ActorKind, AttributionQuery, audit_text};
+pub use crate::events::actor_of;
+use crate::model::{Actor, AttributionQuery};
 use crate::provider::OwnRequests;
 
 /// Most pages of one lookup (50 events each).
 const MAX_PAGES: usize = 2;
 
-fn text(v: &Value) -> Option<String> {
-    v.as_str().map(audit_text).filter(|s| !s.trim().is_empty())
-}
-
-/// The normalised actor of a CloudTrail event (`userIdentity`, `sourceIPAddress`,
-/// `userAgent`, `eventID`, `eventTime`, `eventName`).
-pub fn actor_of(e: &Value) -> Option<Actor> {
-    let who = &e["userIdentity"];
-    let arn = text(&who["arn"]);
-    let invoked_by = text(&who["invokedBy"]);
-    let (kind, id, name, issuer) = match who["type"].as_str().unwrap_or_default() {
-        "IAMUser" => (ActorKind::User, arn.clone()?, text(&who["userName"]), None),
-        "Root" => (ActorKind::User, arn.clone()?, Some("root".into()), None),
-        "AssumedRole" => {
-            let session = arn
-                .as_deref()
-                .and_then(|a| a.rsplit('/').next())
-                .map(audit_text);
-            (
-                ActorKind::AssumedRole,
-                arn.clone()?,
-                session,
-                text(&who["sessionContext"]["sessionIssuer"]["arn"]),
-            )
-        }
-        "FederatedUser" | "SAMLUser" | "WebIdentityUser" | "IdentityCenterUser" => (
-            ActorKind::Federated,
-            arn.clone()
-                .or_else(|| text(&who["principalId"]))
-                .or_else(|| text(&who["userName"]))?,
-            text(&who["userName"]),
-            text(&who["sessionContext"]["sessionIssuer"]["arn"]),
-        ),
-        "AWSService" => (ActorKind::Service, invoked_by.clone()?, None, None),
-        _ => (
-            ActorKind::Unknown,
-            arn.clone()
-                .or_else(|| text(&who["principalId"]))
-                .or_else(|| text(&who["accountId"]))?,
-            None,
-            None,
-        ),
-    };
-    Some(Actor {
-        kind,
-        id,
-        name,
-        issuer,
-        source_ip: text(&e["sourceIPAddress"]),
-        user_agent: text(&e["userAgent"]),
-        // A service acting with the principal's credentials (CloudFormation).
-        invoked_by,
-        event_id: text(&e["eventID"]),
-        event_time: text(&e["eventTime"]),
-        correlation_id: text(&e["requestID"]),
-        operation: text(&e["eventName"]),
-    })
-}
-
-/// Whether `e` was made by Palisade's own principal: the caller identity it verified
-/// (`me`), or, for an assumed role, a session of the same role (whoever assumes
-/// Palisade's role is Palisade).
-fn by_palisade(e: &Value, me: Option<&str>) -> bool {
-    let Some(me) = me else { return false };
-    let who = &e["userIdentity"];
+/// Whether a principal (`arn`, and for an assumed role the `issuer` of its session) is
+/// Palisade's own: the caller identity it verified (`me`), or, for an assumed role, a
+/// session of the same role (whoever assumes Palisade's role is Palisade).
+pub fn same_principal(arn: Option<&str>, issuer: Option<&str>, me: &str) -> bool {
     let role_of = |arn: &str| -> Option<String> {
         let rest = arn.split(":assumed-role/").nth(1)?;
         Some(rest.split('/').next()?.to_string())
     };
-    match (
-        role_of(me),
-        who["sessionContext"]["sessionIssuer"]["arn"].as_str(),
-    ) {
+    match (role_of(me), issuer) {
         (Some(role), Some(issuer)) => issuer.rsplit('/').next() == Some(role.as_str()),
-        _ => who["arn"].as_str() == Some(me),
+        _ => arn == Some(me),
     }
+}
+
+/// Whether `e` was made by Palisade's own principal `me` (see [`same_principal`]).
+fn by_palisade(e: &Value, me: Option<&str>) -> bool {
+    let Some(me) = me else { return false };
+    let who = &e["userIdentity"];
+    same_principal(
+        who["arn"].as_str(),
+        who["sessionContext"]["sessionIssuer"]["arn"].as_str(),
+        me,
+    )
 }
 
 /// The newest successful write among `events` that Palisade did not make: not one of
@@ -250,6 +198,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::model::ActorKind;
 
     #[test]
     fn identities_are_normalised_from_real_shapes() {

@@ -40,11 +40,13 @@ pub enum Family {
     Sts,
     /// CloudTrail `LookupEvents` (2 per second per account and region, AWS's limit).
     CloudTrail,
+    /// SQS: the change-event queue (long polls and deletes).
+    Sqs,
 }
 
 impl Family {
     /// Every family, in display order.
-    pub const ALL: [Family; 7] = [
+    pub const ALL: [Family; 8] = [
         Family::Ec2Read,
         Family::Ec2Write,
         Family::LambdaRead,
@@ -52,6 +54,7 @@ impl Family {
         Family::Tagging,
         Family::Sts,
         Family::CloudTrail,
+        Family::Sqs,
     ];
 
     /// The name used in settings (`ec2-read=20/50`).
@@ -64,6 +67,7 @@ impl Family {
             Family::Tagging => "tagging",
             Family::Sts => "sts",
             Family::CloudTrail => "cloudtrail",
+            Family::Sqs => "sqs",
         }
     }
 }
@@ -93,6 +97,7 @@ impl Default for RateLimits {
             (Family::Tagging, r(5.0, 10)),
             (Family::Sts, r(2.0, 5)),
             (Family::CloudTrail, r(2.0, 2)),
+            (Family::Sqs, r(20.0, 20)),
         ]))
     }
 }

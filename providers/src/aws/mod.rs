@@ -17,6 +17,7 @@
 mod apply;
 pub mod attribute;
 pub mod call;
+pub mod events;
 mod observe;
 pub mod translate;
 
@@ -186,7 +187,7 @@ impl Session {
 #[derive(Debug)]
 pub struct AwsProvider {
     settings: AwsSettings,
-    budget: Budget,
+    budget: Arc<Budget>,
     sessions: tokio::sync::Mutex<HashMap<String, Arc<Session>>>,
     /// Request ids of Palisade's own writes: never taken for someone else's drift.
     own: Mutex<crate::provider::OwnRequests>,
@@ -196,11 +197,11 @@ impl AwsProvider {
     /// A provider that builds each target's clients from the environment on first use.
     pub fn new(settings: AwsSettings) -> AwsProvider {
         AwsProvider {
-            budget: Budget::new(
+            budget: Arc::new(Budget::new(
                 settings.rates.clone(),
                 settings.max_attempts,
                 settings.retry_delay,
-            ),
+            )),
             settings,
             sessions: tokio::sync::Mutex::new(HashMap::new()),
             own: Mutex::default(),
@@ -335,6 +336,39 @@ impl Provider for AwsProvider {
     ) -> Result<Vec<Option<crate::model::Actor>>, ProviderError> {
         let s = self.session(target).await?;
         self.attribute_with(&s, queries).await
+    }
+
+    async fn event_queue(
+        &self,
+        url: &str,
+    ) -> Result<Arc<dyn crate::events::EventQueue>, ProviderError> {
+        Ok(Arc::new(
+            events::SqsQueue::from_env(url, self.budget.clone()).await?,
+        ))
+    }
+
+    async fn is_own_change(&self, target: &Target, event: &crate::events::ChangeEvent) -> bool {
+        let by_request = event.request_id.as_deref().is_some_and(|id| {
+            self.own
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(id)
+        });
+        if by_request {
+            return true;
+        }
+        let caller = self
+            .sessions
+            .lock()
+            .await
+            .get(&target.name)
+            .and_then(|s| s.caller.clone());
+        match (caller, &event.actor) {
+            (Some(me), Some(a)) => {
+                attribute::same_principal(Some(&a.id), a.issuer.as_deref(), &me)
+            }
+            _ => false,
+        }
     }
 
     fn api_calls(&self) -> Vec<ApiCallCount> {

@@ -1,0 +1,362 @@
+//! Cloud change events into the loop: one pump per queue (`--aws-events-queue`) long-polls
+//! it, reads each message ([`palisade_providers::events`]), and routes it to the inbox of
+//! every target it concerns; the target's worker wakes (`Trigger::Event`) and reconciles
+//! the whole target (level-triggered: the event only says *when*, never *what*). What
+//! arrives while a reconcile runs is coalesced into the next one. A message is deleted
+//! only once the reconcile that consumed it has recorded its evidence: a reconcile whose
+//! evidence could not be written leaves its messages to come back after the queue's
+//! visibility timeout. The periodic resync stays the safety net.
+//!
+//! A message is dropped (deleted, counted by reason, never fatal) when it is malformed
+//! or not a change Palisade manages (`malformed`, `irrelevant`), when no target of the
+//! enforced revision is in its account and region (`foreign`), when it is Palisade's own
+//! write (`own`: by the request id the cloud answered, or its verified principal), when
+//! it names nothing the target's last observation knew and cannot bring in anything new
+//! (`unrelated`), or when no revision is enforced yet (`no-revision`: the first
+//! reconcile observes everything anyway).
+//!
+//! The events also say who made a change: a drift whose resource an event of the
+//! reconcile names takes that event's actor, without asking the audit log.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use palisade_providers::events::{ChangeEvent, EventQueue, QueueMessage};
+use palisade_providers::{Actor, Cloud, Inventory, TargetScope};
+use serde::Serialize;
+
+use super::Shared;
+use crate::metrics::{ReasonL, TargetL};
+
+/// Most deliveries waiting in one target's inbox; beyond, a message is left in the
+/// queue (not deleted) and comes back.
+pub const INBOX_MAX: usize = 10_000;
+/// Longest long poll (SQS's maximum).
+const RECEIVE_WAIT: Duration = Duration::from_secs(20);
+
+/// What a queue shows in `/api/status`.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueStatus {
+    /// Messages received.
+    pub received: u64,
+    /// When a receive last succeeded (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_receive_at: Option<u64>,
+    /// The last receive or delete error, cleared by the next success.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// One message, owed a delete once every target it was routed to has recorded the
+/// reconcile that consumed it.
+#[derive(Debug)]
+pub(crate) struct Ack {
+    queue: Arc<dyn EventQueue>,
+    id: String,
+    receipt: String,
+    sent_ms: Option<i64>,
+    remaining: AtomicUsize,
+    failed: AtomicBool,
+}
+
+/// A message routed to a target.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    pub(crate) event: Arc<ChangeEvent>,
+    ack: Arc<Ack>,
+}
+
+/// A target's inbox: the deliveries its next reconcile consumes, and the ids its last
+/// observation knew (for routing).
+#[derive(Debug, Default)]
+pub(crate) struct Inbox {
+    pending: Mutex<Vec<Delivery>>,
+    pub(crate) notify: tokio::sync::Notify,
+    known: Mutex<Option<HashSet<String>>>,
+}
+
+impl Inbox {
+    /// Whether a delivery waits.
+    pub(crate) fn has_pending(&self) -> bool {
+        !self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    /// Everything waiting, for the reconcile about to observe.
+    pub(crate) fn take(&self) -> Vec<Delivery> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Add `d`; a message delivered again replaces its earlier delivery (only the
+    /// newest receipt deletes it). False when the inbox is full.
+    fn push(&self, d: Delivery) -> bool {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = p.iter_mut().find(|x| x.ack.id == d.ack.id) {
+            *old = d;
+            return true;
+        }
+        if p.len() >= INBOX_MAX {
+            return false;
+        }
+        p.push(d);
+        true
+    }
+
+    /// The ids of `inventory` (lowercased): groups, endpoints, functions by ARN and name.
+    pub(crate) fn set_known(&self, inventory: &Inventory) {
+        let mut ids = HashSet::new();
+        for g in &inventory.groups {
+            ids.insert(g.id.to_ascii_lowercase());
+        }
+        for e in &inventory.endpoints {
+            ids.insert(e.id.to_ascii_lowercase());
+        }
+        for f in &inventory.functions {
+            ids.insert(f.id.to_ascii_lowercase());
+            ids.insert(f.name.to_ascii_lowercase());
+        }
+        *self.known.lock().unwrap_or_else(|e| e.into_inner()) = Some(ids);
+    }
+
+    /// Whether `event` may matter to this target: it may bring in something new, the
+    /// target was never observed, or it names something the last observation saw.
+    fn concerns(&self, event: &ChangeEvent) -> bool {
+        if event.creates {
+            return true;
+        }
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(known) = known.as_ref() else {
+            return true;
+        };
+        event
+            .resources
+            .iter()
+            .any(|r| known.contains(&r.to_ascii_lowercase()))
+    }
+}
+
+/// The actor of the newest event among `deliveries` that names `id` (a group or
+/// endpoint id, a function's ARN or name).
+pub(crate) fn pushed_actor(deliveries: &[Delivery], id: &str) -> Option<Actor> {
+    let id = id.to_ascii_lowercase();
+    let name = id.split(":function:").nth(1).map(|n| n.to_string());
+    deliveries
+        .iter()
+        .filter(|d| {
+            d.event.resources.iter().any(|r| {
+                let r = r.to_ascii_lowercase();
+                r == id || name.as_deref() == Some(r.as_str())
+            })
+        })
+        .filter_map(|d| d.event.actor.clone())
+        .max_by(|a, b| a.event_time.cmp(&b.event_time))
+}
+
+/// The reconcile that consumed `deliveries` has ended; `committed`: its evidence is in
+/// the history. Deletes every message no other target still owes, and records the lag
+/// from the queue's receipt of each to now.
+pub(crate) async fn settle(shared: &Shared, deliveries: Vec<Delivery>, committed: bool) {
+    if deliveries.is_empty() {
+        return;
+    }
+    let now = shared.clock.now_ms();
+    let mut by_queue: HashMap<String, (Arc<dyn EventQueue>, Vec<(String, String)>)> =
+        HashMap::new();
+    for d in deliveries {
+        if !committed {
+            d.ack.failed.store(true, Ordering::SeqCst);
+        }
+        if d.ack.remaining.fetch_sub(1, Ordering::SeqCst) != 1
+            || d.ack.failed.load(Ordering::SeqCst)
+        {
+            continue;
+        }
+        if let Some(sent) = d.ack.sent_ms {
+            shared
+                .metrics
+                .event_lag
+                .observe(((now - sent).max(0) as f64) / 1000.0);
+        }
+        by_queue
+            .entry(d.ack.queue.name().to_string())
+            .or_insert_with(|| (d.ack.queue.clone(), Vec::new()))
+            .1
+            .push((d.ack.id.clone(), d.ack.receipt.clone()));
+    }
+    for (name, (queue, messages)) in by_queue {
+        delete(shared, &name, queue.as_ref(), &messages).await;
+    }
+}
+
+async fn delete(shared: &Shared, name: &str, queue: &dyn EventQueue, messages: &[(String, String)]) {
+    if messages.is_empty() {
+        return;
+    }
+    match queue.delete(messages).await {
+        Ok(refused) => {
+            shared
+                .metrics
+                .events_deleted
+                .inc_by((messages.len() - refused.min(messages.len())) as u64);
+        }
+        Err(e) => {
+            tracing::warn!(queue = %name, error = %e, messages = messages.len(), "messages could not be deleted; they come back and are handled again");
+            shared.update(|s| {
+                s.event_queues.entry(name.to_string()).or_default().last_error =
+                    Some(format!("delete: {e}"));
+            });
+        }
+    }
+}
+
+/// Why a message was not routed.
+fn dropped(shared: &Shared, reason: &str) {
+    shared
+        .metrics
+        .events_dropped
+        .get_or_create(&ReasonL {
+            reason: reason.to_string(),
+        })
+        .inc();
+}
+
+/// Route one message: to the inboxes of the targets it concerns (then `None`: it is
+/// deleted once they recorded it), or dropped (`Some(reason)`: delete it now).
+async fn route(
+    shared: &Shared,
+    queue: &Arc<dyn EventQueue>,
+    m: QueueMessage,
+) -> Option<&'static str> {
+    let event = match queue.parse(&m.body) {
+        Ok(e) => e,
+        Err(u) => {
+            tracing::debug!(queue = %queue.name(), message = %m.id, why = %u, "event dropped");
+            return Some(u.reason());
+        }
+    };
+    let Some(enforced) = shared.enforced.borrow().clone() else {
+        return Some("no-revision");
+    };
+    let only = &shared.settings.targets;
+    let in_scope: Vec<(&String, &palisade_providers::Target)> = enforced
+        .targets
+        .iter()
+        .filter(|(name, _)| only.is_empty() || only.contains(name))
+        .filter(|(_, t)| match (&t.scope, event.cloud) {
+            (
+                TargetScope::Aws {
+                    region, account_id, ..
+                },
+                Cloud::Aws,
+            ) => *account_id == event.account && *region == event.region,
+            _ => false,
+        })
+        .collect();
+    let Some((_, first)) = in_scope.first() else {
+        tracing::debug!(queue = %queue.name(), account = %event.account, region = %event.region, "event for no target of the enforced revision; dropped");
+        return Some("foreign");
+    };
+    if let Ok(provider) = shared.providers.get(event.cloud)
+        && provider.is_own_change(first, &event).await
+    {
+        return Some("own");
+    }
+    let targets: Vec<&String> = in_scope
+        .iter()
+        .filter(|(name, _)| shared.inbox(name).concerns(&event))
+        .map(|(name, _)| *name)
+        .collect();
+    if targets.is_empty() {
+        return Some("unrelated");
+    }
+    tracing::info!(queue = %queue.name(), operation = %event.operation, resources = ?event.resources, targets = ?targets, "change event");
+    let ack = Arc::new(Ack {
+        queue: queue.clone(),
+        id: m.id,
+        receipt: m.receipt,
+        sent_ms: m.sent_ms,
+        remaining: AtomicUsize::new(targets.len()),
+        failed: AtomicBool::new(false),
+    });
+    let event = Arc::new(event);
+    for name in targets {
+        let inbox = shared.inbox(name);
+        if inbox.push(Delivery {
+            event: event.clone(),
+            ack: ack.clone(),
+        }) {
+            shared
+                .metrics
+                .events_matched
+                .get_or_create(&TargetL {
+                    target: name.clone(),
+                })
+                .inc();
+            inbox.notify.notify_one();
+        } else {
+            // Left in the queue: it comes back when the inbox has room.
+            ack.failed.store(true, Ordering::SeqCst);
+            dropped(shared, "inbox-full");
+        }
+    }
+    None
+}
+
+/// Long-poll `queue` until shutdown, routing what arrives. A failing queue is retried
+/// with backoff (1 s … 1 min) and shown in the status; it never stops the loop.
+pub(super) async fn pump(shared: Arc<Shared>, queue: Arc<dyn EventQueue>) {
+    let name = queue.name().to_string();
+    tracing::info!(queue = %name, "reading change events");
+    let mut wait = Duration::from_secs(1);
+    loop {
+        let got = tokio::select! {
+            biased;
+            _ = shared.cancel.cancelled() => break,
+            r = queue.receive(RECEIVE_WAIT) => r,
+        };
+        let messages = match got {
+            Ok(m) => {
+                wait = Duration::from_secs(1);
+                let at = (shared.clock.now_ms() / 1000) as u64;
+                shared.update(|s| {
+                    let q = s.event_queues.entry(name.clone()).or_default();
+                    q.last_receive_at = Some(at);
+                    q.last_error = None;
+                    q.received += m.len() as u64;
+                });
+                m
+            }
+            Err(e) => {
+                tracing::warn!(queue = %name, error = %e, retry_in = ?wait, "the change-event queue cannot be read; the periodic resync goes on");
+                shared.metrics.events_receive_errors.inc();
+                shared.update(|s| {
+                    s.event_queues.entry(name.clone()).or_default().last_error =
+                        Some(format!("receive: {e}"));
+                });
+                tokio::select! {
+                    _ = shared.cancel.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(60));
+                continue;
+            }
+        };
+        let mut now_deleted = Vec::new();
+        for m in messages {
+            shared.metrics.events_received.inc();
+            let key = (m.id.clone(), m.receipt.clone());
+            if let Some(reason) = route(&shared, &queue, m).await {
+                dropped(&shared, reason);
+                now_deleted.push(key);
+            }
+        }
+        delete(&shared, &name, queue.as_ref(), &now_deleted).await;
+    }
+    tracing::debug!(queue = %name, "change-event pump stopped");
+}
