@@ -11,6 +11,7 @@ pub mod adopt;
 pub mod apply;
 pub mod check;
 pub mod compile;
+pub mod event_setup;
 pub mod flaps;
 pub mod history;
 pub mod http;

@@ -47,6 +47,10 @@ enum Command {
     /// Write policies that describe an existing estate as it is (zero diff), with an
     /// adoption report; `--verify` plans them. Read-only.
     Adopt(Box<cli::adopt::AdoptArgs>),
+    /// Cloud change events: `events setup` prints the EventBridge rule, SQS queue policy,
+    /// IAM permissions and CloudFormation an AWS target needs. Creates nothing.
+    #[command(subcommand)]
+    Events(cli::events::EventsCommand),
 }
 
 fn main() -> ExitCode {
@@ -88,6 +92,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Validate(args) => cli::validate::run(args),
         Command::Observe(args) => cli::observe::run(args),
         Command::Adopt(args) => cli::adopt::run(*args),
+        Command::Events(command) => cli::events::run(command),
         Command::Plan(args) => cli::plan::run(args),
         Command::Apply(args) => cli::apply::run(args),
     }

@@ -160,8 +160,10 @@ impl FakeProvider {
     }
 
     fn new_id(&self, prefix: &str) -> String {
+        // Shaped like the cloud's (`sg-` and 17 hex digits), so that readers of real ids
+        // (change events) take them.
         format!(
-            "{prefix}-fake{:08x}",
+            "{prefix}-0fa4e{:012x}",
             self.next_id.fetch_add(1, Ordering::Relaxed)
         )
     }

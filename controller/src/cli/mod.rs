@@ -4,6 +4,7 @@
 
 pub(crate) mod adopt;
 pub(crate) mod apply;
+pub(crate) mod events;
 pub(crate) mod observe;
 pub(crate) mod plan;
 pub(crate) mod report;

@@ -124,6 +124,16 @@ pub(crate) struct RunArgs {
     /// README. Secrets are read from the files or environment variables it names.
     #[arg(long, env = "PALISADE_NOTIFY_CONFIG")]
     pub(crate) notify_config: Option<PathBuf>,
+    /// SQS queue URLs of AWS change events (an EventBridge rule on CloudTrail management
+    /// events; `palisade events setup` prints it). Each is long-polled with Palisade's
+    /// own credentials in the region its URL names; an event reconciles the targets of
+    /// its account and region within seconds. Repeatable.
+    #[arg(long = "aws-events-queue", env = "PALISADE_AWS_EVENTS_QUEUES", value_delimiter = ',')]
+    pub(crate) aws_events_queues: Vec<String>,
+    /// A target woken by change events reconciles at most once per this interval
+    /// (events meanwhile are coalesced).
+    #[arg(long, env = "PALISADE_EVENTS_MIN_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub(crate) events_min_interval: Duration,
     /// On SIGTERM, how long in-flight reconciles may take to finish.
     #[arg(long, env = "PALISADE_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub(crate) shutdown_grace: Duration,
@@ -227,6 +237,7 @@ pub(crate) fn run_controller(args: RunArgs) -> Result<ExitCode> {
         fetch_timeout: args.git_fetch_timeout,
         webhook_min_interval: args.webhook_min_interval,
         history_retention: args.history_retention,
+        event_min_interval: args.events_min_interval,
         ..palisade::reconcile::RunSettings::default()
     };
     let secrets = palisade::http::WebhookSecrets { github, gitlab };
@@ -259,6 +270,17 @@ pub(crate) fn run_controller(args: RunArgs) -> Result<ExitCode> {
         if let Some(problem) = store_problem {
             // Shown in /api/status and counted until a write succeeds.
             shared.history_written(Err(problem));
+        }
+        for url in &args.aws_events_queues {
+            let provider = shared
+                .providers
+                .get(palisade_providers::Cloud::Aws)
+                .context("--aws-events-queue")?;
+            let queue = provider
+                .event_queue(url)
+                .await
+                .with_context(|| format!("--aws-events-queue {url}"))?;
+            shared.add_event_queue(queue);
         }
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await

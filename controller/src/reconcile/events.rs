@@ -124,6 +124,18 @@ impl Inbox {
         *self.known.lock().unwrap_or_else(|e| e.into_inner()) = Some(ids);
     }
 
+    /// `id` was created by this target's reconcile after its observation.
+    pub(crate) fn add_known(&self, id: &str) {
+        if let Some(known) = self
+            .known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            known.insert(id.to_ascii_lowercase());
+        }
+    }
+
     /// Whether `event` may matter to this target: it may bring in something new, the
     /// target was never observed, or it names something the last observation saw.
     fn concerns(&self, event: &ChangeEvent) -> bool {
@@ -228,7 +240,7 @@ fn dropped(shared: &Shared, reason: &str) {
 
 /// Route one message: to the inboxes of the targets it concerns (then `None`: it is
 /// deleted once they recorded it), or dropped (`Some(reason)`: delete it now).
-async fn route(
+pub(super) async fn route(
     shared: &Shared,
     queue: &Arc<dyn EventQueue>,
     m: QueueMessage,

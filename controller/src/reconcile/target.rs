@@ -632,6 +632,7 @@ async fn reconcile(
     }
     let revision = enforced.revision.commit.clone();
     let clock = shared.clock.clone();
+    let inbox = shared.inbox(name);
     let result = apply_until(
         &planned.plan,
         t,
@@ -640,6 +641,10 @@ async fn reconcile(
         // Each change is evidence as soon as the cloud answered: a reconcile cut short
         // by the outer timeout still records what it did.
         &mut |r| {
+            if let Some(id) = r.outcome().and_then(|o| o.created_id.as_deref()) {
+                // Change events name it from now on.
+                inbox.add_known(id);
+            }
             let (record, data) = change_record(r);
             evidence.events.push((
                 clock.now_ms(),

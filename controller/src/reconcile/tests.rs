@@ -592,3 +592,198 @@ fn a_poll_stuck_past_twice_its_deadline_fails_liveness() {
     shared.heartbeat.store(now() - 10_000, Ordering::Relaxed);
     assert!(!shared.live());
 }
+
+/// A CloudTrail event as EventBridge delivers it to SQS: `operation` on group `sg` by
+/// an assumed role of `role`, in `account`.
+fn cloudtrail(account: &str, operation: &str, sg: &str, role: &str, n: usize) -> String {
+    serde_json::json!({
+        "version": "0", "id": format!("ev-{n}"), "detail-type": "AWS API Call via CloudTrail",
+        "source": "aws.ec2", "account": account, "time": "2026-12-01T10:00:00Z",
+        "region": "us-east-1", "resources": [],
+        "detail": {
+            "eventSource": "ec2.amazonaws.com", "eventName": operation,
+            "eventTime": format!("2026-12-01T10:00:{:02}Z", n % 60), "eventID": format!("e-{n}"),
+            "requestID": format!("req-{n}"), "sourceIPAddress": "198.51.100.7",
+            "userIdentity": {
+                "type": "AssumedRole",
+                "arn": format!("arn:aws:sts::{account}:assumed-role/{role}/run-{n}"),
+                "sessionContext": {"sessionIssuer": {"type": "Role", "arn": format!("arn:aws:iam::{account}:role/{role}")}}
+            },
+            "requestParameters": {"groupId": sg, "ipPermissions": {"items": []}},
+            "responseElements": {"_return": true}
+        }
+    })
+    .to_string()
+}
+
+fn metric(shared: &Shared, line: &str) -> f64 {
+    shared
+        .metrics
+        .encode()
+        .lines()
+        .find(|l| l.starts_with(line))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_events_is_counted_coalesced_and_deleted_and_the_drift_reverted_without_a_resync()
+ {
+    use palisade_providers::fake::FakeQueue;
+    let f = fixture(RunSettings {
+        resync: Duration::from_secs(3600),
+        event_min_interval: Duration::from_millis(100),
+        ..RunSettings::default()
+    });
+    f.shared
+        .enforced
+        .send_replace(Some(Arc::new(enforced((*f.enforced.set).clone()))));
+    let worker = tokio::spawn(worker(
+        f.shared.clone(),
+        TARGET.into(),
+        Arc::new(tokio::sync::Semaphore::new(1)),
+    ));
+    let wait = |what: &'static str, done: &dyn Fn() -> bool| {
+        let start = std::time::Instant::now();
+        while !done() {
+            assert!(start.elapsed() < Duration::from_secs(30), "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // The first reconcile converges; the worker then sleeps for the hour-long resync.
+    wait("first reconcile", &|| {
+        f.shared.status().targets.get(TARGET).is_some_and(|t| {
+            t.last_reconcile
+                .as_ref()
+                .is_some_and(|r| r.result == ReconcileResult::Ok)
+        })
+    });
+    let sg = f.managed_group();
+    f.mutate_group(&sg, |rules| rules.push(world_ssh()));
+    let queue = Arc::new(FakeQueue::new(Duration::from_secs(60)));
+    for n in 0..1000 {
+        let body = match n % 20 {
+            0 => format!("{{\"not\": json {n}"),
+            1 => cloudtrail("999999999999", "AuthorizeSecurityGroupIngress", &sg, "x", n),
+            // Names a group no observation of the target knew, and creates nothing.
+            2 => cloudtrail(
+                "123456789012",
+                "RevokeSecurityGroupIngress",
+                "sg-0fffffffffffffff0",
+                "x",
+                n,
+            ),
+            _ => cloudtrail(
+                "123456789012",
+                "AuthorizeSecurityGroupIngress",
+                &sg,
+                "terraform-ci",
+                n,
+            ),
+        };
+        queue.send(&body, T0);
+    }
+    f.shared.add_event_queue(queue.clone());
+    let pump = tokio::spawn(super::events::pump(f.shared.clone(), queue.clone()));
+    wait("every message handled and deleted", &|| queue.is_empty());
+    assert!(
+        !f.rules_of(&sg).contains(&world_ssh()),
+        "reverted: {}\n{:?}",
+        f.shared.metrics.encode(),
+        f.shared.status().targets.get(TARGET)
+    );
+    let s = &f.shared;
+    assert_eq!(metric(s, "palisade_events_received_total"), 1000.0);
+    assert_eq!(
+        metric(s, "palisade_events_dropped_total{reason=\"malformed\"}"),
+        50.0
+    );
+    assert_eq!(
+        metric(s, "palisade_events_dropped_total{reason=\"foreign\"}"),
+        50.0
+    );
+    assert_eq!(
+        metric(s, "palisade_events_dropped_total{reason=\"unrelated\"}"),
+        50.0
+    );
+    assert_eq!(
+        metric(
+            s,
+            &format!("palisade_events_matched_total{{target=\"{TARGET}\"}}")
+        ),
+        850.0
+    );
+    assert_eq!(metric(s, "palisade_events_deleted_total"), 1000.0);
+    assert_eq!(metric(s, "palisade_event_reconcile_lag_seconds_count"), 850.0);
+    let event_reconciles = metric(
+        s,
+        &format!("palisade_reconcile_triggers_total{{target=\"{TARGET}\",trigger=\"event\"}}"),
+    );
+    assert!(
+        (1.0..=10.0).contains(&event_reconciles),
+        "coalesced into few reconciles: {event_reconciles}"
+    );
+    // Who did it comes from the event, not the audit log (the fake has none).
+    let actor = f
+        .events()
+        .into_iter()
+        .find_map(|e| match e {
+            EventData::DriftDetected(d) if d.change.contains("0.0.0.0/0") => d.actor,
+            _ => None,
+        })
+        .expect("the drift names its actor");
+    assert_eq!(
+        actor.issuer.as_deref(),
+        Some("arn:aws:iam::123456789012:role/terraform-ci")
+    );
+    f.shared.cancel.cancel();
+    pump.await.unwrap();
+    worker.await.unwrap();
+}
+
+#[tokio::test]
+async fn events_whose_reconcile_was_not_recorded_stay_in_the_queue() {
+    use palisade_providers::events::EventQueue;
+    use palisade_providers::fake::FakeQueue;
+    for writable in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.db");
+        drop(Store::open(&path).unwrap());
+        let f = fixture(RunSettings::default());
+        let _ = f.converged().await;
+        let sg = f.managed_group();
+        let store = if writable {
+            Store::open(&path).unwrap()
+        } else {
+            Store::open_read_only(&path).unwrap()
+        };
+        let providers = Providers::new(Default::default());
+        providers.insert(Cloud::Aws, f.fake.clone());
+        let settings = RunSettings {
+            history_read_only: !writable,
+            ..RunSettings::default()
+        };
+        let shared = Shared::with_clock(settings, providers, Some(store), f.clock.clone());
+        shared
+            .enforced
+            .send_replace(Some(Arc::new(enforced((*f.enforced.set).clone()))));
+        let queue = Arc::new(FakeQueue::new(Duration::from_secs(60)));
+        queue.send(&cloudtrail("123456789012", "CreateTags", &sg, "ops", 1), T0);
+        let dyn_queue: Arc<dyn EventQueue> = queue.clone();
+        for m in dyn_queue.receive(Duration::ZERO).await.unwrap() {
+            assert_eq!(super::events::route(&shared, &dyn_queue, m).await, None);
+        }
+        assert!(shared.inbox(TARGET).has_pending());
+        let mut state = TargetState::default();
+        let _ = reconcile_once(&shared, TARGET, &f.enforced, Trigger::Event, &mut state).await;
+        assert!(!shared.inbox(TARGET).has_pending(), "consumed");
+        if writable {
+            assert_eq!((queue.deleted(), queue.len()), (1, 0));
+        } else {
+            // The reconcile's evidence could not be written: the message comes back
+            // after its visibility timeout and triggers another reconcile.
+            assert_eq!((queue.deleted(), queue.len()), (0, 1));
+        }
+    }
+}
