@@ -5,13 +5,19 @@
 //! (revoking an out-of-band rule, putting a function back into its VPC, re-attaching an
 //! NSG) is never suppressed: it is reported as flapping with its count, and reverted.
 //!
+//! Who made each drift, once known (from a change event or the audit log), is kept per
+//! field too: when one principal accounts for most of the flapping, the finding names it
+//! — a CloudFormation stack's role, a Terraform pipeline, another controller fighting
+//! Palisade over the same field ("fighting `arn:aws:iam::…:role/terraform-ci` (7 times
+//! in 1h)").
+//!
 //! Times are wall-clock milliseconds given by the caller (the loop's injected clock), so
 //! that the history can be kept with the loop state and survive a restart.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use palisade_providers::{Access, Change, Rule};
+use palisade_providers::{Access, Actor, ActorKind, Change, Rule};
 use serde::{Deserialize, Serialize};
 
 use crate::check::{Finding, FindingKind};
@@ -21,6 +27,39 @@ use crate::plan::{Cause, PlannedChange};
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Flaps {
     reverts: BTreeMap<String, VecDeque<i64>>,
+    /// Who made the drift reverted, per field: (when, principal, whether a person).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    authors: BTreeMap<String, VecDeque<(i64, String, bool)>>,
+}
+
+/// The principal an actor stands for, stable across its sessions: an assumed role's
+/// role (each run of a pipeline is a new session), with the service that acted
+/// through it.
+pub fn principal(a: &Actor) -> String {
+    let who = match a.kind {
+        ActorKind::AssumedRole | ActorKind::Federated => a.issuer.as_deref().unwrap_or(&a.id),
+        _ => &a.id,
+    };
+    match &a.invoked_by {
+        Some(via) if via != who => format!("{who} via {via}"),
+        _ => who.to_string(),
+    }
+}
+
+/// Whether an actor is a person: a user, or a federated / SSO session (IAM Identity
+/// Center's roles are `AWSReservedSSO_…`).
+fn is_person(a: &Actor) -> bool {
+    match a.kind {
+        ActorKind::User | ActorKind::Federated => a.invoked_by.is_none(),
+        ActorKind::AssumedRole => {
+            a.invoked_by.is_none()
+                && a.issuer
+                    .as_deref()
+                    .and_then(|i| i.rsplit('/').next())
+                    .is_some_and(|r| r.starts_with("AWSReservedSSO_"))
+        }
+        _ => false,
+    }
 }
 
 impl Flaps {
@@ -42,11 +81,49 @@ impl Flaps {
         }
     }
 
+    /// The drift of `fields` (see [`fields_of`]) was made by `actor` (known at `at`).
+    pub fn attribute(&mut self, fields: &[String], actor: &Actor, at: i64) {
+        let who = principal(actor);
+        let person = is_person(actor);
+        for key in fields {
+            let q = self.authors.entry(key.clone()).or_default();
+            q.push_back((at, who.clone(), person));
+            // Bounded: only the recent ones matter.
+            while q.len() > 64 {
+                q.pop_front();
+            }
+        }
+    }
+
+    /// The principal behind most drift of `keys` within the window, with its count.
+    fn top_author(&self, keys: &[String], window: Duration, now: i64) -> Option<(String, bool, usize)> {
+        let since = now - window.as_millis() as i64;
+        let mut counts: BTreeMap<(&str, bool), usize> = BTreeMap::new();
+        for k in keys {
+            for (t, who, person) in self.authors.get(k).into_iter().flatten() {
+                if *t >= since {
+                    *counts.entry((who.as_str(), *person)).or_default() += 1;
+                }
+            }
+        }
+        counts
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .filter(|(_, n)| *n >= 2)
+            .map(|((who, person), n)| (who.to_string(), person, n))
+    }
+
     /// Forget reverts older than `window` before `now` (what is kept between runs).
     pub fn prune(&mut self, window: Duration, now: i64) {
         let since = now - window.as_millis() as i64;
         self.reverts.retain(|_, q| {
             while q.front().is_some_and(|t| *t < since) {
+                q.pop_front();
+            }
+            !q.is_empty()
+        });
+        self.authors.retain(|_, q| {
+            while q.front().is_some_and(|(t, _, _)| *t < since) {
                 q.pop_front();
             }
             !q.is_empty()
@@ -73,7 +150,8 @@ impl Flaps {
             if c.cause != Cause::Drift {
                 return true;
             }
-            let count = fields(c)
+            let keys = fields(c);
+            let count = keys
                 .iter()
                 .map(|k| self.recent(k, window, now))
                 .max()
@@ -87,12 +165,17 @@ impl Flaps {
             } else {
                 "no longer reverted until it stops changing"
             };
+            let who = match self.top_author(&keys, window, now) {
+                Some((who, false, n)) => format!(", fighting `{who}` ({n} times in {})", span(window)),
+                Some((who, true, n)) => format!(", changed back by `{who}` ({n} times in {})", span(window)),
+                None => String::new(),
+            };
             findings.push(Finding {
                 kind: FindingKind::Flapping,
                 target: target.to_string(),
                 resource: c.resource.clone(),
                 message: format!(
-                    "{}: reverted {count} times within {window:?} and changed back each time; {tail}",
+                    "{}: reverted {count} times within {window:?} and changed back each time{who}; {tail}",
                     describe(c)
                 ),
                 guardrail: None,
@@ -139,10 +222,27 @@ fn rule_key(r: &Rule) -> String {
     r.to_string()
 }
 
+/// `1h`, `30m`, `90s`: a window for people.
+fn span(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 && s % 3600 == 0 {
+        format!("{} h", s / 3600)
+    } else if s >= 60 && s % 60 == 0 {
+        format!("{} min", s / 60)
+    } else {
+        format!("{s} s")
+    }
+}
+
 /// The exact fields a change touches.
 fn fields(c: &PlannedChange) -> Vec<String> {
-    let base = format!("{}#{}", c.resource, c.change.action());
-    match &c.change {
+    fields_of(&c.resource, &c.change)
+}
+
+/// The exact fields `change` of `resource` touches (the keys of the flap history).
+pub fn fields_of(resource: &crate::addr::ResourceAddr, change: &Change) -> Vec<String> {
+    let base = format!("{resource}#{}", change.action());
+    match change {
         Change::AddRules { rules, .. } | Change::RemoveRules { rules, .. } => rules
             .iter()
             .map(|r| format!("{base}#{}", rule_key(r)))
@@ -304,5 +404,58 @@ mod tests {
         };
         assert!(removes_access(&set(false, true)));
         assert!(!removes_access(&set(true, false)));
+    }
+
+    #[test]
+    fn the_principal_that_keeps_changing_a_field_back_is_named() {
+        use palisade_providers::Actor;
+        let window = Duration::from_secs(3600);
+        let revoke = change(true, rule(443, "10.0.0.0/16"));
+        let fields = fields_of(&revoke.resource, &revoke.change);
+        let run = |n: i64| {
+            let mut a = Actor::named(
+                ActorKind::AssumedRole,
+                format!("arn:aws:sts::123456789012:assumed-role/terraform-ci/run-{n}"),
+            );
+            a.issuer = Some("arn:aws:iam::123456789012:role/terraform-ci".into());
+            a
+        };
+        let mut flaps = Flaps::default();
+        for i in 0..7 {
+            flaps.record(&revoke, T + i);
+            // Each pipeline run is a new session of the same role.
+            flaps.attribute(&fields, &run(i), T + i);
+        }
+        // One person once: not the one named.
+        flaps.attribute(
+            &fields,
+            &Actor::named(ActorKind::User, "arn:aws:iam::123456789012:user/alice"),
+            T + 8,
+        );
+        let mut changes = vec![revoke.clone()];
+        let findings = flaps.filter("t", &mut changes, 5, window, T + 10);
+        assert!(
+            findings[0]
+                .message
+                .contains("fighting `arn:aws:iam::123456789012:role/terraform-ci` (7 times in 1 h)"),
+            "{}",
+            findings[0].message
+        );
+        // Kept with the loop state, and forgotten with the window.
+        let mut flaps: Flaps =
+            serde_json::from_str(&serde_json::to_string(&flaps).unwrap()).unwrap();
+        flaps.prune(window, T + window.as_millis() as i64 + 100);
+        assert!(flaps.is_empty() && flaps.authors.is_empty());
+        // A service acting through a role is named with it.
+        let mut cfn = run(1);
+        cfn.issuer = Some("arn:aws:iam::123456789012:role/cfn-exec".into());
+        cfn.invoked_by = Some("cloudformation.amazonaws.com".into());
+        assert_eq!(
+            principal(&cfn),
+            "arn:aws:iam::123456789012:role/cfn-exec via cloudformation.amazonaws.com"
+        );
+        // Earlier loop state (no authors) still reads.
+        let old: Flaps = serde_json::from_str(r#"{"reverts":{}}"#).unwrap();
+        assert!(old.is_empty());
     }
 }

@@ -49,6 +49,8 @@ struct PendingAttribution {
     query: palisade_providers::AttributionQuery,
     /// The drift's resource and detection time: what the `drift-attributed` event names.
     resource: crate::addr::ResourceAddr,
+    /// The flap-history fields of its drift: who made it is kept there once known.
+    fields: Vec<String>,
     detected_at: i64,
     attempts: u32,
     next_try: i64,
@@ -121,27 +123,51 @@ fn set_actor(
     n
 }
 
+/// The flap-history fields of this reconcile's drift of `resource`, and of each drift
+/// event that names its actor, that actor.
+fn drift_fields(
+    evidence: &Evidence,
+    resource: Option<&crate::addr::ResourceAddr>,
+) -> Vec<(Vec<String>, Option<palisade_providers::Actor>)> {
+    evidence
+        .drift
+        .iter()
+        .filter(|(_, _, r)| resource.is_none_or(|x| x == r))
+        .filter_map(|(i, _, r)| match evidence.events.get(*i).map(|(_, e)| &e.body) {
+            Some(crate::history::Body::Typed(EventData::DriftDetected(d))) => Some((
+                crate::flaps::fields_of(r, d.correction.as_ref()?),
+                d.actor.as_deref().cloned(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Returns whether an author was added to `flaps` (who made drift that was reverted:
+/// the flap finding names a principal that keeps changing a field back).
 async fn attribute(
     shared: &Shared,
     name: &str,
     enforced: &Enforced,
     pending: &mut Vec<PendingAttribution>,
     pushed: &[super::events::Delivery],
+    flaps: &mut crate::flaps::Flaps,
     evidence: &mut Evidence,
-) {
+) -> bool {
     let now = evidence.observed_at;
     // Nothing was observed (the reconcile failed before): nothing to ask.
     if !evidence.observed
         || (evidence.drift.is_empty() && !pending.iter().any(|p| p.next_try <= now))
     {
-        return;
+        return false;
     }
     let Some(scope) = enforced.targets.get(name) else {
-        return;
+        return false;
     };
     let Ok(provider) = shared.providers.get(scope.scope.cloud()) else {
-        return;
+        return false;
     };
+    let mut authored = false;
     let outcome = |o: &str, n: usize| {
         if n > 0 {
             shared
@@ -236,6 +262,10 @@ async fn attribute(
                 None => pending.push(PendingAttribution {
                     query: q.clone(),
                     resource: resource.clone(),
+                    fields: drift_fields(evidence, Some(resource))
+                        .into_iter()
+                        .flat_map(|(f, _)| f)
+                        .collect(),
                     detected_at: now,
                     attempts: 0,
                     next_try: now,
@@ -248,6 +278,8 @@ async fn attribute(
             p.attempts += 1;
             match actor {
                 Some(a) => {
+                    flaps.attribute(&p.fields, a, now);
+                    authored = true;
                     evidence.events.push((
                         now,
                         NewEvent::new(EventData::DriftAttributed(
@@ -284,6 +316,12 @@ async fn attribute(
         given_up += pending.len() - ATTRIBUTION_PENDING_MAX;
         pending.drain(..pending.len() - ATTRIBUTION_PENDING_MAX);
     }
+    for (fields, actor) in drift_fields(evidence, None) {
+        if let Some(a) = actor {
+            flaps.attribute(&fields, &a, now);
+            authored = true;
+        }
+    }
     outcome("found", found_now + found_later);
     outcome("pending", evidence.drift.len() - found_now);
     outcome("unknown", given_up);
@@ -294,6 +332,7 @@ async fn attribute(
             target: name.to_string(),
         })
         .set(pending.len() as i64);
+    authored
 }
 
 /// A reconcile that ended `ok`.
@@ -368,15 +407,22 @@ pub async fn reconcile_once(
     )
     .await;
     let elapsed = started.elapsed();
-    attribute(
+    let authored = attribute(
         shared,
         target,
         enforced,
         &mut state.pending_attributions,
         &deliveries,
+        &mut state.flaps,
         &mut evidence,
     )
     .await;
+    if authored
+        && let Some(h) = &shared.history
+        && let Err(e) = h.save_flaps(target, shared.clock.now_ms(), &state.flaps)
+    {
+        tracing::error!(target = %target, error = %e, "the flap history cannot be written; it is counted in memory until it can");
+    }
     let (outcome, error, applied, reverted) = match result {
         Ok(Ok(r)) => (ReconcileResult::Ok, None, r.applied, r.reverted),
         Ok(Err(f)) => (f.result, Some(f.message), f.applied, 0),

@@ -787,3 +787,50 @@ async fn events_whose_reconcile_was_not_recorded_stay_in_the_queue() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_flap_finding_names_the_pipeline_that_keeps_changing_it_back() {
+    use palisade_providers::events::EventQueue;
+    use palisade_providers::fake::FakeQueue;
+    let f = fixture(RunSettings {
+        flap_threshold: 3,
+        flap_window: Duration::from_secs(3600),
+        ..RunSettings::default()
+    });
+    f.shared
+        .enforced
+        .send_replace(Some(Arc::new(enforced((*f.enforced.set).clone()))));
+    let mut state = f.converged().await;
+    let sg = f.managed_group();
+    let declared = f.rules_of(&sg)[0].clone();
+    let queue = Arc::new(FakeQueue::new(Duration::from_secs(60)));
+    let dyn_queue: Arc<dyn EventQueue> = queue.clone();
+    // A pipeline keeps revoking a declared rule; each run is a new session of its role,
+    // and its change event says so.
+    for n in 0..4 {
+        f.mutate_group(&sg, |rules| rules.retain(|r| r != &declared));
+        queue.send(
+            &cloudtrail("123456789012", "RevokeSecurityGroupIngress", &sg, "terraform-ci", n),
+            T0,
+        );
+        for m in dyn_queue.receive(Duration::ZERO).await.unwrap() {
+            assert_eq!(super::events::route(&f.shared, &dyn_queue, m).await, None);
+        }
+        f.clock.advance(Duration::from_secs(60));
+        let r = reconcile_once(&f.shared, TARGET, &f.enforced, Trigger::Event, &mut state).await;
+        assert_eq!(r.result, ReconcileResult::Ok, "{:?}", r.error);
+    }
+    let flapping: Vec<String> = f.shared.status().targets[TARGET]
+        .findings
+        .iter()
+        .filter(|x| x.kind == FindingKind::Flapping)
+        .map(|x| x.message.clone())
+        .collect();
+    assert_eq!(flapping.len(), 1, "{flapping:?}");
+    assert!(
+        flapping[0].contains("fighting `arn:aws:iam::123456789012:role/terraform-ci` (3 times in 1 h)"),
+        "{}",
+        flapping[0]
+    );
+    assert!(queue.is_empty(), "every event deleted once recorded");
+}
