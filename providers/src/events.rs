@@ -295,14 +295,30 @@ pub fn parse_cloudtrail(body: &str) -> Result<ChangeEvent, Unusable> {
             audit_text(kind)
         )));
     }
-    let account = field(&v, "account")?;
+    let detail = &v["detail"];
+    if !detail.is_object() {
+        return Err(Unusable::Malformed("`detail` is not an object".into()));
+    }
+    // The envelope's account and region, else the record's own (`recipientAccountId`,
+    // `awsRegion`: moto's delivery to SQS leaves the envelope's `account` out).
+    let account = match v["account"].as_str() {
+        Some(a) => a,
+        None => field(detail, "recipientAccountId").map_err(|_| {
+            Unusable::Malformed("`account` (or `detail.recipientAccountId`) is missing".into())
+        })?,
+    };
     if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
         return Err(Unusable::Malformed(format!(
             "account {:?} is not 12 digits",
             audit_text(account)
         )));
     }
-    let region = field(&v, "region")?;
+    let region = match v["region"].as_str() {
+        Some(r) => r,
+        None => field(detail, "awsRegion").map_err(|_| {
+            Unusable::Malformed("`region` (or `detail.awsRegion`) is missing".into())
+        })?,
+    };
     if region.is_empty()
         || region.len() > 32
         || !region
@@ -313,10 +329,6 @@ pub fn parse_cloudtrail(body: &str) -> Result<ChangeEvent, Unusable> {
             "region {:?} is not a region name",
             audit_text(region)
         )));
-    }
-    let detail = &v["detail"];
-    if !detail.is_object() {
-        return Err(Unusable::Malformed("`detail` is not an object".into()));
     }
     let name = field(detail, "eventName")?;
     let source = detail["eventSource"].as_str().unwrap_or_default();
@@ -411,6 +423,21 @@ mod tests {
         let a = e.actor.unwrap();
         assert_eq!(a.kind, ActorKind::AssumedRole);
         assert_eq!(a.issuer.as_deref(), Some("arn:aws:iam::123456789012:role/ops"));
+        // Without the envelope's account and region (moto's delivery), the record's own.
+        let bare = json!({
+            "detail-type": "AWS API Call via CloudTrail",
+            "detail": {"eventSource": "ec2.amazonaws.com", "eventName": "DeleteSecurityGroup",
+                "recipientAccountId": "210987654321", "awsRegion": "eu-north-1",
+                "requestParameters": {"groupId": "sg-0123456789abcdef0"}}
+        });
+        let e = parse_cloudtrail(&bare.to_string()).unwrap();
+        assert_eq!((e.account.as_str(), e.region.as_str()), ("210987654321", "eu-north-1"));
+        let mut none = bare.clone();
+        none["detail"]["recipientAccountId"] = Value::Null;
+        assert_eq!(
+            parse_cloudtrail(&none.to_string()).unwrap_err().reason(),
+            "malformed"
+        );
     }
 
     #[test]
