@@ -13,6 +13,10 @@ policies-example, starts the debug `palisade` binary (build both first:
     only (--poll-interval 2s);
   * drift-revert: a rule opened by hand on a managed group (AWS 0.0.0.0/0:22, Azure an
     Internet:3389 NSG rule), until it is gone, at a given resync interval;
+  * event-driven drift-revert (AWS, --events N): the EventBridge rule `palisade events
+    setup` prints, to an SQS queue read with --aws-events-queue, a ten-minute resync;
+    the rule is opened with boto3 and the matching CloudTrail-shaped event put with
+    PutEvents (moto emits none); from PutEvents returning until the rule is gone;
   * API calls per full resync and writes on a converged estate, from /metrics.
 Prints one JSON object; BENCHMARKS.md quotes it.
 """
@@ -118,6 +122,37 @@ class Aws:
     def stop(self):
         os.kill(self.pid, signal.SIGTERM)
 
+    def client(self, service):
+        import boto3
+        return boto3.client(service, region_name="us-east-1", endpoint_url=self.endpoint,
+                            aws_access_key_id="x", aws_secret_access_key="x")
+
+    def event_queue(self, policies):
+        """The queue and rule `palisade events setup` prints; the queue's URL."""
+        out = subprocess.run([BIN, "events", "setup", "--policies", policies, "--target", self.target,
+                              "--format", "json"], check=True, capture_output=True, text=True).stdout
+        setup = json.loads(out)
+        sqs, events = self.client("sqs"), self.client("events")
+        url = sqs.create_queue(QueueName="palisade-events")["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        events.put_rule(Name="palisade-changes", EventPattern=json.dumps(setup["eventPattern"]))
+        events.put_targets(Rule="palisade-changes", Targets=[{"Id": "palisade", "Arn": arn}])
+        self.events = events
+        return url
+
+    def put_drift_event(self, n):
+        detail = {
+            "eventSource": "ec2.amazonaws.com", "eventName": "AuthorizeSecurityGroupIngress",
+            "eventTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "eventID": f"bench-{n}",
+            "requestID": f"bench-req-{n}", "awsRegion": "us-east-1", "recipientAccountId": "123456789012",
+            "userIdentity": {"type": "AssumedRole", "arn": f"arn:aws:sts::123456789012:assumed-role/bench/run-{n}",
+                             "sessionContext": {"sessionIssuer": {"arn": "arn:aws:iam::123456789012:role/bench"}}},
+            "requestParameters": {"groupId": self.group()}, "responseElements": {"_return": True},
+        }
+        out = self.events.put_events(Entries=[{"Source": "aws.ec2", "DetailType": "AWS API Call via CloudTrail",
+                                               "Detail": json.dumps(detail)}])
+        assert out["FailedEntryCount"] == 0, out
+
 
 class Azure:
     """The ARM fake with N function apps; orders-func's gateway ingress port is changed."""
@@ -176,6 +211,9 @@ def main():
     ap.add_argument("--drifts", type=int, default=10)
     ap.add_argument("--resync", default="5s")
     ap.add_argument("--cloud", choices=["aws", "azure"], default="aws")
+    ap.add_argument("--events", type=int, default=0,
+                    help="AWS: also measure N event-driven drift reverts (EventBridge → SQS, 10 min resync)")
+    ap.add_argument("--only-events", action="store_true", help="skip the merge and resync measures")
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="palisade-bench-")
@@ -193,11 +231,12 @@ def main():
         git(repo, "push", "-q", "origin", "main")
         env = dict(os.environ, PALISADE_LOG="warn", **cloud.env)
 
-        def start(poll):
+        def start(poll, resync=None, extra=()):
             port = free_port()
             p = subprocess.Popen([BIN, "run", "--git-url", "file://" + remote, "--git-path", "policies",
                                   "--target", cloud.target, "--listen", f"127.0.0.1:{port}",
-                                  "--data-dir", os.path.join(work, f"data-{port}"), "--resync", args.resync,
+                                  "--data-dir", os.path.join(work, f"data-{port}"), "--resync", resync or args.resync,
+                                  *extra,
                                   "--poll-interval", poll, "--github-webhook-secret", SECRET.decode(),
                                   # Each push is one measured merge, sent as soon as the
                                   # previous one is enforced: the default 5 s spacing of
@@ -243,6 +282,36 @@ def main():
             merge.samples.append(time.monotonic() - t0)
 
         result = {"cloud": args.cloud, "functions": args.functions, "resync": args.resync}
+        if args.events:
+            # Event-driven: the resync is ten minutes away; only the events wake Palisade.
+            url = cloud.event_queue(os.path.join(repo, "policies"))
+            t0 = time.monotonic()
+            proc, base = start("1h", "10m", ("--aws-events-queue", url))
+            result["events_first_converge_s"] = round(time.monotonic() - t0, 2)
+            resyncs = f'palisade_reconcile_triggers_total{{target="{cloud.target}",trigger="resync"}}'
+            lag = []
+            for n in range(args.events):
+                cloud.open_drift()
+                cloud.put_drift_event(n)
+                t = time.monotonic()
+                while cloud.drift_port in cloud.ingress_ports():
+                    if time.monotonic() - t > 120:
+                        raise SystemExit("event-driven drift not reverted in 120 s")
+                    time.sleep(0.02)
+                lag.append(time.monotonic() - t)
+                # The next drift after this revert's reconcile is recorded (the evidence,
+                # and the event's delete, follow the revert).
+                time.sleep(0.5)
+            result["event_drift_revert_s"] = summary(lag)
+            result["event_reconciles"] = metric_sum(base, f'palisade_reconcile_triggers_total{{target="{cloud.target}",trigger="event"}}')
+            result["resyncs_during_event_measure"] = metric_sum(base, resyncs)
+            result["events_matched"] = metric_sum(base, "palisade_events_matched_total")
+            result["events_dropped"] = metric_sum(base, "palisade_events_dropped_total")
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+            if args.only_events:
+                print(json.dumps(result, indent=2))
+                return
         t0 = time.monotonic()
         proc, base = start("1h")
         result["first_converge_s"] = round(time.monotonic() - t0, 2)
