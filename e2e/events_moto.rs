@@ -111,13 +111,25 @@ fn events_revert_drift_in_seconds_without_a_resync_and_name_who() {
     // What `events setup` prints is what is deployed: the rule's pattern, to a queue.
     let out = moto
         .palisade()
-        .args(["events", "setup", "--target", "prod-aws", "--format", "json", "--policies"])
+        .args([
+            "events",
+            "setup",
+            "--target",
+            "prod-aws",
+            "--format",
+            "json",
+            "--policies",
+        ])
         .arg(repo.work().join("policies"))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let setup: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let queue = moto.call("sqs", "create_queue", json!({ "QueueName": "palisade-events" }));
+    let queue = moto.call(
+        "sqs",
+        "create_queue",
+        json!({ "QueueName": "palisade-events" }),
+    );
     let url = queue["QueueUrl"].as_str().unwrap().to_string();
     let arn = moto.call(
         "sqs",
@@ -147,7 +159,8 @@ fn events_revert_drift_in_seconds_without_a_resync_and_name_who() {
     c.wait(120, "first revision enforced and reconciled", |c| {
         c.ready_at(&head)
     });
-    let resyncs = || c.metric("palisade_reconcile_triggers_total{target=\"prod-aws\",trigger=\"resync\"}");
+    let resyncs =
+        || c.metric("palisade_reconcile_triggers_total{target=\"prod-aws\",trigger=\"resync\"}");
     let api = group_id(&moto, "palisade-payments-api");
     let declared = ingress(&moto, &api);
 
@@ -156,15 +169,24 @@ fn events_revert_drift_in_seconds_without_a_resync_and_name_who() {
         "GroupId": api,
         "IpPermissions": [{ "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{ "CidrIp": "0.0.0.0/0" }] }]
     }));
-    put(&moto, "aws.ec2", &record(
-        "ec2.amazonaws.com",
-        "AuthorizeSecurityGroupIngress",
-        assumed("AWSReservedSSO_Admin_0123456789abcdef", "mallory@example.com"),
-        json!({ "groupId": api, "ipPermissions": { "items": [{ "ipProtocol": "tcp", "fromPort": 22, "toPort": 22, "ipRanges": { "items": [{ "cidrIp": "0.0.0.0/0" }] } }] } }),
-        json!({ "_return": true, "securityGroupRuleSet": { "items": [{ "groupId": api, "securityGroupRuleId": "sgr-0123456789abcdef0" }] } }),
-        1,
-    ));
-    c.wait(60, "the SSH rule reverted from the event", |_| ingress(&moto, &api) == declared);
+    put(
+        &moto,
+        "aws.ec2",
+        &record(
+            "ec2.amazonaws.com",
+            "AuthorizeSecurityGroupIngress",
+            assumed(
+                "AWSReservedSSO_Admin_0123456789abcdef",
+                "mallory@example.com",
+            ),
+            json!({ "groupId": api, "ipPermissions": { "items": [{ "ipProtocol": "tcp", "fromPort": 22, "toPort": 22, "ipRanges": { "items": [{ "cidrIp": "0.0.0.0/0" }] } }] } }),
+            json!({ "_return": true, "securityGroupRuleSet": { "items": [{ "groupId": api, "securityGroupRuleId": "sgr-0123456789abcdef0" }] } }),
+            1,
+        ),
+    );
+    c.wait(60, "the SSH rule reverted from the event", |_| {
+        ingress(&moto, &api) == declared
+    });
 
     // 2. CloudFormation, through its execution role, adds RDP: the group id is only in
     //    the response (`securityGroupRuleSet`).
@@ -174,43 +196,67 @@ fn events_revert_drift_in_seconds_without_a_resync_and_name_who() {
     }));
     let mut cfn = assumed("cfn-exec", "AWSCloudFormation");
     cfn["invokedBy"] = json!("cloudformation.amazonaws.com");
-    put(&moto, "aws.ec2", &record(
-        "ec2.amazonaws.com",
-        "AuthorizeSecurityGroupIngress",
-        cfn,
-        json!({ "ipPermissions": { "items": [{ "ipProtocol": "tcp", "fromPort": 3389, "toPort": 3389 }] } }),
-        json!({ "requestId": "r", "_return": true, "securityGroupRuleSet": { "items": [{ "groupId": api, "securityGroupRuleId": "sgr-0fedcba9876543210", "isEgress": false }] } }),
-        2,
-    ));
-    c.wait(60, "the RDP rule reverted from the event", |_| ingress(&moto, &api) == declared);
+    put(
+        &moto,
+        "aws.ec2",
+        &record(
+            "ec2.amazonaws.com",
+            "AuthorizeSecurityGroupIngress",
+            cfn,
+            json!({ "ipPermissions": { "items": [{ "ipProtocol": "tcp", "fromPort": 3389, "toPort": 3389 }] } }),
+            json!({ "requestId": "r", "_return": true, "securityGroupRuleSet": { "items": [{ "groupId": api, "securityGroupRuleId": "sgr-0fedcba9876543210", "isEgress": false }] } }),
+            2,
+        ),
+    );
+    c.wait(60, "the RDP rule reverted from the event", |_| {
+        ingress(&moto, &api) == declared
+    });
 
     // 3. Lambda's versioned API name: a function taken out of its VPC.
     moto.call("lambda", "update_function_configuration", json!({
         "FunctionName": "payments-api-0000", "VpcConfig": { "SubnetIds": [], "SecurityGroupIds": [] }
     }));
-    put(&moto, "aws.lambda", &record(
-        "lambda.amazonaws.com",
-        "UpdateFunctionConfiguration20150331v2",
-        json!({ "type": "IAMUser", "principalId": "AIDAEXAMPLE", "arn": format!("arn:aws:iam::{ACCOUNT}:user/deploy-bot"), "accountId": ACCOUNT, "userName": "deploy-bot" }),
-        json!({ "functionName": "payments-api-0000", "vpcConfig": { "subnetIds": [], "securityGroupIds": [] } }),
-        json!({ "functionName": "payments-api-0000", "functionArn": format!("arn:aws:lambda:us-east-1:{ACCOUNT}:function:payments-api-0000") }),
-        3,
-    ));
+    put(
+        &moto,
+        "aws.lambda",
+        &record(
+            "lambda.amazonaws.com",
+            "UpdateFunctionConfiguration20150331v2",
+            json!({ "type": "IAMUser", "principalId": "AIDAEXAMPLE", "arn": format!("arn:aws:iam::{ACCOUNT}:user/deploy-bot"), "accountId": ACCOUNT, "userName": "deploy-bot" }),
+            json!({ "functionName": "payments-api-0000", "vpcConfig": { "subnetIds": [], "securityGroupIds": [] } }),
+            json!({ "functionName": "payments-api-0000", "functionArn": format!("arn:aws:lambda:us-east-1:{ACCOUNT}:function:payments-api-0000") }),
+            3,
+        ),
+    );
     c.wait(60, "the function back in its VPC from the event", |_| {
-        let f = moto.call("lambda", "get_function_configuration", json!({ "FunctionName": "payments-api-0000" }));
-        f["VpcConfig"]["SubnetIds"].as_array().is_some_and(|s| !s.is_empty())
+        let f = moto.call(
+            "lambda",
+            "get_function_configuration",
+            json!({ "FunctionName": "payments-api-0000" }),
+        );
+        f["VpcConfig"]["SubnetIds"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty())
     });
 
     // 4. What must never crash or trigger anything: a malformed body and an event of
     //    another account (sent to the queue directly), and Palisade's own write (the
     //    request id moto answered its revert with).
-    moto.call("sqs", "send_message", json!({ "QueueUrl": url, "MessageBody": "{ not json" }));
+    moto.call(
+        "sqs",
+        "send_message",
+        json!({ "QueueUrl": url, "MessageBody": "{ not json" }),
+    );
     let foreign: Value = json!({
         "version": "0", "id": "x", "detail-type": "AWS API Call via CloudTrail", "source": "aws.ec2",
         "account": "999999999999", "time": "2026-12-02T08:00:09Z", "region": "us-east-1", "resources": [],
         "detail": record("ec2.amazonaws.com", "RevokeSecurityGroupIngress", assumed("x", "y"), json!({ "groupId": api }), json!({}), 9)
     });
-    moto.call("sqs", "send_message", json!({ "QueueUrl": url, "MessageBody": foreign.to_string() }));
+    moto.call(
+        "sqs",
+        "send_message",
+        json!({ "QueueUrl": url, "MessageBody": foreign.to_string() }),
+    );
     c.wait(30, "malformed and foreign counted", |c| {
         c.metric("palisade_events_dropped_total{reason=\"malformed\"}") >= 1.0
             && c.metric("palisade_events_dropped_total{reason=\"foreign\"}") >= 1.0
@@ -225,7 +271,14 @@ fn events_revert_drift_in_seconds_without_a_resync_and_name_who() {
             _ => None,
         })
         .expect("a change with the request id AWS answered");
-    let mut own = record("ec2.amazonaws.com", "RevokeSecurityGroupIngress", assumed("x", "y"), json!({ "groupId": api }), json!({ "_return": true }), 10);
+    let mut own = record(
+        "ec2.amazonaws.com",
+        "RevokeSecurityGroupIngress",
+        assumed("x", "y"),
+        json!({ "groupId": api }),
+        json!({ "_return": true }),
+        10,
+    );
     own["requestID"] = json!(own_request);
     put(&moto, "aws.ec2", &own);
     c.wait(30, "Palisade's own write dropped", |c| {
@@ -234,7 +287,9 @@ fn events_revert_drift_in_seconds_without_a_resync_and_name_who() {
 
     // Every revert came from an event: no resync ran (it is ten minutes away).
     assert_eq!(resyncs(), 0.0, "{}", c.logs());
-    assert!(c.metric("palisade_reconcile_triggers_total{target=\"prod-aws\",trigger=\"event\"}") >= 3.0);
+    assert!(
+        c.metric("palisade_reconcile_triggers_total{target=\"prod-aws\",trigger=\"event\"}") >= 3.0
+    );
     assert!(c.metric("palisade_event_reconcile_lag_seconds_count") >= 3.0);
     // Every message was deleted: nothing waits in the queue.
     c.wait(30, "the queue drained", |_| {
@@ -248,17 +303,29 @@ fn events_revert_drift_in_seconds_without_a_resync_and_name_who() {
     let drift = drift_events(&moto);
     let actors: Vec<palisade_providers::Actor> = drift.iter().filter_map(actor_of).collect();
     let by_issuer = |issuer: &str| actors.iter().find(|a| a.issuer.as_deref() == Some(issuer));
-    let sso = by_issuer(&format!("arn:aws:iam::{ACCOUNT}:role/AWSReservedSSO_Admin_0123456789abcdef"))
-        .unwrap_or_else(|| panic!("the SSH drift names the SSO session: {drift:?}"));
+    let sso = by_issuer(&format!(
+        "arn:aws:iam::{ACCOUNT}:role/AWSReservedSSO_Admin_0123456789abcdef"
+    ))
+    .unwrap_or_else(|| panic!("the SSH drift names the SSO session: {drift:?}"));
     assert_eq!(sso.name.as_deref(), Some("mallory@example.com"));
     assert_eq!(sso.source_ip.as_deref(), Some("198.51.100.20"));
-    let cfn = by_issuer(&format!("arn:aws:iam::{ACCOUNT}:role/cfn-exec")).expect("the RDP drift names CloudFormation's role");
-    assert_eq!(cfn.invoked_by.as_deref(), Some("cloudformation.amazonaws.com"));
+    let cfn = by_issuer(&format!("arn:aws:iam::{ACCOUNT}:role/cfn-exec"))
+        .expect("the RDP drift names CloudFormation's role");
+    assert_eq!(
+        cfn.invoked_by.as_deref(),
+        Some("cloudformation.amazonaws.com")
+    );
     assert!(
-        actors.iter().any(|a| a.id == format!("arn:aws:iam::{ACCOUNT}:user/deploy-bot")
-            && a.operation.as_deref() == Some("UpdateFunctionConfiguration20150331v2")),
+        actors.iter().any(
+            |a| a.id == format!("arn:aws:iam::{ACCOUNT}:user/deploy-bot")
+                && a.operation.as_deref() == Some("UpdateFunctionConfiguration20150331v2")
+        ),
         "the placement drift names the IAM user: {actors:?}"
     );
     assert_eq!(c.http("GET", "/healthz", &[], "").0, 200);
-    assert!(c.status()["eventQueues"][&url]["lastError"].is_null(), "{}", c.status());
+    assert!(
+        c.status()["eventQueues"][&url]["lastError"].is_null(),
+        "{}",
+        c.status()
+    );
 }

@@ -23,7 +23,9 @@ async fn main() {
     let sts = mock!(aws_sdk_sts::Client::get_caller_identity).then_output(|| {
         GetCallerIdentityOutput::builder()
             .account(ACCOUNT)
-            .arn(format!("arn:aws:sts::{ACCOUNT}:assumed-role/palisade/palisade"))
+            .arn(format!(
+                "arn:aws:sts::{ACCOUNT}:assumed-role/palisade/palisade"
+            ))
             .build()
     });
     // Every lookup finds one write by a pipeline's role.
@@ -69,7 +71,10 @@ async fn main() {
         })
         .collect();
     let started = Instant::now();
-    let actors = provider.attribute(&target, &queries).await.expect("attribute");
+    let actors = provider
+        .attribute(&target, &queries)
+        .await
+        .expect("attribute");
     let elapsed = started.elapsed().as_secs_f64();
     let found = actors.iter().filter(|a| a.is_some()).count();
     let calls: u64 = provider
@@ -84,6 +89,10 @@ async fn main() {
         drifts.div_ceil(2),
         drifts / 2,
         calls as f64 / drifts as f64,
-        if elapsed > 0.0 { calls as f64 / elapsed } else { 0.0 }
+        if elapsed > 0.0 {
+            calls as f64 / elapsed
+        } else {
+            0.0
+        }
     );
 }

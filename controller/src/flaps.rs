@@ -96,7 +96,12 @@ impl Flaps {
     }
 
     /// The principal behind most drift of `keys` within the window, with its count.
-    fn top_author(&self, keys: &[String], window: Duration, now: i64) -> Option<(String, bool, usize)> {
+    fn top_author(
+        &self,
+        keys: &[String],
+        window: Duration,
+        now: i64,
+    ) -> Option<(String, bool, usize)> {
         let since = now - window.as_millis() as i64;
         let mut counts: BTreeMap<(&str, bool), usize> = BTreeMap::new();
         for k in keys {
@@ -225,9 +230,9 @@ fn rule_key(r: &Rule) -> String {
 /// `1h`, `30m`, `90s`: a window for people.
 fn span(d: Duration) -> String {
     let s = d.as_secs();
-    if s >= 3600 && s % 3600 == 0 {
+    if s >= 3600 && s.is_multiple_of(3600) {
         format!("{} h", s / 3600)
-    } else if s >= 60 && s % 60 == 0 {
+    } else if s >= 60 && s.is_multiple_of(60) {
         format!("{} min", s / 60)
     } else {
         format!("{s} s")
@@ -435,9 +440,9 @@ mod tests {
         let mut changes = vec![revoke.clone()];
         let findings = flaps.filter("t", &mut changes, 5, window, T + 10);
         assert!(
-            findings[0]
-                .message
-                .contains("fighting `arn:aws:iam::123456789012:role/terraform-ci` (7 times in 1 h)"),
+            findings[0].message.contains(
+                "fighting `arn:aws:iam::123456789012:role/terraform-ci` (7 times in 1 h)"
+            ),
             "{}",
             findings[0].message
         );

@@ -243,10 +243,10 @@ fn collect_ids(v: &Value, key: &str, depth: usize, out: &mut Vec<String>) {
                 key,
                 "functionName" | "FunctionName" | "functionArn" | "FunctionArn" | "resource"
             );
-            if is_id(s, "sg-") || is_id(s, "vpce-") || (function_key && is_function(s)) {
-                if !out.contains(s) {
-                    out.push(s.clone());
-                }
+            if (is_id(s, "sg-") || is_id(s, "vpce-") || (function_key && is_function(s)))
+                && !out.contains(s)
+            {
+                out.push(s.clone());
             }
         }
         Value::Array(items) => {
@@ -283,8 +283,8 @@ pub fn parse_cloudtrail(body: &str) -> Result<ChangeEvent, Unusable> {
             body.len()
         )));
     }
-    let v: Value = serde_json::from_str(body)
-        .map_err(|e| Unusable::Malformed(format!("not JSON: {e}")))?;
+    let v: Value =
+        serde_json::from_str(body).map_err(|e| Unusable::Malformed(format!("not JSON: {e}")))?;
     if !v.is_object() {
         return Err(Unusable::Malformed("not a JSON object".into()));
     }
@@ -422,7 +422,10 @@ mod tests {
         assert_eq!(e.request_id.as_deref(), Some("r-1"));
         let a = e.actor.unwrap();
         assert_eq!(a.kind, ActorKind::AssumedRole);
-        assert_eq!(a.issuer.as_deref(), Some("arn:aws:iam::123456789012:role/ops"));
+        assert_eq!(
+            a.issuer.as_deref(),
+            Some("arn:aws:iam::123456789012:role/ops")
+        );
         // Without the envelope's account and region (moto's delivery), the record's own.
         let bare = json!({
             "detail-type": "AWS API Call via CloudTrail",
@@ -431,7 +434,10 @@ mod tests {
                 "requestParameters": {"groupId": "sg-0123456789abcdef0"}}
         });
         let e = parse_cloudtrail(&bare.to_string()).unwrap();
-        assert_eq!((e.account.as_str(), e.region.as_str()), ("210987654321", "eu-north-1"));
+        assert_eq!(
+            (e.account.as_str(), e.region.as_str()),
+            ("210987654321", "eu-north-1")
+        );
         let mut none = bare.clone();
         none["detail"]["recipientAccountId"] = Value::Null;
         assert_eq!(

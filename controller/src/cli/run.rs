@@ -128,7 +128,11 @@ pub(crate) struct RunArgs {
     /// events; `palisade events setup` prints it). Each is long-polled with Palisade's
     /// own credentials in the region its URL names; an event reconciles the targets of
     /// its account and region within seconds. Repeatable.
-    #[arg(long = "aws-events-queue", env = "PALISADE_AWS_EVENTS_QUEUES", value_delimiter = ',')]
+    #[arg(
+        long = "aws-events-queue",
+        env = "PALISADE_AWS_EVENTS_QUEUES",
+        value_delimiter = ','
+    )]
     pub(crate) aws_events_queues: Vec<String>,
     /// A target woken by change events reconciles at most once per this interval
     /// (events meanwhile are coalesced).

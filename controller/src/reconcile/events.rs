@@ -178,8 +178,9 @@ pub(crate) async fn settle(shared: &Shared, deliveries: Vec<Delivery>, committed
         return;
     }
     let now = shared.clock.now_ms();
-    let mut by_queue: HashMap<String, (Arc<dyn EventQueue>, Vec<(String, String)>)> =
-        HashMap::new();
+    // Queue name → the queue and the (id, receipt) of each message it is owed.
+    type Owed = (Arc<dyn EventQueue>, Vec<(String, String)>);
+    let mut by_queue: HashMap<String, Owed> = HashMap::new();
     for d in deliveries {
         if !committed {
             d.ack.failed.store(true, Ordering::SeqCst);
@@ -206,7 +207,12 @@ pub(crate) async fn settle(shared: &Shared, deliveries: Vec<Delivery>, committed
     }
 }
 
-async fn delete(shared: &Shared, name: &str, queue: &dyn EventQueue, messages: &[(String, String)]) {
+async fn delete(
+    shared: &Shared,
+    name: &str,
+    queue: &dyn EventQueue,
+    messages: &[(String, String)],
+) {
     if messages.is_empty() {
         return;
     }
@@ -220,8 +226,10 @@ async fn delete(shared: &Shared, name: &str, queue: &dyn EventQueue, messages: &
         Err(e) => {
             tracing::warn!(queue = %name, error = %e, messages = messages.len(), "messages could not be deleted; they come back and are handled again");
             shared.update(|s| {
-                s.event_queues.entry(name.to_string()).or_default().last_error =
-                    Some(format!("delete: {e}"));
+                s.event_queues
+                    .entry(name.to_string())
+                    .or_default()
+                    .last_error = Some(format!("delete: {e}"));
             });
         }
     }

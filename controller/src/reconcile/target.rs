@@ -133,13 +133,15 @@ fn drift_fields(
         .drift
         .iter()
         .filter(|(_, _, r)| resource.is_none_or(|x| x == r))
-        .filter_map(|(i, _, r)| match evidence.events.get(*i).map(|(_, e)| &e.body) {
-            Some(crate::history::Body::Typed(EventData::DriftDetected(d))) => Some((
-                crate::flaps::fields_of(r, d.correction.as_ref()?),
-                d.actor.as_deref().cloned(),
-            )),
-            _ => None,
-        })
+        .filter_map(
+            |(i, _, r)| match evidence.events.get(*i).map(|(_, e)| &e.body) {
+                Some(crate::history::Body::Typed(EventData::DriftDetected(d))) => Some((
+                    crate::flaps::fields_of(r, d.correction.as_ref()?),
+                    d.actor.as_deref().cloned(),
+                )),
+                _ => None,
+            },
+        )
         .collect()
 }
 

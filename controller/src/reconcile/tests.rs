@@ -715,7 +715,10 @@ async fn a_burst_of_events_is_counted_coalesced_and_deleted_and_the_drift_revert
         850.0
     );
     assert_eq!(metric(s, "palisade_events_deleted_total"), 1000.0);
-    assert_eq!(metric(s, "palisade_event_reconcile_lag_seconds_count"), 850.0);
+    assert_eq!(
+        metric(s, "palisade_event_reconcile_lag_seconds_count"),
+        850.0
+    );
     let event_reconciles = metric(
         s,
         &format!("palisade_reconcile_triggers_total{{target=\"{TARGET}\",trigger=\"event\"}}"),
@@ -810,7 +813,13 @@ async fn a_flap_finding_names_the_pipeline_that_keeps_changing_it_back() {
     for n in 0..4 {
         f.mutate_group(&sg, |rules| rules.retain(|r| r != &declared));
         queue.send(
-            &cloudtrail("123456789012", "RevokeSecurityGroupIngress", &sg, "terraform-ci", n),
+            &cloudtrail(
+                "123456789012",
+                "RevokeSecurityGroupIngress",
+                &sg,
+                "terraform-ci",
+                n,
+            ),
             T0,
         );
         for m in dyn_queue.receive(Duration::ZERO).await.unwrap() {
@@ -828,7 +837,8 @@ async fn a_flap_finding_names_the_pipeline_that_keeps_changing_it_back() {
         .collect();
     assert_eq!(flapping.len(), 1, "{flapping:?}");
     assert!(
-        flapping[0].contains("fighting `arn:aws:iam::123456789012:role/terraform-ci` (3 times in 1 h)"),
+        flapping[0]
+            .contains("fighting `arn:aws:iam::123456789012:role/terraform-ci` (3 times in 1 h)"),
         "{}",
         flapping[0]
     );

@@ -24,7 +24,7 @@ pub struct QueueUrl {
     /// The account in its path.
     pub account: String,
     /// The queue's name.
-    pub name: String,
+    pub queue_name: String,
     /// The region its host names (`sqs.<region>.amazonaws.com`,
     /// `<region>.queue.amazonaws.com`); `None` for an endpoint override (an emulator).
     pub region: Option<String>,
@@ -60,7 +60,10 @@ pub fn parse_queue_url(url: &str) -> Result<QueueUrl, ProviderError> {
         return Err(invalid(url, "no plain host"));
     }
     if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(invalid(url, "the first path segment is not a 12-digit account"));
+        return Err(invalid(
+            url,
+            "the first path segment is not a 12-digit account",
+        ));
     }
     let base = name.strip_suffix(".fifo").unwrap_or(name);
     if base.is_empty()
@@ -69,7 +72,10 @@ pub fn parse_queue_url(url: &str) -> Result<QueueUrl, ProviderError> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
-        return Err(invalid(url, "the queue name is not 1–80 letters, digits, - or _"));
+        return Err(invalid(
+            url,
+            "the queue name is not 1–80 letters, digits, - or _",
+        ));
     }
     let host = host.split(':').next().unwrap_or(host);
     let region = host
@@ -80,7 +86,7 @@ pub fn parse_queue_url(url: &str) -> Result<QueueUrl, ProviderError> {
     Ok(QueueUrl {
         url: url.to_string(),
         account: account.to_string(),
-        name: name.to_string(),
+        queue_name: name.to_string(),
         region,
     })
 }
@@ -169,23 +175,16 @@ impl EventQueue for SqsQueue {
         let out = self
             .budget
             // One try: the loop polls again.
-            .call_tries(
-                1,
-                &self.scope,
-                Family::Sqs,
-                "sqs",
-                "ReceiveMessage",
-                || {
-                    self.client
-                        .receive_message()
-                        .queue_url(&self.url.url)
-                        .max_number_of_messages(10)
-                        .wait_time_seconds(wait)
-                        .visibility_timeout(self.visibility)
-                        .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
-                        .send()
-                },
-            )
+            .call_tries(1, &self.scope, Family::Sqs, "sqs", "ReceiveMessage", || {
+                self.client
+                    .receive_message()
+                    .queue_url(&self.url.url)
+                    .max_number_of_messages(10)
+                    .wait_time_seconds(wait)
+                    .visibility_timeout(self.visibility)
+                    .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+                    .send()
+            })
             .await?;
         let mut messages = Vec::new();
         for m in out.messages() {

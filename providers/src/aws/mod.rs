@@ -364,9 +364,7 @@ impl Provider for AwsProvider {
             .get(&target.name)
             .and_then(|s| s.caller.clone());
         match (caller, &event.actor) {
-            (Some(me), Some(a)) => {
-                attribute::same_principal(Some(&a.id), a.issuer.as_deref(), &me)
-            }
+            (Some(me), Some(a)) => attribute::same_principal(Some(&a.id), a.issuer.as_deref(), &me),
             _ => false,
         }
     }
