@@ -52,7 +52,9 @@ fn ingress(moto: &Moto, group: &str) -> Vec<(i64, String)> {
 /// A CloudTrail record as EventBridge carries it in `detail`.
 fn record(source: &str, name: &str, who: Value, request: Value, response: Value, n: u32) -> Value {
     json!({
-        "eventVersion": "1.09", "userIdentity": who, "eventTime": format!("2026-12-02T08:00:{n:02}Z"),
+        // Now: a drift takes an event's actor only within its observation window.
+        "eventVersion": "1.09", "userIdentity": who,
+        "eventTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
         "eventSource": source, "eventName": name, "awsRegion": "us-east-1",
         "sourceIPAddress": "198.51.100.20", "userAgent": "aws-cli/2.15.0",
         "requestParameters": request, "responseElements": response,
@@ -249,7 +251,7 @@ fn events_revert_drift_in_seconds_without_a_resync_and_name_who() {
     );
     let foreign: Value = json!({
         "version": "0", "id": "x", "detail-type": "AWS API Call via CloudTrail", "source": "aws.ec2",
-        "account": "999999999999", "time": "2026-12-02T08:00:09Z", "region": "us-east-1", "resources": [],
+        "account": "999999999999", "time": jiff::Timestamp::now().to_string(), "region": "us-east-1", "resources": [],
         "detail": record("ec2.amazonaws.com", "RevokeSecurityGroupIngress", assumed("x", "y"), json!({ "groupId": api }), json!({}), 9)
     });
     moto.call(

@@ -112,9 +112,10 @@ impl Setup {
                     "Type": "AWS::SQS::Queue",
                     "Properties": {
                         "QueueName": self.queue_name,
-                        // Longer than twice Palisade's reconcile timeout: a message whose
-                        // reconcile was not recorded comes back after this.
-                        "VisibilityTimeout": 1200,
+                        // The queue's default; Palisade asks for its own on every
+                        // receive (twice its reconcile timeout, plus its longest retry
+                        // backoff and a minute: 26 minutes at the defaults).
+                        "VisibilityTimeout": 1560,
                         "MessageRetentionPeriod": 86400,
                         "ReceiveMessageWaitTimeSeconds": 20,
                         "SqsManagedSseEnabled": true,

@@ -95,7 +95,9 @@ impl Flaps {
         }
     }
 
-    /// The principal behind most drift of `keys` within the window, with its count.
+    /// The principal behind most drift of one of `keys` within the window, with its
+    /// count (per field, as the reverts are counted: a change of three rules at once is
+    /// one time, not three).
     fn top_author(
         &self,
         keys: &[String],
@@ -103,19 +105,21 @@ impl Flaps {
         now: i64,
     ) -> Option<(String, bool, usize)> {
         let since = now - window.as_millis() as i64;
-        let mut counts: BTreeMap<(&str, bool), usize> = BTreeMap::new();
+        let mut best: Option<(String, bool, usize)> = None;
         for k in keys {
+            let mut counts: BTreeMap<(&str, bool), usize> = BTreeMap::new();
             for (t, who, person) in self.authors.get(k).into_iter().flatten() {
                 if *t >= since {
                     *counts.entry((who.as_str(), *person)).or_default() += 1;
                 }
             }
+            for ((who, person), n) in counts {
+                if best.as_ref().is_none_or(|b| n > b.2) {
+                    best = Some((who.to_string(), person, n));
+                }
+            }
         }
-        counts
-            .into_iter()
-            .max_by_key(|(_, n)| *n)
-            .filter(|(_, n)| *n >= 2)
-            .map(|((who, person), n)| (who.to_string(), person, n))
+        best.filter(|b| b.2 >= 2)
     }
 
     /// Forget reverts older than `window` before `now` (what is kept between runs).

@@ -42,8 +42,13 @@ pub struct ChangeEvent {
     pub region: String,
     /// The API (`AuthorizeSecurityGroupIngress`, `UpdateFunctionConfiguration20150331v2`).
     pub operation: String,
-    /// The cloud ids it names: security groups, endpoints, functions (ARN or name).
+    /// The cloud ids it names: security groups, endpoints, functions (ARN or name) —
+    /// what it changed and what it merely refers to (a group a rule admits, the groups
+    /// of a function's `vpcConfig`). Routing goes by these.
     pub resources: Vec<String>,
+    /// Of `resources`, those the call acted on (not those it refers to): only a drift of
+    /// one of these takes the event's actor.
+    pub subjects: Vec<String>,
     /// Whether it may bring in something no earlier observation knew (a new function or
     /// group, new tags that may select a function): routed to every target in scope.
     pub creates: bool,
@@ -231,10 +236,41 @@ fn is_function(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// Every id in `v` worth routing by: EC2 group and endpoint ids wherever they are, and
-/// functions under the keys Lambda names them by.
-fn collect_ids(v: &Value, key: &str, depth: usize, out: &mut Vec<String>) {
-    if depth > MAX_DEPTH || out.len() >= MAX_IDS {
+/// Keys under which a request or response *refers to* other resources (the peers of a
+/// rule, the groups a function or endpoint uses) rather than naming what it changed.
+fn is_reference(key: &str) -> bool {
+    matches!(
+        key,
+        "ipPermissions"
+            | "IpPermissions"
+            | "SecurityGroupRule"
+            | "securityGroupRule"
+            | "userIdGroupPairs"
+            | "groups"
+            | "securityGroupIds"
+            | "SecurityGroupIds"
+            | "SecurityGroupId"
+            | "securityGroupIdSet"
+            | "groupSet"
+            | "vpcConfig"
+            | "VpcConfig"
+            | "referencedGroupInfo"
+            | "referencedGroupId"
+    )
+}
+
+/// What [`collect_ids`] gathers.
+#[derive(Default)]
+struct Ids {
+    all: Vec<String>,
+    subjects: Vec<String>,
+}
+
+/// Every id in `v` worth routing by — EC2 group and endpoint ids wherever they are,
+/// functions under the keys Lambda names them by — and, outside the subtrees that
+/// refer to other resources, the subjects.
+fn collect_ids(v: &Value, key: &str, depth: usize, reference: bool, out: &mut Ids) {
+    if depth > MAX_DEPTH || out.all.len() >= MAX_IDS {
         return;
     }
     match v {
@@ -243,20 +279,23 @@ fn collect_ids(v: &Value, key: &str, depth: usize, out: &mut Vec<String>) {
                 key,
                 "functionName" | "FunctionName" | "functionArn" | "FunctionArn" | "resource"
             );
-            if (is_id(s, "sg-") || is_id(s, "vpce-") || (function_key && is_function(s)))
-                && !out.contains(s)
-            {
-                out.push(s.clone());
+            if is_id(s, "sg-") || is_id(s, "vpce-") || (function_key && is_function(s)) {
+                if !out.all.contains(s) {
+                    out.all.push(s.clone());
+                }
+                if !reference && !out.subjects.contains(s) {
+                    out.subjects.push(s.clone());
+                }
             }
         }
         Value::Array(items) => {
             for i in items {
-                collect_ids(i, key, depth + 1, out);
+                collect_ids(i, key, depth + 1, reference, out);
             }
         }
         Value::Object(m) => {
             for (k, x) in m {
-                collect_ids(x, k, depth + 1, out);
+                collect_ids(x, k, depth + 1, reference || is_reference(k), out);
             }
         }
         _ => {}
@@ -334,10 +373,9 @@ pub fn parse_cloudtrail(body: &str) -> Result<ChangeEvent, Unusable> {
     let source = detail["eventSource"].as_str().unwrap_or_default();
     let creates = match source {
         "ec2.amazonaws.com" => match EC2_APIS.iter().find(|a| **a == name) {
-            Some(a) => matches!(
-                *a,
-                "CreateSecurityGroup" | "CreateTags" | "DeleteTags" | "CreateVpcEndpoint"
-            ),
+            // Tags on a group or endpoint are read from it (it is known); a new one
+            // is announced by its create.
+            Some(a) => matches!(*a, "CreateSecurityGroup" | "CreateVpcEndpoint"),
             None => {
                 return Err(Unusable::Irrelevant(format!(
                     "EC2 API {:?}",
@@ -370,15 +408,23 @@ pub fn parse_cloudtrail(body: &str) -> Result<ChangeEvent, Unusable> {
     if detail["readOnly"].as_bool() == Some(true) {
         return Err(Unusable::Irrelevant("a read-only call".into()));
     }
-    let mut resources = Vec::new();
-    collect_ids(&detail["requestParameters"], "", 0, &mut resources);
-    collect_ids(&detail["responseElements"], "", 0, &mut resources);
+    let mut ids = Ids::default();
+    collect_ids(&detail["requestParameters"], "", 0, false, &mut ids);
+    collect_ids(&detail["responseElements"], "", 0, false, &mut ids);
+    // Tags are written on anything (instances, volumes, interfaces…): only tags on a
+    // group or an endpoint matter.
+    if matches!(name, "CreateTags" | "DeleteTags") && ids.all.is_empty() {
+        return Err(Unusable::Irrelevant(
+            "tags on no security group or VPC endpoint".into(),
+        ));
+    }
     Ok(ChangeEvent {
         cloud: Cloud::Aws,
         account: account.to_string(),
         region: region.to_string(),
         operation: audit_text(name),
-        resources,
+        resources: ids.all,
+        subjects: ids.subjects,
         creates,
         request_id: text(&detail["requestID"]),
         actor: actor_of(detail),
@@ -463,6 +509,7 @@ mod tests {
         })))
         .unwrap();
         assert_eq!(e.resources, vec!["sg-00000000000000abc"]);
+        assert_eq!(e.subjects, e.resources, "the group the rule was added to");
         assert_eq!(
             e.actor.unwrap().invoked_by.as_deref(),
             Some("cloudformation.amazonaws.com")
@@ -550,7 +597,41 @@ mod tests {
         })))
         .unwrap();
         assert_eq!(e.resources.len(), MAX_IDS);
-        assert!(e.creates);
+        assert!(!e.creates, "a tag on a known group is read from the group");
         assert!(!e.resources.iter().any(|r| r == "sg-nothex!"));
+    }
+
+    #[test]
+    fn what_a_call_changed_is_told_from_what_it_refers_to() {
+        // A rule on sg-…a that admits sg-…b: both route, only sg-…a is the subject.
+        let e = parse_cloudtrail(&envelope(json!({
+            "eventSource": "ec2.amazonaws.com", "eventName": "AuthorizeSecurityGroupIngress",
+            "requestParameters": {"groupId": "sg-0000000000000000a", "ipPermissions": {"items": [
+                {"ipProtocol": "tcp", "fromPort": 5432, "toPort": 5432,
+                 "groups": {"items": [{"groupId": "sg-0000000000000000b"}]}}]}}
+        })))
+        .unwrap();
+        assert_eq!(
+            e.resources,
+            vec!["sg-0000000000000000a", "sg-0000000000000000b"]
+        );
+        assert_eq!(e.subjects, vec!["sg-0000000000000000a"]);
+        // A function's new placement names its groups: the function is the subject.
+        let mut v: Value = serde_json::from_str(&envelope(json!({
+            "eventSource": "lambda.amazonaws.com", "eventName": "UpdateFunctionConfiguration20150331v2",
+            "requestParameters": {"functionName": "orders-api",
+                "vpcConfig": {"subnetIds": ["subnet-1"], "securityGroupIds": ["sg-0000000000000000c"]}}
+        })))
+        .unwrap();
+        v["source"] = json!("aws.lambda");
+        let e = parse_cloudtrail(&v.to_string()).unwrap();
+        assert_eq!(e.subjects, vec!["orders-api"]);
+        assert!(e.resources.contains(&"sg-0000000000000000c".to_string()));
+        // Tags on an instance are not Palisade's business.
+        let tags = envelope(json!({
+            "eventSource": "ec2.amazonaws.com", "eventName": "CreateTags",
+            "requestParameters": {"resourcesSet": {"items": [{"resourceId": "i-0123456789abcdef0"}]}}
+        }));
+        assert_eq!(parse_cloudtrail(&tags).unwrap_err().reason(), "irrelevant");
     }
 }

@@ -482,13 +482,16 @@ pub trait Provider: Send + Sync {
     async fn apply(&self, target: &Target, change: &Change) -> Result<Outcome, ProviderError>;
 
     /// The queue of cloud change events at `url` (AWS: an SQS queue fed by EventBridge),
-    /// read with this provider's credentials and counted in its API calls.
+    /// read with this provider's credentials and counted in its API calls. A received
+    /// message stays hidden for `visibility` (longer than the reconcile that consumes
+    /// it may take), then comes back unless deleted.
     ///
     /// # Errors
     /// This cloud has no such queue, or the URL is not one.
     async fn event_queue(
         &self,
         url: &str,
+        _visibility: std::time::Duration,
     ) -> Result<std::sync::Arc<dyn crate::events::EventQueue>, ProviderError> {
         Err(ProviderError::refused(
             RefusalKind::Unsupported,

@@ -275,13 +275,17 @@ pub(crate) fn run_controller(args: RunArgs) -> Result<ExitCode> {
             // Shown in /api/status and counted until a write succeeds.
             shared.history_written(Err(problem));
         }
+        // A received event stays hidden while its reconcile may still run: twice the
+        // reconcile timeout (the backstop), the longest retry backoff, and a minute.
+        let s = &shared.settings;
+        let visibility = s.reconcile_timeout * 2 + s.retry_max + Duration::from_secs(60);
         for url in &args.aws_events_queues {
             let provider = shared
                 .providers
                 .get(palisade_providers::Cloud::Aws)
                 .context("--aws-events-queue")?;
             let queue = provider
-                .event_queue(url)
+                .event_queue(url, visibility)
                 .await
                 .with_context(|| format!("--aws-events-queue {url}"))?;
             shared.add_event_queue(queue);

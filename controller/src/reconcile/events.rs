@@ -35,6 +35,10 @@ use crate::metrics::{ReasonL, TargetL};
 pub const INBOX_MAX: usize = 10_000;
 /// Longest long poll (SQS's maximum).
 const RECEIVE_WAIT: Duration = Duration::from_secs(20);
+/// A receive that has not answered this long after its long poll ended is abandoned.
+const RECEIVE_SLACK: Duration = Duration::from_secs(10);
+/// Longest wait for a delete (the worker waits for it).
+const DELETE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What a queue shows in `/api/status`.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -75,7 +79,18 @@ pub(crate) struct Delivery {
 pub(crate) struct Inbox {
     pending: Mutex<Vec<Delivery>>,
     pub(crate) notify: tokio::sync::Notify,
-    known: Mutex<Option<HashSet<String>>>,
+    known: Mutex<Known>,
+}
+
+/// The ids a target's events are routed by.
+#[derive(Debug, Default)]
+struct Known {
+    /// From the last observation, plus what was created or announced since (`None`:
+    /// never observed, so everything is routed).
+    ids: Option<HashSet<String>>,
+    /// Ids added while an observation runs: it may have read the cloud before they
+    /// existed, so they survive its [`Inbox::set_known`].
+    during: Option<HashSet<String>>,
 }
 
 impl Inbox {
@@ -93,6 +108,26 @@ impl Inbox {
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// Put back what a reconcile took but never observed for (it failed before): the
+    /// next reconcile consumes it (and its actors).
+    pub(crate) fn restore(&self, deliveries: Vec<Delivery>) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for d in deliveries {
+            // A newer delivery of the same message wins; a full inbox leaves it to
+            // come back from the queue.
+            if p.len() < INBOX_MAX && !p.iter().any(|x| x.ack.id == d.ack.id) {
+                p.push(d);
+            } else {
+                d.ack.failed.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// An observation of the target starts.
+    pub(crate) fn begin_observation(&self) {
+        self.known.lock().unwrap_or_else(|e| e.into_inner()).during = Some(HashSet::new());
+    }
+
     /// Add `d`; a message delivered again replaces its earlier delivery (only the
     /// newest receipt deletes it). False when the inbox is full.
     fn push(&self, d: Delivery) -> bool {
@@ -108,7 +143,8 @@ impl Inbox {
         true
     }
 
-    /// The ids of `inventory` (lowercased): groups, endpoints, functions by ARN and name.
+    /// The ids of `inventory` (lowercased): groups, endpoints, functions by ARN and name,
+    /// and what was added while it was read.
     pub(crate) fn set_known(&self, inventory: &Inventory) {
         let mut ids = HashSet::new();
         for g in &inventory.groups {
@@ -121,18 +157,21 @@ impl Inbox {
             ids.insert(f.id.to_ascii_lowercase());
             ids.insert(f.name.to_ascii_lowercase());
         }
-        *self.known.lock().unwrap_or_else(|e| e.into_inner()) = Some(ids);
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        ids.extend(known.during.take().unwrap_or_default());
+        known.ids = Some(ids);
     }
 
-    /// `id` was created by this target's reconcile after its observation.
+    /// `id` exists now: created by this target's reconcile, or announced by a change
+    /// event (a new group, endpoint or function).
     pub(crate) fn add_known(&self, id: &str) {
-        if let Some(known) = self
-            .known
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_mut()
-        {
-            known.insert(id.to_ascii_lowercase());
+        let id = id.to_ascii_lowercase();
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(during) = known.during.as_mut() {
+            during.insert(id.clone());
+        }
+        if let Some(ids) = known.ids.as_mut() {
+            ids.insert(id);
         }
     }
 
@@ -143,7 +182,7 @@ impl Inbox {
             return true;
         }
         let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(known) = known.as_ref() else {
+        let Some(known) = known.ids.as_ref() else {
             return true;
         };
         event
@@ -153,21 +192,40 @@ impl Inbox {
     }
 }
 
-/// The actor of the newest event among `deliveries` that names `id` (a group or
-/// endpoint id, a function's ARN or name).
-pub(crate) fn pushed_actor(deliveries: &[Delivery], id: &str) -> Option<Actor> {
+/// The actor of the newest event among `deliveries` that acted on `id` (a group or
+/// endpoint id, a function's ARN or name — not merely referred to it) at a time within
+/// `[since_ms, until_ms]` (the window the audit log would be asked about). An event
+/// without a readable time says nothing: the audit log is asked instead.
+pub(crate) fn pushed_actor(
+    deliveries: &[Delivery],
+    id: &str,
+    since_ms: i64,
+    until_ms: i64,
+) -> Option<Actor> {
     let id = id.to_ascii_lowercase();
     let name = id.split(":function:").nth(1).map(|n| n.to_string());
+    let at = |a: &Actor| {
+        a.event_time
+            .as_deref()?
+            .parse::<jiff::Timestamp>()
+            .ok()
+            .map(|t| t.as_millisecond())
+    };
     deliveries
         .iter()
         .filter(|d| {
-            d.event.resources.iter().any(|r| {
+            d.event.subjects.iter().any(|r| {
                 let r = r.to_ascii_lowercase();
                 r == id || name.as_deref() == Some(r.as_str())
             })
         })
-        .filter_map(|d| d.event.actor.clone())
-        .max_by(|a, b| a.event_time.cmp(&b.event_time))
+        .filter_map(|d| {
+            let a = d.event.actor.clone()?;
+            let t = at(&a)?;
+            (since_ms..=until_ms).contains(&t).then_some((t, a))
+        })
+        .max_by_key(|(t, _)| *t)
+        .map(|(_, a)| a)
 }
 
 /// The reconcile that consumed `deliveries` has ended; `committed`: its evidence is in
@@ -216,7 +274,12 @@ async fn delete(
     if messages.is_empty() {
         return;
     }
-    match queue.delete(messages).await {
+    let answer: Result<usize, String> =
+        match tokio::time::timeout(DELETE_TIMEOUT, queue.delete(messages)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {DELETE_TIMEOUT:?}")),
+        };
+    match answer {
         Ok(refused) => {
             shared
                 .metrics
@@ -307,6 +370,13 @@ pub(super) async fn route(
     let event = Arc::new(event);
     for name in targets {
         let inbox = shared.inbox(name);
+        if event.creates {
+            // What it announces routes its later events, even if the reconcile it wakes
+            // has already read the cloud.
+            for id in &event.resources {
+                inbox.add_known(id);
+            }
+        }
         if inbox.push(Delivery {
             event: event.clone(),
             ack: ack.clone(),
@@ -338,7 +408,10 @@ pub(super) async fn pump(shared: Arc<Shared>, queue: Arc<dyn EventQueue>) {
         let got = tokio::select! {
             biased;
             _ = shared.cancel.cancelled() => break,
-            r = queue.receive(RECEIVE_WAIT) => r,
+            r = tokio::time::timeout(RECEIVE_WAIT + RECEIVE_SLACK, queue.receive(RECEIVE_WAIT)) => match r {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer within {:?}", RECEIVE_WAIT + RECEIVE_SLACK)),
+            },
         };
         let messages = match got {
             Ok(m) => {

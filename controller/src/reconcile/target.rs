@@ -97,11 +97,6 @@ fn drift_cloud_id(change: &Change, inventory: &palisade_providers::Inventory) ->
     }
 }
 
-/// Who made the drift this reconcile found (filled into its `drift-detected` events),
-/// and who made earlier drift the log did not show yet (`drift-attributed` events):
-/// drift not found is kept in `pending` and asked about again (with backoff) until
-/// [`ATTRIBUTION_GIVE_UP_MS`]; never guessed. Runs after the reconcile, so that no revert
-/// waits for the audit log.
 /// Give every drift event of `resource` in this reconcile its actor; how many.
 fn set_actor(
     evidence: &mut Evidence,
@@ -145,6 +140,13 @@ fn drift_fields(
         .collect()
 }
 
+/// Who made the drift this reconcile found (filled into its `drift-detected` events),
+/// and who made earlier drift the log did not show yet (`drift-attributed` events):
+/// drift not found is kept in `pending` and asked about again (with backoff) until
+/// [`ATTRIBUTION_GIVE_UP_MS`]; never guessed. Runs after the reconcile, so that no revert
+/// waits for the audit log. A change event of this reconcile that names a drifted
+/// resource says who at once (no query).
+///
 /// Returns whether an author was added to `flaps` (who made drift that was reverted:
 /// the flap finding names a principal that keeps changing a field back).
 async fn attribute(
@@ -214,15 +216,15 @@ async fn attribute(
         fresh.retain(|(_, q, _)| seen.insert(q.resource.to_ascii_lowercase()));
         // A change event of this reconcile that names the resource says who: the audit
         // log is not asked.
-        fresh.retain(
-            |(_, q, resource)| match super::events::pushed_actor(pushed, &q.resource) {
+        fresh.retain(|(_, q, resource)| {
+            match super::events::pushed_actor(pushed, &q.resource, q.since_ms, q.until_ms) {
                 Some(a) => {
                     found_now += set_actor(evidence, resource, &a);
                     false
                 }
                 None => true,
-            },
-        );
+            }
+        });
         fresh.truncate(ATTRIBUTION_QUERIES_MAX);
     }
     let due: Vec<usize> = (0..pending.len())
@@ -464,6 +466,7 @@ pub async fn reconcile_once(
             tracing::warn!(target = %target, trigger = trigger.as_str(), result = label, error = %e, "reconcile failed; retrying with backoff")
         }
     }
+    let observed = evidence.observed;
     let committed = write_evidence(
         shared,
         target,
@@ -475,7 +478,12 @@ pub async fn reconcile_once(
     );
     // The events are deleted from their queue only now that their reconcile is
     // recorded; otherwise they come back after the queue's visibility timeout.
-    super::events::settle(shared, deliveries, committed).await;
+    // A reconcile that failed before it observed leaves its events to the next one.
+    if observed {
+        super::events::settle(shared, deliveries, committed).await;
+    } else {
+        shared.inbox(target).restore(deliveries);
+    }
     let now = (shared.clock.now_ms() / 1000) as u64;
     let record = ReconcileRecord {
         at: now,
@@ -546,6 +554,7 @@ async fn reconcile(
         })?,
         None => Ownership::unverified(name),
     };
+    shared.inbox(name).begin_observation();
     let planning = tokio::time::timeout_at(
         deadline,
         observe_and_plan(

@@ -594,15 +594,23 @@ fn a_poll_stuck_past_twice_its_deadline_fails_liveness() {
 }
 
 /// A CloudTrail event as EventBridge delivers it to SQS: `operation` on group `sg` by
-/// an assumed role of `role`, in `account`.
-fn cloudtrail(account: &str, operation: &str, sg: &str, role: &str, n: usize) -> String {
+/// an assumed role of `role`, in `account`, at `at_ms`.
+fn cloudtrail_at(
+    account: &str,
+    operation: &str,
+    sg: &str,
+    role: &str,
+    n: usize,
+    at_ms: i64,
+) -> String {
     serde_json::json!({
         "version": "0", "id": format!("ev-{n}"), "detail-type": "AWS API Call via CloudTrail",
         "source": "aws.ec2", "account": account, "time": "2026-12-01T10:00:00Z",
         "region": "us-east-1", "resources": [],
         "detail": {
             "eventSource": "ec2.amazonaws.com", "eventName": operation,
-            "eventTime": format!("2026-12-01T10:00:{:02}Z", n % 60), "eventID": format!("e-{n}"),
+            "eventTime": jiff::Timestamp::from_millisecond(at_ms).unwrap().to_string(),
+            "eventID": format!("e-{n}"),
             "requestID": format!("req-{n}"), "sourceIPAddress": "198.51.100.7",
             "userIdentity": {
                 "type": "AssumedRole",
@@ -614,6 +622,11 @@ fn cloudtrail(account: &str, operation: &str, sg: &str, role: &str, n: usize) ->
         }
     })
     .to_string()
+}
+
+/// [`cloudtrail_at`] at the fixture's start.
+fn cloudtrail(account: &str, operation: &str, sg: &str, role: &str, n: usize) -> String {
+    cloudtrail_at(account, operation, sg, role, n, T0)
 }
 
 fn metric(shared: &Shared, line: &str) -> f64 {
@@ -779,13 +792,19 @@ async fn events_whose_reconcile_was_not_recorded_stay_in_the_queue() {
         }
         assert!(shared.inbox(TARGET).has_pending());
         let mut state = TargetState::default();
-        let _ = reconcile_once(&shared, TARGET, &f.enforced, Trigger::Event, &mut state).await;
-        assert!(!shared.inbox(TARGET).has_pending(), "consumed");
+        let r = reconcile_once(&shared, TARGET, &f.enforced, Trigger::Event, &mut state).await;
         if writable {
+            assert!(!shared.inbox(TARGET).has_pending(), "consumed: {r:?}");
             assert_eq!((queue.deleted(), queue.len()), (1, 0));
         } else {
-            // The reconcile's evidence could not be written: the message comes back
-            // after its visibility timeout and triggers another reconcile.
+            // Nothing could be recorded (here the reconcile failed before it observed:
+            // its event waits for the next one); the message is not deleted and comes
+            // back after its visibility timeout.
+            assert_eq!(r.result, ReconcileResult::Error);
+            assert!(
+                shared.inbox(TARGET).has_pending(),
+                "kept for the next reconcile"
+            );
             assert_eq!((queue.deleted(), queue.len()), (0, 1));
         }
     }
@@ -813,12 +832,13 @@ async fn a_flap_finding_names_the_pipeline_that_keeps_changing_it_back() {
     for n in 0..4 {
         f.mutate_group(&sg, |rules| rules.retain(|r| r != &declared));
         queue.send(
-            &cloudtrail(
+            &cloudtrail_at(
                 "123456789012",
                 "RevokeSecurityGroupIngress",
                 &sg,
                 "terraform-ci",
                 n,
+                f.clock.now_ms(),
             ),
             T0,
         );
@@ -843,4 +863,87 @@ async fn a_flap_finding_names_the_pipeline_that_keeps_changing_it_back() {
         flapping[0]
     );
     assert!(queue.is_empty(), "every event deleted once recorded");
+}
+
+#[tokio::test]
+async fn an_event_is_deleted_only_when_every_target_it_went_to_recorded_its_reconcile() {
+    use palisade_providers::events::EventQueue;
+    use palisade_providers::fake::FakeQueue;
+    let f = fixture(RunSettings::default());
+    f.shared
+        .enforced
+        .send_replace(Some(Arc::new(enforced((*f.enforced.set).clone()))));
+    let _ = f.converged().await;
+    let sg = f.managed_group();
+    // Hidden for no time: an undeleted message is received again at once.
+    let queue = Arc::new(FakeQueue::new(Duration::ZERO));
+    let dyn_queue: Arc<dyn EventQueue> = queue.clone();
+    queue.send(
+        &cloudtrail("123456789012", "RevokeSecurityGroupIngress", &sg, "ops", 1),
+        T0,
+    );
+    let route_all = || async {
+        for m in dyn_queue.receive(Duration::ZERO).await.unwrap() {
+            assert_eq!(super::events::route(&f.shared, &dyn_queue, m).await, None);
+        }
+    };
+    route_all().await;
+    // Its reconcile's evidence could not be written: not deleted.
+    let taken = f.shared.inbox(TARGET).take();
+    assert_eq!(taken.len(), 1);
+    super::events::settle(&f.shared, taken, false).await;
+    assert_eq!((queue.deleted(), queue.len()), (0, 1));
+    // It comes back; this time the evidence is written: deleted.
+    route_all().await;
+    let taken = f.shared.inbox(TARGET).take();
+    assert_eq!(taken.len(), 1, "delivered again");
+    super::events::settle(&f.shared, taken, true).await;
+    assert_eq!((queue.deleted(), queue.len()), (1, 0));
+}
+
+#[tokio::test]
+async fn an_event_from_before_the_last_observation_names_nobody() {
+    use palisade_providers::events::EventQueue;
+    use palisade_providers::fake::FakeQueue;
+    let f = fixture(RunSettings::default());
+    f.shared
+        .enforced
+        .send_replace(Some(Arc::new(enforced((*f.enforced.set).clone()))));
+    let mut state = f.converged().await;
+    let sg = f.managed_group();
+    f.clock.advance(Duration::from_secs(600));
+    f.mutate_group(&sg, |rules| rules.push(world_ssh()));
+    let queue = Arc::new(FakeQueue::new(Duration::from_secs(60)));
+    let dyn_queue: Arc<dyn EventQueue> = queue.clone();
+    // A change of the same group two hours ago (a redelivery, a late event): the drift
+    // found now is not its doing.
+    queue.send(
+        &cloudtrail_at(
+            "123456789012",
+            "AuthorizeSecurityGroupIngress",
+            &sg,
+            "old-pipeline",
+            1,
+            f.clock.now_ms() - 2 * 3600 * 1000,
+        ),
+        T0,
+    );
+    for m in dyn_queue.receive(Duration::ZERO).await.unwrap() {
+        assert_eq!(super::events::route(&f.shared, &dyn_queue, m).await, None);
+    }
+    let r = reconcile_once(&f.shared, TARGET, &f.enforced, Trigger::Event, &mut state).await;
+    assert_eq!(r.drift_reverted, 1, "{r:?}");
+    let drift: Vec<_> = f
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            EventData::DriftDetected(d) => Some(d),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(drift.len(), 1);
+    assert_eq!(
+        drift[0].actor, None,
+        "never guessed from an event outside the window"
+    );
 }

@@ -90,6 +90,13 @@ pub(super) async fn worker(shared: Arc<Shared>, target: String, semaphore: Arc<S
             shared.update(|s| {
                 s.targets.remove(&target);
             });
+            // Its waiting events are dropped undeleted: they come back and are found
+            // foreign.
+            shared
+                .inboxes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&target);
             shared
                 .metrics
                 .target_healthy

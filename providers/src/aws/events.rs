@@ -4,8 +4,10 @@
 //! Long polls of up to 20 s, at most 10 messages each, with `SentTimestamp` (the lag
 //! metric starts there); deletes in batches of 10. Every call goes through the
 //! provider's [`Budget`] (family `sqs`), so that it is paced and counted with the rest.
-//! The queue is read with the controller's own credentials (the standard chain), in the
-//! region its URL names: a central queue in the operations account is the usual set-up.
+//! The queue is read with the controller's own credentials (the standard chain, not a
+//! target's `assumeRoleArn`), in the region its URL names: when Palisade runs in another
+//! account than the queue, the queue policy must also let its principal receive and
+//! delete (README, "Drift in seconds").
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -157,7 +159,8 @@ impl SqsQueue {
     }
 
     /// How long a received message stays hidden before it is delivered again, when its
-    /// reconcile did not record it (clamped to SQS's 0 s – 12 h).
+    /// reconcile did not record it (clamped to SQS's 0 s – 12 h; every receive asks for
+    /// it, whatever the queue's default).
     pub fn with_visibility(mut self, d: Duration) -> SqsQueue {
         self.visibility = d.as_secs().min(12 * 3600) as i32;
         self

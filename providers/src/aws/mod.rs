@@ -341,9 +341,12 @@ impl Provider for AwsProvider {
     async fn event_queue(
         &self,
         url: &str,
+        visibility: Duration,
     ) -> Result<Arc<dyn crate::events::EventQueue>, ProviderError> {
         Ok(Arc::new(
-            events::SqsQueue::from_env(url, self.budget.clone()).await?,
+            events::SqsQueue::from_env(url, self.budget.clone())
+                .await?
+                .with_visibility(visibility),
         ))
     }
 
