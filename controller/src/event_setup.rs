@@ -66,17 +66,7 @@ impl Setup {
 
     /// The queue policy: only this rule may send to the queue.
     pub fn queue_policy(&self) -> Value {
-        json!({
-            "Version": "2012-10-17",
-            "Statement": [{
-                "Sid": "PalisadeChangeEvents",
-                "Effect": "Allow",
-                "Principal": { "Service": "events.amazonaws.com" },
-                "Action": "sqs:SendMessage",
-                "Resource": self.queue_arn(),
-                "Condition": { "ArnEquals": { "aws:SourceArn": self.rule_arn() } },
-            }],
-        })
+        send_policy(json!(self.queue_arn()), json!(self.rule_arn()))
     }
 
     /// What Palisade's principal needs: read and delete the queue's messages, and look
@@ -138,19 +128,10 @@ impl Setup {
                     "Type": "AWS::SQS::QueuePolicy",
                     "Properties": {
                         "Queues": [{ "Ref": "PalisadeEventsQueue" }],
-                        "PolicyDocument": {
-                            "Version": "2012-10-17",
-                            "Statement": [{
-                                "Sid": "PalisadeChangeEvents",
-                                "Effect": "Allow",
-                                "Principal": { "Service": "events.amazonaws.com" },
-                                "Action": "sqs:SendMessage",
-                                "Resource": { "Fn::GetAtt": ["PalisadeEventsQueue", "Arn"] },
-                                "Condition": { "ArnEquals": {
-                                    "aws:SourceArn": { "Fn::GetAtt": ["PalisadeEventsRule", "Arn"] },
-                                } },
-                            }],
-                        },
+                        "PolicyDocument": send_policy(
+                            json!({ "Fn::GetAtt": ["PalisadeEventsQueue", "Arn"] }),
+                            json!({ "Fn::GetAtt": ["PalisadeEventsRule", "Arn"] }),
+                        ),
                     },
                 },
             },
@@ -200,6 +181,22 @@ impl Setup {
             cfn = pretty(&self.cloudformation()),
         )
     }
+}
+
+/// A queue policy by which only EventBridge, for the rule `rule`, may send to `queue`
+/// (ARNs, or CloudFormation references to them).
+fn send_policy(queue: Value, rule: Value) -> Value {
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "PalisadeChangeEvents",
+            "Effect": "Allow",
+            "Principal": { "Service": "events.amazonaws.com" },
+            "Action": "sqs:SendMessage",
+            "Resource": queue,
+            "Condition": { "ArnEquals": { "aws:SourceArn": rule } },
+        }],
+    })
 }
 
 #[cfg(test)]

@@ -113,6 +113,17 @@ pub trait EventQueue: Send + Sync + std::fmt::Debug {
     fn parse(&self, body: &str) -> Result<ChangeEvent, Unusable>;
 }
 
+/// Whether `name` is an SQS queue name: 1–80 letters, digits, `-` or `_`, with an
+/// optional `.fifo` suffix.
+pub fn is_queue_name(name: &str) -> bool {
+    let base = name.strip_suffix(".fifo").unwrap_or(name);
+    !base.is_empty()
+        && name.len() <= 80
+        && base
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// Largest message body read (SQS's own limit).
 pub const MAX_BODY: usize = 256 * 1024;
 /// Most resource ids taken from one event.

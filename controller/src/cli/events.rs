@@ -50,13 +50,7 @@ pub(crate) fn run(command: EventsCommand) -> Result<ExitCode> {
         );
     };
     let name = &args.queue_name;
-    let base = name.strip_suffix(".fifo").unwrap_or(name);
-    if base.is_empty()
-        || name.len() > 80
-        || !base
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+    if !palisade_providers::events::is_queue_name(name) {
         bail!("--queue-name {name:?}: expected 1–80 letters, digits, - or _");
     }
     if name.ends_with(".fifo") {

@@ -67,13 +67,7 @@ pub fn parse_queue_url(url: &str) -> Result<QueueUrl, ProviderError> {
             "the first path segment is not a 12-digit account",
         ));
     }
-    let base = name.strip_suffix(".fifo").unwrap_or(name);
-    if base.is_empty()
-        || name.len() > 80
-        || !base
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+    if !crate::events::is_queue_name(name) {
         return Err(invalid(
             url,
             "the queue name is not 1–80 letters, digits, - or _",
