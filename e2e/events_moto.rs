@@ -325,6 +325,11 @@ fn events_revert_drift_in_seconds_without_a_resync_and_name_who() {
         "the placement drift names the IAM user: {actors:?}"
     );
     assert_eq!(c.http("GET", "/healthz", &[], "").0, 200);
+    let (_, page) = c.http("GET", "/", &[], "");
+    assert!(
+        page.contains("id=\"event-queues\"") && page.contains("palisade-events"),
+        "the status page shows the queue"
+    );
     assert!(
         c.status()["eventQueues"][&url]["lastError"].is_null(),
         "{}",

@@ -530,6 +530,26 @@ pub fn render_page(s: &Status) -> String {
         }
         h.push_str("</table>");
     }
+    if !s.event_queues.is_empty() {
+        h.push_str("<h2>Change events</h2><table id=\"event-queues\"><tr><th>queue</th><th>received</th><th>last receive</th><th>last error</th></tr>");
+        for (url, q) in &s.event_queues {
+            h.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td{}>{}</td></tr>",
+                esc(url),
+                q.received,
+                q.last_receive_at
+                    .map(date_secs)
+                    .unwrap_or_else(|| "never".into()),
+                if q.last_error.is_some() {
+                    " class=bad"
+                } else {
+                    ""
+                },
+                esc(q.last_error.as_deref().unwrap_or("")),
+            ));
+        }
+        h.push_str("</table>");
+    }
     if !s.rejected.is_empty() {
         h.push_str("<h2>Rejected revisions</h2><table><tr><th>commit</th><th>reason</th><th>details</th></tr>");
         for r in s.rejected.iter().rev() {
