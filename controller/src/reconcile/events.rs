@@ -341,14 +341,18 @@ pub(super) async fn route(
             _ => false,
         })
         .collect();
-    let Some((_, first)) = in_scope.first() else {
+    if in_scope.is_empty() {
         tracing::debug!(queue = %queue.name(), account = %event.account, region = %event.region, "event for no target of the enforced revision; dropped");
         return Some("foreign");
-    };
-    if let Ok(provider) = shared.providers.get(event.cloud)
-        && provider.is_own_change(first, &event).await
-    {
-        return Some("own");
+    }
+    // Palisade's own write, by its request id or by the principal of any target here
+    // (targets of one account may use different roles).
+    if let Ok(provider) = shared.providers.get(event.cloud) {
+        for (_, t) in &in_scope {
+            if provider.is_own_change(t, &event).await {
+                return Some("own");
+            }
+        }
     }
     let targets: Vec<&String> = in_scope
         .iter()
