@@ -4,7 +4,9 @@
 //! it every difference would be "intended" after a restart: drift made while the
 //! controller was down would be classified wrongly and counted against the
 //! blast-radius budget. The flap history (recent reverts per exact field) is kept
-//! too, so that a restart does not reset what keeps coming back.
+//! too, so that a restart does not reset what keeps coming back, and so is the drift
+//! still waiting for its author in the cloud's audit log (which lags by minutes), so
+//! that a restart does not leave it unknown.
 //!
 //! Kept in the history database beside the ownership record, behind the narrow
 //! [`StateStore`] interface. Unlike events, a target's row is replaced: it is state,
@@ -12,9 +14,49 @@
 
 use rusqlite::{OptionalExtension, params};
 
+use serde::{Deserialize, Serialize};
+
+use crate::addr::ResourceAddr;
 use crate::compile::DesiredState;
 use crate::flaps::Flaps;
 use crate::history::{HistoryError, Store};
+
+/// A drift whose author the audit log did not show yet: asked again (with backoff)
+/// until it is found or given up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingAttribution {
+    /// What the audit log is asked.
+    pub query: palisade_providers::AttributionQuery,
+    /// The drift's resource: what the `drift-attributed` event names.
+    #[serde(with = "addr_text")]
+    pub resource: ResourceAddr,
+    /// The flap-history fields of the drift: who made it is kept there once known.
+    #[serde(default)]
+    pub fields: Vec<String>,
+    /// When the drift was detected (Unix ms).
+    pub detected_at: i64,
+    /// Times asked so far.
+    pub attempts: u32,
+    /// When to ask next (Unix ms).
+    pub next_try: i64,
+}
+
+/// A resource address as the text it is shown as (`group payments-api (sg-1)`).
+mod addr_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::addr::ResourceAddr;
+
+    pub fn serialize<S: Serializer>(a: &ResourceAddr, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(a)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ResourceAddr, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 /// Where the loop keeps its state between runs.
 pub trait StateStore: Send + Sync {
@@ -48,6 +90,23 @@ pub trait StateStore: Send + Sync {
     /// # Errors
     /// The store failed; nothing was written.
     fn save_flaps(&self, target: &str, at: i64, flaps: &Flaps) -> Result<(), HistoryError>;
+
+    /// The drift of `target` still waiting for its author (none when unreadable — logged).
+    ///
+    /// # Errors
+    /// The store failed.
+    fn pending_attributions(&self, target: &str) -> Result<Vec<PendingAttribution>, HistoryError>;
+
+    /// Replace the drift of `target` waiting for its author.
+    ///
+    /// # Errors
+    /// The store failed; nothing was written.
+    fn save_pending_attributions(
+        &self,
+        target: &str,
+        at: i64,
+        pending: &[PendingAttribution],
+    ) -> Result<(), HistoryError>;
 }
 
 /// One target's JSON column; a read-only database of an older schema has no such
@@ -123,6 +182,41 @@ impl StateStore for Store {
             .execute(
                 "INSERT INTO flap_state (target, flaps, at) VALUES (?1, ?2, ?3)
                  ON CONFLICT(target) DO UPDATE SET flaps = ?2, at = ?3",
+                params![target, text, at],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn pending_attributions(&self, target: &str) -> Result<Vec<PendingAttribution>, HistoryError> {
+        let text = read_json(
+            self,
+            "SELECT pending FROM attribution_state WHERE target = ?1",
+            target,
+        )?;
+        Ok(text
+            .and_then(|t| match serde_json::from_str(&t) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(target = %target, error = %e, "the stored pending attributions are unreadable; that drift stays without an author");
+                    None
+                }
+            })
+            .unwrap_or_default())
+    }
+
+    fn save_pending_attributions(
+        &self,
+        target: &str,
+        at: i64,
+        pending: &[PendingAttribution],
+    ) -> Result<(), HistoryError> {
+        let text = serde_json::to_string(pending)
+            .map_err(|e| self.err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        self.conn()
+            .execute(
+                "INSERT INTO attribution_state (target, pending, at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(target) DO UPDATE SET pending = ?2, at = ?3",
                 params![target, text, at],
             )
             .map_err(|e| self.err(e))?;

@@ -32,6 +32,9 @@ pub struct FakeProvider {
     next_id: AtomicU64,
     reads: AtomicU64,
     writes: AtomicU64,
+    /// What the fake's audit log says: who changed a resource (cloud id), from when.
+    audit_log: Mutex<Vec<(String, i64, crate::model::Actor)>>,
+    attributions_asked: AtomicU64,
 }
 
 impl std::fmt::Debug for FakeProvider {
@@ -157,6 +160,19 @@ impl FakeProvider {
             .find(|i| i.remaining > 0 && (i.matches)(change))?;
         hit.remaining -= 1;
         Some((hit.answer)())
+    }
+
+    /// The audit log now shows `actor` changing `resource` (a cloud id) at `at_ms`.
+    pub fn log_change(&self, resource: &str, at_ms: i64, actor: crate::model::Actor) {
+        self.audit_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((resource.to_string(), at_ms, actor));
+    }
+
+    /// Audit-log questions answered so far (one per query).
+    pub fn attributions_asked(&self) -> u64 {
+        self.attributions_asked.load(Ordering::Relaxed)
     }
 
     fn new_id(&self, prefix: &str) -> String {
@@ -455,6 +471,30 @@ impl Provider for FakeProvider {
         ownership.vet_inventory(&mut inv);
         ownership.apply_declared(&mut inv);
         Ok(inv)
+    }
+
+    /// The newest change of each resource asked about within its window, from
+    /// [`FakeProvider::log_change`].
+    async fn attribute(
+        &self,
+        _target: &Target,
+        queries: &[crate::model::AttributionQuery],
+    ) -> Result<Vec<Option<crate::model::Actor>>, ProviderError> {
+        self.attributions_asked
+            .fetch_add(queries.len() as u64, Ordering::Relaxed);
+        let log = self.audit_log.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(queries
+            .iter()
+            .map(|q| {
+                log.iter()
+                    .filter(|(r, at, _)| {
+                        r.eq_ignore_ascii_case(&q.resource)
+                            && (q.since_ms..=q.until_ms).contains(at)
+                    })
+                    .max_by_key(|(_, at, _)| *at)
+                    .map(|(_, _, a)| a.clone())
+            })
+            .collect())
     }
 
     /// What the fake's inventory holds for the functions asked about.

@@ -323,7 +323,8 @@ pub fn audit_text(s: &str) -> String {
 
 /// What [`crate::Provider::attribute`] is asked: who changed `resource` (a cloud id; its
 /// sub-resources count, e.g. an NSG's rules) between `since` and `until` (Unix ms).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct AttributionQuery {
     /// The cloud id.
     pub resource: String,

@@ -123,6 +123,13 @@ const MIGRATIONS: &[&str] = &[
         body TEXT NOT NULL,
         at INTEGER NOT NULL
      );",
+    // 7: drift still waiting for its author in the audit log, per target (see
+    // `crate::state`): asked again after a restart.
+    "CREATE TABLE attribution_state (
+        target TEXT PRIMARY KEY,
+        pending TEXT NOT NULL,
+        at INTEGER NOT NULL
+     );",
 ];
 
 /// A history failure.

@@ -54,17 +54,24 @@ pub struct QueueStatus {
     pub last_error: Option<String>,
 }
 
-/// One message, owed a delete once every target it was routed to has recorded the
-/// reconcile that consumed it.
+/// One message, owed a delete once every delivery of it to a target has been settled
+/// by a recorded reconcile. One per message while any delivery of it is held (see
+/// [`Acks`]): a message that comes back joins it, with its newest receipt.
 #[derive(Debug)]
 pub(crate) struct Ack {
     queue: Arc<dyn EventQueue>,
     id: String,
-    receipt: String,
+    /// The receipt of the newest delivery (only it deletes the message).
+    receipt: Mutex<String>,
     sent_ms: Option<i64>,
+    /// Deliveries held and not settled.
     remaining: AtomicUsize,
+    /// A holder could not record its reconcile: the message must come back.
     failed: AtomicBool,
 }
+
+/// The live [`Ack`] of each message (queue, message id).
+pub(crate) type Acks = Mutex<HashMap<(String, String), std::sync::Weak<Ack>>>;
 
 /// A message routed to a target.
 #[derive(Debug, Clone)]
@@ -115,10 +122,12 @@ impl Inbox {
         for d in deliveries {
             // A newer delivery of the same message wins; a full inbox leaves it to
             // come back from the queue.
-            if p.len() < INBOX_MAX && !p.iter().any(|x| x.ack.id == d.ack.id) {
+            if p.len() < INBOX_MAX && !p.iter().any(|x| Arc::ptr_eq(&x.ack, &d.ack)) {
                 p.push(d);
             } else {
+                // Let go: it comes back from the queue.
                 d.ack.failed.store(true, Ordering::SeqCst);
+                d.ack.remaining.fetch_sub(1, Ordering::SeqCst);
             }
         }
     }
@@ -128,19 +137,18 @@ impl Inbox {
         self.known.lock().unwrap_or_else(|e| e.into_inner()).during = Some(HashSet::new());
     }
 
-    /// Add `d`; a message delivered again replaces its earlier delivery (only the
-    /// newest receipt deletes it). False when the inbox is full.
-    fn push(&self, d: Delivery) -> bool {
+    /// Add `d`, unless a delivery of the same message already waits here (it is the
+    /// same [`Ack`], which now has the newest receipt).
+    fn push(&self, d: Delivery) -> Pushed {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(old) = p.iter_mut().find(|x| x.ack.id == d.ack.id) {
-            *old = d;
-            return true;
+        if p.iter().any(|x| Arc::ptr_eq(&x.ack, &d.ack)) {
+            return Pushed::AlreadyThere;
         }
         if p.len() >= INBOX_MAX {
-            return false;
+            return Pushed::Full;
         }
         p.push(d);
-        true
+        Pushed::Added
     }
 
     /// The ids of `inventory` (lowercased): groups, endpoints, functions by ARN and name,
@@ -190,6 +198,14 @@ impl Inbox {
             .iter()
             .any(|r| known.contains(&r.to_ascii_lowercase()))
     }
+}
+
+/// What [`Inbox::push`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pushed {
+    Added,
+    AlreadyThere,
+    Full,
 }
 
 /// The actor of the newest event among `deliveries` that acted on `id` (a group or
@@ -243,9 +259,21 @@ pub(crate) async fn settle(shared: &Shared, deliveries: Vec<Delivery>, committed
         if !committed {
             d.ack.failed.store(true, Ordering::SeqCst);
         }
-        if d.ack.remaining.fetch_sub(1, Ordering::SeqCst) != 1
-            || d.ack.failed.load(Ordering::SeqCst)
+        if d.ack.remaining.fetch_sub(1, Ordering::SeqCst) != 1 {
+            continue;
+        }
+        // The last delivery: the message is no longer held anywhere.
         {
+            let mut acks = shared.acks.lock().unwrap_or_else(|e| e.into_inner());
+            let key = (d.ack.queue.name().to_string(), d.ack.id.clone());
+            if acks
+                .get(&key)
+                .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&d.ack)))
+            {
+                acks.remove(&key);
+            }
+        }
+        if d.ack.failed.load(Ordering::SeqCst) {
             continue;
         }
         if let Some(sent) = d.ack.sent_ms {
@@ -258,7 +286,14 @@ pub(crate) async fn settle(shared: &Shared, deliveries: Vec<Delivery>, committed
             .entry(d.ack.queue.name().to_string())
             .or_insert_with(|| (d.ack.queue.clone(), Vec::new()))
             .1
-            .push((d.ack.id.clone(), d.ack.receipt.clone()));
+            .push((
+                d.ack.id.clone(),
+                d.ack
+                    .receipt
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
+            ));
     }
     for (name, (queue, messages)) in by_queue {
         delete(shared, &name, queue.as_ref(), &messages).await;
@@ -363,14 +398,39 @@ pub(super) async fn route(
         return Some("unrelated");
     }
     tracing::info!(queue = %queue.name(), operation = %event.operation, resources = ?event.resources, targets = ?targets, "change event");
-    let ack = Arc::new(Ack {
-        queue: queue.clone(),
-        id: m.id,
-        receipt: m.receipt,
-        sent_ms: m.sent_ms,
-        remaining: AtomicUsize::new(targets.len()),
-        failed: AtomicBool::new(false),
-    });
+    // One acknowledgement per message while any delivery of it is held: a message that
+    // comes back (its reconcile was not recorded, or it outlived its visibility) joins
+    // it with its newest receipt, and is deleted only once every holder has recorded.
+    // The count is raised for every target before any of them can settle.
+    let ack = {
+        let mut acks = shared.acks.lock().unwrap_or_else(|e| e.into_inner());
+        if acks.len() > 4 * INBOX_MAX {
+            acks.retain(|_, w| w.strong_count() > 0);
+        }
+        let key = (queue.name().to_string(), m.id.clone());
+        let ack = match acks.get(&key).and_then(std::sync::Weak::upgrade) {
+            Some(a) => {
+                *a.receipt.lock().unwrap_or_else(|e| e.into_inner()) = m.receipt.clone();
+                // Delivered again: this round decides.
+                a.failed.store(false, Ordering::SeqCst);
+                a
+            }
+            None => {
+                let a = Arc::new(Ack {
+                    queue: queue.clone(),
+                    id: m.id.clone(),
+                    receipt: Mutex::new(m.receipt.clone()),
+                    sent_ms: m.sent_ms,
+                    remaining: AtomicUsize::new(0),
+                    failed: AtomicBool::new(false),
+                });
+                acks.insert(key, Arc::downgrade(&a));
+                a
+            }
+        };
+        ack.remaining.fetch_add(targets.len(), Ordering::SeqCst);
+        ack
+    };
     let event = Arc::new(event);
     for name in targets {
         let inbox = shared.inbox(name);
@@ -381,22 +441,31 @@ pub(super) async fn route(
                 inbox.add_known(id);
             }
         }
-        if inbox.push(Delivery {
+        let pushed = inbox.push(Delivery {
             event: event.clone(),
             ack: ack.clone(),
-        }) {
-            shared
-                .metrics
-                .events_matched
-                .get_or_create(&TargetL {
-                    target: name.clone(),
-                })
-                .inc();
-            inbox.notify.notify_one();
-        } else {
-            // Left in the queue: it comes back when the inbox has room.
-            ack.failed.store(true, Ordering::SeqCst);
-            dropped(shared, "inbox-full");
+        });
+        match pushed {
+            Pushed::Added => {
+                shared
+                    .metrics
+                    .events_matched
+                    .get_or_create(&TargetL {
+                        target: name.clone(),
+                    })
+                    .inc();
+                inbox.notify.notify_one();
+            }
+            // Its waiting delivery settles it.
+            Pushed::AlreadyThere => {
+                ack.remaining.fetch_sub(1, Ordering::SeqCst);
+            }
+            Pushed::Full => {
+                // Left in the queue: it comes back when the inbox has room.
+                ack.failed.store(true, Ordering::SeqCst);
+                ack.remaining.fetch_sub(1, Ordering::SeqCst);
+                dropped(shared, "inbox-full");
+            }
         }
     }
     None

@@ -176,6 +176,8 @@ pub struct Shared {
     unwritten: std::sync::Mutex<std::collections::VecDeque<Unwritten>>,
     /// Each target's inbox of change events (see `events`).
     inboxes: std::sync::Mutex<std::collections::HashMap<String, Arc<events::Inbox>>>,
+    /// The acknowledgement of each message some inbox holds (see `events`).
+    acks: events::Acks,
     /// The change-event queues `run` reads.
     queues: std::sync::Mutex<Vec<Arc<dyn palisade_providers::events::EventQueue>>>,
 }
@@ -262,6 +264,7 @@ impl Shared {
             fetch_running_since: Arc::new(AtomicU64::new(0)),
             unwritten: std::sync::Mutex::new(std::collections::VecDeque::new()),
             inboxes: Default::default(),
+            acks: Default::default(),
             queues: Default::default(),
         })
     }

@@ -23,7 +23,7 @@ use crate::ownership::{self, OwnershipStore};
 use crate::plan::{Cause, PlannedChange};
 use crate::planning::{PlanError, PlanTarget, observe_and_plan};
 use crate::policy::Diagnostic;
-use crate::state::StateStore;
+use crate::state::{PendingAttribution, StateStore};
 
 /// What a worker keeps between the reconciles of its target (and the store keeps
 /// between runs): the desired state last enforced and the flap history.
@@ -41,19 +41,6 @@ pub struct TargetState {
     /// Drift whose author the audit log did not show yet (it lags by minutes): asked
     /// again on later reconciles, then given up as unknown.
     pending_attributions: Vec<PendingAttribution>,
-}
-
-/// See [`TargetState::pending_attributions`].
-#[derive(Debug, Clone)]
-struct PendingAttribution {
-    query: palisade_providers::AttributionQuery,
-    /// The drift's resource and detection time: what the `drift-attributed` event names.
-    resource: crate::addr::ResourceAddr,
-    /// The flap-history fields of its drift: who made it is kept there once known.
-    fields: Vec<String>,
-    detected_at: i64,
-    attempts: u32,
-    next_try: i64,
 }
 
 /// Longest look back for who made a drift when no earlier observation bounds it.
@@ -411,6 +398,7 @@ pub async fn reconcile_once(
     )
     .await;
     let elapsed = started.elapsed();
+    let pending_before = state.pending_attributions.clone();
     let authored = attribute(
         shared,
         target,
@@ -421,6 +409,13 @@ pub async fn reconcile_once(
         &mut evidence,
     )
     .await;
+    if state.pending_attributions != pending_before
+        && let Some(h) = &shared.history
+        && let Err(e) =
+            h.save_pending_attributions(target, shared.clock.now_ms(), &state.pending_attributions)
+    {
+        tracing::error!(target = %target, error = %e, "the drift waiting for its author cannot be written; it is asked about from memory until it can");
+    }
     if authored
         && let Some(h) = &shared.history
         && let Err(e) = h.save_flaps(target, shared.clock.now_ms(), &state.flaps)
@@ -545,6 +540,7 @@ async fn reconcile(
             let read = |e| ReconcileError::error(format!("the loop state cannot be read: {e}"));
             state.previous = h.enforced_desired(name).map_err(read)?;
             state.flaps = h.flaps(name).map_err(read)?;
+            state.pending_attributions = h.pending_attributions(name).map_err(read)?;
         }
         state.loaded = true;
     }

@@ -947,3 +947,60 @@ async fn an_event_from_before_the_last_observation_names_nobody() {
         "never guessed from an event outside the window"
     );
 }
+
+#[tokio::test]
+async fn drift_the_audit_log_shows_late_is_attributed_later_even_across_a_restart() {
+    use crate::state::StateStore;
+    use palisade_providers::{Actor, ActorKind};
+    let f = fixture(RunSettings::default());
+    let mut state = f.converged().await;
+    let sg = f.managed_group();
+    f.clock.advance(Duration::from_secs(60));
+    let made_at = f.clock.now_ms();
+    f.mutate_group(&sg, |rules| rules.push(world_ssh()));
+    f.clock.advance(Duration::from_secs(5));
+    // The audit log does not show it yet: reverted now, its author pending.
+    let r = f.once(&mut state).await;
+    assert_eq!(r.drift_reverted, 1, "{r:?}");
+    let asked = f.fake.attributions_asked();
+    assert_eq!(asked, 1, "one query for the drifted group");
+    let pending = f.history().pending_attributions(TARGET).unwrap();
+    assert_eq!(pending.len(), 1, "kept in the store");
+    assert_eq!(pending[0].query.resource, sg);
+    // A restart: a new worker state reads it back and asks again; still not shown.
+    let mut state = TargetState::default();
+    f.clock.advance(Duration::from_secs(5));
+    let _ = f.once(&mut state).await;
+    assert_eq!(
+        f.fake.attributions_asked(),
+        asked + 1,
+        "asked after the restart"
+    );
+    // Backoff: the next try is 15 s later.
+    f.clock.advance(Duration::from_secs(5));
+    let _ = f.once(&mut state).await;
+    assert_eq!(f.fake.attributions_asked(), asked + 1, "not due yet");
+    // The log now shows the change.
+    f.fake.log_change(
+        &sg,
+        made_at,
+        Actor::named(ActorKind::User, "arn:aws:iam::123456789012:user/late"),
+    );
+    f.clock.advance(Duration::from_secs(15));
+    let _ = f.once(&mut state).await;
+    assert_eq!(f.fake.attributions_asked(), asked + 2);
+    let attributed: Vec<_> = f
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            EventData::DriftAttributed(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(attributed.len(), 1, "{attributed:?}");
+    assert_eq!(
+        attributed[0].actor.id,
+        "arn:aws:iam::123456789012:user/late"
+    );
+    assert!(f.history().pending_attributions(TARGET).unwrap().is_empty());
+}
