@@ -29,7 +29,6 @@ pub struct PendingAttribution {
     /// What the audit log is asked.
     pub query: palisade_providers::AttributionQuery,
     /// The drift's resource: what the `drift-attributed` event names.
-    #[serde(with = "addr_text")]
     pub resource: ResourceAddr,
     /// The flap-history fields of the drift: who made it is kept there once known.
     #[serde(default)]
@@ -40,22 +39,6 @@ pub struct PendingAttribution {
     pub attempts: u32,
     /// When to ask next (Unix ms).
     pub next_try: i64,
-}
-
-/// A resource address as the text it is shown as (`group payments-api (sg-1)`).
-mod addr_text {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    use crate::addr::ResourceAddr;
-
-    pub fn serialize<S: Serializer>(a: &ResourceAddr, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(a)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ResourceAddr, D::Error> {
-        let text = String::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
 }
 
 /// Where the loop keeps its state between runs.
@@ -194,15 +177,27 @@ impl StateStore for Store {
             "SELECT pending FROM attribution_state WHERE target = ?1",
             target,
         )?;
-        Ok(text
-            .and_then(|t| match serde_json::from_str(&t) {
+        let Some(text) = text else {
+            return Ok(Vec::new());
+        };
+        // One by one: an entry this version cannot read is left out, not the list.
+        let entries: Vec<serde_json::Value> = match serde_json::from_str(&text) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(target = %target, error = %e, "the stored pending attributions are unreadable; that drift stays without an author");
+                return Ok(Vec::new());
+            }
+        };
+        Ok(entries
+            .into_iter()
+            .filter_map(|v| match serde_json::from_value(v) {
                 Ok(p) => Some(p),
                 Err(e) => {
-                    tracing::warn!(target = %target, error = %e, "the stored pending attributions are unreadable; that drift stays without an author");
+                    tracing::warn!(target = %target, error = %e, "a stored pending attribution is unreadable; that drift stays without an author");
                     None
                 }
             })
-            .unwrap_or_default())
+            .collect())
     }
 
     fn save_pending_attributions(

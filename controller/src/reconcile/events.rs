@@ -122,7 +122,10 @@ impl Inbox {
         for d in deliveries {
             // A newer delivery of the same message wins; a full inbox leaves it to
             // come back from the queue.
-            if p.len() < INBOX_MAX && !p.iter().any(|x| Arc::ptr_eq(&x.ack, &d.ack)) {
+            if p.iter().any(|x| Arc::ptr_eq(&x.ack, &d.ack)) {
+                // The waiting delivery of the same message settles it.
+                d.ack.remaining.fetch_sub(1, Ordering::SeqCst);
+            } else if p.len() < INBOX_MAX {
                 p.push(d);
             } else {
                 // Let go: it comes back from the queue.
@@ -138,13 +141,18 @@ impl Inbox {
     }
 
     /// Add `d`, unless a delivery of the same message already waits here (it is the
-    /// same [`Ack`], which now has the newest receipt).
+    /// same [`Ack`], which now has the newest receipt). A delivery not added gives its
+    /// count back (under this inbox's lock, so that the waiting one cannot be settled
+    /// in between); one that found the inbox full also marks the message to come back.
     fn push(&self, d: Delivery) -> Pushed {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if p.iter().any(|x| Arc::ptr_eq(&x.ack, &d.ack)) {
+            d.ack.remaining.fetch_sub(1, Ordering::SeqCst);
             return Pushed::AlreadyThere;
         }
         if p.len() >= INBOX_MAX {
+            d.ack.failed.store(true, Ordering::SeqCst);
+            d.ack.remaining.fetch_sub(1, Ordering::SeqCst);
             return Pushed::Full;
         }
         p.push(d);
@@ -256,15 +264,17 @@ pub(crate) async fn settle(shared: &Shared, deliveries: Vec<Delivery>, committed
     type Owed = (Arc<dyn EventQueue>, Vec<(String, String)>);
     let mut by_queue: HashMap<String, Owed> = HashMap::new();
     for d in deliveries {
-        if !committed {
-            d.ack.failed.store(true, Ordering::SeqCst);
-        }
-        if d.ack.remaining.fetch_sub(1, Ordering::SeqCst) != 1 {
-            continue;
-        }
-        // The last delivery: the message is no longer held anywhere.
-        {
+        // Under the registry's lock, as `route` joins a redelivery to a live Ack: the
+        // last holder's decision and a redelivery's joining happen in one order.
+        let receipt = {
             let mut acks = shared.acks.lock().unwrap_or_else(|e| e.into_inner());
+            if !committed {
+                d.ack.failed.store(true, Ordering::SeqCst);
+            }
+            if d.ack.remaining.fetch_sub(1, Ordering::SeqCst) != 1 {
+                continue;
+            }
+            // The last delivery: the message is no longer held anywhere.
             let key = (d.ack.queue.name().to_string(), d.ack.id.clone());
             if acks
                 .get(&key)
@@ -272,10 +282,15 @@ pub(crate) async fn settle(shared: &Shared, deliveries: Vec<Delivery>, committed
             {
                 acks.remove(&key);
             }
-        }
-        if d.ack.failed.load(Ordering::SeqCst) {
-            continue;
-        }
+            if d.ack.failed.load(Ordering::SeqCst) {
+                continue;
+            }
+            d.ack
+                .receipt
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        };
         if let Some(sent) = d.ack.sent_ms {
             shared
                 .metrics
@@ -286,14 +301,7 @@ pub(crate) async fn settle(shared: &Shared, deliveries: Vec<Delivery>, committed
             .entry(d.ack.queue.name().to_string())
             .or_insert_with(|| (d.ack.queue.clone(), Vec::new()))
             .1
-            .push((
-                d.ack.id.clone(),
-                d.ack
-                    .receipt
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone(),
-            ));
+            .push((d.ack.id.clone(), receipt));
     }
     for (name, (queue, messages)) in by_queue {
         delete(shared, &name, queue.as_ref(), &messages).await;
@@ -389,15 +397,23 @@ pub(super) async fn route(
             }
         }
     }
-    let targets: Vec<&String> = in_scope
+    // Only targets whose worker runs have an inbox (a removed target's is gone).
+    let inboxes: Vec<(&String, Arc<Inbox>)> = in_scope
         .iter()
-        .filter(|(name, _)| shared.inbox(name).concerns(&event))
-        .map(|(name, _)| *name)
+        .filter_map(|(name, _)| Some((*name, shared.existing_inbox(name)?)))
+        .collect();
+    if inboxes.is_empty() {
+        return Some("no-revision");
+    }
+    let targets: Vec<(&String, Arc<Inbox>)> = inboxes
+        .into_iter()
+        .filter(|(_, inbox)| inbox.concerns(&event))
         .collect();
     if targets.is_empty() {
         return Some("unrelated");
     }
-    tracing::info!(queue = %queue.name(), operation = %event.operation, resources = ?event.resources, targets = ?targets, "change event");
+    let names: Vec<&String> = targets.iter().map(|(n, _)| *n).collect();
+    tracing::info!(queue = %queue.name(), operation = %event.operation, resources = ?event.resources, targets = ?names, "change event");
     // One acknowledgement per message while any delivery of it is held: a message that
     // comes back (its reconcile was not recorded, or it outlived its visibility) joins
     // it with its newest receipt, and is deleted only once every holder has recorded.
@@ -432,8 +448,7 @@ pub(super) async fn route(
         ack
     };
     let event = Arc::new(event);
-    for name in targets {
-        let inbox = shared.inbox(name);
+    for (name, inbox) in targets {
         if event.creates {
             // What it announces routes its later events, even if the reconcile it wakes
             // has already read the cloud.
@@ -457,15 +472,9 @@ pub(super) async fn route(
                 inbox.notify.notify_one();
             }
             // Its waiting delivery settles it.
-            Pushed::AlreadyThere => {
-                ack.remaining.fetch_sub(1, Ordering::SeqCst);
-            }
-            Pushed::Full => {
-                // Left in the queue: it comes back when the inbox has room.
-                ack.failed.store(true, Ordering::SeqCst);
-                ack.remaining.fetch_sub(1, Ordering::SeqCst);
-                dropped(shared, "inbox-full");
-            }
+            Pushed::AlreadyThere => {}
+            // Left in the queue: it comes back when the inbox has room.
+            Pushed::Full => dropped(shared, "inbox-full"),
         }
     }
     None

@@ -277,7 +277,16 @@ impl Shared {
             .push(queue);
     }
 
-    /// The inbox of `target`'s change events.
+    /// The inbox of `target`'s change events, if its worker made one.
+    pub(crate) fn existing_inbox(&self, target: &str) -> Option<Arc<events::Inbox>> {
+        self.inboxes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(target)
+            .cloned()
+    }
+
+    /// The inbox of `target`'s change events (made on first use).
     pub(crate) fn inbox(&self, target: &str) -> Arc<events::Inbox> {
         self.inboxes
             .lock()

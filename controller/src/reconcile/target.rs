@@ -409,19 +409,6 @@ pub async fn reconcile_once(
         &mut evidence,
     )
     .await;
-    if state.pending_attributions != pending_before
-        && let Some(h) = &shared.history
-        && let Err(e) =
-            h.save_pending_attributions(target, shared.clock.now_ms(), &state.pending_attributions)
-    {
-        tracing::error!(target = %target, error = %e, "the drift waiting for its author cannot be written; it is asked about from memory until it can");
-    }
-    if authored
-        && let Some(h) = &shared.history
-        && let Err(e) = h.save_flaps(target, shared.clock.now_ms(), &state.flaps)
-    {
-        tracing::error!(target = %target, error = %e, "the flap history cannot be written; it is counted in memory until it can");
-    }
     let (outcome, error, applied, reverted) = match result {
         Ok(Ok(r)) => (ReconcileResult::Ok, None, r.applied, r.reverted),
         Ok(Err(f)) => (f.result, Some(f.message), f.applied, 0),
@@ -471,9 +458,24 @@ pub async fn reconcile_once(
         trigger,
         evidence,
     );
+    // The loop state after the evidence, which holds the `drift-attributed` events of
+    // what is resolved.
+    if state.pending_attributions != pending_before
+        && let Some(h) = &shared.history
+        && let Err(e) =
+            h.save_pending_attributions(target, shared.clock.now_ms(), &state.pending_attributions)
+    {
+        tracing::error!(target = %target, error = %e, "the drift waiting for its author cannot be written; it is asked about from memory until it can");
+    }
+    if authored
+        && let Some(h) = &shared.history
+        && let Err(e) = h.save_flaps(target, shared.clock.now_ms(), &state.flaps)
+    {
+        tracing::error!(target = %target, error = %e, "the flap history cannot be written; it is counted in memory until it can");
+    }
     // The events are deleted from their queue only now that their reconcile is
-    // recorded; otherwise they come back after the queue's visibility timeout.
-    // A reconcile that failed before it observed leaves its events to the next one.
+    // recorded; otherwise they come back after the queue's visibility timeout. A
+    // reconcile that failed before it observed leaves its events to the next one.
     if observed {
         super::events::settle(shared, deliveries, committed).await;
     } else {

@@ -784,6 +784,8 @@ async fn events_whose_reconcile_was_not_recorded_stay_in_the_queue() {
         shared
             .enforced
             .send_replace(Some(Arc::new(enforced((*f.enforced.set).clone()))));
+        // The worker makes the inbox.
+        shared.inbox(TARGET);
         let queue = Arc::new(FakeQueue::new(Duration::from_secs(60)));
         queue.send(&cloudtrail("123456789012", "CreateTags", &sg, "ops", 1), T0);
         let dyn_queue: Arc<dyn EventQueue> = queue.clone();
@@ -1003,4 +1005,35 @@ async fn drift_the_audit_log_shows_late_is_attributed_later_even_across_a_restar
         "arn:aws:iam::123456789012:user/late"
     );
     assert!(f.history().pending_attributions(TARGET).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_event_for_a_target_without_a_worker_is_not_held() {
+    use palisade_providers::events::EventQueue;
+    use palisade_providers::fake::FakeQueue;
+    let f = fixture(RunSettings::default());
+    f.shared
+        .enforced
+        .send_replace(Some(Arc::new(enforced((*f.enforced.set).clone()))));
+    let queue = Arc::new(FakeQueue::new(Duration::from_secs(60)));
+    let dyn_queue: Arc<dyn EventQueue> = queue.clone();
+    queue.send(
+        &cloudtrail(
+            "123456789012",
+            "CreateSecurityGroup",
+            "sg-0123456789abcdef0",
+            "ops",
+            1,
+        ),
+        T0,
+    );
+    let m = dyn_queue.receive(Duration::ZERO).await.unwrap().remove(0);
+    // No worker has made the target's inbox (not started yet, or the target was
+    // removed): nothing would ever consume it, so it is not held; the first reconcile
+    // observes everything anyway.
+    assert_eq!(
+        super::events::route(&f.shared, &dyn_queue, m).await,
+        Some("no-revision")
+    );
+    assert!(f.shared.existing_inbox(TARGET).is_none());
 }

@@ -90,13 +90,16 @@ pub(super) async fn worker(shared: Arc<Shared>, target: String, semaphore: Arc<S
             shared.update(|s| {
                 s.targets.remove(&target);
             });
-            // Its waiting events are dropped undeleted: they come back and are found
+            // Its waiting events are let go undeleted: they come back and are found
             // foreign.
-            shared
+            let gone = shared
                 .inboxes
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&target);
+            if let Some(inbox) = gone {
+                super::events::settle(&shared, inbox.take(), false).await;
+            }
             shared
                 .metrics
                 .target_healthy
