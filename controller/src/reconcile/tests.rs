@@ -1037,3 +1037,58 @@ async fn an_event_for_a_target_without_a_worker_is_not_held() {
     );
     assert!(f.shared.existing_inbox(TARGET).is_none());
 }
+
+#[tokio::test]
+async fn an_event_for_two_targets_is_deleted_once_both_recorded() {
+    use palisade_providers::events::EventQueue;
+    use palisade_providers::fake::FakeQueue;
+    let f = fixture(RunSettings::default());
+    // A second target in the same account and region (another team's repository).
+    let mut set = (*f.enforced.set).clone();
+    let mut second = set.target(TARGET).expect("target").clone();
+    second.metadata.name.value = "prod-aws-2".into();
+    set.targets.push(second);
+    f.shared
+        .enforced
+        .send_replace(Some(Arc::new(enforced(set))));
+    let (a, b) = (f.shared.inbox(TARGET), f.shared.inbox("prod-aws-2"));
+    let queue = Arc::new(FakeQueue::new(Duration::ZERO));
+    let dyn_queue: Arc<dyn EventQueue> = queue.clone();
+    queue.send(
+        &cloudtrail(
+            "123456789012",
+            "CreateSecurityGroup",
+            "sg-0123456789abcdef0",
+            "ops",
+            1,
+        ),
+        T0,
+    );
+    let route_all = || async {
+        for m in dyn_queue.receive(Duration::ZERO).await.unwrap() {
+            assert_eq!(super::events::route(&f.shared, &dyn_queue, m).await, None);
+        }
+    };
+    route_all().await;
+    // The first target records its reconcile: the second still owes it.
+    super::events::settle(&f.shared, a.take(), true).await;
+    assert_eq!((queue.deleted(), queue.len()), (0, 1));
+    // The second target's observation no longer knows the group: a redelivery (its
+    // visibility ran out) goes to the first target only — and must still wait for the
+    // second's waiting delivery, which it joins with the newest receipt.
+    b.set_known(&Inventory::default());
+    route_all().await;
+    let again = a.take();
+    assert_eq!(again.len(), 1);
+    super::events::settle(&f.shared, again, true).await;
+    assert_eq!(queue.deleted(), 0, "the second has not recorded yet");
+    let second = b.take();
+    assert_eq!(second.len(), 1);
+    super::events::settle(&f.shared, second, true).await;
+    // The fake queue, like SQS, deletes only with the newest receipt.
+    assert_eq!(
+        (queue.deleted(), queue.len()),
+        (1, 0),
+        "deleted once both recorded, with the newest receipt"
+    );
+}
