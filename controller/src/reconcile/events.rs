@@ -12,11 +12,16 @@
 //! enforced revision is in its account and region (`foreign`), when it is Palisade's own
 //! write (`own`: by the request id the cloud answered, or its verified principal), when
 //! it names nothing the target's last observation knew and cannot bring in anything new
-//! (`unrelated`), or when no revision is enforced yet (`no-revision`: the first
-//! reconcile observes everything anyway).
+//! (`unrelated`), or when no revision is enforced yet or no worker of its targets runs
+//! (`no-revision`: their first reconcile observes everything anyway).
 //!
-//! The events also say who made a change: a drift whose resource an event of the
-//! reconcile names takes that event's actor, without asking the audit log.
+//! A message routed to several targets has one [`Ack`]; a redelivery joins it, and it
+//! is deleted, with its newest receipt, once every delivery was settled by a recorded
+//! reconcile.
+//!
+//! The events also say who made a change: a drift of a resource an event of the
+//! reconcile *acted on* (not merely referred to), at a time within the drift's
+//! observation window, takes that event's actor, without asking the audit log.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
