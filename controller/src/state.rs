@@ -106,6 +106,30 @@ fn read_json(store: &Store, sql: &str, target: &str) -> Result<Option<String>, H
     }
 }
 
+/// Replace one target's JSON column `column` of `table` (with its time).
+fn write_json<T: Serialize + ?Sized>(
+    store: &Store,
+    table: &str,
+    column: &str,
+    target: &str,
+    at: i64,
+    value: &T,
+) -> Result<(), HistoryError> {
+    let text = serde_json::to_string(value)
+        .map_err(|e| store.err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+    store
+        .conn()
+        .execute(
+            &format!(
+                "INSERT INTO {table} (target, {column}, at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(target) DO UPDATE SET {column} = ?2, at = ?3"
+            ),
+            params![target, text, at],
+        )
+        .map_err(|e| store.err(e))?;
+    Ok(())
+}
+
 impl StateStore for Store {
     fn enforced_desired(&self, target: &str) -> Result<Option<DesiredState>, HistoryError> {
         let text = read_json(
@@ -159,16 +183,7 @@ impl StateStore for Store {
     }
 
     fn save_flaps(&self, target: &str, at: i64, flaps: &Flaps) -> Result<(), HistoryError> {
-        let text = serde_json::to_string(flaps)
-            .map_err(|e| self.err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
-        self.conn()
-            .execute(
-                "INSERT INTO flap_state (target, flaps, at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(target) DO UPDATE SET flaps = ?2, at = ?3",
-                params![target, text, at],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(())
+        write_json(self, "flap_state", "flaps", target, at, flaps)
     }
 
     fn pending_attributions(&self, target: &str) -> Result<Vec<PendingAttribution>, HistoryError> {
@@ -206,16 +221,7 @@ impl StateStore for Store {
         at: i64,
         pending: &[PendingAttribution],
     ) -> Result<(), HistoryError> {
-        let text = serde_json::to_string(pending)
-            .map_err(|e| self.err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
-        self.conn()
-            .execute(
-                "INSERT INTO attribution_state (target, pending, at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(target) DO UPDATE SET pending = ?2, at = ?3",
-                params![target, text, at],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(())
+        write_json(self, "attribution_state", "pending", target, at, pending)
     }
 }
 

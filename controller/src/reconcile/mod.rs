@@ -35,7 +35,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use events::{INBOX_MAX, QueueStatus};
+pub use events::QueueStatus;
 pub use status::{ReconcileRecord, ReconcileResult, Rejection, Status, TargetStatus, Trigger};
 pub use target::{ReconcileError, Reconciled, TargetState, reconcile_once};
 

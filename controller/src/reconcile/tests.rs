@@ -629,6 +629,13 @@ fn cloudtrail(account: &str, operation: &str, sg: &str, role: &str, n: usize) ->
     cloudtrail_at(account, operation, sg, role, n, T0)
 }
 
+/// Route everything `queue` delivers now, as the pump would; each must be routed.
+async fn route_queued(shared: &Shared, queue: &Arc<dyn palisade_providers::events::EventQueue>) {
+    for m in queue.receive(Duration::ZERO).await.unwrap() {
+        assert_eq!(super::events::route(shared, queue, m).await, None);
+    }
+}
+
 fn metric(shared: &Shared, line: &str) -> f64 {
     shared
         .metrics
@@ -789,9 +796,7 @@ async fn events_whose_reconcile_was_not_recorded_stay_in_the_queue() {
         let queue = Arc::new(FakeQueue::new(Duration::from_secs(60)));
         queue.send(&cloudtrail("123456789012", "CreateTags", &sg, "ops", 1), T0);
         let dyn_queue: Arc<dyn EventQueue> = queue.clone();
-        for m in dyn_queue.receive(Duration::ZERO).await.unwrap() {
-            assert_eq!(super::events::route(&shared, &dyn_queue, m).await, None);
-        }
+        route_queued(&shared, &dyn_queue).await;
         assert!(shared.inbox(TARGET).has_pending());
         let mut state = TargetState::default();
         let r = reconcile_once(&shared, TARGET, &f.enforced, Trigger::Event, &mut state).await;
@@ -844,9 +849,7 @@ async fn a_flap_finding_names_the_pipeline_that_keeps_changing_it_back() {
             ),
             T0,
         );
-        for m in dyn_queue.receive(Duration::ZERO).await.unwrap() {
-            assert_eq!(super::events::route(&f.shared, &dyn_queue, m).await, None);
-        }
+        route_queued(&f.shared, &dyn_queue).await;
         f.clock.advance(Duration::from_secs(60));
         let r = reconcile_once(&f.shared, TARGET, &f.enforced, Trigger::Event, &mut state).await;
         assert_eq!(r.result, ReconcileResult::Ok, "{:?}", r.error);
@@ -884,19 +887,14 @@ async fn an_event_is_deleted_only_when_every_target_it_went_to_recorded_its_reco
         &cloudtrail("123456789012", "RevokeSecurityGroupIngress", &sg, "ops", 1),
         T0,
     );
-    let route_all = || async {
-        for m in dyn_queue.receive(Duration::ZERO).await.unwrap() {
-            assert_eq!(super::events::route(&f.shared, &dyn_queue, m).await, None);
-        }
-    };
-    route_all().await;
+    route_queued(&f.shared, &dyn_queue).await;
     // Its reconcile's evidence could not be written: not deleted.
     let taken = f.shared.inbox(TARGET).take();
     assert_eq!(taken.len(), 1);
     super::events::settle(&f.shared, taken, false).await;
     assert_eq!((queue.deleted(), queue.len()), (0, 1));
     // It comes back; this time the evidence is written: deleted.
-    route_all().await;
+    route_queued(&f.shared, &dyn_queue).await;
     let taken = f.shared.inbox(TARGET).take();
     assert_eq!(taken.len(), 1, "delivered again");
     super::events::settle(&f.shared, taken, true).await;
@@ -930,9 +928,7 @@ async fn an_event_from_before_the_last_observation_names_nobody() {
         ),
         T0,
     );
-    for m in dyn_queue.receive(Duration::ZERO).await.unwrap() {
-        assert_eq!(super::events::route(&f.shared, &dyn_queue, m).await, None);
-    }
+    route_queued(&f.shared, &dyn_queue).await;
     let r = reconcile_once(&f.shared, TARGET, &f.enforced, Trigger::Event, &mut state).await;
     assert_eq!(r.drift_reverted, 1, "{r:?}");
     let drift: Vec<_> = f
@@ -1064,12 +1060,7 @@ async fn an_event_for_two_targets_is_deleted_once_both_recorded() {
         ),
         T0,
     );
-    let route_all = || async {
-        for m in dyn_queue.receive(Duration::ZERO).await.unwrap() {
-            assert_eq!(super::events::route(&f.shared, &dyn_queue, m).await, None);
-        }
-    };
-    route_all().await;
+    route_queued(&f.shared, &dyn_queue).await;
     // The first target records its reconcile: the second still owes it.
     super::events::settle(&f.shared, a.take(), true).await;
     assert_eq!((queue.deleted(), queue.len()), (0, 1));
@@ -1077,7 +1068,7 @@ async fn an_event_for_two_targets_is_deleted_once_both_recorded() {
     // visibility ran out) goes to the first target only — and must still wait for the
     // second's waiting delivery, which it joins with the newest receipt.
     b.set_known(&Inventory::default());
-    route_all().await;
+    route_queued(&f.shared, &dyn_queue).await;
     let again = a.take();
     assert_eq!(again.len(), 1);
     super::events::settle(&f.shared, again, true).await;

@@ -25,8 +25,6 @@ pub struct QueueUrl {
     pub url: String,
     /// The account in its path.
     pub account: String,
-    /// The queue's name.
-    pub queue_name: String,
     /// The region its host names (`sqs.<region>.amazonaws.com`,
     /// `<region>.queue.amazonaws.com`); `None` for an endpoint override (an emulator).
     pub region: Option<String>,
@@ -82,7 +80,6 @@ pub fn parse_queue_url(url: &str) -> Result<QueueUrl, ProviderError> {
     Ok(QueueUrl {
         url: url.to_string(),
         account: account.to_string(),
-        queue_name: name.to_string(),
         region,
     })
 }
